@@ -1,0 +1,74 @@
+"""The enrollment bundle: everything a device needs to join, in one JSON file.
+
+Made by ``roadside device enroll`` on the hub side, carried to the pole by the
+installer, read by ``roadside agent install --bundle FILE``. It holds private
+keys: written with mode 0600 and never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import ConfigError
+from shared.keys import KeyPair, PublicKeys
+from shared.topics import check_name
+
+
+class BrokerAddress(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls_server_name: str | None = None
+
+
+class EnrollmentBundle(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: int = 1
+    device_id: str
+    site: str
+    broker: BrokerAddress
+    ca_cert_pem: str
+    client_cert_pem: str
+    client_key_pem: str
+    device_keys: dict[str, str]  # KeyPair.to_json(): private keys, base64
+    hub_keys: dict[str, str]  # PublicKeys.to_json()
+
+    def keypair(self) -> KeyPair:
+        return KeyPair.from_json(self.device_keys)
+
+    def hub_public(self) -> PublicKeys:
+        return PublicKeys.from_json(self.hub_keys)
+
+    def check(self) -> EnrollmentBundle:
+        check_name(self.device_id, "device id")
+        check_name(self.site, "site")
+        self.keypair()
+        self.hub_public()
+        return self
+
+
+def write_bundle(bundle: EnrollmentBundle, path: Path) -> None:
+    """Write the bundle readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(bundle.model_dump_json(indent=2))
+
+
+def read_bundle(path: Path) -> EnrollmentBundle:
+    try:
+        raw = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read enrollment bundle {path}: {exc.strerror}") from exc
+    try:
+        return EnrollmentBundle.model_validate(json.loads(raw)).check()
+    except (ValueError, ValidationError) as exc:
+        raise ConfigError(
+            f"{path} is not a valid enrollment bundle ({exc}); re-run `roadside device enroll`"
+        ) from exc

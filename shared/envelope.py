@@ -1,0 +1,284 @@
+"""The sealed envelope: end-to-end encryption and authentication of every message.
+
+Wire layout (all integers big-endian)::
+
+    b"RS" | version (1 byte) | header length (2 bytes) | header JSON | nonce (12) | AEAD ciphertext+tag
+
+The header (device id, kind, sequence number, timestamp, sender and recipient
+key ids) travels in clear so the receiver can pick the key, and is bound to the
+ciphertext as AES-256-GCM associated data: change a byte anywhere and the tag
+fails. The AEAD key comes from X25519 between the device's and the hub's
+long-term keys, through HKDF with the direction and key ids as context.
+
+Everything here is pure: bytes in, bytes or exceptions out. The clock is passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from shared.errors import (
+    OversizeError,
+    ReplayError,
+    StaleMessageError,
+    TamperedError,
+    UnknownKeyError,
+)
+from shared.keys import KeyPair, PublicKeys, derive_key
+
+MAGIC: Final = b"RS"
+VERSION: Final = 1
+NONCE_BYTES: Final = 12
+MAX_WIRE_BYTES: Final = 256 * 1024
+MAX_HEADER_BYTES: Final = 1024
+_PREFIX = struct.Struct(">2sBH")
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    device_id: str
+    kind: str
+    seq: int
+    ts_ms: int
+    kid: str  # sender's key id
+    rkid: str  # recipient's key id
+    v: int = VERSION
+
+    def encode(self) -> bytes:
+        fields = {
+            "v": self.v, "dev": self.device_id, "kind": self.kind, "seq": self.seq,
+            "ts": self.ts_ms, "kid": self.kid, "rkid": self.rkid,
+        }
+        return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Header:
+        try:
+            d = json.loads(raw)
+            header = cls(
+                device_id=d["dev"], kind=d["kind"], seq=d["seq"], ts_ms=d["ts"],
+                kid=d["kid"], rkid=d["rkid"], v=d["v"],
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TamperedError("envelope header is not valid") from exc
+        types_ok = (
+            isinstance(header.device_id, str) and isinstance(header.kind, str)
+            and isinstance(header.kid, str) and isinstance(header.rkid, str)
+            and type(header.seq) is int and type(header.ts_ms) is int and header.seq >= 0
+        )
+        if not types_ok or header.v != VERSION:
+            raise TamperedError("envelope header has wrong field types or version")
+        return header
+
+
+def direction_info(direction: str, device_id: str, device_kid: str, hub_kid: str) -> bytes:
+    """HKDF context: a key is bound to one direction, one device and one key pair."""
+    return f"{direction}|{device_id}|{device_kid}|{hub_kid}".encode()
+
+
+def seal(header: Header, plaintext: bytes, key: bytes, nonce: bytes | None = None) -> bytes:
+    """Encrypt ``plaintext`` under ``key`` with ``header`` as associated data."""
+    raw_header = header.encode()
+    aad = _PREFIX.pack(MAGIC, VERSION, len(raw_header)) + raw_header
+    nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
+    return aad + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEnvelope:
+    header: Header
+    aad: bytes
+    nonce: bytes
+    ciphertext: bytes
+
+
+def parse(wire: bytes, max_bytes: int = MAX_WIRE_BYTES) -> ParsedEnvelope:
+    """Split the wire form without decrypting; reject oversize and malformed framing."""
+    if len(wire) > max_bytes:
+        raise OversizeError(f"message of {len(wire)} bytes exceeds the {max_bytes}-byte limit")
+    if len(wire) < _PREFIX.size:
+        raise TamperedError("message too short to be an envelope")
+    magic, version, header_len = _PREFIX.unpack_from(wire)
+    if magic != MAGIC or version != VERSION:
+        raise TamperedError("not a Roadside envelope or unsupported version")
+    body_start = _PREFIX.size + header_len
+    if header_len > MAX_HEADER_BYTES or len(wire) < body_start + NONCE_BYTES + 16:
+        raise TamperedError("envelope framing is inconsistent")
+    header = Header.decode(wire[_PREFIX.size:body_start])
+    nonce_end = body_start + NONCE_BYTES
+    return ParsedEnvelope(header, wire[:body_start], wire[body_start:nonce_end], wire[nonce_end:])
+
+
+def decrypt(parsed: ParsedEnvelope, key: bytes) -> bytes:
+    try:
+        return AESGCM(key).decrypt(parsed.nonce, parsed.ciphertext, parsed.aad)
+    except InvalidTag as exc:
+        raise TamperedError("authentication tag does not verify") from exc
+
+
+@dataclass
+class ReplayWindow:
+    """Per-sender sliding window of accepted sequence numbers.
+
+    ``check`` rejects a number seen before or older than the window; ``commit``
+    records it. They are separate so a receiver commits only once the message is
+    durably stored: a message that was checked but not stored (the store was
+    down) is still accepted when the broker delivers it again.
+    """
+
+    size: int = 65536
+    highest: int = -1
+    seen: set[int] = field(default_factory=set)
+
+    def check(self, seq: int) -> None:
+        if seq in self.seen:
+            raise ReplayError(f"sequence number {seq} was already accepted")
+        if self.highest >= 0 and seq <= self.highest - self.size:
+            raise ReplayError(f"sequence number {seq} is older than the replay window")
+
+    def commit(self, seq: int) -> None:
+        self.seen.add(seq)
+        if seq > self.highest:
+            self.highest = seq
+            floor = seq - self.size
+            if len(self.seen) > self.size * 2:
+                self.seen = {s for s in self.seen if s > floor}
+
+
+class DeviceSealer:
+    """The device side: seals uplink messages for the hub."""
+
+    def __init__(self, device_id: str, own: KeyPair, hub: PublicKeys) -> None:
+        self.device_id = device_id
+        self._kid = own.kid
+        self._hub_kid = hub.kid
+        info = direction_info("d2h", device_id, self._kid, self._hub_kid)
+        self._key = derive_key(own.x25519_private, hub.x25519, info)
+
+    def seal(self, kind: str, seq: int, plaintext: bytes, now_ms: int) -> bytes:
+        header = Header(self.device_id, kind, seq, now_ms, self._kid, self._hub_kid)
+        return seal(header, plaintext, self._key)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedEnvelope:
+    header: Header
+    plaintext: bytes
+
+
+KeyLookup = Callable[[str, str], PublicKeys | None]
+"""``(device_id, kid) -> the device's public keys``, or ``None`` when unknown or revoked."""
+
+
+class HubOpener:
+    """The hub side: verifies and decrypts uplink envelopes.
+
+    Checks run cheapest first: size and framing, then the sender's key, then
+    the tag, then the timestamp, then the replay window. The caller commits the
+    sequence number to :attr:`windows` after storing the message.
+    """
+
+    def __init__(
+        self,
+        hub_keys: list[KeyPair],
+        lookup: KeyLookup,
+        max_age_s: float = 900.0,
+        max_future_s: float = 120.0,
+        max_bytes: int = MAX_WIRE_BYTES,
+    ) -> None:
+        self._hub = {k.kid: k for k in hub_keys}
+        self._lookup = lookup
+        self._max_age_ms = int(max_age_s * 1000)
+        self._max_future_ms = int(max_future_s * 1000)
+        self._max_bytes = max_bytes
+        self._keys: dict[tuple[str, str, str], bytes] = {}
+        self.windows: dict[str, ReplayWindow] = {}
+
+    def forget(self, device_id: str) -> None:
+        """Drop cached keys of a device (revoked or rotated)."""
+        self._keys = {k: v for k, v in self._keys.items() if k[0] != device_id}
+
+    def _key_for(self, header: Header) -> bytes:
+        cache_key = (header.device_id, header.kid, header.rkid)
+        key = self._keys.get(cache_key)
+        if key is None:
+            hub = self._hub.get(header.rkid)
+            device = self._lookup(header.device_id, header.kid)
+            if hub is None or device is None:
+                raise UnknownKeyError(
+                    f"no key {header.kid!r} for device {header.device_id!r} or hub key {header.rkid!r}"
+                )
+            info = direction_info("d2h", header.device_id, header.kid, header.rkid)
+            key = derive_key(hub.x25519_private, device.x25519, info)
+            self._keys[cache_key] = key
+        return key
+
+    def open(self, wire: bytes, now_ms: int) -> OpenedEnvelope:
+        parsed = parse(wire, self._max_bytes)
+        header = parsed.header
+        plaintext = decrypt(parsed, self._key_for(header))
+        age = now_ms - header.ts_ms
+        if age > self._max_age_ms or -age > self._max_future_ms:
+            raise StaleMessageError(f"timestamp is {age / 1000:.1f} s away from the hub clock")
+        self.windows.setdefault(header.device_id, ReplayWindow()).check(header.seq)
+        return OpenedEnvelope(header, plaintext)
+
+    def commit(self, header: Header) -> None:
+        self.windows.setdefault(header.device_id, ReplayWindow()).commit(header.seq)
+
+
+_SIG_BYTES: Final = 64
+
+
+class HubCommandSealer:
+    """The hub side of the downlink: commands are signed with Ed25519, then sealed."""
+
+    def __init__(self, hub: KeyPair) -> None:
+        self._hub = hub
+        self._keys: dict[tuple[str, str], bytes] = {}
+
+    def seal(self, device_id: str, device: PublicKeys, seq: int, plaintext: bytes, now_ms: int) -> bytes:
+        cache_key = (device_id, device.kid)
+        key = self._keys.get(cache_key)
+        if key is None:
+            info = direction_info("h2d", device_id, device.kid, self._hub.kid)
+            key = derive_key(self._hub.x25519_private, device.x25519, info)
+            self._keys[cache_key] = key
+        header = Header(device_id, "cmd", seq, now_ms, self._hub.kid, device.kid)
+        signature = self._hub.sign(header.encode() + plaintext)
+        return seal(header, signature + plaintext, key)
+
+
+class DeviceCommandOpener:
+    """The device side of the downlink: decrypt, verify the hub's signature, reject replays."""
+
+    def __init__(self, device_id: str, own: KeyPair, hub: PublicKeys, max_age_s: float = 900.0) -> None:
+        self.device_id = device_id
+        self._hub = hub
+        self._own_kid = own.kid
+        info = direction_info("h2d", device_id, own.kid, hub.kid)
+        self._key = derive_key(own.x25519_private, hub.x25519, info)
+        self._max_age_ms = int(max_age_s * 1000)
+        self.window = ReplayWindow()
+
+    def open(self, wire: bytes, now_ms: int) -> OpenedEnvelope:
+        parsed = parse(wire)
+        header = parsed.header
+        if header.device_id != self.device_id or header.kid != self._hub.kid or header.rkid != self._own_kid:
+            raise UnknownKeyError("command is not addressed to this device's keys")
+        body = decrypt(parsed, self._key)
+        signature, plaintext = body[:_SIG_BYTES], body[_SIG_BYTES:]
+        self._hub.verify(signature, header.encode() + plaintext)
+        if abs(now_ms - header.ts_ms) > self._max_age_ms:
+            raise StaleMessageError("command timestamp is outside the allowed window")
+        self.window.check(header.seq)
+        self.window.commit(header.seq)
+        return OpenedEnvelope(header, plaintext)
