@@ -144,9 +144,7 @@ class Registry:
     def revoke(self, device_id: str) -> None:
         with Session(self._engine) as session, session.begin():
             session.execute(update(_Device).where(_Device.device_id == device_id).values(status="revoked"))
-            session.execute(
-                update(_DeviceKey).where(_DeviceKey.device_id == device_id).values(active=False)
-            )
+            session.execute(update(_DeviceKey).where(_DeviceKey.device_id == device_id).values(active=False))
 
     def get_device(self, device_id: str) -> DeviceRecord | None:
         with Session(self._engine) as session:
@@ -201,8 +199,12 @@ class Registry:
             raise ConfigError(f"unknown or empty scopes {sorted(unknown)}; choose from {sorted(SCOPES)}")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         row = _ApiClient(
-            name=name, department=department, token_sha256=_token_hash(token),
-            scopes=",".join(sorted(wanted)), revoked=False, created_at=datetime.now(UTC),
+            name=name,
+            department=department,
+            token_sha256=_token_hash(token),
+            scopes=",".join(sorted(wanted)),
+            revoked=False,
+            created_at=datetime.now(UTC),
         )
         try:
             with Session(self._engine) as session, session.begin():
@@ -226,8 +228,12 @@ class Registry:
 
 def _key_row(device_id: str, keys: PublicKeys, now: datetime) -> _DeviceKey:
     return _DeviceKey(
-        device_id=device_id, kid=keys.kid, x25519=b64(keys.x25519), ed25519=b64(keys.ed25519),
-        active=True, created_at=now,
+        device_id=device_id,
+        kid=keys.kid,
+        x25519=b64(keys.x25519),
+        ed25519=b64(keys.ed25519),
+        active=True,
+        created_at=now,
     )
 
 

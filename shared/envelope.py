@@ -54,8 +54,13 @@ class Header:
 
     def encode(self) -> bytes:
         fields = {
-            "v": self.v, "dev": self.device_id, "kind": self.kind, "seq": self.seq,
-            "ts": self.ts_ms, "kid": self.kid, "rkid": self.rkid,
+            "v": self.v,
+            "dev": self.device_id,
+            "kind": self.kind,
+            "seq": self.seq,
+            "ts": self.ts_ms,
+            "kid": self.kid,
+            "rkid": self.rkid,
         }
         return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
 
@@ -64,15 +69,24 @@ class Header:
         try:
             d = json.loads(raw)
             header = cls(
-                device_id=d["dev"], kind=d["kind"], seq=d["seq"], ts_ms=d["ts"],
-                kid=d["kid"], rkid=d["rkid"], v=d["v"],
+                device_id=d["dev"],
+                kind=d["kind"],
+                seq=d["seq"],
+                ts_ms=d["ts"],
+                kid=d["kid"],
+                rkid=d["rkid"],
+                v=d["v"],
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise TamperedError("envelope header is not valid") from exc
         types_ok = (
-            isinstance(header.device_id, str) and isinstance(header.kind, str)
-            and isinstance(header.kid, str) and isinstance(header.rkid, str)
-            and type(header.seq) is int and type(header.ts_ms) is int and header.seq >= 0
+            isinstance(header.device_id, str)
+            and isinstance(header.kind, str)
+            and isinstance(header.kid, str)
+            and isinstance(header.rkid, str)
+            and type(header.seq) is int
+            and type(header.ts_ms) is int
+            and header.seq >= 0
         )
         if not types_ok or header.v != VERSION:
             raise TamperedError("envelope header has wrong field types or version")
@@ -112,7 +126,7 @@ def parse(wire: bytes, max_bytes: int = MAX_WIRE_BYTES) -> ParsedEnvelope:
     body_start = _PREFIX.size + header_len
     if header_len > MAX_HEADER_BYTES or len(wire) < body_start + NONCE_BYTES + 16:
         raise TamperedError("envelope framing is inconsistent")
-    header = Header.decode(wire[_PREFIX.size:body_start])
+    header = Header.decode(wire[_PREFIX.size : body_start])
     nonce_end = body_start + NONCE_BYTES
     return ParsedEnvelope(header, wire[:body_start], wire[body_start:nonce_end], wire[nonce_end:])
 

@@ -17,9 +17,7 @@ _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 def check_name(value: str, what: str = "name") -> str:
     """Return ``value`` if it is safe inside a topic and an ACL file, else raise."""
     if not _SAFE.fullmatch(value):
-        raise ConfigError(
-            f"{what} {value!r} is not allowed: use 1-64 characters from A-Z a-z 0-9 _ -"
-        )
+        raise ConfigError(f"{what} {value!r} is not allowed: use 1-64 characters from A-Z a-z 0-9 _ -")
     return value
 
 

@@ -1,0 +1,200 @@
+"""``roadside pki|device|hub|broker|demo ...``"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.errors import ConfigError, RoadsideError
+
+HomeOption = Annotated[
+    Path, typer.Option("--home", help="The hub's home directory.", envvar="ROADSIDE_HUB_HOME")
+]
+DEFAULT_HOME = Path("/var/lib/roadside-hub")
+
+pki_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="The hub's certificate authority and keys."
+)
+device_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Enroll, list and revoke devices.")
+hub_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run the hub; manage API tokens.")
+broker_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Run a Mosquitto configured by the hub."
+)
+
+
+def _fail(exc: RoadsideError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(2)
+
+
+@pki_app.command("init")
+def pki_init(
+    home: HomeOption = DEFAULT_HOME,
+    broker_host: Annotated[list[str] | None, typer.Option(help="DNS names in the broker's certificate.")] = None,
+    broker_ip: Annotated[list[str] | None, typer.Option(help="IP addresses in the broker's certificate.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing CA and keys.")] = False,
+) -> None:
+    """Create the CA, the hub's and the broker's certificates, and the hub's envelope keys."""
+    from cloud.home import init_home
+
+    try:
+        init_home(home, broker_host or ["localhost"], broker_ip or ["127.0.0.1"], force=force)
+    except RoadsideError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"hub home ready at {home}")
+
+
+@device_app.command("enroll")
+def device_enroll(
+    device_id: Annotated[str, typer.Argument(help="Unique device id, e.g. pole-0042.")],
+    site: Annotated[str, typer.Option(help="Site (intersection, corridor) the device belongs to.")],
+    home: HomeOption = DEFAULT_HOME,
+    broker_host: Annotated[str, typer.Option(help="Broker address the device connects to.")] = "localhost",
+    broker_port: Annotated[int, typer.Option(help="Broker TLS port.")] = 8883,
+    out: Annotated[Path | None, typer.Option(help="Where to write the bundle.")] = None,
+) -> None:
+    """Issue the device's certificate and keys as one bundle and register it on the hub."""
+    from cloud.home import HubHome, enroll_device
+    from cloud.registry import Registry
+    from shared.bundle import BrokerAddress
+
+    hub_home = HubHome(home)
+    registry = Registry(hub_home.registry_url)
+    try:
+        registry.create_schema()
+        _, path = enroll_device(
+            hub_home, registry, device_id, site, BrokerAddress(host=broker_host, port=broker_port), out
+        )
+    except RoadsideError as exc:
+        raise _fail(exc) from exc
+    finally:
+        registry.close()
+    typer.echo(
+        f"enrolled {device_id} at {site}; bundle written to {path} (contains private keys: copy it securely)"
+    )
+    typer.echo(f"broker ACL regenerated at {hub_home.acl_file}; reload the broker (SIGHUP) to apply it")
+
+
+@device_app.command("list")
+def device_list(home: HomeOption = DEFAULT_HOME) -> None:
+    """The registered devices."""
+    from cloud.home import HubHome
+    from cloud.registry import Registry
+
+    registry = Registry(HubHome(home).registry_url)
+    try:
+        for d in registry.list_devices():
+            typer.echo(f"{d.device_id}\t{d.site}\t{d.status}\tlast seen {d.last_seen_at or 'never'}")
+    finally:
+        registry.close()
+
+
+@device_app.command("revoke")
+def device_revoke(device_id: str, home: HomeOption = DEFAULT_HOME) -> None:
+    """Refuse the device from now on and regenerate the broker ACL without it."""
+    from cloud.home import HubHome, write_acl
+    from cloud.registry import Registry
+
+    hub_home = HubHome(home)
+    registry = Registry(hub_home.registry_url)
+    try:
+        registry.revoke(device_id)
+        write_acl(hub_home, registry)
+    finally:
+        registry.close()
+    typer.echo(f"revoked {device_id}; reload the broker (SIGHUP) to apply the new ACL")
+
+
+@hub_app.command("run")
+def hub_run(
+    home: HomeOption = DEFAULT_HOME,
+    config: Annotated[Path | None, typer.Option(help="Hub config (TOML or JSON).")] = None,
+    log_level: str = "INFO",
+) -> None:
+    """Run ingest and the API until SIGTERM or Ctrl-C."""
+    from cloud.hub import Hub
+    from cloud.settings import load_hub_settings
+    from shared.logs import setup_logging
+
+    setup_logging(log_level)
+    try:
+        hub = Hub(load_hub_settings(config, home=home))
+        hub.start()
+    except RoadsideError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"hub API on {hub.api_url}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    hub.stop()
+
+
+@hub_app.command("token")
+def hub_token(
+    name: Annotated[str, typer.Argument(help="API client name, e.g. traffic-ops.")],
+    scope: Annotated[list[str], typer.Option(help="read:telemetry, write:devices, write:rollouts, admin.")],
+    department: str = "",
+    home: HomeOption = DEFAULT_HOME,
+) -> None:
+    """Create an API client and print its token (shown once; only a hash is kept)."""
+    from cloud.home import HubHome
+    from cloud.registry import Registry
+
+    registry = Registry(HubHome(home).registry_url)
+    try:
+        registry.create_schema()
+        typer.echo(registry.create_api_client(name, scope, department))
+    except ConfigError as exc:
+        raise _fail(exc) from exc
+    finally:
+        registry.close()
+
+
+@broker_app.command("run")
+def broker_run(
+    home: HomeOption = DEFAULT_HOME,
+    port: Annotated[int, typer.Option(help="TLS port; 0 picks a free one.")] = 8883,
+) -> None:
+    """Run Mosquitto with mutual TLS and the ACL generated from the registry."""
+    from cloud.broker import MosquittoBroker
+    from cloud.home import HubHome, acl_devices
+    from cloud.registry import Registry
+
+    hub_home = HubHome(home)
+    registry = Registry(hub_home.registry_url)
+    try:
+        hub_home.require()
+        broker = MosquittoBroker(
+            hub_home.broker_dir,
+            ca_cert_pem=hub_home.ca_file.read_bytes(),
+            server=hub_home.broker_server_cert(),
+            devices=acl_devices(registry),
+            port=port or None,
+        )
+        broker.start()
+    except RoadsideError as exc:
+        raise _fail(exc) from exc
+    finally:
+        registry.close()
+    typer.echo(json.dumps({"broker": f"{broker.host}:{broker.port}", "pid": broker.pid}))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    broker.stop()
+
+
+def register(app: typer.Typer) -> None:
+    from cloud.demo import demo
+
+    app.add_typer(pki_app, name="pki")
+    app.add_typer(device_app, name="device")
+    app.add_typer(hub_app, name="hub")
+    app.add_typer(broker_app, name="broker")
+    app.command("demo")(demo)

@@ -1,0 +1,39 @@
+"""Prometheus metrics of ingest, registered on a registry the hub owns."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages = Counter(
+            "roadside_ingest_messages_total",
+            "Uplink messages processed, by result",
+            ["result"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "roadside_ingest_rejected_total", "Messages rejected, by reason", ["reason"], registry=registry
+        )
+        self.records = Counter(
+            "roadside_ingest_records_total", "Records stored, by kind", ["kind"], registry=registry
+        )
+        self.batch_seconds = Histogram(
+            "roadside_ingest_batch_write_seconds", "Time to write one micro-batch durably", registry=registry
+        )
+        self.lag_seconds = Histogram(
+            "roadside_ingest_lag_seconds",
+            "From the device sealing a message to the hub storing it",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "roadside_ingest_store_errors_total", "Failed writes to the store (retried)", registry=registry
+        )
+        self.queue_depth = Gauge(
+            "roadside_ingest_queue_depth", "Messages waiting to be written", registry=registry
+        )
+        self.dead_letters = Gauge(
+            "roadside_dead_letters", "Messages kept in the dead-letter store", registry=registry
+        )

@@ -1,0 +1,257 @@
+"""The ingest service: MQTT 5 shared subscription → unseal → micro-batch → store → ack.
+
+A QoS 1 message is acknowledged to the broker only after its batch is durably
+written (paho's manual acks), so a hub killed mid-batch loses nothing: the
+broker redelivers what was not acknowledged, and the store's idempotent writes
+absorb the repeats. When the store is down, the batch is retried with backoff
+and nothing is acknowledged; the bounded queue fills and then blocks the
+network thread (``BLOCK``), which stops reading from the broker until the
+store is back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from cloud.ingest.core import Accepted, IngestCore, Rejection
+from cloud.ingest.deadletter import DeadLetterStore
+from cloud.ingest.metrics import IngestMetrics
+from cloud.storage.base import TimeSeriesStore
+from shared import topics
+from shared.backoff import Backoff
+from shared.errors import TransportError
+from shared.queues import BoundedQueue, Overflow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerClientConfig:
+    host: str
+    port: int
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    client_id: str = "hub-1"
+    group: str | None = "hub"  # None: a plain subscription (one hub only)
+    session_expiry_s: int = 3600  # the broker keeps our unacknowledged messages this long
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
+class IngestService:
+    def __init__(
+        self,
+        broker: BrokerClientConfig,
+        core: IngestCore,
+        store: TimeSeriesStore,
+        dead_letters: DeadLetterStore,
+        metrics: IngestMetrics,
+        mark_seen: Callable[[list[tuple[str, datetime]]], None],
+        batch_size: int = 500,
+        max_wait_s: float = 0.1,
+        queue_size: int = 20_000,
+    ) -> None:
+        self.broker = broker
+        self.core = core
+        self.store = store
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.mark_seen = mark_seen
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        self.queue: BoundedQueue[_Delivery] = BoundedQueue(queue_size, Overflow.BLOCK)
+        self.status: dict[str, str] = {}  # device id -> "online" / "offline" from the retained status
+        self.stored_messages = 0
+        self.rejected_messages = 0
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._client = self._new_client()
+        self._worker = threading.Thread(target=self._work, name="ingest-writer", daemon=True)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def _new_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.broker.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        client.tls_set(
+            ca_certs=str(self.broker.ca_file),
+            certfile=str(self.broker.cert_file),
+            keyfile=str(self.broker.key_file),
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        return client
+
+    def start(self) -> None:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self.broker.session_expiry_s
+        self._worker.start()
+        try:
+            self._client.connect(
+                self.broker.host, self.broker.port, keepalive=30, clean_start=False, properties=properties
+            )
+        except OSError as exc:
+            raise TransportError(
+                f"cannot reach the broker at {self.broker.host}:{self.broker.port}: {exc}"
+            ) from exc
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._stop.set()
+        self._worker.join(timeout=30)
+
+    # paho callbacks (network thread) ---------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker refused the hub: %s", reason)
+            return
+        client.subscribe(topics.hub_subscription(self.broker.group), qos=1)
+        # Status messages are retained and tiny: a plain subscription in every hub.
+        client.subscribe(f"{topics.ROOT}/+/+/status", qos=1)
+        self._connected.set()
+        log.info("hub connected to %s:%s", self.broker.host, self.broker.port)
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
+    ) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning("hub disconnected from broker: %s; paho reconnects", reason)
+
+    def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic.endswith("/status"):
+            self._on_status(message)
+            client.ack(message.mid, message.qos)
+            return
+        delivery = _Delivery(message.topic, bytes(message.payload), message.mid, message.qos)
+        while not self._stop.is_set():
+            try:
+                self.queue.put(delivery, timeout=0.5)  # BLOCK: back-pressure onto the broker
+                return
+            except queue.Full:
+                continue  # keep waiting until the writer catches up, or we stop
+
+    def _on_status(self, message: mqtt.MQTTMessage) -> None:
+        where = message.topic.split("/")
+        if len(where) != 5:
+            return
+        try:
+            state = json.loads(message.payload).get("state")
+        except (ValueError, AttributeError):
+            return
+        if state in ("online", "offline"):
+            self.status[where[3]] = state
+
+    # The writer ----------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not (self._stop.is_set() and self.queue.qsize() == 0):
+            deliveries = self.queue.get_batch(self.batch_size, self.max_wait_s, first_timeout_s=0.2)
+            self.metrics.queue_depth.set(self.queue.qsize())
+            if deliveries:
+                self._handle(deliveries)
+
+    def _handle(self, deliveries: list[_Delivery]) -> None:
+        now_ms = int(time.time() * 1000)
+        results = [self.core.accept(d.topic, d.payload, now_ms) for d in deliveries]
+        accepted = [r for r in results if isinstance(r, Accepted)]
+        if not self._write([a.batch for a in accepted if _has_records(a)]):
+            return  # stopping while the store is down: unacknowledged, the broker redelivers
+        seen: dict[str, datetime] = {}
+        for result in accepted:
+            self.core.opener.commit(result.header)
+            sealed_at = result.header.ts_ms / 1000
+            self.metrics.lag_seconds.observe(max(0.0, time.time() - sealed_at))
+            seen[result.header.device_id] = datetime.fromtimestamp(sealed_at, UTC)
+            self._count_records(result)
+        for delivery, outcome in zip(deliveries, results, strict=True):
+            if isinstance(outcome, Rejection):
+                self._reject(delivery, outcome)
+        if seen:
+            self.mark_seen(sorted(seen.items()))
+        self.stored_messages += len(accepted)
+        self.metrics.messages.labels("accepted").inc(len(accepted))
+        for delivery in deliveries:
+            self._client.ack(delivery.mid, delivery.qos)
+
+    def _write(self, batches: list[Any]) -> bool:
+        if not batches:
+            return True
+        backoff = Backoff(base_s=0.2, cap_s=10.0)
+        while True:
+            started = time.perf_counter()
+            try:
+                self.store.write(batches)
+            except TransportError as exc:
+                self.metrics.store_errors.inc()
+                log.warning("store write failed, ingest paused: %s", exc)
+                if self._stop.wait(backoff.next_delay()):
+                    return False
+                continue
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            return True
+
+    def _reject(self, delivery: _Delivery, rejection: Rejection) -> None:
+        self.rejected_messages += 1
+        self.metrics.messages.labels("rejected").inc()
+        self.metrics.rejected.labels(rejection.reason).inc()
+        log.warning("rejected a message on %s: %s (%s)", rejection.topic, rejection.reason, rejection.detail)
+        self.dead_letters.add(
+            rejection.topic, rejection.device_id, rejection.reason, rejection.detail, delivery.payload
+        )
+        self.metrics.dead_letters.inc()
+
+    def _count_records(self, result: Accepted) -> None:
+        batch = result.batch
+        for kind, n in (
+            ("counts", len(batch.counts)),
+            ("events", len(batch.events)),
+            ("sensors", len(batch.sensors)),
+        ):
+            if n:
+                self.metrics.records.labels(kind).inc(n)
+        if batch.health is not None:
+            self.metrics.records.labels("health").inc()
+
+
+def _has_records(result: Accepted) -> bool:
+    b = result.batch
+    return bool(b.counts or b.events or b.sensors or b.health is not None)

@@ -1,0 +1,79 @@
+"""Hub settings: built once at the entry point from a file and ``ROADSIDE_HUB_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import describe, read_config_file
+from shared.errors import ConfigError
+
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "password", "token"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SqliteStoreConfig(_Section):
+    type: Literal["sqlite"] = "sqlite"
+    path: Path | None = None  # None: <home>/telemetry.db
+
+
+class InfluxV1StoreConfig(_Section):
+    """InfluxDB through the v1 HTTP API (1.x, and 2.x/3.x compatibility endpoints)."""
+
+    type: Literal["influx_v1"] = "influx_v1"
+    url: str = "http://127.0.0.1:8086"
+    database: str = "roadside"
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class InfluxV2StoreConfig(_Section):
+    type: Literal["influx_v2"] = "influx_v2"
+    url: str
+    token: SecretStr
+    org: str
+    bucket: str = "roadside"
+
+    @field_validator("token")
+    @classmethod
+    def _real_token(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value().lower() in _PLACEHOLDERS:
+            raise ValueError("set a real InfluxDB token (ROADSIDE_HUB_STORE__TOKEN), not a placeholder")
+        return value
+
+
+StoreConfig = Annotated[SqliteStoreConfig | InfluxV1StoreConfig | InfluxV2StoreConfig, Field(discriminator="type")]
+
+
+class HubSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROADSIDE_HUB_", env_nested_delimiter="__", extra="forbid")
+
+    home: Path = Path("/var/lib/roadside-hub")
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(default=8883, ge=1, le=65535)
+    client_id: str = "hub-1"
+    group: str | None = "hub"
+    registry_url: str | None = None  # None: SQLite in <home>
+    store: StoreConfig = Field(default_factory=SqliteStoreConfig)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_wait_s: float = Field(default=0.1, gt=0, le=5)
+    max_message_age_s: float = Field(default=900.0, ge=10)
+    online_after_s: float = Field(default=180.0, ge=1)
+
+
+def load_hub_settings(path: Path | None = None, **overrides: Any) -> HubSettings:
+    """Settings from an optional TOML/JSON file, the environment and ``overrides``; ``ConfigError`` if invalid."""
+    data = read_config_file(path, "hub config") if path is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return HubSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, "hub config")) from exc

@@ -1,0 +1,1 @@
+"""The Roadside agent: sources → inference → analytics → outbox → sealed MQTT."""

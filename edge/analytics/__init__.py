@@ -1,0 +1,1 @@
+"""Pure analytics: tracking, line crossings, per-interval aggregation."""

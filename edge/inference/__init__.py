@@ -1,0 +1,1 @@
+"""Running detectors on frames: pre/post-processing (``yolo``) and the engines."""

@@ -1,0 +1,157 @@
+"""The outbox: a SQLite (WAL) queue that survives ``kill -9`` and power loss.
+
+A message is written (and fsynced by SQLite) before the pipeline moves on,
+and deleted only after the broker acknowledged it (QoS 1 PUBACK). Its row id
+is the envelope sequence number: ``AUTOINCREMENT`` never reuses a number, so
+sequence numbers stay monotonic across restarts and the hub's replay window
+holds.
+
+Disk budget: when a new message would push the queue past ``max_bytes``, the
+policy ``DROP_LOWEST_PRIORITY_OLDEST`` deletes the oldest messages of the
+lowest priority first (health, then sensors, then counts, events last); each
+drop is counted. Back-pressure: ``put`` reports how many were dropped, and
+``is_congested`` tells the pipeline to shed work before it gets that far.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class Priority(enum.IntEnum):
+    HEALTH = 0
+    SENSORS = 1
+    COUNTS = 2
+    ACK = 3
+    EVENTS = 4
+
+
+class DropPolicy(enum.Enum):
+    DROP_LOWEST_PRIORITY_OLDEST = "drop_lowest_priority_oldest"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    seq: int
+    kind: str
+    payload: bytes
+    created_ms: int
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_drop ON outbox (priority, seq);
+"""
+
+
+class Outbox:
+    """Thread-safe durable queue of sealed-to-be messages."""
+
+    policy = DropPolicy.DROP_LOWEST_PRIORITY_OLDEST
+
+    def __init__(self, path: Path, max_bytes: int = 512 * 1024 * 1024) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a put that returned survives power loss, not only a process crash.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"cannot open outbox at {path}: {exc}; check the directory is writable"
+            ) from exc
+        self._lock = threading.Lock()
+        self._max_bytes = max_bytes
+        self._bytes = int(
+            self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()[0]
+        )
+        self.dropped = 0
+        self.not_empty = threading.Condition(self._lock)
+
+    def put(self, kind: str, payload: bytes, priority: Priority) -> int:
+        """Store one message durably; return how many older messages the budget forced out."""
+        if len(payload) > self._max_bytes:
+            raise ConfigError(
+                f"a {len(payload)}-byte message cannot fit an outbox budget of {self._max_bytes}"
+            )
+        with self._lock:
+            dropped = self._make_room(len(payload))
+            self._db.execute(
+                "INSERT INTO outbox (kind, priority, payload, created_ms) VALUES (?, ?, ?, ?)",
+                (kind, int(priority), payload, int(time.time() * 1000)),
+            )
+            self._bytes += len(payload)
+            self.not_empty.notify_all()
+        return dropped
+
+    def _make_room(self, incoming: int) -> int:
+        dropped = 0
+        while self._bytes + incoming > self._max_bytes:
+            row = self._db.execute(
+                "SELECT seq, LENGTH(payload), kind FROM outbox ORDER BY priority, seq LIMIT 1"
+            ).fetchone()
+            if row is None:
+                break
+            self._db.execute("DELETE FROM outbox WHERE seq = ?", (row[0],))
+            self._bytes -= row[1]
+            dropped += 1
+            log.warning("outbox full: dropped %s message %s (policy %s)", row[2], row[0], self.policy.value)
+        self.dropped += dropped
+        return dropped
+
+    def pending(self, limit: int, exclude: Iterable[int] = ()) -> list[OutboxItem]:
+        """The oldest messages not in ``exclude`` (already in flight), in sequence order."""
+        skip = set(exclude)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, kind, payload, created_ms FROM outbox ORDER BY seq LIMIT ?",
+                (limit + len(skip),),
+            ).fetchall()
+        return [OutboxItem(r[0], r[1], bytes(r[2]), r[3]) for r in rows if r[0] not in skip][:limit]
+
+    def ack(self, seq: int) -> None:
+        """The broker has the message: forget it."""
+        with self._lock:
+            row = self._db.execute(
+                "DELETE FROM outbox WHERE seq = ? RETURNING LENGTH(payload)", (seq,)
+            ).fetchone()
+            if row is not None:
+                self._bytes -= row[0]
+
+    def backlog(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def is_congested(self, fraction: float = 0.9) -> bool:
+        return self._bytes >= self._max_bytes * fraction
+
+    def wait(self, timeout: float) -> None:
+        """Block until something is put or ``timeout`` passes."""
+        with self._lock:
+            self.not_empty.wait(timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

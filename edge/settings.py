@@ -1,0 +1,104 @@
+"""Agent settings: built once at the entry point from a TOML/JSON file and
+``ROADSIDE_AGENT_*`` environment variables, validated, then passed down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import describe, read_config_file
+from shared.errors import ConfigError
+
+Point = tuple[float, float]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticSource(_Section):
+    """A generated road scene with ground truth (demo, tests, benchmarks)."""
+
+    type: Literal["synthetic"] = "synthetic"
+    name: str = "cam0"
+    width: int = Field(default=640, ge=64, le=4096)
+    height: int = Field(default=480, ge=64, le=4096)
+    fps: float = Field(default=10.0, gt=0, le=120)
+    seed: int = 0
+    light: float = Field(default=1.0, ge=0.05, le=1.0)
+    rain: float = Field(default=0.0, ge=0.0, le=1.0)
+    realtime: bool = True  # pace frames at ``fps`` on the wall clock; False runs as fast as possible
+
+
+class VideoSource(_Section):
+    """A video file, RTSP/HTTP URL or camera index opened through OpenCV."""
+
+    type: Literal["video"] = "video"
+    name: str = "cam0"
+    uri: str
+    fps_cap: float = Field(default=10.0, gt=0, le=120)
+    loop: bool = False
+
+
+SourceConfig = Annotated[SyntheticSource | VideoSource, Field(discriminator="type")]
+
+
+class CountLine(_Section):
+    """A counting line; crossing it from its left side to its right side counts as ``in``."""
+
+    name: str = "line0"
+    start: Point
+    end: Point
+
+
+class ModelConfig(_Section):
+    path: Path | None = None  # None: the detector shipped in ``models/``
+    version: str | None = None  # None: read from the ONNX metadata, else the file's hash
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    conf_threshold: float = Field(default=0.35, gt=0, lt=1)
+    iou_threshold: float = Field(default=0.5, gt=0, lt=1)
+    labels: list[str] | None = None  # None: from the ONNX ``names`` metadata
+    intra_op_threads: int = Field(default=1, ge=0)
+
+
+class OutboxConfig(_Section):
+    path: Path = Path("/var/lib/roadside/outbox.db")
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    max_inflight: int = Field(default=64, ge=1, le=1024)
+    records_per_message: int = Field(default=200, ge=1, le=2000)
+
+
+class AgentSettings(BaseSettings):
+    """Everything the agent needs. Secrets live in the enrollment bundle, not here."""
+
+    model_config = SettingsConfigDict(env_prefix="ROADSIDE_AGENT_", env_nested_delimiter="__", extra="forbid")
+
+    bundle: Path = Path("/etc/roadside/bundle.json")
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SyntheticSource()])  # type: ignore[arg-type]
+    lines: list[CountLine] = Field(default_factory=list)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    interval_s: int = Field(default=60, ge=1, le=3600)
+    heartbeat_s: float = Field(default=30.0, ge=1.0)
+    frame_queue: int = Field(default=8, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AgentSettings:
+        names = [s.name for s in self.sources]
+        if len(names) != len(set(names)):
+            raise ValueError(f"source names must be unique, got {names}")
+        return self
+
+
+def load_agent_settings(path: Path | None = None, **overrides: Any) -> AgentSettings:
+    """Settings from an optional TOML/JSON file, the environment and ``overrides``; ``ConfigError`` if invalid."""
+    data = read_config_file(path, "agent config") if path is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return AgentSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, "agent config")) from exc
