@@ -1,0 +1,83 @@
+"""The outbox on a real disk: order, acks, the disk budget, and kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from edge.outbox import Outbox, Priority
+
+
+def test_order_ack_and_sequence_numbers_survive_reopen(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    for i in range(5):
+        box.put("counts", f"m{i}".encode(), Priority.COUNTS)
+    items = box.pending(10)
+    assert [i.payload for i in items] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+    assert [i.seq for i in items] == sorted(i.seq for i in items)
+    for item in items:
+        box.ack(item.seq)
+    box.close()
+    reopened = Outbox(tmp_path / "o.db")
+    reopened.put("counts", b"after", Priority.COUNTS)
+    (item,) = reopened.pending(10)
+    assert item.seq > items[-1].seq  # never reused, even after every row was deleted
+
+
+def test_pending_skips_in_flight(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    for _ in range(3):
+        assert box.put("events", b"e", Priority.EVENTS) == 0  # nothing had to be dropped
+    first = box.pending(3)
+    assert [i.seq for i in box.pending(3, exclude={first[0].seq})] == [first[1].seq, first[2].seq]
+
+
+def test_budget_drops_lowest_priority_oldest_first(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_bytes=1024 * 1024)
+    chunk = b"x" * (200 * 1024)
+    box.put("events", chunk, Priority.EVENTS)
+    box.put("health", chunk, Priority.HEALTH)
+    box.put("counts", chunk, Priority.COUNTS)
+    box.put("health", chunk, Priority.HEALTH)
+    box.put("counts", chunk, Priority.COUNTS)  # 1000 KiB: fits
+    dropped = box.put("events", chunk, Priority.EVENTS)  # needs room: the two health messages go
+    assert dropped == 1
+    kinds = [i.kind for i in box.pending(10)]
+    assert kinds == ["events", "counts", "health", "counts", "events"]
+    box.put("events", chunk, Priority.EVENTS)
+    assert [i.kind for i in box.pending(10)] == ["events", "counts", "counts", "events", "events"]
+    assert box.dropped == 2
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from edge.outbox import Outbox, Priority
+    box = Outbox(Path(sys.argv[1]))
+    i = 0
+    while True:
+        box.put("counts", f"msg-{i}".encode(), Priority.COUNTS)
+        print(i, flush=True)  # the put returned: it must survive
+        i += 1
+    """
+)
+
+
+def test_kill_9_loses_nothing_that_was_put(tmp_path: Path) -> None:
+    db = tmp_path / "o.db"
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    confirmed = -1
+    for line in process.stdout:
+        confirmed = int(line)
+        if confirmed >= 300:
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    stored = {item.payload for item in Outbox(db).pending(100_000)}
+    assert {f"msg-{i}".encode() for i in range(confirmed + 1)} <= stored
