@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -95,7 +96,10 @@ class Agent:
         self._started = time.monotonic()
         self._threads: list[threading.Thread] = []
         self.events_emitted = 0
+        self.outbox_backlog_at_stop = -1
         self.count_records_emitted = 0
+        # Totals of what was handed to the outbox, by (line, class, direction): for health and tests.
+        self.counted: Counter[tuple[str, str, str]] = Counter()
 
     # Lifecycle ------------------------------------------------------------
 
@@ -121,8 +125,16 @@ class Agent:
         self._stop.set()
         self._pipeline_thread.join(timeout=30)
         self.uplink.stop(drain_s=drain_s)
+        self.outbox_backlog_at_stop = self.outbox.backlog()
         self.outbox.close()
         log.info("agent %s stopped", self.bundle.device_id)
+
+    def sources_done(self, timeout: float | None = None) -> bool:
+        """True once every (finite) source has ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
     def run_forever(self, stop: threading.Event) -> None:
         self.start()
@@ -226,6 +238,8 @@ class Agent:
         for i in range(0, len(records), size):
             self.outbox.put("counts", encode(CountsMessage(records=records[i : i + size])), Priority.COUNTS)
             self.count_records_emitted += len(records[i : i + size])
+        for r in records:
+            self.counted[(r.line, r.cls, r.direction)] += r.count
 
     def _flush_events(self, force: bool) -> None:
         due = time.monotonic() - self._last_event_flush >= 1.0

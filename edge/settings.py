@@ -32,6 +32,7 @@ class SyntheticSource(_Section):
     light: float = Field(default=1.0, ge=0.05, le=1.0)
     rain: float = Field(default=0.0, ge=0.0, le=1.0)
     realtime: bool = True  # pace frames at ``fps`` on the wall clock; False runs as fast as possible
+    max_frames: int | None = Field(default=None, ge=1)  # None: endless
 
 
 class VideoSource(_Section):

@@ -234,8 +234,8 @@ def decode_yolo(
     its best class; candidates at or below ``conf_threshold`` go, the best
     ``max_candidates`` go through NMS (per class unless ``class_agnostic``),
     and at most ``max_detections`` stay. With ``info`` the boxes are mapped
-    back to original image pixels and clipped to it; without, they stay in
-    input pixels.
+    back to original image pixels and clipped to the image (before NMS);
+    without, they stay in input pixels, unclipped.
     """
     out = _as_channels_first(output, num_classes)
     if out.shape[0] < 5 or out.shape[1] == 0:
@@ -253,12 +253,12 @@ def decode_yolo(
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
     cand_scores = scores[candidates].astype(np.float32)
     cand_classes = class_ids[candidates].astype(np.int64)
+    if info is not None:
+        # Clip before NMS, so kept boxes stay apart by the threshold as delivered.
+        boxes = info.to_original(boxes)
     keep = nms(boxes, cand_scores, iou_threshold, None if class_agnostic else cand_classes)
     keep = keep[:max_detections]
-    boxes = boxes[keep]
-    if info is not None:
-        boxes = info.to_original(boxes)
-    return Detections(boxes=boxes, scores=cand_scores[keep], class_ids=cand_classes[keep])
+    return Detections(boxes=boxes[keep], scores=cand_scores[keep], class_ids=cand_classes[keep])
 
 
 def decode_yolo_batch(

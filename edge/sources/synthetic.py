@@ -31,8 +31,11 @@ class SyntheticFrameSource:
         started = time.time()
         period = 1.0 / self.config.fps
         next_due = time.monotonic()
-        while not self._stop.is_set():
+        limit = self.config.max_frames
+        produced = 0
+        while not self._stop.is_set() and (limit is None or produced < limit):
             frame = self.scene.step()
+            produced += 1
             if self.config.realtime:
                 next_due += period
                 delay = next_due - time.monotonic()
