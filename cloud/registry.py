@@ -120,6 +120,14 @@ class Registry:
     def close(self) -> None:
         self._engine.dispose()
 
+    def ping(self) -> None:
+        """Raise ``TransportError`` if the registry database cannot be reached."""
+        try:
+            with self._engine.connect() as connection:
+                connection.execute(select(1))
+        except OperationalError as exc:
+            raise TransportError(f"registry database unreachable: {exc.orig}") from exc
+
     # Devices -----------------------------------------------------------------
 
     def enroll(self, device_id: str, site: str, keys: PublicKeys) -> None:
@@ -218,8 +226,11 @@ class Registry:
         if not token.startswith(TOKEN_PREFIX):
             return None
         digest = _token_hash(token)
-        with Session(self._engine) as session:
-            row = session.scalars(select(_ApiClient).where(_ApiClient.token_sha256 == digest)).first()
+        try:
+            with Session(self._engine) as session:
+                row = session.scalars(select(_ApiClient).where(_ApiClient.token_sha256 == digest)).first()
+        except OperationalError as exc:
+            raise TransportError(f"registry database unreachable: {exc.orig}") from exc
         # The lookup is by hash; compare again in constant time for good measure.
         if row is None or row.revoked or not hmac.compare_digest(row.token_sha256, digest):
             return None
