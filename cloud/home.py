@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,19 @@ class HubHome:
     @property
     def hub_keys_file(self) -> Path:
         return self.root / "hub_keys.json"
+
+    @property
+    def group_file(self) -> Path:
+        return self.root / "hub_group"
+
+    def hub_group(self) -> str:
+        """The hubs' shared-subscription group: secret, because Mosquitto 2.0 does not
+        check SUBSCRIBE against the ACL, and a device that joined the group would
+        take (and lose) a share of the hub's messages."""
+        self.require()
+        if not self.group_file.is_file():
+            write_private(self.group_file, f"hub-{secrets.token_hex(16)}".encode())
+        return self.group_file.read_text().strip()
 
     @property
     def registry_url(self) -> str:
@@ -102,6 +116,7 @@ def init_home(root: Path, broker_hostnames: list[str], broker_ips: list[str], fo
     write_issued(home.pki, "hub", ca.issue_client("hub"))
     write_issued(home.pki, "broker", ca.issue_server("roadside-broker", hostnames=broker_hostnames, ips=broker_ips))
     write_private(home.hub_keys_file, json.dumps(KeyPair.generate().to_json()).encode())
+    write_private(home.group_file, f"hub-{secrets.token_hex(16)}".encode())
     registry = Registry(home.registry_url)
     registry.create_schema()
     registry.close()

@@ -71,7 +71,7 @@ class Hub:
             cert_file=cert,
             key_file=key,
             client_id=settings.client_id,
-            group=settings.group,
+            group=self.home.hub_group() if settings.group is None else (settings.group or None),
         )
         self.ingest = IngestService(
             broker,

@@ -209,14 +209,15 @@ class CertificateAuthority:
     def revoked_serials(self) -> frozenset[int]:
         return frozenset(self._revoked)
 
-    def crl_pem(self, next_update_days: int = 365) -> bytes:
+    def crl_pem(self, next_update_days: int = 365, now: dt.datetime | None = None) -> bytes:
         """A signed CRL of every revoked serial (possibly none), PEM.
 
         OpenSSL refuses every client once a CRL passes its next update, so a
         broker using ``crlfile`` needs a fresh CRL before ``next_update_days``.
+        ``now`` (timezone-aware) is the issue time; the clock by default.
         """
         _check_days(next_update_days)
-        now = _now()
+        now = now or _now()
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self._cert.subject)

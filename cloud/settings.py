@@ -58,7 +58,7 @@ class HubSettings(BaseSettings):
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=8883, ge=1, le=65535)
     client_id: str = "hub-1"
-    group: str | None = "hub"
+    group: str | None = None  # None: the secret group in <home>/hub_group; "" : a plain subscription
     registry_url: str | None = None  # None: SQLite in <home>
     store: StoreConfig = Field(default_factory=SqliteStoreConfig)
     api_host: str = "127.0.0.1"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Final, Protocol
 
 from shared.schemas import CountRecord, DetectionEvent, Health, SensorReading
 
@@ -57,7 +57,19 @@ class StoredEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredReading:
+    device_id: str
+    site: str
+    reading: SensorReading
+
+
+@dataclass(frozen=True, slots=True)
 class CountQuery:
+    """Counts whose ``interval_start`` falls in ``[start, end)``, summed per UTC bucket of ``bucket_s``.
+
+    Buckets are aligned to the Unix epoch: ``floor(epoch / bucket_s) * bucket_s``.
+    """
+
     start: datetime
     end: datetime
     bucket_s: int = 3600
@@ -70,12 +82,43 @@ class CountQuery:
 
 @dataclass(frozen=True, slots=True)
 class EventQuery:
+    """Events whose ``ts`` falls in ``[start, end)``."""
+
     start: datetime
     end: datetime
     device_id: str | None = None
     site: str | None = None
     type: str | None = None
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SensorQuery:
+    """Sensor readings whose ``ts`` falls in ``[start, end)``."""
+
+    start: datetime
+    end: datetime
+    device_id: str | None = None
+    site: str | None = None
+    sensor: str | None = None
+    quantity: str | None = None
+    limit: int = 1000
+
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
+def to_epoch_us(when: datetime) -> int:
+    """Exact microseconds since the Unix epoch of an aware datetime; naive ones are refused."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"datetime {when.isoformat()} has no time zone; pass an aware (UTC) datetime")
+    return (when - EPOCH) // _MICROSECOND
+
+
+def from_epoch_us(epoch_us: int) -> datetime:
+    """The aware UTC datetime of microseconds since the Unix epoch."""
+    return EPOCH + timedelta(microseconds=epoch_us)
 
 
 class TimeSeriesStore(Protocol):
@@ -89,6 +132,9 @@ class TimeSeriesStore(Protocol):
 
     def events(self, query: EventQuery) -> list[StoredEvent]:
         """Events in the window, oldest first, at most ``query.limit``."""
+
+    def sensor_series(self, query: SensorQuery) -> list[StoredReading]:
+        """Sensor readings in the window, oldest first, at most ``query.limit``."""
 
     def latest_health(self, device_id: str) -> Health | None: ...
 

@@ -54,6 +54,7 @@ class MqttTestClient:
 
     ``publish`` and ``subscribe`` block until the broker acknowledges and
     return its reason codes; received messages queue up for ``next_message``.
+    It never reconnects: once refused or dropped, ``failed`` is set for good.
     """
 
     def __init__(self, client: mqtt.Client, name: str) -> None:
@@ -132,10 +133,6 @@ class MqttTestClient:
     def _fail(self, why: str) -> None:
         if self.failure is None:
             self.failure = why
-        if not self.connected.is_set():
-            # Refused before it ever got in: final. Stop paho's retries (a connected
-            # client that drops, say on a broker restart, keeps reconnecting).
-            self.client.disconnect()
         self.failed.set()
         self._settled.set()
         with self._acked:
@@ -255,6 +252,8 @@ class BrokerHarness:
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id or f"{name}-{next(self._ids)}",
             protocol=mqtt.MQTTv5,
+            # A refusal or a drop is what tests look at; retrying would hide it.
+            reconnect_on_failure=False,
         )
         if cn is None:
             paho.tls_set(ca_certs=str(self.broker.ca_file))
@@ -265,7 +264,7 @@ class BrokerHarness:
             configure(paho)
         wrapped = MqttTestClient(paho, name)
         self._clients.append(wrapped)
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = session_expiry_s
         try:
             paho.connect(self.host, self.port, keepalive=30, clean_start=clean_start, properties=properties)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import socket
+import ssl
 import time
 from pathlib import Path
 
 import pytest
 
-from cloud.broker import AclDevice, MosquittoBroker
+from cloud.broker import AclDevice, MosquittoBroker, free_loopback_port
 from cloud.pki import CertificateAuthority
 from shared import topics
 from shared.errors import ConfigError
@@ -45,7 +47,7 @@ def _hub(broker: BrokerHarness, subscription: str = topics.hub_subscription("hub
 def test_client_without_certificate_is_refused(broker: BrokerHarness) -> None:
     client = broker.client(None)
     assert not client.wait_connected()
-    assert not client.connected.is_set()
+    assert client.failed.is_set()  # refused outright, not left hanging
 
 
 def test_certificate_from_another_ca_is_refused(
@@ -53,7 +55,7 @@ def test_certificate_from_another_ca_is_refused(
 ) -> None:
     client = broker.client("dev-a", issuer=foreign_ca)
     assert not client.wait_connected()
-    assert not client.connected.is_set()
+    assert client.failed.is_set()  # refused outright, not left hanging
 
 
 def test_unlisted_device_connects_but_may_publish_nothing(broker: BrokerHarness, site: str) -> None:
@@ -83,6 +85,9 @@ def test_device_publishes_on_its_own_topic_and_the_hub_receives_it(broker: Broke
     hub = broker.connect("hub")
     assert hub.subscribe(f"{topics.ROOT}/#") == GRANTED_QOS_1
     device = broker.connect("dev-a")
+    tls = device.client.socket()
+    assert isinstance(tls, ssl.SSLSocket)
+    assert tls.version() == "TLSv1.3"  # what the design promises on the wire
     topic = topics.uplink(site, "dev-a", "counts")
     assert device.publish(topic, b"42") == SUCCESS
     message = hub.next_message()
@@ -183,7 +188,7 @@ def test_hub_processes_share_one_stream(broker: BrokerHarness, site: str) -> Non
         assert time.monotonic() < deadline, f"only {per_hub} arrived"
         for index, hub in enumerate(hubs):
             with contextlib.suppress(queue.Empty):
-                per_hub[index].append(hub.messages.get(timeout=0.05).payload)
+                per_hub[index].append(bytes(hub.messages.get(timeout=0.05).payload))
     assert sorted(per_hub[0] + per_hub[1], key=int) == sent  # each message exactly once
     assert per_hub[0]
     assert per_hub[1]
@@ -204,6 +209,25 @@ def test_a_device_cannot_take_messages_from_the_hub_group(broker: BrokerHarness,
     for payload in (b"1", b"2"):
         assert device.publish(topic, payload) == SUCCESS
     assert [hub.next_message(timeout=1.0).payload for _ in range(2)] == [b"1", b"2"]
+
+
+def test_client_id_from_cn_stops_a_device_taking_over_another_session(
+    tmp_path: Path, roadside_ca: CertificateAuthority, site: str
+) -> None:
+    server = roadside_ca.issue_server("broker", hostnames=["localhost"], ips=["127.0.0.1"])
+    fleet = [AclDevice("dev-a", site), AclDevice("dev-b", site)]
+    with MosquittoBroker(
+        tmp_path / "b", ca_cert_pem=roadside_ca.cert_pem, server=server, devices=fleet, client_id_from_cn=True
+    ) as running:
+        broker = BrokerHarness(running, roadside_ca, tmp_path / "certs")
+        try:
+            victim = broker.connect("dev-b", client_id="dev-b")
+            broker.connect("dev-a", client_id="dev-b")  # becomes "dev-a" on the broker
+            # Proof that the victim was not kicked: it still gets its PUBACK.
+            assert not victim.publish(topics.uplink(site, "dev-b", "health"), b"ok").is_failure
+            assert not victim.failed.is_set()
+        finally:
+            broker.close()
 
 
 def test_hub_sends_commands_but_cannot_forge_uplinks(broker: BrokerHarness, site: str) -> None:
@@ -227,6 +251,40 @@ def test_stop_leaves_no_process_and_start_reuses_the_port(broker: BrokerHarness)
     running.start()
     assert running.port == port
     broker.connect("dev-a")
+
+
+def test_queued_messages_for_an_offline_hub_survive_a_broker_restart(
+    broker: BrokerHarness, site: str
+) -> None:
+    session = {"client_id": "hub-persistent", "clean_start": False, "session_expiry_s": 300}
+    hub = broker.connect("hub", **session)
+    assert hub.subscribe(topics.hub_subscription("hub")) == GRANTED_QOS_1
+    hub.close()
+    device = broker.connect("dev-a")
+    topic = topics.uplink(site, "dev-a", "counts")
+    for payload in (b"1", b"2", b"3"):
+        assert device.publish(topic, payload) == SUCCESS  # the broker holds them for the hub now
+    device.close()
+
+    broker.broker.stop()
+    broker.broker.start()
+
+    hub = broker.connect("hub", **session)
+    assert [hub.next_message().payload for _ in range(3)] == [b"1", b"2", b"3"]
+
+
+def test_start_picks_another_port_when_its_first_pick_is_taken(
+    tmp_path: Path, roadside_ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([taken, free_loopback_port()])
+        monkeypatch.setattr("cloud.broker.free_loopback_port", lambda _host: next(picks))
+        with MosquittoBroker.for_ca(tmp_path, roadside_ca) as running:
+            assert running.port != taken
+            assert running.running
 
 
 def test_failed_start_reports_the_log_and_leaves_no_process(

@@ -188,6 +188,11 @@ def test_config_optional_settings() -> None:
     assert _config()["log_dest"] == ["stderr"]
 
 
+def test_client_id_can_be_bound_to_the_certificate() -> None:
+    assert "use_username_as_clientid" not in _config()
+    assert _config(client_id_from_cn=True)["use_username_as_clientid"] == ["true"]
+
+
 def test_each_setting_appears_once() -> None:
     conf = _config(crlfile="/c")
     repeated = {key for key, values in conf.items() if len(values) > 1 and key != "log_type"}
@@ -212,7 +217,7 @@ def test_config_refuses_bad_values(overrides: dict[str, object], message: str) -
 
 
 def test_missing_mosquitto_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker_module.shutil, "which", lambda _name: None)
+    monkeypatch.setattr("shutil.which", lambda _name: None)
     monkeypatch.setattr(broker_module, "_FALLBACK_EXECUTABLE", "/nonexistent/mosquitto")
     with pytest.raises(ConfigError, match="apt-get install mosquitto"):
         find_mosquitto()

@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import ssl
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cryptography import x509
@@ -235,9 +236,10 @@ def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, hostname:
             # client finishes; a read on the client surfaces the server's verdict.
             with contextlib.suppress(ssl.SSLWantReadError):
                 client.read()
-            peer = server.getpeercert()
-            subject = dict(item for rdn in peer["subject"] for item in rdn) if peer else {}
-            return str(subject.get("commonName")) if subject else None
+            peer = server.getpeercert() or {}
+            subject = cast("tuple[tuple[tuple[str, str], ...], ...]", peer.get("subject", ()))
+            names = [value for rdn in subject for key, value in rdn if key == "commonName"]
+            return str(names[0]) if names else None
     raise AssertionError("handshake did not finish")
 
 

@@ -1,0 +1,543 @@
+"""Mosquitto, the reference broker: its ACL file, its config, and a process wrapper.
+
+Devices and hubs authenticate with client certificates; Mosquitto takes the
+certificate's common name as the username (``use_identity_as_username``)
+and the ACL file written by ``render_acl`` confines each name:
+
+======  =================================  =============================================
+who     may publish                        may receive
+======  =================================  =============================================
+device  ``roadside/v1/<site>/<device>/#``  ``roadside/v1/cmd/<device>``
+hub     ``roadside/v1/cmd/#``              ``roadside/v1/#``, also via ``$share/<group>/``
+======  =================================  =============================================
+
+How Mosquitto 2.0 applies it (checked against 2.0.11): each PUBLISH is
+checked (MQTT 5 gets PUBACK 135 "not authorized"; the message is dropped),
+and each delivery is checked against the receiver's read rules on the
+message's own topic, shared subscriptions included. A SUBSCRIBE is never
+checked: every filter is granted and simply delivers nothing unreadable.
+So any client may join a shared-subscription group, and a message the group
+hands to a member that may not read it is lost for the whole group: keep
+the hub's group name to the hubs.
+
+``render_acl`` and ``render_config`` are pure; ``MosquittoBroker`` writes
+their output into a working directory and runs ``mosquitto -c`` on a
+loopback port, for the demo and the tests.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Literal, Self
+
+from cloud.pki import CertificateAuthority, IssuedCert, write_private, write_public
+from shared.errors import ConfigError, TransportError
+from shared.topics import ROOT, check_name
+
+log = logging.getLogger(__name__)
+
+TlsVersion = Literal["tlsv1.2", "tlsv1.3"]
+
+_FALLBACK_EXECUTABLE: Final = "/usr/sbin/mosquitto"
+# Mosquitto prints this (log_type information) when it handles SIGHUP; the
+# reload itself completes in the same pass of its single-threaded loop.
+_RELOAD_MARK: Final = re.compile(r"^\S+ Reloading config\.$", re.MULTILINE)
+# ...and this once every listener is set up. It opens the port before it
+# loads the certificate and key, so an open port alone does not mean it will stay.
+_RUNNING_MARK: Final = re.compile(r"^\S+ mosquitto version \S+ running$", re.MULTILINE)
+_PORT_TAKEN_MARK: Final = re.compile(r"Address already in use")
+
+
+@dataclass(frozen=True, slots=True)
+class AclDevice:
+    """A device allowed on the broker: its id (certificate CN) and its site."""
+
+    device_id: str
+    site: str
+
+
+# -- pure renderers -----------------------------------------------------------
+
+
+def render_acl(devices: Iterable[AclDevice], hub_user: str = "hub") -> str:
+    """The Mosquitto ``acl_file`` text confining each device and the hub to their topics.
+
+    Every name is checked against the safe charset first, because a ``#``,
+    ``+``, ``/`` or newline in a name would widen a rule or add one.
+    """
+    check_name(hub_user, "hub user")
+    by_id: dict[str, AclDevice] = {}
+    for device in devices:
+        check_name(device.device_id, "device id")
+        check_name(device.site, "site")
+        if device.device_id == hub_user:
+            raise ConfigError(f"device id {device.device_id!r} is reserved for the hub")
+        seen = by_id.setdefault(device.device_id, device)
+        if seen.site != device.site:
+            raise ConfigError(
+                f"device {device.device_id!r} is listed at two sites ({seen.site!r}, {device.site!r})"
+            )
+    lines = [
+        "# Roadside broker ACL, written by cloud.broker.render_acl; edits are overwritten.",
+        "# No rule precedes the first 'user' line, so anonymous clients get nothing.",
+        "",
+        f"user {hub_user}",
+        f"topic read {ROOT}/#",
+        f"topic write {ROOT}/cmd/#",
+    ]
+    for device_id in sorted(by_id):
+        site = by_id[device_id].site
+        lines += [
+            "",
+            f"user {device_id}",
+            f"topic write {ROOT}/{site}/{device_id}/#",
+            f"topic read {ROOT}/cmd/{device_id}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def render_config(
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    cafile: Path | str,
+    certfile: Path | str,
+    keyfile: Path | str,
+    acl_file: Path | str,
+    persistence_dir: Path | str,
+    log_file: Path | str | None = None,
+    crlfile: Path | str | None = None,
+    max_packet_size: int = 262144,
+    max_queued_messages: int = 100_000,
+    autosave_interval_s: int = 10,
+    persistent_client_expiration: str = "14d",
+    tls_version: TlsVersion = "tlsv1.2",
+    run_as_user: str | None = None,
+    client_id_from_cn: bool = False,
+) -> str:
+    """The ``mosquitto.conf`` text for one mutual-TLS listener with the ACL file.
+
+    ``tls_version`` is the minimum; modern peers negotiate TLS 1.3 anyway.
+    ``max_queued_messages`` is per client: it bounds what the broker holds for
+    an offline hub session, and messages past it are dropped by the broker, so
+    it is sized for minutes of fleet traffic rather than seconds.
+
+    ``client_id_from_cn`` makes Mosquitto replace each client id with the
+    certificate CN (``use_username_as_clientid``). Without it a device can
+    connect under another device's client id and so disconnect it and take
+    over its session; with it, two connections with the same CN (two hub
+    processes with one ``hub`` certificate) keep disconnecting each other,
+    so each hub process then needs a certificate of its own.
+    """
+    if not 0 < port < 65536:
+        raise ConfigError(f"port must be 1-65535, got {port}")
+    for name, value in {
+        "max_packet_size": max_packet_size,
+        "max_queued_messages": max_queued_messages,
+        "autosave_interval_s": autosave_interval_s,
+    }.items():
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if tls_version not in ("tlsv1.2", "tlsv1.3"):
+        raise ConfigError(f"tls_version must be tlsv1.2 or tlsv1.3, got {tls_version!r}")
+    persistence = _conf_value(persistence_dir, "persistence_dir")
+    lines = [
+        "# Roadside broker config, written by cloud.broker.render_config; edits are overwritten.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"acl_file {_conf_value(acl_file, 'acl_file')}",
+        "persistence true",
+        # Mosquitto joins location and file name by plain concatenation.
+        f"persistence_location {persistence.rstrip('/')}/",
+        "persistence_file mosquitto.db",
+        # Persistence is a periodic snapshot: a crash (not a stop) loses what
+        # arrived since the last save, so save often.
+        f"autosave_interval {autosave_interval_s}",
+        f"persistent_client_expiration {_conf_value(persistent_client_expiration, 'expiration')}",
+        f"max_queued_messages {max_queued_messages}",
+        f"max_packet_size {max_packet_size}",
+        "connection_messages true",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        *(
+            ["log_dest stderr"]
+            if log_file is None
+            else [f"log_dest file {_conf_value(log_file, 'log_file')}"]
+        ),
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "log_type information",
+    ]
+    if run_as_user is not None:
+        lines.append(f"user {_conf_value(run_as_user, 'run_as_user')}")
+    lines += [
+        "",
+        f"listener {port} {_conf_value(host, 'host')}",
+        "protocol mqtt",
+        f"cafile {_conf_value(cafile, 'cafile')}",
+        f"certfile {_conf_value(certfile, 'certfile')}",
+        f"keyfile {_conf_value(keyfile, 'keyfile')}",
+        f"tls_version {tls_version}",
+        "require_certificate true",
+        "use_identity_as_username true",
+    ]
+    if client_id_from_cn:
+        lines.append("use_username_as_clientid true")
+    if crlfile is not None:
+        lines.append(f"crlfile {_conf_value(crlfile, 'crlfile')}")
+    return "\n".join(lines) + "\n"
+
+
+def _conf_value(value: Path | str, what: str) -> str:
+    text = str(value)
+    # One setting per line: a line break would let a value smuggle in a second setting.
+    if not text or text != text.strip() or any(c in text for c in "\r\n\0"):
+        raise ConfigError(f"{what} {text!r} is empty or has surrounding blanks or line breaks")
+    return text
+
+
+# -- process wrapper ----------------------------------------------------------
+
+
+def find_mosquitto() -> str:
+    """Path of the ``mosquitto`` executable; ConfigError saying how to install it."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    if os.access(_FALLBACK_EXECUTABLE, os.X_OK):
+        return _FALLBACK_EXECUTABLE
+    raise ConfigError("mosquitto not found on PATH or in /usr/sbin: apt-get install mosquitto")
+
+
+def free_loopback_port(host: str = "127.0.0.1") -> int:
+    """A TCP port the kernel just handed out on ``host``; free unless someone races us."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class MosquittoBroker:
+    """A Mosquitto process with mutual TLS and Roadside ACLs, in its own directory.
+
+    Use as a context manager: the process is stopped on exit, and on any
+    failure while starting, so no broker outlives its owner. ``stop()`` then
+    ``start()`` restarts it on the same port with the same persistent state,
+    which is how tests take the broker down and bring it back.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        ca_cert_pem: bytes,
+        server: IssuedCert,
+        devices: Iterable[AclDevice] = (),
+        hub_user: str = "hub",
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        crl_pem: bytes | None = None,
+        executable: str | None = None,
+        start_timeout_s: float = 10.0,
+        max_packet_size: int = 262144,
+        client_id_from_cn: bool = False,
+    ) -> None:
+        self.workdir = workdir
+        self.host = host
+        self._port = port
+        self._ca_cert_pem = ca_cert_pem
+        self._server = server
+        self._devices = list(devices)
+        self._hub_user = hub_user
+        self._crl_pem = crl_pem
+        self._executable = executable
+        self._start_timeout_s = start_timeout_s
+        self._max_packet_size = max_packet_size
+        self._client_id_from_cn = client_id_from_cn
+        self._process: subprocess.Popen[bytes] | None = None
+        render_acl(self._devices, hub_user)  # fail now, not in the broker, on a bad name
+
+    @classmethod
+    def for_ca(
+        cls,
+        workdir: Path,
+        ca: CertificateAuthority,
+        devices: Iterable[AclDevice] = (),
+        *,
+        hub_user: str = "hub",
+        use_crl: bool = False,
+    ) -> MosquittoBroker:
+        """A broker with a fresh server certificate from ``ca`` for localhost and 127.0.0.1."""
+        server = ca.issue_server("roadside-broker", hostnames=["localhost"], ips=["127.0.0.1"])
+        return cls(
+            workdir,
+            ca_cert_pem=ca.cert_pem,
+            server=server,
+            devices=devices,
+            hub_user=hub_user,
+            crl_pem=ca.crl_pem() if use_crl else None,
+        )
+
+    # -- paths and state --
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise ConfigError("the broker has no port until it is started")
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate clients should trust to verify this broker."""
+        return self.workdir / "ca.cert.pem"
+
+    @property
+    def config_file(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    @property
+    def acl_file(self) -> Path:
+        return self.workdir / "mosquitto.acl"
+
+    @property
+    def crl_file(self) -> Path:
+        return self.workdir / "ca.crl.pem"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    @property
+    def _stderr_file(self) -> Path:
+        return self.workdir / "mosquitto.stderr"
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines Mosquitto logged (its log file, then its stderr)."""
+        chunks = []
+        for path in (self.log_file, self._stderr_file):
+            if path.is_file():
+                chunks += path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(chunks)
+
+    # -- lifecycle --
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Write the files and start Mosquitto; return once its TLS port accepts connections."""
+        if self.running:
+            return
+        executable = self._executable or find_mosquitto()
+        self._write_files()
+        # A port picked here can be taken by someone else before Mosquitto binds
+        # it; only a port we picked ourselves is worth picking again.
+        attempts = 3 if self._port is None else 1
+        for attempt in range(1, attempts + 1):
+            if self._port is None or attempt > 1:
+                self._port = free_loopback_port(self.host)
+            self._write_config()
+            log_offset = self._log_size()
+            try:
+                self._launch(executable)
+                return
+            except ConfigError:
+                if attempt == attempts or not self._logged_since(log_offset, _PORT_TAKEN_MARK):
+                    raise
+                log.warning("port %d was taken before mosquitto bound it; picking another", self.port)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM Mosquitto (it saves its state) and wait; SIGKILL if it does not exit."""
+        process, self._process = self._process, None
+        _LIVE.discard(self)
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("mosquitto pid %d ignored SIGTERM for %.0f s; killing it", process.pid, timeout_s)
+                process.kill()
+                process.wait()
+        log.info("mosquitto pid %d stopped (exit %s)", process.pid, process.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL Mosquitto, as a crash would: state since the last autosave is lost."""
+        process, self._process = self._process, None
+        _LIVE.discard(self)
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def reload_acl(self, devices: Iterable[AclDevice], timeout_s: float = 5.0) -> None:
+        """Replace the device list, rewrite the ACL file and make Mosquitto reload it.
+
+        Returns once Mosquitto has reloaded. Connected clients keep their
+        connection, but each later publish and delivery is checked against
+        the new rules (Mosquitto checks ACLs per message, not per session).
+        """
+        self._devices = list(devices)
+        write_public(self.acl_file, render_acl(self._devices, self._hub_user).encode())
+        self._reload(timeout_s)
+        log.info("mosquitto reloaded its ACL: %d devices", len(self._devices))
+
+    def reload_crl(self, crl_pem: bytes, timeout_s: float = 5.0) -> None:
+        """Install a new CRL and make Mosquitto reload it; later handshakes check it.
+
+        The broker must have been made with a CRL (``crl_pem`` or ``use_crl``):
+        adding the ``crlfile`` setting needs a restart. A client already
+        connected with a revoked certificate stays connected and may still
+        publish (checked with Mosquitto 2.0.11): also drop the device from the
+        ACL (``reload_acl``) to cut it off at once.
+        """
+        if self._crl_pem is None:
+            raise ConfigError("this broker was started without a CRL; create it with crl_pem=...")
+        self._crl_pem = crl_pem
+        write_public(self.crl_file, crl_pem)
+        self._reload(timeout_s)
+        log.info("mosquitto reloaded its CRL")
+
+    def _reload(self, timeout_s: float) -> None:
+        # SIGHUP makes Mosquitto re-read its config, ACL file, TLS files and CRL.
+        # It logs the mark first and reloads within the same pass of its
+        # single-threaded loop, so once the mark is in the log, any packet it
+        # reads afterwards meets the new rules.
+        if not self.running or self._process is None:
+            return
+        log_offset = self._log_size()
+        self._process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout_s
+        while not self._logged_since(log_offset, _RELOAD_MARK):
+            if time.monotonic() > deadline:
+                raise TransportError(f"mosquitto did not reload within {timeout_s} s:\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    # -- internals --
+
+    def _write_files(self) -> None:
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.workdir / "data").mkdir(mode=0o700, exist_ok=True)
+        write_public(self.ca_file, self._ca_cert_pem)
+        write_public(self.workdir / "server.cert.pem", self._server.cert_pem)
+        write_private(self.workdir / "server.key.pem", self._server.key_pem)
+        write_public(self.acl_file, render_acl(self._devices, self._hub_user).encode())
+        if self._crl_pem is not None:
+            write_public(self.crl_file, self._crl_pem)
+
+    def _write_config(self) -> None:
+        text = render_config(
+            port=self.port,
+            host=self.host,
+            cafile=self.ca_file,
+            certfile=self.workdir / "server.cert.pem",
+            keyfile=self.workdir / "server.key.pem",
+            acl_file=self.acl_file,
+            persistence_dir=self.workdir / "data",
+            log_file=self.log_file,
+            crlfile=self.crl_file if self._crl_pem is not None else None,
+            max_packet_size=self._max_packet_size,
+            client_id_from_cn=self._client_id_from_cn,
+            # Started as root, Mosquitto would switch to user "mosquitto", which
+            # cannot read our 0600 key or write our directory; keep our own identity.
+            run_as_user=pwd.getpwuid(os.geteuid()).pw_name,
+        )
+        write_public(self.config_file, text.encode())
+
+    def _launch(self, executable: str) -> None:
+        log_offset = self._log_size()
+        with self._stderr_file.open("wb") as stderr:
+            self._process = subprocess.Popen(
+                [executable, "-c", str(self.config_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                cwd=self.workdir,
+                # Its own session: a Ctrl-C in the terminal reaches only us, and the
+                # owner stops the broker last, after the clients that use it.
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready(log_offset)
+        except BaseException:
+            self.stop()
+            raise
+        _LIVE.add(self)
+        log.info("mosquitto pid %d listening on %s:%d", self._process.pid, self.host, self.port)
+
+    def _wait_ready(self, log_offset: int) -> None:
+        deadline = time.monotonic() + self._start_timeout_s
+        while True:
+            if self._process is None or self._process.poll() is not None:
+                code = self._process.returncode if self._process else None
+                raise ConfigError(f"mosquitto exited during start (code {code}):\n{self.log_tail()}")
+            if self._logged_since(log_offset, _RUNNING_MARK) and self._accepts_connections():
+                return
+            if time.monotonic() > deadline:
+                raise TransportError(
+                    f"mosquitto did not accept connections on {self.host}:{self.port} "
+                    f"within {self._start_timeout_s} s:\n{self.log_tail()}"
+                )
+            time.sleep(0.01)
+
+    def _accepts_connections(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _log_size(self) -> int:
+        return self.log_file.stat().st_size if self.log_file.is_file() else 0
+
+    def _logged_since(self, offset: int, mark: re.Pattern[str]) -> bool:
+        """Whether Mosquitto logged ``mark`` after byte ``offset`` of its log file."""
+        if not self.log_file.is_file():
+            return False
+        with self.log_file.open("rb") as log_handle:
+            # A log rotated under us is shorter than the offset: read it all.
+            log_handle.seek(offset if offset <= self._log_size() else 0)
+            return mark.search(log_handle.read().decode(errors="replace")) is not None
+
+
+# Brokers started and not yet stopped. Owners stop theirs (context manager);
+# this is the safety net for an interpreter that exits without doing so.
+# A process killed outright (SIGKILL, os._exit) still leaves its broker behind.
+_LIVE: weakref.WeakSet[MosquittoBroker] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_brokers() -> None:
+    for broker in list(_LIVE):
+        broker.stop()
