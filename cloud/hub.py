@@ -42,7 +42,14 @@ def open_store(config: StoreConfig, home: HubHome) -> TimeSeriesStore:
         from cloud.storage.influx import InfluxV1Store
 
         password = config.password.get_secret_value() if config.password else None
-        return InfluxV1Store(config.url, config.database, username=config.username, password=password)
+        return InfluxV1Store(
+            config.url,
+            config.database,
+            username=config.username,
+            password=password,
+            retention_policy=config.retention_policy,
+            create_database=config.create_database,
+        )
     if isinstance(config, InfluxV2StoreConfig):
         from cloud.storage.influx import InfluxV2Store
 

@@ -31,6 +31,8 @@ class InfluxV1StoreConfig(_Section):
     database: str = "roadside"
     username: str | None = None
     password: SecretStr | None = None
+    retention_policy: str | None = None
+    create_database: bool = True  # False on 2.x/3.x, where databases are buckets made by their admin
 
 
 class InfluxV2StoreConfig(_Section):

@@ -34,7 +34,7 @@ from cloud.ingest.metrics import IngestMetrics
 from cloud.storage.base import TimeSeriesStore
 from shared import topics
 from shared.backoff import Backoff
-from shared.errors import TransportError
+from shared.errors import RoadsideError, TransportError
 from shared.queues import BoundedQueue, Overflow
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,12 @@ class IngestService:
         return self._connected.wait(timeout)
 
     def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        """Write and acknowledge what is queued, then disconnect. Messages arriving
+        meanwhile are not acknowledged: the broker keeps them for the next session."""
         self._stop.set()
         self._worker.join(timeout=30)
+        self._client.disconnect()
+        self._client.loop_stop()
 
     # paho callbacks (network thread) ---------------------------------------
 
@@ -186,48 +188,81 @@ class IngestService:
         while not (self._stop.is_set() and self.queue.qsize() == 0):
             deliveries = self.queue.get_batch(self.batch_size, self.max_wait_s, first_timeout_s=0.2)
             self.metrics.queue_depth.set(self.queue.qsize())
-            if deliveries:
+            if not deliveries:
+                continue
+            try:
                 self._handle(deliveries)
+            except Exception:
+                # Never let the writer die on a bug: these stay unacknowledged and
+                # come back with the next session; the error is loud in the log.
+                log.exception("ingest writer failed on a batch of %d messages", len(deliveries))
 
     def _handle(self, deliveries: list[_Delivery]) -> None:
         now_ms = int(time.time() * 1000)
-        results = [self.core.accept(d.topic, d.payload, now_ms) for d in deliveries]
-        accepted = [r for r in results if isinstance(r, Accepted)]
-        if not self._write([a.batch for a in accepted if _has_records(a)]):
+        results: list[Accepted | Rejection] = [
+            self.core.accept(d.topic, d.payload, now_ms) for d in deliveries
+        ]
+        stored = self._write([r for r in results if isinstance(r, Accepted) and _has_records(r)])
+        if stored is None:
             return  # stopping while the store is down: unacknowledged, the broker redelivers
+        results = [stored.get(id(r), r) if isinstance(r, Accepted) else r for r in results]
         seen: dict[str, datetime] = {}
-        for result in accepted:
-            self.core.opener.commit(result.header)
-            sealed_at = result.header.ts_ms / 1000
-            self.metrics.lag_seconds.observe(max(0.0, time.time() - sealed_at))
-            seen[result.header.device_id] = datetime.fromtimestamp(sealed_at, UTC)
-            self._count_records(result)
+        accepted = 0
         for delivery, outcome in zip(deliveries, results, strict=True):
             if isinstance(outcome, Rejection):
                 self._reject(delivery, outcome)
+                continue
+            accepted += 1
+            self.core.opener.commit(outcome.header)
+            sealed_at = outcome.header.ts_ms / 1000
+            self.metrics.lag_seconds.observe(max(0.0, time.time() - sealed_at))
+            seen[outcome.header.device_id] = datetime.fromtimestamp(sealed_at, UTC)
+            self._count_records(outcome)
         if seen:
             self.mark_seen(sorted(seen.items()))
-        self.stored_messages += len(accepted)
-        self.metrics.messages.labels("accepted").inc(len(accepted))
+        self.stored_messages += accepted
+        self.metrics.messages.labels("accepted").inc(accepted)
         for delivery in deliveries:
             self._client.ack(delivery.mid, delivery.qos)
 
-    def _write(self, batches: list[Any]) -> bool:
-        if not batches:
-            return True
+    def _write(self, accepted: list[Accepted]) -> dict[int, Rejection] | None:
+        """Write durably; retry while the store is unreachable.
+
+        Returns the messages the store itself refused (by ``id`` of their
+        result), found by writing one at a time after a batch was refused,
+        or ``None`` if we are stopping before the store came back.
+        """
+        if not accepted:
+            return {}
         backoff = Backoff(base_s=0.2, cap_s=10.0)
         while True:
             started = time.perf_counter()
             try:
-                self.store.write(batches)
+                self.store.write([a.batch for a in accepted])
             except TransportError as exc:
                 self.metrics.store_errors.inc()
                 log.warning("store write failed, ingest paused: %s", exc)
                 if self._stop.wait(backoff.next_delay()):
-                    return False
+                    return None
                 continue
+            except RoadsideError as exc:
+                log.warning("store refused a batch (%s); writing its messages one by one", exc)
+                return self._write_each(accepted)
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
-            return True
+            return {}
+
+    def _write_each(self, accepted: list[Accepted]) -> dict[int, Rejection] | None:
+        refused: dict[int, Rejection] = {}
+        for result in accepted:
+            try:
+                self.store.write([result.batch])
+            except TransportError:
+                return None if self._stop.is_set() else self._write(accepted)
+            except RoadsideError as exc:
+                where = result.header
+                topic = f"device {where.device_id} seq {where.seq}"
+                refused[id(result)] = Rejection("store_rejected", str(exc), topic, where.device_id)
+        return refused
 
     def _reject(self, delivery: _Delivery, rejection: Rejection) -> None:
         self.rejected_messages += 1

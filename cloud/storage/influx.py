@@ -449,7 +449,7 @@ class InfluxV1Store:
                 "/query", data={"q": f"CREATE DATABASE {quote_ident(self._database)}"}
             )
         self._check(response, "create database")
-        _series(response.json(), "create database")
+        _series(_json(response, "create database"), "create database")
         self._database_ready = True
 
     def _check(self, response: httpx.Response, action: str) -> None:
@@ -487,7 +487,7 @@ class InfluxV1Store:
         with self._http_errors("query"):
             response = self._http.get("/query", params=params)
         self._check(response, "query")
-        return _series(response.json(), "query")
+        return _series(_json(response, "query"), "query")
 
     def count_buckets(self, query: CountQuery) -> list[CountBucket]:
         """Counts summed per bucket, ordered by bucket start then device, line, class, direction."""
@@ -551,6 +551,14 @@ def _message(response: httpx.Response) -> str:
             if isinstance(body.get(key), str):
                 return str(body[key])
     return response.text[:500]
+
+
+def _json(response: httpx.Response, action: str) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        # Something other than InfluxDB answered (a proxy's error page): treat it as an outage.
+        raise TransportError(f"InfluxDB {action} answered HTTP {response.status_code} without JSON") from exc
 
 
 def _series(payload: Any, action: str) -> list[dict[str, Any]]:

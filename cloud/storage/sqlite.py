@@ -178,16 +178,25 @@ class SqliteStore:
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
             # Autocommit mode: transactions are opened explicitly, one per write.
             self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise self._unopenable(exc) from exc
+        try:
             self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a write that returned survives power loss, not only a process crash.
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(
-                f"cannot open the telemetry database at {self._path}: {exc}; "
-                "check the path points to a writable SQLite file"
-            ) from exc
+        except (OSError, sqlite3.Error, ConfigError) as exc:
+            self._db.close()
+            if isinstance(exc, ConfigError):
+                raise
+            raise self._unopenable(exc) from exc
+
+    def _unopenable(self, exc: Exception) -> ConfigError:
+        return ConfigError(
+            f"cannot open the telemetry database at {self._path}: {exc}; "
+            "check the path points to a writable SQLite file"
+        )
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -226,7 +235,10 @@ class SqliteStore:
                     fresh += self._insert(db, batch, stored_us)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite may have rolled back already (a failed COMMIT); a second ROLLBACK would
+                # hide the real error.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
         log.debug("stored %s of %s envelopes", fresh, len(batches))
 

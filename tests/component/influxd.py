@@ -6,7 +6,9 @@ under ``tmp_path``, turns off reporting and the ``_internal`` monitor store, and
 starts ``influxd``. It waits for ``/ping`` to answer 204, bounded, and raises
 with the tail of the server's log if it does not. ``stop()`` and ``start()``
 restart it on the same ports and data, for outage tests. The process is
-stopped on leaving the ``with`` block and, as a last resort, at interpreter exit.
+stopped on leaving the ``with`` block, at interpreter exit, and (through
+``setpriv --pdeathsig``, where util-linux has it) when the test process dies
+without cleaning up, even by SIGKILL.
 
 Only a missing ``influxd`` binary skips the test (``apt-get install influxdb``).
 """
@@ -86,6 +88,9 @@ class InfluxServer:
         self.rpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self._binary = influxd_binary()
+        setpriv = shutil.which("setpriv")
+        # The kernel sends influxd SIGTERM when its parent dies, however it dies: no orphans.
+        self._guard = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
         self._config = self.root / "influxd.conf"
         self._log = self.root / "influxd.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -128,7 +133,7 @@ class InfluxServer:
             return
         with self._log.open("ab") as log:
             self._process = subprocess.Popen(
-                [self._binary, "run", "-config", str(self._config)],
+                [*self._guard, self._binary, "run", "-config", str(self._config)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C meant for pytest does not reach it half-way
             )
