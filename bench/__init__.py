@@ -1,0 +1,1 @@
+"""Benchmarks. Each prints its figures as one JSON object on its last line."""
