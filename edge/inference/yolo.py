@@ -51,18 +51,19 @@ class LetterboxInfo:
     def to_original(self, boxes_xyxy: FloatArray) -> FloatArray:
         """Map xyxy boxes from network-input pixels to original pixels, clipped."""
         out = np.empty_like(boxes_xyxy, dtype=np.float32)
-        out[:, [0, 2]] = (boxes_xyxy[:, [0, 2]] - self.pad_x) / self.scale
-        out[:, [1, 3]] = (boxes_xyxy[:, [1, 3]] - self.pad_y) / self.scale
+        xs, ys = out[:, 0::2], out[:, 1::2]  # views, so the clips below write through
+        xs[...] = (boxes_xyxy[:, 0::2] - self.pad_x) / self.scale
+        ys[...] = (boxes_xyxy[:, 1::2] - self.pad_y) / self.scale
         h, w = self.orig_shape
-        np.clip(out[:, [0, 2]], 0.0, float(w), out=out[:, [0, 2]])
-        np.clip(out[:, [1, 3]], 0.0, float(h), out=out[:, [1, 3]])
+        np.clip(xs, 0.0, float(w), out=xs)
+        np.clip(ys, 0.0, float(h), out=ys)
         return out
 
     def to_input(self, boxes_xyxy: FloatArray) -> FloatArray:
         """Map xyxy boxes from original pixels to network-input pixels."""
         out = np.empty_like(boxes_xyxy, dtype=np.float32)
-        out[:, [0, 2]] = boxes_xyxy[:, [0, 2]] * self.scale + self.pad_x
-        out[:, [1, 3]] = boxes_xyxy[:, [1, 3]] * self.scale + self.pad_y
+        out[:, 0::2] = boxes_xyxy[:, 0::2] * self.scale + self.pad_x
+        out[:, 1::2] = boxes_xyxy[:, 1::2] * self.scale + self.pad_y
         return out
 
 
