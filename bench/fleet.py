@@ -27,8 +27,13 @@ def counts_body(device_index: int, message_index: int, records: int) -> bytes:
     start = EPOCH + timedelta(minutes=message_index)
     rows = [
         {
-            "interval_start": start.isoformat(), "interval_s": 60, "line": f"l{r}", "cls": "car",
-            "direction": "in", "count": 1, "model_version": "bench",
+            "interval_start": start.isoformat(),
+            "interval_s": 60,
+            "line": f"l{r}",
+            "cls": "car",
+            "direction": "in",
+            "count": 1,
+            "model_version": "bench",
         }
         for r in range(records)
     ]
@@ -43,14 +48,20 @@ class SimulatedDevice:
         self.sealer = DeviceSealer(bundle.device_id, bundle.keypair(), bundle.hub_public())
         self.topic = topics.uplink(bundle.site, bundle.device_id, "counts")
         self._tls = Path(tempfile.mkdtemp(prefix="sim-tls-"))
-        for name, pem in (("ca", bundle.ca_cert_pem), ("crt", bundle.client_cert_pem), ("key", bundle.client_key_pem)):
+        for name, pem in (
+            ("ca", bundle.ca_cert_pem),
+            ("crt", bundle.client_cert_pem),
+            ("key", bundle.client_key_pem),
+        ):
             fd = os.open(self._tls / name, os.O_WRONLY | os.O_CREAT, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(pem)
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, client_id=bundle.device_id, protocol=mqtt.MQTTv5
         )
-        self.client.tls_set(ca_certs=str(self._tls / "ca"), certfile=str(self._tls / "crt"), keyfile=str(self._tls / "key"))
+        self.client.tls_set(
+            ca_certs=str(self._tls / "ca"), certfile=str(self._tls / "crt"), keyfile=str(self._tls / "key")
+        )
         self.client.max_inflight_messages_set(max_inflight)
         self.client.max_queued_messages_set(0)
         self.acked = 0
@@ -85,10 +96,14 @@ class SimulatedDevice:
         self._tls.rmdir()
 
 
-def enroll_fleet(home: HubHome, registry: Registry, count: int, port: int, site: str = "bench") -> list[EnrollmentBundle]:
+def enroll_fleet(
+    home: HubHome, registry: Registry, count: int, port: int, site: str = "bench"
+) -> list[EnrollmentBundle]:
     bundles = []
     for i in range(count):
-        bundle, _ = enroll_device(home, registry, f"sim-{i:04d}", site, BrokerAddress(host="127.0.0.1", port=port))
+        bundle, _ = enroll_device(
+            home, registry, f"sim-{i:04d}", site, BrokerAddress(host="127.0.0.1", port=port)
+        )
         bundles.append(bundle)
     return bundles
 

@@ -58,7 +58,9 @@ MAX_BACKLOG = 95_000  # Mosquitto queues at most 100,000 messages per offline cl
 
 def _consumer(home: HubHome, client_id: str) -> mqtt.Client:
     cert, key = home.cert("hub")
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+    )
     client.tls_set(ca_certs=str(home.ca_file), certfile=str(cert), keyfile=str(key))
     return client
 
@@ -166,7 +168,9 @@ class NaiveIngester:
             self.db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("CREATE TABLE counts (device TEXT, ts TEXT, line TEXT, cls TEXT, dir TEXT, n INTEGER)")
+            self.db.execute(
+                "CREATE TABLE counts (device TEXT, ts TEXT, line TEXT, cls TEXT, dir TEXT, n INTEGER)"
+            )
         else:
             self.http = httpx.Client(base_url=target, timeout=10)
             self.http.post("/query", params={"q": "CREATE DATABASE naive"})
@@ -203,7 +207,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     store_config: StoreConfig = (
         InfluxV1StoreConfig(url=influx.url, database="roadside") if influx else SqliteStoreConfig()
     )
-    broker = MosquittoBroker(home.broker_dir, ca_cert_pem=home.ca_file.read_bytes(), server=home.broker_server_cert())
+    broker = MosquittoBroker(
+        home.broker_dir, ca_cert_pem=home.ca_file.read_bytes(), server=home.broker_server_cert()
+    )
     registry = Registry(home.registry_url)
     try:
         broker.start()
@@ -212,7 +218,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.hubs > 1:
             return run_shared(args, home, broker.port, bundles, store_config)
         hub_settings = HubSettings(
-            home=home.root, broker_port=broker.port, api_port=0, group="", client_id="hub-bench", store=store_config
+            home=home.root,
+            broker_port=broker.port,
+            api_port=0,
+            group="",
+            client_id="hub-bench",
+            store=store_config,
         )
         hub = Hub(hub_settings)  # registers its persistent session, then goes offline
         hub.start()
@@ -225,7 +236,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log.info("published %d messages in %.1f s", messages, publish_s)
 
         bare_s = drain(home, broker.port, "bare", messages, lambda _p: None)
-        naive = NaiveIngester(home, registry, args.store, str(workdir / "naive.db") if not influx else influx.url)
+        naive = NaiveIngester(
+            home, registry, args.store, str(workdir / "naive.db") if not influx else influx.url
+        )
         naive_s = drain(home, broker.port, "naive", messages, naive.handle)
 
         hub = Hub(hub_settings)
@@ -241,12 +254,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         hub.stop()
         expected = messages * args.records
         return {
-            "devices": args.devices, "store": args.store, "messages": messages, "records_per_message": args.records,
-            "hub_msgs_s": round(messages / hub_s, 1), "hub_records_s": round(expected / hub_s, 1),
-            "bare_sub_msgs_s": round(messages / bare_s, 1), "naive_msgs_s": round(messages / naive_s, 1),
-            "hub_vs_bare": round(bare_s / hub_s, 3), "hub_vs_naive": round(naive_s / hub_s, 2),
+            "devices": args.devices,
+            "store": args.store,
+            "messages": messages,
+            "records_per_message": args.records,
+            "hub_msgs_s": round(messages / hub_s, 1),
+            "hub_records_s": round(expected / hub_s, 1),
+            "bare_sub_msgs_s": round(messages / bare_s, 1),
+            "naive_msgs_s": round(messages / naive_s, 1),
+            "hub_vs_bare": round(bare_s / hub_s, 3),
+            "hub_vs_naive": round(naive_s / hub_s, 2),
             "publish_msgs_s": round(messages / publish_s, 1),
-            "lost": max(0, expected - stored), "duplicated": max(0, stored - expected), "rejected": rejected,
+            "lost": max(0, expected - stored),
+            "duplicated": max(0, stored - expected),
+            "rejected": rejected,
         }
     finally:
         registry.close()
@@ -260,7 +281,11 @@ def run_shared(
 ) -> dict[str, Any]:
     """Several hubs on one shared subscription, live while the devices publish."""
     hubs = [
-        Hub(HubSettings(home=home.root, broker_port=port, api_port=0, client_id=f"hub-{i}", store=store_config))
+        Hub(
+            HubSettings(
+                home=home.root, broker_port=port, api_port=0, client_id=f"hub-{i}", store=store_config
+            )
+        )
         for i in range(args.hubs)
     ]
     for hub in hubs:
@@ -280,15 +305,22 @@ def run_shared(
     del elapsed
     expected = messages * args.records
     return {
-        "devices": args.devices, "store": args.store, "hubs": args.hubs, "messages": messages,
-        "per_hub_messages": shares, "publish_msgs_s": round(messages / publish_s, 1),
+        "devices": args.devices,
+        "store": args.store,
+        "hubs": args.hubs,
+        "messages": messages,
+        "per_hub_messages": shares,
+        "publish_msgs_s": round(messages / publish_s, 1),
         "hub_msgs_s": round(messages / publish_s, 1),
-        "lost": max(0, expected - stored), "duplicated": max(0, stored - expected),
+        "lost": max(0, expected - stored),
+        "duplicated": max(0, stored - expected),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--records", type=int, default=10, help="records per message")

@@ -35,8 +35,12 @@ def _fail(exc: RoadsideError) -> typer.Exit:
 @pki_app.command("init")
 def pki_init(
     home: HomeOption = DEFAULT_HOME,
-    broker_host: Annotated[list[str] | None, typer.Option(help="DNS names in the broker's certificate.")] = None,
-    broker_ip: Annotated[list[str] | None, typer.Option(help="IP addresses in the broker's certificate.")] = None,
+    broker_host: Annotated[
+        list[str] | None, typer.Option(help="DNS names in the broker's certificate.")
+    ] = None,
+    broker_ip: Annotated[
+        list[str] | None, typer.Option(help="IP addresses in the broker's certificate.")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing CA and keys.")] = False,
 ) -> None:
     """Create the CA, the hub's and the broker's certificates, and the hub's envelope keys."""

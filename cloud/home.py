@@ -91,7 +91,9 @@ class HubHome:
 
     def require(self) -> None:
         if not self.initialised():
-            raise ConfigError(f"{self.root} is not an initialised hub home; run `roadside pki init --home {self.root}`")
+            raise ConfigError(
+                f"{self.root} is not an initialised hub home; run `roadside pki init --home {self.root}`"
+            )
 
     def ca(self) -> CertificateAuthority:
         return load_ca(self.pki)
@@ -114,7 +116,9 @@ def init_home(root: Path, broker_hostnames: list[str], broker_ips: list[str], fo
     ca = CertificateAuthority.create()
     save_ca(home.pki, ca)
     write_issued(home.pki, "hub", ca.issue_client("hub"))
-    write_issued(home.pki, "broker", ca.issue_server("roadside-broker", hostnames=broker_hostnames, ips=broker_ips))
+    write_issued(
+        home.pki, "broker", ca.issue_server("roadside-broker", hostnames=broker_hostnames, ips=broker_ips)
+    )
     write_private(home.hub_keys_file, json.dumps(KeyPair.generate().to_json()).encode())
     write_private(home.group_file, f"hub-{secrets.token_hex(16)}".encode())
     registry = Registry(home.registry_url)
@@ -125,7 +129,12 @@ def init_home(root: Path, broker_hostnames: list[str], broker_ips: list[str], fo
 
 
 def enroll_device(
-    home: HubHome, registry: Registry, device_id: str, site: str, broker: BrokerAddress, out: Path | None = None
+    home: HubHome,
+    registry: Registry,
+    device_id: str,
+    site: str,
+    broker: BrokerAddress,
+    out: Path | None = None,
 ) -> tuple[EnrollmentBundle, Path]:
     """Issue a device's certificate and keys, register it, refresh the broker ACL, write its bundle."""
     home.require()

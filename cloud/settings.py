@@ -50,7 +50,9 @@ class InfluxV2StoreConfig(_Section):
         return value
 
 
-StoreConfig = Annotated[SqliteStoreConfig | InfluxV1StoreConfig | InfluxV2StoreConfig, Field(discriminator="type")]
+StoreConfig = Annotated[
+    SqliteStoreConfig | InfluxV1StoreConfig | InfluxV2StoreConfig, Field(discriminator="type")
+]
 
 
 class HubSettings(BaseSettings):

@@ -60,7 +60,9 @@ class ModelConfig(_Section):
     path: Path | None = None  # None: the detector shipped in ``models/``
     version: str | None = None  # None: read from the ONNX metadata, else the file's hash
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
-    conf_threshold: float = Field(default=0.4, gt=0, lt=1)  # the shipped detector's card recommends 0.4 for counting
+    conf_threshold: float = Field(
+        default=0.4, gt=0, lt=1
+    )  # the shipped detector's card recommends 0.4 for counting
     iou_threshold: float = Field(default=0.5, gt=0, lt=1)
     labels: list[str] | None = None  # None: from the ONNX ``names`` metadata
     intra_op_threads: int = Field(default=1, ge=0)

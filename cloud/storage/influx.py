@@ -193,8 +193,16 @@ def _count_points(origin: Origin, counts: Sequence[CountRecord]) -> list[LinePoi
     return [
         LinePoint(
             COUNTS,
-            _tags(device=origin.device_id, site=origin.site, model_version=model_version, line=line,
-                  cls=cls, direction=direction, lane=lane, interval_s=interval_s),
+            _tags(
+                device=origin.device_id,
+                site=origin.site,
+                model_version=model_version,
+                line=line,
+                cls=cls,
+                direction=direction,
+                lane=lane,
+                interval_s=interval_s,
+            ),
             # interval_s is a tag, not also a field: InfluxQL cannot tell a tag and a field of one name apart.
             _fields(count=int(total)),
             _point_time_ns(start, origin.seq),
@@ -206,12 +214,19 @@ def _count_points(origin: Origin, counts: Sequence[CountRecord]) -> list[LinePoi
 def _event_point(origin: Origin, idx: int, e: DetectionEvent) -> LinePoint:
     return LinePoint(
         EVENTS,
-        _tags(device=origin.device_id, site=origin.site, model_version=e.model_version, type=e.type,
-              slot=idx),
+        _tags(
+            device=origin.device_id, site=origin.site, model_version=e.model_version, type=e.type, slot=idx
+        ),
         _fields(
-            event_id=str(e.event_id), stream=e.stream, cls=e.cls, line=e.line, direction=e.direction,
-            track_id=_maybe(int, e.track_id), confidence=_maybe(float, e.confidence),
-            speed_kmh=_maybe(float, e.speed_kmh), seq=origin.seq,
+            event_id=str(e.event_id),
+            stream=e.stream,
+            cls=e.cls,
+            line=e.line,
+            direction=e.direction,
+            track_id=_maybe(int, e.track_id),
+            confidence=_maybe(float, e.confidence),
+            speed_kmh=_maybe(float, e.speed_kmh),
+            seq=origin.seq,
         ),
         _point_time_ns(e.ts, origin.seq),
     )
@@ -230,13 +245,16 @@ def _sensor_point(origin: Origin, r: SensorReading) -> LinePoint:
 def _health_point(origin: Origin, h: Health) -> LinePoint:
     return LinePoint(
         HEALTH,
-        _tags(device=origin.device_id, site=origin.site, model_version=h.model_version,
-              provider=h.provider),
+        _tags(device=origin.device_id, site=origin.site, model_version=h.model_version, provider=h.provider),
         _fields(
-            report=h.model_dump_json(), uptime_s=float(h.uptime_s), outbox_backlog=int(h.outbox_backlog),
+            report=h.model_dump_json(),
+            uptime_s=float(h.uptime_s),
+            outbox_backlog=int(h.outbox_backlog),
             inference_p50_ms=_maybe(float, h.inference_p50_ms),
             inference_p95_ms=_maybe(float, h.inference_p95_ms),
-            cpu_percent=_maybe(float, h.cpu_percent), rss_mb=_maybe(float, h.rss_mb), seq=origin.seq,
+            cpu_percent=_maybe(float, h.cpu_percent),
+            rss_mb=_maybe(float, h.rss_mb),
+            seq=origin.seq,
         ),
         _point_time_ns(h.ts, origin.seq),
     )
@@ -293,8 +311,15 @@ def count_buckets_influxql(query: CountQuery, source: Callable[[str], str]) -> s
     for every empty bucket of every series from ``start`` to ``end``."""
     if query.bucket_s <= 0:
         raise ValueError(f"bucket_s must be positive, not {query.bucket_s}")
-    where = _where(query.start, query.end, device=query.device_id, site=query.site, line=query.line,
-                   cls=query.cls, direction=query.direction)
+    where = _where(
+        query.start,
+        query.end,
+        device=query.device_id,
+        site=query.site,
+        line=query.line,
+        cls=query.cls,
+        direction=query.direction,
+    )
     groups = ", ".join(quote_ident(g) for g in _COUNT_GROUPS)
     tail = f" GROUP BY time({int(query.bucket_s)}s), {groups} fill(none)"
     return _select('sum("count") AS "count"', source(COUNTS), where, tail)
@@ -308,8 +333,14 @@ def events_influxql(query: EventQuery, source: Callable[[str], str]) -> str:
 
 def sensor_series_influxql(query: SensorQuery, source: Callable[[str], str]) -> str:
     """Raw readings, oldest first; ``limit`` must be positive as for events."""
-    where = _where(query.start, query.end, device=query.device_id, site=query.site,
-                   sensor=query.sensor, quantity=query.quantity)
+    where = _where(
+        query.start,
+        query.end,
+        device=query.device_id,
+        site=query.site,
+        sensor=query.sensor,
+        quantity=query.quantity,
+    )
     return _select("*", source(SENSORS), where, f" ORDER BY time ASC LIMIT {int(query.limit)}")
 
 
@@ -330,8 +361,13 @@ def seqs_above_influxql(device_id: str, floor: int, source: Callable[[str], str]
 
 def _count_bucket(row: Mapping[str, Any], bucket_ns: int) -> CountBucket:
     return CountBucket(
-        from_epoch_us(bucket_ns // 1000), str(row["device"]), str(row.get("site") or ""),
-        str(row["line"]), str(row["cls"]), str(row["direction"]), int(row["count"]),
+        from_epoch_us(bucket_ns // 1000),
+        str(row["device"]),
+        str(row.get("site") or ""),
+        str(row["line"]),
+        str(row["cls"]),
+        str(row["direction"]),
+        int(row["count"]),
     )
 
 
@@ -340,19 +376,32 @@ def _count_order(b: CountBucket) -> tuple[datetime, str, str, str, str, str]:
 
 
 def _stored_event(row: Mapping[str, Any], time_ns: int) -> StoredEvent:
-    event = DetectionEvent.model_validate({
-        "event_id": row["event_id"], "ts": from_epoch_us(time_ns // 1000), "type": row["type"],
-        "stream": row["stream"], "cls": row.get("cls"), "track_id": row.get("track_id"),
-        "line": row.get("line"), "direction": row.get("direction"), "confidence": row.get("confidence"),
-        "speed_kmh": row.get("speed_kmh"), "model_version": row["model_version"],
-    })
+    event = DetectionEvent.model_validate(
+        {
+            "event_id": row["event_id"],
+            "ts": from_epoch_us(time_ns // 1000),
+            "type": row["type"],
+            "stream": row["stream"],
+            "cls": row.get("cls"),
+            "track_id": row.get("track_id"),
+            "line": row.get("line"),
+            "direction": row.get("direction"),
+            "confidence": row.get("confidence"),
+            "speed_kmh": row.get("speed_kmh"),
+            "model_version": row["model_version"],
+        }
+    )
     return StoredEvent(str(row["device"]), str(row.get("site") or ""), event)
 
 
 def _stored_reading(row: Mapping[str, Any], time_ns: int) -> StoredReading:
     reading = SensorReading(
-        ts=from_epoch_us(time_ns // 1000), sensor=row["sensor"], quantity=row["quantity"],
-        value=row["value"], unit=row["unit"], quality=row["quality"],
+        ts=from_epoch_us(time_ns // 1000),
+        sensor=row["sensor"],
+        quantity=row["quantity"],
+        value=row["value"],
+        unit=row["unit"],
+        quality=row["quality"],
     )
     return StoredReading(str(row["device"]), str(row.get("site") or ""), reading)
 
@@ -365,7 +414,7 @@ def _tie_break(row: Mapping[str, Any]) -> tuple[str, int, int]:
 
 def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def _lines(batches: Iterable[IngestBatch]) -> list[str]:
@@ -426,8 +475,9 @@ class InfluxV1Store:
             self._ensure_database()
         except TransportError as exc:
             # The hub may start before InfluxDB; writes will try again and fail until it is up.
-            log.warning("InfluxDB at %s not reachable yet, will create %s later: %s", self._url,
-                        database, exc)
+            log.warning(
+                "InfluxDB at %s not reachable yet, will create %s later: %s", self._url, database, exc
+            )
 
     def _source(self, measurement: str) -> str:
         if self._rp is None:
@@ -445,9 +495,7 @@ class InfluxV1Store:
         if self._database_ready:
             return
         with self._http_errors("create database"):
-            response = self._http.post(
-                "/query", data={"q": f"CREATE DATABASE {quote_ident(self._database)}"}
-            )
+            response = self._http.post("/query", data={"q": f"CREATE DATABASE {quote_ident(self._database)}"})
         self._check(response, "create database")
         _series(_json(response, "create database"), "create database")
         self._database_ready = True
@@ -631,8 +679,14 @@ def count_buckets_flux(query: CountQuery, bucket: str) -> FluxQuery:
     if query.bucket_s <= 0:
         raise ValueError(f"bucket_s must be positive, not {query.bucket_s}")
     head, params = _flux_head(bucket, query.start, query.end)
-    filters = _flux_filters(params, device=query.device_id, site=query.site, line=query.line,
-                            cls=query.cls, direction=query.direction)
+    filters = _flux_filters(
+        params,
+        device=query.device_id,
+        site=query.site,
+        line=query.line,
+        cls=query.cls,
+        direction=query.direction,
+    )
     groups = ", ".join(f'"{g}"' for g in _COUNT_GROUPS)
     text = (
         head
@@ -664,8 +718,9 @@ def events_flux(query: EventQuery, bucket: str) -> FluxQuery:
 def sensor_series_flux(query: SensorQuery, bucket: str) -> FluxQuery:
     """Sensor readings with their fields as columns, oldest first, at most ``query.limit``."""
     head, params = _flux_head(bucket, query.start, query.end)
-    filters = _flux_filters(params, device=query.device_id, site=query.site, sensor=query.sensor,
-                            quantity=query.quantity)
+    filters = _flux_filters(
+        params, device=query.device_id, site=query.site, sensor=query.sensor, quantity=query.quantity
+    )
     return FluxQuery(_raw_flux(SENSORS, head, filters, query.limit), params)
 
 
@@ -751,7 +806,9 @@ class InfluxV2Store:
         for chunk in _chunks(lines, WRITE_CHUNK):
             with self._client_errors("write"):
                 self._writer.write(
-                    bucket=self._bucket, org=self._org, record=list(chunk),
+                    bucket=self._bucket,
+                    org=self._org,
+                    record=list(chunk),
                     # The constants are plain strings the client's annotations call WritePrecision.
                     write_precision=cast(WritePrecision, WritePrecision.NS),
                 )

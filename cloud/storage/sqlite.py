@@ -257,8 +257,19 @@ class SqliteStore:
             "INSERT OR IGNORE INTO counts (device_id, seq, idx, site, model_version, interval_start_us,"
             " interval_s, line, cls, direction, lane, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (*key, idx, origin.site, c.model_version, to_epoch_us(c.interval_start), c.interval_s,
-                 c.line, c.cls, c.direction, c.lane, c.count)
+                (
+                    *key,
+                    idx,
+                    origin.site,
+                    c.model_version,
+                    to_epoch_us(c.interval_start),
+                    c.interval_s,
+                    c.line,
+                    c.cls,
+                    c.direction,
+                    c.lane,
+                    c.count,
+                )
                 for idx, c in enumerate(batch.counts)
             ],
         )
@@ -267,8 +278,22 @@ class SqliteStore:
             " stream, cls, track_id, line, direction, confidence, speed_kmh)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (*key, idx, origin.site, e.model_version, to_epoch_us(e.ts), str(e.event_id), e.type,
-                 e.stream, e.cls, e.track_id, e.line, e.direction, e.confidence, e.speed_kmh)
+                (
+                    *key,
+                    idx,
+                    origin.site,
+                    e.model_version,
+                    to_epoch_us(e.ts),
+                    str(e.event_id),
+                    e.type,
+                    e.stream,
+                    e.cls,
+                    e.track_id,
+                    e.line,
+                    e.direction,
+                    e.confidence,
+                    e.speed_kmh,
+                )
                 for idx, e in enumerate(batch.events)
             ],
         )
@@ -276,8 +301,7 @@ class SqliteStore:
             "INSERT OR IGNORE INTO sensors (device_id, seq, idx, site, ts_us, sensor, quantity, value,"
             " unit, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (*key, idx, origin.site, to_epoch_us(r.ts), r.sensor, r.quantity, r.value, r.unit,
-                 r.quality)
+                (*key, idx, origin.site, to_epoch_us(r.ts), r.sensor, r.quantity, r.value, r.unit, r.quality)
                 for idx, r in enumerate(batch.sensors)
             ],
         )
@@ -297,21 +321,26 @@ class SqliteStore:
         if query.bucket_s <= 0:
             raise ValueError(f"bucket_s must be positive, not {query.bucket_s}")
         params = {
-            **_window(query.start, query.end), "bucket": query.bucket_s * 1_000_000,
-            "device_id": query.device_id, "site": query.site, "line": query.line, "cls": query.cls,
+            **_window(query.start, query.end),
+            "bucket": query.bucket_s * 1_000_000,
+            "device_id": query.device_id,
+            "site": query.site,
+            "line": query.line,
+            "cls": query.cls,
             "direction": query.direction,
         }
         with self._connection() as db:
             rows = db.execute(_COUNT_BUCKETS, params).fetchall()
-        return [
-            CountBucket(from_epoch_us(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6])) for r in rows
-        ]
+        return [CountBucket(from_epoch_us(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6])) for r in rows]
 
     def events(self, query: EventQuery) -> list[StoredEvent]:
         """Events in the window, oldest first, at most ``query.limit``."""
         params = {
-            **_window(query.start, query.end), "limit": max(query.limit, 0),
-            "device_id": query.device_id, "site": query.site, "type": query.type,
+            **_window(query.start, query.end),
+            "limit": max(query.limit, 0),
+            "device_id": query.device_id,
+            "site": query.site,
+            "type": query.type,
         }
         with self._connection() as db:
             rows = db.execute(_EVENTS, params).fetchall()
@@ -320,16 +349,28 @@ class SqliteStore:
     def sensor_series(self, query: SensorQuery) -> list[StoredReading]:
         """Sensor readings in the window, oldest first, at most ``query.limit``."""
         params = {
-            **_window(query.start, query.end), "limit": max(query.limit, 0),
-            "device_id": query.device_id, "site": query.site, "sensor": query.sensor,
+            **_window(query.start, query.end),
+            "limit": max(query.limit, 0),
+            "device_id": query.device_id,
+            "site": query.site,
+            "sensor": query.sensor,
             "quantity": query.quantity,
         }
         with self._connection() as db:
             rows = db.execute(_SENSOR_SERIES, params).fetchall()
         return [
-            StoredReading(r[0], r[1], SensorReading(
-                ts=from_epoch_us(r[2]), sensor=r[3], quantity=r[4], value=r[5], unit=r[6], quality=r[7],
-            ))
+            StoredReading(
+                r[0],
+                r[1],
+                SensorReading(
+                    ts=from_epoch_us(r[2]),
+                    sensor=r[3],
+                    quantity=r[4],
+                    value=r[5],
+                    unit=r[6],
+                    quality=r[7],
+                ),
+            )
             for r in rows
         ]
 
@@ -372,12 +413,32 @@ def _window(start: datetime, end: datetime) -> dict[str, int]:
 
 
 def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
-    (device_id, site, model_version, ts_us, event_id, type_, stream, cls, track_id, line, direction,
-     confidence, speed_kmh) = row
+    (
+        device_id,
+        site,
+        model_version,
+        ts_us,
+        event_id,
+        type_,
+        stream,
+        cls,
+        track_id,
+        line,
+        direction,
+        confidence,
+        speed_kmh,
+    ) = row
     fields = {
-        "event_id": event_id, "ts": from_epoch_us(ts_us), "type": type_, "stream": stream,
-        "cls": cls, "track_id": track_id, "line": line, "direction": direction,
-        "confidence": confidence, "speed_kmh": speed_kmh, "model_version": model_version,
+        "event_id": event_id,
+        "ts": from_epoch_us(ts_us),
+        "type": type_,
+        "stream": stream,
+        "cls": cls,
+        "track_id": track_id,
+        "line": line,
+        "direction": direction,
+        "confidence": confidence,
+        "speed_kmh": speed_kmh,
+        "model_version": model_version,
     }
     return StoredEvent(device_id, site, DetectionEvent.model_validate(fields))
-

@@ -134,7 +134,9 @@ class InfluxServer:
         with self._log.open("ab") as log:
             self._process = subprocess.Popen(
                 [*self._guard, self._binary, "run", "-config", str(self._config)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C meant for pytest does not reach it half-way
             )
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -67,7 +67,9 @@ def postgres_bindir() -> Path:
     # Debian keeps the server binaries off PATH, one directory per major version: take the newest.
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_major_version)
     if not candidates:
-        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql); PostgreSQL tests skipped")
+        pytest.skip(
+            "PostgreSQL is not installed (Debian: apt-get install postgresql); PostgreSQL tests skipped"
+        )
     return Path(candidates[-1]).parent
 
 

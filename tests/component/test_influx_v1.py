@@ -30,22 +30,45 @@ EVENTS = EventQuery(DAY.start, DAY.end)
 
 
 def count(minute: int = 0, n: int = 1, **kw: Any) -> CountRecord:
-    values = {"interval_start": T0 + timedelta(minutes=minute), "interval_s": 60, "line": "north",
-              "cls": "car", "direction": "in", "count": n, "model_version": "det-1.0"}
+    values = {
+        "interval_start": T0 + timedelta(minutes=minute),
+        "interval_s": 60,
+        "line": "north",
+        "cls": "car",
+        "direction": "in",
+        "count": n,
+        "model_version": "det-1.0",
+    }
     return CountRecord(**{**values, **kw})
 
 
 def event(second: float = 0, **kw: Any) -> DetectionEvent:
-    values = {"event_id": uuid.uuid4(), "ts": T0 + timedelta(seconds=second), "type": "line_crossing",
-              "stream": "cam0", "cls": "car", "line": "north", "direction": "in", "track_id": 4,
-              "confidence": 0.75, "speed_kmh": 42.5, "model_version": "det-1.0"}
+    values = {
+        "event_id": uuid.uuid4(),
+        "ts": T0 + timedelta(seconds=second),
+        "type": "line_crossing",
+        "stream": "cam0",
+        "cls": "car",
+        "line": "north",
+        "direction": "in",
+        "track_id": 4,
+        "confidence": 0.75,
+        "speed_kmh": 42.5,
+        "model_version": "det-1.0",
+    }
     return DetectionEvent(**{**values, **kw})
 
 
 def health(second: float = 0, **kw: Any) -> Health:
-    values = {"ts": T0 + timedelta(seconds=second), "uptime_s": 100.0 + second, "model_version": "det-1.0",
-              "provider": "CPUExecutionProvider", "streams": {"cam0": StreamHealth(fps=9.5, dropped_frames=2)},
-              "inference_p50_ms": 8.0, "outbox_backlog": 3}
+    values = {
+        "ts": T0 + timedelta(seconds=second),
+        "uptime_s": 100.0 + second,
+        "model_version": "det-1.0",
+        "provider": "CPUExecutionProvider",
+        "streams": {"cam0": StreamHealth(fps=9.5, dropped_frames=2)},
+        "inference_p50_ms": 8.0,
+        "outbox_backlog": 3,
+    }
     return Health(**{**values, **kw})
 
 
@@ -91,12 +114,16 @@ def test_the_same_batch_twice_is_stored_once(store: InfluxV1Store) -> None:
 
 
 def test_bucket_sums_across_devices_envelopes_lanes_and_models(store: InfluxV1Store) -> None:
-    store.write([
-        # One interval reported in two envelopes: both parts count.
-        batch(1, counts=[count(0, 2, lane=1), count(0, 3, lane=2), count(59, 4)]),
-        batch(2, counts=[count(0, 10), count(61, 5, model_version="det-1.1"), count(0, 1, direction="out")]),
-        batch(1, device="pole-2", site="elm-st", counts=[count(5, 7), count(30, 1, cls="truck")]),
-    ])
+    store.write(
+        [
+            # One interval reported in two envelopes: both parts count.
+            batch(1, counts=[count(0, 2, lane=1), count(0, 3, lane=2), count(59, 4)]),
+            batch(
+                2, counts=[count(0, 10), count(61, 5, model_version="det-1.1"), count(0, 1, direction="out")]
+            ),
+            batch(1, device="pole-2", site="elm-st", counts=[count(5, 7), count(30, 1, cls="truck")]),
+        ]
+    )
     assert store.count_buckets(DAY) == [
         CountBucket(T0, "pole-1", "main-st", "north", "car", "in", 19),
         CountBucket(T0, "pole-1", "main-st", "north", "car", "out", 1),
@@ -104,23 +131,47 @@ def test_bucket_sums_across_devices_envelopes_lanes_and_models(store: InfluxV1St
         CountBucket(T0, "pole-2", "elm-st", "north", "truck", "in", 1),
         CountBucket(T0 + timedelta(hours=1), "pole-1", "main-st", "north", "car", "in", 5),
     ]
-    assert [b.count for b in store.count_buckets(CountQuery(DAY.start, DAY.end, device_id="pole-2"))] == [7, 1]
+    assert [b.count for b in store.count_buckets(CountQuery(DAY.start, DAY.end, device_id="pole-2"))] == [
+        7,
+        1,
+    ]
     assert [b.count for b in store.count_buckets(CountQuery(DAY.start, DAY.end, cls="truck"))] == [1]
     quarter = CountQuery(T0, T0 + timedelta(minutes=30), bucket_s=900, site="main-st")
     assert [(b.bucket_start, b.count) for b in store.count_buckets(quarter)] == [
-        (T0, 15), (T0, 1),
+        (T0, 15),
+        (T0, 1),
     ]
 
 
 def test_events_oldest_first_with_limit_filter_and_same_instant_kept(store: InfluxV1Store) -> None:
     same_a, same_b, same_c = event(1), event(1), event(1)  # one frame's crossings, sent in two envelopes
-    later, earlier = event(5), event(0.5, type="wrong_way", cls=None, line=None, direction=None,
-                                     track_id=None, confidence=None, speed_kmh=None)
-    store.write([batch(1, events=[same_a, same_b, later]), batch(2, device="pole-2", events=[earlier]),
-                 batch(3, events=[same_c])])
+    later, earlier = (
+        event(5),
+        event(
+            0.5,
+            type="wrong_way",
+            cls=None,
+            line=None,
+            direction=None,
+            track_id=None,
+            confidence=None,
+            speed_kmh=None,
+        ),
+    )
+    store.write(
+        [
+            batch(1, events=[same_a, same_b, later]),
+            batch(2, device="pole-2", events=[earlier]),
+            batch(3, events=[same_c]),
+        ]
+    )
     assert [s.event for s in store.events(EVENTS)] == [earlier, same_a, same_b, same_c, later]
     # A limit that falls between points of one instant cuts them as InfluxDB likes; 3 falls after them.
-    assert [s.event for s in store.events(EventQuery(DAY.start, DAY.end, limit=3))] == [earlier, same_a, same_b]
+    assert [s.event for s in store.events(EventQuery(DAY.start, DAY.end, limit=3))] == [
+        earlier,
+        same_a,
+        same_b,
+    ]
     assert [s.event for s in store.events(EventQuery(DAY.start, DAY.end, limit=1))] == [earlier]
     assert [s.event for s in store.events(EventQuery(DAY.start, DAY.end, type="wrong_way"))] == [earlier]
     assert len(store.events(EventQuery(DAY.start, DAY.end, device_id="pole-1"))) == 4
@@ -128,7 +179,7 @@ def test_events_oldest_first_with_limit_filter_and_same_instant_kept(store: Infl
 
 
 def test_awkward_names_survive_escaping_and_quoting(store: InfluxV1Store) -> None:
-    device, site = r"pole 7,a=b\x", "O'Neil \"st\" \\ end."
+    device, site = r"pole 7,a=b\x", 'O\'Neil "st" \\ end.'
     store.write([batch(1, device=device, site=site, counts=[count(n=2)], health=health())])
     (bucket,) = store.count_buckets(CountQuery(DAY.start, DAY.end, device_id=device, site=site))
     assert (bucket.device_id, bucket.site, bucket.count) == (device, site, 2)

@@ -23,22 +23,45 @@ DAY = CountQuery(T0 - timedelta(hours=12), T0 + timedelta(hours=12))
 
 
 def count(minute: int = 0, n: int = 1, **kw: Any) -> CountRecord:
-    values = {"interval_start": T0 + timedelta(minutes=minute), "interval_s": 60, "line": "north",
-              "cls": "car", "direction": "in", "count": n, "model_version": "det-1.0"}
+    values = {
+        "interval_start": T0 + timedelta(minutes=minute),
+        "interval_s": 60,
+        "line": "north",
+        "cls": "car",
+        "direction": "in",
+        "count": n,
+        "model_version": "det-1.0",
+    }
     return CountRecord(**{**values, **kw})
 
 
 def event(second: float = 0, **kw: Any) -> DetectionEvent:
-    values = {"event_id": uuid.uuid4(), "ts": T0 + timedelta(seconds=second), "type": "line_crossing",
-              "stream": "cam0", "cls": "car", "line": "north", "direction": "in", "track_id": 4,
-              "confidence": 0.75, "speed_kmh": 42.5, "model_version": "det-1.0"}
+    values = {
+        "event_id": uuid.uuid4(),
+        "ts": T0 + timedelta(seconds=second),
+        "type": "line_crossing",
+        "stream": "cam0",
+        "cls": "car",
+        "line": "north",
+        "direction": "in",
+        "track_id": 4,
+        "confidence": 0.75,
+        "speed_kmh": 42.5,
+        "model_version": "det-1.0",
+    }
     return DetectionEvent(**{**values, **kw})
 
 
 def health(second: float = 0, **kw: Any) -> Health:
-    values = {"ts": T0 + timedelta(seconds=second), "uptime_s": 100.0 + second, "model_version": "det-1.0",
-              "provider": "CPUExecutionProvider", "streams": {"cam0": StreamHealth(fps=9.5, dropped_frames=2)},
-              "inference_p50_ms": 8.0, "outbox_backlog": 0}
+    values = {
+        "ts": T0 + timedelta(seconds=second),
+        "uptime_s": 100.0 + second,
+        "model_version": "det-1.0",
+        "provider": "CPUExecutionProvider",
+        "streams": {"cam0": StreamHealth(fps=9.5, dropped_frames=2)},
+        "inference_p50_ms": 8.0,
+        "outbox_backlog": 0,
+    }
     return Health(**{**values, **kw})
 
 
@@ -54,8 +77,12 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
 
 
 def test_the_same_batch_twice_is_stored_once(store: SqliteStore) -> None:
-    b = batch(1, counts=[count(n=3)], events=[event()], sensors=[
-        SensorReading(ts=T0, sensor="aq1", quantity="pm25", value=12.5, unit="µg/m³")])
+    b = batch(
+        1,
+        counts=[count(n=3)],
+        events=[event()],
+        sensors=[SensorReading(ts=T0, sensor="aq1", quantity="pm25", value=12.5, unit="µg/m³")],
+    )
     store.write([b])
     store.write([b, b])
     assert [x.count for x in store.count_buckets(DAY)] == [3]
@@ -65,11 +92,13 @@ def test_the_same_batch_twice_is_stored_once(store: SqliteStore) -> None:
 
 
 def test_counts_are_summed_per_bucket_across_envelopes_lanes_and_models(store: SqliteStore) -> None:
-    store.write([
-        batch(1, counts=[count(0, 2, lane=1), count(0, 3, lane=2), count(59, 4)]),
-        batch(2, counts=[count(61, 5, model_version="det-1.1"), count(0, 1, direction="out")]),
-        batch(3, device="pole-2", counts=[count(5, 7)]),
-    ])
+    store.write(
+        [
+            batch(1, counts=[count(0, 2, lane=1), count(0, 3, lane=2), count(59, 4)]),
+            batch(2, counts=[count(61, 5, model_version="det-1.1"), count(0, 1, direction="out")]),
+            batch(3, device="pole-2", counts=[count(5, 7)]),
+        ]
+    )
     assert store.count_buckets(DAY) == [
         CountBucket(T0, "pole-1", "main-st", "north", "car", "in", 9),
         CountBucket(T0, "pole-1", "main-st", "north", "car", "out", 1),
@@ -82,17 +111,27 @@ def test_buckets_are_epoch_aligned_and_the_window_is_half_open(store: SqliteStor
     store.write([batch(1, counts=[count(m, 1) for m in (-1, 0, 14, 15, 29, 30)])])
     window = CountQuery(T0, T0 + timedelta(minutes=30), bucket_s=900)
     assert [(b.bucket_start, b.count) for b in store.count_buckets(window)] == [
-        (T0, 2), (T0 + timedelta(minutes=15), 2),
+        (T0, 2),
+        (T0 + timedelta(minutes=15), 2),
     ]
     assert all(b.bucket_start.tzinfo is UTC for b in store.count_buckets(window))
 
 
 def test_count_filters(store: SqliteStore) -> None:
-    store.write([
-        batch(1, counts=[count(n=1), count(n=2, cls="truck"), count(n=4, line="south"),
-                         count(n=8, direction="out")]),
-        batch(1, device="pole-2", site="elm-st", counts=[count(n=16)]),
-    ])
+    store.write(
+        [
+            batch(
+                1,
+                counts=[
+                    count(n=1),
+                    count(n=2, cls="truck"),
+                    count(n=4, line="south"),
+                    count(n=8, direction="out"),
+                ],
+            ),
+            batch(1, device="pole-2", site="elm-st", counts=[count(n=16)]),
+        ]
+    )
 
     def total(**filters: Any) -> int:
         return sum(b.count for b in store.count_buckets(CountQuery(DAY.start, DAY.end, **filters)))
@@ -108,8 +147,16 @@ def test_count_filters(store: SqliteStore) -> None:
 
 def test_events_come_back_oldest_first_limited_and_filtered(store: SqliteStore) -> None:
     e = [event(s) for s in (3, 1, 2)]
-    wrong_way = event(1.5, type="wrong_way", cls=None, line=None, direction=None, track_id=None,
-                      confidence=None, speed_kmh=None)
+    wrong_way = event(
+        1.5,
+        type="wrong_way",
+        cls=None,
+        line=None,
+        direction=None,
+        track_id=None,
+        confidence=None,
+        speed_kmh=None,
+    )
     store.write([batch(1, events=[e[0], e[1]]), batch(2, device="pole-2", events=[e[2], wrong_way])])
     window = EventQuery(DAY.start, DAY.end)
     assert [s.event for s in store.events(window)] == [e[1], wrong_way, e[2], e[0]]
@@ -130,9 +177,17 @@ def test_event_times_keep_their_microseconds(store: SqliteStore) -> None:
 
 
 def test_sensor_series(store: SqliteStore) -> None:
-    readings = [SensorReading(ts=T0 + timedelta(seconds=s), sensor="aq1", quantity=q, value=v, unit="µg/m³",
-                              quality="spike" if v > 100 else "ok")
-                for s, q, v in ((2, "pm25", 11.0), (1, "pm25", 150.0), (1, "no2", 20.0))]
+    readings = [
+        SensorReading(
+            ts=T0 + timedelta(seconds=s),
+            sensor="aq1",
+            quantity=q,
+            value=v,
+            unit="µg/m³",
+            quality="spike" if v > 100 else "ok",
+        )
+        for s, q, v in ((2, "pm25", 11.0), (1, "pm25", 150.0), (1, "no2", 20.0))
+    ]
     store.write([batch(1, sensors=readings)])
     series = store.sensor_series(SensorQuery(DAY.start, DAY.end, quantity="pm25"))
     assert [s.reading for s in series] == [readings[1], readings[0]]

@@ -35,13 +35,17 @@ class Loop:
         return bundle
 
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.hub.api_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
+        return httpx.Client(
+            base_url=self.hub.api_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=10
+        )
 
 
 @pytest.fixture
 def loop(tmp_path: Path) -> Iterator[Loop]:
     home = init_home(tmp_path / "hub", ["localhost"], ["127.0.0.1"])
-    broker = MosquittoBroker(home.broker_dir, ca_cert_pem=home.ca_file.read_bytes(), server=home.broker_server_cert())
+    broker = MosquittoBroker(
+        home.broker_dir, ca_cert_pem=home.ca_file.read_bytes(), server=home.broker_server_cert()
+    )
     registry = Registry(home.registry_url)
     hub: Hub | None = None
     with broker:

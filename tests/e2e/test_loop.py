@@ -28,7 +28,9 @@ def make_agent(tmp_path: Path, bundle: EnrollmentBundle, frames: int = 300, seed
     settings = load_agent_settings(
         None,
         bundle=tmp_path / "unused.json",
-        sources=[{"type": "synthetic", "name": "cam0", "seed": seed, "realtime": False, "max_frames": frames}],
+        sources=[
+            {"type": "synthetic", "name": "cam0", "seed": seed, "realtime": False, "max_frames": frames}
+        ],
         interval_s=5,
         outbox={"path": str(tmp_path / f"{bundle.device_id}-outbox.db")},
     )
@@ -38,7 +40,9 @@ def make_agent(tmp_path: Path, bundle: EnrollmentBundle, frames: int = 300, seed
 def api_totals(loop: Loop, device: str) -> Counter[tuple[str, str, str]]:
     now = datetime.now(UTC)
     params = {
-        "device": device, "from": (now - timedelta(days=2)).isoformat(), "to": (now + timedelta(days=1)).isoformat(),
+        "device": device,
+        "from": (now - timedelta(days=2)).isoformat(),
+        "to": (now + timedelta(days=1)).isoformat(),
         "bucket": "1d",
     }
     with loop.api() as api:
@@ -66,7 +70,9 @@ class Sniffer:
         cert, key = loop.home.cert("hub")
         self.payloads: list[tuple[str, bytes]] = []
         self.ready = threading.Event()
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="sniffer", protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id="sniffer", protocol=mqtt.MQTTv5
+        )
         self.client.tls_set(ca_certs=str(loop.home.ca_file), certfile=str(cert), keyfile=str(key))
         self.client.on_connect = lambda c, *_: c.subscribe("roadside/v1/#", qos=1)
         self.client.on_subscribe = lambda *_: self.ready.set()
@@ -80,7 +86,9 @@ class Sniffer:
         self.client.loop_stop()
 
 
-def test_api_returns_exactly_what_the_agent_counted_and_the_wire_is_ciphertext(loop: Loop, tmp_path: Path) -> None:
+def test_api_returns_exactly_what_the_agent_counted_and_the_wire_is_ciphertext(
+    loop: Loop, tmp_path: Path
+) -> None:
     bundle = loop.enroll("dev-e2e")
     sniffer = Sniffer(loop)
     agent = make_agent(tmp_path, bundle)
@@ -97,7 +105,9 @@ def test_api_returns_exactly_what_the_agent_counted_and_the_wire_is_ciphertext(l
     assert sealed, "the sniffer should have seen the uplink"
     for _topic, payload in sealed:
         assert payload.startswith(b"RS")
-        assert b"records" not in payload and b"line_crossing" not in payload and b"model_version" not in payload
+        assert b"records" not in payload
+        assert b"line_crossing" not in payload
+        assert b"model_version" not in payload
     with loop.api() as api:
         devices = api.get("/v1/devices").json()
     listed = devices["devices"] if isinstance(devices, dict) else devices
@@ -108,9 +118,17 @@ def publish_as(loop: Loop, bundle: EnrollmentBundle, topic: str, payload: bytes)
     """Publish with the device's own certificate, as a compromised device or a replaying attacker with it."""
     tls_dir = Path(loop.home.root) / f"tls-{bundle.device_id}"
     tls_dir.mkdir(exist_ok=True)
-    for name, pem in (("ca", bundle.ca_cert_pem), ("crt", bundle.client_cert_pem), ("key", bundle.client_key_pem)):
+    for name, pem in (
+        ("ca", bundle.ca_cert_pem),
+        ("crt", bundle.client_cert_pem),
+        ("key", bundle.client_key_pem),
+    ):
         (tls_dir / name).write_text(pem)
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"{bundle.device_id}-x", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"{bundle.device_id}-x",
+        protocol=mqtt.MQTTv5,
+    )
     client.tls_set(ca_certs=str(tls_dir / "ca"), certfile=str(tls_dir / "crt"), keyfile=str(tls_dir / "key"))
     client.connect("127.0.0.1", loop.broker.port)
     client.loop_start()
@@ -131,11 +149,23 @@ def test_forged_and_replayed_messages_are_rejected_counted_and_the_hub_keeps_run
     topic = topics.uplink(SITE, "dev-x", "counts")
     sniffer = Sniffer(loop)
     good = DeviceSealer("dev-x", bundle.keypair(), bundle.hub_public())
-    body = json.dumps({
-        "schema": 1, "kind": "counts",
-        "records": [{"interval_start": datetime.now(UTC).isoformat(), "interval_s": 60, "line": "l1", "cls": "car",
-                     "direction": "in", "count": 7, "model_version": "v1"}],
-    }).encode()
+    body = json.dumps(
+        {
+            "schema": 1,
+            "kind": "counts",
+            "records": [
+                {
+                    "interval_start": datetime.now(UTC).isoformat(),
+                    "interval_s": 60,
+                    "line": "l1",
+                    "cls": "car",
+                    "direction": "in",
+                    "count": 7,
+                    "model_version": "v1",
+                }
+            ],
+        }
+    ).encode()
     publish_as(loop, bundle, topic, good.seal("counts", 1, body, int(time.time() * 1000)))
     assert wait_for(lambda: loop.hub.ingest.stored_messages == 1)
     captured = next(p for t, p in sniffer.payloads if t == topic)
@@ -149,7 +179,8 @@ def test_forged_and_replayed_messages_are_rejected_counted_and_the_hub_keeps_run
     # Garbage.
     publish_as(loop, bundle, topic, b"\x00not an envelope")
     assert wait_for(lambda: rejected(loop, "bad_tag") == 2 and rejected(loop, "replay") == 1), (
-        rejected(loop, "bad_tag"), rejected(loop, "replay"),
+        rejected(loop, "bad_tag"),
+        rejected(loop, "replay"),
     )
     assert loop.hub.dead_letters.count() == 3
 

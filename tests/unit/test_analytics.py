@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 
 import numpy as np
@@ -29,7 +30,7 @@ def test_no_crossing_when_staying_on_one_side_or_passing_outside_the_segment() -
 
 def test_landing_on_the_line_then_leaving_counts_once() -> None:
     steps = [(95.0, 10.0), (100.0, 10.0), (105.0, 10.0)]
-    hits = [crossing_direction(*LINE, a, b) for a, b in zip(steps, steps[1:], strict=False)]
+    hits = [crossing_direction(*LINE, a, b) for a, b in itertools.pairwise(steps)]
     assert sum(h is not None for h in hits) <= 1
 
 
@@ -37,7 +38,7 @@ def test_landing_on_the_line_then_leaving_counts_once() -> None:
 def test_a_back_and_forth_path_nets_out(xs: list[float]) -> None:
     line = CountingLine("l", *LINE)
     ins = outs = 0
-    for a, b in zip(xs, xs[1:], strict=False):
+    for a, b in itertools.pairwise(xs):
         hit = line.check(1, 0, 0.9, (a, 50.0), (b, 50.0))
         if hit is not None:
             ins += hit.direction == "in"
@@ -72,9 +73,13 @@ def test_tracker_keeps_ids_for_moving_objects_and_separates_classes() -> None:
 
 def test_tracker_drops_lost_tracks() -> None:
     tracker = IouTracker(max_missed=2)
-    tracker.update(np.array([[0, 0, 10, 10]], dtype=np.float32), np.array([0.9], dtype=np.float32), np.array([0]))
+    tracker.update(
+        np.array([[0, 0, 10, 10]], dtype=np.float32), np.array([0.9], dtype=np.float32), np.array([0])
+    )
     for _ in range(3):
-        tracker.update(np.zeros((0, 4), dtype=np.float32), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64))
+        tracker.update(
+            np.zeros((0, 4), dtype=np.float32), np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+        )
     assert tracker.tracks == []
 
 

@@ -149,7 +149,9 @@ def test_malformed_framing_is_refused(wire: bytes) -> None:
 
 
 def test_header_with_wrong_types_is_refused() -> None:
-    bad = json.dumps({"v": 1, "dev": "dev-1", "kind": "counts", "seq": "1", "ts": NOW, "kid": "a", "rkid": "b"})
+    bad = json.dumps(
+        {"v": 1, "dev": "dev-1", "kind": "counts", "seq": "1", "ts": NOW, "kid": "a", "rkid": "b"}
+    )
     with pytest.raises(TamperedError):
         Header.decode(bad.encode())
 

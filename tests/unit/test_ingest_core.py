@@ -24,8 +24,13 @@ def core() -> IngestCore:
 
 def counts(n: int = 2) -> bytes:
     record = CountRecord(
-        interval_start=datetime(2026, 11, 23, 10, tzinfo=UTC), interval_s=60, line="l", cls="car",
-        direction="in", count=n, model_version="v1",
+        interval_start=datetime(2026, 11, 23, 10, tzinfo=UTC),
+        interval_s=60,
+        line="l",
+        cls="car",
+        direction="in",
+        count=n,
+        model_version="v1",
     )
     return encode(CountsMessage(records=[record]))
 
@@ -37,7 +42,11 @@ def seal(seq: int = 1, kind: str = "counts", body: bytes | None = None, device: 
 def test_accepts_and_tags_origin() -> None:
     result = core().accept(TOPIC, seal(seq=42), NOW)
     assert isinstance(result, Accepted)
-    assert (result.batch.origin.device_id, result.batch.origin.site, result.batch.origin.seq) == ("dev-1", "main-st", 42)
+    assert (result.batch.origin.device_id, result.batch.origin.site, result.batch.origin.seq) == (
+        "dev-1",
+        "main-st",
+        42,
+    )
     assert result.batch.counts[0].count == 2
 
 
@@ -52,7 +61,12 @@ def test_rejections_by_reason() -> None:
     assert reason(TOPIC, b"garbage") == "bad_tag"
     assert reason(TOPIC, seal()[:-1] + b"\x00") == "bad_tag"
     assert reason(TOPIC, b"x" * 300_000) == "oversize"
-    assert reason(TOPIC, DeviceSealer("dev-1", KeyPair.generate(), HUB.public()).seal("counts", 1, counts(), NOW)) == "unknown_key"
+    assert (
+        reason(
+            TOPIC, DeviceSealer("dev-1", KeyPair.generate(), HUB.public()).seal("counts", 1, counts(), NOW)
+        )
+        == "unknown_key"
+    )
     assert reason(TOPIC, seal(body=b'{"kind":"counts"}')) == "schema"
     # Moved to another device's topic, or another kind's topic: the envelope says otherwise.
     assert reason("roadside/v1/main-st/dev-2/counts", seal()) == "topic_mismatch"

@@ -24,8 +24,13 @@ TS = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 def counts_payload(**overrides: object) -> dict[str, object]:
     record: dict[str, object] = {
-        "interval_start": TS.isoformat(), "interval_s": 60, "line": "l1", "cls": "car",
-        "direction": "in", "count": 3, "model_version": "v1",
+        "interval_start": TS.isoformat(),
+        "interval_s": 60,
+        "line": "l1",
+        "cls": "car",
+        "direction": "in",
+        "count": 3,
+        "model_version": "v1",
     }
     record.update(overrides)
     return {"schema": 1, "kind": "counts", "records": [record]}
@@ -33,13 +38,27 @@ def counts_payload(**overrides: object) -> dict[str, object]:
 
 def test_counts_round_trip() -> None:
     message = CountsMessage(
-        records=[CountRecord(interval_start=TS, interval_s=60, line="l1", cls="car", direction="out", count=2, model_version="v1")]
+        records=[
+            CountRecord(
+                interval_start=TS,
+                interval_s=60,
+                line="l1",
+                cls="car",
+                direction="out",
+                count=2,
+                model_version="v1",
+            )
+        ]
     )
     assert decode_uplink("counts", encode(message)) == message
 
 
 def test_health_round_trip() -> None:
-    message = HealthMessage(health=Health(ts=TS, uptime_s=1, model_version="v1", provider="CPUExecutionProvider", outbox_backlog=0))
+    message = HealthMessage(
+        health=Health(
+            ts=TS, uptime_s=1, model_version="v1", provider="CPUExecutionProvider", outbox_backlog=0
+        )
+    )
     assert decode_uplink("health", encode(message)) == message
 
 
@@ -71,7 +90,9 @@ def test_kind_must_match_the_envelope() -> None:
         decode_uplink("events", json.dumps(counts_payload()).encode())
 
 
-@pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b"{}", b'{"kind": "counts", "records": []}', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "raw", [b"", b"not json", b"[]", b"{}", b'{"kind": "counts", "records": []}', b"\xff\xfe"]
+)
 def test_malformed_payloads_are_refused(raw: bytes) -> None:
     with pytest.raises(SchemaError):
         decode_uplink("counts", raw)
@@ -86,15 +107,30 @@ def test_too_many_records_are_refused() -> None:
 
 def test_non_finite_sensor_values_are_refused() -> None:
     payload = {
-        "schema": 1, "kind": "sensors",
-        "records": [{"ts": TS.isoformat(), "sensor": "aq1", "quantity": "pm25", "value": float("nan"), "unit": "ug/m3"}],
+        "schema": 1,
+        "kind": "sensors",
+        "records": [
+            {
+                "ts": TS.isoformat(),
+                "sensor": "aq1",
+                "quantity": "pm25",
+                "value": float("nan"),
+                "unit": "ug/m3",
+            }
+        ],
     }
     with pytest.raises(SchemaError, match="value"):
         decode_uplink("sensors", json.dumps(payload).encode())
 
 
 def test_command_decodes_and_refuses_unknown_types() -> None:
-    good = {"schema": 1, "command_id": str(uuid.uuid4()), "type": "ping", "issued_at": TS.isoformat(), "args": {}}
+    good = {
+        "schema": 1,
+        "command_id": str(uuid.uuid4()),
+        "type": "ping",
+        "issued_at": TS.isoformat(),
+        "args": {},
+    }
     assert decode_command(json.dumps(good).encode()).type == "ping"
     with pytest.raises(SchemaError, match="type"):
         decode_command(json.dumps({**good, "type": "format_disk"}).encode())
