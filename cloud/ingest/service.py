@@ -87,6 +87,7 @@ class IngestService:
         self.rejected_messages = 0
         self._stop = threading.Event()
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._client = self._new_client()
         self._worker = threading.Thread(target=self._work, name="ingest-writer", daemon=True)
 
@@ -109,6 +110,7 @@ class IngestService:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         return client
 
@@ -127,7 +129,8 @@ class IngestService:
         self._client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        """True once connected and subscribed (messages published from then on reach us)."""
+        return self._connected.wait(timeout) and self._subscribed.wait(timeout)
 
     def stop(self) -> None:
         """Write and acknowledge what is queued, then disconnect. Messages arriving
@@ -151,10 +154,20 @@ class IngestService:
         self._connected.set()
         log.info("hub connected to %s:%s", self.broker.host, self.broker.port)
 
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Properties | None
+    ) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("broker refused the hub's subscription: %s", reasons)
+            return
+        self._subscribed.set()
+        log.info("hub subscribed to %s", topics.hub_subscription(self.broker.group))
+
     def _on_disconnect(
         self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
     ) -> None:
         self._connected.clear()
+        self._subscribed.clear()
         if not self._stop.is_set():
             log.warning("hub disconnected from broker: %s; paho reconnects", reason)
 

@@ -1,0 +1,243 @@
+"""The hub under failure: killed mid-ingest, its store down, two hubs sharing, a device revoked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from bench.fleet import EPOCH, SimulatedDevice, counts_body, enroll_fleet
+from cloud.broker import MosquittoBroker
+from cloud.home import HubHome, acl_devices, init_home
+from cloud.hub import Hub
+from cloud.registry import Registry
+from cloud.settings import HubSettings, InfluxV1StoreConfig
+from cloud.storage.base import CountQuery, TimeSeriesStore
+from cloud.storage.sqlite import SqliteStore
+from shared import topics
+from shared.bundle import EnrollmentBundle
+from tests.component.influxd import InfluxServer
+
+pytestmark = pytest.mark.slow
+RECORDS = 5
+
+
+class Rig:
+    def __init__(self, root: Path) -> None:
+        self.home = init_home(root / "hub", ["localhost"], ["127.0.0.1"])
+        self.broker = MosquittoBroker(
+            self.home.broker_dir,
+            ca_cert_pem=self.home.ca_file.read_bytes(),
+            server=self.home.broker_server_cert(),
+        )
+        self.broker.start()
+        self.registry = Registry(self.home.registry_url)
+
+    def fleet(self, count: int) -> list[EnrollmentBundle]:
+        bundles = enroll_fleet(self.home, self.registry, count, self.broker.port)
+        self.broker.reload_acl(acl_devices(self.registry))
+        return bundles
+
+    def close(self) -> None:
+        self.registry.close()
+        self.broker.stop()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    rig = Rig(tmp_path)
+    try:
+        yield rig
+    finally:
+        rig.close()
+
+
+def stored(store: TimeSeriesStore) -> int:
+    """Records stored (each counts one object), over every message the tests send."""
+    query = CountQuery(start=EPOCH, end=EPOCH + timedelta(days=30), bucket_s=86400 * 30)
+    return sum(b.count for b in store.count_buckets(query))
+
+
+def publish(
+    bundles: list[EnrollmentBundle], port: int, per_device: int, pace_s: float = 0.0
+) -> list[SimulatedDevice]:
+    """Each device publishes ``per_device`` sealed messages; returns once all are acknowledged by the broker."""
+    devices = [SimulatedDevice(b) for b in bundles]
+    for d in devices:
+        d.connect("127.0.0.1", port)
+
+    def run(i: int, device: SimulatedDevice) -> None:
+        for n in range(per_device):
+            device.publish(
+                device.sealer.seal("counts", n + 1, counts_body(i, n, RECORDS), int(time.time() * 1000))
+            )
+            if pace_s:
+                time.sleep(pace_s)
+
+    threads = [threading.Thread(target=run, args=(i, d)) for i, d in enumerate(devices)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for d in devices:
+        assert d.wait_acked(per_device, 60)
+        assert d.refused == 0
+        d.close()
+    return devices
+
+
+def wait_until(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def start_hub_process(home: HubHome, port: int, log: Path) -> subprocess.Popen[bytes]:
+    config = log.with_suffix(".json")
+    config.write_text(
+        json.dumps({"broker_port": port, "api_port": 0, "client_id": "hub-killable", "batch_size": 50})
+    )
+    command = [sys.executable, "-c", "from shared.cli import main; main()", "hub", "run"]
+    command += ["--home", str(home.root), "--config", str(config)]
+    offset = log.stat().st_size if log.exists() else 0
+    process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    assert wait_until(lambda: b"hub subscribed" in log.read_bytes()[offset:], 30), log.read_text()[-3000:]
+    return process
+
+
+def test_hub_killed_mid_ingest_loses_nothing_and_stores_nothing_twice(rig: Rig, tmp_path: Path) -> None:
+    bundles = rig.fleet(4)
+    per_device = 300
+    expected = len(bundles) * per_device * RECORDS
+    hub = start_hub_process(rig.home, rig.broker.port, tmp_path / "hub.log")
+    store = SqliteStore(rig.home.telemetry_db)
+    try:
+        publisher = threading.Thread(target=publish, args=(bundles, rig.broker.port, per_device, 0.004))
+        publisher.start()
+        assert wait_until(lambda: stored(store) > expected // 5, 60), (tmp_path / "hub.log").read_text()[
+            -3000:
+        ]
+        os.kill(hub.pid, signal.SIGKILL)  # mid-ingest: some batches written but not acknowledged
+        hub.wait()
+        killed_at = stored(store)
+        assert killed_at < expected
+        publisher.join()
+        hub = start_hub_process(rig.home, rig.broker.port, tmp_path / "hub.log")
+        assert wait_until(lambda: stored(store) >= expected, 90), (
+            stored(store),
+            expected,
+            (tmp_path / "hub.log").read_text()[-4000:],
+        )
+        time.sleep(1.0)  # any late redelivery would land now
+        assert stored(store) == expected
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        hub.wait(timeout=30)
+        store.close()
+
+
+def test_store_down_for_20_s_pauses_ingest_and_loses_nothing(rig: Rig, tmp_path: Path) -> None:
+    bundles = rig.fleet(3)
+    per_device = 120
+    expected = len(bundles) * per_device * RECORDS
+    with InfluxServer(tmp_path / "influx") as influx:
+        settings = HubSettings(
+            home=rig.home.root,
+            broker_port=rig.broker.port,
+            api_port=0,
+            client_id="hub-influx",
+            store=InfluxV1StoreConfig(url=influx.url, database="roadside"),
+        )
+        hub = Hub(settings)
+        hub.start()
+        try:
+            assert hub.wait_ready(10)
+            publish(bundles[:1], rig.broker.port, per_device)
+            assert wait_until(lambda: stored(hub.store) == per_device * RECORDS, 30)
+            influx.stop()
+            publish(bundles[1:], rig.broker.port, per_device)  # the broker takes them; the hub cannot store
+            time.sleep(20)
+            assert hub.metrics_registry.get_sample_value("roadside_ingest_store_errors_total") or 0 > 0
+            influx.start()
+            assert wait_until(lambda: stored(hub.store) >= expected, 60), (stored(hub.store), expected)
+            assert stored(hub.store) == expected
+            assert hub.ingest.rejected_messages == 0
+        finally:
+            hub.stop()
+
+
+def test_two_hubs_on_one_shared_subscription_store_every_record_once(rig: Rig) -> None:
+    bundles = rig.fleet(6)
+    per_device = 150
+    expected = len(bundles) * per_device * RECORDS
+    hubs = [
+        Hub(HubSettings(home=rig.home.root, broker_port=rig.broker.port, api_port=0, client_id=f"hub-{i}"))
+        for i in range(2)
+    ]
+    for hub in hubs:
+        hub.start()
+    try:
+        assert all(h.wait_ready(10) for h in hubs)
+        publish(bundles, rig.broker.port, per_device)
+        assert wait_until(lambda: stored(hubs[0].store) >= expected, 60)
+        time.sleep(0.5)
+        assert stored(hubs[0].store) == expected
+        shares = [h.ingest.stored_messages for h in hubs]
+        assert sum(shares) == len(bundles) * per_device
+        assert min(shares) > 0, shares  # both hubs took part
+    finally:
+        for hub in hubs:
+            hub.stop()
+
+
+def test_revoked_device_is_refused_by_the_hub_at_once_and_by_the_broker(rig: Rig) -> None:
+    bundles = rig.fleet(2)
+    hub = Hub(HubSettings(home=rig.home.root, broker_port=rig.broker.port, api_port=0))
+    hub.start()
+    try:
+        assert hub.wait_ready(10)
+        publish(bundles, rig.broker.port, 5)
+        assert wait_until(lambda: hub.ingest.stored_messages == 10, 20)
+        victim = bundles[0]
+
+        # Step 1, the hub: revoked in the registry, refused at once (before the broker knows).
+        hub.revoke(victim.device_id)
+        device = SimulatedDevice(victim)
+        device.connect("127.0.0.1", rig.broker.port)
+        device.publish(device.sealer.seal("counts", 6, counts_body(0, 6, RECORDS), int(time.time() * 1000)))
+        assert device.wait_acked(1, 10) and device.refused == 0
+        assert wait_until(lambda: hub.ingest.rejected_messages == 1, 10)
+        assert (
+            hub.metrics_registry.get_sample_value("roadside_ingest_rejected_total", {"reason": "unknown_key"})
+            == 1
+        )
+
+        # Step 2, the broker: the ACL regenerated from the registry no longer lets it publish.
+        rig.broker.reload_acl(acl_devices(rig.registry))
+        device.publish(device.sealer.seal("counts", 7, counts_body(0, 7, RECORDS), int(time.time() * 1000)))
+        assert device.wait_acked(2, 10)
+        assert device.refused == 1  # PUBACK 135, not authorised
+        device.close()
+
+        # The other device carries on (with its next sequence number: 1..5 are stored).
+        other = SimulatedDevice(bundles[1])
+        other.connect("127.0.0.1", rig.broker.port)
+        other.publish(other.sealer.seal("counts", 6, counts_body(1, 6, RECORDS), int(time.time() * 1000)))
+        assert other.wait_acked(1, 10)
+        other.close()
+        assert wait_until(lambda: hub.ingest.stored_messages == 11, 10)
+        assert topics.uplink(victim.site, victim.device_id, "counts") not in rig.broker.acl_file.read_text()
+    finally:
+        hub.stop()
