@@ -165,6 +165,7 @@ class PostgresServer:
             "-c", "max_connections=40",
             "-c", "timezone=UTC",
         ]  # fmt: skip
+        uid, gid, groups = self._run_as()
         with self._log.open("ab") as log:
             self._process = subprocess.Popen(
                 [*self._guard, *argv],
@@ -172,7 +173,10 @@ class PostgresServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C meant for pytest does not reach it half-way
-                **self._user_kwargs(),
+                cwd="/",  # the postgres user may not be allowed into ours
+                user=uid,
+                group=gid,
+                extra_groups=groups,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -229,6 +233,7 @@ class PostgresServer:
             "--locale=C",
             "--no-sync",  # a test cluster need not survive a power cut
         ]  # fmt: skip
+        uid, gid, groups = self._run_as()
         with self._log.open("ab") as log:
             try:
                 done = subprocess.run(
@@ -238,7 +243,10 @@ class PostgresServer:
                     stdin=subprocess.DEVNULL,
                     timeout=INITDB_TIMEOUT_S,
                     check=False,
-                    **self._user_kwargs(),
+                    cwd="/",
+                    user=uid,
+                    group=gid,
+                    extra_groups=groups,
                 )
             except subprocess.TimeoutExpired:
                 self._fail(f"initdb did not finish within {INITDB_TIMEOUT_S:.0f} s")
@@ -247,12 +255,12 @@ class PostgresServer:
         # Replace initdb's defaults (which also trust the local socket and ::1) with loopback only.
         (self._data / "pg_hba.conf").write_text(_HBA)
 
-    def _user_kwargs(self) -> dict[str, object]:
+    def _run_as(self) -> tuple[int | None, int | None, list[int] | None]:
+        """``(user, group, extra_groups)`` for subprocess: root drops to ``postgres`` before exec."""
         if not self._as_root:
-            return {}
-        # Drop to the postgres user in the child before exec; PostgreSQL refuses to run as root.
+            return None, None, None
         user = _system_user()
-        return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "cwd": "/"}
+        return user.pw_uid, user.pw_gid, []
 
     def _dsn(self, database: str) -> str:
         return f"host=127.0.0.1 port={self.port} user={_SUPERUSER} dbname={database}"
