@@ -101,7 +101,7 @@ def device_list(home: HomeOption = DEFAULT_HOME) -> None:
 @device_app.command("revoke")
 def device_revoke(device_id: str, home: HomeOption = DEFAULT_HOME) -> None:
     """Refuse the device from now on and regenerate the broker ACL without it."""
-    from cloud.home import HubHome, write_acl
+    from cloud.home import HubHome, reload_broker, write_acl
     from cloud.registry import Registry
 
     hub_home = HubHome(home)
@@ -111,7 +111,10 @@ def device_revoke(device_id: str, home: HomeOption = DEFAULT_HOME) -> None:
         write_acl(hub_home, registry)
     finally:
         registry.close()
-    typer.echo(f"revoked {device_id}; reload the broker (SIGHUP) to apply the new ACL")
+    reloaded = reload_broker(hub_home)
+    typer.echo(f"revoked {device_id}; running hubs refuse it within seconds")
+    if not reloaded:
+        typer.echo(f"no broker run from {home}: reload yours (SIGHUP) to apply {hub_home.acl_file}")
 
 
 @hub_app.command("run")
@@ -186,12 +189,14 @@ def broker_run(
         raise _fail(exc) from exc
     finally:
         registry.close()
+    hub_home.broker_pid_file.write_text(str(broker.pid))
     typer.echo(json.dumps({"broker": f"{broker.host}:{broker.port}", "pid": broker.pid}))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     broker.stop()
+    hub_home.broker_pid_file.unlink(missing_ok=True)
 
 
 def register(app: typer.Typer) -> None:

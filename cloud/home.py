@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +75,11 @@ class HubHome:
     @property
     def acl_file(self) -> Path:
         return self.broker_dir / "mosquitto.acl"
+
+    @property
+    def broker_pid_file(self) -> Path:
+        """Written by ``roadside broker run`` so the hub can make it reload its ACL."""
+        return self.broker_dir / "broker.pid"
 
     @property
     def bundles(self) -> Path:
@@ -164,5 +171,20 @@ def acl_devices(registry: Registry) -> list[AclDevice]:
 def write_acl(home: HubHome, registry: Registry) -> Path:
     """The broker ACL generated from the registry: each device confined to its own topics."""
     home.broker_dir.mkdir(parents=True, exist_ok=True)
-    home.acl_file.write_text(render_acl(acl_devices(registry)))
+    # Atomic: the broker may re-read the file at any moment.
+    write_private(home.acl_file, render_acl(acl_devices(registry)).encode())
     return home.acl_file
+
+
+def reload_broker(home: HubHome) -> bool:
+    """SIGHUP the broker ``roadside broker run`` started from this home, so it re-reads the ACL.
+
+    Returns False when no such broker runs here (an external broker reloads by its own means).
+    """
+    try:
+        pid = int(home.broker_pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        return False
+    log.info("asked the broker (pid %s) to reload its ACL", pid)
+    return True

@@ -61,6 +61,9 @@ class HubSettings(BaseSettings):
     home: Path = Path("/var/lib/roadside-hub")
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=8883, ge=1, le=65535)
+    device_broker_host: str | None = None  # what enrolled devices connect to; None: broker_host
+    device_broker_port: int | None = Field(default=None, ge=1, le=65535)
+    registry_refresh_s: float = Field(default=5.0, gt=0, le=300)  # how soon a CLI revocation takes effect
     client_id: str = "hub-1"
     group: str | None = None  # None: the secret group in <home>/hub_group; "" : a plain subscription
     registry_url: str | None = None  # None: SQLite in <home>

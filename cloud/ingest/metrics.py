@@ -34,6 +34,12 @@ class IngestMetrics:
         self.queue_depth = Gauge(
             "roadside_ingest_queue_depth", "Messages waiting to be written", registry=registry
         )
+        self.last_seen = Gauge(
+            "roadside_device_last_seen_timestamp_seconds",
+            "When each device was last heard from (sealing time of its newest stored message)",
+            ["device"],
+            registry=registry,
+        )
         self.dead_letters = Gauge(
             "roadside_dead_letters", "Messages kept in the dead-letter store", registry=registry
         )

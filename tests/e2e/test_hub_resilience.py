@@ -242,3 +242,24 @@ def test_revoked_device_is_refused_by_the_hub_at_once_and_by_the_broker(rig: Rig
         assert topics.uplink(victim.site, victim.device_id, "counts") not in rig.broker.acl_file.read_text()
     finally:
         hub.stop()
+
+
+def test_revocation_from_the_cli_reaches_a_running_hub_within_seconds(rig: Rig) -> None:
+    bundles = rig.fleet(1)
+    hub = Hub(HubSettings(home=rig.home.root, broker_port=rig.broker.port, api_port=0, registry_refresh_s=0.2))
+    hub.start()
+    try:
+        assert hub.wait_ready(10)
+        publish(bundles, rig.broker.port, 2)
+        assert wait_until(lambda: hub.ingest.stored_messages == 2, 20)
+        Registry(rig.home.registry_url).revoke(bundles[0].device_id)  # what `roadside device revoke` does
+        time.sleep(1.0)
+        device = SimulatedDevice(bundles[0])
+        device.connect("127.0.0.1", rig.broker.port)
+        device.publish(device.sealer.seal("counts", 3, counts_body(0, 3, RECORDS), int(time.time() * 1000)))
+        assert device.wait_acked(1, 10)
+        device.close()
+        assert wait_until(lambda: hub.ingest.rejected_messages == 1, 10)
+        assert hub.ingest.stored_messages == 2
+    finally:
+        hub.stop()
