@@ -13,10 +13,13 @@ not the publishers, on a machine where both would otherwise share two cores.
 - bare: a paho subscriber that only receives (the ceiling).
 - naive: on_message → unseal → json.loads → one synchronous write per
   message (an INSERT + commit on SQLite, one HTTP /write on InfluxDB).
-- hub: ``roadside hub`` ingest: micro-batches, manual acks after durable writes.
+- hub: ``roadside hub run`` processes (micro-batches, manual acks after
+  durable writes). They start and subscribe first, are frozen with SIGSTOP
+  while the load is published, and are timed from SIGCONT until the store
+  holds every record. With ``--hubs N`` they share one MQTT 5 shared
+  subscription.
 
-With ``--hubs 2`` the hubs share one MQTT 5 shared subscription and run live
-while the devices publish; lost/duplicated are counted the same way.
+lost = records expected minus records in the store; duplicated = the excess.
 The last line is one JSON object.
 """
 
@@ -25,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -44,9 +49,8 @@ from paho.mqtt.properties import Properties
 from bench.fleet import EPOCH, SimulatedDevice, counts_body, enroll_fleet
 from cloud.broker import MosquittoBroker
 from cloud.home import HubHome, acl_devices, init_home
-from cloud.hub import Hub
 from cloud.registry import Registry
-from cloud.settings import HubSettings, InfluxV1StoreConfig, SqliteStoreConfig, StoreConfig
+from cloud.settings import InfluxV1StoreConfig, SqliteStoreConfig, StoreConfig
 from cloud.storage.base import CountQuery, TimeSeriesStore
 from shared.envelope import HubOpener
 from shared.keys import PublicKeys
@@ -195,6 +199,85 @@ class NaiveIngester:
             self.http.post("/write", params={"db": "naive"}, content=lines).raise_for_status()
 
 
+def start_hub_process(
+    home: HubHome, port: int, index: int, store: StoreConfig, log_dir: Path
+) -> subprocess.Popen[bytes]:
+    """One hub as its own process (own GIL), subscribed and ready when this returns."""
+    config = log_dir / f"hub-{index}.json"
+    group = "" if index < 0 else None  # -1: the single hub, plain subscription; else the shared group
+    config.write_text(
+        json.dumps(
+            {
+                "broker_port": port,
+                "api_port": 0,
+                "client_id": f"hub-{index}",
+                "group": group,
+                "store": store.model_dump(mode="json", exclude_none=True),
+            }
+        )
+    )
+    log_file = log_dir / f"hub-{index}.log"
+    command = [sys.executable, "-c", "from shared.cli import main; main()", "hub", "run"]
+    command += ["--home", str(home.root), "--config", str(config), "--log-level", "INFO"]
+    process = subprocess.Popen(command, stdout=log_file.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while b"hub subscribed" not in log_file.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"hub {index} did not start: {log_file.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return process
+
+
+def open_bench_store(config: StoreConfig, home: HubHome) -> TimeSeriesStore:
+    from cloud.hub import open_store
+
+    return open_store(config, home)
+
+
+def hub_drain(
+    home: HubHome,
+    port: int,
+    hubs: int,
+    records: int,
+    store_config: StoreConfig,
+    workdir: Path,
+    load: Callable[[], tuple[int, float]],
+) -> tuple[int, float, float, int]:
+    """Start the hubs, freeze them (SIGSTOP) while the load is published, thaw them and time the drain.
+
+    Returns (messages, publish seconds, drain seconds, records stored).
+    """
+    indices = [-1] if hubs == 1 else list(range(hubs))
+    processes = [start_hub_process(home, port, i, store_config, workdir) for i in indices]
+    store = open_bench_store(store_config, home)
+    try:
+        for p in processes:
+            p.send_signal(signal.SIGSTOP)
+        messages, publish_s = load()
+        expected = messages * records
+        started = time.perf_counter()
+        for p in processes:
+            p.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 600
+        stored = 0
+        while time.monotonic() < deadline:
+            stored = stored_records(store, messages)
+            if stored >= expected:
+                break
+            time.sleep(0.05)
+        drain_s = time.perf_counter() - started
+        time.sleep(1.0)  # late redeliveries, if any, would show up as duplicates now
+        stored = stored_records(store, messages)
+        return messages, publish_s, drain_s, stored
+    finally:
+        for p in processes:
+            p.send_signal(signal.SIGCONT)
+            p.send_signal(signal.SIGTERM)
+        for p in processes:
+            p.wait(timeout=60)
+        store.close()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     home = init_home(workdir / "hub", ["localhost"], ["127.0.0.1"])
@@ -215,47 +298,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         broker.start()
         bundles = enroll_fleet(home, registry, args.devices, broker.port)
         broker.reload_acl(acl_devices(registry))
-        if args.hubs > 1:
-            return run_shared(args, home, broker.port, bundles, store_config)
-        hub_settings = HubSettings(
-            home=home.root,
-            broker_port=broker.port,
-            api_port=0,
-            group="",
-            client_id="hub-bench",
-            store=store_config,
-        )
-        hub = Hub(hub_settings)  # registers its persistent session, then goes offline
-        hub.start()
-        assert hub.wait_ready(10)
-        hub.stop()
         register_session(home, broker.port, "bare", PLAIN)
         register_session(home, broker.port, "naive", PLAIN)
 
-        messages, publish_s = publish_load(bundles, broker.port, args.seconds, args.records)
-        log.info("published %d messages in %.1f s", messages, publish_s)
+        def load() -> tuple[int, float]:
+            return publish_load(bundles, broker.port, args.seconds, args.records)
 
+        messages, publish_s, hub_s, stored = hub_drain(
+            home, broker.port, args.hubs, args.records, store_config, workdir, load
+        )
+        log.info("published %d messages in %.1f s; hub(s) drained them in %.1f s", messages, publish_s, hub_s)
         bare_s = drain(home, broker.port, "bare", messages, lambda _p: None)
         naive = NaiveIngester(
             home, registry, args.store, str(workdir / "naive.db") if not influx else influx.url
         )
         naive_s = drain(home, broker.port, "naive", messages, naive.handle)
-
-        hub = Hub(hub_settings)
-        started = time.perf_counter()
-        hub.start()
-        while hub.ingest.stored_messages + hub.ingest.rejected_messages < messages:
-            if time.perf_counter() - started > 600:
-                break
-            time.sleep(0.01)
-        hub_s = time.perf_counter() - started
-        rejected = hub.ingest.rejected_messages
-        stored = stored_records(hub.store, messages)
-        hub.stop()
         expected = messages * args.records
         return {
             "devices": args.devices,
             "store": args.store,
+            "hubs": args.hubs,
             "messages": messages,
             "records_per_message": args.records,
             "hub_msgs_s": round(messages / hub_s, 1),
@@ -267,54 +329,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "publish_msgs_s": round(messages / publish_s, 1),
             "lost": max(0, expected - stored),
             "duplicated": max(0, stored - expected),
-            "rejected": rejected,
         }
     finally:
         registry.close()
         broker.stop()
         if influx is not None:
             influx.stop()
-
-
-def run_shared(
-    args: argparse.Namespace, home: HubHome, port: int, bundles: list[Any], store_config: StoreConfig
-) -> dict[str, Any]:
-    """Several hubs on one shared subscription, live while the devices publish."""
-    hubs = [
-        Hub(
-            HubSettings(
-                home=home.root, broker_port=port, api_port=0, client_id=f"hub-{i}", store=store_config
-            )
-        )
-        for i in range(args.hubs)
-    ]
-    for hub in hubs:
-        hub.start()
-        assert hub.wait_ready(10)
-    messages, publish_s = publish_load(bundles, port, args.seconds, args.records)
-    deadline = time.monotonic() + 120
-    while sum(h.ingest.stored_messages + h.ingest.rejected_messages for h in hubs) < messages:
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    elapsed = time.perf_counter()
-    shares = [h.ingest.stored_messages for h in hubs]
-    stored = stored_records(hubs[0].store, messages)
-    for hub in hubs:
-        hub.stop()
-    del elapsed
-    expected = messages * args.records
-    return {
-        "devices": args.devices,
-        "store": args.store,
-        "hubs": args.hubs,
-        "messages": messages,
-        "per_hub_messages": shares,
-        "publish_msgs_s": round(messages / publish_s, 1),
-        "hub_msgs_s": round(messages / publish_s, 1),
-        "lost": max(0, expected - stored),
-        "duplicated": max(0, stored - expected),
-    }
 
 
 def main() -> None:

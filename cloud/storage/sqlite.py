@@ -166,6 +166,25 @@ LIMIT :limit
 """
 
 
+_INSERT_COUNTS = (
+    "INSERT OR IGNORE INTO counts (device_id, seq, idx, site, model_version, interval_start_us,"
+    " interval_s, line, cls, direction, lane, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EVENTS = (
+    "INSERT OR IGNORE INTO events (device_id, seq, idx, site, model_version, ts_us, event_id, type,"
+    " stream, cls, track_id, line, direction, confidence, speed_kmh)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SENSORS = (
+    "INSERT OR IGNORE INTO sensors (device_id, seq, idx, site, ts_us, sensor, quantity, value,"
+    " unit, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_HEALTH = (
+    "INSERT OR IGNORE INTO health (device_id, seq, site, model_version, ts_us, provider, report)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 class SqliteStore:
     """``TimeSeriesStore`` in one SQLite file (or ``":memory:"`` for tests)."""
 
@@ -230,9 +249,7 @@ class SqliteStore:
         with self._connection() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                fresh = 0
-                for batch in batches:
-                    fresh += self._insert(db, batch, stored_us)
+                fresh = self._insert(db, batches, stored_us)
                 db.execute("COMMIT")
             except BaseException:
                 # SQLite may have rolled back already (a failed COMMIT); a second ROLLBACK would
@@ -243,76 +260,50 @@ class SqliteStore:
         log.debug("stored %s of %s envelopes", fresh, len(batches))
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, batch: IngestBatch, stored_us: int) -> int:
-        origin = batch.origin
-        key = (origin.device_id, origin.seq)
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO ingested (device_id, seq, site, stored_us) VALUES (?, ?, ?, ?)",
-            (*key, origin.site, stored_us),
-        )
-        if cursor.rowcount == 0:
-            # Already committed whole by an earlier write: a redelivery.
-            return 0
-        db.executemany(
-            "INSERT OR IGNORE INTO counts (device_id, seq, idx, site, model_version, interval_start_us,"
-            " interval_s, line, cls, direction, lane, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    *key,
-                    idx,
-                    origin.site,
-                    c.model_version,
-                    to_epoch_us(c.interval_start),
-                    c.interval_s,
-                    c.line,
-                    c.cls,
-                    c.direction,
-                    c.lane,
-                    c.count,
-                )
-                for idx, c in enumerate(batch.counts)
-            ],
-        )
-        db.executemany(
-            "INSERT OR IGNORE INTO events (device_id, seq, idx, site, model_version, ts_us, event_id, type,"
-            " stream, cls, track_id, line, direction, confidence, speed_kmh)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    *key,
-                    idx,
-                    origin.site,
-                    e.model_version,
-                    to_epoch_us(e.ts),
-                    str(e.event_id),
-                    e.type,
-                    e.stream,
-                    e.cls,
-                    e.track_id,
-                    e.line,
-                    e.direction,
-                    e.confidence,
-                    e.speed_kmh,
-                )
-                for idx, e in enumerate(batch.events)
-            ],
-        )
-        db.executemany(
-            "INSERT OR IGNORE INTO sensors (device_id, seq, idx, site, ts_us, sensor, quantity, value,"
-            " unit, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (*key, idx, origin.site, to_epoch_us(r.ts), r.sensor, r.quantity, r.value, r.unit, r.quality)
-                for idx, r in enumerate(batch.sensors)
-            ],
-        )
-        if batch.health is not None:
-            h = batch.health
-            db.execute(
-                "INSERT OR IGNORE INTO health (device_id, seq, site, model_version, ts_us, provider, report)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (*key, origin.site, h.model_version, to_epoch_us(h.ts), h.provider, h.model_dump_json()),
+    def _insert(db: sqlite3.Connection, batches: Sequence[IngestBatch], stored_us: int) -> int:
+        """Insert every fresh envelope's records: one ``executemany`` per table for the whole
+        write, which is most of the ingest throughput on SQLite."""
+        counts: list[tuple[object, ...]] = []
+        events: list[tuple[object, ...]] = []
+        sensors: list[tuple[object, ...]] = []
+        health: list[tuple[object, ...]] = []
+        fresh = 0
+        for batch in batches:
+            origin = batch.origin
+            key = (origin.device_id, origin.seq)
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO ingested (device_id, seq, site, stored_us) VALUES (?, ?, ?, ?)",
+                (*key, origin.site, stored_us),
             )
-        return 1
+            if cursor.rowcount == 0:
+                continue  # already committed whole by an earlier write: a redelivery
+            fresh += 1
+            site = origin.site
+            counts += [
+                (*key, i, site, c.model_version, to_epoch_us(c.interval_start), c.interval_s, c.line, c.cls,
+                 c.direction, c.lane, c.count)
+                for i, c in enumerate(batch.counts)
+            ]  # fmt: skip
+            events += [
+                (*key, i, site, e.model_version, to_epoch_us(e.ts), str(e.event_id), e.type, e.stream, e.cls,
+                 e.track_id, e.line, e.direction, e.confidence, e.speed_kmh)
+                for i, e in enumerate(batch.events)
+            ]  # fmt: skip
+            sensors += [
+                (*key, i, site, to_epoch_us(r.ts), r.sensor, r.quantity, r.value, r.unit, r.quality)
+                for i, r in enumerate(batch.sensors)
+            ]
+            if batch.health is not None:
+                h = batch.health
+                health.append(
+                    (*key, site, h.model_version, to_epoch_us(h.ts), h.provider, h.model_dump_json())
+                )
+        for sql, rows in (
+            (_INSERT_COUNTS, counts), (_INSERT_EVENTS, events), (_INSERT_SENSORS, sensors), (_INSERT_HEALTH, health)
+        ):  # fmt: skip
+            if rows:
+                db.executemany(sql, rows)
+        return fresh
 
     # -- reads ----------------------------------------------------------------
 
