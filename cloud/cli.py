@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import signal
 import threading
@@ -22,9 +23,15 @@ pki_app = typer.Typer(
 )
 device_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Enroll, list and revoke devices.")
 hub_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Run the hub; manage API tokens.")
+audit_app = typer.Typer(no_args_is_help=True, add_completion=False, help="The hash-chained audit log.")
 broker_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Run a Mosquitto configured by the hub."
 )
+
+
+def _actor() -> str:
+    """Who did it, for the audit log: the operator's login on this machine."""
+    return f"cli:{getpass.getuser()}"
 
 
 def _fail(exc: RoadsideError) -> typer.Exit:
@@ -72,7 +79,13 @@ def device_enroll(
     try:
         registry.create_schema()
         _, path = enroll_device(
-            hub_home, registry, device_id, site, BrokerAddress(host=broker_host, port=broker_port), out
+            hub_home,
+            registry,
+            device_id,
+            site,
+            BrokerAddress(host=broker_host, port=broker_port),
+            out,
+            _actor(),
         )
     except RoadsideError as exc:
         raise _fail(exc) from exc
@@ -107,7 +120,7 @@ def device_revoke(device_id: str, home: HomeOption = DEFAULT_HOME) -> None:
     hub_home = HubHome(home)
     registry = Registry(hub_home.registry_url)
     try:
-        registry.revoke(device_id)
+        registry.revoke(device_id, actor=_actor())
         write_acl(hub_home, registry)
     finally:
         registry.close()
@@ -156,11 +169,72 @@ def hub_token(
     registry = Registry(HubHome(home).registry_url)
     try:
         registry.create_schema()
-        typer.echo(registry.create_api_client(name, scope, department))
+        typer.echo(registry.create_api_client(name, scope, department, actor=_actor()))
     except ConfigError as exc:
         raise _fail(exc) from exc
     finally:
         registry.close()
+
+
+@hub_app.command("migrate")
+def hub_migrate(
+    home: HomeOption = DEFAULT_HOME,
+    registry_url: Annotated[
+        str | None, typer.Option(help="Registry database (default: SQLite in the home).")
+    ] = None,
+) -> None:
+    """Upgrade the registry database to the newest schema (safe to run again)."""
+    from cloud.home import HubHome
+    from cloud.registry import Registry
+
+    registry = Registry(registry_url or HubHome(home).registry_url)
+    try:
+        registry.migrate()
+        typer.echo(f"registry at revision {registry.current_revision()}")
+    except RoadsideError as exc:
+        raise _fail(exc) from exc
+    finally:
+        registry.close()
+
+
+@audit_app.command("verify")
+def audit_verify(
+    home: HomeOption = DEFAULT_HOME,
+    registry_url: Annotated[
+        str | None, typer.Option(help="Registry database (default: SQLite in the home).")
+    ] = None,
+) -> None:
+    """Check the audit log's hash chain; exit 1 and name the first bad entry if it was tampered with."""
+    from cloud.home import HubHome
+    from cloud.registry import Registry
+
+    registry = Registry(registry_url or HubHome(home).registry_url)
+    try:
+        report = registry.audit.verify()
+    finally:
+        registry.close()
+    if report.ok:
+        typer.echo(f"audit log intact: {report.entries} entries, head {report.head_hash}")
+        return
+    typer.echo(
+        f"audit log TAMPERED at seq {report.first_bad_seq} ({report.reason}): {report.message}", err=True
+    )
+    raise typer.Exit(1)
+
+
+@audit_app.command("list")
+def audit_list(home: HomeOption = DEFAULT_HOME, limit: int = 50) -> None:
+    """The latest audit entries."""
+    from cloud.home import HubHome
+    from cloud.registry import Registry
+
+    registry = Registry(HubHome(home).registry_url)
+    try:
+        entries = registry.audit.entries(limit=100_000)[-limit:]
+    finally:
+        registry.close()
+    for e in entries:
+        typer.echo(f"{e.seq}\t{e.ts.isoformat()}\t{e.actor}\t{e.action}\t{e.subject}")
 
 
 @broker_app.command("run")
@@ -206,4 +280,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(device_app, name="device")
     app.add_typer(hub_app, name="hub")
     app.add_typer(broker_app, name="broker")
+    app.add_typer(audit_app, name="audit")
     app.command("demo")(demo)

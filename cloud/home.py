@@ -4,7 +4,7 @@
 
     <home>/pki/            CA key and certificate, CRL, the hub's and the broker's certificates
     <home>/hub_keys.json   the hub's envelope keys (X25519 + Ed25519), mode 0600
-    <home>/registry.db     devices, keys, API clients (SQLite default)
+    <home>/registry.db     devices, keys, API clients, models, rollouts, audit log (SQLite default)
     <home>/telemetry.db    the embedded time-series store
     <home>/deadletters.db  rejected messages, for inspection
     <home>/broker/         a Mosquitto the hub runs itself (demo, single box)
@@ -142,11 +142,12 @@ def enroll_device(
     site: str,
     broker: BrokerAddress,
     out: Path | None = None,
+    actor: str = "system",
 ) -> tuple[EnrollmentBundle, Path]:
     """Issue a device's certificate and keys, register it, refresh the broker ACL, write its bundle."""
     home.require()
     keys = KeyPair.generate()
-    registry.enroll(device_id, site, keys.public())
+    registry.enroll(device_id, site, keys.public(), actor=actor)
     issued = home.ca().issue_client(device_id)
     bundle = EnrollmentBundle(
         device_id=device_id,

@@ -52,8 +52,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from cloud import audit
@@ -299,6 +299,8 @@ class Registry:
                         _driver_execute(connection, "PRAGMA foreign_keys=ON")
         except OperationalError as exc:
             raise TransportError(f"registry database unreachable or migration failed: {exc.orig}") from exc
+        except DBAPIError as exc:
+            raise ConfigError(f"registry migration failed and was rolled back: {exc.orig}") from exc
         except CommandError as exc:
             raise ConfigError(f"registry migration failed: {exc}") from exc
 
