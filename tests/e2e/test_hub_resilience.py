@@ -246,7 +246,9 @@ def test_revoked_device_is_refused_by_the_hub_at_once_and_by_the_broker(rig: Rig
 
 def test_revocation_from_the_cli_reaches_a_running_hub_within_seconds(rig: Rig) -> None:
     bundles = rig.fleet(1)
-    hub = Hub(HubSettings(home=rig.home.root, broker_port=rig.broker.port, api_port=0, registry_refresh_s=0.2))
+    hub = Hub(
+        HubSettings(home=rig.home.root, broker_port=rig.broker.port, api_port=0, registry_refresh_s=0.2)
+    )
     hub.start()
     try:
         assert hub.wait_ready(10)
@@ -262,4 +264,45 @@ def test_revocation_from_the_cli_reaches_a_running_hub_within_seconds(rig: Rig) 
         assert wait_until(lambda: hub.ingest.rejected_messages == 1, 10)
         assert hub.ingest.stored_messages == 2
     finally:
+        hub.stop()
+
+
+def test_a_device_joining_a_guessed_share_group_takes_nothing_from_the_hub(rig: Rig) -> None:
+    """Mosquitto 2.0 does not check SUBSCRIBE against the ACL (see the xfail in the broker tests);
+    the hubs' group name is a secret of the hub home, so a device cannot join it."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    bundles = rig.fleet(2)
+    hub = Hub(HubSettings(home=rig.home.root, broker_port=rig.broker.port, api_port=0))
+    hub.start()
+    thief_dir = rig.home.root / "thief"
+    thief_dir.mkdir()
+    for name, pem in (
+        ("ca", bundles[1].ca_cert_pem),
+        ("crt", bundles[1].client_cert_pem),
+        ("key", bundles[1].client_key_pem),
+    ):
+        (thief_dir / name).write_text(pem)
+    thief = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id="thief", protocol=mqtt.MQTTv5
+    )
+    thief.tls_set(
+        ca_certs=str(thief_dir / "ca"), certfile=str(thief_dir / "crt"), keyfile=str(thief_dir / "key")
+    )
+    subscribed = threading.Event()
+    thief.on_connect = lambda c, *_: [
+        c.subscribe(f"$share/{g}/roadside/v1/+/+/+", qos=1) for g in ("hub", "hubs", "roadside")
+    ]
+    thief.on_subscribe = lambda *_: subscribed.set()
+    thief.connect("127.0.0.1", rig.broker.port)
+    thief.loop_start()
+    try:
+        assert hub.wait_ready(10)
+        assert subscribed.wait(5)
+        publish(bundles[:1], rig.broker.port, 30)
+        assert wait_until(lambda: hub.ingest.stored_messages == 30, 20), hub.ingest.stored_messages
+    finally:
+        thief.disconnect()
+        thief.loop_stop()
         hub.stop()
