@@ -5,6 +5,8 @@ from __future__ import annotations
 import getpass
 import json
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -135,6 +137,14 @@ def hub_run(
     home: HomeOption = DEFAULT_HOME,
     config: Annotated[Path | None, typer.Option(help="Hub config (TOML or JSON).")] = None,
     log_level: str = "INFO",
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Extra ingest-only processes on the same shared subscription (one per spare core)."
+        ),
+    ] = 0,
+    api_port: Annotated[int | None, typer.Option(help="Override the API port (-1: no API).")] = None,
+    client_id: Annotated[str | None, typer.Option(help="Override the MQTT client id.")] = None,
 ) -> None:
     """Run ingest and the API until SIGTERM or Ctrl-C."""
     from cloud.hub import Hub
@@ -143,16 +153,32 @@ def hub_run(
 
     setup_logging(log_level)
     try:
-        hub = Hub(load_hub_settings(config, home=home))
+        settings = load_hub_settings(config, home=home, api_port=api_port, client_id=client_id)
+        hub = Hub(settings)
         hub.start()
     except RoadsideError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"hub API on {hub.api_url}")
+    typer.echo(f"hub API on {hub.api_url}" if hub.api_url else "hub ingest worker running")
+    children = [_start_worker(home, config, log_level, settings.client_id, i) for i in range(1, workers + 1)]
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    for child in children:
+        child.terminate()
     hub.stop()
+    for child in children:
+        child.wait(timeout=60)
+
+
+def _start_worker(
+    home: Path, config: Path | None, log_level: str, client_id: str, index: int
+) -> subprocess.Popen[bytes]:
+    """An ingest-only hub process: its own MQTT session (client id) in the same shared group, no API."""
+    command = [sys.executable, "-c", "from shared.cli import main; main()", "hub", "run", "--home", str(home)]
+    command += ["--log-level", log_level, "--api-port", "-1", "--client-id", f"{client_id}-w{index}"]
+    command += ["--config", str(config)] if config else []
+    return subprocess.Popen(command)
 
 
 @hub_app.command("token")

@@ -175,6 +175,9 @@ class Hub:
         self.metrics.dead_letters.set(self.dead_letters.count())
         self.ingest.start()
         self._watcher.start()
+        if self.settings.api_port < 0:
+            log.info("ingest-only hub process (no API)")
+            return
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.api_host, self.settings.api_port))
@@ -192,6 +195,8 @@ class Hub:
         """True once the broker session is up and the API answers."""
         if not self.ingest.wait_connected(timeout):
             return False
+        if self.settings.api_port < 0:
+            return True
         server = self._server
         deadline = threading.Event()
         for _ in range(int(timeout * 20)):

@@ -69,7 +69,7 @@ class HubSettings(BaseSettings):
     registry_url: str | None = None  # None: SQLite in <home>
     store: StoreConfig = Field(default_factory=SqliteStoreConfig)
     api_host: str = "127.0.0.1"
-    api_port: int = Field(default=8080, ge=0, le=65535)
+    api_port: int = Field(default=8080, ge=-1, le=65535)  # 0: a free port; -1: no API (an ingest worker)
     batch_size: int = Field(default=500, ge=1, le=10_000)
     batch_wait_s: float = Field(default=0.1, gt=0, le=5)
     max_message_age_s: float = Field(default=900.0, ge=10)

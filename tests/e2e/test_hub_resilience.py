@@ -306,3 +306,28 @@ def test_a_device_joining_a_guessed_share_group_takes_nothing_from_the_hub(rig: 
         thief.disconnect()
         thief.loop_stop()
         hub.stop()
+
+
+def test_hub_with_an_ingest_worker_process_stores_everything_once(rig: Rig, tmp_path: Path) -> None:
+    bundles = rig.fleet(4)
+    per_device = 100
+    expected = len(bundles) * per_device * RECORDS
+    log = tmp_path / "hub.log"
+    config = tmp_path / "hub.json"
+    config.write_text(json.dumps({"broker_port": rig.broker.port, "api_port": 0, "client_id": "hub-main"}))
+    command = [sys.executable, "-c", "from shared.cli import main; main()", "hub", "run", "--workers", "1"]
+    command += ["--home", str(rig.home.root), "--config", str(config)]
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    store = SqliteStore(rig.home.telemetry_db)
+    try:
+        # Each process subscribes twice (its share of the uplink, and device status).
+        assert wait_until(lambda: log.read_bytes().count(b"hub subscribed") >= 4, 60), log.read_text()[-3000:]
+        assert b"ingest-only hub process" in log.read_bytes()
+        publish(bundles, rig.broker.port, per_device)
+        assert wait_until(lambda: stored(store) >= expected, 60)
+        time.sleep(0.5)
+        assert stored(store) == expected
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        store.close()
