@@ -285,8 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.store == "influx":
         from tests.component.influxd import InfluxServer
 
-        influx = InfluxServer(workdir / "influx")
-        influx.start()
+        influx = InfluxServer(workdir / "influx").__enter__()
     store_config: StoreConfig = (
         InfluxV1StoreConfig(url=influx.url, database="roadside") if influx else SqliteStoreConfig()
     )
@@ -334,7 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         registry.close()
         broker.stop()
         if influx is not None:
-            influx.stop()
+            influx.__exit__(None, None, None)
 
 
 def main() -> None:
@@ -349,6 +348,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("cloud").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     print(json.dumps(run(args)))
 
 
