@@ -10,6 +10,7 @@ close the open interval, drain the outbox for a moment, stop the uplink.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -17,35 +18,57 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from edge.analytics.aggregate import CountAggregator
 from edge.analytics.lines import CountingLine
 from edge.analytics.tracker import IouTracker
+from edge.commands import (
+    AckJournal,
+    CommandHandler,
+    CommandVerifier,
+    InvalidCommandError,
+    KeyState,
+    KeyStore,
+    check_new_stream,
+    default_keys_path,
+)
+from edge.health import FrameLedger, HealthCollector, HealthReport, SystemProbe
 from edge.inference.engine import OnnxDetector
+from edge.metrics import HealthMetrics, MetricsServer
 from edge.outbox import Outbox, Priority
-from edge.settings import AgentSettings, CountLine
+from edge.settings import AgentSettings, CountLine, SourceConfig, load_agent_settings
 from edge.sources import Frame, FrameSource, open_source
 from edge.transport.mqtt import MqttUplink
 from shared.bundle import EnrollmentBundle
-from shared.envelope import DeviceCommandOpener
-from shared.errors import IntegrityError, SchemaError, TransportError
+from shared.errors import ConfigError, IntegrityError, SchemaError, TransportError
 from shared.queues import BoundedQueue, Overflow
 from shared.schemas import (
     AckMessage,
+    Command,
     CountRecord,
     CountsMessage,
     DetectionEvent,
     EventsMessage,
     Health,
     HealthMessage,
-    StreamHealth,
-    decode_command,
     encode,
 )
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_FIRST_FRAME_WAIT_S = 5.0  # add_stream waits this long for a new stream's first frame
+_RETIRE_WAIT_S = 30.0  # remove_stream waits this long for the stream's queued frames to pass
+
+
+@dataclass
+class _Control:
+    """A change to pipeline-owned state, run on the pipeline thread between batches once ``ready``."""
+
+    run: Callable[[], None]
+    ready: Callable[[], bool] = lambda: True
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -69,10 +92,16 @@ class Agent:
         bundle: EnrollmentBundle,
         detector: OnnxDetector | None = None,
         clock: Callable[[], float] = time.time,
+        config_path: Path | None = None,
     ) -> None:
         self.settings = settings
-        self.bundle = bundle
         self.clock = clock
+        self.config_path = config_path  # what reload_config re-reads
+        self.keystore = KeyStore(default_keys_path(settings), bundle.device_id, bundle.keypair())
+        key_state = self.keystore.load()  # a key rotated in an earlier run replaces the bundle's
+        if key_state.current.kid != bundle.keypair().kid:
+            bundle = bundle.model_copy(update={"device_keys": key_state.current.to_json()})
+        self.bundle = bundle
         self.detector = detector or OnnxDetector(
             settings.model.path,
             settings.model.providers,
@@ -84,11 +113,41 @@ class Agent:
         )
         self.outbox = Outbox(settings.outbox.path, settings.outbox.max_bytes)
         self.uplink = MqttUplink(bundle, self.outbox, self._on_command, settings.outbox.max_inflight)
-        self._commands = DeviceCommandOpener(bundle.device_id, bundle.keypair(), bundle.hub_public())
+        self._verifier = CommandVerifier(bundle.device_id, bundle.hub_public(), key_state.all())
+        # Streams change at run time (add_stream/remove_stream): lists and dicts are replaced, never
+        # mutated, so the pipeline and health readers always see a consistent one.
+        self._source_configs: dict[str, SourceConfig] = {s.name: s for s in settings.sources}
         self.sources: list[FrameSource] = [open_source(s) for s in settings.sources]
         self.frames: BoundedQueue[Frame] = BoundedQueue(
-            settings.frame_queue * len(self.sources), Overflow.DROP_OLDEST
+            settings.frame_queue * max(1, len(self.sources)), Overflow.DROP_OLDEST
         )
+        self.ledger = FrameLedger(self.frames)
+        self._streams_lock = threading.Lock()
+        self._readers: dict[str, threading.Thread] = {}
+        self._first_frame: dict[str, threading.Event] = {}
+        self._stream_errors: dict[str, str] = {}
+        self._retiring: set[str] = set()
+        self._controls: list[_Control] = []
+        self._controls_lock = threading.Lock()
+        self._running = False
+        # Commands wait here for the command thread; REFUSE_NEWEST when full: the hub
+        # resends what it has no ack for, and handling is idempotent by command id.
+        self._command_queue: queue.Queue[object] = queue.Queue(maxsize=64)
+        self.commands = CommandHandler(
+            self,
+            self.keystore,
+            key_state,
+            self._reload_settings if config_path is not None else None,
+            AckJournal(settings.outbox.path.parent / "commands.json"),
+        )
+        self.health_collector = HealthCollector(
+            self.detector, self.outbox, self.frames, self.ledger, SystemProbe(), lambda: self.uplink.connected
+        )
+        self.metrics: MetricsServer | None = None
+        if settings.metrics_port:
+            self.metrics = MetricsServer(
+                HealthMetrics(self.health_report, lambda: dict(self.commands.results)), settings.metrics_port
+            )
         self.streams: dict[str, StreamState] = {}
         self._pending_events: list[DetectionEvent] = []
         self._last_event_flush = time.monotonic()
@@ -104,13 +163,15 @@ class Agent:
     # Lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
+        if self.metrics is not None:
+            self.metrics.start()  # first: a port in use is a configuration error, before any work
         self.uplink.start()
-        for source in self.sources:
-            thread = threading.Thread(
-                target=self._read, args=(source,), name=f"source-{source.name}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        self._command_thread = threading.Thread(target=self._run_commands, name="commands", daemon=True)
+        self._command_thread.start()
+        with self._streams_lock:
+            self._running = True
+            for source in self.sources:
+                self._start_reader(source)
         pipeline = threading.Thread(target=self._pipeline, name="pipeline", daemon=True)
         pipeline.start()
         self._pipeline_thread = pipeline
@@ -118,12 +179,19 @@ class Agent:
 
     def stop(self, drain_s: float = 5.0) -> None:
         """Stop cleanly: no frame in flight is lost, the open interval is sent."""
+        self._command_queue.put(_STOP)  # blocks only while full; the command thread is draining it
+        self._command_thread.join(timeout=60)
+        with self._streams_lock:
+            self._running = False
         for source in self.sources:
             source.close()
         for thread in self._threads:
             thread.join(timeout=5)
         self._stop.set()
         self._pipeline_thread.join(timeout=30)
+        self._run_controls(force=True)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.uplink.stop(drain_s=drain_s)
         self.outbox_backlog_at_stop = self.outbox.backlog()
         self.outbox.close()
@@ -139,19 +207,145 @@ class Agent:
     def run_forever(self, stop: threading.Event) -> None:
         self.start()
         try:
-            while not stop.wait(self.settings.heartbeat_s):
-                self.heartbeat()
+            while not stop.wait(self.settings.heartbeat_s):  # re-read: reload_config may change it
+                try:
+                    self.heartbeat()
+                except Exception:  # a bad report must not stop the agent; the log says why
+                    log.exception("heartbeat failed")
         finally:
             self.stop()
+
+    # Streams at run time --------------------------------------------------------
+
+    def stream_configs(self) -> dict[str, SourceConfig]:
+        """The running streams' settings, by name."""
+        return dict(self._source_configs)
+
+    def add_stream(self, config: SourceConfig) -> None:
+        """Start a stream now; ``ConfigError`` or ``TransportError`` if it cannot run."""
+        with self._streams_lock:
+            if config.name in self._source_configs or config.name in self._retiring:
+                raise ConfigError(f"stream {config.name} is already running or still stopping")
+            check_new_stream(config, self._source_configs)
+            source = open_source(config)
+            self._source_configs = {**self._source_configs, config.name: config}
+            self.sources = [*self.sources, source]
+            started = self._running
+            if started:
+                self._start_reader(source)
+        if started and not self._first_frame[config.name].wait(_FIRST_FRAME_WAIT_S):
+            log.warning("stream %s started but no frame came within %.0f s", config.name, _FIRST_FRAME_WAIT_S)
+        error = self._stream_errors.get(config.name)
+        if error is not None:
+            self._retire(config.name, source, wait=True)
+            raise TransportError(f"stream {config.name} did not start: {error}")
+        log.info("stream %s added", config.name)
+
+    def remove_stream(self, name: str) -> None:
+        """Stop a stream: its reader ends, its queued frames are processed, its open interval is sent."""
+        with self._streams_lock:
+            if name not in self._source_configs:
+                raise ConfigError(f"no stream named {name!r}")
+            source = next(s for s in self.sources if s.name == name)
+        source.close()
+        reader = self._readers.get(name)
+        if reader is not None:
+            reader.join(timeout=5)
+        self._retire(name, source, wait=True)
+        log.info("stream %s removed", name)
+
+    def _start_reader(self, source: FrameSource) -> None:
+        """Under ``_streams_lock``."""
+        self._first_frame[source.name] = threading.Event()
+        self._stream_errors.pop(source.name, None)
+        thread = threading.Thread(
+            target=self._read, args=(source,), name=f"source-{source.name}", daemon=True
+        )
+        self._readers[source.name] = thread
+        self._threads = [*self._threads, thread]
+        thread.start()
+
+    def _retire(self, name: str, source: FrameSource, wait: bool) -> None:
+        """Forget a stopped stream once every frame it queued has left the frame queue."""
+        with self._streams_lock:
+            self._source_configs = {k: v for k, v in self._source_configs.items() if k != name}
+            self._retiring.add(name)
+            reader = self._readers.pop(name, None)
+            self._threads = [t for t in self._threads if t is not reader]
+        mark = self.ledger.mark()
+
+        def run() -> None:  # on the pipeline thread: it owns ``self.streams``
+            state = self.streams.pop(name, None)
+            if state is not None:
+                self._emit_counts(state.aggregator.flush())
+            with self._streams_lock:
+                self.sources = [s for s in self.sources if s is not source]
+                self._retiring.discard(name)
+            self.ledger.forget(name)
+
+        control = _Control(run, lambda: self.ledger.passed(mark))
+        self._submit(control)
+        if wait and not control.done.wait(_RETIRE_WAIT_S):
+            log.warning("stream %s stopped; its queued frames are still being processed", name)
+
+    def apply_live_settings(self, settings: AgentSettings, reset_analytics: bool) -> None:
+        """Adopt settings that apply live; with ``reset_analytics``, rebuild per-stream analytics."""
+        self.settings = settings
+        if not reset_analytics:
+            return
+
+        def run() -> None:  # the open intervals are sent; states come back with the new lines
+            for state in list(self.streams.values()):
+                self._emit_counts(state.aggregator.flush())
+            self.streams.clear()
+
+        control = _Control(run)
+        self._submit(control)
+        control.done.wait(_RETIRE_WAIT_S)
+
+    def use_keys(self, keys: KeyState) -> None:
+        """Seal with ``keys.current`` and accept commands sealed to any key in ``keys``."""
+        self._verifier.set_keys(keys.all())
+        self.uplink.use_keys(keys.current)
+
+    def _reload_settings(self) -> AgentSettings:
+        return load_agent_settings(self.config_path, bundle=self.settings.bundle)
+
+    def _submit(self, control: _Control) -> None:
+        pipeline = getattr(self, "_pipeline_thread", None)
+        with self._controls_lock:
+            if pipeline is not None and pipeline.is_alive():
+                self._controls.append(control)
+                return
+        control.run()  # no pipeline running: nothing else touches its state
+        control.done.set()
+
+    def _run_controls(self, force: bool = False) -> None:
+        """Pipeline thread, between batches (``force``: after it ended)."""
+        with self._controls_lock:
+            due = [c for c in self._controls if force or c.ready()]
+            self._controls = [c for c in self._controls if c not in due]
+        for control in due:
+            try:
+                control.run()
+            finally:
+                control.done.set()
 
     # Stages -----------------------------------------------------------------
 
     def _read(self, source: FrameSource) -> None:
+        first = self._first_frame.get(source.name)
         try:
             for frame in source.frames():
-                self.frames.put(frame)
-        except TransportError:
+                self.ledger.put(frame)
+                if first is not None:
+                    first.set()
+        except TransportError as exc:
+            self._stream_errors[source.name] = str(exc)
             log.exception("stream %s failed", source.name)
+        finally:
+            if first is not None:
+                first.set()
 
     def _pipeline(self) -> None:
         max_batch = max(1, len(self.sources))
@@ -162,6 +356,7 @@ class Agent:
             elif self._stop.is_set():
                 break
             self._flush_events(force=False)
+            self._run_controls()
         self._close_intervals()
         self._flush_events(force=True)
 
@@ -254,42 +449,43 @@ class Agent:
 
     # Health and commands ----------------------------------------------------
 
-    def health(self) -> Health:
-        p50, p95 = self.detector.latency.percentiles()
-        streams = {}
-        for state in self.streams.values():
-            window = state.fps_window
-            fps = (
-                (len(window) - 1) / (window[-1] - window[0])
-                if len(window) > 1 and window[-1] > window[0]
-                else 0.0
-            )
-            streams[state.name] = StreamHealth(fps=round(fps, 2), dropped_frames=self.frames.dropped)
-        return Health(
-            ts=datetime.now(UTC),
-            uptime_s=time.monotonic() - self._started,
-            model_version=self.detector.info.version,
-            provider=self.detector.info.active_provider,
-            streams=streams,
-            inference_p50_ms=p50,
-            inference_p95_ms=p95,
-            outbox_backlog=self.outbox.backlog(),
+    def health_report(self) -> HealthReport:
+        """Everything the agent reports about itself (the heartbeat and /metrics)."""
+        return self.health_collector.report(
+            list(self._source_configs), self.streams, {"commands": self._command_queue.qsize()}
         )
+
+    def health(self) -> Health:
+        return self.health_report().to_health()
 
     def heartbeat(self) -> None:
         self.outbox.put("health", encode(HealthMessage(health=self.health())), Priority.HEALTH)
 
     def _on_command(self, wire: bytes) -> None:
-        """Runs on the MQTT network thread: verify, then answer with an ack through the outbox."""
+        """Runs on the MQTT network thread: verify, then queue for the command thread."""
+        item: Command | InvalidCommandError
         try:
-            opened = self._commands.open(wire, int(self.clock() * 1000))
-            command = decode_command(opened.plaintext)
+            item = self._verifier.open(wire, int(self.clock() * 1000))
+        except InvalidCommandError as exc:
+            log.warning("refused an invalid command %s: %s", exc.command_id, exc)
+            item = exc
         except (IntegrityError, SchemaError) as exc:
-            log.warning("refused a command: %s (%s)", exc, getattr(exc, "reason", "invalid"))
+            log.warning("refused a command: %s (%s)", exc, exc.reason)
             return
-        ok, detail = (
-            (True, "pong") if command.type == "ping" else (False, f"{command.type} is not supported yet")
-        )
-        log.info("command %s (%s): %s", command.command_id, command.type, detail)
-        ack = AckMessage(command_id=command.command_id, ok=ok, detail=detail)
-        self.outbox.put("ack", encode(ack), Priority.ACK)
+        try:
+            self._command_queue.put_nowait(item)
+        except queue.Full:
+            log.warning("command queue full: dropped a command; the hub resends it")
+
+    def _run_commands(self) -> None:
+        """The command thread: one command at a time, each answered through the outbox."""
+        while (item := self._command_queue.get()) is not _STOP:
+            ack: AckMessage | None
+            if isinstance(item, Command):
+                ack = self.commands.handle(item)
+            elif isinstance(item, InvalidCommandError):
+                ack = self.commands.invalid(item)
+            else:
+                continue
+            if ack is not None:
+                self.outbox.put("ack", encode(ack), Priority.ACK)

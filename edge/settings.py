@@ -88,6 +88,10 @@ class AgentSettings(BaseSettings):
     interval_s: int = Field(default=60, ge=1, le=3600)
     heartbeat_s: float = Field(default=30.0, ge=1.0)
     frame_queue: int = Field(default=8, ge=1, le=256)
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus /metrics on 127.0.0.1; 0: off
+    # Envelope keys made by a rotate_keys command (0600, atomic). None: beside the bundle.
+    keys_path: Path | None = None
+    hub_api_url: str | None = None  # for `roadside agent doctor`'s clock check (the API's Date header)
 
     @model_validator(mode="after")
     def _unique_names(self) -> AgentSettings:

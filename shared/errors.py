@@ -10,7 +10,16 @@
     │   ├── TamperedError        AEAD tag or framing does not verify
     │   ├── BadSignatureError    Ed25519 signature does not verify
     │   ├── StaleMessageError    timestamp outside the allowed clock skew
-    │   └── ReplayError          sequence number already seen or below the window
+    │   ├── ReplayError          sequence number already seen or below the window
+    │   ├── OversizeError        larger than the receiver accepts (a message, a model download)
+    │   ├── TamperedTargetError  a downloaded model does not match its signed hash or length
+    │   ├── ExpiredMetadataError signed release metadata past its expiry (a freeze attack)
+    │   ├── InconsistentMetadataError  release metadata that contradicts the role listing it
+    │   │                        (mix-and-match), or an older version than one already trusted
+    │   ├── RollbackError        a model version not newer than the one running
+    │   ├── UnsafePathError      a signed target path that would leave its folder
+    │   ├── IncompatibleModelError  a model this agent cannot run (agent too old, labels, input)
+    │   └── BadMetadataError     signed release metadata that is not what Roadside publishes
     └── SchemaError              a payload that decrypts but does not validate
 
 Adapters translate vendor exceptions into these at the boundary, always with
@@ -68,3 +77,45 @@ class OversizeError(IntegrityError):
     """A message larger than the receiver accepts; rejected before any parsing."""
 
     reason = "oversize"
+
+
+class TamperedTargetError(IntegrityError):
+    """A downloaded (or stored) model whose bytes do not match the signed hash or length."""
+
+    reason = "tampered_target"
+
+
+class ExpiredMetadataError(IntegrityError):
+    """Signed release metadata past its expiry: a frozen mirror, or a hub that stopped signing."""
+
+    reason = "expired_metadata"
+
+
+class InconsistentMetadataError(IntegrityError):
+    """Release metadata that does not match what its parent role says about it, or is older than trusted."""
+
+    reason = "inconsistent_metadata"
+
+
+class RollbackError(IntegrityError):
+    """A model version that is not newer than the one the device runs."""
+
+    reason = "rollback"
+
+
+class UnsafePathError(IntegrityError):
+    """A signed target path that is absolute, climbs with ``..`` or otherwise leaves its folder."""
+
+    reason = "unsafe_path"
+
+
+class IncompatibleModelError(IntegrityError):
+    """A model this agent must not run: it needs a newer agent, other labels or another input."""
+
+    reason = "incompatible_model"
+
+
+class BadMetadataError(IntegrityError):
+    """Signed release metadata whose Roadside fields are missing or malformed."""
+
+    reason = "bad_metadata"

@@ -29,6 +29,7 @@ from shared import topics
 from shared.backoff import Backoff
 from shared.bundle import EnrollmentBundle
 from shared.envelope import DeviceSealer
+from shared.keys import KeyPair
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ class MqttUplink:
 
     def start(self) -> None:
         self._thread.start()
+
+    def use_keys(self, own: KeyPair) -> None:
+        """Seal from now on with ``own`` (key rotation); messages already sent keep their key."""
+        self._sealer = DeviceSealer(self.bundle.device_id, own, self.bundle.hub_public())
 
     def stop(self, drain_s: float = 0.0) -> None:
         """Stop, first waiting up to ``drain_s`` for the outbox to empty."""
