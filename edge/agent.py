@@ -31,12 +31,15 @@ from edge.commands import (
     KeyState,
     KeyStore,
     check_new_stream,
+    default_journal_path,
     default_keys_path,
 )
 from edge.health import FrameLedger, HealthCollector, HealthReport, SystemProbe
+from edge.inference.batching import BatchPolicy, DynamicBatcher
 from edge.inference.engine import OnnxDetector
 from edge.metrics import HealthMetrics, MetricsServer
 from edge.outbox import Outbox, Priority
+from edge.sensors.pipeline import SensorPipeline
 from edge.settings import AgentSettings, CountLine, SourceConfig, load_agent_settings
 from edge.sources import Frame, FrameSource, open_source
 from edge.transport.mqtt import MqttUplink
@@ -112,6 +115,9 @@ class Agent:
             settings.model.intra_op_threads,
         )
         self.outbox = Outbox(settings.outbox.path, settings.outbox.max_bytes)
+        self.sensors = SensorPipeline(
+            settings.sensors, self.outbox.put, max_records=settings.outbox.records_per_message
+        )
         self.uplink = MqttUplink(bundle, self.outbox, self._on_command, settings.outbox.max_inflight)
         self._verifier = CommandVerifier(bundle.device_id, bundle.hub_public(), key_state.all())
         # Streams change at run time (add_stream/remove_stream): lists and dicts are replaced, never
@@ -138,7 +144,7 @@ class Agent:
             self.keystore,
             key_state,
             self._reload_settings if config_path is not None else None,
-            AckJournal(settings.outbox.path.parent / "commands.json"),
+            AckJournal(default_journal_path(settings)),
         )
         self.health_collector = HealthCollector(
             self.detector, self.outbox, self.frames, self.ledger, SystemProbe(), lambda: self.uplink.connected
@@ -166,6 +172,7 @@ class Agent:
         if self.metrics is not None:
             self.metrics.start()  # first: a port in use is a configuration error, before any work
         self.uplink.start()
+        self.sensors.start()
         self._command_thread = threading.Thread(target=self._run_commands, name="commands", daemon=True)
         self._command_thread.start()
         with self._streams_lock:
@@ -189,6 +196,7 @@ class Agent:
             thread.join(timeout=5)
         self._stop.set()
         self._pipeline_thread.join(timeout=30)
+        self.sensors.stop()  # before the uplink, so its last batch is in the outbox to drain
         self._run_controls(force=True)
         if self.metrics is not None:
             self.metrics.stop()
@@ -348,9 +356,11 @@ class Agent:
                 first.set()
 
     def _pipeline(self) -> None:
-        max_batch = max(1, len(self.sources))
+        model = self.settings.model
+        policy = BatchPolicy.for_streams(len(self.sources), model.max_batch, model.max_wait_ms)
+        batcher: DynamicBatcher[Frame] = DynamicBatcher(self.frames, policy)
         while True:
-            batch = self.frames.get_batch(max_batch, max_wait_s=0.005, first_timeout_s=0.1)
+            batch = batcher.next_batch(timeout_s=0.1)
             if batch:
                 self._process(batch)
             elif self._stop.is_set():

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edge.sensors.config import SensorConfig
 from shared.config import describe, read_config_file
 from shared.errors import ConfigError
 
@@ -66,6 +67,14 @@ class ModelConfig(_Section):
     iou_threshold: float = Field(default=0.5, gt=0, lt=1)
     labels: list[str] | None = None  # None: from the ONNX ``names`` metadata
     intra_op_threads: int = Field(default=1, ge=0)
+    kind: Literal["detector", "classifier", "sensor_anomaly"] = "detector"
+    input_size: tuple[int, int] | None = None  # (height, width) for exports with a free image size
+    max_batch: int | None = Field(default=None, ge=1, le=64)  # None: one frame per stream
+    max_wait_ms: float = Field(default=5.0, ge=0, le=1000)  # how long a batch's first frame waits for more
+    # TensorRT only: built engines are cached here, so only the first start pays the build (minutes on Jetson).
+    trt_cache_path: Path | None = Path("/var/lib/roadside/trt-cache")
+    fp16: bool = True  # TensorRT only; the self-test refuses an engine that gives NaN
+    strict: bool = False  # refuse to start unless the first provider listed is the one in use
 
 
 class OutboxConfig(_Section):
@@ -82,6 +91,7 @@ class AgentSettings(BaseSettings):
 
     bundle: Path = Path("/etc/roadside/bundle.json")
     sources: list[SourceConfig] = Field(default_factory=lambda: [SyntheticSource()])  # type: ignore[arg-type]
+    sensors: list[SensorConfig] = Field(default_factory=list)  # air quality, loop detectors, noise
     lines: list[CountLine] = Field(default_factory=list)
     model: ModelConfig = Field(default_factory=ModelConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)

@@ -1,0 +1,30 @@
+"""Roadside sensors: air quality, loop detectors, noise, behind one ``SensorSource`` interface.
+
+Adapters are chosen by the ``type`` of their config and imported only when
+used, so a device without pyserial or paho can still run the others.
+"""
+
+from __future__ import annotations
+
+from edge.sensors.base import SensorSample, SensorSource
+from edge.sensors.config import MqttSensorConfig, SensorConfig, SerialSensorConfig, SyntheticSensorConfig
+
+
+def open_sensor_source(config: SensorConfig) -> SensorSource:
+    """The registered adapter for ``config.type``."""
+    if isinstance(config, SyntheticSensorConfig):
+        from edge.sensors.synthetic import SyntheticSensorSource
+
+        return SyntheticSensorSource(config)
+    if isinstance(config, SerialSensorConfig):
+        from edge.sensors.serial import SerialSensorSource
+
+        return SerialSensorSource(config)
+    if isinstance(config, MqttSensorConfig):
+        from edge.sensors.mqtt_local import LocalMqttSensorSource
+
+        return LocalMqttSensorSource(config)
+    raise AssertionError(f"unregistered sensor type {config!r}")
+
+
+__all__ = ["SensorConfig", "SensorSample", "SensorSource", "open_sensor_source"]
