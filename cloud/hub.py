@@ -17,6 +17,7 @@ from cloud.ingest.deadletter import DeadLetterStore
 from cloud.ingest.metrics import IngestMetrics
 from cloud.ingest.service import BrokerClientConfig, IngestService
 from cloud.registry import Registry
+from cloud.retention_job import RetentionJob
 from cloud.settings import (
     HubSettings,
     InfluxV1StoreConfig,
@@ -102,6 +103,11 @@ class Hub:
         )
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch_registry, name="registry-watch", daemon=True)
+        # Only the process that serves the API runs retention: ingest workers share its store.
+        retention = settings.retention
+        self.retention: RetentionJob | None = None
+        if retention.enabled and settings.api_port >= 0 and hasattr(self.store, "apply_retention"):
+            self.retention = RetentionJob(self.store, retention.policy(), retention.interval_s)  # type: ignore[arg-type]
         self._server: uvicorn.Server | None = None
         self._server_thread: threading.Thread | None = None
         self.api_url = ""
@@ -175,6 +181,8 @@ class Hub:
         self.metrics.dead_letters.set(self.dead_letters.count())
         self.ingest.start()
         self._watcher.start()
+        if self.retention is not None:
+            self.retention.start()
         if self.settings.api_port < 0:
             log.info("ingest-only hub process (no API)")
             return
@@ -207,6 +215,8 @@ class Hub:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.retention is not None:
+            self.retention.stop()
         if self._server is not None:
             self._server.should_exit = True
         if self._server_thread is not None:

@@ -5,9 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cloud.storage.retention import RetentionPolicy
 from shared.config import describe, read_config_file
 from shared.errors import ConfigError
 
@@ -55,6 +64,27 @@ StoreConfig = Annotated[
 ]
 
 
+class RetentionConfig(_Section):
+    """How long telemetry is kept (see cloud.storage.retention and docs/operations.md, Retention)."""
+
+    enabled: bool = True
+    raw_days: int = Field(default=7, ge=1)
+    minute_days: int = Field(default=90, ge=1)
+    hour_days: int = Field(default=730, ge=1)
+    interval_s: float = Field(default=300.0, ge=10, le=86_400)  # how often the retention job runs
+
+    @model_validator(mode="after")
+    def _tiers_in_order(self) -> RetentionConfig:
+        try:
+            self.policy()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc  # reported with the rest, under the key "retention"
+        return self
+
+    def policy(self) -> RetentionPolicy:
+        return RetentionPolicy(self.raw_days, self.minute_days, self.hour_days)
+
+
 class HubSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROADSIDE_HUB_", env_nested_delimiter="__", extra="forbid")
 
@@ -68,6 +98,7 @@ class HubSettings(BaseSettings):
     group: str | None = None  # None: the secret group in <home>/hub_group; "" : a plain subscription
     registry_url: str | None = None  # None: SQLite in <home>
     store: StoreConfig = Field(default_factory=SqliteStoreConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=-1, le=65535)  # 0: a free port; -1: no API (an ingest worker)
     batch_size: int = Field(default=500, ge=1, le=10_000)

@@ -17,12 +17,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-from edge.analytics.aggregate import CountAggregator
-from edge.analytics.lines import CountingLine
-from edge.analytics.tracker import IouTracker
+from edge.analytics.config import AnalyticsConfig, LineConfig, resolve_stream_config
+from edge.analytics.stream import StreamAnalytics
 from edge.commands import (
     AckJournal,
     CommandHandler,
@@ -33,6 +31,7 @@ from edge.commands import (
     check_new_stream,
     default_journal_path,
     default_keys_path,
+    redact,
 )
 from edge.health import FrameLedger, HealthCollector, HealthReport, SystemProbe
 from edge.inference.batching import BatchPolicy, DynamicBatcher
@@ -40,7 +39,7 @@ from edge.inference.engine import OnnxDetector
 from edge.metrics import HealthMetrics, MetricsServer
 from edge.outbox import Outbox, Priority
 from edge.sensors.pipeline import SensorPipeline
-from edge.settings import AgentSettings, CountLine, SourceConfig, load_agent_settings
+from edge.settings import AgentSettings, SourceConfig, load_agent_settings
 from edge.sources import Frame, FrameSource, open_source
 from edge.transport.mqtt import MqttUplink
 from shared.bundle import EnrollmentBundle
@@ -79,9 +78,7 @@ class StreamState:
     """Per-stream analytics state, owned by the pipeline thread."""
 
     name: str
-    tracker: IouTracker
-    lines: list[CountingLine]
-    aggregator: CountAggregator
+    analytics: StreamAnalytics
     frames: int = 0
     fps_window: list[float] = field(default_factory=list)
 
@@ -122,6 +119,8 @@ class Agent:
         self._verifier = CommandVerifier(bundle.device_id, bundle.hub_public(), key_state.all())
         # Streams change at run time (add_stream/remove_stream): lists and dicts are replaced, never
         # mutated, so the pipeline and health readers always see a consistent one.
+        for source_config in settings.sources:
+            check_new_stream(source_config, {})  # a name the health report cannot carry fails now
         self._source_configs: dict[str, SourceConfig] = {s.name: s for s in settings.sources}
         self.sources: list[FrameSource] = [open_source(s) for s in settings.sources]
         self.frames: BoundedQueue[Frame] = BoundedQueue(
@@ -285,13 +284,24 @@ class Agent:
         def run() -> None:  # on the pipeline thread: it owns ``self.streams``
             state = self.streams.pop(name, None)
             if state is not None:
-                self._emit_counts(state.aggregator.flush())
+                self._emit_counts(state.analytics.flush())
             with self._streams_lock:
                 self.sources = [s for s in self.sources if s is not source]
                 self._retiring.discard(name)
             self.ledger.forget(name)
 
-        control = _Control(run, lambda: self.ledger.passed(mark))
+        passed_before = False
+
+        def ready() -> bool:
+            # Once the frames have left the queue, wait one more round: the batcher may hold
+            # one collected batch (with some of them) that the pipeline has not processed yet.
+            nonlocal passed_before
+            if passed_before:
+                return True
+            passed_before = self.ledger.passed(mark)
+            return False
+
+        control = _Control(run, ready)
         self._submit(control)
         if wait and not control.done.wait(_RETIRE_WAIT_S):
             log.warning("stream %s stopped; its queued frames are still being processed", name)
@@ -304,7 +314,7 @@ class Agent:
 
         def run() -> None:  # the open intervals are sent; states come back with the new lines
             for state in list(self.streams.values()):
-                self._emit_counts(state.aggregator.flush())
+                self._emit_counts(state.analytics.flush())
             self.streams.clear()
 
         control = _Control(run)
@@ -350,7 +360,7 @@ class Agent:
                     first.set()
         except TransportError as exc:
             self._stream_errors[source.name] = str(exc)
-            log.exception("stream %s failed", source.name)
+            log.error("stream %s failed: %s", source.name, redact(str(exc)))
         finally:
             if first is not None:
                 first.set()
@@ -377,66 +387,36 @@ class Agent:
             state.frames += 1
             state.fps_window.append(time.monotonic())
             del state.fps_window[:-50]
-            tracks = state.tracker.update(found.boxes, found.scores, found.class_ids)
-            crossings = []
-            for track in tracks:
-                if len(track.history) < 2:
-                    continue
-                for line in state.lines:
-                    hit = line.check(
-                        track.track_id, track.cls, track.score, track.history[-2], track.history[-1]
-                    )
-                    if hit is not None:
-                        crossings.append(hit)
-            closed = state.aggregator.add(frame.ts, crossings)
-            self._emit_counts(closed)
-            for c in crossings:
-                self._pending_events.append(
-                    DetectionEvent(
-                        event_id=uuid.uuid4(),
-                        ts=datetime.fromtimestamp(frame.ts, UTC),
-                        type="line_crossing",
-                        stream=frame.stream,
-                        cls=state.aggregator.labels[c.cls] if c.cls < len(state.aggregator.labels) else None,
-                        track_id=c.track_id,
-                        line=c.line,
-                        direction=c.direction,
-                        confidence=min(max(c.score, 0.0), 1.0),
-                        model_version=self.detector.info.version,
-                    )
-                )
+            out = state.analytics.update(frame.ts, found)
+            self._emit_counts(out.closed_counts)
+            version = self.detector.info.version
+            self._pending_events.extend(
+                e.to_detection_event(frame.stream, version, uuid.uuid4()) for e in out.events
+            )
 
     def _state_for(self, frame: Frame) -> StreamState:
         state = self.streams.get(frame.stream)
         if state is None:
-            lines = [
-                CountingLine(f"{frame.stream}-{ln.name}", ln.start, ln.end) for ln in self._lines_for(frame)
-            ]
-            state = StreamState(
-                frame.stream,
-                IouTracker(),
-                lines,
-                CountAggregator(
-                    self.settings.interval_s, self.detector.info.labels, self.detector.info.version
-                ),
+            info = self.detector.info
+            analytics = StreamAnalytics(
+                self._analytics_for(frame), frame.stream, info.labels, info.version, self.settings.interval_s
             )
+            state = StreamState(frame.stream, analytics)
             self.streams[frame.stream] = state
         return state
 
-    def _lines_for(self, frame: Frame) -> list[CountLine]:
-        if self.settings.lines:
-            return self.settings.lines
-        source = next(s for s in self.sources if s.name == frame.stream)
-        scene = getattr(source, "scene", None)
-        if scene is not None:
-            start, end = scene.count_line()
-            return [CountLine(name="line0", start=start, end=end)]
+    def _analytics_for(self, frame: Frame) -> AnalyticsConfig:
+        """``settings.analytics``, with ``settings.lines`` as shorthand and a synthetic scene's own geometry."""
+        source = next((s for s in self.sources if s.name == frame.stream), None)
+        shorthand = [LineConfig(name=ln.name, start=ln.start, end=ln.end) for ln in self.settings.lines]
         h, w = frame.image.shape[:2]
-        return [CountLine(name="line0", start=(w / 2, 0.0), end=(w / 2, float(h)))]
+        return resolve_stream_config(
+            self.settings.analytics, shorthand, getattr(source, "scene", None), (w, h)
+        )
 
     def _close_intervals(self) -> None:
         for state in self.streams.values():
-            self._emit_counts(state.aggregator.flush())
+            self._emit_counts(state.analytics.flush())
 
     def _emit_counts(self, records: list[CountRecord]) -> None:
         size = self.settings.outbox.records_per_message

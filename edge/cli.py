@@ -39,8 +39,81 @@ def run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        agent = Agent(settings, enrollment)
+        agent = Agent(settings, enrollment, config_path=config)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    agent.run_forever(stop)
+    try:
+        agent.run_forever(stop)
+    except ConfigError as exc:  # e.g. the metrics port is taken
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command("install")
+def install(
+    bundle: Annotated[Path, typer.Option(help="Enrollment bundle from `roadside device enroll`.")],
+    camera: Annotated[
+        list[str] | None, typer.Option(help="A camera as NAME=URI or URI (repeat for more).")
+    ] = None,
+    provider: Annotated[
+        list[str] | None, typer.Option(help="onnxruntime execution providers, best first (repeat).")
+    ] = None,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics on 127.0.0.1; 0: off.")] = 9464,
+    hub_url: Annotated[str | None, typer.Option(help="Hub API URL, for the doctor's clock check.")] = None,
+    exec_path: Annotated[
+        Path | None, typer.Option("--exec", help="Path of the `roadside` command the unit runs.")
+    ] = None,
+    root: Annotated[Path, typer.Option(help="Install under this directory instead of /.")] = Path("/"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing agent.toml.")] = False,
+) -> None:
+    """Write the systemd unit, the agent config and the bundle under /etc/roadside; print what to run next."""
+    from edge.install import install as run_install
+    from edge.install import parse_camera
+
+    try:
+        cameras = [parse_camera(text, i) for i, text in enumerate(camera or [])]
+        result = run_install(
+            bundle, root, cameras, provider, metrics_port, hub_url, exec_path=exec_path, force=force
+        )
+    except (ConfigError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"device {result.device}")
+    for path in result.written:
+        typer.echo(f"wrote {path}")
+    for path in result.kept:
+        typer.echo(f"kept  {path} (exists; --force overwrites it)")
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo("\nnext, run:")
+    for command in result.commands:
+        typer.echo(f"  {command}")
+
+
+@app.command("doctor")
+def doctor(
+    config: Annotated[Path | None, typer.Option(help="Agent config (TOML or JSON).")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Enrollment bundle (default: the config's).")] = None,
+    hub_url: Annotated[str | None, typer.Option(help="Hub API URL, to measure clock skew.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker and the hub.")] = 5.0,
+    camera_timeout: Annotated[float, typer.Option(help="Seconds to wait for a camera's first frame.")] = 10.0,
+    skip_providers: Annotated[bool, typer.Option(help="Do not try the model on each provider.")] = False,
+) -> None:
+    """Check the bundle, the broker (TLS, MQTT), the clock, each camera, the disk and the providers."""
+    from rich.console import Console
+
+    from edge.doctor import render, run_checks
+    from edge.install import CONFIG_PATH
+    from edge.settings import load_agent_settings
+
+    if config is None and CONFIG_PATH.is_file():
+        config = CONFIG_PATH
+    try:
+        settings = load_agent_settings(config, bundle=bundle)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    results = run_checks(settings, hub_url, timeout, camera_timeout, providers=not skip_providers)
+    if not render(results, Console()):
+        raise typer.Exit(1)

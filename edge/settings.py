@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edge.analytics.config import AnalyticsConfig
 from edge.sensors.config import SensorConfig
 from shared.config import describe, read_config_file
 from shared.errors import ConfigError
@@ -92,7 +93,8 @@ class AgentSettings(BaseSettings):
     bundle: Path = Path("/etc/roadside/bundle.json")
     sources: list[SourceConfig] = Field(default_factory=lambda: [SyntheticSource()])  # type: ignore[arg-type]
     sensors: list[SensorConfig] = Field(default_factory=list)  # air quality, loop detectors, noise
-    lines: list[CountLine] = Field(default_factory=list)
+    lines: list[CountLine] = Field(default_factory=list)  # shorthand for analytics.lines
+    analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)  # lanes, zones, speed traps, events
     model: ModelConfig = Field(default_factory=ModelConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     interval_s: int = Field(default=60, ge=1, le=3600)

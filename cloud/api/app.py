@@ -1,10 +1,16 @@
 """The hub's HTTP API for city systems: :func:`create_app` wires routers, auth, problems and metrics.
 
-The app borrows the store, the registry and the metrics registry from the
-hub process, which opens them before serving and closes them after; the
-app never closes them. Serve it with uvicorn::
+The app borrows the store, the registry, the metrics registry, the live feed
+and the webhook store from the hub process, which opens them before serving
+and closes them after; the app never closes them. What only the hub can do
+(enroll, revoke, tell a device's connection state) comes in as hooks. Serve
+it with uvicorn::
 
-    app = create_app(store=store, registry=registry, metrics_registry=metrics)
+    app = create_app(
+        store=store, registry=registry, metrics_registry=metrics,
+        live=feed, webhooks=webhook_store,
+        enroll=hub.enroll, revoke=hub.revoke, device_status=hub.ingest.status.get,
+    )
     uvicorn.run(app, host="0.0.0.0", port=8080)
 """
 
@@ -24,15 +30,27 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud.api import problems
-from cloud.api.deps import ApiResources, ApiSettings
+from cloud.api.deps import (
+    ApiResources,
+    ApiSettings,
+    DeviceStatus,
+    EnrollDevice,
+    FleetHooks,
+    RevokeDevice,
+)
+from cloud.api.ratelimit import RateLimit, TokenBuckets
 from cloud.api.routes import ROUTERS
+from cloud.live import LiveFeed
 from cloud.registry import Registry
 from cloud.storage.base import TimeSeriesStore
+from cloud.webhooks import WebhookStore
 
 logger = logging.getLogger(__name__)
 
 # Read routes take no body; the few write routes take small JSON documents.
 DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
+# A dashboard polling a few series a second is well inside it; a runaway loop is not.
+DEFAULT_RATE_LIMIT: Final = RateLimit(per_s=20.0, burst=100)
 UNMATCHED_ROUTE: Final = "unmatched"
 
 try:
@@ -42,12 +60,21 @@ except PackageNotFoundError:  # running from a checkout that was never installed
 
 _DESCRIPTION = """\
 Read what the roadside fleet measures: devices and their health, line-crossing
-counts per time bucket, and detection events.
+counts and speeds per time bucket, detection events, sensor series; follow
+events live (Server-Sent Events or signed webhooks); enroll, rotate and revoke
+devices.
 
 **Authentication.** Every `/v1` route needs an API key, sent as
 `Authorization: Bearer rs_…`. Keys carry scopes (`read:telemetry`,
-`write:devices`, `write:rollouts`, `admin`); a key without the scope a route
-needs gets `403`.
+`write:devices`, `write:rollouts`, `admin`); a missing, unknown or revoked key
+gets `401`, a key without the scope a route needs gets `403` naming it.
+
+**Limits.** Each key has a request rate (a token bucket: bursts are fine); past
+it, `429` with `Retry-After`. Request bodies are capped (`413`), and every list
+has a `limit`.
+
+**Export.** Counts, speeds, events and sensors come as CSV with `format=csv`
+or `Accept: text/csv`.
 
 **Errors** are RFC 9457 problem details (`application/problem+json`) with
 `type`, `title`, `status` and `detail`; a `422` lists each invalid parameter in
@@ -60,7 +87,10 @@ needs gets `403`.
 _TAGS: Final = [
     {"name": "devices", "description": "The enrolled fleet, liveness and latest health."},
     {"name": "counts", "description": "Line-crossing counts, summed into time buckets."},
-    {"name": "events", "description": "Detection events such as wrong-way or stopped vehicles."},
+    {"name": "speeds", "description": "Count, mean and 85th percentile speed per time bucket."},
+    {"name": "events", "description": "Detection events such as wrong-way or stopped vehicles; live stream."},
+    {"name": "sensors", "description": "Sensor readings: series and latest values."},
+    {"name": "webhooks", "description": "Signed HTTP callbacks for events as they arrive (admin)."},
     {"name": "system", "description": "Health check and Prometheus metrics; no authentication."},
 ]
 
@@ -73,13 +103,30 @@ def create_app(
     version: str = _VERSION,
     online_after_s: float = 180.0,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    live: LiveFeed | None = None,
+    webhooks: WebhookStore | None = None,
+    enroll: EnrollDevice | None = None,
+    revoke: RevokeDevice | None = None,
+    device_status: DeviceStatus | None = None,
+    rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+    sse_heartbeat_s: float = 15.0,
+    sse_max_duration_s: float = 3600.0,
 ) -> FastAPI:
     """Build the API over a store and a registry the caller owns.
 
     ``metrics_registry`` is where the ingest side registers its metrics;
     ``/metrics`` serves all of it, and the app adds its own HTTP request
     metrics there (so build one app per registry). A device is ``online``
-    when heard from within ``online_after_s`` seconds.
+    when ``device_status`` says so (its retained status and last will), or,
+    when that does not know it, when heard from within ``online_after_s`` seconds.
+
+    ``live`` is the feed the ingest side publishes accepted events to (SSE
+    streams read it; a private, silent one when not given). ``webhooks`` is
+    where webhooks are registered (their routes answer 501 without it);
+    ``enroll`` and ``revoke`` are the hub's enrollment and revocation (501
+    without them). ``rate_limit`` is per API client (``None``: unlimited).
+    SSE streams send a heartbeat after ``sse_heartbeat_s`` of silence and end
+    after ``sse_max_duration_s``.
     """
     app = FastAPI(
         title="Roadside hub API",
@@ -92,7 +139,16 @@ def create_app(
         store=store,
         registry=registry,
         metrics_registry=metrics_registry,
-        settings=ApiSettings(version=version, online_after_s=online_after_s),
+        settings=ApiSettings(
+            version=version,
+            online_after_s=online_after_s,
+            sse_heartbeat_s=sse_heartbeat_s,
+            sse_max_duration_s=sse_max_duration_s,
+        ),
+        live=live if live is not None else LiveFeed(),
+        webhooks=webhooks,
+        hooks=FleetHooks(enroll=enroll, revoke=revoke, device_status=device_status),
+        rate_limiter=TokenBuckets(rate_limit) if rate_limit is not None else None,
     )
     for router in ROUTERS:
         app.include_router(router)

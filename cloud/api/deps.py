@@ -1,32 +1,67 @@
 """Dependencies routes declare with ``Annotated``: the store, the registry, settings, the caller.
 
-The hub process opens the store and the registry and closes them; the app
-only borrows them, from ``app.state.resources`` (see :func:`cloud.api.app.create_app`).
+The hub process opens the store, the registry, the live feed and the webhook
+store and closes them; the app only borrows them, from ``app.state.resources``
+(see :func:`cloud.api.app.create_app`), with the hooks the hub wires in for
+what only it can do (enroll and revoke devices, tell a device's connection state).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Annotated, Final
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final, Protocol
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from prometheus_client import CollectorRegistry
 
 from cloud.api import problems
+from cloud.api.ratelimit import TokenBuckets, retry_after_header
+from cloud.live import LiveFeed
 from cloud.registry import ApiClient, Registry
 from cloud.storage.base import TimeSeriesStore
+from cloud.webhooks import WebhookStore
 
 logger = logging.getLogger(__name__)
 
 READ_TELEMETRY: Final = "read:telemetry"
+WRITE_DEVICES: Final = "write:devices"
+ADMIN: Final = "admin"
+
+
+class EnrollDevice(Protocol):
+    """Enroll a device (registry, certificate, broker ACL) and return its bundle as JSON data."""
+
+    def __call__(self, device_id: str, site: str, *, actor: str) -> Mapping[str, Any]: ...
+
+
+class RevokeDevice(Protocol):
+    """Revoke a device: registry, broker ACL regenerated, the hub refusing its messages at once."""
+
+    def __call__(self, device_id: str, *, actor: str) -> None: ...
+
+
+DeviceStatus = Callable[[str], str | None]
+"""``"online"`` / ``"offline"`` from the device's retained status and last will, ``None`` if unknown."""
 
 
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     version: str
     online_after_s: float
+    sse_heartbeat_s: float = 15.0
+    sse_max_duration_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class FleetHooks:
+    """What only the hub process can do; ``None`` where it was not wired (the route answers 501)."""
+
+    enroll: EnrollDevice | None = None
+    revoke: RevokeDevice | None = None
+    device_status: DeviceStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +72,10 @@ class ApiResources:
     registry: Registry
     metrics_registry: CollectorRegistry
     settings: ApiSettings
+    live: LiveFeed
+    webhooks: WebhookStore | None = None
+    hooks: FleetHooks = field(default_factory=FleetHooks)
+    rate_limiter: TokenBuckets | None = None
 
 
 def get_resources(request: Request) -> ApiResources:
@@ -61,10 +100,27 @@ def get_metrics_registry(resources: Annotated[ApiResources, Depends(get_resource
     return resources.metrics_registry
 
 
+def get_live(resources: Annotated[ApiResources, Depends(get_resources)]) -> LiveFeed:
+    return resources.live
+
+
+def get_hooks(resources: Annotated[ApiResources, Depends(get_resources)]) -> FleetHooks:
+    return resources.hooks
+
+
+def get_webhooks(resources: Annotated[ApiResources, Depends(get_resources)]) -> WebhookStore:
+    if resources.webhooks is None:
+        raise problems.not_configured("Webhooks are not configured on this hub.")
+    return resources.webhooks
+
+
 StoreDep = Annotated[TimeSeriesStore, Depends(get_store)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 MetricsRegistryDep = Annotated[CollectorRegistry, Depends(get_metrics_registry)]
+LiveDep = Annotated[LiveFeed, Depends(get_live)]
+HooksDep = Annotated[FleetHooks, Depends(get_hooks)]
+WebhooksDep = Annotated[WebhookStore, Depends(get_webhooks)]
 
 bearer_scheme = HTTPBearer(
     scheme_name="apiKey",
@@ -80,10 +136,12 @@ bearer_scheme = HTTPBearer(
 def authorize(
     security_scopes: SecurityScopes,
     request: Request,
-    registry: RegistryDep,
+    resources: Annotated[ApiResources, Depends(get_resources)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> ApiClient:
-    """The API client behind the bearer token, if it holds every scope the route asks for."""
+    """The API client behind the bearer token, if it holds every scope the route asks for
+    and has not run out of requests (a token bucket per client)."""
+    registry = resources.registry
     if credentials is None:
         logger.info("no bearer token on %s %s", request.method, request.url.path)
         raise problems.unauthorized("Send an API key as 'Authorization: Bearer <key>'.", invalid_token=False)
@@ -95,7 +153,19 @@ def authorize(
         if not client.allows(scope):
             logger.info("API client %s lacks scope %s for %s", client.name, scope, request.url.path)
             raise problems.insufficient_scope(scope)
+    if resources.rate_limiter is not None:
+        wait_s = resources.rate_limiter.take(client.name)
+        if wait_s > 0:
+            logger.info("API client %s is over its rate limit on %s", client.name, request.url.path)
+            raise problems.rate_limited(retry_after_header(wait_s))
     return client
 
 
+def actor(client: ApiClient) -> str:
+    """How the audit log names a change made through the API."""
+    return f"api:{client.name}"
+
+
 TelemetryReader = Annotated[ApiClient, Security(authorize, scopes=[READ_TELEMETRY])]
+DeviceWriter = Annotated[ApiClient, Security(authorize, scopes=[WRITE_DEVICES])]
+Administrator = Annotated[ApiClient, Security(authorize, scopes=[ADMIN])]

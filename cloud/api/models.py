@@ -1,9 +1,9 @@
-"""What the API accepts (query parameter models) and returns (response models).
+"""What the API accepts (query parameter models, request bodies) and returns (response models).
 
 Query models validate everything a route needs before it runs: names,
 time windows (timezone required, ``to`` after ``from``, at most
-:data:`MAX_WINDOW`), bucket sizes and limits. A failure becomes a 422
-problem that names the parameter. Response models are plain data built
+:data:`MAX_WINDOW`), bucket sizes, limits and cursors. A failure becomes a
+422 problem that names the parameter. Response models are plain data built
 from the store's and the registry's records.
 """
 
@@ -13,9 +13,10 @@ import math
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, cast
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     AwareDatetime,
     BaseModel,
@@ -27,8 +28,29 @@ from pydantic import (
     field_validator,
 )
 
+from cloud import webhooks
+from cloud.api import cursor
+from cloud.api.cursor import EventCursor
+from cloud.api.export import ExportFormat
+from cloud.live import EventFilter, LiveEvent
 from cloud.registry import DeviceRecord
-from cloud.storage.base import CountBucket, CountQuery, EventQuery, StoredEvent
+from cloud.storage.base import (
+    MAX_SPEED_SAMPLES,
+    CountBucket,
+    CountQuery,
+    EventKey,
+    EventQuery,
+    LatestSensorQuery,
+    SensorQuery,
+    SpeedBucket,
+    SpeedQuery,
+    StoredEvent,
+    StoredReading,
+    to_epoch_us,
+)
+from cloud.webhooks import WebhookRecord
+from shared.errors import ConfigError
+from shared.keys import unb64
 from shared.schemas import EventType, Health, Name
 
 DEFAULT_WINDOW: Final = timedelta(hours=24)
@@ -38,6 +60,8 @@ MAX_BUCKET_S: Final = 86_400
 # Bounds the rows a counts query can return per series (7 days of 1-minute buckets fit).
 MAX_BUCKETS: Final = 20_000
 MAX_EVENTS: Final = 1000
+MAX_READINGS: Final = 10_000
+MAX_DEVICES: Final = 10_000
 
 _DURATION = re.compile(r"^\s*(\d{1,9})\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNIT_S: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
@@ -131,6 +155,44 @@ class _WindowParams(BaseModel):
         return (self.start or self.end - DEFAULT_WINDOW), self.end
 
 
+_FORMAT: Final = (
+    "`csv` for a CSV attachment (one row per item, same field names), `json` (the default) for JSON. "
+    "`Accept: text/csv` also asks for CSV."
+)
+
+
+def _bounded_buckets(bucket: int, info: ValidationInfo) -> int:
+    if "start" not in info.data or info.data.get("end") is None:
+        return bucket  # the window itself is invalid; that error is reported instead
+    end: datetime = info.data["end"]
+    start: datetime = info.data["start"] or end - DEFAULT_WINDOW
+    buckets = math.ceil((end - start).total_seconds() / bucket)
+    if buckets > MAX_BUCKETS:
+        raise ValueError(
+            f"{buckets} buckets of {bucket} s in this window; at most {MAX_BUCKETS}: "
+            "widen the bucket or narrow the window"
+        )
+    return bucket
+
+
+def _parse_cursor(value: object) -> object:
+    return cursor.decode(value) if isinstance(value, str) else value
+
+
+Cursor = Annotated[
+    EventCursor,
+    BeforeValidator(_parse_cursor),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": cursor.MAX_LENGTH,
+            "examples": ["WzEsMTc0NjA4NzQ2MjEyMDAwMCwiMGI2ZjFjMWUiLDAsMSxudWxsLG51bGwsbnVsbF0"],
+            "description": "`next_cursor` from the previous page.",
+        }
+    ),
+]
+
+
 class CountsParams(_WindowParams):
     bucket: Bucket = Field(
         default="1h", validate_default=True, description="Bucket width: seconds, or `60s`, `15m`, `1h`, `1d`."
@@ -141,20 +203,12 @@ class CountsParams(_WindowParams):
     cls: Name | None = Field(default=None, description="Only this object class (`car`, `bicycle`, ...).")
     direction: Literal["in", "out"] | None = Field(default=None, description="Only this direction.")
 
+    format: ExportFormat | None = Field(default=None, description=_FORMAT)
+
     @field_validator("bucket")
     @classmethod
     def _bounded_buckets(cls, bucket: int, info: ValidationInfo) -> int:
-        if "start" not in info.data or info.data.get("end") is None:
-            return bucket  # the window itself is invalid; that error is reported instead
-        end: datetime = info.data["end"]
-        start: datetime = info.data["start"] or end - DEFAULT_WINDOW
-        buckets = math.ceil((end - start).total_seconds() / bucket)
-        if buckets > MAX_BUCKETS:
-            raise ValueError(
-                f"{buckets} buckets of {bucket} s in this window; at most {MAX_BUCKETS}: "
-                "widen the bucket or narrow the window"
-            )
-        return bucket
+        return _bounded_buckets(bucket, info)
 
     def to_query(self) -> CountQuery:
         start, end = self.window
@@ -177,6 +231,35 @@ class EventsParams(_WindowParams):
     limit: int = Field(
         default=100, ge=1, le=MAX_EVENTS, description="At most this many events, oldest first."
     )
+    cursor: Cursor | None = Field(
+        default=None,
+        description="Continue after the page that returned this `next_cursor`. Send the same `device`, "
+        "`site` and `type`; the window is the cursor's (`from` and `to` are ignored).",
+    )
+    format: ExportFormat | None = Field(default=None, description=_FORMAT)
+
+    @field_validator("cursor")
+    @classmethod
+    def _cursor_fits(cls, value: EventCursor | None, info: ValidationInfo) -> EventCursor | None:
+        if value is None:
+            return None
+        if not value.same_filters(info.data.get("device"), info.data.get("site"), info.data.get("type")):
+            raise ValueError("this cursor was issued for other filters; send the same device, site and type")
+        if not timedelta(0) < value.end - value.start <= MAX_WINDOW:
+            raise ValueError("not a cursor this API issued")
+        return value
+
+    @property
+    def window(self) -> tuple[datetime, datetime]:
+        """The cursor's window when continuing, else the one asked for."""
+        if self.cursor is not None:
+            return self.cursor.start, self.cursor.end
+        return super().window
+
+    def next_cursor(self, last: StoredEvent) -> str:
+        start, end = self.window
+        key = EventKey(to_epoch_us(last.event.ts), str(last.event.event_id))
+        return EventCursor(key, start, end, self.device, self.site, self.type).encode()
 
     def to_query(self, *, lookahead: int = 0) -> EventQuery:
         start, end = self.window
@@ -188,6 +271,180 @@ class EventsParams(_WindowParams):
             type=self.type,
             limit=self.limit + lookahead,
         )
+
+
+class StreamParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: DeviceName | None = Field(default=None, description="Only this device.")
+    site: DeviceName | None = Field(default=None, description="Only devices at this site.")
+    type: list[EventType] = Field(
+        default_factory=list, max_length=16, description="Only these event types (repeat the parameter)."
+    )
+
+    def event_filter(self) -> EventFilter:
+        return EventFilter(self.device, self.site, frozenset(self.type))
+
+
+class SpeedsParams(_WindowParams):
+    bucket: Bucket = Field(
+        default="1h", validate_default=True, description="Bucket width: seconds, or `60s`, `15m`, `1h`, `1d`."
+    )
+    device: DeviceName | None = Field(default=None, description="Only this device.")
+    site: DeviceName | None = Field(default=None, description="Only devices at this site.")
+    line: Name | None = Field(default=None, description="Only events at this counting line.")
+    cls: Name | None = Field(default=None, description="Only this object class (`car`, `bicycle`, ...).")
+    direction: Literal["in", "out"] | None = Field(default=None, description="Only this direction.")
+    type: EventType | None = Field(default=None, description="Only this event type.")
+    format: ExportFormat | None = Field(default=None, description=_FORMAT)
+
+    @field_validator("bucket")
+    @classmethod
+    def _bounded_buckets(cls, bucket: int, info: ValidationInfo) -> int:
+        return _bounded_buckets(bucket, info)
+
+    def to_query(self) -> SpeedQuery:
+        start, end = self.window
+        return SpeedQuery(
+            start=start,
+            end=end,
+            bucket_s=self.bucket,
+            device_id=self.device,
+            site=self.site,
+            line=self.line,
+            cls=self.cls,
+            direction=self.direction,
+            type=self.type,
+            max_samples=MAX_SPEED_SAMPLES,
+        )
+
+
+class SensorsParams(_WindowParams):
+    device: DeviceName | None = Field(default=None, description="Only this device.")
+    site: DeviceName | None = Field(default=None, description="Only devices at this site.")
+    sensor: Name | None = Field(default=None, description="Only this sensor.")
+    quantity: Name | None = Field(default=None, description="Only this quantity (`pm25`, `no2`, ...).")
+    limit: int = Field(
+        default=1000, ge=1, le=MAX_READINGS, description="At most this many readings, oldest first."
+    )
+    format: ExportFormat | None = Field(default=None, description=_FORMAT)
+
+    def to_query(self, *, lookahead: int = 0) -> SensorQuery:
+        start, end = self.window
+        return SensorQuery(
+            start, end, self.device, self.site, self.sensor, self.quantity, limit=self.limit + lookahead
+        )
+
+
+class LatestSensorsParams(_WindowParams):
+    device: DeviceName | None = Field(default=None, description="Only this device.")
+    site: DeviceName | None = Field(default=None, description="Only devices at this site.")
+    sensor: Name | None = Field(default=None, description="Only this sensor.")
+    quantity: Name | None = Field(default=None, description="Only this quantity (`pm25`, `no2`, ...).")
+    limit: int = Field(
+        default=1000, ge=1, le=MAX_READINGS, description="At most this many (device, sensor, quantity)."
+    )
+    format: ExportFormat | None = Field(default=None, description=_FORMAT)
+
+    def to_query(self, *, lookahead: int = 0) -> LatestSensorQuery:
+        start, end = self.window
+        return LatestSensorQuery(
+            start, end, self.device, self.site, self.sensor, self.quantity, limit=self.limit + lookahead
+        )
+
+
+# Request bodies --------------------------------------------------------------
+
+
+class EnrollRequest(BaseModel):
+    """A device to enroll: its id (unique in the fleet) and its site."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"device_id": "cam-0042", "site": "main-st-5th-ave"}]}
+    )
+
+    device_id: DeviceName
+    site: DeviceName
+
+
+def _public_key(value: str) -> str:
+    # Pydantic reports only ValueError as invalid input; anything else would be a 500.
+    try:
+        raw = unb64(value, "public key")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
+    if len(raw) != 32:
+        raise ValueError("must be a 32-byte public key, base64")
+    return value
+
+
+PublicKey = Annotated[
+    str,
+    Field(min_length=44, max_length=44, pattern=r"^[A-Za-z0-9+/]{43}=$"),
+    AfterValidator(_public_key),
+]
+
+
+class DeviceKeysRequest(BaseModel):
+    """A device's new envelope public keys, made on the device (its private keys never leave it)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "x25519": "3p7bfXt9wbTTW2HC7OQ1Nz+DQ8hbeGdNrfx+FG+IK08=",
+                    "ed25519": "GbSfbYF4zBHfOoK7gJc6nV5rDzSvdg0vNlTSc9x2V1A=",
+                }
+            ]
+        },
+    )
+
+    x25519: PublicKey = Field(description="X25519 public key, 32 bytes, standard base64.")
+    ed25519: PublicKey = Field(description="Ed25519 public key, 32 bytes, standard base64.")
+
+
+def _webhook_url(value: str) -> str:
+    try:
+        return webhooks.check_url(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+class WebhookCreate(BaseModel):
+    """A URL to POST matching events to, the secret to sign them with, and which events."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://signals.city.example/roadside/events",
+                    "secret": "a-long-random-shared-secret",
+                    "site": "main-st-5th-ave",
+                    "types": ["wrong_way", "stopped_vehicle"],
+                }
+            ]
+        },
+    )
+
+    url: Annotated[
+        str, Field(min_length=8, max_length=webhooks.MAX_URL_LENGTH), AfterValidator(_webhook_url)
+    ] = Field(description="Absolute `https://` (or `http://`) URL, without credentials.")
+    secret: str | None = Field(
+        default=None,
+        min_length=webhooks.MIN_SECRET_LENGTH,
+        max_length=webhooks.MAX_SECRET_LENGTH,
+        description="HMAC key for `X-Roadside-Signature`; generated when left out. Returned only now.",
+    )
+    device: DeviceName | None = Field(default=None, description="Only events from this device.")
+    site: DeviceName | None = Field(default=None, description="Only events from this site.")
+    types: list[EventType] = Field(
+        default_factory=list, max_length=16, description="Only these event types; empty: all."
+    )
+
+    def event_filter(self) -> EventFilter:
+        return EventFilter(self.device, self.site, frozenset(self.types))
 
 
 # Responses -------------------------------------------------------------------
@@ -202,28 +459,51 @@ def is_online(last_seen_at: datetime | None, now: datetime, online_after_s: floa
     return last_seen_at is not None and (now - last_seen_at).total_seconds() <= online_after_s
 
 
+Connection = Literal["online", "offline"]
+
+
 class Device(BaseModel):
     device_id: str
     site: str
     status: str = Field(description="`active` or `revoked`.")
     enrolled_at: datetime
     last_seen_at: datetime | None = Field(description="When the hub last accepted a message from it.")
-    online: bool = Field(description="Heard from within the hub's online threshold (default 180 s).")
+    connection: Connection | None = Field(
+        default=None,
+        description="What the device's retained status says: `online` while connected, `offline` once "
+        "its last will fired (it lost the broker). Absent when this hub has not seen a status.",
+    )
+    online: bool = Field(
+        description="`connection` when known; otherwise heard from within the hub's online threshold "
+        "(default 180 s)."
+    )
 
     @classmethod
-    def from_record(cls, record: DeviceRecord, *, now: datetime, online_after_s: float) -> Device:
+    def from_record(
+        cls,
+        record: DeviceRecord,
+        *,
+        now: datetime,
+        online_after_s: float,
+        connection: str | None = None,
+    ) -> Device:
+        known = cast(Connection, connection) if connection in ("online", "offline") else None
         return cls(
             device_id=record.device_id,
             site=record.site,
             status=record.status,
             enrolled_at=record.enrolled_at,
             last_seen_at=record.last_seen_at,
-            online=is_online(record.last_seen_at, now, online_after_s),
+            connection=known,
+            online=known == "online" if known else is_online(record.last_seen_at, now, online_after_s),
         )
 
 
 class DeviceList(BaseModel):
-    devices: list[Device]
+    devices: list[Device] = Field(description="Ordered by device id.")
+    truncated: bool = Field(
+        default=False, description="More devices match than `limit`; ask again with `after` = the last id."
+    )
 
 
 class DeviceDetail(Device):
@@ -277,7 +557,7 @@ class Event(BaseModel):
     model_version: str
 
     @classmethod
-    def from_stored(cls, stored: StoredEvent) -> Event:
+    def from_stored(cls, stored: StoredEvent | LiveEvent) -> Event:
         fields: dict[str, Any] = stored.event.model_dump()
         return cls(device=stored.device_id, site=stored.site, **fields)
 
@@ -286,8 +566,144 @@ class EventList(BaseModel):
     start: datetime = Field(validation_alias=_FROM, serialization_alias="from")
     end: datetime = Field(validation_alias=_TO, serialization_alias="to")
     limit: int
-    truncated: bool = Field(description="More events match than `limit`; ask again from the last `ts`.")
-    events: list[Event] = Field(description="Oldest first.")
+    truncated: bool = Field(description="More events match than `limit`: follow `next_cursor`.")
+    next_cursor: str | None = Field(
+        default=None,
+        description="Send as `cursor` (with the same filters) for the next page; absent at the end.",
+    )
+    events: list[Event] = Field(description="Ordered by `ts`, then `event_id`.")
+
+
+class SpeedRow(BaseModel):
+    bucket_start: datetime
+    device: str
+    site: str
+    line: str | None = Field(description="The counting line the events name, if any.")
+    cls: str | None
+    count: int = Field(description="Events with a measured speed.")
+    mean_kmh: float
+    p85_kmh: float = Field(description="85th percentile speed (nearest rank).")
+
+    @classmethod
+    def from_bucket(cls, bucket: SpeedBucket) -> SpeedRow:
+        return cls(
+            bucket_start=bucket.bucket_start,
+            device=bucket.device_id,
+            site=bucket.site,
+            line=bucket.line,
+            cls=bucket.cls,
+            count=bucket.count,
+            mean_kmh=bucket.mean_kmh,
+            p85_kmh=bucket.p85_kmh,
+        )
+
+
+class SpeedSeries(BaseModel):
+    bucket_s: int
+    start: datetime = Field(validation_alias=_FROM, serialization_alias="from")
+    end: datetime = Field(validation_alias=_TO, serialization_alias="to")
+    rows: list[SpeedRow] = Field(
+        description="Non-empty buckets, ordered by bucket start, then device, line, class."
+    )
+
+
+class SensorValue(BaseModel):
+    ts: datetime
+    device: str
+    site: str
+    sensor: str
+    quantity: str
+    value: float
+    unit: str
+    quality: Literal["ok", "out_of_range", "stuck", "dropout", "spike"]
+
+    @classmethod
+    def from_stored(cls, stored: StoredReading) -> SensorValue:
+        return cls(device=stored.device_id, site=stored.site, **stored.reading.model_dump())
+
+
+class SensorSeries(BaseModel):
+    start: datetime = Field(validation_alias=_FROM, serialization_alias="from")
+    end: datetime = Field(validation_alias=_TO, serialization_alias="to")
+    limit: int
+    truncated: bool = Field(description="More readings match than `limit`; narrow the window or filter.")
+    readings: list[SensorValue] = Field(description="Oldest first.")
+
+
+class LatestSensors(BaseModel):
+    start: datetime = Field(validation_alias=_FROM, serialization_alias="from")
+    end: datetime = Field(validation_alias=_TO, serialization_alias="to")
+    truncated: bool = Field(description="More (device, sensor, quantity) than `limit`.")
+    readings: list[SensorValue] = Field(
+        description="The newest reading of each (device, sensor, quantity) in the window, ordered by those."
+    )
+
+
+class FleetCounts(BaseModel):
+    total: int
+    active: int
+    revoked: int
+    online: int = Field(description="Active devices that are online.")
+    offline: int = Field(description="Active devices that are not.")
+
+
+class SiteFleet(FleetCounts):
+    site: str
+
+
+class FleetSummary(BaseModel):
+    devices: FleetCounts
+    sites: list[SiteFleet] = Field(description="Per site, ordered by site.")
+    last_ingest_at: datetime | None = Field(
+        description="When the newest message the hub accepted from any device was sealed."
+    )
+    generated_at: datetime
+
+
+class DeviceKeyAdded(BaseModel):
+    device_id: str
+    kid: str = Field(description="The new key's id; the device seals with it from now on.")
+    active_keys: int = Field(description="How many keys the hub now accepts from the device.")
+
+
+class Webhook(BaseModel):
+    id: str
+    url: str
+    device: str | None
+    site: str | None
+    types: list[EventType]
+    created_at: datetime
+    created_by: str
+    delivered: int = Field(description="Deliveries answered with a 2xx.")
+    failed: int = Field(description="Attempts that got no 2xx (each retry counts).")
+    last_attempt_at: datetime | None
+    last_status: int | None = Field(description="HTTP status of the last attempt; absent if none answered.")
+    last_error: str | None = Field(description="Why the last attempt got no answer (timeout, refused).")
+
+    @classmethod
+    def from_record(cls, record: WebhookRecord) -> Webhook:
+        return cls(
+            id=record.id,
+            url=record.url,
+            device=record.filter.device_id,
+            site=record.filter.site,
+            types=[cast(EventType, t) for t in sorted(record.filter.types)],  # stored from EventType values
+            created_at=record.created_at,
+            created_by=record.created_by,
+            delivered=record.delivered,
+            failed=record.failed,
+            last_attempt_at=record.last_attempt_at,
+            last_status=record.last_status,
+            last_error=record.last_error,
+        )
+
+
+class WebhookCreated(Webhook):
+    secret: str = Field(description="The signing secret; shown only in this answer.")
+
+
+class WebhookList(BaseModel):
+    webhooks: list[Webhook]
 
 
 class HubHealth(BaseModel):

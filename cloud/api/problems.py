@@ -138,6 +138,37 @@ def not_found(what: str, key: str) -> ProblemError:
     return ProblemError(HTTPStatus.NOT_FOUND, "not-found", "Not found", f"No {what} {key!r}.")
 
 
+def conflict(detail: str) -> ProblemError:
+    return ProblemError(HTTPStatus.CONFLICT, "conflict", "Conflict", detail)
+
+
+def rate_limited(retry_after: str) -> ProblemError:
+    """429 with ``Retry-After`` (whole seconds)."""
+    return ProblemError(
+        HTTPStatus.TOO_MANY_REQUESTS,
+        "rate-limited",
+        "Too many requests",
+        f"This API key is over its request rate; retry after {retry_after} s.",
+        headers={"Retry-After": retry_after},
+    )
+
+
+def not_configured(detail: str) -> ProblemError:
+    """501: the hub process serving this API did not wire the feature in."""
+    return ProblemError(HTTPStatus.NOT_IMPLEMENTED, "not-configured", "Not configured", detail)
+
+
+def too_many_results(detail: str) -> ProblemError:
+    """422 for a query that is valid but would need more work than the API does per request."""
+    return ProblemError(HTTPStatus.UNPROCESSABLE_ENTITY, "too-many-results", "Too many results", detail)
+
+
+def unavailable(slug: str, title: str, detail: str, retry_after_s: int) -> ProblemError:
+    return ProblemError(
+        HTTPStatus.SERVICE_UNAVAILABLE, slug, title, detail, headers={"Retry-After": str(retry_after_s)}
+    )
+
+
 def problem_response(
     request: Request, problem: Problem, headers: dict[str, str] | None = None
 ) -> ProblemResponse:
@@ -243,6 +274,14 @@ AUTH_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "headers": {"WWW-Authenticate": {"description": "`Bearer` challenge", "schema": {"type": "string"}}},
     },
     403: _documented("The API key lacks the scope this route needs (`required_scope`)."),
+    429: {
+        **_documented("The API key is over its request rate; retry after `Retry-After` seconds."),
+        "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+    },
+}
+BODY_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    400: _documented("The body is not JSON."),
+    413: _documented("The body is larger than the API accepts."),
 }
 VALIDATION_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     422: _documented("A parameter did not validate; `invalid_params` lists each one."),

@@ -51,15 +51,21 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar, cast
 
 import httpx
 import urllib3.exceptions
+from influxdb_client.client.bucket_api import BucketsApi
 from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.tasks_api import TasksApi
 from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.bucket import Bucket
+from influxdb_client.domain.bucket_retention_rules import BucketRetentionRules
+from influxdb_client.domain.task_create_request import TaskCreateRequest
+from influxdb_client.domain.task_update_request import TaskUpdateRequest
 from influxdb_client.domain.write_precision import WritePrecision
 
 from cloud.storage.base import (
@@ -73,6 +79,29 @@ from cloud.storage.base import (
     StoredReading,
     from_epoch_us,
     to_epoch_us,
+)
+from cloud.storage.retention import (
+    RAW_RP,
+    ROLLUP_TIERS,
+    ROLLUPS,
+    FluxTask,
+    RetentionPolicy,
+    RetentionReport,
+    Rollup,
+    ShownPolicy,
+    Tier,
+    ceil_time,
+    continuous_query_influxql,
+    continuous_query_name,
+    downsampling_tasks,
+    drop_continuous_query_influxql,
+    floor_time,
+    merge_count_buckets,
+    plan_spans,
+    retention_policy_statements,
+    rollup_bucket,
+    rollup_select_influxql,
+    tier_rp,
 )
 from shared.errors import ConfigError, RoadsideError, SchemaError, TransportError
 from shared.schemas import CountRecord, DetectionEvent, Health, SensorReading
@@ -539,6 +568,8 @@ class InfluxV1Store:
 
     def count_buckets(self, query: CountQuery) -> list[CountBucket]:
         """Counts summed per bucket, ordered by bucket start then device, line, class, direction."""
+        if self._retention is not None:
+            return self._count_buckets_by_tier(query, self._retention)
         buckets = [
             _count_bucket(row, row["time"])
             for row in _rows(self._query(count_buckets_influxql(query, self._source)))
@@ -586,6 +617,99 @@ class InfluxV1Store:
 
     def close(self) -> None:
         self._http.close()
+
+    # -- retention (see cloud.storage.retention) --------------------------------------------
+
+    # Set by ensure_retention; until then every read goes to the raw (default) policy alone.
+    _retention: RetentionPolicy | None = None
+
+    def ensure_retention(self, policy: RetentionPolicy) -> None:
+        """Create or alter the ``raw`` (default), ``minute`` and ``hour`` retention policies and
+        the continuous queries that fill the rollups; nothing changes when they are in place.
+
+        InfluxDB 1.x only: the v1 endpoints of 2.x/3.x manage neither (use InfluxV2Store's).
+        Switching the default policy to ``raw`` hides data already in ``autogen`` from reads
+        (docs/operations.md says how to copy it over).
+        """
+        self._ensure_database()
+        statement = f"SHOW RETENTION POLICIES ON {quote_ident(self._database)}"
+        shown = [
+            ShownPolicy(str(row["name"]), str(row["duration"]), bool(row["default"]))
+            for row in _rows(self._command(statement, "retention policy"))
+        ]
+        for change in retention_policy_statements(self._database, policy, shown, self._raw_rp):
+            log.info("InfluxDB database %s: %s", self._database, change)
+            self._command(change, "retention policy")
+        for r in ROLLUPS:
+            self._ensure_continuous_query(r)
+        self._retention = policy
+
+    def _ensure_continuous_query(self, r: Rollup) -> None:
+        create = continuous_query_influxql(r, self._database, self._raw_rp)
+        try:
+            self._command(create, "continuous query")
+        except ConfigError as exc:
+            if "already exists" not in str(exc):
+                raise
+            # Same name, other text: written by an older release. Replace it.
+            log.info("replacing continuous query %s on %s", continuous_query_name(r), self._database)
+            self._command(drop_continuous_query_influxql(r, self._database), "continuous query")
+            self._command(create, "continuous query")
+
+    def apply_retention(self, policy: RetentionPolicy, now: datetime) -> RetentionReport:
+        """What ``RetentionJob`` calls: InfluxDB expires data and runs the rollups itself, so
+        this only makes sure its policies and continuous queries are (still) in place."""
+        self.ensure_retention(policy)
+        return RetentionReport(policy.server_coverage(now), server_side=True)
+
+    def backfill_rollups(self, start: datetime, end: datetime) -> int:
+        """Recompute every rollup bucket that meets ``[start, end)`` from raw data; the number of
+        rollup points written. For records that arrived later than the continuous queries look
+        back (``CQ_RESAMPLE``); rerunning it overwrites the same points with the same values."""
+        written = 0
+        for r in ROLLUPS:
+            span_start, span_end = floor_time(start, r.width), ceil_time(end, r.width)
+            if self._retention is not None:
+                # Points older than their policy's duration would be refused as a partial write.
+                oldest = self._retention_now() - timedelta(days=self._retention.days(r.tier))
+                span_start = max(span_start, ceil_time(oldest, r.width))
+            if span_start >= span_end:
+                continue
+            statement = rollup_select_influxql(r, self._database, self._raw_rp, span_start, span_end)
+            written += sum(
+                int(row.get("written") or 0) for row in _rows(self._command(statement, "backfill"))
+            )
+        return written
+
+    @property
+    def _raw_rp(self) -> str:
+        return self._rp or RAW_RP
+
+    def _retention_now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def _command(self, statement: str, action: str) -> list[dict[str, Any]]:
+        # POST: InfluxDB 1.x refuses statements that change anything (and SELECT ... INTO) on GET.
+        with self._http_errors(action):
+            response = self._http.post("/query", params={"db": self._database}, data={"q": statement})
+        self._check(response, action)
+        return _series(_json(response, action), action)
+
+    def _count_buckets_by_tier(self, query: CountQuery, policy: RetentionPolicy) -> list[CountBucket]:
+        parts = []
+        for span in plan_spans(query.start, query.end, policy.server_coverage(self._retention_now())):
+            part = replace(query, start=span.start, end=span.end)
+            source = self._source if span.tier == "raw" else self._rollup_source(span.tier)
+            rows = _rows(self._query(count_buckets_influxql(part, source)))
+            parts.append([_count_bucket(row, row["time"]) for row in rows])
+        return merge_count_buckets(parts)
+
+    def _rollup_source(self, tier: Tier) -> Callable[[str], str]:
+        def source(measurement: str) -> str:
+            name = f"{measurement}_{'1m' if tier == 'minute' else '1h'}"
+            return f"{quote_ident(self._database)}.{quote_ident(tier_rp(tier))}.{quote_ident(name)}"
+
+        return source
 
 
 def _message(response: httpx.Response) -> str:
@@ -674,8 +798,10 @@ def _flux_head(bucket: str, start: datetime | None, end: datetime | None) -> tup
     return f"from(bucket: params.bucket)\n  |> {span}\n", params
 
 
-def count_buckets_flux(query: CountQuery, bucket: str) -> FluxQuery:
-    """Counts summed per epoch-aligned bucket, one table per device, site, line, class, direction."""
+def count_buckets_flux(query: CountQuery, bucket: str, measurement: str = COUNTS) -> FluxQuery:
+    """Counts summed per epoch-aligned bucket, one table per device, site, line, class, direction.
+
+    ``measurement`` is ``counts`` or a rollup of it (``counts_1m`` in the rollup bucket)."""
     if query.bucket_s <= 0:
         raise ValueError(f"bucket_s must be positive, not {query.bucket_s}")
     head, params = _flux_head(bucket, query.start, query.end)
@@ -690,7 +816,7 @@ def count_buckets_flux(query: CountQuery, bucket: str) -> FluxQuery:
     groups = ", ".join(f'"{g}"' for g in _COUNT_GROUPS)
     text = (
         head
-        + f'  |> filter(fn: (r) => r._measurement == "{COUNTS}" and r._field == "count"{filters})\n'
+        + f'  |> filter(fn: (r) => r._measurement == "{measurement}" and r._field == "count"{filters})\n'
         + f"  |> group(columns: [{groups}])\n"
         + f'  |> aggregateWindow(every: {int(query.bucket_s)}s, fn: sum, createEmpty: false, timeSrc: "_start")'
     )
@@ -821,6 +947,8 @@ class InfluxV2Store:
 
     def count_buckets(self, query: CountQuery) -> list[CountBucket]:
         """Counts summed per bucket, ordered by bucket start then device, line, class, direction."""
+        if self._retention is not None:
+            return self._count_buckets_by_tier(query, self._retention)
         rows = self._records(count_buckets_flux(query, self._bucket))
         buckets = [_count_bucket({**r, "count": r["_value"]}, _flux_time_ns(r["_time"])) for r in rows]
         return sorted(buckets, key=_count_order)
@@ -867,6 +995,93 @@ class InfluxV2Store:
     def close(self) -> None:
         # influxdb_client leaves close() unannotated.
         self._client.close()  # type: ignore[no-untyped-call]
+
+    # -- retention (see cloud.storage.retention) --------------------------------------------
+
+    # Set by ensure_retention; until then every read goes to the raw bucket alone.
+    _retention: RetentionPolicy | None = None
+
+    def ensure_retention(self, policy: RetentionPolicy) -> None:
+        """Expire the bucket after ``raw_days``; create or update the ``<bucket>_1m`` and
+        ``<bucket>_1h`` rollup buckets and the downsampling tasks that fill them. Nothing
+        changes when they are in place. Unit-tested only: no 2.x server where this is built."""
+        buckets = self._client.buckets_api()
+        tasks = self._client.tasks_api()
+        # influxdb_client leaves these lookups and model constructors unannotated.
+        with self._client_errors("retention"):
+            raw = buckets.find_bucket_by_name(self._bucket)  # type: ignore[no-untyped-call]
+            if raw is None:
+                raise ConfigError(f"InfluxDB bucket {self._bucket} does not exist; create it first")
+            _expire_after(buckets, raw, policy.raw_days)
+            for tier in ROLLUP_TIERS:
+                name = rollup_bucket(self._bucket, tier)
+                found = buckets.find_bucket_by_name(name)  # type: ignore[no-untyped-call]
+                if found is None:
+                    log.info("creating InfluxDB bucket %s", name)
+                    buckets.create_bucket(
+                        bucket_name=name, retention_rules=_expiry(policy.days(tier)), org=self._org
+                    )
+                else:
+                    _expire_after(buckets, found, policy.days(tier))
+            for task in downsampling_tasks(self._bucket, self._org):
+                self._ensure_task(tasks, task)
+        self._retention = policy
+
+    def _ensure_task(self, tasks: TasksApi, task: FluxTask) -> None:
+        listed = tasks.find_tasks(name=task.name, org=self._org)  # type: ignore[no-untyped-call]
+        found = [t for t in listed if t.name == task.name]
+        if not found:
+            log.info("creating InfluxDB task %s", task.name)
+            request = TaskCreateRequest(  # type: ignore[no-untyped-call]
+                org=self._org, flux=task.flux, status="active", description=_TASK_NOTE
+            )
+            tasks.create_task(task_create_request=request)
+        elif found[0].flux != task.flux:
+            # Only the script: its task option carries the name, schedule and offset.
+            log.info("updating InfluxDB task %s", task.name)
+            change = TaskUpdateRequest(flux=task.flux, status="active")  # type: ignore[no-untyped-call]
+            tasks.update_task_request(found[0].id, change)
+
+    def apply_retention(self, policy: RetentionPolicy, now: datetime) -> RetentionReport:
+        """What ``RetentionJob`` calls: InfluxDB expires data and runs the tasks itself, so this
+        only makes sure the buckets and tasks are (still) in place."""
+        self.ensure_retention(policy)
+        return RetentionReport(policy.server_coverage(now), server_side=True)
+
+    def _retention_now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def _count_buckets_by_tier(self, query: CountQuery, policy: RetentionPolicy) -> list[CountBucket]:
+        parts = []
+        for span in plan_spans(query.start, query.end, policy.server_coverage(self._retention_now())):
+            part = replace(query, start=span.start, end=span.end)
+            if span.tier == "raw":
+                flux = count_buckets_flux(part, self._bucket)
+            else:
+                suffix = "1m" if span.tier == "minute" else "1h"
+                flux = count_buckets_flux(part, rollup_bucket(self._bucket, span.tier), f"{COUNTS}_{suffix}")
+            rows = self._records(flux)
+            parts.append(
+                [_count_bucket({**r, "count": r["_value"]}, _flux_time_ns(r["_time"])) for r in rows]
+            )
+        return merge_count_buckets(parts)
+
+
+# -- retention on 2.x (see cloud.storage.retention) ------------------------------------------
+
+_TASK_NOTE: Final = "Roadside rollup; managed by the hub (InfluxV2Store.ensure_retention)"
+
+
+def _expiry(days: int) -> list[BucketRetentionRules]:
+    return [BucketRetentionRules(type="expire", every_seconds=int(days) * 86_400)]  # type: ignore[no-untyped-call]
+
+
+def _expire_after(buckets: BucketsApi, bucket: Bucket, days: int) -> None:
+    rules = bucket.retention_rules or []
+    if [r.every_seconds for r in rules] != [int(days) * 86_400]:
+        log.info("InfluxDB bucket %s now expires data after %s days", bucket.name, days)
+        bucket.retention_rules = _expiry(days)
+        buckets.update_bucket(bucket)
 
 
 __all__ = [

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -31,14 +32,19 @@ from typing import Any, Final
 from cloud.storage.base import (
     CountBucket,
     CountQuery,
+    EventKey,
     EventQuery,
     IngestBatch,
+    LatestSensorQuery,
     SensorQuery,
+    SpeedQuery,
+    SpeedSample,
     StoredEvent,
     StoredReading,
     from_epoch_us,
     to_epoch_us,
 )
+from cloud.storage.retention import Coverage, RetentionPolicy, RetentionReport, Tier, plan_spans
 from shared.errors import ConfigError, TransportError
 from shared.schemas import DetectionEvent, Health, SensorReading
 
@@ -166,6 +172,63 @@ LIMIT :limit
 """
 
 
+# -- API queries: speeds, event pages, latest sensor values (see cloud.storage.base) -----------
+
+_SPEED_SAMPLES = """
+SELECT ts_us - ((ts_us % :bucket) + :bucket) % :bucket AS bucket_us, device_id, site, line, cls, speed_kmh
+FROM events
+WHERE ts_us >= :start AND ts_us < :end AND speed_kmh IS NOT NULL
+  AND (:device_id IS NULL OR device_id = :device_id)
+  AND (:site IS NULL OR site = :site)
+  AND (:line IS NULL OR line = :line)
+  AND (:cls IS NULL OR cls = :cls)
+  AND (:direction IS NULL OR direction = :direction)
+  AND (:type IS NULL OR type = :type)
+LIMIT :limit
+"""
+
+# Keyset paging on (ts_us, event_id): :start is already raised to the cursor's ts, so the OR only
+# separates the events that share that ts.
+_EVENTS_AFTER = """
+SELECT device_id, site, model_version, ts_us, event_id, type, stream, cls, track_id, line, direction,
+       confidence, speed_kmh
+FROM events
+WHERE ts_us >= :start AND ts_us < :end
+  AND (:after_ts IS NULL OR ts_us > :after_ts OR event_id > :after_id)
+  AND (:device_id IS NULL OR device_id = :device_id)
+  AND (:site IS NULL OR site = :site)
+  AND (:type IS NULL OR type = :type)
+ORDER BY ts_us, event_id
+LIMIT :limit
+"""
+
+_LATEST_SENSORS = """
+SELECT device_id, site, ts_us, sensor, quantity, value, unit, quality
+FROM (
+    SELECT *, ROW_NUMBER() OVER (
+        PARTITION BY device_id, sensor, quantity ORDER BY ts_us DESC, seq DESC, idx DESC
+    ) AS newest
+    FROM sensors
+    WHERE ts_us >= :start AND ts_us < :end
+      AND (:device_id IS NULL OR device_id = :device_id)
+      AND (:site IS NULL OR site = :site)
+      AND (:sensor IS NULL OR sensor = :sensor)
+      AND (:quantity IS NULL OR quantity = :quantity)
+)
+WHERE newest = 1
+ORDER BY device_id, sensor, quantity
+LIMIT :limit
+"""
+
+
+def _reading(row: tuple[Any, ...]) -> StoredReading:
+    device_id, site, ts_us, sensor, quantity, value, unit, quality = row
+    reading = SensorReading(
+        ts=from_epoch_us(ts_us), sensor=sensor, quantity=quantity, value=value, unit=unit, quality=quality
+    )
+    return StoredReading(device_id, site, reading)
+
+
 _INSERT_COUNTS = (
     "INSERT OR IGNORE INTO counts (device_id, seq, idx, site, model_version, interval_start_us,"
     " interval_s, line, cls, direction, lane, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -225,6 +288,7 @@ class SqliteStore:
                 "upgrade the hub"
             )
         self._db.executescript(_SCHEMA)
+        self._db.executescript(_RETENTION_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
@@ -321,7 +385,7 @@ class SqliteStore:
             "direction": query.direction,
         }
         with self._connection() as db:
-            rows = db.execute(_COUNT_BUCKETS, params).fetchall()
+            rows = _count_rows(db, query, params)
         return [CountBucket(from_epoch_us(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6])) for r in rows]
 
     def events(self, query: EventQuery) -> list[StoredEvent]:
@@ -374,6 +438,59 @@ class SqliteStore:
             ).fetchone()
         return None if row is None else Health.model_validate_json(row[0])
 
+    # -- API queries (SupportsSpeedSamples, SupportsEventKeyset, SupportsLatestSensors) ---------
+
+    def speed_samples(self, query: SpeedQuery) -> list[SpeedSample]:
+        """Events with a speed, with their bucket, at most ``query.max_samples + 1``."""
+        if query.bucket_s <= 0:
+            raise ValueError(f"bucket_s must be positive, not {query.bucket_s}")
+        params = {
+            **_window(query.start, query.end),
+            "bucket": query.bucket_s * 1_000_000,
+            "limit": max(query.max_samples, 0) + 1,
+            "device_id": query.device_id,
+            "site": query.site,
+            "line": query.line,
+            "cls": query.cls,
+            "direction": query.direction,
+            "type": query.type,
+        }
+        with self._connection() as db:
+            rows = db.execute(_SPEED_SAMPLES, params).fetchall()
+        return [SpeedSample(from_epoch_us(r[0]), r[1], r[2], r[3], r[4], float(r[5])) for r in rows]
+
+    def events_after(self, query: EventQuery, after: EventKey | None) -> list[StoredEvent]:
+        """Events in the window after ``after``, ordered by ``(ts, event_id)``, at most ``query.limit``."""
+        params: dict[str, object] = {
+            **_window(query.start, query.end),
+            "after_ts": None,
+            "after_id": None,
+            "limit": max(query.limit, 0),
+            "device_id": query.device_id,
+            "site": query.site,
+            "type": query.type,
+        }
+        if after is not None:
+            params["start"] = max(to_epoch_us(query.start), after.ts_us)
+            params["after_ts"], params["after_id"] = after.ts_us, after.event_id
+        with self._connection() as db:
+            rows = db.execute(_EVENTS_AFTER, params).fetchall()
+        return [_stored_event(r) for r in rows]
+
+    def latest_sensors(self, query: LatestSensorQuery) -> list[StoredReading]:
+        """The newest reading per (device, sensor, quantity) in the window."""
+        params = {
+            **_window(query.start, query.end),
+            "limit": max(query.limit, 0),
+            "device_id": query.device_id,
+            "site": query.site,
+            "sensor": query.sensor,
+            "quantity": query.quantity,
+        }
+        with self._connection() as db:
+            rows = db.execute(_LATEST_SENSORS, params).fetchall()
+        return [_reading(r) for r in rows]
+
     def recent_sequences(self, device_id: str, window: int) -> list[int]:
         """Sequence numbers stored for the device in ``(highest - window, highest]``, ascending."""
         if window <= 0:
@@ -397,6 +514,55 @@ class SqliteStore:
             if not self._closed:
                 self._closed = True
                 self._db.close()
+
+    # -- retention (see cloud.storage.retention and the end of this module) -----
+
+    def apply_retention(self, policy: RetentionPolicy, now: datetime) -> RetentionReport:
+        """Roll closed buckets up, then delete raw and rollup rows past ``policy``: one transaction.
+
+        Safe to rerun at any time: a recomputed bucket replaces its rollup rows, and a late row
+        older than the watermark is added once and deleted in the same transaction. Holds the
+        store's lock while it runs; writes wait (the first run over a large database is the
+        slow one).
+        """
+        now_us = to_epoch_us(now)
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                report = self._apply_retention(db, policy, now_us)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        log.debug("retention rolled %s and deleted %s", dict(report.rolled), dict(report.deleted))
+        return report
+
+    @staticmethod
+    def _apply_retention(db: sqlite3.Connection, policy: RetentionPolicy, now_us: int) -> RetentionReport:
+        row = db.execute(
+            "SELECT raw_from_us, minute_from_us, hour_from_us FROM retention_state WHERE id = 1"
+        ).fetchone()
+        if row is None:
+            # The first run also marks records written before the triggers existed (an older file).
+            for kind in _ROLLUP_KINDS:
+                db.execute(kind.mark_all_sql())
+            row = (_NO_WATERMARK, _NO_WATERMARK, _NO_WATERMARK)
+        rolled = _roll_up(db, now_us, watermark_us=int(row[0]))
+        now = from_epoch_us(now_us)
+        # A cut never moves back (a longer policy, a clock set back): what was deleted is gone.
+        raw_from, minute_from, hour_from = (
+            max(int(previous), to_epoch_us(policy.cut(tier, now)))
+            for previous, tier in zip(row, _TIERS, strict=True)
+        )
+        deleted = _expire(db, raw_from, minute_from, hour_from)
+        db.execute(
+            "INSERT OR REPLACE INTO retention_state (id, raw_from_us, minute_from_us, hour_from_us, run_us)"
+            " VALUES (1, ?, ?, ?, ?)",
+            (raw_from, minute_from, hour_from, now_us),
+        )
+        coverage = Coverage(from_epoch_us(raw_from), from_epoch_us(minute_from))
+        return RetentionReport(coverage, rolled, deleted)
 
 
 def _window(start: datetime, end: datetime) -> dict[str, int]:
@@ -433,3 +599,265 @@ def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
         "model_version": model_version,
     }
     return StoredEvent(device_id, site, DetectionEvent.model_validate(fields))
+
+
+# -- retention and rollups (see cloud.storage.retention) -------------------------------------------
+#
+# Every insert into counts, events or sensors marks its UTC minute in rollup_dirty (a trigger, so
+# the mark commits or rolls back with the write and no write path has to remember it). A
+# retention run rolls the marked minutes that have closed into the 1-minute tables and marks
+# their hours instead; marked hours that have closed go into the 1-hour tables. Then it deletes
+# what is past retention, all in one transaction. Each bucket is recomputed once per arrival.
+#
+# retention_state.raw_from_us is the watermark: raw rows are complete from it on, and everything
+# older lives in the rollups. A marked bucket at or after it is recomputed from raw and replaces
+# its rollup rows, so a rerun never double-counts. A marked bucket before it holds only records
+# that arrived after their raw neighbours were deleted: those are added to the rollup rows and
+# deleted in the same transaction, so each is added once.
+
+_TIERS: Final[tuple[Tier, ...]] = ("raw", "minute", "hour")
+_MINUTE_US: Final = 60_000_000
+_HOUR_US: Final = 3_600_000_000
+# Before any run nothing was deleted yet: raw data is complete from the beginning of time.
+_NO_WATERMARK: Final = -(2**62)
+
+
+def _floor_sql(column: str, width: str) -> str:
+    # Floor division that also holds before 1970: SQLite's % keeps the sign of the dividend.
+    return f"{column} - (({column} % {width}) + {width}) % {width}"
+
+
+@dataclass(frozen=True, slots=True)
+class _RollupKind:
+    """How one raw table rolls up. Every name here is a constant of this module, never input."""
+
+    raw: str
+    time_col: str
+    keys: tuple[str, ...]
+    values: tuple[tuple[str, str], ...]  # (rollup column, aggregate over the raw rows ``r``)
+    merge: tuple[str, ...]  # how late rows are added to an existing rollup row
+    where: str = "1"
+
+    def table(self, width_us: int) -> str:
+        return f"{self.raw}_{'1m' if width_us == _MINUTE_US else '1h'}"
+
+    def recompute_sql(self, width_us: int, *, late: bool) -> str:
+        """Roll the marked, closed buckets of ``width_us``: at or after the watermark by
+        recomputing them from raw (``late=False``), before it by adding the late rows."""
+        keys = ", ".join(self.keys)
+        raw_keys = ", ".join(f"r.{k}" for k in self.keys)
+        columns = ", ".join(c for c, _ in self.values)
+        aggregates = ", ".join(a for _, a in self.values)
+        side = "d.bucket_us < :watermark" if late else "d.bucket_us >= :watermark"
+        verb = "INSERT" if late else "INSERT OR REPLACE"
+        upsert = f" ON CONFLICT (bucket_us, {keys}) DO UPDATE SET {', '.join(self.merge)}" if late else ""
+        # The WHERE clause also keeps SQLite from reading ON CONFLICT as a join constraint.
+        return (
+            f"{verb} INTO {self.table(width_us)} (bucket_us, {keys}, {columns})"  # noqa: S608 (names are constants)
+            f" SELECT d.bucket_us, {raw_keys}, {aggregates}"
+            f" FROM (SELECT bucket_us FROM rollup_dirty"
+            f" WHERE kind = '{self.raw}' AND width_us = :width AND bucket_us < :closed) d JOIN {self.raw} r"
+            f" ON r.{self.time_col} >= d.bucket_us AND r.{self.time_col} < d.bucket_us + :width"
+            f" WHERE {side} AND {self.where} GROUP BY d.bucket_us, {raw_keys}{upsert}"
+        )
+
+    def mark_all_sql(self) -> str:
+        return (
+            f"INSERT OR IGNORE INTO rollup_dirty (kind, width_us, bucket_us) SELECT DISTINCT '{self.raw}',"  # noqa: S608 (names are constants)
+            f" {_MINUTE_US}, {_floor_sql(self.time_col, str(_MINUTE_US))} FROM {self.raw}"
+        )
+
+    def trigger_sql(self) -> str:
+        new_time = f"NEW.{self.time_col}"
+        return (
+            f"CREATE TRIGGER IF NOT EXISTS {self.raw}_mark_rollup AFTER INSERT ON {self.raw} BEGIN"  # noqa: S608 (names are constants)
+            f" INSERT OR IGNORE INTO rollup_dirty (kind, width_us, bucket_us)"
+            f" VALUES ('{self.raw}', {_MINUTE_US}, {_floor_sql(new_time, str(_MINUTE_US))}); END;"
+        )
+
+
+_ROLLUP_KINDS: Final = (
+    _RollupKind(
+        "counts",
+        "interval_start_us",
+        ("device_id", "site", "model_version", "line", "cls", "direction"),
+        (("count", "SUM(r.count)"),),
+        ("count = count + excluded.count",),
+    ),
+    _RollupKind(
+        "sensors",
+        "ts_us",
+        ("device_id", "site", "sensor", "quantity"),
+        (
+            ("n", "COUNT(*)"),
+            ("value_sum", "SUM(r.value)"),
+            ("value_min", "MIN(r.value)"),
+            ("value_max", "MAX(r.value)"),
+            ("unit", "MAX(r.unit)"),
+        ),
+        (
+            "n = n + excluded.n",
+            "value_sum = value_sum + excluded.value_sum",
+            "value_min = MIN(value_min, excluded.value_min)",
+            "value_max = MAX(value_max, excluded.value_max)",
+            "unit = excluded.unit",
+        ),
+        # A stuck or spiking sensor must not set an hour's maximum.
+        where="r.quality = 'ok'",
+    ),
+    _RollupKind(
+        "events",
+        "ts_us",
+        ("device_id", "site", "model_version", "type"),
+        (("count", "COUNT(*)"),),
+        ("count = count + excluded.count",),
+    ),
+)
+
+_ROLLUP_TABLES = """
+CREATE TABLE IF NOT EXISTS counts_{w} (
+    bucket_us INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    site TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    line TEXT NOT NULL,
+    cls TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (bucket_us, device_id, site, model_version, line, cls, direction)
+) WITHOUT ROWID;
+
+-- Only readings of quality 'ok'; the mean is value_sum / n.
+CREATE TABLE IF NOT EXISTS sensors_{w} (
+    bucket_us INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    site TEXT NOT NULL,
+    sensor TEXT NOT NULL,
+    quantity TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    value_sum REAL NOT NULL,
+    value_min REAL NOT NULL,
+    value_max REAL NOT NULL,
+    unit TEXT NOT NULL,
+    PRIMARY KEY (bucket_us, device_id, site, sensor, quantity)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS events_{w} (
+    bucket_us INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    site TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    type TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (bucket_us, device_id, site, model_version, type)
+) WITHOUT ROWID;
+"""
+
+_RETENTION_SCHEMA = (
+    """
+-- Buckets of kind ('counts', 'sensors', 'events') to roll up: minutes written to since they
+-- were rolled (width_us 60000000), and hours whose minutes were rolled (3600000000).
+CREATE TABLE IF NOT EXISTS rollup_dirty (
+    kind TEXT NOT NULL,
+    width_us INTEGER NOT NULL,
+    bucket_us INTEGER NOT NULL,
+    PRIMARY KEY (kind, width_us, bucket_us)
+) WITHOUT ROWID;
+
+-- One row once retention has run: where each tier is complete from.
+CREATE TABLE IF NOT EXISTS retention_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    raw_from_us INTEGER NOT NULL,
+    minute_from_us INTEGER NOT NULL,
+    hour_from_us INTEGER NOT NULL,
+    run_us INTEGER NOT NULL
+);
+"""
+    + _ROLLUP_TABLES.format(w="1m")
+    + _ROLLUP_TABLES.format(w="1h")
+    + "\n".join(kind.trigger_sql() for kind in _ROLLUP_KINDS)
+)
+
+# A rolled minute's hour is rolled when the hour closes (in this run already, for a late record).
+_MARK_HOURS_OF_ROLLED_MINUTES = (
+    f"INSERT OR IGNORE INTO rollup_dirty (kind, width_us, bucket_us) SELECT DISTINCT kind, {_HOUR_US},"  # noqa: S608 (constants)
+    f" {_floor_sql('bucket_us', str(_HOUR_US))} FROM rollup_dirty WHERE width_us = :width AND bucket_us < :closed"
+)
+
+# The health report of each device's latest ts is kept past retention: "last heard from" stays answerable.
+_DELETE_OLD_HEALTH = (
+    "DELETE FROM health WHERE ts_us < :cut"
+    " AND ts_us < (SELECT MAX(h.ts_us) FROM health h WHERE h.device_id = health.device_id)"
+)
+
+_COUNT_FILTERS = """(:device_id IS NULL OR device_id = :device_id)
+    AND (:site IS NULL OR site = :site)
+    AND (:line IS NULL OR line = :line)
+    AND (:cls IS NULL OR cls = :cls)
+    AND (:direction IS NULL OR direction = :direction)"""
+
+# count_buckets once retention has run: each tier over its own part of the window, summed per
+# bucket (a query bucket may straddle a tier boundary). An empty part has start = end.
+_TIERED_COUNT_BUCKETS = f"""
+SELECT bucket_us, device_id, site, line, cls, direction, SUM(n) FROM (
+  SELECT {_floor_sql("interval_start_us", ":bucket")} AS bucket_us, device_id, site, line, cls, direction,
+         count AS n
+  FROM counts WHERE interval_start_us >= :raw_start AND interval_start_us < :raw_end AND {_COUNT_FILTERS}
+  UNION ALL
+  SELECT {_floor_sql("bucket_us", ":bucket")}, device_id, site, line, cls, direction, count
+  FROM counts_1m WHERE bucket_us >= :minute_start AND bucket_us < :minute_end AND {_COUNT_FILTERS}
+  UNION ALL
+  SELECT {_floor_sql("bucket_us", ":bucket")}, device_id, site, line, cls, direction, count
+  FROM counts_1h WHERE bucket_us >= :hour_start AND bucket_us < :hour_end AND {_COUNT_FILTERS}
+)
+GROUP BY bucket_us, device_id, site, line, cls, direction
+ORDER BY bucket_us, device_id, line, cls, direction, site
+"""  # noqa: S608 (constants only; values are bound parameters)
+
+
+def _coverage(db: sqlite3.Connection) -> Coverage | None:
+    row = db.execute("SELECT raw_from_us, minute_from_us FROM retention_state WHERE id = 1").fetchone()
+    return None if row is None else Coverage(from_epoch_us(row[0]), from_epoch_us(row[1]))
+
+
+def _count_rows(db: sqlite3.Connection, query: CountQuery, params: dict[str, Any]) -> list[Any]:
+    """Raw rows while the window lies inside the raw tier; else each tier's part of it."""
+    coverage = _coverage(db)
+    if coverage is None or query.start >= coverage.raw_from:
+        return db.execute(_COUNT_BUCKETS, params).fetchall()
+    parts = dict.fromkeys(("raw", "minute", "hour"), (0, 0))
+    for span in plan_spans(query.start, query.end, coverage):
+        parts[span.tier] = (to_epoch_us(span.start), to_epoch_us(span.end))
+    for tier, (start, end) in parts.items():
+        params[f"{tier}_start"], params[f"{tier}_end"] = start, end
+    return db.execute(_TIERED_COUNT_BUCKETS, params).fetchall()
+
+
+def _roll_up(db: sqlite3.Connection, now_us: int, watermark_us: int) -> dict[str, int]:
+    """Roll every marked minute and then every marked hour that has closed, and unmark them."""
+    rolled: dict[str, int] = {}
+    for width in (_MINUTE_US, _HOUR_US):
+        params = {"width": width, "closed": now_us - now_us % width, "watermark": watermark_us}
+        for kind in _ROLLUP_KINDS:
+            n = sum(
+                db.execute(kind.recompute_sql(width, late=late), params).rowcount for late in (False, True)
+            )
+            rolled[kind.table(width)] = n
+        if width == _MINUTE_US:
+            db.execute(_MARK_HOURS_OF_ROLLED_MINUTES, params)
+        db.execute("DELETE FROM rollup_dirty WHERE width_us = :width AND bucket_us < :closed", params)
+    return rolled
+
+
+def _expire(db: sqlite3.Connection, raw_from: int, minute_from: int, hour_from: int) -> dict[str, int]:
+    deleted = {
+        "counts": db.execute("DELETE FROM counts WHERE interval_start_us < ?", (raw_from,)).rowcount,
+        "events": db.execute("DELETE FROM events WHERE ts_us < ?", (raw_from,)).rowcount,
+        "sensors": db.execute("DELETE FROM sensors WHERE ts_us < ?", (raw_from,)).rowcount,
+        "health": db.execute(_DELETE_OLD_HEALTH, {"cut": raw_from}).rowcount,
+    }
+    for kind in _ROLLUP_KINDS:
+        for width, cut in ((_MINUTE_US, minute_from), (_HOUR_US, hour_from)):
+            table = kind.table(width)
+            deleted[table] = db.execute(f"DELETE FROM {table} WHERE bucket_us < ?", (cut,)).rowcount  # noqa: S608
+    return deleted

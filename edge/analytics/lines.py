@@ -16,6 +16,7 @@ class LineCrossing:
     cls: int
     direction: Direction
     score: float
+    lane: int | None = None  # the lane the object was in, where lanes are configured
 
 
 def _cross(o: Point, a: Point, b: Point) -> float:
@@ -26,18 +27,23 @@ def crossing_direction(start: Point, end: Point, prev: Point, curr: Point) -> Di
     """How the step ``prev → curr`` crosses the segment ``start → end``, if it does.
 
     ``in`` means from the line's left side (positive cross product, image
-    coordinates with y down) to its right side. Touching an end point counts;
-    a step that merely ends on the line does not, so one pass is one crossing.
+    coordinates with y down) to its right side. A point exactly on the line
+    belongs to the right side, so a track that lands on the line and then
+    leaves it counts exactly once, whichever way it goes on. Touching an end
+    point of the segment counts.
     """
-    side_prev = _cross(start, end, prev)
-    side_curr = _cross(start, end, curr)
-    if side_prev == 0 or (side_prev > 0) == (side_curr > 0) or side_curr == 0:
+    left_prev = _cross(start, end, prev) > 0
+    left_curr = _cross(start, end, curr) > 0
+    if left_prev == left_curr:
         return None
-    s1 = _cross(prev, curr, start)
-    s2 = _cross(prev, curr, end)
+    # Which way round the step is does not change the answer; one fixed order keeps
+    # float rounding from making a step and its reverse disagree at a touched end point.
+    o, d = (prev, curr) if prev <= curr else (curr, prev)
+    s1 = _cross(o, d, start)
+    s2 = _cross(o, d, end)
     if s1 != 0 and s2 != 0 and (s1 > 0) == (s2 > 0):
         return None  # the step crosses the infinite line outside the segment
-    return "in" if side_prev > 0 else "out"
+    return "in" if left_prev else "out"
 
 
 @dataclass(frozen=True, slots=True)

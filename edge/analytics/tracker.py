@@ -1,15 +1,21 @@
-"""A small IoU tracker: greedy matching of detections to live tracks.
+"""What a tracker is, and the first one: greedy IoU matching of detections to live tracks.
 
-Enough for line crossing on the demo scene; the agent issue evaluates
-ByteTrack (``supervision``) as its replacement. Pure numpy, no I/O.
+:class:`Tracker` is the interface the stream analytics use; the agent's
+tracker is :class:`edge.analytics.bytetrack.ByteTracker` (see
+``docs/adr/0003-tracker.md``). :class:`IouTracker` stays as the simplest
+baseline. Pure numpy, no I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from edge.inference.yolo import Detections
 
 Boxes = npt.NDArray[np.float32]
 
@@ -22,12 +28,21 @@ class Track:
     score: float
     hits: int = 1
     missed: int = 0
-    history: list[tuple[float, float]] = field(default_factory=list)
+    history: list[tuple[float, float]] = field(default_factory=list)  # centroids, oldest first
+    velocity: tuple[float, float] = (0.0, 0.0)  # centroid px/s, smoothed (0 where a tracker has no model)
 
     @property
     def centroid(self) -> tuple[float, float]:
         x1, y1, x2, y2 = self.box
         return ((x1 + x2) / 2.0, (y1 + y2) / 2.0)
+
+
+class Tracker(Protocol):
+    """Gives detections of one stream stable ids across frames."""
+
+    def update(self, detections: Detections, ts: float | None = None) -> list[Track]:
+        """Advance to the frame at epoch seconds ``ts``; return the tracks seen in it."""
+        ...
 
 
 def iou_matrix(a: Boxes, b: Boxes) -> npt.NDArray[np.float32]:

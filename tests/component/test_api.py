@@ -1,14 +1,17 @@
 """The hub API against a real SqliteStore and a real Registry, each in a file under tmp_path.
 
 Telemetry goes in through ``SqliteStore.write`` (as ingest writes it) and comes
-out through HTTP; API keys come from ``Registry.create_api_client``.
+out through HTTP; API keys come from ``Registry.create_api_client``. Enrollment
+and revocation go through a real hub home (CA, bundles, broker ACL) under tmp_path.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -18,18 +21,46 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, Counter
 
+from cloud.api import export
 from cloud.api.app import create_app
-from cloud.api.models import CountSeries, DeviceDetail, DeviceList, EventList, HubHealth, parse_bucket
+from cloud.api.models import (
+    CountSeries,
+    DeviceDetail,
+    DeviceList,
+    EventList,
+    FleetSummary,
+    HubHealth,
+    LatestSensors,
+    SensorSeries,
+    SpeedSeries,
+    parse_bucket,
+)
+from cloud.api.ratelimit import RateLimit, TokenBuckets
+from cloud.home import HubHome, enroll_device, init_home, write_acl
+from cloud.live import EventFilter, LiveFeed
 from cloud.registry import Registry
-from cloud.storage.base import IngestBatch, Origin
+from cloud.storage.base import (
+    EventQuery,
+    IngestBatch,
+    Origin,
+    SensorQuery,
+    SpeedSample,
+    StoredEvent,
+    StoredReading,
+    aggregate_speeds,
+    nearest_rank,
+)
 from cloud.storage.sqlite import SqliteStore
-from shared.keys import KeyPair
-from shared.schemas import CountRecord, DetectionEvent, EventType, Health, StreamHealth
+from cloud.webhooks import WebhookStore
+from shared.bundle import BrokerAddress, EnrollmentBundle
+from shared.keys import KeyPair, b64
+from shared.schemas import CountRecord, DetectionEvent, EventType, Health, SensorReading, StreamHealth
 
 PROBLEM = "application/problem+json"
 T0 = datetime(2025, 5, 1, 8, 0, tzinfo=UTC)
 WINDOW = {"from": "2025-05-01T08:00:00Z", "to": "2025-05-01T10:00:00Z"}
 V1_ROUTES = ["/v1/devices", "/v1/devices/cam-1", "/v1/counts", "/v1/events"]
+BROKER = BrokerAddress(host="mqtt.example", port=8883)
 
 
 @dataclass(frozen=True)
@@ -63,13 +94,63 @@ def metrics_registry() -> CollectorRegistry:
 
 
 @pytest.fixture
-def app(store: SqliteStore, registry: Registry, metrics_registry: CollectorRegistry) -> FastAPI:
+def home(tmp_path: Path) -> HubHome:
+    return init_home(tmp_path / "home", ["localhost"], ["127.0.0.1"])
+
+
+@dataclass
+class Fleet:
+    """The hub side of enrollment and revocation, as the hub wires it, with what it was asked."""
+
+    home: HubHome
+    registry: Registry
+    revoked: list[tuple[str, str]] = field(default_factory=list)
+    status: dict[str, str] = field(default_factory=dict)
+
+    def enroll(self, device_id: str, site: str, *, actor: str) -> Mapping[str, Any]:
+        bundle, _ = enroll_device(self.home, self.registry, device_id, site, BROKER, actor=actor)
+        return bundle.model_dump()
+
+    def revoke(self, device_id: str, *, actor: str) -> None:
+        self.registry.revoke(device_id, actor=actor)
+        write_acl(self.home, self.registry)
+        self.revoked.append((device_id, actor))
+
+
+@pytest.fixture
+def fleet(home: HubHome, registry: Registry) -> Fleet:
+    return Fleet(home, registry)
+
+
+@pytest.fixture
+def webhooks(tmp_path: Path) -> Iterator[WebhookStore]:
+    webhooks = WebhookStore(tmp_path / "webhooks.db")
+    yield webhooks
+    webhooks.close()
+
+
+@pytest.fixture
+def app(
+    store: SqliteStore,
+    registry: Registry,
+    metrics_registry: CollectorRegistry,
+    fleet: Fleet,
+    webhooks: WebhookStore,
+) -> FastAPI:
     return create_app(
         store=store,
         registry=registry,
         metrics_registry=metrics_registry,
         version="9.9.9-test",
         max_body_bytes=1024,
+        live=LiveFeed(),
+        webhooks=webhooks,
+        enroll=fleet.enroll,
+        revoke=fleet.revoke,
+        device_status=fleet.status.get,
+        rate_limit=None,
+        sse_heartbeat_s=0.05,
+        sse_max_duration_s=0.2,
     )
 
 
@@ -130,50 +211,144 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
     return body
 
 
-# Authorization ----------------------------------------------------------------
+# Authorization: every route × missing, invalid, wrong-scope and right key ------------------------
+
+READ, WRITE_DEVICES, ADMIN = "read:telemetry", "write:devices", "admin"
+HOLDER_SCOPES = {"reader": READ, "devices_only": WRITE_DEVICES, "rollouts_only": "write:rollouts"}
 
 
-@pytest.mark.parametrize("path", V1_ROUTES)
-def test_v1_route_without_a_key_is_401_with_a_bearer_challenge(client: TestClient, path: str) -> None:
-    response = client.get(path)
+def new_public_keys() -> dict[str, str]:
+    public = KeyPair.generate().public()
+    return {"x25519": b64(public.x25519), "ed25519": b64(public.ed25519)}
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str  # as the OpenAPI document names it
+    scope: str
+    path: str = ""  # concrete; ``{webhook_id}`` is filled in per test
+    json: Callable[[], Any] | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+    media_type: str | None = "application/json"
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} {self.path or self.template}"
+
+
+ROUTES = [
+    Route("GET", "/v1/devices", READ),
+    Route("GET", "/v1/devices/{device_id}", READ, "/v1/devices/cam-1"),
+    Route("POST", "/v1/devices", WRITE_DEVICES, json=lambda: {"device_id": "cam-new", "site": "site-a"}),
+    Route("POST", "/v1/devices/{device_id}/revoke", WRITE_DEVICES, "/v1/devices/cam-2/revoke"),
+    Route(
+        "POST", "/v1/devices/{device_id}/keys", WRITE_DEVICES, "/v1/devices/cam-1/keys", json=new_public_keys
+    ),
+    Route("GET", "/v1/fleet", READ),
+    Route("GET", "/v1/counts", READ),
+    Route("GET", "/v1/speeds", READ),
+    Route("GET", "/v1/events", READ),
+    Route("GET", "/v1/events/stream", READ, media_type="text/event-stream"),
+    Route("GET", "/v1/sensors", READ),
+    Route("GET", "/v1/sensors/latest", READ),
+    Route("GET", "/v1/webhooks", ADMIN),
+    Route("POST", "/v1/webhooks", ADMIN, json=lambda: {"url": "https://city.example/hook"}),
+    Route("GET", "/v1/webhooks/{webhook_id}", ADMIN, "/v1/webhooks/{webhook_id}"),
+    Route("DELETE", "/v1/webhooks/{webhook_id}", ADMIN, "/v1/webhooks/{webhook_id}", media_type=None),
+]
+
+
+def _matrix(kind: Literal["wrong", "right"]) -> list[Any]:
+    cases = []
+    for route in ROUTES:
+        if kind == "wrong":
+            holders = [h for h, scope in HOLDER_SCOPES.items() if scope != route.scope]
+        else:
+            holders = [h for h, scope in HOLDER_SCOPES.items() if scope == route.scope] + ["admin"]
+        cases += [pytest.param(route, holder, id=f"{route.id} as {holder}") for holder in holders]
+    return cases
+
+
+@pytest.fixture
+def webhook_id(webhooks: WebhookStore) -> str:
+    return webhooks.create("https://city.example/existing", EventFilter(), created_by="test").id
+
+
+def call(client: TestClient, route: Route, token: str | None, webhook_id: str = "wh_0") -> Any:
+    headers = bearer(token) if token is not None else {}
+    path = (route.path or route.template).replace("{webhook_id}", webhook_id)
+    body = route.json() if route.json is not None else None
+    return client.request(route.method, path, params=dict(route.params), json=body, headers=headers)
+
+
+def test_the_matrix_covers_every_v1_route(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    documented = {
+        (method.upper(), path, op["security"][0]["apiKey"][0])
+        for path, item in spec["paths"].items()
+        if path.startswith("/v1/")
+        for method, op in item.items()
+    }
+    assert documented == {(r.method, r.template, r.scope) for r in ROUTES}
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.id)
+def test_every_route_without_a_key_is_401_with_a_bearer_challenge(client: TestClient, route: Route) -> None:
+    response = call(client, route, None)
     body = assert_problem(response, 401)
-    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.headers["www-authenticate"] == 'Bearer realm="roadside"'
     assert body["type"] == "/problems/unauthorized"
 
 
-@pytest.mark.parametrize("path", V1_ROUTES)
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.id)
 @pytest.mark.parametrize(
     "authorization", ["Bearer rs_not-a-real-key", "Bearer nonsense", "Basic dXNlcjpwYXNz"]
 )
-def test_v1_route_with_an_invalid_key_is_401(client: TestClient, path: str, authorization: str) -> None:
-    response = client.get(path, headers={"Authorization": authorization})
+def test_every_route_with_an_invalid_key_is_401(client: TestClient, route: Route, authorization: str) -> None:
+    path = (route.path or route.template).replace("{webhook_id}", "wh_0")
+    response = client.request(route.method, path, headers={"Authorization": authorization})
     assert_problem(response, 401)
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert "not-a-real-key" not in response.text
 
 
-@pytest.mark.parametrize("path", V1_ROUTES)
-@pytest.mark.parametrize("holder", ["rollouts_only", "devices_only"])
-def test_v1_route_with_a_key_lacking_the_scope_is_403(
-    client: TestClient, keys: Keys, path: str, holder: str
+@pytest.mark.parametrize(("route", "holder"), _matrix("wrong"))
+def test_every_route_with_a_key_lacking_its_scope_is_403(
+    client: TestClient, keys: Keys, route: Route, holder: str, webhook_id: str
 ) -> None:
     token = getattr(keys, holder)
-    response = client.get(path, headers=bearer(token))
+    response = call(client, route, token, webhook_id)
     body = assert_problem(response, 403)
-    assert body["required_scope"] == "read:telemetry"
-    assert "read:telemetry" in body["detail"]
+    assert body["required_scope"] == route.scope
+    assert route.scope in body["detail"]
     assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
     assert token not in response.text
 
 
-@pytest.mark.parametrize("path", V1_ROUTES)
-@pytest.mark.parametrize("holder", ["reader", "admin"])
-def test_v1_route_with_the_scope_or_admin_is_200(
-    client: TestClient, keys: Keys, path: str, holder: str
+@pytest.mark.parametrize(("route", "holder"), _matrix("right"))
+def test_every_route_with_its_scope_or_admin_succeeds(
+    client: TestClient, keys: Keys, route: Route, holder: str, webhook_id: str
 ) -> None:
-    response = client.get(path, headers=bearer(getattr(keys, holder)))
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == "application/json"
+    response = call(client, route, getattr(keys, holder), webhook_id)
+    assert 200 <= response.status_code < 300, response.text
+    if route.media_type is None:
+        assert response.content == b""
+    else:
+        assert response.headers["content-type"].split(";")[0] == route.media_type
+
+
+def test_refusals_do_not_change_anything(
+    client: TestClient, keys: Keys, registry: Registry, fleet: Fleet
+) -> None:
+    for token in (None, keys.reader, keys.rollouts_only):
+        headers = bearer(token) if token else {}
+        client.post("/v1/devices", json={"device_id": "cam-x", "site": "s"}, headers=headers)
+        client.post("/v1/devices/cam-1/revoke", headers=headers)
+    assert registry.get_device("cam-x") is None
+    assert fleet.revoked == []
+    assert registry.get_device("cam-1") is not None
+    assert registry.get_device("cam-1").status == "active"  # type: ignore[union-attr]
 
 
 def test_auth_is_checked_before_parameters(client: TestClient, keys: Keys) -> None:
@@ -563,24 +738,523 @@ def test_openapi_documents_security_examples_and_problems(client: TestClient) ->
         "description": spec["components"]["securitySchemes"]["apiKey"]["description"],
     }
     operations = [(path, op) for path, item in spec["paths"].items() for op in item.values()]
-    assert {path for path, _ in operations} >= {
-        *V1_ROUTES[:1],
-        "/v1/devices/{device_id}",
-        "/v1/counts",
-        "/v1/events",
-        "/healthz",
-        "/metrics",
-    }
-    for path, op in operations:
-        assert op["summary"], path
-        assert op["description"], path
-        ok = op["responses"]["200"]["content"]
-        assert any("example" in media for media in ok.values()), path
-        if path.startswith("/v1/"):
-            assert op["security"] == [{"apiKey": ["read:telemetry"]}], path
-            for status in ("401", "403", "422"):
-                assert list(op["responses"][status]["content"]) == [PROBLEM], (path, status)
+    assert {path for path, _ in operations} >= {r.template for r in ROUTES} | {"/healthz", "/metrics"}
+    scopes = {(r.method, r.template): r.scope for r in ROUTES}
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            where = (method.upper(), path)
+            assert op["summary"], where
+            assert op["description"], where
+            success = next(status for status in op["responses"] if status.startswith("2"))
+            for media_type, media in op["responses"][success].get("content", {}).items():
+                assert "example" in media, (where, media_type)
+            if "requestBody" in op:
+                body_schema = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                assert spec["components"]["schemas"][body_schema.rsplit("/", 1)[1]]["examples"], where
+            if path.startswith("/v1/"):
+                for status, response in op["responses"].items():
+                    if status[0] in "45":
+                        assert list(response["content"]) == [PROBLEM], (where, status)
+                assert op["security"] == [{"apiKey": [scopes[where]]}], where
+                assert {"401", "403", "429"} <= set(op["responses"]), where
+                if op.get("parameters") or "requestBody" in op:
+                    assert "422" in op["responses"], where
     counts_params = {p["name"] for p in spec["paths"]["/v1/counts"]["get"]["parameters"]}
-    assert counts_params == {"from", "to", "bucket", "device", "site", "line", "cls", "direction"}
+    assert counts_params == {"from", "to", "bucket", "device", "site", "line", "cls", "direction", "format"}
     count_series = spec["components"]["schemas"]["CountSeries"]["properties"]
     assert {"from", "to", "bucket_s", "rows"} <= set(count_series)
+
+
+# Enrollment, revocation, key rotation ----------------------------------------------------
+
+
+def test_enrolling_by_api_returns_the_bundle_once_and_audits_the_client(
+    client: TestClient, keys: Keys, registry: Registry, home: HubHome
+) -> None:
+    response = client.post(
+        "/v1/devices", json={"device_id": "cam-9", "site": "site-c"}, headers=bearer(keys.devices_only)
+    )
+
+    assert response.status_code == 201, response.text
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["location"] == "/v1/devices/cam-9"
+    bundle = EnrollmentBundle.model_validate(response.json()).check()
+    assert (bundle.device_id, bundle.site, bundle.broker) == ("cam-9", "site-c", BROKER)
+    assert bundle.keypair().public().kid == registry.active_keys("cam-9")[0].kid
+    assert "cam-9" in home.acl_file.read_text()
+    entry = registry.audit.entries()[-1]
+    assert (entry.actor, entry.action, entry.subject) == ("api:installer", "device.enroll", "cam-9")
+
+    listed = client.get("/v1/devices/cam-9", headers=bearer(keys.reader)).json()
+    assert listed["status"] == "active"
+    assert "client_key_pem" not in listed
+
+
+def test_enrolling_an_enrolled_id_is_a_409_and_bad_bodies_are_422(client: TestClient, keys: Keys) -> None:
+    token = bearer(keys.devices_only)
+    body = assert_problem(
+        client.post("/v1/devices", json={"device_id": "cam-1", "site": "x"}, headers=token), 409
+    )
+    assert "cam-1" in body["detail"]
+    for bad in (
+        {"device_id": "cam 1", "site": "x"},
+        {"device_id": "cam-7"},
+        {"device_id": "a", "site": "b", "x": 1},
+    ):
+        assert_problem(client.post("/v1/devices", json=bad, headers=token), 422)
+    assert_problem(client.post("/v1/devices", content=b"{not json", headers=token), 400)
+
+
+def test_revoking_refuses_the_device_regenerates_the_acl_and_audits(
+    client: TestClient, keys: Keys, registry: Registry, fleet: Fleet, home: HubHome
+) -> None:
+    kid = registry.active_keys("cam-2")[0].kid
+    write_acl(home, registry)
+    assert "cam-2" in home.acl_file.read_text()
+
+    response = client.post("/v1/devices/cam-2/revoke", headers=bearer(keys.devices_only))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "revoked"
+    assert fleet.revoked == [("cam-2", "api:installer")]
+    assert registry.device_key("cam-2", kid) is None
+    assert "cam-2" not in home.acl_file.read_text()
+    entry = registry.audit.entries()[-1]
+    assert (entry.actor, entry.action, entry.subject) == ("api:installer", "device.revoke", "cam-2")
+    # Again: nothing more happens.
+    assert client.post("/v1/devices/cam-2/revoke", headers=bearer(keys.admin)).status_code == 200
+    assert len(fleet.revoked) == 1
+    assert_problem(client.post("/v1/devices/cam-99/revoke", headers=bearer(keys.admin)), 404)
+
+
+def test_adding_keys_lets_the_device_rotate_without_downtime(
+    client: TestClient, keys: Keys, registry: Registry
+) -> None:
+    old_kid = registry.active_keys("cam-1")[0].kid
+    new = KeyPair.generate().public()
+    body = {"x25519": b64(new.x25519), "ed25519": b64(new.ed25519)}
+
+    response = client.post("/v1/devices/cam-1/keys", json=body, headers=bearer(keys.devices_only))
+
+    assert response.status_code == 201, response.text
+    assert response.json() == {"device_id": "cam-1", "kid": new.kid, "active_keys": 2}
+    assert registry.device_key("cam-1", new.kid) is not None
+    assert registry.device_key("cam-1", old_kid) is not None  # both accepted while the device switches
+    assert registry.audit.entries()[-1].actor == "api:installer"
+    assert_problem(client.post("/v1/devices/cam-1/keys", json=body, headers=bearer(keys.admin)), 409)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"x25519": "bm90IGEga2V5", "ed25519": "bm90IGEga2V5"},
+        {"x25519": "!" * 43 + "=", "ed25519": "A" * 43 + "="},
+        {"x25519": "A" * 43 + "="},
+    ],
+)
+def test_malformed_keys_are_a_422(client: TestClient, keys: Keys, body: dict[str, str]) -> None:
+    assert_problem(client.post("/v1/devices/cam-1/keys", json=body, headers=bearer(keys.admin)), 422)
+
+
+def test_keys_for_unknown_or_revoked_devices_are_refused(
+    client: TestClient, keys: Keys, registry: Registry
+) -> None:
+    registry.revoke("cam-2")
+    token = bearer(keys.admin)
+    assert_problem(client.post("/v1/devices/cam-99/keys", json=new_public_keys(), headers=token), 404)
+    assert_problem(client.post("/v1/devices/cam-2/keys", json=new_public_keys(), headers=token), 409)
+
+
+def test_fleet_writes_without_hub_hooks_are_501(store: SqliteStore, registry: Registry, keys: Keys) -> None:
+    app = create_app(store=store, registry=registry, metrics_registry=CollectorRegistry())
+    with TestClient(app) as plain:
+        token = bearer(keys.admin)
+        body = assert_problem(
+            plain.post("/v1/devices", json={"device_id": "c", "site": "s"}, headers=token), 501
+        )
+        assert body["type"] == "/problems/not-configured"
+        assert_problem(plain.post("/v1/devices/cam-1/revoke", headers=token), 501)
+        assert_problem(plain.get("/v1/webhooks", headers=token), 501)
+
+
+# Liveness and the fleet ----------------------------------------------------------------------
+
+
+def test_the_last_will_decides_online_when_the_hub_knows_it(
+    client: TestClient, keys: Keys, registry: Registry, fleet: Fleet
+) -> None:
+    now = datetime.now(UTC)
+    registry.mark_seen([("cam-1", now), ("cam-2", now - timedelta(hours=1))])
+    fleet.status.update({"cam-1": "offline", "cam-2": "online"})
+
+    devices = {
+        d["device_id"]: d for d in client.get("/v1/devices", headers=bearer(keys.reader)).json()["devices"]
+    }
+
+    assert (devices["cam-1"]["connection"], devices["cam-1"]["online"]) == ("offline", False)
+    assert (devices["cam-2"]["connection"], devices["cam-2"]["online"]) == ("online", True)
+    assert (devices["cam-3"]["connection"], devices["cam-3"]["online"]) == (None, False)
+    detail = client.get("/v1/devices/cam-1", headers=bearer(keys.reader)).json()
+    assert detail["connection"] == "offline"
+
+
+def test_device_lists_are_limited_and_page_by_id(client: TestClient, keys: Keys) -> None:
+    first = DeviceList.model_validate(
+        client.get("/v1/devices", params={"limit": "2"}, headers=bearer(keys.reader)).json()
+    )
+    assert [d.device_id for d in first.devices] == ["cam-1", "cam-2"]
+    assert first.truncated
+    rest = client.get(
+        "/v1/devices", params={"limit": "2", "after": "cam-2"}, headers=bearer(keys.reader)
+    ).json()
+    assert [d["device_id"] for d in rest["devices"]] == ["cam-3"]
+    assert not rest["truncated"]
+    assert_problem(client.get("/v1/devices", params={"limit": "0"}, headers=bearer(keys.reader)), 422)
+
+
+def test_fleet_summary_counts_devices_per_site(
+    client: TestClient, keys: Keys, registry: Registry, fleet: Fleet
+) -> None:
+    seen = datetime(2025, 5, 1, 10, 0, tzinfo=UTC)
+    registry.mark_seen([("cam-1", seen), ("cam-3", seen - timedelta(minutes=5))])
+    registry.revoke("cam-2")
+    fleet.status["cam-1"] = "online"
+
+    summary = FleetSummary.model_validate(client.get("/v1/fleet", headers=bearer(keys.reader)).json())
+
+    assert summary.devices.model_dump() == {"total": 3, "active": 2, "revoked": 1, "online": 1, "offline": 1}
+    assert [(s.site, s.total, s.active, s.revoked, s.online, s.offline) for s in summary.sites] == [
+        ("site-a", 2, 1, 1, 1, 0),
+        ("site-b", 1, 1, 0, 0, 1),
+    ]
+    assert summary.last_ingest_at == seen
+
+
+# Speeds ---------------------------------------------------------------------------------------
+
+
+def speeding(minute: int, kmh: float, *, line: str = "north", cls: str = "car") -> DetectionEvent:
+    return DetectionEvent(
+        event_id=uuid.uuid4(),
+        ts=T0 + timedelta(minutes=minute),
+        type="line_crossing",
+        stream="north",
+        cls=cls,
+        line=line,
+        direction="in",
+        speed_kmh=kmh,
+        model_version="det-1",
+    )
+
+
+@pytest.fixture
+def speeds_stored(store: SqliteStore) -> None:
+    # 20 cars in the first hour at 31..50 km/h, 2 bicycles, 1 car in the second hour; one event without speed.
+    cars = [speeding(i, 31.0 + i) for i in range(20)]
+    store.write(
+        [
+            IngestBatch(Origin("cam-1", "site-a", 1), events=[*cars, event(T0 + timedelta(minutes=3))]),
+            IngestBatch(
+                Origin("cam-1", "site-a", 2),
+                events=[speeding(5, 18.0, cls="bicycle"), speeding(6, 22.0, cls="bicycle")],
+            ),
+            IngestBatch(Origin("cam-1", "site-a", 3), events=[speeding(70, 44.0)]),
+            IngestBatch(Origin("cam-3", "site-b", 1), events=[speeding(10, 60.0, line="south")]),
+        ]
+    )
+
+
+@pytest.mark.usefixtures("speeds_stored")
+def test_speeds_give_count_mean_and_p85_per_bucket_line_and_class(client: TestClient, keys: Keys) -> None:
+    response = client.get(
+        "/v1/speeds", params={**WINDOW, "bucket": "1h", "device": "cam-1"}, headers=bearer(keys.reader)
+    )
+    series = SpeedSeries.model_validate(response.json())
+
+    rows = [(r.bucket_start, r.line, r.cls, r.count, r.mean_kmh, r.p85_kmh) for r in series.rows]
+    assert rows == [
+        (T0, "north", "bicycle", 2, 20.0, 22.0),
+        (T0, "north", "car", 20, 40.5, 47.0),  # nearest rank: the 17th of 20
+        (T0 + timedelta(hours=1), "north", "car", 1, 44.0, 44.0),
+    ]
+    assert series.bucket_s == 3600
+
+
+@pytest.mark.usefixtures("speeds_stored")
+def test_speeds_filter_like_counts(client: TestClient, keys: Keys) -> None:
+    def rows(**params: str) -> list[tuple[str, str | None, int]]:
+        body = client.get(
+            "/v1/speeds", params={**WINDOW, "bucket": "1d", **params}, headers=bearer(keys.reader)
+        ).json()
+        return [(r["device"], r["cls"], r["count"]) for r in body["rows"]]
+
+    assert rows(site="site-b") == [("cam-3", "car", 1)]
+    assert rows(cls="bicycle") == [("cam-1", "bicycle", 2)]
+    assert rows(line="south") == [("cam-3", "car", 1)]
+    assert rows(direction="out") == []
+    assert rows(type="wrong_way") == []
+
+
+def test_nearest_rank_percentile_and_aggregation() -> None:
+    assert nearest_rank([1.0], 0.85) == 1.0
+    assert nearest_rank([float(v) for v in range(1, 101)], 0.85) == 85.0
+    assert nearest_rank([10.0, 20.0, 30.0], 0.85) == 30.0
+    samples = [SpeedSample(T0, "d", "s", None, "car", v) for v in (10.0, 20.0)]
+    (bucket,) = aggregate_speeds(samples)
+    assert (bucket.count, bucket.mean_kmh, bucket.p85_kmh, bucket.line) == (2, 15.0, 20.0, None)
+
+
+# Event pages ------------------------------------------------------------------------------------
+
+
+class CoreOnlyStore:
+    """A store with only the core protocol (like the Influx adapters): the API falls back."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self._inner = inner
+
+    def events(self, query: EventQuery) -> list[StoredEvent]:
+        return self._inner.events(query)
+
+    def sensor_series(self, query: SensorQuery) -> list[StoredReading]:
+        return self._inner.sensor_series(query)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("events_after", "latest_sensors", "speed_samples"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+@pytest.fixture(params=["sqlite", "core-only"])
+def paging_client(request: pytest.FixtureRequest, app: FastAPI, store: SqliteStore) -> Iterator[TestClient]:
+    if request.param == "core-only":
+        app.state.resources = replace(app.state.resources, store=CoreOnlyStore(store))
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def tied_events(store: SqliteStore) -> list[DetectionEvent]:
+    """25 events, many sharing a timestamp, from two devices in several envelopes."""
+    events = [event(T0 + timedelta(minutes=i // 5)) for i in range(25)]
+    store.write([IngestBatch(Origin("cam-1", "site-a", 20), events=events[:12])])
+    store.write([IngestBatch(Origin("cam-3", "site-b", 20), events=events[12:])])
+    return sorted(events, key=lambda e: (e.ts, str(e.event_id)))
+
+
+def test_cursor_pages_are_stable_and_complete(
+    paging_client: TestClient, keys: Keys, tied_events: list[DetectionEvent], store: SqliteStore
+) -> None:
+    seen: list[uuid.UUID] = []
+    params: dict[str, str] = {**WINDOW, "limit": "4"}
+    pages = 0
+    while True:
+        page = get_events(paging_client, keys.reader, **params)
+        seen += [e.event_id for e in page.events]
+        pages += 1
+        if pages == 2:  # an event arriving mid-way, before the cursor, is not shown twice or shifted in
+            store.write([IngestBatch(Origin("cam-1", "site-a", 99), events=[event(T0)])])
+        if page.next_cursor is None:
+            assert not page.truncated
+            break
+        assert page.truncated
+        params = {"limit": "4", "cursor": page.next_cursor}
+    assert seen == [e.event_id for e in tied_events]
+    assert pages == 7
+
+
+@pytest.mark.usefixtures("tied_events")
+def test_cursor_keeps_its_window_and_filters(client: TestClient, keys: Keys) -> None:
+    first = get_events(client, keys.reader, device="cam-1", limit="10")
+    assert first.next_cursor is not None
+    second = get_events(client, keys.reader, device="cam-1", limit="10", cursor=first.next_cursor)
+    assert (second.start, second.end) == (first.start, first.end)
+    assert [e.device for e in second.events] == ["cam-1", "cam-1"]
+
+    response = client.get(
+        "/v1/events", params={"cursor": first.next_cursor, "device": "cam-3"}, headers=bearer(keys.reader)
+    )
+    body = assert_problem(response, 422)
+    assert body["invalid_params"][0]["name"] == "cursor"
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "WzFd", "W10", "x" * 600, "eyJhIjoxfQ"])
+def test_malformed_cursors_are_a_422(client: TestClient, keys: Keys, cursor: str) -> None:
+    body = assert_problem(
+        client.get("/v1/events", params={"cursor": cursor}, headers=bearer(keys.reader)), 422
+    )
+    assert [p["name"] for p in body["invalid_params"]] == ["cursor"]
+
+
+@pytest.mark.usefixtures("tied_events")
+def test_the_next_page_is_also_a_link_header(client: TestClient, keys: Keys) -> None:
+    response = client.get("/v1/events", params={**WINDOW, "limit": "20"}, headers=bearer(keys.reader))
+    link = response.headers["link"]
+    assert link.endswith('>; rel="next"')
+    follow = client.get(link[1 : link.index(">")], headers=bearer(keys.reader)).json()
+    assert len(follow["events"]) == 5
+    assert "link" not in client.get(link[1 : link.index(">")], headers=bearer(keys.reader)).headers
+
+
+# Sensors --------------------------------------------------------------------------------------------
+
+
+def reading(minute: int, value: float, *, sensor: str = "air-1", quantity: str = "pm25") -> SensorReading:
+    return SensorReading(
+        ts=T0 + timedelta(minutes=minute), sensor=sensor, quantity=quantity, value=value, unit="ug/m3"
+    )
+
+
+@pytest.fixture
+def sensed(store: SqliteStore) -> None:
+    store.write(
+        [
+            IngestBatch(Origin("cam-1", "site-a", 30), sensors=[reading(m, 10.0 + m) for m in range(5)]),
+            IngestBatch(Origin("cam-1", "site-a", 31), sensors=[reading(2, 40.0, quantity="no2")]),
+            IngestBatch(Origin("cam-3", "site-b", 30), sensors=[reading(1, 7.0), reading(3, 8.0)]),
+        ]
+    )
+
+
+@pytest.mark.usefixtures("sensed")
+def test_sensor_series_are_oldest_first_filtered_and_limited(client: TestClient, keys: Keys) -> None:
+    def series(**params: str) -> SensorSeries:
+        response = client.get("/v1/sensors", params={**WINDOW, **params}, headers=bearer(keys.reader))
+        return SensorSeries.model_validate(response.json())
+
+    everything = series()
+    assert len(everything.readings) == 8
+    assert [r.ts for r in everything.readings] == sorted(r.ts for r in everything.readings)
+    assert [r.value for r in series(device="cam-3").readings] == [7.0, 8.0]
+    assert [r.value for r in series(quantity="no2").readings] == [40.0]
+    limited = series(limit="3")
+    assert (len(limited.readings), limited.truncated) == (3, True)
+    assert limited.readings[0].site == "site-a"
+
+
+@pytest.mark.usefixtures("sensed")
+def test_latest_sensor_values_per_device_sensor_and_quantity(paging_client: TestClient, keys: Keys) -> None:
+    response = paging_client.get("/v1/sensors/latest", params=WINDOW, headers=bearer(keys.reader))
+    latest = LatestSensors.model_validate(response.json())
+    assert [(r.device, r.quantity, r.value, r.ts) for r in latest.readings] == [
+        ("cam-1", "no2", 40.0, T0 + timedelta(minutes=2)),
+        ("cam-1", "pm25", 14.0, T0 + timedelta(minutes=4)),
+        ("cam-3", "pm25", 8.0, T0 + timedelta(minutes=3)),
+    ]
+    site_b = paging_client.get(
+        "/v1/sensors/latest", params={**WINDOW, "site": "site-b"}, headers=bearer(keys.reader)
+    )
+    assert [r["value"] for r in site_b.json()["readings"]] == [8.0]
+
+
+# CSV ----------------------------------------------------------------------------------------------
+
+
+def parse_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.mark.usefixtures("counted")
+@pytest.mark.parametrize("how", ["format", "accept"])
+def test_counts_export_as_csv(client: TestClient, keys: Keys, how: str) -> None:
+    params = {**WINDOW, "bucket": "1h", "device": "cam-1", "line": "north", "direction": "in"}
+    headers = bearer(keys.reader)
+    if how == "format":
+        params["format"] = "csv"
+    else:
+        headers["Accept"] = "text/csv"
+    response = client.get("/v1/counts", params=params, headers=headers)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    assert response.headers["content-disposition"] == 'attachment; filename="counts.csv"'
+    rows = parse_csv(response.text)
+    assert [(r["bucket_start"], r["count"]) for r in rows] == [
+        ("2025-05-01T08:00:00Z", "65"),
+        ("2025-05-01T09:00:00Z", "2"),
+    ]
+    assert list(rows[0]) == ["bucket_start", "device", "site", "line", "cls", "direction", "count"]
+
+
+@pytest.mark.usefixtures("speeds_stored", "sensed", "tied_events")
+@pytest.mark.parametrize(
+    ("path", "columns"),
+    [
+        ("/v1/speeds", {"bucket_start", "p85_kmh"}),
+        ("/v1/events", {"event_id", "ts", "speed_kmh"}),
+        ("/v1/sensors", {"ts", "quantity", "value"}),
+        ("/v1/sensors/latest", {"sensor", "value"}),
+    ],
+)
+def test_every_series_exports_as_csv(client: TestClient, keys: Keys, path: str, columns: set[str]) -> None:
+    response = client.get(path, params={**WINDOW, "format": "csv"}, headers=bearer(keys.reader))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/csv")
+    rows = parse_csv(response.text)
+    assert rows
+    assert columns <= set(rows[0])
+
+
+def test_json_stays_the_default(client: TestClient, keys: Keys) -> None:
+    for accept in ("*/*", "application/json", "text/html,*/*;q=0.8", "text/csv;q=0.5, application/json"):
+        response = client.get("/v1/counts", headers={**bearer(keys.reader), "Accept": accept})
+        assert response.headers["content-type"] == "application/json", accept
+    assert export.wants_csv("text/csv;q=0.9, application/json;q=0.5", None)
+    assert not export.wants_csv("text/csv", "json")
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"),
+        ("-north", "'-north"),
+        ("+1", "'+1"),
+        ("@sum", "'@sum"),
+        ("north", "north"),
+        (-3.5, "-3.5"),
+        (None, ""),
+        (True, "true"),
+        (datetime(2025, 5, 1, 10, 0, tzinfo=UTC), "2025-05-01T10:00:00Z"),
+    ],
+)
+def test_csv_cells_never_run_as_spreadsheet_formulas(value: object, cell: str) -> None:
+    assert export.cell(value) == cell
+
+
+# Rate limits -------------------------------------------------------------------------------------
+
+
+def test_each_api_key_has_a_token_bucket(store: SqliteStore, registry: Registry, keys: Keys) -> None:
+    app = create_app(
+        store=store,
+        registry=registry,
+        metrics_registry=CollectorRegistry(),
+        rate_limit=RateLimit(per_s=0.5, burst=3),
+    )
+    with TestClient(app) as limited:
+        statuses = [limited.get("/v1/devices", headers=bearer(keys.reader)).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        response = limited.get("/v1/fleet", headers=bearer(keys.reader))
+        body = assert_problem(response, 429)
+        assert body["type"] == "/problems/rate-limited"
+        assert int(response.headers["retry-after"]) >= 1
+        # Another key has its own bucket; refusals before authentication take no token.
+        assert limited.get("/v1/devices", headers=bearer(keys.admin)).status_code == 200
+        assert limited.get("/v1/devices").status_code == 401
+
+
+def test_token_buckets_refill_over_time() -> None:
+    now = [0.0]
+    buckets = TokenBuckets(RateLimit(per_s=2.0, burst=2), clock=lambda: now[0])
+    assert [buckets.take("a"), buckets.take("a")] == [0.0, 0.0]
+    assert buckets.take("a") == pytest.approx(0.5)
+    now[0] = 0.5
+    assert buckets.take("a") == 0.0
+    assert buckets.take("b") == 0.0
+    now[0] = 100.0
+    assert [buckets.take("a"), buckets.take("a"), buckets.take("a") > 0] == [0.0, 0.0, True]
+
+
+def test_list_limits_are_enforced(client: TestClient, keys: Keys) -> None:
+    for path, limit in (("/v1/events", "1001"), ("/v1/sensors", "10001"), ("/v1/devices", "10001")):
+        assert_problem(client.get(path, params={"limit": limit}, headers=bearer(keys.reader)), 422)

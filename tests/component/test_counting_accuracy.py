@@ -25,13 +25,17 @@ def test_line_counts_match_ground_truth(seed: int, light: float) -> None:
         frame = scene.step()
         for obj in frame.objects:
             centre = ((obj.box[0] + obj.box[2]) / 2, (obj.box[1] + obj.box[3]) / 2)
-            if obj.track_id in last and (hit := line.check(obj.track_id, obj.cls, 1.0, last[obj.track_id], centre)):
+            if obj.track_id in last and (
+                hit := line.check(obj.track_id, obj.cls, 1.0, last[obj.track_id], centre)
+            ):
                 truth[(obj.cls, hit.direction)] += 1
             last[obj.track_id] = centre
         found = detector.detect([frame.image])[0]
         for track in tracker.update(found.boxes, found.scores, found.class_ids):
             if len(track.history) >= 2 and (
-                hit := line.check(track.track_id, track.cls, track.score, track.history[-2], track.history[-1])
+                hit := line.check(
+                    track.track_id, track.cls, track.score, track.history[-2], track.history[-1]
+                )
             ):
                 counted[(track.cls, hit.direction)] += 1
     total = sum(truth.values())

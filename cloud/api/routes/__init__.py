@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from cloud.api.routes import counts, devices, events, system
+from cloud.api.routes import counts, devices, events, fleet, sensors, speeds, stream, system, webhooks
 
-ROUTERS: tuple[APIRouter, ...] = (devices.router, counts.router, events.router, system.router)
+# The stream router goes before events' so `/v1/events/stream` is never read as something else.
+ROUTERS: tuple[APIRouter, ...] = (
+    devices.router,
+    fleet.router,
+    counts.router,
+    speeds.router,
+    stream.router,
+    events.router,
+    sensors.router,
+    webhooks.router,
+    system.router,
+)

@@ -1,15 +1,42 @@
-"""``/v1/devices``: the fleet as the registry knows it, with liveness and latest health."""
+"""``/v1/devices``: the fleet as the registry knows it, with liveness and latest health; enrollment,
+key rotation and revocation for installers (``write:devices``)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Body, Path, Query, Response
 
 from cloud.api import problems
-from cloud.api.deps import RegistryDep, SettingsDep, StoreDep, TelemetryReader
-from cloud.api.models import Device, DeviceDetail, DeviceList, DeviceName
+from cloud.api.deps import (
+    ApiSettings,
+    DeviceWriter,
+    FleetHooks,
+    HooksDep,
+    RegistryDep,
+    SettingsDep,
+    StoreDep,
+    TelemetryReader,
+    actor,
+)
+from cloud.api.models import (
+    MAX_DEVICES,
+    Device,
+    DeviceDetail,
+    DeviceKeyAdded,
+    DeviceKeysRequest,
+    DeviceList,
+    DeviceName,
+    EnrollRequest,
+)
+from cloud.registry import DeviceRecord, Registry
+from shared.bundle import EnrollmentBundle
+from shared.errors import ConfigError
+from shared.keys import PublicKeys, unb64
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(
     prefix="/v1/devices",
@@ -23,6 +50,7 @@ _DEVICE_EXAMPLE: Final[dict[str, Any]] = {
     "status": "active",
     "enrolled_at": "2025-03-01T09:12:00Z",
     "last_seen_at": "2025-05-01T10:14:58Z",
+    "connection": "online",
     "online": True,
 }
 _HEALTH_EXAMPLE: Final[dict[str, Any]] = {
@@ -37,13 +65,44 @@ _HEALTH_EXAMPLE: Final[dict[str, Any]] = {
     "cpu_percent": 41.0,
     "rss_mb": 612.0,
 }
+_BUNDLE_EXAMPLE: Final[dict[str, Any]] = {
+    "format": 1,
+    "device_id": "cam-0042",
+    "site": "main-st-5th-ave",
+    "broker": {"host": "mqtt.city.example", "port": 8883, "tls_server_name": None},
+    "ca_cert_pem": "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n",
+    "client_cert_pem": "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n",
+    "client_key_pem": "-----BEGIN PRIVATE KEY-----\nMIGH...\n-----END PRIVATE KEY-----\n",
+    "device_keys": {"x25519": "<private key, base64>", "ed25519": "<private key, base64>"},
+    "hub_keys": {"x25519": "<public key, base64>", "ed25519": "<public key, base64>"},
+}
+_NOT_FOUND: Final[dict[int | str, dict[str, Any]]] = {
+    404: {"model": problems.Problem, "description": "No device with this id is enrolled."}
+}
+_NOT_CONFIGURED: Final[dict[int | str, dict[str, Any]]] = {
+    501: {"model": problems.Problem, "description": "This hub process does not offer it (not wired)."}
+}
+
+
+def device_view(record: DeviceRecord, hooks: FleetHooks, settings: ApiSettings, now: datetime) -> Device:
+    """The device as the API shows it, its connection state from the hub when wired."""
+    connection = hooks.device_status(record.device_id) if hooks.device_status is not None else None
+    return Device.from_record(record, now=now, online_after_s=settings.online_after_s, connection=connection)
+
+
+def _enrolled(registry: Registry, device_id: str) -> DeviceRecord:
+    record = registry.get_device(device_id)
+    if record is None:
+        raise problems.not_found("device", device_id)
+    return record
 
 
 @router.get(
     "",
     summary="List devices",
-    description="Every enrolled device, optionally at one site, ordered by id. `online` means the hub "
-    "heard from the device within its online threshold.",
+    description="Enrolled devices, optionally at one site, ordered by id, at most `limit` (page on with "
+    "`after`). `online` comes from the device's retained status and last will when the hub has it, "
+    "else from whether the hub heard from the device within its online threshold.",
     response_model=DeviceList,
     responses={200: {"content": {"application/json": {"example": {"devices": [_DEVICE_EXAMPLE]}}}}},
 )
@@ -51,12 +110,16 @@ def list_devices(
     _client: TelemetryReader,
     registry: RegistryDep,
     settings: SettingsDep,
+    hooks: HooksDep,
     site: Annotated[DeviceName | None, Query(description="Only devices at this site.")] = None,
+    after: Annotated[DeviceName | None, Query(description="Only devices with an id after this one.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_DEVICES, description="At most this many devices.")] = 1000,
 ) -> DeviceList:
     now = datetime.now(UTC)
-    records = registry.list_devices(site)
+    records = [r for r in registry.list_devices(site) if after is None or r.device_id > after]
     return DeviceList(
-        devices=[Device.from_record(r, now=now, online_after_s=settings.online_after_s) for r in records]
+        devices=[device_view(r, hooks, settings, now) for r in records[:limit]],
+        truncated=len(records) > limit,
     )
 
 
@@ -67,7 +130,7 @@ def list_devices(
     response_model=DeviceDetail,
     responses={
         200: {"content": {"application/json": {"example": {**_DEVICE_EXAMPLE, "health": _HEALTH_EXAMPLE}}}},
-        404: {"model": problems.Problem, "description": "No device with this id is enrolled."},
+        **_NOT_FOUND,
         **problems.STORE_RESPONSES,
     },
 )
@@ -76,10 +139,128 @@ def get_device(
     registry: RegistryDep,
     store: StoreDep,
     settings: SettingsDep,
+    hooks: HooksDep,
     device_id: Annotated[DeviceName, Path(description="The device id.")],
 ) -> DeviceDetail:
-    record = registry.get_device(device_id)
-    if record is None:
-        raise problems.not_found("device", device_id)
-    device = Device.from_record(record, now=datetime.now(UTC), online_after_s=settings.online_after_s)
+    device = device_view(_enrolled(registry, device_id), hooks, settings, datetime.now(UTC))
     return DeviceDetail(**device.model_dump(), health=store.latest_health(device_id))
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Enroll a device",
+    description="Register a device, issue its client certificate and envelope keys, and add it to the "
+    "broker ACL. The answer is the enrollment bundle for `roadside agent install --bundle FILE`: it "
+    "holds the device's private keys, is shown **once** and is never cached (`Cache-Control: no-store`). "
+    "Carry it to the device over a trusted channel.",
+    response_model=EnrollmentBundle,
+    responses={
+        201: {
+            "description": "The enrollment bundle.",
+            "content": {"application/json": {"example": _BUNDLE_EXAMPLE}},
+            "headers": {
+                "Location": {"description": "The new device.", "schema": {"type": "string"}},
+                "Cache-Control": {"description": "`no-store`", "schema": {"type": "string"}},
+            },
+        },
+        **problems.BODY_RESPONSES,
+        409: {"model": problems.Problem, "description": "A device with this id is already enrolled."},
+        **_NOT_CONFIGURED,
+    },
+)
+def enroll_device(
+    client: DeviceWriter,
+    registry: RegistryDep,
+    hooks: HooksDep,
+    request: Annotated[EnrollRequest, Body()],
+    response: Response,
+) -> EnrollmentBundle:
+    if hooks.enroll is None:
+        raise problems.not_configured("Enrollment through the API is not enabled on this hub.")
+    conflict = problems.conflict(
+        f"Device {request.device_id!r} is already enrolled; revoke it or pick another id."
+    )
+    if registry.get_device(request.device_id) is not None:
+        raise conflict
+    try:
+        bundle = EnrollmentBundle.model_validate(
+            hooks.enroll(request.device_id, request.site, actor=actor(client))
+        )
+    except ConfigError as exc:
+        if registry.get_device(request.device_id) is not None:  # enrolled meanwhile, elsewhere
+            raise conflict from exc
+        raise
+    logger.info(
+        "device %s enrolled at site %s by API client %s", request.device_id, request.site, client.name
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Location"] = f"{router.prefix}/{request.device_id}"
+    return bundle
+
+
+@router.post(
+    "/{device_id}/revoke",
+    summary="Revoke a device",
+    description="Refuse the device from now on: its keys are deactivated, the hub drops its messages at "
+    "once and the broker ACL is regenerated without it. Revoking a revoked device changes nothing. "
+    "There is no un-revoke: enroll the box again under a new id.",
+    response_model=Device,
+    responses={
+        200: {"content": {"application/json": {"example": {**_DEVICE_EXAMPLE, "status": "revoked"}}}},
+        **_NOT_FOUND,
+        **_NOT_CONFIGURED,
+    },
+)
+def revoke_device(
+    client: DeviceWriter,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    hooks: HooksDep,
+    device_id: Annotated[DeviceName, Path(description="The device id.")],
+) -> Device:
+    if hooks.revoke is None:
+        raise problems.not_configured("Revocation through the API is not enabled on this hub.")
+    record = _enrolled(registry, device_id)
+    if record.status == "active":
+        hooks.revoke(device_id, actor=actor(client))
+        logger.info("device %s revoked by API client %s", device_id, client.name)
+    return device_view(_enrolled(registry, device_id), hooks, settings, datetime.now(UTC))
+
+
+@router.post(
+    "/{device_id}/keys",
+    status_code=201,
+    summary="Add envelope keys (rotation)",
+    description="Register new envelope public keys that the device made, beside its current ones. The "
+    "hub accepts messages sealed with either from now on, so the device switches to the new key "
+    "without downtime.",
+    response_model=DeviceKeyAdded,
+    responses={
+        201: {
+            "content": {
+                "application/json": {
+                    "example": {"device_id": "cam-0042", "kid": "5f0c2a9e1b7d4c3a", "active_keys": 2}
+                }
+            }
+        },
+        **_NOT_FOUND,
+        **problems.BODY_RESPONSES,
+        409: {"model": problems.Problem, "description": "The device is revoked, or already has this key."},
+    },
+)
+def add_device_keys(
+    client: DeviceWriter,
+    registry: RegistryDep,
+    device_id: Annotated[DeviceName, Path(description="The device id.")],
+    request: Annotated[DeviceKeysRequest, Body()],
+) -> DeviceKeyAdded:
+    if _enrolled(registry, device_id).status != "active":
+        raise problems.conflict(f"Device {device_id!r} is revoked; enroll it again under a new id.")
+    keys = PublicKeys(unb64(request.x25519), unb64(request.ed25519))
+    current = registry.active_keys(device_id)
+    if any(k.kid == keys.kid for k in current):
+        raise problems.conflict(f"Device {device_id!r} already has key {keys.kid}.")
+    registry.add_key(device_id, keys, actor=actor(client))
+    logger.info("device %s: key %s added by API client %s", device_id, keys.kid, client.name)
+    return DeviceKeyAdded(device_id=device_id, kid=keys.kid, active_keys=len(current) + 1)
