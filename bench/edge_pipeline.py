@@ -74,6 +74,31 @@ def rss_mb() -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system) of each live Python thread, by thread name, and the whole process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = defaultdict(float)
+    for thread in threading.enumerate():
+        try:
+            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        # Several readers share a name pattern: group them ("source-cam0" → "source").
+        out[thread.name.split("-")[0]] += (int(fields[11]) + int(fields[12])) / tick
+    times = os.times()
+    out["process"] = times.user + times.system
+    return out
+
+
+def cpu_ms_per_frame(before: dict[str, float], after: dict[str, float], frames: int) -> dict[str, float]:
+    """Where the CPU went, per processed frame; ``other`` is threads not named here (onnxruntime's, paho's)."""
+    named = {k: 1000.0 * (after.get(k, 0.0) - before.get(k, 0.0)) / max(1, frames) for k in after}
+    total = named.pop("process")
+    named["other"] = max(0.0, total - sum(named.values()))
+    return {"total": round(total, 3), **{k: round(v, 3) for k, v in sorted(named.items()) if v > 0.0}}
+
+
 class StageClock:
     """perf_counter totals per stage, from wrappers set on live objects; off until :meth:`start`."""
 
@@ -127,11 +152,12 @@ def phase_bare(spec: dict[str, Any]) -> dict[str, Any]:
     raw = session.session
     for _ in range(3):
         raw.run(None, feed)
-    runs, started = 0, time.perf_counter()
+    runs, started, cpu0 = 0, time.perf_counter(), thread_cpu_s()
     while (elapsed := time.perf_counter() - started) < spec["seconds"] or runs < 5:
         raw.run(None, feed)
         runs += 1
-    return {"bare_ort_fps": runs * spec["batch"] / elapsed, "bare_runs": runs}
+    cpu = cpu_ms_per_frame(cpu0, thread_cpu_s(), runs * spec["batch"])
+    return {"bare_ort_fps": runs * spec["batch"] / elapsed, "bare_runs": runs, "bare_cpu_ms": cpu["total"]}
 
 
 def phase_naive(spec: dict[str, Any]) -> dict[str, Any]:
@@ -169,13 +195,19 @@ def phase_naive(spec: dict[str, Any]) -> dict[str, Any]:
 
     for i in range(2 * len(scenes)):  # warm-up
         one(i)
-    frames, started = 0, time.perf_counter()
+    frames, started, cpu0 = 0, time.perf_counter(), thread_cpu_s()
     while (elapsed := time.perf_counter() - started) < spec["seconds"] or frames < 5:
         one(frames)
         frames += 1
+    cpu = cpu_ms_per_frame(cpu0, thread_cpu_s(), frames)
     current, _peak = rss_mb()
     close()
-    return {"naive_fps": frames / elapsed, "naive_rss_mb": current, "naive_sink": sink}
+    return {
+        "naive_fps": frames / elapsed,
+        "naive_rss_mb": current,
+        "naive_sink": sink,
+        "naive_cpu_ms": cpu["total"],
+    }
 
 
 def _naive_sink(spec: dict[str, Any]) -> tuple[Callable[[bytes], None], Callable[[], None], str]:
@@ -220,6 +252,7 @@ def phase_agent(spec: dict[str, Any]) -> dict[str, Any]:
             for i in range(spec["streams"])
         ],
         model={
+            "max_batch": spec["max_batch"],
             "path": spec["model"],
             "intra_op_threads": spec["threads"],
             "conf_threshold": CONF,
@@ -237,11 +270,12 @@ def phase_agent(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         time.sleep(spec["warmup"])
         _instrument_trackers(agent, clock)
-        dropped0, frames0 = agent.frames.dropped, _processed(agent)
+        dropped0, frames0, cpu0 = agent.frames.dropped, _processed(agent), thread_cpu_s()
         clock.enabled, started = True, time.perf_counter()
         time.sleep(spec["seconds"])
         clock.enabled, elapsed = False, time.perf_counter() - started
         frames, dropped = _processed(agent) - frames0, agent.frames.dropped - dropped0
+        cpu = cpu_ms_per_frame(cpu0, thread_cpu_s(), frames)
         current, peak = rss_mb()
     finally:
         agent.stop(drain_s=2.0)
@@ -250,6 +284,7 @@ def phase_agent(spec: dict[str, Any]) -> dict[str, Any]:
         "agent_rss_mb": current,
         "agent_rss_peak_mb": peak,
         "stage_ms": _stage_ms(clock, frames),
+        "cpu_ms": cpu,
         "pipeline_busy_pct": 100.0 * clock.total["pipeline"] / elapsed,
         "mean_batch": clock.items["inference"] / max(1, clock.calls["inference"]),
         "dropped_frames": dropped,
@@ -363,16 +398,21 @@ def _model_path(arg: str | None) -> Path:
     return path
 
 
-def _describe(path: Path, threads: int, streams: int) -> dict[str, Any]:
+def _describe(path: Path, threads: int, streams: int, max_batch: int | None) -> dict[str, Any]:
+    from edge.inference.batching import BatchPolicy
     from edge.inference.engine import OnnxDetector
+    from edge.settings import ModelConfig
 
     detector = OnnxDetector(path, ["CPUExecutionProvider"], CONF, IOU, intra_op_threads=threads)
+    provider = detector.info.active_provider
+    policy = BatchPolicy.for_streams(streams, max_batch, ModelConfig().max_wait_ms, provider)
     return {
         "input": list(detector.info.input_size),
         "classes": detector.num_classes,
-        "batch": streams,
+        "batch": policy.max_batch,  # what the agent's batcher will form, so bare runs the same
+        "max_batch": max_batch,
         "model_version": detector.info.version,
-        "provider": detector.info.active_provider,
+        "provider": provider,
     }
 
 
@@ -434,7 +474,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "queue": args.queue,
         "workdir": str(workdir),
-        **_describe(model, args.threads, args.streams),
+        **_describe(model, args.threads, args.streams, args.max_batch),
     }
     rounds: dict[str, list[dict[str, Any]]] = defaultdict(list)
     with _Loop(workdir) as loop:
@@ -470,6 +510,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "agent_rss_peak_mb": round(agent["agent_rss_peak_mb"], 1),
         "naive_rss_mb": round(naive["naive_rss_mb"], 1),
         "stage_ms": agent["stage_ms"],
+        "cpu_ms_per_frame": {
+            "agent": agent["cpu_ms"],
+            "bare_ort": _median_round(rounds["bare"], "bare_ort_fps")["bare_cpu_ms"],
+            "naive": naive["naive_cpu_ms"],
+        },
         "bare_ort_ms_per_frame": round(1000.0 / bare, 3),
         "pipeline_busy_pct": round(agent["pipeline_busy_pct"], 1),
         "mean_batch": round(agent["mean_batch"], 2),
@@ -493,6 +538,9 @@ def main(argv: Iterator[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per phase and round")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads, all phases")
+    parser.add_argument(
+        "--max-batch", type=int, default=None, help="the agent's model.max_batch (default: its own policy)"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="repeat bare/agent/naive; medians reported")
     parser.add_argument("--queue", choices=["block", "drop_oldest"], default="block")
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)

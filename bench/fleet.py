@@ -19,7 +19,8 @@ from shared import topics
 from shared.bundle import BrokerAddress, EnrollmentBundle
 from shared.envelope import DeviceSealer
 
-EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+# Recent enough to sit inside any store's raw retention (a message index is a minute after it).
+EPOCH = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
 
 
 def counts_body(device_index: int, message_index: int, records: int) -> bytes:

@@ -367,7 +367,9 @@ class Agent:
 
     def _pipeline(self) -> None:
         model = self.settings.model
-        policy = BatchPolicy.for_streams(len(self.sources), model.max_batch, model.max_wait_ms)
+        policy = BatchPolicy.for_streams(
+            len(self.sources), model.max_batch, model.max_wait_ms, self.detector.info.active_provider
+        )
         batcher: DynamicBatcher[Frame] = DynamicBatcher(self.frames, policy)
         while True:
             batch = batcher.next_batch(timeout_s=0.1)

@@ -9,7 +9,8 @@ it with uvicorn::
     app = create_app(
         store=store, registry=registry, metrics_registry=metrics,
         live=feed, webhooks=webhook_store,
-        enroll=hub.enroll, revoke=hub.revoke, device_status=hub.ingest.status.get,
+        enroll=hub.enroll, revoke=hub.revoke,  # each takes ``actor=`` for the audit log
+        device_status=hub.ingest.status.get,
     )
     uvicorn.run(app, host="0.0.0.0", port=8080)
 """

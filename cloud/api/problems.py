@@ -185,6 +185,8 @@ def invalid_params(errors: Any) -> list[InvalidParam]:
         loc = [str(part) for part in error.get("loc", ())]
         where = cast(ParamLocation, loc[0] if loc and loc[0] in _LOCATIONS else "query")
         name = ".".join(loc[1:]) if len(loc) > 1 else where
+        if error.get("type") == "json_invalid":  # its loc is a character position, not a field
+            name = "body"
         reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         params.append(InvalidParam(name=name, location=where, reason=reason))
     return params

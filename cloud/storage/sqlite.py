@@ -828,6 +828,10 @@ def _count_rows(db: sqlite3.Connection, query: CountQuery, params: dict[str, Any
     parts = dict.fromkeys(("raw", "minute", "hour"), (0, 0))
     for span in plan_spans(query.start, query.end, coverage):
         parts[span.tier] = (to_epoch_us(span.start), to_epoch_us(span.end))
+    # Raw rows older than the raw tier exist only when they arrived late and the job has not
+    # rolled them up yet (rolled rows are deleted in the same transaction): read raw over the
+    # whole window, or late data would be invisible until the next retention run.
+    parts["raw"] = (to_epoch_us(query.start), to_epoch_us(query.end))
     for tier, (start, end) in parts.items():
         params[f"{tier}_start"], params[f"{tier}_end"] = start, end
     return db.execute(_TIERED_COUNT_BUCKETS, params).fetchall()

@@ -802,7 +802,9 @@ def test_enrolling_an_enrolled_id_is_a_409_and_bad_bodies_are_422(client: TestCl
         {"device_id": "a", "site": "b", "x": 1},
     ):
         assert_problem(client.post("/v1/devices", json=bad, headers=token), 422)
-    assert_problem(client.post("/v1/devices", content=b"{not json", headers=token), 400)
+    not_json = {**token, "Content-Type": "application/json"}
+    body = assert_problem(client.post("/v1/devices", content=b"{not json", headers=not_json), 422)
+    assert body["invalid_params"] == [{"name": "body", "in": "body", "reason": "JSON decode error"}]
 
 
 def test_revoking_refuses_the_device_regenerates_the_acl_and_audits(

@@ -9,8 +9,10 @@ from edge.analytics.bytetrack import ByteTracker
 from edge.analytics.tracker import Track, Tracker
 from edge.inference.yolo import Detections
 
+Det = tuple[float, float, float, float, float, int]
 
-def dets(*objects: tuple[float, float, float, float, float, int]) -> Detections:
+
+def dets(*objects: Det) -> Detections:
     """Detections from (x1, y1, x2, y2, score, class) tuples."""
     if not objects:
         return Detections.empty()
@@ -22,7 +24,7 @@ def dets(*objects: tuple[float, float, float, float, float, int]) -> Detections:
     )
 
 
-def car_at(x: float, score: float = 0.9, cls: int = 0, y: float = 100.0) -> tuple[float, ...]:
+def car_at(x: float, score: float = 0.9, cls: int = 0, y: float = 100.0) -> Det:
     return (x, y, x + 60.0, y + 30.0, score, cls)
 
 

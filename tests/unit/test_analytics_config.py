@@ -42,7 +42,15 @@ def test_unknown_keys_and_repeated_names_are_refused() -> None:
         {"lanes": [{"id": 0, "polygon": [[0, 0], [1, 1]]}]},  # two points are not a polygon
         {"lanes": [{"id": 0, "polygon": SQUARE, "direction": [0, 0]}]},
         {"zones": [{"name": "z", "kind": "parking", "polygon": SQUARE}]},
-        {"speed_traps": [{"line_a": {"start": [0, 0], "end": [0, 9]}, "line_b": {"start": [9, 0], "end": [9, 9]}, "distance_m": 0}]},
+        {
+            "speed_traps": [
+                {
+                    "line_a": {"start": [0, 0], "end": [0, 9]},
+                    "line_b": {"start": [9, 0], "end": [9, 9]},
+                    "distance_m": 0,
+                }
+            ]
+        },
         {"tracker": {"high_score": 0.2, "low_score": 0.3}},
         {"events": {"wrong_way_angle_deg": 45}},
     ],
@@ -75,7 +83,7 @@ def test_resolution_for_a_camera() -> None:
     assert resolve_stream_config(own, shorthand).lines == own.lines
     default = resolve_stream_config(AnalyticsConfig(), (), None, (640, 480))
     assert [(ln.name, ln.start, ln.end) for ln in default.lines] == [("line0", (320.0, 0.0), (320.0, 480.0))]
-    assert default.lanes == default.zones == default.speed_traps == []
+    assert (default.lanes, default.zones, default.speed_traps) == ([], [], [])
 
 
 def test_resolution_for_a_synthetic_scene_fills_only_what_is_empty() -> None:

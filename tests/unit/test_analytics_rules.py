@@ -26,7 +26,9 @@ def car(ts: float, x: float, vx: float | None, track_id: int = 1, **kw: object) 
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-def run(rule: WrongWayRule | StoppedVehicleRule | PedestrianInRoadwayRule, sightings: list[Sighting]) -> list[float]:
+def run(
+    rule: WrongWayRule | StoppedVehicleRule | PedestrianInRoadwayRule, sightings: list[Sighting]
+) -> list[float]:
     return [s.ts for s in sightings if rule.check(s)]
 
 
@@ -48,7 +50,10 @@ def test_wrong_way_ignores_legal_traffic_jitter_crossing_and_pedestrians() -> No
     jitter = [car(0.1 * k, 300, -5.0, track_id=2) for k in range(10)]  # < 0.5 box heights/s
     across = [car(0.1 * k, 300, None, track_id=3, velocity=(-10.0, 150.0)) for k in range(10)]
     walker = [car(0.1 * k, 300, -150.0, track_id=4, cls="pedestrian") for k in range(10)]
-    no_direction = [car(0.1 * k, 300, -150.0, track_id=5, lane=EAST.model_copy(update={"direction": None})) for k in range(10)]
+    no_direction = [
+        car(0.1 * k, 300, -150.0, track_id=5, lane=EAST.model_copy(update={"direction": None}))
+        for k in range(10)
+    ]
     for frames in (legal, jitter, across, walker, no_direction):
         assert run(rule, frames) == []
 

@@ -80,7 +80,11 @@ def make(config: AnalyticsConfig = CONFIG, interval_s: int = 60) -> tuple[Stream
 
 
 def play(
-    analytics: StreamAnalytics, tracker: ScriptedTracker, frames: list[list[tuple[int, int, Box]]], dt: float = 0.1, t0: float = T0
+    analytics: StreamAnalytics,
+    tracker: ScriptedTracker,
+    frames: list[list[tuple[int, int, Box]]],
+    dt: float = 0.1,
+    t0: float = T0,
 ) -> list[AnalyticsOutput]:
     outputs = []
     for k, objects in enumerate(frames):
@@ -93,7 +97,9 @@ def events(outputs: list[AnalyticsOutput], kind: str | None = None) -> list[Anal
     return [e for o in outputs for e in o.events if kind is None or e.type == kind]
 
 
-def drive(track_id: int, lane: int, x0: float, vx: float, frames: int, dt: float = 0.1) -> list[tuple[int, int, Box]]:
+def drive(
+    track_id: int, lane: int, x0: float, vx: float, frames: int, dt: float = 0.1
+) -> list[tuple[int, int, Box]]:
     return [(track_id, CAR, car_box(x0 + vx * dt * k, lane)) for k in range(frames)]
 
 
@@ -152,7 +158,12 @@ def test_line_crossings_carry_the_zone_speed_until_the_trap_has_timed_the_car() 
 
 def test_a_trap_result_above_max_kmh_is_an_id_switch_and_dropped() -> None:
     analytics, tracker = make()
-    jump = [[(1, CAR, car_box(140, 1))], [(1, CAR, car_box(160, 1))], [(1, CAR, car_box(340, 1))], [(1, CAR, car_box(360, 1))]]
+    jump = [
+        [(1, CAR, car_box(140, 1))],
+        [(1, CAR, car_box(160, 1))],
+        [(1, CAR, car_box(340, 1))],
+        [(1, CAR, car_box(360, 1))],
+    ]
     outputs = play(analytics, tracker, jump, dt=0.01)  # 200 px in 10 ms: 7200 km/h
     assert [m for o in outputs for m in o.speeds] == []
 
@@ -178,7 +189,9 @@ def test_zone_occupancy_dwell_and_visits() -> None:
 
 def test_wrong_way_event_names_its_lane_and_fires_once() -> None:
     analytics, tracker = make()
-    outputs = play(analytics, tracker, [[f] for f in drive(5, 1, 380, -150, 25)])  # west in the eastbound lane
+    outputs = play(
+        analytics, tracker, [[f] for f in drive(5, 1, 380, -150, 25)]
+    )  # west in the eastbound lane
     (event,) = events(outputs, "wrong_way")
     assert (event.track_id, event.lane, event.cls) == (5, 1, "car")
     assert event.speed_kmh == pytest.approx(54.0, rel=0.01)
@@ -191,7 +204,11 @@ def test_stopped_vehicle_and_pedestrian_in_roadway() -> None:
     jaywalker = [(2, PEDESTRIAN, walker_box(250, 60 + 2 * k)) for k in range(40)]
     crossing = [(3, PEDESTRIAN, walker_box(120, 60 + 2 * k)) for k in range(40)]
     outputs = play(analytics, tracker, [list(f) for f in zip(stopped, jaywalker, crossing, strict=True)])
-    found = sorted((e.type, e.track_id, e.zone, round(e.ts - T0, 1)) for e in events(outputs) if e.type != "line_crossing")
+    found = sorted(
+        (e.type, e.track_id, e.zone, round(e.ts - T0, 1))
+        for e in events(outputs)
+        if e.type != "line_crossing"
+    )
     assert found == [("pedestrian_in_roadway", 2, "road", 1.0), ("stopped_vehicle", 1, "road", 2.0)]
 
 
@@ -208,7 +225,15 @@ def test_intervals_close_on_wall_clock_boundaries() -> None:
 
 
 def test_events_become_wire_events() -> None:
-    event = AnalyticsEvent(ts=T0, type="wrong_way", track_id=3, cls="car", confidence=1.2, lane=1, speed_kmh=512.0)
+    event = AnalyticsEvent(
+        ts=T0, type="wrong_way", track_id=3, cls="car", confidence=1.2, lane=1, speed_kmh=512.0
+    )
     wire = event.to_detection_event("cam0", "v1", uuid.UUID(int=1))
-    assert (wire.type, wire.stream, wire.track_id, wire.confidence, wire.speed_kmh) == ("wrong_way", "cam0", 3, 1.0, None)
+    assert (wire.type, wire.stream, wire.track_id, wire.confidence, wire.speed_kmh) == (
+        "wrong_way",
+        "cam0",
+        3,
+        1.0,
+        None,
+    )
     assert wire.ts == datetime.fromtimestamp(T0, UTC)
