@@ -344,6 +344,13 @@ class _Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class _Outcome:
+    status: int | None  # None: no HTTP answer
+    error: str | None
+    retry_after: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class DispatcherStats:
     queued: int
     delivered: int
@@ -497,8 +504,32 @@ class WebhookDispatcher:
             return None
 
     def _attempt(self, client: httpx.Client, delivery: _Delivery) -> None:
+        """One signed POST; then delivered, given up, or scheduled again."""
         delivery.attempts += 1
-        timestamp = int(self._wall_clock())
+        outcome = self._post(client, delivery)
+        ok = outcome.status is not None and 200 <= outcome.status < 300
+        self._record(delivery, ok=ok, status=outcome.status, error=outcome.error)
+        if ok:
+            return
+        if not is_retryable(outcome.status) or delivery.attempts >= self.max_attempts:
+            with self._cond:
+                self._gave_up += 1
+            log.warning(
+                "webhook %s: gave up delivery %s after %s attempts (last status %s, error %s)",
+                delivery.webhook_id, delivery.delivery_id, delivery.attempts, outcome.status, outcome.error,
+            )  # fmt: skip
+            return
+        delay = max(delivery.backoff.next_delay(), retry_after_s(outcome.retry_after, self._backoff[1]))
+        log.info(
+            "webhook %s: delivery %s attempt %s failed (status %s, error %s); retrying in %.1f s",
+            delivery.webhook_id, delivery.delivery_id, delivery.attempts, outcome.status, outcome.error, delay,
+        )  # fmt: skip
+        with self._cond:
+            if not self._stopping:
+                self._schedule(delivery, self._clock() + delay)
+
+    def _post(self, client: httpx.Client, delivery: _Delivery) -> _Outcome:
+        timestamp = int(self._wall_clock())  # signed afresh each attempt: receivers check its age
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "roadside-hub",
@@ -507,43 +538,11 @@ class WebhookDispatcher:
             DELIVERY_HEADER: delivery.delivery_id,
             WEBHOOK_HEADER: delivery.webhook_id,
         }
-        status: int | None = None
-        error: str | None = None
-        retry_after: str | None = None
         try:
             response = client.post(delivery.url, content=delivery.body, headers=headers)
-            status, retry_after = response.status_code, response.headers.get("retry-after")
-        except httpx.HTTPError as exc:
-            error = type(exc).__name__
-        ok = status is not None and 200 <= status < 300
-        self._record(delivery, ok=ok, status=status, error=error)
-        if ok:
-            return
-        if not is_retryable(status) or delivery.attempts >= self.max_attempts:
-            with self._cond:
-                self._gave_up += 1
-            log.warning(
-                "webhook %s: gave up delivery %s after %s attempts (last status %s, error %s)",
-                delivery.webhook_id,
-                delivery.delivery_id,
-                delivery.attempts,
-                status,
-                error,
-            )
-            return
-        delay = max(delivery.backoff.next_delay(), retry_after_s(retry_after, self._backoff[1]))
-        log.info(
-            "webhook %s: delivery %s attempt %s failed (status %s, error %s); retrying in %.1f s",
-            delivery.webhook_id,
-            delivery.delivery_id,
-            delivery.attempts,
-            status,
-            error,
-            delay,
-        )
-        with self._cond:
-            if not self._stopping:
-                self._schedule(delivery, self._clock() + delay)
+        except httpx.HTTPError as exc:  # no answer: refused, timed out, reset
+            return _Outcome(None, type(exc).__name__, None)
+        return _Outcome(response.status_code, None, response.headers.get("retry-after"))
 
     def _record(self, delivery: _Delivery, *, ok: bool, status: int | None, error: str | None) -> None:
         if ok:

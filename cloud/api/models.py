@@ -186,7 +186,10 @@ Cursor = Annotated[
         {
             "type": "string",
             "maxLength": cursor.MAX_LENGTH,
-            "examples": ["WzEsMTc0NjA4NzQ2MjEyMDAwMCwiMGI2ZjFjMWUiLDAsMSxudWxsLG51bGwsbnVsbF0"],
+            "examples": [
+                "WzEsMTc0NjA4NzQ2MjEyMDAwMCwiMGI2ZjFjMWUtMmYwYS00ZDQzLTlkMzgtNWIwYzNmM2Y4"
+                "YTUxIiwxNzQ2MDg2NDAwMDAwMDAwLDE3NDYwOTAwMDAwMDAwMDAsbnVsbCxudWxsLG51bGxd"
+            ],
             "description": "`next_cursor` from the previous page.",
         }
     ),

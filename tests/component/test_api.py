@@ -20,6 +20,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, Counter
+from pydantic import TypeAdapter
 
 from cloud.api import export
 from cloud.api.app import create_app
@@ -1260,3 +1261,24 @@ def test_token_buckets_refill_over_time() -> None:
 def test_list_limits_are_enforced(client: TestClient, keys: Keys) -> None:
     for path, limit in (("/v1/events", "1001"), ("/v1/sensors", "10001"), ("/v1/devices", "10001")):
         assert_problem(client.get(path, params={"limit": limit}, headers=bearer(keys.reader)), 422)
+
+
+def test_documented_examples_are_valid_answers_and_bodies() -> None:
+    from fastapi.routing import APIRoute
+
+    from cloud.api.routes import ROUTERS
+
+    checked = 0
+    for route in (route for router in ROUTERS for route in router.routes):
+        if not isinstance(route, APIRoute) or route.response_model is None:
+            continue
+        status = route.status_code or 200
+        example = route.responses[status]["content"]["application/json"]["example"]
+        TypeAdapter(route.response_model).validate_python(example)
+        checked += 1
+        body = route.body_field
+        if body is not None:
+            model = body.field_info.annotation
+            for body_example in model.model_config["json_schema_extra"]["examples"]:  # type: ignore[union-attr]
+                model.model_validate(body_example)  # type: ignore[union-attr]
+    assert checked >= 14

@@ -37,7 +37,10 @@ _EXAMPLE: Final[dict[str, Any]] = {
     "to": "2025-05-01T09:00:00Z",
     "limit": 1,
     "truncated": True,
-    "next_cursor": "WzEsMTc0NjA4NzQ2MjEyMDAwMCwiMGI2ZjFjMWUiLDAsMSxudWxsLG51bGwsbnVsbF0",
+    "next_cursor": (
+        "WzEsMTc0NjA4NzQ2MjEyMDAwMCwiMGI2ZjFjMWUtMmYwYS00ZDQzLTlkMzgtNWIwYzNmM2Y4"
+        "YTUxIiwxNzQ2MDg2NDAwMDAwMDAwLDE3NDYwOTAwMDAwMDAwMDAsbnVsbCxudWxsLG51bGxd"
+    ),
     "events": [EVENT_EXAMPLE],
 }
 _CSV_EXAMPLE: Final = (
