@@ -11,8 +11,9 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from cloud.api.app import create_app
+from cloud.commands import CommandSender
 from cloud.home import HubHome, enroll_device, reload_broker, write_acl
-from cloud.ingest.core import IngestCore
+from cloud.ingest.core import Accepted, IngestCore
 from cloud.ingest.deadletter import DeadLetterStore
 from cloud.ingest.metrics import IngestMetrics
 from cloud.ingest.service import BrokerClientConfig, IngestService
@@ -93,7 +94,9 @@ class Hub:
             self.registry.mark_seen,
             batch_size=settings.batch_size,
             max_wait_s=settings.batch_wait_s,
+            on_stored=self._on_stored,
         )
+        self.commands = CommandSender(self.home.hub_keys(), self.registry, self.ingest)
         self.app = create_app(
             store=self.store,
             registry=self.registry,
@@ -152,6 +155,14 @@ class Hub:
         bundle, _ = enroll_device(self.home, self.registry, device_id, site, address)
         reload_broker(self.home)
         return bundle.model_dump()
+
+    def _on_stored(self, accepted: list[Accepted]) -> None:
+        """After a durable write: track which key each device seals with, and settle command acks."""
+        for result in accepted:
+            header = result.header
+            self.commands.note_key(header.device_id, header.kid)
+            if result.ack is not None:
+                self.commands.on_ack(header.device_id, result.ack, kid=header.kid)
 
     def _forget(self, device_id: str) -> None:
         self.opener.forget(device_id)

@@ -72,6 +72,7 @@ class IngestService:
         batch_size: int = 500,
         max_wait_s: float = 0.1,
         queue_size: int = 20_000,
+        on_stored: Callable[[list[Accepted]], None] | None = None,
     ) -> None:
         self.broker = broker
         self.core = core
@@ -79,6 +80,8 @@ class IngestService:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.mark_seen = mark_seen
+        # Called on the writer thread with what was just stored durably (acks, live feeds).
+        self.on_stored = on_stored
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
         self.queue: BoundedQueue[_Delivery] = BoundedQueue(queue_size, Overflow.BLOCK)
@@ -131,6 +134,10 @@ class IngestService:
     def wait_connected(self, timeout: float) -> bool:
         """True once connected and subscribed (messages published from then on reach us)."""
         return self._connected.wait(timeout) and self._subscribed.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> mqtt.MQTTMessageInfo:
+        """Publish on the hub's own connection (commands to devices)."""
+        return self._client.publish(topic, payload, qos=qos)
 
     def stop(self) -> None:
         """Write and acknowledge what is queued, then disconnect. Messages arriving
@@ -221,11 +228,13 @@ class IngestService:
         results = [stored.get(id(r), r) if isinstance(r, Accepted) else r for r in results]
         seen: dict[str, datetime] = {}
         accepted = 0
+        stored_now: list[Accepted] = []
         for delivery, outcome in zip(deliveries, results, strict=True):
             if isinstance(outcome, Rejection):
                 self._reject(delivery, outcome)
                 continue
             accepted += 1
+            stored_now.append(outcome)
             self.core.opener.commit(outcome.header)
             sealed_at = outcome.header.ts_ms / 1000
             self.metrics.lag_seconds.observe(max(0.0, time.time() - sealed_at))
@@ -233,6 +242,11 @@ class IngestService:
             self._count_records(outcome)
         if seen:
             self.mark_seen(sorted(seen.items()))
+        if self.on_stored is not None and stored_now:
+            try:
+                self.on_stored(stored_now)
+            except Exception:
+                log.exception("a stored-message listener failed; ingest goes on")
         self.stored_messages += accepted
         self.metrics.messages.labels("accepted").inc(accepted)
         for delivery in deliveries:

@@ -162,7 +162,9 @@ class OnnxSession:
             # session exists: read them from a bare CPU session (fast: no graph optimisation).
             input_name, input_dims = self._probe(path, input_size)
             if settings.trt_cache_path is not None:
-                self._make_cache_dir(settings.trt_cache_path)
+                cache = engine_cache_dir(settings, path)
+                self._make_cache_dir(cache)
+                settings = dataclasses.replace(settings, trt_cache_path=cache)
         plan = plan_providers(wanted, available, settings, input_name, input_dims)
         if plan.missing:
             log.warning(
@@ -441,6 +443,18 @@ class OnnxDetector:
         return self.postprocess(self.infer(prepared.tensor), prepared.infos)
 
 
+def engine_cache_dir(settings: ProviderSettings, model: Path) -> Path:
+    """Where TensorRT keeps this model's engines: one directory per model content and build settings.
+
+    onnxruntime names cached engines after the graph, not the weights, so an
+    update delivered to the same path could pick up the old model's engine;
+    keying the directory by the file's hash makes a new model build its own.
+    """
+    assert settings.trt_cache_path is not None
+    precision = "fp16" if settings.trt_fp16 else "fp32"
+    return settings.trt_cache_path / f"{file_version(model)}-{precision}-b{settings.max_batch}"
+
+
 def provider_settings(config: ModelConfig, streams: int = 1) -> ProviderSettings:
     """The provider options a :class:`~edge.settings.ModelConfig` asks for."""
     return ProviderSettings(
@@ -457,6 +471,7 @@ __all__ = [
     "OnnxDetector",
     "OnnxSession",
     "PreparedBatch",
+    "engine_cache_dir",
     "file_version",
     "labels_from_metadata",
     "provider_settings",

@@ -9,11 +9,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.commands import CommandSender
 from cloud.ingest.core import Accepted, Rejection
 from edge.agent import Agent
 from edge.commands import KeyStore, default_keys_path
@@ -34,24 +31,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
 
 
 class HubSide:
-    """The hub's command path: a publisher with the hub's certificate, and acks tapped from ingest.
-
-    Ingest hands each accepted ack to ``CommandSender.on_ack`` with the key id
-    it was sealed with; every accepted message's key id is recorded too.
-    """
+    """The hub's own command path (``Hub.commands``, acks settled by ingest after durable
+    writes), plus a tap recording the key id of every accepted message."""
 
     def __init__(self, loop: Loop, monkeypatch: pytest.MonkeyPatch) -> None:
-        cert, key = loop.home.cert("hub")
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id="hub-commands", protocol=mqtt.MQTTv5
-        )
-        self.client.tls_set(ca_certs=str(loop.home.ca_file), certfile=str(cert), keyfile=str(key))
-        connected = threading.Event()
-        self.client.on_connect = lambda *_: connected.set()
-        self.client.connect("127.0.0.1", loop.broker.port)
-        self.client.loop_start()
-        assert connected.wait(5)
-        self.sender = CommandSender(loop.home.hub_keys(), loop.registry, self.client)
+        self.sender = loop.hub.commands
         self.kids: list[tuple[str, str, str]] = []  # (device, kind, kid) of accepted messages
         core = loop.hub.ingest.core
         accept = core.accept
@@ -61,15 +45,12 @@ class HubSide:
             if isinstance(result, Accepted):
                 header = result.header
                 self.kids.append((header.device_id, header.kind, header.kid))
-                if result.ack is not None:
-                    self.sender.on_ack(header.device_id, result.ack, kid=header.kid)
             return result
 
         monkeypatch.setattr(core, "accept", tapped)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        """Nothing to close: the hub owns the connection."""
 
 
 @pytest.fixture

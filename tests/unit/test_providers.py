@@ -209,10 +209,24 @@ def test_tensorrt_session_gets_cache_and_profile_from_the_probed_input(
     assert real.requested == [TENSORRT, CUDA, CPU]
     trt_options = real.options[0]
     assert trt_options["trt_profile_max_shapes"] == "images:4x3x64x64"
-    assert trt_options["trt_engine_cache_path"] == str(cache)
-    assert cache.is_dir(), "the engine cache directory is made at load"
+    engines = Path(trt_options["trt_engine_cache_path"])
+    assert engines.parent == cache
+    assert engines.is_dir(), "the engine cache directory is made at load"
+    assert engines.name.endswith("-fp16-b4")
     assert session.report.active == TENSORRT
     assert not session.report.fallback
+
+
+def test_a_new_model_at_the_same_path_gets_its_own_engine_cache(model_file: Path, tmp_path: Path) -> None:
+    # onnxruntime keys cached engines by graph, not weights: an OTA update must not reuse the old engine.
+    settings = ProviderSettings(trt_cache_path=tmp_path / "trt")
+    runtime = FakeRuntime(GPU_BUILD, loads={TENSORRT, CUDA, CPU})
+    OnnxSession(model_file, [TENSORRT], settings=settings, runtime=runtime)
+    model_file.write_bytes(b"retrained weights")
+    OnnxSession(model_file, [TENSORRT], settings=settings, runtime=runtime)
+    first, second = (Path(s.options[0]["trt_engine_cache_path"]) for s in runtime.sessions[1::2])
+    assert first != second
+    assert first.parent == second.parent == tmp_path / "trt"
 
 
 def test_tensorrt_that_fails_to_load_is_never_a_silent_fallback(
