@@ -54,6 +54,8 @@ log = logging.getLogger("bench.edge_pipeline")
 SITE = "bench"
 WIDTH, HEIGHT = 640, 480
 CONF, IOU = 0.4, 0.5
+# On a GPU box every phase shares one TensorRT engine cache, so only the first run builds engines.
+TRT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roadside" / "trt-cache"
 
 
 def rss_mb() -> tuple[float, float]:
@@ -141,11 +143,19 @@ def _scene_images(streams: int, count: int) -> list[Any]:
     return [scenes[i % streams].step().image for i in range(count)]
 
 
+def _provider_settings(spec: dict[str, Any], max_batch: int) -> Any:
+    from edge.inference.providers import ProviderSettings
+
+    return ProviderSettings(trt_cache_path=TRT_CACHE, max_batch=max_batch)
+
+
 def phase_bare(spec: dict[str, Any]) -> dict[str, Any]:
     from edge.inference.engine import OnnxSession
     from edge.inference.yolo import letterbox_batch
 
-    session = OnnxSession(Path(spec["model"]), ["CPUExecutionProvider"], spec["threads"])
+    session = OnnxSession(
+        Path(spec["model"]), spec["providers"], spec["threads"], _provider_settings(spec, spec["batch"])
+    )
     h, w = spec["input"]
     batch, _ = letterbox_batch(_scene_images(spec["streams"], spec["batch"]), (h, w))
     feed = {session.input_name: batch.astype(session.input_dtype)}
@@ -168,7 +178,7 @@ def phase_naive(spec: dict[str, Any]) -> dict[str, Any]:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = spec["threads"]
-    session = ort.InferenceSession(spec["model"], options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(spec["model"], options, providers=spec["providers"])
     name = session.get_inputs()[0].name
     scenes = [RoadScene(SceneConfig(width=WIDTH, height=HEIGHT, seed=i)) for i in range(spec["streams"])]
     publish, close, sink = _naive_sink(spec)
@@ -252,6 +262,8 @@ def phase_agent(spec: dict[str, Any]) -> dict[str, Any]:
             for i in range(spec["streams"])
         ],
         model={
+            "providers": spec["providers"],
+            "trt_cache_path": str(TRT_CACHE),
             "max_batch": spec["max_batch"],
             "path": spec["model"],
             "intra_op_threads": spec["threads"],
@@ -398,12 +410,14 @@ def _model_path(arg: str | None) -> Path:
     return path
 
 
-def _describe(path: Path, threads: int, streams: int, max_batch: int | None) -> dict[str, Any]:
+def _describe(
+    path: Path, providers: list[str], threads: int, streams: int, max_batch: int | None
+) -> dict[str, Any]:
     from edge.inference.batching import BatchPolicy
     from edge.inference.engine import OnnxDetector
     from edge.settings import ModelConfig
 
-    detector = OnnxDetector(path, ["CPUExecutionProvider"], CONF, IOU, intra_op_threads=threads)
+    detector = OnnxDetector(path, providers, CONF, IOU, intra_op_threads=threads)
     provider = detector.info.active_provider
     policy = BatchPolicy.for_streams(streams, max_batch, ModelConfig().max_wait_ms, provider)
     return {
@@ -474,7 +488,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup": args.warmup,
         "queue": args.queue,
         "workdir": str(workdir),
-        **_describe(model, args.threads, args.streams, args.max_batch),
+        "providers": args.providers.split(","),
+        **_describe(model, args.providers.split(","), args.threads, args.streams, args.max_batch),
     }
     rounds: dict[str, list[dict[str, Any]]] = defaultdict(list)
     with _Loop(workdir) as loop:
@@ -513,6 +528,8 @@ def summarise(
         "model_path": str(model),
         "input": spec["input"],
         "classes": spec["classes"],
+        "providers": spec["providers"],
+        "active_provider": spec["provider"],
         "threads": args.threads,
         "batch": spec["batch"],
         "queue": args.queue,
@@ -555,6 +572,11 @@ def main(argv: Iterator[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="an ONNX detector in YOLO layout, or 'yolo-class'")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per phase and round")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument(
+        "--providers",
+        default="CPUExecutionProvider",
+        help="comma-separated execution providers, best first, for every phase",
+    )
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads, all phases")
     parser.add_argument(
         "--max-batch", type=int, default=None, help="the agent's model.max_batch (default: its own policy)"

@@ -85,18 +85,17 @@ class ApiReader:
         return list(body["rows"])
 
     def event_count(self, since: datetime) -> int:
-        """All events since ``since``, paging by time (the API caps a page at 1000)."""
-        total, start = 0, since
+        """All events since ``since``, following the API's cursor (a page holds at most 1000)."""
         until = datetime.now(UTC) + timedelta(minutes=5)
+        params: dict[str, Any] = {"from": since.isoformat(), "to": until.isoformat(), "limit": 1000}
+        total = 0
         while True:
-            body = self.get(
-                "/v1/events", **{"from": start.isoformat(), "to": until.isoformat(), "limit": 1000}
-            )
-            events = body["events"] if isinstance(body, dict) else body
-            total += len(events)
-            if len(events) < 1000:
+            body = self.get("/v1/events", **params)
+            total += len(body["events"])
+            cursor = body.get("next_cursor")
+            if not cursor:
                 return total
-            start = datetime.fromisoformat(events[-1]["ts"]) + timedelta(microseconds=1)
+            params["cursor"] = cursor
 
     def close(self) -> None:
         self.client.close()

@@ -11,12 +11,14 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from cloud.api.app import create_app
+from cloud.api.ratelimit import RateLimit
 from cloud.commands import CommandSender
 from cloud.home import HubHome, enroll_device, reload_broker, write_acl
 from cloud.ingest.core import Accepted, IngestCore
 from cloud.ingest.deadletter import DeadLetterStore
 from cloud.ingest.metrics import IngestMetrics
 from cloud.ingest.service import BrokerClientConfig, IngestService
+from cloud.live import LiveFeed
 from cloud.registry import Registry
 from cloud.retention_job import RetentionJob
 from cloud.settings import (
@@ -27,6 +29,7 @@ from cloud.settings import (
     StoreConfig,
 )
 from cloud.storage.base import TimeSeriesStore
+from cloud.webhooks import WebhookDispatcher, WebhookStore
 from shared.bundle import BrokerAddress
 from shared.envelope import HubOpener, ReplayWindow
 from shared.errors import ConfigError, RoadsideError
@@ -97,12 +100,22 @@ class Hub:
             on_stored=self._on_stored,
         )
         self.commands = CommandSender(self.home.hub_keys(), self.registry, self.ingest)
+        self.live = LiveFeed()
+        self.webhooks = WebhookStore(self.home.root / "webhooks.db")
+        self.dispatcher = WebhookDispatcher(self.webhooks)
+        self.live.add_sink(self.dispatcher.offer)
         self.app = create_app(
             store=self.store,
             registry=self.registry,
             metrics_registry=self.metrics_registry,
             version=VERSION,
             online_after_s=settings.online_after_s,
+            live=self.live,
+            webhooks=self.webhooks,
+            enroll=self.enroll,
+            revoke=self.revoke,
+            device_status=self.ingest.status.get,
+            rate_limit=RateLimit(per_s=settings.api_rate_per_s, burst=settings.api_rate_burst),
         )
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch_registry, name="registry-watch", daemon=True)
@@ -137,22 +150,22 @@ class Hub:
                 window.commit(seq)
             self.opener.windows[device.device_id] = window
 
-    def revoke(self, device_id: str) -> None:
+    def revoke(self, device_id: str, *, actor: str = "system") -> None:
         """Refuse the device at once, here and at the broker (ACL regenerated, broker reloaded)."""
         if self.registry.get_device(device_id) is None:
             raise ConfigError(f"device {device_id!r} is not enrolled")
-        self.registry.revoke(device_id)
+        self.registry.revoke(device_id, actor=actor)
         self._forget(device_id)
         write_acl(self.home, self.registry)
         reload_broker(self.home)
 
-    def enroll(self, device_id: str, site: str) -> dict[str, object]:
+    def enroll(self, device_id: str, site: str, *, actor: str = "system") -> dict[str, object]:
         """Enroll a device and return its bundle (shown once: it holds the device's private keys)."""
         address = BrokerAddress(
             host=self.settings.device_broker_host or self.settings.broker_host,
             port=self.settings.device_broker_port or self.settings.broker_port,
         )
-        bundle, _ = enroll_device(self.home, self.registry, device_id, site, address)
+        bundle, _ = enroll_device(self.home, self.registry, device_id, site, address, actor=actor)
         reload_broker(self.home)
         return bundle.model_dump()
 
@@ -160,6 +173,10 @@ class Hub:
         """After a durable write: track which key each device seals with, and settle command acks."""
         for result in accepted:
             header = result.header
+            if result.batch.events:
+                self.live.publish(
+                    result.batch.origin.device_id, result.batch.origin.site, result.batch.events
+                )
             self.commands.note_key(header.device_id, header.kid)
             if result.ack is not None:
                 self.commands.on_ack(header.device_id, result.ack, kid=header.kid)
@@ -171,6 +188,9 @@ class Hub:
     def _watch_registry(self) -> None:
         """Revocations made elsewhere (the CLI, another hub) take effect here within seconds."""
         while not self._stopping.wait(self.settings.registry_refresh_s):
+            # Devices connect with clean sessions: a command published while one was
+            # offline is lost to it, so unanswered commands go out again.
+            self.commands.resend_unacked(older_than_s=30.0)
             try:
                 devices = self.registry.list_devices()
             except RoadsideError as exc:
@@ -190,6 +210,7 @@ class Hub:
         gc.set_threshold(50_000, 50, 100)
         self._restore_replay_windows()
         self.metrics.dead_letters.set(self.dead_letters.count())
+        self.dispatcher.start()
         self.ingest.start()
         self._watcher.start()
         if self.retention is not None:
@@ -233,6 +254,8 @@ class Hub:
         if self._server_thread is not None:
             self._server_thread.join(timeout=10)
         self.ingest.stop()
+        self.dispatcher.stop()
+        self.webhooks.close()
         self.store.close()
         self.dead_letters.close()
         self.registry.close()

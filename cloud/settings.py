@@ -101,6 +101,8 @@ class HubSettings(BaseSettings):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=-1, le=65535)  # 0: a free port; -1: no API (an ingest worker)
+    api_rate_per_s: float = Field(default=20.0, gt=0)  # per API client, token bucket
+    api_rate_burst: int = Field(default=100, ge=1)
     batch_size: int = Field(default=500, ge=1, le=10_000)
     batch_wait_s: float = Field(default=0.1, gt=0, le=5)
     max_message_age_s: float = Field(default=900.0, ge=10)

@@ -92,6 +92,12 @@ class Health(_Strict):
     outbox_backlog: int = Field(ge=0)
     cpu_percent: float | None = Field(default=None, ge=0)
     rss_mb: float | None = Field(default=None, ge=0)
+    # Optional: absent where the device cannot read them (never invented).
+    queue_depths: dict[Name, int] | None = Field(default=None, max_length=64)
+    outbox_bytes: int | None = Field(default=None, ge=0)
+    gpu_percent: float | None = Field(default=None, ge=0, le=100)
+    gpu_memory_mb: float | None = Field(default=None, ge=0)
+    temperature_c: float | None = Field(default=None, ge=-60, le=150)
 
 
 class CountsMessage(_Strict):

@@ -7,6 +7,7 @@ onnxruntime's API the engine uses (``get_available_providers``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,7 @@ class FakeRuntime:
     input_shape: list[Any] = field(default_factory=lambda: ["batch", 3, 64, 64])
     output_channels: int = 6  # 4 box rows + 2 classes
     output_value: float = 0.0
+    output_fn: Callable[[int], np.ndarray] | None = None  # batch size → the model's output
     sessions: list[FakeSession] = field(default_factory=list)
 
     class GraphOptimizationLevel:
@@ -185,6 +187,8 @@ class FakeSession:
 
     def run(self, _outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         batch = feeds["images"].shape[0]
+        if self.runtime.output_fn is not None:
+            return [self.runtime.output_fn(batch)]
         return [
             np.full((batch, self.runtime.output_channels, 100), self.runtime.output_value, dtype=np.float32)
         ]
@@ -262,3 +266,21 @@ def test_detector_refuses_an_output_with_nan(model_file: Path) -> None:
     runtime = FakeRuntime([CPU], loads={CPU}, output_value=float("nan"))  # an FP16 engine that overflowed
     with pytest.raises(ConfigError, match="NaN"):
         OnnxDetector(model_file, [CPU], runtime=runtime)
+
+
+@pytest.mark.parametrize("anchors_first", [False, True])
+def test_detector_decodes_either_output_layout(model_file: Path, anchors_first: bool) -> None:
+    def output(batch: int) -> np.ndarray:
+        out = np.zeros((batch, 6, 100), dtype=np.float32)
+        out[:, :4, 7] = (32, 32, 10, 10)  # one box at the centre of the 64x64 input...
+        out[:, 5, 7] = 0.9  # ...of class 1
+        out[:, 4, 8] = 0.2  # and one below the threshold
+        return out.transpose(0, 2, 1) if anchors_first else out
+
+    runtime = FakeRuntime([CPU], loads={CPU}, output_fn=output)
+    detector = OnnxDetector(model_file, [CPU], conf_threshold=0.5, runtime=runtime)
+    found = detector.detect([np.zeros((64, 64, 3), dtype=np.uint8)] * 2)
+    for one in found:
+        assert one.class_ids.tolist() == [1]
+        np.testing.assert_allclose(one.boxes, [[27, 27, 37, 37]])
+        np.testing.assert_allclose(one.scores, [0.9])
