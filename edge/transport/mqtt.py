@@ -95,9 +95,10 @@ class MqttUplink:
         self._sealer = DeviceSealer(self.bundle.device_id, own, self.bundle.hub_public())
 
     def stop(self, drain_s: float = 0.0) -> None:
-        """Stop, first waiting up to ``drain_s`` for the outbox to empty."""
+        """Stop, first waiting up to ``drain_s`` for the outbox to empty (while the broker is
+        reachable: a link still connecting gets the time too; what is left stays on disk)."""
         deadline = time.monotonic() + drain_s
-        while drain_s and time.monotonic() < deadline and self.outbox.backlog() and self.connected:
+        while drain_s and time.monotonic() < deadline and self.outbox.backlog():
             time.sleep(0.05)
         self._stop.set()
         self._thread.join(timeout=10)
