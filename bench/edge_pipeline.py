@@ -38,6 +38,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -492,16 +493,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **_describe(model, args.providers.split(","), args.threads, args.streams, args.max_batch),
     }
     rounds: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    with _Loop(workdir) as loop:
-        spec["agent_bundle"] = loop.bundles["bench-agent"]
-        spec["naive_bundle"] = loop.bundles["bench-naive"] if loop.broker is not None else None
-        for r in range(args.rounds):
-            for phase in ("bare", "agent", "naive"):
-                result = _run_phase(phase, spec)
-                log.info(
-                    "round %d %s: %s", r + 1, phase, {k: v for k, v in result.items() if k != "stage_ms"}
-                )
-                rounds[phase].append(result)
+    try:
+        with _Loop(workdir) as loop:
+            spec["agent_bundle"] = loop.bundles["bench-agent"]
+            spec["naive_bundle"] = loop.bundles["bench-naive"] if loop.broker is not None else None
+            for r in range(args.rounds):
+                # Interleaved, so slow drift in other load on the box hits every phase alike.
+                for phase in ("bare", "agent", "naive"):
+                    result = _run_phase(phase, spec)
+                    log.info(
+                        "round %d %s: %s", r + 1, phase, {k: v for k, v in result.items() if k != "stage_ms"}
+                    )
+                    rounds[phase].append(result)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return summarise(args, spec, model, rounds)
 
 

@@ -207,13 +207,28 @@ def _calibrate_scores(model: YoloClassDetector, frames: Tensor, threshold: float
 
 
 def _scene_frames(count: int = 4) -> Tensor:
-    from edge.inference.yolo import letterbox_batch
+    """Synthetic road frames (640x480) letterboxed into the 640x640 input: grey bands, RGB in 0..1."""
+    import cv2
+
     from models.synthetic import RoadScene, SceneConfig
 
     scene = RoadScene(SceneConfig(seed=5))
-    images = [scene.step().image for _ in range(60)][-count:]
-    batch, _ = letterbox_batch(images, (IMGSZ, IMGSZ))
-    return torch.from_numpy(batch)
+    scene.advance(60)  # into traffic
+    frames = []
+    for _ in range(count):
+        image = scene.step().image
+        top = (IMGSZ - image.shape[0]) // 2
+        padded = cv2.copyMakeBorder(
+            image,
+            top,
+            IMGSZ - image.shape[0] - top,
+            0,
+            IMGSZ - image.shape[1],
+            cv2.BORDER_CONSTANT,
+            value=(114,) * 3,
+        )
+        frames.append(padded[:, :, ::-1].transpose(2, 0, 1) / 255.0)
+    return torch.from_numpy(np.stack(frames).astype(np.float32))
 
 
 def _cache_dir() -> Path:

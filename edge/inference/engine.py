@@ -31,6 +31,7 @@ import onnxruntime as ort
 
 from edge.inference.providers import (
     TENSORRT,
+    ProviderPlan,
     ProviderReport,
     ProviderSettings,
     canonical_name,
@@ -132,7 +133,7 @@ def resolve_image_size(
 
 
 class OnnxSession:
-    """One onnxruntime session: providers planned and checked, inputs described, runs timed.
+    """One onnxruntime session: providers planned, opened, checked, and its input described.
 
     ``runtime`` is the ``onnxruntime`` module (None: the real one); tests pass a fake of its
     provider API to exercise the TensorRT and CUDA paths without a GPU.
@@ -152,26 +153,7 @@ class OnnxSession:
             raise ConfigError(f"model file {path} does not exist; set model.path to an ONNX file")
         self.path = path
         self._rt = runtime if runtime is not None else ort
-        settings = settings or ProviderSettings()
-        available = list(self._rt.get_available_providers())
-        wanted = [canonical_name(p) for p in providers]
-        input_name: str | None = None
-        input_dims: tuple[int, ...] | None = None
-        if TENSORRT in wanted and TENSORRT in available:
-            # TensorRT needs the input's name and shape for its optimisation profile before the
-            # session exists: read them from a bare CPU session (fast: no graph optimisation).
-            input_name, input_dims = self._probe(path, input_size)
-            if settings.trt_cache_path is not None:
-                cache = engine_cache_dir(settings, path)
-                self._make_cache_dir(cache)
-                settings = dataclasses.replace(settings, trt_cache_path=cache)
-        plan = plan_providers(wanted, available, settings, input_name, input_dims)
-        if plan.missing:
-            log.warning(
-                "execution providers %s are not in this onnxruntime build (it has %s)",
-                list(plan.missing),
-                sorted(available),
-            )
+        plan = self._plan(providers, settings or ProviderSettings(), input_size)
         started = time.perf_counter()
         self.session = self._open(plan.usable, plan.options, intra_op_threads)
         self.load_ms = (time.perf_counter() - started) * 1000.0
@@ -192,10 +174,39 @@ class OnnxSession:
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.fixed_batch = self.input_shape[0] if isinstance(self.input_shape[0], int) else None
 
-    def _probe(self, path: Path, input_size: tuple[int, int] | None) -> tuple[str, tuple[int, ...] | None]:
+    def _plan(
+        self, providers: Sequence[str], settings: ProviderSettings, input_size: tuple[int, int] | None
+    ) -> ProviderPlan:
+        available = list(self._rt.get_available_providers())
+        wanted = [canonical_name(p) for p in providers]
+        input_name: str | None = None
+        input_dims: tuple[int, ...] | None = None
+        if TENSORRT in wanted and TENSORRT in available:
+            # TensorRT needs the input's name and shape for its optimisation profile before the
+            # session exists: read them from a bare CPU session (fast: no graph optimisation).
+            input_name, input_dims = self._probe(input_size)
+            if settings.trt_cache_path is not None:
+                cache = engine_cache_dir(settings, self.path)
+                self._make_cache_dir(cache)
+                settings = dataclasses.replace(settings, trt_cache_path=cache)
+        plan = plan_providers(wanted, available, settings, input_name, input_dims)
+        if plan.missing:
+            log.warning(
+                "execution providers %s are not in this onnxruntime build (it has %s)",
+                list(plan.missing),
+                sorted(available),
+            )
+        return plan
+
+    def _probe(self, input_size: tuple[int, int] | None) -> tuple[str, tuple[int, ...] | None]:
         options = self._rt.SessionOptions()
         options.graph_optimization_level = self._rt.GraphOptimizationLevel.ORT_DISABLE_ALL
-        probe = self._rt.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        try:
+            probe = self._rt.InferenceSession(
+                str(self.path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ConfigError(f"onnxruntime cannot read {self.path}: {exc}") from exc
         first = probe.get_inputs()[0]
         shape = list(first.shape)
         if len(shape) == 4:
@@ -307,6 +318,7 @@ class OnnxDetector:
         meta = self._session.metadata
         self._max_batch = max(1, settings.max_batch)
         self._stash = _PreparedStash()
+        self._anchors_first = False  # set by the self-test from the output's shape
         self.info = ModelInfo(
             path=model_path,
             version=version or meta.get("model_version") or file_version(model_path),
@@ -393,7 +405,10 @@ class OnnxDetector:
         self._stash.put(self.prepare(images))
 
     def infer(self, tensor: npt.NDArray[Any], record: bool = True) -> FloatArray:
-        """Raw ``[B, 4+nc, N]`` outputs; split into runs of the model's fixed batch if it has one."""
+        """The raw output, ``[B, 4+nc, N]`` (or transposed, as the model writes it).
+
+        A model exported with a fixed batch gets the tensor in runs of that size.
+        """
         started = time.perf_counter()
         step = self._session.fixed_batch
         if step is None or step == tensor.shape[0]:

@@ -8,7 +8,6 @@ schema, and never be a server error. Bounded: a few examples per operation.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -40,7 +39,6 @@ EXAMPLES_PER_MODE = 20
 # at most 31 days, at most 20 000 buckets in it) and OpenAPI cannot say so. Those 422s are still
 # checked for being documented, conforming problems.
 CROSS_FIELD_RULES = [positive_data_acceptance]
-BUDGET_S = 60.0
 
 
 @pytest.fixture
@@ -108,7 +106,6 @@ def test_schemathesis_finds_no_server_errors_and_every_answer_conforms(hub_app: 
     app, token = hub_app
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     auth = {"Authorization": f"Bearer {token}"}
-    started = time.monotonic()
     operations = []
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result  # every operation's definition is usable
@@ -135,4 +132,3 @@ def test_schemathesis_finds_no_server_errors_and_every_answer_conforms(hub_app: 
                 case.call_and_validate(excluded_checks=CROSS_FIELD_RULES)
 
             check()
-    assert time.monotonic() - started < BUDGET_S
