@@ -77,7 +77,12 @@ class Hub:
         self.metrics = IngestMetrics(self.metrics_registry)
         self.dead_letters = DeadLetterStore(self.home.dead_letters_db)
         self._sites: dict[str, str] = {}
-        self.opener = HubOpener([self.home.hub_keys()], self._lookup, max_age_s=settings.max_message_age_s)
+        self.opener = HubOpener(
+            [self.home.hub_keys()],
+            self._lookup,
+            max_age_s=settings.max_message_age_s,
+            max_bytes=settings.max_message_bytes,
+        )
         cert, key = self.home.cert("hub")
         broker = BrokerClientConfig(
             host=settings.broker_host,

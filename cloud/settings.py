@@ -106,6 +106,9 @@ class HubSettings(BaseSettings):
     batch_size: int = Field(default=500, ge=1, le=10_000)
     batch_wait_s: float = Field(default=0.1, gt=0, le=5)
     max_message_age_s: float = Field(default=900.0, ge=10)
+    max_message_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=256 * 1024
+    )  # the broker caps at 256 KiB too
     online_after_s: float = Field(default=180.0, ge=1)
 
 

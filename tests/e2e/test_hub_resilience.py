@@ -331,3 +331,46 @@ def test_hub_with_an_ingest_worker_process_stores_everything_once(rig: Rig, tmp_
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
         store.close()
+
+
+def test_unknown_device_oversize_and_malformed_messages_are_rejected_counted_and_dead_lettered(
+    rig: Rig,
+) -> None:
+    from shared.envelope import DeviceSealer
+    from shared.keys import KeyPair
+
+    bundles = rig.fleet(1)
+    good = bundles[0]
+    hub = Hub(
+        HubSettings(home=rig.home.root, broker_port=rig.broker.port, api_port=0, max_message_bytes=16 * 1024)
+    )
+    hub.start()
+    try:
+        assert hub.wait_ready(10)
+        device = SimulatedDevice(good)
+        device.connect("127.0.0.1", rig.broker.port)
+        now = int(time.time() * 1000)
+        # A stranger's envelope, on a genuine device's topic (as a compromised broker could inject).
+        stranger = DeviceSealer("sim-9999", KeyPair.generate(), good.hub_public())
+        device.publish(stranger.seal("counts", 1, counts_body(0, 0, RECORDS), now))
+        # Oversize for this hub (20 KiB against a 16 KiB limit; the broker would take up to 256 KiB).
+        device.publish(device.sealer.seal("counts", 2, b"x" * 20_000, now))
+        # Authentic but not a valid payload.
+        device.publish(
+            device.sealer.seal("counts", 3, b'{"schema": 1, "kind": "counts", "records": []}', now)
+        )
+        # And a good one after all that.
+        device.publish(device.sealer.seal("counts", 4, counts_body(0, 4, RECORDS), now))
+        assert device.wait_acked(4, 10)
+        device.close()
+        assert wait_until(lambda: hub.ingest.stored_messages == 1 and hub.ingest.rejected_messages == 3, 15)
+        for reason in ("unknown_key", "oversize", "schema"):
+            value = hub.metrics_registry.get_sample_value(
+                "roadside_ingest_rejected_total", {"reason": reason}
+            )
+            assert value == 1, reason
+            assert hub.dead_letters.count(reason) == 1, reason
+        assert hub.metrics_registry.get_sample_value("roadside_dead_letters") == 3
+        assert stored(hub.store) == RECORDS
+    finally:
+        hub.stop()
