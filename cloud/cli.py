@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shared.errors import ConfigError, RoadsideError
+from shared.errors import RoadsideError
+
+if TYPE_CHECKING:
+    from cloud.registry import Registry
 
 HomeOption = Annotated[
     Path, typer.Option("--home", help="The hub's home directory.", envvar="ROADSIDE_HUB_HOME")
@@ -29,6 +34,26 @@ audit_app = typer.Typer(no_args_is_help=True, add_completion=False, help="The ha
 broker_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Run a Mosquitto configured by the hub."
 )
+
+
+@contextlib.contextmanager
+def _registry(home: Path, url: str | None = None) -> Iterator[Registry]:
+    """The hub's registry for one command: errors become a clear exit, the connection is closed."""
+    from cloud.home import HubHome
+    from cloud.registry import Registry
+
+    registry = Registry(url or HubHome(home).registry_url)
+    try:
+        yield registry
+    except RoadsideError as exc:
+        raise _fail(exc) from exc
+    finally:
+        registry.close()
+
+
+RegistryUrlOption = Annotated[
+    str | None, typer.Option(help="Registry database (default: SQLite in the home).")
+]
 
 
 def _actor() -> str:
@@ -189,56 +214,30 @@ def hub_token(
     home: HomeOption = DEFAULT_HOME,
 ) -> None:
     """Create an API client and print its token (shown once; only a hash is kept)."""
-    from cloud.home import HubHome
-    from cloud.registry import Registry
-
-    registry = Registry(HubHome(home).registry_url)
-    try:
+    with _registry(home) as registry:
         registry.create_schema()
         typer.echo(registry.create_api_client(name, scope, department, actor=_actor()))
-    except ConfigError as exc:
-        raise _fail(exc) from exc
-    finally:
-        registry.close()
 
 
 @hub_app.command("migrate")
 def hub_migrate(
     home: HomeOption = DEFAULT_HOME,
-    registry_url: Annotated[
-        str | None, typer.Option(help="Registry database (default: SQLite in the home).")
-    ] = None,
+    registry_url: RegistryUrlOption = None,
 ) -> None:
     """Upgrade the registry database to the newest schema (safe to run again)."""
-    from cloud.home import HubHome
-    from cloud.registry import Registry
-
-    registry = Registry(registry_url or HubHome(home).registry_url)
-    try:
+    with _registry(home, registry_url) as registry:
         registry.migrate()
         typer.echo(f"registry at revision {registry.current_revision()}")
-    except RoadsideError as exc:
-        raise _fail(exc) from exc
-    finally:
-        registry.close()
 
 
 @audit_app.command("verify")
 def audit_verify(
     home: HomeOption = DEFAULT_HOME,
-    registry_url: Annotated[
-        str | None, typer.Option(help="Registry database (default: SQLite in the home).")
-    ] = None,
+    registry_url: RegistryUrlOption = None,
 ) -> None:
     """Check the audit log's hash chain; exit 1 and name the first bad entry if it was tampered with."""
-    from cloud.home import HubHome
-    from cloud.registry import Registry
-
-    registry = Registry(registry_url or HubHome(home).registry_url)
-    try:
+    with _registry(home, registry_url) as registry:
         report = registry.audit.verify()
-    finally:
-        registry.close()
     if report.ok:
         typer.echo(f"audit log intact: {report.entries} entries, head {report.head_hash}")
         return

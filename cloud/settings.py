@@ -10,14 +10,13 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cloud.storage.retention import RetentionPolicy
-from shared.config import describe, read_config_file
+from shared.config import load_settings
 from shared.errors import ConfigError
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "password", "token"}
@@ -114,9 +113,4 @@ class HubSettings(BaseSettings):
 
 def load_hub_settings(path: Path | None = None, **overrides: Any) -> HubSettings:
     """Settings from an optional TOML/JSON file, the environment and ``overrides``; ``ConfigError`` if invalid."""
-    data = read_config_file(path, "hub config") if path is not None else {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return HubSettings(**data)
-    except ValidationError as exc:
-        raise ConfigError(describe(exc, "hub config")) from exc
+    return load_settings(HubSettings, path, "hub config", overrides)

@@ -7,13 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge.analytics.config import AnalyticsConfig
 from edge.sensors.config import SensorConfig
-from shared.config import describe, read_config_file
-from shared.errors import ConfigError
+from shared.config import load_settings
 
 Point = tuple[float, float]
 
@@ -115,9 +114,4 @@ class AgentSettings(BaseSettings):
 
 def load_agent_settings(path: Path | None = None, **overrides: Any) -> AgentSettings:
     """Settings from an optional TOML/JSON file, the environment and ``overrides``; ``ConfigError`` if invalid."""
-    data = read_config_file(path, "agent config") if path is not None else {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return AgentSettings(**data)
-    except ValidationError as exc:
-        raise ConfigError(describe(exc, "agent config")) from exc
+    return load_settings(AgentSettings, path, "agent config", overrides)

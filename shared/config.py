@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared.errors import ConfigError
 
@@ -34,3 +34,17 @@ def describe(exc: ValidationError, what: str) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         lines.append(f"  {where}: {err['msg']}")
     return "\n".join(lines)
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+def load_settings(model: type[SettingsT], path: Path | None, what: str, overrides: dict[str, Any]) -> SettingsT:
+    """``model`` from an optional TOML/JSON file, the environment and ``overrides`` (``None`` values
+    ignored), validated once; a ``ConfigError`` naming each bad field otherwise."""
+    data = read_config_file(path, what) if path is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return model(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, what)) from exc
