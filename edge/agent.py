@@ -102,15 +102,7 @@ class Agent:
         if key_state.current.kid != bundle.keypair().kid:
             bundle = bundle.model_copy(update={"device_keys": key_state.current.to_json()})
         self.bundle = bundle
-        self.detector = detector or OnnxDetector(
-            settings.model.path,
-            settings.model.providers,
-            settings.model.conf_threshold,
-            settings.model.iou_threshold,
-            settings.model.labels,
-            settings.model.version,
-            settings.model.intra_op_threads,
-        )
+        self.detector = detector or OnnxDetector.from_config(settings.model, len(settings.sources))
         self.outbox = Outbox(settings.outbox.path, settings.outbox.max_bytes)
         self.sensors = SensorPipeline(
             settings.sensors, self.outbox.put, max_records=settings.outbox.records_per_message
@@ -370,15 +362,20 @@ class Agent:
         policy = BatchPolicy.for_streams(
             len(self.sources), model.max_batch, model.max_wait_ms, self.detector.info.active_provider
         )
-        batcher: DynamicBatcher[Frame] = DynamicBatcher(self.frames, policy)
-        while True:
-            batch = batcher.next_batch(timeout_s=0.1)
-            if batch:
-                self._process(batch)
-            elif self._stop.is_set():
-                break
-            self._flush_events(force=False)
-            self._run_controls()
+        # On a GPU the batcher thread letterboxes the next batch while this one runs.
+        prepare = (
+            (lambda frames: self.detector.prefetch([f.image for f in frames])) if policy.prefetch else None
+        )
+        batcher: DynamicBatcher[Frame] = DynamicBatcher(self.frames, policy, prepare)
+        with batcher:
+            while True:
+                batch = batcher.next_batch(timeout_s=0.1)
+                if batch:
+                    self._process(batch)
+                elif self._stop.is_set():
+                    break
+                self._flush_events(force=False)
+                self._run_controls()
         self._close_intervals()
         self._flush_events(force=True)
 

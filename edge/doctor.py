@@ -496,7 +496,8 @@ def check_providers(settings: AgentSettings) -> list[CheckResult]:
     tried: dict[str, tuple[bool, str]] = {}
     for provider in dict.fromkeys([*configured, *KNOWN_PROVIDERS]):
         try:
-            detector = OnnxDetector(settings.model.path, [provider])
+            # The agent's own model settings (TensorRT engine cache included), one provider at a time.
+            detector = OnnxDetector.from_config(settings.model.model_copy(update={"providers": [provider]}))
             started = time.perf_counter()
             h, w = detector.info.input_size
             detector.detect([np.zeros((h, w, 3), dtype=np.uint8)])

@@ -22,11 +22,17 @@ def queue_of(items: list[int], size: int = 64) -> BoundedQueue[int]:
 
 
 def test_policy_defaults_to_one_frame_per_stream_on_a_gpu_and_single_frames_on_the_cpu() -> None:
-    assert BatchPolicy.for_streams(4, None, 5.0, "TensorrtExecutionProvider") == BatchPolicy(4, 0.005)
+    assert BatchPolicy.for_streams(4, None, 5.0, "TensorrtExecutionProvider") == BatchPolicy(4, 0.005, True)
     assert BatchPolicy.for_streams(4, None, 5.0, "CUDAExecutionProvider").max_batch == 4
     assert BatchPolicy.for_streams(4, None, 5.0, "CPUExecutionProvider").max_batch == 1
     assert BatchPolicy.for_streams(0, None, 0.0).max_batch == 1
     assert BatchPolicy.for_streams(4, 8, 2.0, "CPUExecutionProvider").max_batch == 8, "configured wins"
+
+
+def test_pre_processing_ahead_only_where_inference_leaves_the_cpu_free() -> None:
+    assert BatchPolicy.for_streams(4, None, 5.0, "TensorrtExecutionProvider").prefetch
+    assert BatchPolicy.for_streams(4, None, 5.0, "CUDAExecutionProvider").prefetch
+    assert not BatchPolicy.for_streams(4, None, 5.0, "CPUExecutionProvider").prefetch
 
 
 @pytest.mark.parametrize(("max_batch", "max_wait_s"), [(0, 0.005), (4, -0.001), (4, 2.0)])
