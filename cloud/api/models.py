@@ -90,7 +90,13 @@ def parse_bucket(value: object) -> int:
 def _restore_plus(value: object) -> object:
     if isinstance(value, str) and (match := _SPACED_OFFSET.match(value)):
         return f"{match.group(1)}+{match.group(2)}"
+    # pydantic would read a bare number as Unix time; the API promises ISO 8601 only.
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("must be an ISO 8601 date-time with a timezone, e.g. 2026-11-23T08:00:00Z")
     return value
+
+
+_ISO_DATE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
 def _as_utc(value: datetime | None) -> datetime | None:

@@ -58,7 +58,7 @@ def test_a_file_is_paced_at_its_own_rate_and_never_skips_a_frame(tmp_path: Path)
     assert [f.index for f in frames] == list(range(12))
     assert 1.0 <= elapsed < 5.0  # 12 frames at the 10 fps cap: slowed down, not dropped
     steps = np.diff([f.ts for f in frames])
-    assert steps == pytest.approx([1 / 20] * 11)  # media time: analytics see the file's own clock
+    assert steps == pytest.approx([1 / 20] * 11, abs=1e-4)  # media time: analytics see the file's own clock
 
 
 def test_an_unpaced_file_runs_as_fast_as_it_decodes(tmp_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_a_camera_that_goes_away_is_reconnected_with_increasing_frame_indices(ca
     def read() -> None:
         try:
             got.extend(source.frames())
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except Exception as exc:  # reported by the assertion below
             errors.append(exc)
 
     reader = threading.Thread(target=read, name="reader", daemon=True)
