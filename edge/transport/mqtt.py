@@ -118,6 +118,9 @@ class MqttUplink:
                 log.warning(
                     "broker %s:%s unreachable: %s", self.bundle.broker.host, self.bundle.broker.port, exc
                 )
+            except Exception:
+                # The uplink must outlive any bug in one session: the outbox keeps the data.
+                log.exception("uplink session failed; starting a new one")
             finally:
                 self._end_session(client)
             if not self._stop.is_set():

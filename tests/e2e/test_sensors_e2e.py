@@ -47,7 +47,8 @@ def test_agent_with_a_synthetic_sensor_publishes_readings_the_hub_stores(loop: L
         assert agent.sensors.sources_done(timeout=30)
     finally:
         agent.stop(drain_s=20)
-    assert agent.outbox_backlog_at_stop == 0
+    uplink = agent.uplink
+    assert agent.outbox_backlog_at_stop == 0, (uplink.connects, uplink.published, uplink.acked, uplink.refused)
     sent = agent.sensors.readings
     assert sent > 4 * 300
 
