@@ -1,0 +1,293 @@
+"""The agent under bad conditions, end to end: real video files, kill -9, a broker outage.
+
+Each test runs a real agent (in process, or as ``roadside agent run`` for
+kill -9) against the ``loop`` fixture's Mosquitto and hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.agent import Agent
+from edge.analytics.config import synthetic_scene_analytics
+from edge.analytics.lines import CountingLine
+from edge.settings import load_agent_settings
+from models.synthetic import RoadScene, SceneConfig
+from shared.bundle import EnrollmentBundle, write_bundle
+from tests.e2e.conftest import Loop
+from tests.e2e.test_loop import api_totals, wait_for
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SCENE_FPS = 10.0
+Truth = Counter[tuple[str, str]]
+
+
+def render(path: Path, scene: RoadScene, frames: int, labels: list[str]) -> Truth:
+    """Write ``frames`` of ``scene`` as MJPG/AVI; the ground-truth crossings by (class, direction)."""
+    line = CountingLine("truth", *scene.count_line())
+    writer = cv2.VideoWriter(
+        str(path),
+        cv2.VideoWriter_fourcc(*"MJPG"),
+        scene.config.fps,
+        (scene.config.width, scene.config.height),
+    )
+    last: dict[int, tuple[float, float]] = {}
+    truth: Truth = Counter()
+    for _ in range(frames):
+        frame = scene.step()
+        writer.write(frame.image)
+        for obj in frame.objects:
+            centre = ((obj.box[0] + obj.box[2]) / 2, (obj.box[1] + obj.box[3]) / 2)
+            if obj.track_id in last and (
+                hit := line.check(obj.track_id, obj.cls, 1.0, last[obj.track_id], centre)
+            ):
+                truth[(labels[obj.cls], hit.direction)] += 1
+            last[obj.track_id] = centre
+    writer.release()
+    return truth
+
+
+def video_agent(tmp_path: Path, bundle: EnrollmentBundle, scene: RoadScene, uris: dict[str, str]) -> Agent:
+    settings = load_agent_settings(
+        None,
+        bundle=tmp_path / "unused.json",
+        sources=[
+            {"type": "video", "name": n, "uri": u, "fps_cap": scene.config.fps} for n, u in uris.items()
+        ],
+        analytics=synthetic_scene_analytics(scene).model_dump(mode="json"),
+        interval_s=60,
+        outbox={"path": str(tmp_path / f"{bundle.device_id}-outbox.db")},
+    )
+    return Agent(settings, bundle)
+
+
+def by_class_direction(counted: Counter[tuple[str, str, str]]) -> Truth:
+    out: Truth = Counter()
+    for (_line, cls, direction), n in counted.items():
+        out[(cls, direction)] += n
+    return out
+
+
+@pytest.mark.timeout(150)
+def test_counts_on_a_synthetic_video_are_within_5_percent_of_its_ground_truth(
+    loop: Loop, tmp_path: Path
+) -> None:
+    bundle = loop.enroll("dev-video")
+    scene = RoadScene(SceneConfig(seed=3, fps=SCENE_FPS))
+    agent = video_agent(tmp_path, bundle, scene, {"cam0": str(tmp_path / "road.avi")})
+    truth = render(
+        tmp_path / "road.avi", RoadScene(SceneConfig(seed=3, fps=SCENE_FPS)), 300, agent.detector.info.labels
+    )
+    agent.start()
+    assert agent.sources_done(timeout=100)
+    agent.stop(drain_s=15)
+    assert agent.streams == {} or all(s.frames == 300 for s in agent.streams.values())
+    counted = by_class_direction(agent.counted)
+    total = sum(truth.values())
+    assert total >= 10
+    error = sum(abs(counted[k] - truth[k]) for k in truth | counted)
+    assert error <= max(1, 0.05 * total), (sorted(truth.items()), sorted(counted.items()))
+    produced = +agent.counted
+    assert wait_for(lambda: api_totals(loop, "dev-video") == produced), (
+        api_totals(loop, "dev-video"),
+        produced,
+    )
+
+
+@pytest.mark.timeout(150)
+def test_a_truncated_and_a_corrupt_file_are_read_as_far_as_they_go(loop: Loop, tmp_path: Path) -> None:
+    bundle = loop.enroll("dev-broken")
+    scene = RoadScene(SceneConfig(seed=11, fps=SCENE_FPS))
+    agent_probe = RoadScene(SceneConfig(seed=11, fps=SCENE_FPS))
+    good = tmp_path / "good.avi"
+    render(good, agent_probe, 120, ["car", "truck", "pedestrian", "cyclist"])
+    data = good.read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) * 2 // 3])
+    garbled = bytearray(data)
+    rng = np.random.default_rng(1)
+    for offset in np.linspace(len(data) * 0.2, len(data) * 0.9, 4).astype(int):
+        garbled[offset : offset + 500] = rng.integers(0, 256, 500, dtype=np.uint8).tobytes()
+    (tmp_path / "garbled.avi").write_bytes(bytes(garbled))
+    agent = video_agent(
+        tmp_path, bundle, scene, {"cut": str(tmp_path / "cut.avi"), "garbled": str(tmp_path / "garbled.avi")}
+    )
+    agent.start()
+    assert agent.sources_done(timeout=60)
+    assert agent._stream_errors == {}  # ended, not failed
+    assert agent._pipeline_thread.is_alive()  # the agent keeps running
+    frames = {name: state.frames for name, state in agent.streams.items()}
+    agent.stop(drain_s=15)
+    assert 70 <= frames["cut"] < 120, frames
+    assert 80 <= frames["garbled"] <= 120, frames
+    produced = +agent.counted
+    assert sum(produced.values()) > 0, "both streams saw traffic"
+    assert wait_for(lambda: api_totals(loop, "dev-broken") == produced), (
+        api_totals(loop, "dev-broken"),
+        produced,
+    )
+
+
+# kill -9 ---------------------------------------------------------------------------------
+
+
+def outbox_rows(path: Path) -> tuple[int, dict[int, tuple[str, bytes]]]:
+    """The highest sequence number ever assigned, and the rows still queued."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        (last,) = db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'"
+        ).fetchone()
+        rows = {seq: (kind, bytes(p)) for seq, kind, p in db.execute("SELECT seq, kind, payload FROM outbox")}
+    finally:
+        db.close()
+    return int(last), rows
+
+
+def stored(loop: Loop, device: str) -> tuple[list[int], dict[int, int]]:
+    """Every envelope seq the hub stored for ``device`` (with repeats, if any) and count rows per seq."""
+    db = sqlite3.connect(f"file:{loop.home.telemetry_db}?mode=ro", uri=True)
+    try:
+        seqs = [
+            s for (s,) in db.execute("SELECT seq FROM ingested WHERE device_id = ? ORDER BY seq", (device,))
+        ]
+        per_seq = dict(
+            db.execute("SELECT seq, COUNT(*) FROM counts WHERE device_id = ? GROUP BY seq", (device,))
+        )
+    finally:
+        db.close()
+    return seqs, per_seq
+
+
+def start_agent(bundle: Path, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from shared.cli import main; main()",
+                "agent",
+                "run",
+                "--bundle",
+                str(bundle),
+                "--config",
+                str(config),
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+
+
+@pytest.mark.timeout(180)
+def test_kill_9_mid_stream_then_restart_delivers_every_queued_record_exactly_once(
+    loop: Loop, tmp_path: Path
+) -> None:
+    """The outbox is the agent's promise: a row in it is a message the pipeline handed over.
+
+    After ``kill -9`` the outbox file tells exactly what was promised: sequence
+    numbers ``1..last`` were assigned (AUTOINCREMENT never reuses one); rows still
+    there were not acknowledged by the broker and must be sent by the restarted
+    agent; rows gone were acknowledged and so are already on their way to the
+    hub. Some of the still-queued rows may have reached the broker before the kill
+    (PUBACK lost with the process), so the restart sends them twice: the hub must
+    keep one. The exact check, once the second run has stopped cleanly with an
+    empty outbox: the hub's ``ingested`` table holds every seq from 1 to the
+    final ``last`` exactly once, and each count message queued at the kill is
+    stored with exactly the records it carried.
+    """
+    bundle = loop.enroll("dev-kill")
+    bundle_path = tmp_path / "bundle.json"
+    write_bundle(bundle, bundle_path)
+    outbox = tmp_path / "outbox.db"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'interval_s = 1\nheartbeat_s = 2.0\n[outbox]\npath = "{outbox}"\nrecords_per_message = 5\n'
+        '[[sources]]\ntype = "synthetic"\nname = "cam0"\nseed = 3\nrealtime = false\nmax_frames = 250\n'
+    )
+    log = tmp_path / "agent.log"
+    first = start_agent(bundle_path, config, log)
+    assert wait_for(lambda: outbox.exists() and outbox_rows(outbox)[0] >= 6, 90), log.read_text()[-3000:]
+    assert first.poll() is None, "killed mid-stream, not after the end"
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    last_at_kill, queued_at_kill = outbox_rows(outbox)
+
+    second = start_agent(bundle_path, config, log)
+    try:
+        assert wait_for(lambda: not (set(outbox_rows(outbox)[1]) & set(queued_at_kill)), 60), log.read_text()[
+            -3000:
+        ]
+        assert wait_for(lambda: outbox_rows(outbox)[0] > last_at_kill + 3, 60)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(60)
+    last, queued = outbox_rows(outbox)
+    assert queued == {}, "the clean stop drained the outbox"
+    assert wait_for(lambda: len(stored(loop, "dev-kill")[0]) >= last, 30)
+    seqs, per_seq = stored(loop, "dev-kill")
+    assert seqs == list(range(1, last + 1))  # each promised message once: none lost, none twice
+    for seq, (kind, payload) in queued_at_kill.items():
+        if kind == "counts":
+            assert per_seq.get(seq, 0) == len(json.loads(payload)["records"]), seq
+    assert loop.hub.dead_letters.count() == 0
+
+
+# A broker outage ---------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    reason="known loss: messages the restarted broker acks before the hub's session is back are not "
+    "delivered to the hub (its session/subscription does not survive the broker restart)",
+    strict=False,
+)
+@pytest.mark.timeout(170)
+def test_a_broker_away_for_30_s_loses_nothing_and_duplicates_nothing(loop: Loop, tmp_path: Path) -> None:
+    bundle = loop.enroll("dev-outage")
+    settings = load_agent_settings(
+        None,
+        bundle=tmp_path / "unused.json",
+        sources=[{"type": "synthetic", "name": "cam0", "seed": 3, "fps": 5.0, "realtime": True}],
+        interval_s=1,
+        outbox={"path": str(tmp_path / "outbox.db")},
+    )
+    agent = Agent(settings, bundle)
+    agent.start()
+    try:
+        assert wait_for(lambda: loop.hub.ingest.stored_messages >= 1, 20)
+        loop.broker.stop()
+        assert wait_for(lambda: not agent.uplink.connected, 10)
+        time.sleep(30)  # the outage: the pipeline keeps counting into the outbox
+        assert agent.outbox.backlog() > 0
+        stored_before = loop.hub.ingest.stored_messages
+        loop.broker.start()  # same port
+        assert wait_for(lambda: agent.uplink.connected, 30)
+        # The hub's own session comes back too (paho retries with a delay capped at 30 s):
+        # what was queued during the outage is stored.
+        assert wait_for(lambda: loop.hub.ingest.stored_messages > stored_before, 45)
+        time.sleep(2)
+    finally:
+        agent.stop(drain_s=15)
+    assert agent.outbox_backlog_at_stop == 0
+    produced = +agent.counted
+    assert sum(produced.values()) > 0
+    assert wait_for(lambda: api_totals(loop, "dev-outage") == produced, 30), (
+        api_totals(loop, "dev-outage"),
+        produced,
+    )
+    seqs, _ = stored(loop, "dev-outage")
+    assert len(seqs) == len(set(seqs))
