@@ -114,7 +114,7 @@ class IngestService:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
         return client
 
     def start(self) -> None:

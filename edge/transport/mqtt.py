@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[bytes], None]
 
+# MQTT 5 PUBACK reason 16: "No matching subscribers". Mosquitto answers it when no hub is
+# subscribed (e.g. just after a broker restart, before the hubs re-subscribe).
+_NO_MATCHING_SUBSCRIBERS = 16
+
 
 def _write_tls_files(bundle: EnrollmentBundle) -> Path:
     """paho wants file paths: write the bundle's PEMs into a private directory."""
@@ -81,6 +85,9 @@ class MqttUplink:
         self.published = 0
         self.acked = 0
         self.refused = 0
+        self.unrouted = 0  # PUBACK 16: accepted by the broker, delivered to nobody
+        self.unrouted_hold_s = 2.0
+        self._hold_until = 0.0
         self.connects = 0
 
     @property
@@ -159,6 +166,9 @@ class MqttUplink:
         backoff.reset()
         self.connects += 1
         while not self._stop.is_set() and not self._lost.is_set():
+            if time.monotonic() < self._hold_until:
+                self._stop.wait(0.2)
+                continue
             if not self._fill(client):
                 self.outbox.wait(0.2)
         if self._stop.is_set() and self.connected:
@@ -226,6 +236,13 @@ class MqttUplink:
             # Refused (e.g. not authorised): keep it; it is retried on the next session.
             self.refused += 1
             log.error("broker refused message %s: %s", seq, reason)
+            return
+        if reason.value == _NO_MATCHING_SUBSCRIBERS:
+            # The broker took it but nobody (no hub) was subscribed: it went nowhere. Keep it,
+            # and hold sending for a moment; a hub that is reconnecting will subscribe again.
+            self.unrouted += 1
+            self._hold_until = time.monotonic() + self.unrouted_hold_s
+            log.warning("no hub subscribed: message %s kept for later", seq)
             return
         self.outbox.ack(seq)
         self.acked += 1

@@ -250,11 +250,6 @@ def test_kill_9_mid_stream_then_restart_delivers_every_queued_record_exactly_onc
 # A broker outage ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="known loss: messages the restarted broker acks before the hub's session is back are not "
-    "delivered to the hub (its session/subscription does not survive the broker restart)",
-    strict=False,
-)
 @pytest.mark.timeout(170)
 def test_a_broker_away_for_30_s_loses_nothing_and_duplicates_nothing(loop: Loop, tmp_path: Path) -> None:
     bundle = loop.enroll("dev-outage")
