@@ -250,7 +250,7 @@ def test_kill_9_mid_stream_then_restart_delivers_every_queued_record_exactly_onc
 # A broker outage ---------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(170)
+@pytest.mark.timeout(240)
 def test_a_broker_away_for_30_s_loses_nothing_and_duplicates_nothing(loop: Loop, tmp_path: Path) -> None:
     bundle = loop.enroll("dev-outage")
     settings = load_agent_settings(
@@ -276,8 +276,9 @@ def test_a_broker_away_for_30_s_loses_nothing_and_duplicates_nothing(loop: Loop,
         assert wait_for(lambda: loop.hub.ingest.stored_messages > stored_before, 45)
         time.sleep(2)
     finally:
-        agent.stop(drain_s=15)
-    assert agent.outbox_backlog_at_stop == 0
+        agent.stop(drain_s=40)
+    uplink = agent.uplink
+    assert agent.outbox_backlog_at_stop == 0, (uplink.connects, uplink.published, uplink.acked, uplink.unrouted)
     produced = +agent.counted
     assert sum(produced.values()) > 0
     assert wait_for(lambda: api_totals(loop, "dev-outage") == produced, 30), (
