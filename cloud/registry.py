@@ -22,6 +22,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ from shared.topics import check_name
 
 log = logging.getLogger(__name__)
 
+_LOCKED_RETRIES: Final = 10
 SCOPES: Final = frozenset({"read:telemetry", "write:devices", "write:rollouts", "admin"})
 TOKEN_PREFIX: Final = "rs_"  # noqa: S105 - a public marker, not a secret
 MODEL_STATUSES: Final = frozenset({"draft", "published", "retired"})
@@ -276,6 +278,20 @@ class Registry:
             raise TransportError(f"registry database unreachable: {exc.orig}") from exc
 
     def _run_migration(self, migrate: Callable[[Connection], None]) -> None:
+        # Two hubs starting together on one SQLite file: the loser of BEGIN IMMEDIATE can
+        # outwait the busy timeout on a loaded machine. The migration rolled back whole, so
+        # trying again is safe; it then finds the schema current and does nothing.
+        for attempt in range(_LOCKED_RETRIES):
+            try:
+                self._migrate_once(migrate)
+                return
+            except TransportError as exc:
+                if "locked" not in str(exc) or attempt == _LOCKED_RETRIES - 1:
+                    raise
+                log.info("registry locked by another migrating process; retrying")
+                time.sleep(0.2 * (attempt + 1))
+
+    def _migrate_once(self, migrate: Callable[[Connection], None]) -> None:
         try:
             with self._writer.connect() as connection:
                 sqlite = connection.dialect.name == "sqlite"
