@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import tempfile
 import threading
 import time
@@ -76,8 +77,8 @@ class MqttUplink:
         self._tls_dir = _write_tls_files(bundle)
         self._status_topic = topics.uplink(bundle.site, bundle.device_id, "status")
         self._command_topic = topics.command(bundle.device_id)
-        self._lock = threading.Lock()
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox seq; the uplink thread's alone
+        self._acks: queue.SimpleQueue[tuple[int, ReasonCode]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._lost = threading.Event()
@@ -150,7 +151,13 @@ class MqttUplink:
         client.max_inflight_messages_set(self.max_inflight)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
+        # PUBACKs go through a queue the uplink thread drains: paho calls on_publish holding its
+        # own lock, and taking ours there while this thread held ours across publish() deadlocked
+        # under load. A queue per client also keeps a late ack of an abandoned session (whose
+        # mids the next session reuses) from ever settling the wrong message.
+        acks: queue.SimpleQueue[tuple[int, ReasonCode]] = queue.SimpleQueue()
+        self._acks = acks
+        client.on_publish = lambda _c, _u, mid, reason, _p: acks.put((mid, reason))
         client.on_message = self._on_message
         return client
 
@@ -166,11 +173,12 @@ class MqttUplink:
         backoff.reset()
         self.connects += 1
         while not self._stop.is_set() and not self._lost.is_set():
+            self._settle_acks()
             if time.monotonic() < self._hold_until:
                 self._stop.wait(0.2)
                 continue
             if not self._fill(client):
-                self.outbox.wait(0.2)
+                self.outbox.wait(0.02 if self._inflight else 0.2)
         if self._stop.is_set() and self.connected:
             client.publish(
                 self._status_topic, json.dumps({"state": "offline"}), qos=1, retain=True
@@ -180,14 +188,13 @@ class MqttUplink:
         self._connected.clear()
         client.disconnect()
         client.loop_stop()
-        with self._lock:
-            self._inflight.clear()  # the outbox still holds them; the next session resends
+        self._settle_acks()  # acks that arrived before the connection closed still count
+        self._inflight.clear()  # the outbox still holds the rest; the next session resends
 
     def _fill(self, client: mqtt.Client) -> bool:
         """Publish pending messages up to the in-flight limit; False when nothing was sent."""
-        with self._lock:
-            room = self.max_inflight - len(self._inflight)
-            busy = set(self._inflight.values())
+        room = self.max_inflight - len(self._inflight)
+        busy = set(self._inflight.values())
         if room <= 0:
             time.sleep(0.005)
             return True
@@ -195,11 +202,11 @@ class MqttUplink:
         for item in items:
             topic = topics.uplink(self.bundle.site, self.bundle.device_id, item.kind)  # type: ignore[arg-type]
             wire = self._sealer.seal(item.kind, item.seq, item.payload, self._clock_ms())
-            with self._lock:  # hold it so on_publish cannot run before the mid is recorded
-                info = client.publish(topic, wire, qos=1)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    return False
-                self._inflight[info.mid] = item.seq
+            info = client.publish(topic, wire, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return False
+            # Its PUBACK may already be queued; it is settled only after this, on this thread.
+            self._inflight[info.mid] = item.seq
             self.published += 1
         return bool(items)
 
@@ -225,11 +232,17 @@ class MqttUplink:
         self._connected.clear()
         self._lost.set()
 
-    def _on_publish(
-        self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None
-    ) -> None:
-        with self._lock:
-            seq = self._inflight.pop(mid, None)
+    def _settle_acks(self) -> None:
+        """Apply the PUBACKs received so far (uplink thread only)."""
+        while True:
+            try:
+                mid, reason = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            self._settle(mid, reason)
+
+    def _settle(self, mid: int, reason: ReasonCode) -> None:
+        seq = self._inflight.pop(mid, None)
         if seq is None:
             return  # a status message, or a publish from a session we already abandoned
         if reason.is_failure:
