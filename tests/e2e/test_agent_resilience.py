@@ -244,7 +244,10 @@ def test_kill_9_mid_stream_then_restart_delivers_every_queued_record_exactly_onc
     for seq, (kind, payload) in queued_at_kill.items():
         if kind == "counts":
             assert per_seq.get(seq, 0) == len(json.loads(payload)["records"]), seq
-    assert loop.hub.dead_letters.count() == 0
+    # A message the hub stored whose PUBACK the killed agent never saw is sent again after the
+    # restart; the hub cannot tell that from a replay, refuses it as one and keeps the copy it
+    # already had (docs/protocol.md). Nothing else may be refused.
+    assert loop.hub.dead_letters.count() == loop.hub.dead_letters.count("replay")
 
 
 # A broker outage ---------------------------------------------------------------------------
