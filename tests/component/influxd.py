@@ -19,7 +19,6 @@ import atexit
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -29,6 +28,8 @@ from types import TracebackType
 from typing import Final, NoReturn, Self
 
 import pytest
+
+from cloud.broker import free_loopback_port
 
 START_TIMEOUT_S: Final = 10.0
 STOP_TIMEOUT_S: Final = 5.0
@@ -72,20 +73,13 @@ def influxd_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class InfluxServer:
     """A private ``influxd`` under ``root``; use as a context manager."""
 
     def __init__(self, root: Path) -> None:
         self.root = root / "influxd"
-        self.http_port = free_port()
-        self.rpc_port = free_port()
+        self.http_port = free_loopback_port()
+        self.rpc_port = free_loopback_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self._binary = influxd_binary()
         setpriv = shutil.which("setpriv")
@@ -104,11 +98,11 @@ class InfluxServer:
                 self.start()
                 return self
             except RuntimeError as exc:
-                # Another process took a port between free_port() and influxd binding it: new ports.
+                # Another process took a port between free_loopback_port() and influxd binding it: new ports.
                 if "address already in use" not in str(exc) or attempt == _PORT_ATTEMPTS - 1:
                     atexit.unregister(self.stop)
                     raise
-                self.http_port, self.rpc_port = free_port(), free_port()
+                self.http_port, self.rpc_port = free_loopback_port(), free_loopback_port()
                 self.url = f"http://127.0.0.1:{self.http_port}"
         raise AssertionError("unreachable")
 

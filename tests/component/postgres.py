@@ -36,7 +36,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -45,6 +44,8 @@ from types import TracebackType
 from typing import Final, NoReturn, Self
 
 import pytest
+
+from cloud.broker import free_loopback_port
 
 INITDB_TIMEOUT_S: Final = 60.0
 START_TIMEOUT_S: Final = 15.0
@@ -78,19 +79,12 @@ def _major_version(initdb: str) -> int:
     return int(version) if version.isdigit() else 0
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PostgresServer:
     """A private PostgreSQL cluster; use as a context manager. ``url`` is its ``postgres`` database."""
 
     def __init__(self, root: Path) -> None:
         self.root = root / "postgres"
-        self.port = free_port()
+        self.port = free_loopback_port()
         self._bindir = postgres_bindir()
         self._as_root = os.geteuid() == 0
         self._log = self.root / "postgres.log"
@@ -119,10 +113,10 @@ class PostgresServer:
                     self.start()
                     return self
                 except RuntimeError as exc:
-                    # Someone took the port between free_port() and the server binding it: another port.
+                    # Someone took the port between free_loopback_port() and the server binding it: another port.
                     if "already in use" not in str(exc) or attempt == _PORT_ATTEMPTS - 1:
                         raise
-                    self.port = free_port()
+                    self.port = free_loopback_port()
         except BaseException:
             self.stop()
             atexit.unregister(self.stop)
