@@ -9,6 +9,9 @@
     <home>/deadletters.db  rejected messages, for inspection
     <home>/broker/         a Mosquitto the hub runs itself (demo, single box)
     <home>/bundles/        enrollment bundles made here
+    <home>/release/repository/   the TUF model repository the hub serves (metadata/, targets/)
+    <home>/release/online-keys/  the online targets/snapshot/timestamp keys (root keys stay offline)
+    <home>/datasets/<name>/      hard examples and imports, versioned (see shared.dataset)
 """
 
 from __future__ import annotations
@@ -84,6 +87,21 @@ class HubHome:
     @property
     def bundles(self) -> Path:
         return self.root / "bundles"
+
+    @property
+    def repository_dir(self) -> Path:
+        """The TUF model repository (made by ``roadside model repo init``)."""
+        return self.root / "release" / "repository"
+
+    @property
+    def online_keys_dir(self) -> Path:
+        return self.root / "release" / "online-keys"
+
+    def has_repository(self) -> bool:
+        return (self.repository_dir / "metadata" / "root.json").is_file()
+
+    def datasets_dir(self, name: str = "detector") -> Path:
+        return self.root / "datasets" / name
 
     def cert(self, stem: str) -> tuple[Path, Path]:
         """(certificate, key) files of ``hub`` or ``broker``."""

@@ -124,6 +124,99 @@ class HealthMessage(_Strict):
     health: Health
 
 
+# Hard examples --------------------------------------------------------------------
+
+SampleReason = Literal["low_confidence", "disagreement", "rare_class"]
+MAX_SAMPLE_JPEG_B64: Final = 160_000  # base64 characters: a sample message stays under the hub's 256 KiB cap
+MAX_SAMPLES_PER_MESSAGE: Final = 1
+
+
+class LabeledBox(_Strict):
+    """A box in the image's pixels (x1, y1, x2, y2) with its class; ``conf`` for a model's detection."""
+
+    cls: Name
+    box: tuple[float, float, float, float]
+    conf: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class HardExample(_Strict):
+    """A frame the device thinks is worth learning from, redacted (faces, plates) before it left."""
+
+    sample_id: uuid.UUID
+    ts: AwareDatetime
+    stream: Name
+    model_version: Name
+    reasons: list[SampleReason] = Field(min_length=1, max_length=3)
+    score: float = Field(ge=0.0, le=1.0)  # how hard: higher is more worth labelling
+    width: int = Field(gt=0, le=8192)
+    height: int = Field(gt=0, le=8192)
+    image_jpeg_b64: str = Field(min_length=4, max_length=MAX_SAMPLE_JPEG_B64)
+    redacted: bool
+    detections: list[LabeledBox] = Field(default_factory=list, max_length=300)
+    # Ground truth where the source has it (the synthetic scene); None for a real camera.
+    labels: list[LabeledBox] | None = Field(default=None, max_length=300)
+
+
+class SamplesMessage(_Strict):
+    schema_version: Literal[1] = Field(default=1, alias="schema")
+    kind: Literal["samples"] = "samples"
+    records: list[HardExample] = Field(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)
+
+
+# Model updates ----------------------------------------------------------------------
+
+Version = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[0-9A-Za-z.+_-]+$")]
+OtaState = Literal["staging", "shadow", "active", "refused", "failed", "rolled_back"]
+CONFIDENCE_BINS: Final = 10
+
+
+class ShadowStats(_Strict):
+    """The candidate model beside the running one on the same live frames."""
+
+    frames: int = Field(ge=0)
+    agreement: float = Field(ge=0.0, le=1.0)  # F1 of candidate vs running detections (IoU >= 0.5, same class)
+    latency_p95_ms_running: float = Field(ge=0.0)
+    latency_p95_ms_candidate: float = Field(ge=0.0)
+    # Normalised histograms of detection confidence over [0, 1] in CONFIDENCE_BINS bins.
+    confidence_running: list[float] = Field(min_length=CONFIDENCE_BINS, max_length=CONFIDENCE_BINS)
+    confidence_candidate: list[float] = Field(min_length=CONFIDENCE_BINS, max_length=CONFIDENCE_BINS)
+
+
+class OtaReport(_Strict):
+    """Where one device stands with one model update."""
+
+    rollout_id: int | None = None
+    name: Name
+    version: Version
+    state: OtaState
+    running_version: Version | None = None
+    detail: Annotated[str, Field(max_length=1024)] = ""
+    shadow: ShadowStats | None = None
+
+
+class OtaMessage(_Strict):
+    schema_version: Literal[1] = Field(default=1, alias="schema")
+    kind: Literal["ota"] = "ota"
+    report: OtaReport
+
+
+class OtaCommandArgs(_Strict):
+    """``args`` of an ``ota`` command.
+
+    ``install``: fetch ``name`` ``version`` through TUF, run it in shadow beside
+    the running model for ``shadow_s`` seconds (and at least ``min_frames``
+    frames), report, then switch. ``rollback``: switch back to the previous
+    model (kept loaded, so it is instant).
+    """
+
+    action: Literal["install", "rollback"]
+    rollout_id: int | None = None
+    name: Name | None = None
+    version: Version | None = None
+    shadow_s: float = Field(default=600.0, ge=0.0, le=86_400.0)
+    min_frames: int = Field(default=20, ge=0, le=100_000)
+
+
 class AckMessage(_Strict):
     schema_version: Literal[1] = Field(default=1, alias="schema")
     kind: Literal["ack"] = "ack"
@@ -133,7 +226,7 @@ class AckMessage(_Strict):
 
 
 UplinkMessage = Annotated[
-    CountsMessage | EventsMessage | SensorsMessage | HealthMessage | AckMessage,
+    CountsMessage | EventsMessage | SensorsMessage | HealthMessage | AckMessage | SamplesMessage | OtaMessage,
     Field(discriminator="kind"),
 ]
 _UPLINK: TypeAdapter[Any] = TypeAdapter(UplinkMessage)
@@ -156,9 +249,12 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
-def decode_uplink(
-    kind: str, raw: bytes
-) -> CountsMessage | EventsMessage | SensorsMessage | HealthMessage | AckMessage:
+UplinkPayload = (
+    CountsMessage | EventsMessage | SensorsMessage | HealthMessage | AckMessage | SamplesMessage | OtaMessage
+)
+
+
+def decode_uplink(kind: str, raw: bytes) -> UplinkPayload:
     """Validate an uplink plaintext; the envelope's ``kind`` must match the payload's."""
     try:
         message = _UPLINK.validate_json(raw)

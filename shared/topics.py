@@ -9,7 +9,7 @@ from typing import Final, Literal, get_args
 from shared.errors import ConfigError
 
 ROOT: Final = "roadside/v1"
-UplinkKind = Literal["events", "counts", "sensors", "health", "samples", "ack", "status"]
+UplinkKind = Literal["events", "counts", "sensors", "health", "samples", "ack", "ota", "status"]
 UPLINK_KINDS: Final = frozenset(get_args(UplinkKind))
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

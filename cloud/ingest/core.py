@@ -16,8 +16,13 @@ from shared.schemas import (
     AckMessage,
     CountsMessage,
     EventsMessage,
+    HardExample,
     HealthMessage,
+    OtaMessage,
+    OtaReport,
+    SamplesMessage,
     SensorsMessage,
+    UplinkPayload,
     decode_uplink,
 )
 from shared.topics import parse_uplink
@@ -33,12 +38,15 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
+    """An authentic, valid message: telemetry to store, or something for a listener after the write."""
+
     batch: IngestBatch
     header: Header
     ack: AckMessage | None = None
+    ota: OtaReport | None = None  # for the rollout controller
+    samples: tuple[HardExample, ...] = ()  # for the dataset inbox
 
 
-UplinkPayload = CountsMessage | EventsMessage | SensorsMessage | HealthMessage | AckMessage
 SiteLookup = Callable[[str], str | None]
 
 
@@ -74,7 +82,11 @@ class IngestCore:
             return Rejection(exc.reason, str(exc), topic, header.device_id)
         origin = Origin(header.device_id, site, header.seq)
         return Accepted(
-            _batch_of(origin, message), header, message if isinstance(message, AckMessage) else None
+            _batch_of(origin, message),
+            header,
+            ack=message if isinstance(message, AckMessage) else None,
+            ota=message.report if isinstance(message, OtaMessage) else None,
+            samples=tuple(message.records) if isinstance(message, SamplesMessage) else (),
         )
 
 
@@ -87,4 +99,4 @@ def _batch_of(origin: Origin, message: UplinkPayload) -> IngestBatch:
         return IngestBatch(origin, sensors=message.records)
     if isinstance(message, HealthMessage):
         return IngestBatch(origin, health=message.health)
-    return IngestBatch(origin)  # an ack: nothing to store as telemetry
+    return IngestBatch(origin)  # an ack, OTA report or samples: for the listeners, not the time series
