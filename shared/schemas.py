@@ -174,7 +174,11 @@ class ShadowStats(_Strict):
     """The candidate model beside the running one on the same live frames."""
 
     frames: int = Field(ge=0)
-    agreement: float = Field(ge=0.0, le=1.0)  # F1 of candidate vs running detections (IoU >= 0.5, same class)
+    # Share of the running model's detections the candidate also finds (IoU >= 0.5, same class):
+    # a retrained model that finds more still agrees; a broken one does not.
+    agreement: float = Field(ge=0.0, le=1.0)
+    # Share of the candidate's detections the running model lacks (new finds, or false alarms).
+    novel: float = Field(ge=0.0, le=1.0)
     latency_p95_ms_running: float = Field(ge=0.0)
     latency_p95_ms_candidate: float = Field(ge=0.0)
     # Normalised histograms of detection confidence over [0, 1] in CONFIDENCE_BINS bins.
