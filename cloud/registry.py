@@ -69,7 +69,9 @@ _LOCKED_RETRIES: Final = 10
 SCOPES: Final = frozenset({"read:telemetry", "write:devices", "write:rollouts", "admin"})
 TOKEN_PREFIX: Final = "rs_"  # noqa: S105 - a public marker, not a secret
 MODEL_STATUSES: Final = frozenset({"draft", "published", "retired"})
-ROLLOUT_STATUSES: Final = frozenset({"pending", "running", "paused", "completed", "rolled_back", "aborted"})
+ROLLOUT_STATUSES: Final = frozenset(
+    {"pending", "running", "paused", "rolling_back", "completed", "rolled_back", "aborted"}
+)
 DEFAULT_ACTOR: Final = "system"
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
@@ -149,6 +151,24 @@ class _Rollout(_Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Added by migration 0003: the rollout's settings, its progress, and why it ended.
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    current_wave: Mapped[int] = mapped_column(Integer, server_default="0")
+    wave_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reason: Mapped[str] = mapped_column(String(1024), server_default="")
+
+
+class _RolloutDevice(_Base):
+    __tablename__ = "rollout_devices"
+    rollout_id: Mapped[int] = mapped_column(Integer, ForeignKey("rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    wave: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(1024))
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    baseline: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    health: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 # What the migrations build, for Alembic's autogenerate and the drift test.
@@ -195,6 +215,23 @@ class RolloutRecord:
     waves: tuple[Mapping[str, Any], ...]
     status: str
     created_at: datetime
+    updated_at: datetime
+    spec: Mapping[str, Any] | None = None
+    current_wave: int = 0
+    wave_started_at: datetime | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutDeviceRecord:
+    rollout_id: int
+    device_id: str
+    wave: int
+    state: str
+    detail: str
+    shadow: Mapping[str, Any] | None
+    baseline: Mapping[str, Any] | None
+    health: Mapping[str, Any] | None
     updated_at: datetime
 
 
@@ -546,9 +583,15 @@ class Registry:
         target: str,
         waves: Sequence[Mapping[str, Any]],
         *,
+        spec: Mapping[str, Any] | None = None,
+        assignments: Sequence[tuple[str, int]] = (),
         actor: str = DEFAULT_ACTOR,
     ) -> RolloutRecord:
-        """Record a pending rollout of a published model to ``target`` in ``waves``."""
+        """Record a pending rollout of a published model to ``target`` in ``waves``.
+
+        ``assignments`` are ``(device_id, wave)`` pairs: the devices the rollout
+        will reach, each starting ``pending``.
+        """
         if not target or len(target) > 256:
             raise ConfigError("rollout target must be 1-256 characters (e.g. 'all', 'site:<site>')")
         plan = [_json_object(wave, "rollout wave") for wave in waves]
@@ -563,10 +606,22 @@ class Registry:
             row = _Rollout(
                 model_name=model_name, model_version=model_version, target=target, waves=plan,
                 status="pending", created_at=now, updated_at=now,
+                spec=_json_object(spec, "rollout spec") if spec is not None else None,
+                current_wave=0, reason="",
             )  # fmt: skip
             session.add(row)
             session.flush()  # assigns the id
-            details = {"model": model_name, "version": model_version, "target": target, "waves": len(plan)}
+            for device_id, wave in assignments:
+                session.add(
+                    _RolloutDevice(
+                        rollout_id=row.id, device_id=device_id, wave=wave, state="pending", detail="",
+                        updated_at=now,
+                    )  # fmt: skip
+                )
+            details = {
+                "model": model_name, "version": model_version, "target": target, "waves": len(plan),
+                "devices": len(assignments), "spec": row.spec,
+            }  # fmt: skip
             _audit(session, actor, "rollout.create", str(row.id), details, now)
             return _rollout_record(row)
 
@@ -586,6 +641,8 @@ class Registry:
                 raise ConfigError(f"rollout {rollout_id} does not exist")
             details = {"from": row.status, "to": status, "reason": reason}
             row.status, row.updated_at = status, now
+            if reason:
+                row.reason = reason[:1024]
             session.flush()
             _audit(session, actor, "rollout.status", str(rollout_id), details, now)
             return _rollout_record(row)
@@ -603,6 +660,61 @@ class Registry:
             query = query.where(_Rollout.status == status)
         with Session(self._engine) as session:
             return [_rollout_record(row) for row in session.scalars(query)]
+
+    def start_wave(self, rollout_id: int, wave: int, *, actor: str = DEFAULT_ACTOR) -> RolloutRecord:
+        """Make ``wave`` the rollout's current wave (started now) and mark it running; audited."""
+        now = datetime.now(UTC)
+
+        def change(session: Session) -> RolloutRecord:
+            row = session.get(_Rollout, rollout_id)
+            if row is None:
+                raise ConfigError(f"rollout {rollout_id} does not exist")
+            row.current_wave, row.wave_started_at, row.updated_at = wave, now, now
+            if row.status == "pending":
+                row.status = "running"
+            session.flush()
+            _audit(session, actor, "rollout.wave", str(rollout_id), {"wave": wave}, now)
+            return _rollout_record(row)
+
+        return self._write(change)
+
+    def rollout_devices(self, rollout_id: int) -> list[RolloutDeviceRecord]:
+        query = (
+            select(_RolloutDevice)
+            .where(_RolloutDevice.rollout_id == rollout_id)
+            .order_by(_RolloutDevice.wave, _RolloutDevice.device_id)
+        )
+        with Session(self._engine) as session:
+            return [_rollout_device_record(row) for row in session.scalars(query)]
+
+    def update_rollout_device(
+        self, rollout_id: int, device_id: str, advance: Callable[[RolloutDeviceRecord], Mapping[str, Any] | None]
+    ) -> RolloutDeviceRecord | None:
+        """Change one device's progress: ``advance`` gets the current record and returns the fields
+        to set (``state``, ``detail``, ``shadow``, ``baseline``, ``health``), or ``None`` for no change.
+        ``None`` if the device is not part of the rollout."""
+        now = datetime.now(UTC)
+
+        def change(session: Session) -> RolloutDeviceRecord | None:
+            row = session.get(_RolloutDevice, (rollout_id, device_id))
+            if row is None:
+                return None
+            fields = advance(_rollout_device_record(row))
+            if not fields:
+                return _rollout_device_record(row)
+            for name, value in fields.items():
+                if name not in ("state", "detail", "shadow", "baseline", "health"):
+                    raise ConfigError(f"rollout device field {name!r} cannot be set")
+                setattr(row, name, value[:1024] if name == "detail" else value)
+            row.updated_at = now
+            session.flush()
+            return _rollout_device_record(row)
+
+        return self._write(change)
+
+    def record_audit(self, actor: str, action: str, subject: str, details: Mapping[str, Any]) -> None:
+        """Append an audit entry for a decision that changes no registry row (a gate verdict)."""
+        self._write(lambda session: _audit(session, actor, action, subject, details, datetime.now(UTC)))
 
 
 def _audit(
@@ -660,6 +772,18 @@ def _rollout_record(row: _Rollout) -> RolloutRecord:
     return RolloutRecord(
         row.id, row.model_name, row.model_version, row.target, tuple(dict(w) for w in row.waves),
         row.status, _utc_now_or(row.created_at), _utc_now_or(row.updated_at),
+        dict(row.spec) if row.spec is not None else None, row.current_wave or 0,
+        _utc(row.wave_started_at), row.reason or "",
+    )  # fmt: skip
+
+
+def _rollout_device_record(row: _RolloutDevice) -> RolloutDeviceRecord:
+    return RolloutDeviceRecord(
+        row.rollout_id, row.device_id, row.wave, row.state, row.detail,
+        dict(row.shadow) if row.shadow is not None else None,
+        dict(row.baseline) if row.baseline is not None else None,
+        dict(row.health) if row.health is not None else None,
+        _utc_now_or(row.updated_at),
     )  # fmt: skip
 
 

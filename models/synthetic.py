@@ -96,6 +96,7 @@ class SceneConfig:
     fps: float = 10.0
     light: float = 1.0  # 1 day, ~0.5 dusk, ~0.25 night
     rain: float = 0.0  # 0..1 streaks/blur
+    fog: float = 0.0  # 0..1 haze toward a grey sky, denser farther away
     spawn_rate: float = 0.6  # new objects per second
     seed: int = 0
 
@@ -108,6 +109,8 @@ class SceneConfig:
             raise ValueError(f"light must be in [0.05, 1.5], got {self.light}")
         if not 0.0 <= self.rain <= 1.0:
             raise ValueError(f"rain must be in [0, 1], got {self.rain}")
+        if not 0.0 <= self.fog <= 1.0:
+            raise ValueError(f"fog must be in [0, 1], got {self.fog}")
         if self.spawn_rate < 0:
             raise ValueError(f"spawn_rate must be >= 0, got {self.spawn_rate}")
         if self.seed < 0:
@@ -565,6 +568,7 @@ class RoadScene:
         self._foreground = _Foreground.draw(self._layout, config.light, self._background, bg_rng)
         self._noise = self._make_noise(bg_rng)
         self._rain = self._make_rain(bg_rng) if config.rain > 0 else None
+        self._fog = self._make_fog() if config.fog > 0 else None
         self.advance(round(_WARMUP_S * config.fps), _warmup=True)
 
     @property
@@ -763,6 +767,9 @@ class RoadScene:
         rng = np.random.default_rng((cfg.seed, 2, index))
         if self._rain is not None:
             image = self._apply_rain(image, index)
+        if self._fog is not None:
+            veil, clear = self._fog
+            image = _u8(cv2.add(cv2.multiply(image, clear, dtype=cv2.CV_8U), veil))
         dy, dx = (int(v) for v in rng.integers(0, 16, size=2))
         noise = self._noise[dy : dy + cfg.height, dx : dx + cfg.width]
         return _u8(cv2.add(image, noise, dtype=cv2.CV_8U))
@@ -785,6 +792,19 @@ class RoadScene:
             c = int(v)
             cv2.line(layer, (int(x), int(y)), (int(x - 0.25 * length), int(y + length)), (c, c, c), 1)
         return layer
+
+    def _make_fog(self) -> tuple[ImageU8, npt.NDArray[np.float32]]:
+        # Fog scatters light toward the camera in proportion to distance, so
+        # the far (upper) part of the street fades most; the sky colour
+        # follows the light. Returned as the additive veil and the per-pixel
+        # share of the scene that still shows through.
+        cfg = self.config
+        rows = np.linspace(0.0, 1.0, cfg.height, dtype=np.float32)[:, None, None]
+        density = np.clip(cfg.fog * (0.95 - 0.35 * rows), 0.0, 1.0)
+        sky = np.array([200.0, 200.0, 195.0], dtype=np.float32) * min(cfg.light + 0.15, 1.0)
+        veil = np.broadcast_to(density * sky, (cfg.height, cfg.width, 3))
+        clear = np.broadcast_to(1.0 - density, (cfg.height, cfg.width, 3))
+        return _u8(np.rint(veil)), np.ascontiguousarray(clear, dtype=np.float32)
 
     def _apply_rain(self, image: ImageU8, index: int) -> ImageU8:
         assert self._rain is not None
@@ -824,6 +844,7 @@ def render_dataset(
             fps=config.fps,
             light=light,
             rain=config.rain,
+            fog=config.fog,
             spawn_rate=config.spawn_rate,
             seed=config.seed * 1000 + k,
         )

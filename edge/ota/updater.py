@@ -330,6 +330,11 @@ class ModelUpdater:
         _fsync_dir(folder)
         self._checkpoint("staged")
 
+    def staged_model(self, name: str, version: str) -> Path | None:
+        """The verified file ``check_and_stage`` left for ``version`` (to load it before ``activate``)."""
+        staged = self._models / "staging" / name / f"{version}.onnx"
+        return staged if staged.is_file() else None
+
     # Activation and rollback -------------------------------------------------
 
     def activate(self, version: str, *, name: str | None = None) -> OtaResult:
