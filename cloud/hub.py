@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from cloud.api.app import create_app
 from cloud.api.ratelimit import RateLimit
+from cloud.audit import AuditLog
 from cloud.commands import CommandSender
 from cloud.home import HubHome, enroll_device, reload_broker, write_acl
 from cloud.ingest.core import Accepted, IngestCore
@@ -19,7 +20,11 @@ from cloud.ingest.deadletter import DeadLetterStore
 from cloud.ingest.metrics import IngestMetrics
 from cloud.ingest.service import BrokerClientConfig, IngestService
 from cloud.live import LiveFeed
+from cloud.pki import CertFiles
 from cloud.registry import Registry
+from cloud.release.controller import RolloutController
+from cloud.release.repository import ModelRepository
+from cloud.release.server import RepositoryServer, TimestampRefresher
 from cloud.retention_job import RetentionJob
 from cloud.settings import (
     HubSettings,
@@ -105,6 +110,13 @@ class Hub:
             on_stored=self._on_stored,
         )
         self.commands = CommandSender(self.home.hub_keys(), self.registry, self.ingest)
+        self.rollouts = RolloutController(
+            self.registry, self.commands, self.store.latest_health, tick_s=settings.rollout_tick_s
+        )
+        self.repository: ModelRepository | None = None
+        self.repo_server: RepositoryServer | None = None
+        self.repo_url = ""
+        self._refresher: TimestampRefresher | None = None
         self.live = LiveFeed()
         self.webhooks = WebhookStore(self.home.root / "webhooks.db")
         self.dispatcher = WebhookDispatcher(self.webhooks)
@@ -185,6 +197,8 @@ class Hub:
             self.commands.note_key(header.device_id, header.kid)
             if result.ack is not None:
                 self.commands.on_ack(header.device_id, result.ack, kid=header.kid)
+            if result.ota is not None:
+                self.rollouts.on_report(header.device_id, result.ota)
 
     def _forget(self, device_id: str) -> None:
         self.opener.forget(device_id)
@@ -223,6 +237,9 @@ class Hub:
         if self.settings.api_port < 0:
             log.info("ingest-only hub process (no API)")
             return
+        # Rollouts and the model repository belong to the process that serves the API.
+        self.rollouts.start()
+        self._serve_repository()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.api_host, self.settings.api_port))
@@ -235,6 +252,24 @@ class Hub:
         )
         self._server_thread.start()
         log.info("hub API on %s", self.api_url)
+
+    def _serve_repository(self) -> None:
+        if not self.home.has_repository() or self.settings.repo_port < 0:
+            return
+        self.repository = ModelRepository(
+            self.home.repository_dir, self.home.online_keys_dir, audit=AuditLog(self.registry)
+        )
+        self._refresher = TimestampRefresher(self.repository, self.settings.timestamp_refresh_s)
+        self._refresher.start()
+        cert, key = self.home.cert("broker")
+        self.repo_server = RepositoryServer(
+            self.home.repository_dir,
+            self.settings.repo_host,
+            self.settings.repo_port,
+            tls=CertFiles(cert=cert, key=key),
+        )
+        self.repo_server.start()
+        self.repo_url = self.repo_server.url
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         """True once the broker session is up and the API answers."""
@@ -252,6 +287,11 @@ class Hub:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.rollouts.stop()
+        if self.repo_server is not None:
+            self.repo_server.stop()
+        if self._refresher is not None:
+            self._refresher.stop()
         if self.retention is not None:
             self.retention.stop()
         if self._server is not None:

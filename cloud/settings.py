@@ -109,6 +109,13 @@ class HubSettings(BaseSettings):
         default=256 * 1024, ge=1024, le=256 * 1024
     )  # the broker caps at 256 KiB too
     online_after_s: float = Field(default=180.0, ge=1)
+    # The model repository (<home>/release/repository), served read-only over HTTPS with the
+    # broker's certificate when it exists. repo_port 0: a free port; -1: not served by this process.
+    repo_host: str = "127.0.0.1"
+    repo_port: int = Field(default=8443, ge=-1, le=65535)
+    repo_public_url: str | None = None  # what enrolled devices fetch from; None: https://repo_host:port
+    timestamp_refresh_s: float = Field(default=3600.0, ge=1)
+    rollout_tick_s: float = Field(default=1.0, gt=0, le=60)
 
 
 def load_hub_settings(path: Path | None = None, **overrides: Any) -> HubSettings:

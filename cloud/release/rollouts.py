@@ -128,7 +128,7 @@ class GateThresholds:
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> GateThresholds:
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         unknown = sorted(set(body) - known)
         if unknown:
             raise ConfigError(f"unknown gate settings: {', '.join(unknown)}")
@@ -224,7 +224,11 @@ class WaveVerdict:
     gates: tuple[GateResult, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"decision": str(self.decision), "reason": self.reason, "gates": [g.to_json() for g in self.gates]}
+        return {
+            "decision": str(self.decision),
+            "reason": self.reason,
+            "gates": [g.to_json() for g in self.gates],
+        }
 
 
 def total_variation(a: Sequence[float], b: Sequence[float]) -> float:
@@ -312,6 +316,18 @@ def evaluate_wave(
     now: datetime,
 ) -> WaveVerdict:
     """Promote, keep waiting, or fail the wave made of ``devices``."""
+    early = _install_and_behaviour(
+        devices, gates, wave_started + timedelta(seconds=soak_s + gates.install_timeout_s), now
+    )
+    if isinstance(early, WaveVerdict):
+        return early
+    return _health_verdict([d for d in devices if d.state == "active"], gates, early, wave_started, now)
+
+
+def _install_and_behaviour(
+    devices: Sequence[DeviceProgress], gates: GateThresholds, deadline: datetime, now: datetime
+) -> WaveVerdict | list[GateResult]:
+    """A verdict if installs or behaviour already decide the wave; else the gate results so far."""
     failed = [d for d in devices if d.state in ("refused", "failed")]
     if len(failed) > gates.max_failed:
         first = failed[0]
@@ -328,18 +344,28 @@ def evaluate_wave(
     if bad:
         return WaveVerdict(Decision.FAIL, f"{bad[0].gate}: {bad[0].detail}", tuple(results))
     waiting = [d for d in devices if d.state not in ("active", "refused", "failed")]
-    deadline = wave_started + timedelta(seconds=soak_s + gates.install_timeout_s)
+    if waiting and now > deadline:
+        names = ", ".join(d.device_id for d in waiting[:5])
+        return WaveVerdict(
+            Decision.FAIL,
+            f"install: {len(waiting)} device(s) did not report active in time ({names})",
+            (GateResult("install", False, f"no report from {names}"),),
+        )
     if waiting:
-        if now > deadline:
-            names = ", ".join(d.device_id for d in waiting[:5])
-            return WaveVerdict(
-                Decision.FAIL,
-                f"install: {len(waiting)} device(s) did not report active in time ({names})",
-                (GateResult("install", False, f"no report from {names}"),),
-            )
         return WaveVerdict(Decision.WAIT, f"{len(waiting)} device(s) still installing or in shadow")
-    active = [d for d in devices if d.state == "active"]
-    results.insert(0, GateResult("install", True, f"{len(active)} installed, {len(failed)} failed"))
+    results.insert(
+        0, GateResult("install", True, f"{len(devices) - len(failed)} installed, {len(failed)} failed")
+    )
+    return results
+
+
+def _health_verdict(
+    active: Sequence[DeviceProgress],
+    gates: GateThresholds,
+    results: list[GateResult],
+    wave_started: datetime,
+    now: datetime,
+) -> WaveVerdict:
     last_switch = max((d.updated_at for d in active), default=wave_started)
     for device in active:
         health = health_gate(device, gates)
