@@ -86,8 +86,8 @@ def report(
         rollout_id=rollout_id,
         name="detector",
         version=version,
-        state=state,
-        shadow=stats,  # type: ignore[arg-type]
+        state=state,  # type: ignore[arg-type]
+        shadow=stats,
     )
 
 
