@@ -92,6 +92,10 @@ _TAGS: Final = [
     {"name": "events", "description": "Detection events such as wrong-way or stopped vehicles; live stream."},
     {"name": "sensors", "description": "Sensor readings: series and latest values."},
     {"name": "webhooks", "description": "Signed HTTP callbacks for events as they arrive (admin)."},
+    {
+        "name": "rollouts",
+        "description": "Staged model rollouts: canary, waves, gates, automatic rollback (write:rollouts).",
+    },
     {"name": "system", "description": "Health check and Prometheus metrics; no authentication."},
 ]
 

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 READ_TELEMETRY: Final = "read:telemetry"
 WRITE_DEVICES: Final = "write:devices"
+WRITE_ROLLOUTS: Final = "write:rollouts"
 ADMIN: Final = "admin"
 
 
@@ -168,4 +169,5 @@ def actor(client: ApiClient) -> str:
 
 TelemetryReader = Annotated[ApiClient, Security(authorize, scopes=[READ_TELEMETRY])]
 DeviceWriter = Annotated[ApiClient, Security(authorize, scopes=[WRITE_DEVICES])]
+RolloutOperator = Annotated[ApiClient, Security(authorize, scopes=[WRITE_ROLLOUTS])]
 Administrator = Annotated[ApiClient, Security(authorize, scopes=[ADMIN])]

@@ -40,6 +40,8 @@ from cloud.api.ratelimit import RateLimit, TokenBuckets
 from cloud.home import HubHome, enroll_device, init_home, write_acl
 from cloud.live import EventFilter, LiveFeed
 from cloud.registry import Registry
+from cloud.release.controller import change_rollout, create_rollout
+from cloud.release.rollouts import RolloutSpec
 from cloud.storage.base import (
     EventQuery,
     IngestBatch,
@@ -78,6 +80,11 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
     registry.create_schema()
     for device_id, site in [("cam-1", "site-a"), ("cam-2", "site-a"), ("cam-3", "site-b")]:
         registry.enroll(device_id, site, KeyPair.generate().public())
+    # Rollout 1 pending, rollout 2 paused: every rollout action has a rollout it applies to.
+    registry.publish_model("detector", "1.0.0", "a" * 64, 1000)
+    for _ in range(2):
+        create_rollout(registry, RolloutSpec("detector", "1.0.0", "site:site-a", 1, (100,), 60.0))
+    change_rollout(registry, 2, "pause")
     yield registry
     registry.close()
 
@@ -214,8 +221,8 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
 
 # Authorization: every route × missing, invalid, wrong-scope and right key ------------------------
 
-READ, WRITE_DEVICES, ADMIN = "read:telemetry", "write:devices", "admin"
-HOLDER_SCOPES = {"reader": READ, "devices_only": WRITE_DEVICES, "rollouts_only": "write:rollouts"}
+READ, WRITE_DEVICES, ADMIN, ROLLOUTS = "read:telemetry", "write:devices", "admin", "write:rollouts"
+HOLDER_SCOPES = {"reader": READ, "devices_only": WRITE_DEVICES, "rollouts_only": ROLLOUTS}
 
 
 def new_public_keys() -> dict[str, str]:
@@ -257,6 +264,24 @@ ROUTES = [
     Route("POST", "/v1/webhooks", ADMIN, json=lambda: {"url": "https://city.example/hook"}),
     Route("GET", "/v1/webhooks/{webhook_id}", ADMIN, "/v1/webhooks/{webhook_id}"),
     Route("DELETE", "/v1/webhooks/{webhook_id}", ADMIN, "/v1/webhooks/{webhook_id}", media_type=None),
+    Route("GET", "/v1/rollouts", ROLLOUTS),
+    Route(
+        "POST",
+        "/v1/rollouts",
+        ROLLOUTS,
+        json=lambda: {"model": "detector:1.0.0", "target": "site:site-a", "canary": 1, "waves": [50, 100]},
+    ),
+    Route("GET", "/v1/rollouts/{rollout_id}", ROLLOUTS, "/v1/rollouts/1"),
+    Route("POST", "/v1/rollouts/{rollout_id}/pause", ROLLOUTS, "/v1/rollouts/1/pause"),
+    Route("POST", "/v1/rollouts/{rollout_id}/resume", ROLLOUTS, "/v1/rollouts/2/resume"),
+    Route("POST", "/v1/rollouts/{rollout_id}/abort", ROLLOUTS, "/v1/rollouts/1/abort"),
+    Route(
+        "POST",
+        "/v1/rollouts/{rollout_id}/rollback",
+        ROLLOUTS,
+        "/v1/rollouts/2/rollback",
+        json=lambda: {"reason": "test"},
+    ),
 ]
 
 

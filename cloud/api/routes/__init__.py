@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from cloud.api.routes import counts, devices, events, fleet, sensors, speeds, stream, system, webhooks
+from cloud.api.routes import (
+    counts,
+    devices,
+    events,
+    fleet,
+    rollouts,
+    sensors,
+    speeds,
+    stream,
+    system,
+    webhooks,
+)
 
 # The stream router goes before events' so `/v1/events/stream` is never read as something else.
 ROUTERS: tuple[APIRouter, ...] = (
@@ -16,5 +27,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     events.router,
     sensors.router,
     webhooks.router,
+    rollouts.router,
     system.router,
 )
