@@ -299,11 +299,17 @@ def broker_run(
 
 
 def register(app: typer.Typer) -> None:
+    from cloud.dataset.cli import dataset_app
     from cloud.demo import demo
+    from cloud.model_cli import model_app
+    from cloud.rollout_cli import rollout_app
 
     app.add_typer(pki_app, name="pki")
     app.add_typer(device_app, name="device")
     app.add_typer(hub_app, name="hub")
     app.add_typer(broker_app, name="broker")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(rollout_app, name="rollout")
+    app.add_typer(dataset_app, name="dataset")
+    app.add_typer(model_app, name="model")
     app.command("demo")(demo)

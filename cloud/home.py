@@ -27,7 +27,7 @@ from pathlib import Path
 from cloud.broker import AclDevice, render_acl
 from cloud.pki import CertificateAuthority, IssuedCert, load_ca, save_ca, write_issued, write_private
 from cloud.registry import Registry
-from shared.bundle import BrokerAddress, EnrollmentBundle, write_bundle
+from shared.bundle import BrokerAddress, EnrollmentBundle, ModelRepoAnchor, write_bundle
 from shared.errors import ConfigError
 from shared.keys import KeyPair
 
@@ -161,8 +161,14 @@ def enroll_device(
     broker: BrokerAddress,
     out: Path | None = None,
     actor: str = "system",
+    repo_url: str | None = None,
 ) -> tuple[EnrollmentBundle, Path]:
-    """Issue a device's certificate and keys, register it, refresh the broker ACL, write its bundle."""
+    """Issue a device's certificate and keys, register it, refresh the broker ACL, write its bundle.
+
+    ``repo_url`` is where devices reach the model repository this hub serves;
+    with it, and a repository in the home, the bundle carries the repository's
+    anchor (URL and current root metadata) and the device takes model updates.
+    """
     home.require()
     keys = KeyPair.generate()
     registry.enroll(device_id, site, keys.public(), actor=actor)
@@ -176,11 +182,20 @@ def enroll_device(
         client_key_pem=issued.key_pem.decode(),
         device_keys=keys.to_json(),
         hub_keys=home.hub_keys().public().to_json(),
+        model_repo=model_repo_anchor(home, repo_url),
     )
     path = out or home.bundles / f"{device_id}.json"
     write_bundle(bundle, path)
     write_acl(home, registry)
     return bundle, path
+
+
+def model_repo_anchor(home: HubHome, repo_url: str | None) -> ModelRepoAnchor | None:
+    """The anchor a new device trusts: the URL it reaches the repository at and its newest root."""
+    if repo_url is None or not home.has_repository():
+        return None
+    root = home.repository_dir / "metadata" / "root.json"
+    return ModelRepoAnchor(url=repo_url, root_json=root.read_text())
 
 
 def acl_devices(registry: Registry) -> list[AclDevice]:

@@ -8,12 +8,13 @@ import socket
 import threading
 
 import uvicorn
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from cloud.api.app import create_app
 from cloud.api.ratelimit import RateLimit
 from cloud.audit import AuditLog
 from cloud.commands import CommandSender
+from cloud.dataset.store import DatasetStore
 from cloud.home import HubHome, enroll_device, reload_broker, write_acl
 from cloud.ingest.core import Accepted, IngestCore
 from cloud.ingest.deadletter import DeadLetterStore
@@ -39,6 +40,7 @@ from shared.bundle import BrokerAddress
 from shared.envelope import HubOpener, ReplayWindow
 from shared.errors import ConfigError, RoadsideError
 from shared.keys import PublicKeys
+from shared.schemas import HardExample
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,14 @@ class Hub:
         self.metrics_registry = CollectorRegistry()
         self.metrics = IngestMetrics(self.metrics_registry)
         self.dead_letters = DeadLetterStore(self.home.dead_letters_db)
+        # Hard examples from devices land in the detector dataset's inbox (``roadside dataset commit``).
+        self.datasets = DatasetStore(self.home.datasets_dir())
+        self.dataset_samples = Counter(
+            "roadside_dataset_samples_total",
+            "Hard examples received, by result (added, duplicate, rejected_<reason>, error)",
+            ["result"],
+            registry=self.metrics_registry,
+        )
         self._sites: dict[str, str] = {}
         self.opener = HubOpener(
             [self.home.hub_keys()],
@@ -199,6 +209,21 @@ class Hub:
                 self.commands.on_ack(header.device_id, result.ack, kid=header.kid)
             if result.ota is not None:
                 self.rollouts.on_report(header.device_id, result.ota)
+            if result.samples:
+                self._store_samples(header.device_id, result.samples)
+
+    def _store_samples(self, device_id: str, samples: tuple[HardExample, ...]) -> None:
+        """Into the dataset inbox; a failure is counted and logged here, ingest goes on."""
+        try:
+            report = self.datasets.add_report(device_id, samples)
+        except Exception:  # a full disk must not stop telemetry; the log and the counter say so
+            log.exception("could not store %d hard example(s) from %s", len(samples), device_id)
+            self.dataset_samples.labels("error").inc(len(samples))
+            return
+        self.dataset_samples.labels("added").inc(report.added)
+        self.dataset_samples.labels("duplicate").inc(report.duplicates)
+        for reason, n in report.rejected.items():
+            self.dataset_samples.labels(f"rejected_{reason}").inc(n)
 
     def _forget(self, device_id: str) -> None:
         self.opener.forget(device_id)
@@ -303,4 +328,5 @@ class Hub:
         self.webhooks.close()
         self.store.close()
         self.dead_letters.close()
+        self.datasets.close()
         self.registry.close()

@@ -35,9 +35,12 @@ from edge.commands import (
 )
 from edge.health import FrameLedger, HealthCollector, HealthReport, SystemProbe
 from edge.inference.batching import BatchPolicy, DynamicBatcher
-from edge.inference.engine import OnnxDetector
+from edge.inference.engine import DEFAULT_MODEL, OnnxDetector, OnnxSession, file_version
 from edge.metrics import HealthMetrics, MetricsServer
+from edge.ota.manager import OtaHost, OtaManager, boot, make_updater, repo_anchor
+from edge.ota.updater import ModelUpdater, ShippedModel
 from edge.outbox import Outbox, Priority
+from edge.samples.uploader import SampleUploader
 from edge.sensors.pipeline import SensorPipeline
 from edge.settings import AgentSettings, SourceConfig, load_agent_settings
 from edge.sources import Frame, FrameSource, open_source
@@ -54,6 +57,8 @@ from shared.schemas import (
     EventsMessage,
     Health,
     HealthMessage,
+    OtaMessage,
+    OtaReport,
     encode,
 )
 
@@ -102,8 +107,12 @@ class Agent:
         if key_state.current.kid != bundle.keypair().kid:
             bundle = bundle.model_copy(update={"device_keys": key_state.current.to_json()})
         self.bundle = bundle
-        self.detector = detector or OnnxDetector.from_config(settings.model, len(settings.sources))
+        self.detector, updater = self._boot_model(detector)
         self.outbox = Outbox(settings.outbox.path, settings.outbox.max_bytes)
+        # Hard examples (off by default): None keeps their cost off the pipeline entirely.
+        self.samples: SampleUploader | None = None
+        if settings.samples.enabled:
+            self.samples = SampleUploader(settings.samples, self.outbox)
         self.sensors = SensorPipeline(
             settings.sensors, self.outbox.put, max_records=settings.outbox.records_per_message
         )
@@ -137,6 +146,11 @@ class Agent:
             self._reload_settings if config_path is not None else None,
             AckJournal(default_journal_path(settings)),
         )
+        self.ota: OtaManager[OnnxDetector] | None = None
+        if updater is not None:
+            host = OtaHost(lambda: self.detector, self._load_detector, self._switch_detector, self._emit_ota)
+            self.ota = OtaManager(updater, host, settings.ota, settings.model.path or DEFAULT_MODEL)
+            self.commands.register("ota", self.ota.handle)
         self.health_collector = HealthCollector(
             self.detector, self.outbox, self.frames, self.ledger, SystemProbe(), lambda: self.uplink.connected
         )
@@ -164,6 +178,8 @@ class Agent:
             self.metrics.start()  # first: a port in use is a configuration error, before any work
         self.uplink.start()
         self.sensors.start()
+        if self.samples is not None:
+            self.samples.start()
         self._command_thread = threading.Thread(target=self._run_commands, name="commands", daemon=True)
         self._command_thread.start()
         with self._streams_lock:
@@ -179,6 +195,8 @@ class Agent:
         """Stop cleanly: no frame in flight is lost, the open interval is sent."""
         self._command_queue.put(_STOP)  # blocks only while full; the command thread is draining it
         self._command_thread.join(timeout=60)
+        if self.ota is not None:
+            self.ota.stop()  # an install not yet switched is abandoned; its staged file stays
         with self._streams_lock:
             self._running = False
         for source in self.sources:
@@ -188,6 +206,8 @@ class Agent:
         self._stop.set()
         self._pipeline_thread.join(timeout=30)
         self.sensors.stop()  # before the uplink, so its last batch is in the outbox to drain
+        if self.samples is not None:
+            self.samples.stop()
         self._run_controls(force=True)
         if self.metrics is not None:
             self.metrics.stop()
@@ -380,12 +400,18 @@ class Agent:
         self._flush_events(force=True)
 
     def _process(self, batch: list[Frame]) -> None:
-        detections = self.detector.detect([f.image for f in batch])
+        images = [f.image for f in batch]
+        started = time.perf_counter()
+        detections = self.detector.detect(images)
+        if self.ota is not None:  # a shadow test runs the candidate on the same frames, every Nth batch
+            self.ota.observe(images, detections, (time.perf_counter() - started) * 1000.0)
         for frame, found in zip(batch, detections, strict=True):
             state = self._state_for(frame)
             state.frames += 1
             state.fps_window.append(time.monotonic())
             del state.fps_window[:-50]
+            if self.samples is not None:  # a decision here; redaction and encoding on its own thread
+                self.samples.offer(frame, found, self.detector.info.labels, self.detector.info.version)
             out = state.analytics.update(frame.ts, found)
             self._emit_counts(out.closed_counts)
             version = self.detector.info.version
@@ -436,6 +462,51 @@ class Agent:
         self.events_emitted += len(events)
         self._last_event_flush = time.monotonic()
 
+    # Model updates ----------------------------------------------------------
+
+    def _boot_model(self, detector: OnnxDetector | None) -> tuple[OnnxDetector, ModelUpdater | None]:
+        """The detector to run and, with a model repository (settings or bundle), the OTA updater.
+
+        With a repository the model file is the updater's boot choice: the
+        active model if it verifies, else the previous, else the shipped one.
+        """
+        settings = self.settings
+        anchor = repo_anchor(settings, self.bundle)
+        if anchor is None:
+            return detector or OnnxDetector.from_config(settings.model, len(settings.sources)), None
+        if detector is None:
+            shipped_path = settings.model.path or DEFAULT_MODEL
+            return boot(settings, anchor, shipped_path, self._load_detector, _shipped_version)
+        shipped = ShippedModel(detector.info.path, settings.ota.model_name, detector.info.version)
+        return detector, make_updater(settings, anchor, shipped)
+
+    def _load_detector(self, path: Path, version: str | None) -> OnnxDetector:
+        """A detector for ``path`` with the running one's settings (providers, thresholds, batch)."""
+        config = self.settings.model.model_copy(update={"path": path, "version": version})
+        return OnnxDetector.from_config(config, len(self.settings.sources))
+
+    def _switch_detector(self, detector: OnnxDetector) -> None:
+        """Run ``detector`` from the next batch; returns once the pipeline did the switch."""
+
+        def run() -> None:  # on the pipeline thread, between batches
+            info = detector.info
+            for state in self.streams.values():
+                old = state.analytics
+                self._emit_counts(old.flush())  # the open interval so far is the old model's
+                state.analytics = StreamAnalytics(
+                    old.config, old.stream, info.labels, info.version, old.interval_s, tracker=old.tracker
+                )
+            self.detector = detector
+            self.health_collector.detector = detector
+
+        control = _Control(run)
+        self._submit(control)
+        if not control.done.wait(_RETIRE_WAIT_S):
+            log.warning("model switch to %s still waits for the pipeline", detector.info.version)
+
+    def _emit_ota(self, report: OtaReport) -> None:
+        self.outbox.put("ota", encode(OtaMessage(report=report)), Priority.OTA)
+
     # Health and commands ----------------------------------------------------
 
     def health_report(self) -> HealthReport:
@@ -478,3 +549,8 @@ class Agent:
                 continue
             if ack is not None:
                 self.outbox.put("ack", encode(ack), Priority.ACK)
+
+
+def _shipped_version(path: Path) -> str:
+    """The shipped model's ``model_version`` metadata (else its hash), read without a full load."""
+    return OnnxSession(path, ["CPUExecutionProvider"]).metadata.get("model_version") or file_version(path)

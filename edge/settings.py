@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge.analytics.config import AnalyticsConfig
+from edge.privacy.redact import PrivacyConfig
 from edge.sensors.config import SensorConfig
 from shared.config import load_settings
 
@@ -84,6 +85,63 @@ class OutboxConfig(_Section):
     records_per_message: int = Field(default=200, ge=1, le=2000)
 
 
+class SamplesConfig(_Section):
+    """Hard examples: frames worth labelling, redacted on the device, sent to the hub's dataset.
+
+    Off by default. Turning it on sends images, so it also needs
+    ``privacy.images_leave_device = true``: two explicit switches, never one by accident.
+    """
+
+    enabled: bool = False
+    budget_bytes_per_hour: int = Field(default=20_000_000, ge=100_000)  # all streams together
+    min_interval_s: float = Field(default=10.0, ge=0.0)  # between two samples of one stream
+    confidence_band: tuple[float, float] = (0.4, 0.6)  # a detection in here is uncertain
+    rare_class_share: float = Field(default=0.05, gt=0.0, lt=1.0)  # under this share of recent detections
+    jpeg_quality: int = Field(default=85, ge=10, le=100)  # the first quality tried
+    jpeg_quality_floor: int = Field(default=50, ge=10, le=100)  # below this, downscale instead
+    queue: int = Field(default=4, ge=1, le=64)  # selected frames waiting for redaction and encoding
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SamplesConfig:
+        low, high = self.confidence_band
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(
+                f"samples.confidence_band must satisfy 0 <= low < high <= 1, got {self.confidence_band}"
+            )
+        if self.jpeg_quality_floor > self.jpeg_quality:
+            raise ValueError(
+                f"samples.jpeg_quality_floor ({self.jpeg_quality_floor}) is above samples.jpeg_quality ({self.jpeg_quality})"
+            )
+        if self.enabled and not self.privacy.images_leave_device:
+            raise ValueError(
+                "samples.enabled sends (redacted) images to the hub: also set samples.privacy.images_leave_device = true"
+            )
+        return self
+
+
+OtaStep = Literal["downloaded", "staged", "moved", "swapped"]
+
+
+class OtaConfig(_Section):
+    """Model updates over the air. Off unless a repository is named here or in the enrollment bundle."""
+
+    repo_url: str | None = None  # None: the bundle's model_repo.url
+    trusted_root: Path | None = None  # root metadata the device trusts; None: the bundle's
+    ca_file: Path | None = None  # pins the CA of an HTTPS repository
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # the most one download may be
+    state_dir: Path | None = None  # TUF metadata and models/; None: the outbox's directory
+    model_name: str = Field(default="detector", min_length=1, max_length=64)
+    # The candidate runs on every Nth batch during a shadow test: at most 1/N extra inference.
+    shadow_every: int = Field(default=2, ge=1, le=100)
+    shadow_grace_s: float = Field(default=600.0, ge=0)  # past shadow_s, how long to wait for min_frames
+    retries: int = Field(default=4, ge=0, le=20)  # of a staging the repository did not answer
+    retry_base_s: float = Field(default=2.0, ge=0.01, le=600)
+    # Test seam for kill tests only: sleep pause_s at this durable step of an install.
+    pause_at: OtaStep | None = None
+    pause_s: float = Field(default=60.0, ge=0, le=3600)
+
+
 class AgentSettings(BaseSettings):
     """Everything the agent needs. Secrets live in the enrollment bundle, not here."""
 
@@ -96,6 +154,8 @@ class AgentSettings(BaseSettings):
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)  # lanes, zones, speed traps, events
     model: ModelConfig = Field(default_factory=ModelConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    ota: OtaConfig = Field(default_factory=OtaConfig)
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)  # hard examples for retraining
     interval_s: int = Field(default=60, ge=1, le=3600)
     heartbeat_s: float = Field(default=30.0, ge=1.0)
     frame_queue: int = Field(default=8, ge=1, le=256)
@@ -109,6 +169,11 @@ class AgentSettings(BaseSettings):
         names = [s.name for s in self.sources]
         if len(names) != len(set(names)):
             raise ValueError(f"source names must be unique, got {names}")
+        if self.samples.enabled and self.samples.confidence_band[1] <= self.model.conf_threshold:
+            raise ValueError(
+                f"samples.confidence_band {self.samples.confidence_band} lies below model.conf_threshold "
+                f"({self.model.conf_threshold}): no detection can fall in it"
+            )
         return self
 
 

@@ -31,9 +31,9 @@ from .synthetic import CLASSES, SceneConfig, SceneFrame, render_dataset
 
 __all__ = [
     "CONDITIONS",
-    "HeldoutCondition",
     "TRAIN_SEED_LIMIT",
     "EvalReport",
+    "HeldoutCondition",
     "average_precision",
     "evaluate_detections",
     "evaluate_model",

@@ -37,7 +37,7 @@ from .evaluate import TRAIN_SEED_LIMIT, evaluate_model, heldout_frames
 from .export import export_onnx, onnx_predictor
 from .synthetic import CLASSES, RoadScene, SceneConfig
 
-__all__ = ["SceneSampler", "TrainConfig", "train"]
+__all__ = ["IMGSZ", "ModelEma", "SceneSampler", "TrainConfig", "augment", "collate", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,34 +99,53 @@ class SceneSampler:
             self._pool[k] = self._new_scene()
         scene.advance(int(rng.integers(1, 5)))
         frame = scene.step()
-        image, info = letterbox(frame.image, IMGSZ)
         boxes = np.array([o.box for o in frame.objects], dtype=np.float32).reshape(-1, 4)
         classes = np.array([o.cls for o in frame.objects], dtype=np.float32)
-        boxes = info.to_input(boxes)
-
-        top, bottom = info.pad_y, IMGSZ[0] - info.pad_y
-        y0 = int(rng.integers(max(0, bottom - CROP_ROWS), min(top, IMGSZ[0] - CROP_ROWS) + 1))
-        image = image[:, y0 : y0 + CROP_ROWS]
-        boxes[:, [1, 3]] -= y0
-        if rng.random() < 0.5:
-            image = image[:, :, ::-1]
-            boxes[:, [0, 2]] = IMGSZ[1] - boxes[:, [2, 0]]
-        # Exposure and white-balance jitter, so night is not one fixed tint.
-        gain = rng.uniform(0.75, 1.25) * rng.uniform(0.9, 1.1, size=(3, 1, 1))
-        image = np.clip(image * gain.astype(np.float32) + rng.uniform(-0.06, 0.06), 0.0, 1.0)
-        targets = np.concatenate([classes[:, None], boxes], axis=1)
-        return np.ascontiguousarray(image, dtype=np.float32), targets
+        return augment(frame.image, boxes, classes, rng)
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Images [B, 3, CROP_ROWS, 320] and targets [B, M, 5] padded with class -1."""
-        samples = [self.sample() for _ in range(size)]
-        m = max(1, *(t.shape[0] for _, t in samples))
-        targets = np.zeros((size, m, 5), dtype=np.float32)
-        targets[:, :, 0] = -1
-        for i, (_, t) in enumerate(samples):
-            targets[i, : t.shape[0]] = t
-        images = torch.from_numpy(np.stack([s for s, _ in samples]))
-        return images, torch.from_numpy(targets)
+        return collate([self.sample() for _ in range(size)])
+
+
+def augment(
+    image_bgr: npt.NDArray[np.uint8],
+    boxes: npt.NDArray[np.float32],
+    classes: npt.NDArray[np.float32],
+    rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Letterbox, crop, flip and colour-jitter one labelled frame (boxes in its pixels).
+
+    Returns the image (3 x CROP_ROWS x 320, RGB 0..1) and targets [M, 5]
+    (class, x1, y1, x2, y2 in input pixels).
+    """
+    image, info = letterbox(image_bgr, IMGSZ)
+    boxes = info.to_input(boxes.astype(np.float32).reshape(-1, 4))
+    top, bottom = info.pad_y, IMGSZ[0] - info.pad_y
+    y0 = int(rng.integers(max(0, bottom - CROP_ROWS), min(top, IMGSZ[0] - CROP_ROWS) + 1))
+    image = image[:, y0 : y0 + CROP_ROWS]
+    boxes[:, [1, 3]] -= y0
+    if rng.random() < 0.5:
+        image = image[:, :, ::-1]
+        boxes[:, [0, 2]] = IMGSZ[1] - boxes[:, [2, 0]]
+    # Exposure and white-balance jitter, so night is not one fixed tint.
+    gain = rng.uniform(0.75, 1.25) * rng.uniform(0.9, 1.1, size=(3, 1, 1))
+    image = np.clip(image * gain.astype(np.float32) + rng.uniform(-0.06, 0.06), 0.0, 1.0)
+    targets = np.concatenate([classes.astype(np.float32)[:, None], boxes], axis=1)
+    return np.ascontiguousarray(image, dtype=np.float32), targets
+
+
+def collate(
+    samples: Sequence[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack augmented samples: images [B, 3, H, W], targets [B, M, 5] padded with class -1."""
+    m = max(1, *(t.shape[0] for _, t in samples))
+    targets = np.zeros((len(samples), m, 5), dtype=np.float32)
+    targets[:, :, 0] = -1
+    for i, (_, t) in enumerate(samples):
+        targets[i, : t.shape[0]] = t
+    images = torch.from_numpy(np.stack([s for s, _ in samples]))
+    return images, torch.from_numpy(targets)
 
 
 class ModelEma:

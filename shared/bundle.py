@@ -26,6 +26,15 @@ class BrokerAddress(BaseModel):
     tls_server_name: str | None = None
 
 
+class ModelRepoAnchor(BaseModel):
+    """Where the device fetches model updates, and the TUF root metadata it trusts first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(min_length=1)
+    root_json: str = Field(min_length=2)  # the repository's root.json, as published
+
+
 class EnrollmentBundle(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -38,6 +47,7 @@ class EnrollmentBundle(BaseModel):
     client_key_pem: str
     device_keys: dict[str, str]  # KeyPair.to_json(): private keys, base64
     hub_keys: dict[str, str]  # PublicKeys.to_json()
+    model_repo: ModelRepoAnchor | None = None  # None: no model updates (bundles made before OTA)
 
     def keypair(self) -> KeyPair:
         return KeyPair.from_json(self.device_keys)

@@ -633,11 +633,14 @@ def release_model(
     version: str | None = None,
     parent: str | None = None,
     actor: str = DEFAULT_ACTOR,
+    extra_metadata: Mapping[str, Any] | None = None,
 ) -> ModelRecord:
     """Sign an ONNX model into the repository and record it (with lineage) in the registry.
 
-    The registry entry carries the target path and the signed fields, and its
-    ``model.publish`` audit entry is written in the same transaction.
+    The registry entry carries the target path and the signed fields (plus
+    ``extra_metadata``, e.g. the held-out evaluation and lineage, which are
+    not signed), and its ``model.publish`` audit entry is written in the
+    same transaction.
     """
     manifest = describe_onnx(model_path, name, version)
     if registry.get_model(name, manifest.version) is not None:
@@ -648,6 +651,7 @@ def release_model(
         model_path, manifest=manifest, min_agent_version=min_agent_version, actor=actor
     )
     metadata = {
+        **(extra_metadata or {}),
         **published.custom,
         "target_path": published.target_path,
         "targets_version": published.targets_version,

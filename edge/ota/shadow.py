@@ -33,9 +33,14 @@ LATENCY_WINDOW: Final = 4096
 class FrameDetections(Protocol):
     """One frame's detections (``edge.inference.yolo.Detections``)."""
 
-    boxes: npt.NDArray[np.float32]  # (N, 4) x1, y1, x2, y2
-    scores: npt.NDArray[np.float32]  # (N,)
-    class_ids: npt.NDArray[np.int64]  # (N,)
+    @property
+    def boxes(self) -> npt.NDArray[np.float32]: ...  # (N, 4) x1, y1, x2, y2
+
+    @property
+    def scores(self) -> npt.NDArray[np.float32]: ...  # (N,)
+
+    @property
+    def class_ids(self) -> npt.NDArray[np.int64]: ...  # (N,)
 
 
 def pairwise_iou(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:

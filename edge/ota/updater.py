@@ -379,12 +379,23 @@ class ModelUpdater:
         log.info("activated model %s %s", name, version)
         return OtaResult(OtaStatus.INSTALLED, name, version)
 
-    def rollback(self) -> OtaResult:
-        """Swap the active and previous models (instant: the previous file is kept), after re-hashing it."""
+    def rollback(self, *, to_shipped: bool = False) -> OtaResult:
+        """Swap the active and previous models (instant: the previous file is kept), after re-hashing it.
+
+        With ``to_shipped``, an active model installed over the shipped one (no
+        previous in the pointer) is rolled back by removing the pointer: boot
+        then picks the shipped model.
+        """
         current = self._read_pointer()
         if current is None:
             return OtaResult(OtaStatus.UNAVAILABLE, self._default_name(), None, detail="nothing installed")
         active, previous = current
+        if previous is None and to_shipped and self._shipped is not None and self._shipped.path.is_file():
+            self._pointer.unlink()
+            _fsync_dir(self._pointer.parent)
+            self._checkpoint("swapped")
+            log.warning("rolled back model %s %s -> the shipped model", active.name, active.version)
+            return OtaResult(OtaStatus.INSTALLED, self._shipped.name, self._shipped.version, detail="shipped")
         if previous is None:
             return OtaResult(
                 OtaStatus.UNAVAILABLE, active.name, None, detail="no previous model to roll back to"

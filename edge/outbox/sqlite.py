@@ -8,7 +8,7 @@ holds.
 
 Disk budget: when a new message would push the queue past ``max_bytes``, the
 policy ``DROP_LOWEST_PRIORITY_OLDEST`` deletes the oldest messages of the
-lowest priority first (health, then sensors, then counts, events last); each
+lowest priority first (hard-example samples, then health, then sensors, then counts, events, OTA reports last); each
 drop is counted. Back-pressure: ``put`` reports how many were dropped, and
 ``is_congested`` tells the pipeline to shed work before it gets that far.
 """
@@ -30,11 +30,13 @@ log = logging.getLogger(__name__)
 
 
 class Priority(enum.IntEnum):
+    SAMPLES = -1  # hard-example images: the first to go, and only put while the outbox has room
     HEALTH = 0
     SENSORS = 1
     COUNTS = 2
     ACK = 3
     EVENTS = 4
+    OTA = 5  # model-update reports: few, small, and a rollout waits on each one
 
 
 class DropPolicy(enum.Enum):

@@ -9,6 +9,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+TruthBox = tuple[str, tuple[float, float, float, float]]  # class name, x1 y1 x2 y2 in the frame's pixels
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:
@@ -16,6 +18,7 @@ class Frame:
     index: int
     ts: float  # epoch seconds when the frame was captured
     image: npt.NDArray[np.uint8]  # HxWx3 BGR
+    truth: tuple[TruthBox, ...] | None = None  # ground truth where the source knows it (synthetic)
 
 
 class FrameSource(Protocol):

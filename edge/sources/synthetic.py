@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from edge.settings import SyntheticSource
 from edge.sources.base import Frame
-from models.synthetic import RoadScene, SceneConfig
+from models.synthetic import CLASSES, RoadScene, SceneConfig
 
 
 class SyntheticFrameSource:
@@ -44,7 +44,8 @@ class SyntheticFrameSource:
                 ts = time.time()
             else:
                 ts = started + frame.t
-            yield Frame(self.name, frame.index, ts, frame.image)
+            truth = tuple((CLASSES[o.cls], o.box) for o in frame.objects)
+            yield Frame(self.name, frame.index, ts, frame.image, truth)
 
     def close(self) -> None:
         self._stop.set()

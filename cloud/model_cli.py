@@ -1,0 +1,412 @@
+"""``roadside model train|publish|list|repo init``: retrain, gate and publish detectors.
+
+Thin: datasets come through ``shared.dataset``, training and the card from
+``models.retrain``, the verdict from ``cloud.release.gate``, signing from
+``cloud.release.repository``. Training needs the ``train`` extra (torch).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from shared.errors import ConfigError, RoadsideError
+
+if TYPE_CHECKING:
+    import torch
+
+    from cloud.home import HubHome
+    from cloud.registry import ModelRecord, Registry
+    from models.card import ParentRef
+
+log = logging.getLogger(__name__)
+
+HomeOption = Annotated[
+    Path, typer.Option("--home", help="The hub's home directory.", envvar="ROADSIDE_HUB_HOME")
+]
+DEFAULT_HOME = Path("/var/lib/roadside-hub")
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
+EvalFramesOption = Annotated[int, typer.Option(min=8, help="Held-out frames per condition.")]
+
+model_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Retrain, gate and publish models.")
+repo_app = typer.Typer(no_args_is_help=True, add_completion=False, help="The hub's TUF model repository.")
+model_app.add_typer(repo_app, name="repo")
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Roadside errors become one line on stderr and exit status 2."""
+    try:
+        yield
+    except RoadsideError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@contextmanager
+def _registry(home: HubHome) -> Iterator[Registry]:
+    from cloud.registry import Registry
+
+    registry = Registry(home.registry_url)
+    try:
+        yield registry
+    finally:
+        registry.close()
+
+
+def _split(spec: str, what: str) -> tuple[str, str | None]:
+    name, sep, version = spec.partition(":")
+    if not name or (sep and not version):
+        raise ConfigError(f"{what} {spec!r}: expected NAME or NAME:VERSION")
+    return name, version or None
+
+
+# repo init ---------------------------------------------------------------------
+
+
+@repo_app.command("init")
+def repo_init(
+    home: HomeOption = DEFAULT_HOME,
+    root_keys: Annotated[
+        Path | None,
+        typer.Option(help="Offline directory for the root keys (default: <home>/release/DEMO-root-keys)."),
+    ] = None,
+    keys: Annotated[int, typer.Option(min=1, help="Number of root keys.")] = 3,
+    threshold: Annotated[int, typer.Option(min=1, help="Root signatures needed.")] = 2,
+) -> None:
+    """Create the hub's TUF model repository, its online keys, and new root keys (offline)."""
+    from cloud.home import HubHome
+    from cloud.release import keys as tuf_keys
+    from cloud.release.repository import ModelRepository
+
+    hub = HubHome(home)
+    with _errors():
+        if hub.has_repository():
+            raise ConfigError(f"{hub.repository_dir} already holds a model repository")
+        if threshold > keys:
+            raise ConfigError(f"threshold {threshold} is more than the {keys} root keys")
+        offline = root_keys or hub.root / "release" / "DEMO-root-keys"
+        if root_keys is None:
+            typer.echo(
+                f"WARNING: root keys written to {offline}, next to the hub. That is for a demo "
+                "only: in production pass --root-keys on removable media and keep it offline.",
+                err=True,
+            )
+        signers = tuf_keys.generate_root_keys(offline, keys)
+        with _registry(hub) as registry:
+            ModelRepository.create(
+                hub.repository_dir,
+                hub.online_keys_dir,
+                root_keys=tuf_keys.public_keys(signers),
+                threshold=threshold,
+                root_signers=signers[:threshold],
+                audit=registry.audit,
+                actor=_actor(),
+            )
+    typer.echo(f"model repository at {hub.repository_dir}; root keys ({threshold} of {keys}) in {offline}")
+
+
+# train -------------------------------------------------------------------------
+
+
+def _published_file(hub: HubHome, record: ModelRecord) -> Path:
+    """The signed file of a registry model in the repository's targets (consistent-snapshot name)."""
+    target = record.metadata.get("target_path")
+    if not isinstance(target, str):
+        raise ConfigError(f"model {record.name} {record.version} has no target in the repository")
+    posix = PurePosixPath(target)
+    path = hub.repository_dir / "targets" / posix.parent / f"{record.sha256}.{posix.name}"
+    if not path.is_file():
+        raise ConfigError(f"model file {path} is missing from the repository")
+    return path
+
+
+def _resolve_parent(hub: HubHome, spec: str) -> tuple[Path, ParentRef]:
+    from models.card import ParentRef
+    from models.retrain import file_sha256
+
+    if spec.endswith(".onnx"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"parent model {path} does not exist")
+        return path, ParentRef(sha256=file_sha256(path), path=str(path))
+    name, version = _split(spec, "--parent")
+    with _registry(hub) as registry:
+        record = registry.get_model(name, version) if version else _latest(registry, name)
+    if record is None:
+        raise ConfigError(f"parent model {spec} is not in the registry; `roadside model list` shows what is")
+    path = _published_file(hub, record)
+    if file_sha256(path) != record.sha256:
+        raise ConfigError(f"{path} does not match the registry's sha256 for {name} {record.version}")
+    return path, ParentRef(sha256=record.sha256, name=name, version=record.version, path=str(path))
+
+
+def _pick_device(choice: str) -> torch.device:
+    import torch
+
+    if choice not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, not {choice!r}")
+    cuda = torch.cuda.is_available()
+    if choice == "cuda" and not cuda:
+        raise ConfigError("--device cuda, but torch sees no CUDA device")
+    if choice == "cpu" or not cuda:
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@contextmanager
+def _distributed(device: torch.device) -> Iterator[int]:
+    """Under ``torchrun`` (WORLD_SIZE > 1) join the process group; yields this process's rank.
+
+    Not exercised by the test suite (one CPU box): NCCL on CUDA, Gloo on CPU.
+    """
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield 0
+        return
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield dist.get_rank()
+    finally:
+        dist.destroy_process_group()
+
+
+@model_app.command("train")
+def train(
+    dataset: Annotated[str, typer.Option(help="NAME[:VERSION] of a hub dataset (latest version if none).")],
+    parent: Annotated[str, typer.Option(help="NAME[:VERSION] from the registry, or a PATH.onnx.")],
+    out: Annotated[Path, typer.Option(help="Folder for the ONNX files and the model card.")],
+    home: HomeOption = DEFAULT_HOME,
+    dataset_dir: Annotated[Path | None, typer.Option(help="Dataset folder (default: the hub's).")] = None,
+    version: Annotated[str, typer.Option(help="Model version written into the ONNX metadata.")] = "0.2.0",
+    steps: Annotated[int | None, typer.Option(min=1, help="Fixed step count (default 120).")] = None,
+    seconds: Annotated[float | None, typer.Option(min=1, help="Time budget instead of --steps.")] = None,
+    replay_share: Annotated[
+        float, typer.Option(min=0, max=0.95, help="Share of ordinary scene frames.")
+    ] = 0.3,
+    seed: int = 0,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch.")] = 2,
+    fp16: Annotated[bool, typer.Option(help="Also write and evaluate an FP16 variant.")] = False,
+    int8: Annotated[bool, typer.Option(help="Also write and evaluate an INT8 variant.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    eval_frames: EvalFramesOption = 160,
+    as_json: JsonOption = False,
+) -> None:
+    """Fine-tune a published detector on a dataset version; export, evaluate and write its model card."""
+    from cloud.home import HubHome
+    from models.card import DatasetRef
+    from models.finetune import FinetuneConfig, samples_from_manifest
+    from models.retrain import RetrainRequest, retrain
+    from shared.dataset import load_manifest
+
+    hub = HubHome(home)
+    with _errors():
+        if steps is not None and seconds is not None:
+            raise ConfigError("give --steps or --seconds, not both")
+        name, ds_version = _split(dataset, "--dataset")
+        folder = dataset_dir or hub.datasets_dir(name)
+        manifest = load_manifest(folder, int(ds_version) if ds_version and ds_version.isdigit() else None)
+        if ds_version is not None and not ds_version.isdigit():
+            raise ConfigError(f"dataset version {ds_version!r} must be a number")
+        frames = samples_from_manifest(folder, manifest)
+        parent_path, parent_ref = _resolve_parent(hub, parent)
+        config = FinetuneConfig(
+            steps=None if seconds is not None else (steps or FinetuneConfig.steps),
+            seconds=seconds or FinetuneConfig.seconds,
+            replay_share=replay_share,
+            seed=seed,
+            threads=threads,
+        )
+        request = RetrainRequest(
+            parent_path=parent_path,
+            parent=parent_ref,
+            dataset=DatasetRef(manifest.name, manifest.version, manifest.digest(), len(frames)),
+            out_dir=out,
+            version=version,
+            finetune=config,
+            fp16=fp16,
+            int8=int8,
+            eval_frames=eval_frames,
+        )
+        torch_device = _pick_device(device)
+        with _distributed(torch_device) as rank:
+            card = retrain(request, frames, torch_device, export=rank == 0)
+    if card is None:
+        return
+    if as_json:
+        typer.echo(json.dumps(card.as_dict()))
+        return
+    for variant in card.variants:
+        figures = ", ".join(f"{c} {m['map50']:.3f}" for c, m in variant.evaluation["conditions"].items())
+        typer.echo(f"{variant.kind} {out / variant.file}: mAP@0.5 {figures}")
+    typer.echo(f"model card: {out / 'MODEL_CARD.md'}")
+
+
+# publish -----------------------------------------------------------------------
+
+
+def _latest(registry: Registry, name: str) -> ModelRecord | None:
+    from cloud.release.repository import version_key
+
+    published = [m for m in registry.list_models(name) if m.status == "published"]
+    return max(published, key=lambda m: version_key(m.version), default=None)
+
+
+def _summary_of(path: Path, frames: int) -> dict[str, Any]:
+    from models.card import summarise
+    from models.evaluate import CONDITIONS, evaluate_onnx
+
+    return summarise(evaluate_onnx(path, tuple(CONDITIONS), frames), frames)
+
+
+def _current_summary(hub: HubHome, record: ModelRecord, frames: int) -> dict[str, Any]:
+    """The published model's stored held-out summary if it was taken the same way, else a fresh one."""
+    from models.evaluate import CONDITIONS
+
+    stored = record.metadata.get("evaluation")
+    if (
+        isinstance(stored, Mapping)
+        and stored.get("frames_per_condition") == frames
+        and set(stored.get("conditions", {})) >= set(CONDITIONS)
+    ):
+        return dict(stored)
+    log.info("evaluating the published %s %s (no comparable stored scores)", record.name, record.version)
+    return _summary_of(_published_file(hub, record), frames)
+
+
+def _lineage(path: Path) -> dict[str, Any]:
+    """The lineage from a card.json next to the candidate, when there is one."""
+    card = path.parent / "card.json"
+    if not card.is_file():
+        return {}
+    try:
+        lineage = json.loads(card.read_text())["lineage"]
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"{card} is not a Roadside model card: {exc!r}") from exc
+    return {"lineage": lineage} if isinstance(lineage, dict) else {}
+
+
+def _scores_line(summary: Mapping[str, Any]) -> str:
+    return ", ".join(
+        f"{c} {m['map50']:.3f} (count MAE {m['count_mae']:.2f})" for c, m in summary["conditions"].items()
+    )
+
+
+@model_app.command("publish")
+def publish(
+    path: Annotated[Path, typer.Argument(help="The candidate ONNX file.", exists=True, dir_okay=False)],
+    version: Annotated[str, typer.Option(help="Version to publish it as.")],
+    home: HomeOption = DEFAULT_HOME,
+    name: Annotated[str, typer.Option(help="Model name.")] = "detector",
+    parent: Annotated[str | None, typer.Option(help="Version it was trained from (lineage).")] = None,
+    force: Annotated[bool, typer.Option(help="Publish even if the gate refuses (needs --reason).")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why the gate is overridden (audited).")] = None,
+    min_gain: Annotated[float, typer.Option(help="Mean mAP@0.5 gain required.")] = 0.01,
+    min_agent_version: Annotated[str, typer.Option(help="Oldest agent that can run it.")] = "0.1.0",
+    eval_frames: EvalFramesOption = 160,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate a candidate against the published model; sign and record it only if it is better."""
+    from cloud.home import HubHome
+    from cloud.release.gate import publish_decision, scores_from_summary
+    from cloud.release.repository import ModelRepository, release_model
+
+    hub = HubHome(home)
+    with _errors():
+        if force and not (reason and reason.strip()):
+            raise ConfigError("--force needs --reason: say why the gate is overridden (it is audited)")
+        if not hub.has_repository():
+            raise ConfigError(f"no model repository in {home}; run `roadside model repo init --home {home}`")
+        with _registry(hub) as registry:
+            current = _latest(registry, name)
+            candidate = _summary_of(path, eval_frames)
+            current_summary = _current_summary(hub, current, eval_frames) if current else None
+            decision = publish_decision(
+                scores_from_summary(candidate),
+                scores_from_summary(current_summary) if current_summary else None,
+                min_gain,
+            )
+            details: dict[str, Any] = {
+                "version": version,
+                "current_version": current.version if current else None,
+                "decision": decision.as_dict(),
+                "candidate": {c: m["map50"] for c, m in candidate["conditions"].items()},
+                "current": {c: m["map50"] for c, m in current_summary["conditions"].items()}
+                if current_summary
+                else None,
+            }
+            if not decision.publish and not force:
+                registry.record_audit(_actor(), "model.publish.refused", name, details)
+                typer.echo(
+                    f"refused: {name} {version} does not beat {name} {current.version if current else '-'}: "
+                    f"{decision.reason}\n  candidate: {_scores_line(candidate)}\n"
+                    f"  current:   {_scores_line(current_summary or {'conditions': {}})}",
+                    err=True,
+                )
+                raise typer.Exit(1)
+            if not decision.publish:
+                registry.record_audit(_actor(), "model.publish.forced", name, {**details, "reason": reason})
+                typer.echo(f"WARNING: publishing despite the gate ({decision.reason}); audited", err=True)
+            repository = ModelRepository(hub.repository_dir, hub.online_keys_dir, audit=registry.audit)
+            record = release_model(
+                repository,
+                registry,
+                path,
+                name=name,
+                version=version,
+                parent=parent or (current.version if current else None),
+                min_agent_version=min_agent_version,
+                actor=_actor(),
+                extra_metadata={"evaluation": candidate, "gate": decision.as_dict(), **_lineage(path)},
+            )
+    result = {"published": f"{record.name} {record.version}", "sha256": record.sha256, **decision.as_dict()}
+    typer.echo(json.dumps(result) if as_json else f"published {name} {version}: {decision.reason}")
+
+
+@model_app.command("list")
+def list_models(
+    home: HomeOption = DEFAULT_HOME,
+    name: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Models in the registry, oldest first, with their held-out mean mAP@0.5."""
+    from cloud.home import HubHome
+
+    with _errors(), _registry(HubHome(home)) as registry:
+        models = registry.list_models(name)
+    rows: list[dict[str, Any]] = []
+    for m in models:
+        evaluation = m.metadata.get("evaluation")
+        conditions = evaluation.get("conditions", {}) if isinstance(evaluation, Mapping) else {}
+        rows.append({
+            "name": m.name,
+            "version": m.version,
+            "parent": m.parent,
+            "status": m.status,
+            "sha256": m.sha256,
+            "created_at": m.created_at.isoformat(),
+            "map50": {c: v.get("map50") for c, v in conditions.items()},
+        })  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for r in rows:
+        scores = " ".join(f"{c}={v:.3f}" for c, v in r["map50"].items() if isinstance(v, float))
+        typer.echo(f"{r['name']}\t{r['version']}\tparent={r['parent'] or '-'}\t{r['status']}\t{scores}")

@@ -1,0 +1,342 @@
+"""Fine-tune a published detector on frames from a new condition (the drift loop).
+
+A published model exists only as its ONNX file, and export folds batch norm
+into the convolutions, so :func:`load_onnx_detector` maps every ``Conv``
+node back to the ``RoadsideDetector`` module named in the node's scope
+(``/stem/stem.0/stem.0.0/Conv`` is ``stem.0.0``) and sets the batch norm
+after it to the identity with the folded bias as its shift. Fine-tuning then
+keeps batch norm in inference mode (frozen statistics; scale and shift still
+learn), the usual choice for a short fine-tune on small batches, so the
+model starts exactly where the parent was.
+
+Each batch mixes the new frames (augmented as in training) with a share of
+fresh frames from the ordinary synthetic scene (replay), so the model learns
+the new condition without forgetting day, dusk and night.
+:func:`samples_from_manifest` turns a dataset version (``shared.dataset``)
+into training frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from shared.dataset import DatasetManifest
+from shared.errors import ConfigError
+
+from .detector import DetectionLoss, RoadsideDetector
+from .evaluate import TRAIN_SEED_LIMIT
+from .synthetic import CLASSES, SceneConfig, render_dataset
+from .train import ModelEma, SceneSampler, augment, collate
+
+__all__ = [
+    "FinetuneConfig",
+    "LabelledFrame",
+    "finetune",
+    "load_onnx_detector",
+    "rendered_frames",
+    "samples_from_manifest",
+]
+
+logger = logging.getLogger(__name__)
+
+ImageU8 = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True)
+class LabelledFrame:
+    """One training image (BGR, any size) and its boxes (x1, y1, x2, y2 pixels) and class ids."""
+
+    image: ImageU8
+    boxes: npt.NDArray[np.float32]  # [M, 4]
+    classes: npt.NDArray[np.int64]  # [M]
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 3 or self.image.shape[2] != 3:
+            raise ConfigError(f"a training image must be HxWx3, got shape {self.image.shape}")
+        if self.boxes.shape != (self.classes.shape[0], 4):
+            raise ConfigError(f"boxes {self.boxes.shape} do not match {self.classes.shape[0]} classes")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of one fine-tune; the defaults are the measured drift recipe (docs/releases.md)."""
+
+    steps: int | None = 120  # fixed schedule; None: plan steps from ``seconds``
+    seconds: float = 45.0
+    batch_size: int = 12
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    warmup_steps: int = 10
+    replay_share: float = 0.3  # share of each batch drawn from the ordinary scene
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.steps is None and self.seconds <= 0:
+            raise ConfigError(f"seconds must be positive, got {self.seconds}")
+        if not 0.0 <= self.replay_share < 1.0:
+            raise ConfigError(f"replay_share must be in [0, 1), got {self.replay_share}")
+        if self.batch_size < 1 or self.lr <= 0 or self.threads < 1:
+            raise ConfigError("batch_size and threads must be >= 1 and lr positive")
+
+
+def _conv_modules(model: nn.Module) -> dict[str, nn.Conv2d]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def module_path(node_name: str) -> str:
+    """The module a TorchScript-exported node came from: ``/stage8/stage8.1/body/body.0/Conv`` → ``stage8.1.body.0``.
+
+    Each scope segment is a child's name, prefixed by its parent's segment
+    when the parent is a container that names children ``<parent>.<i>``.
+    """
+    prefix, last = "", ""
+    for segment in node_name.strip("/").split("/")[:-1]:
+        if last and segment.startswith(last + "."):
+            last = segment
+        else:
+            prefix, last = (f"{prefix}.{last}" if prefix else last), segment
+    return f"{prefix}.{last}" if prefix else last
+
+
+def load_onnx_detector(path: Path, num_classes: int = len(CLASSES)) -> RoadsideDetector:
+    """Rebuild a ``RoadsideDetector`` from its exported ONNX file (batch norm folded)."""
+    try:
+        proto = onnx.load(str(path))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the parent model {path}: {exc.strerror}") from exc
+    except Exception as exc:  # protobuf's DecodeError and others, for a file that is not a model
+        raise ConfigError(f"{path} is not an ONNX model: {exc}") from exc
+    weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    model = RoadsideDetector(num_classes=num_classes)
+    convs = _conv_modules(model)
+    modules = dict(model.named_modules())
+    seen: set[str] = set()
+    for node in proto.graph.node:
+        if node.op_type != "Conv":
+            continue
+        scope = module_path(node.name)
+        conv = convs.get(scope)
+        if conv is None or len(node.input) < 2 or node.input[1] not in weights:
+            raise ConfigError(f"{path} is not a RoadsideDetector export: unexpected Conv node {node.name!r}")
+        kernel = torch.from_numpy(weights[node.input[1]].copy())
+        if kernel.shape != conv.weight.shape:
+            raise ConfigError(
+                f"{path}: {scope} has shape {tuple(kernel.shape)}, expected {tuple(conv.weight.shape)}"
+            )
+        bias = (
+            torch.from_numpy(weights[node.input[2]].copy())
+            if len(node.input) > 2
+            else torch.zeros(kernel.shape[0])
+        )
+        with torch.no_grad():
+            conv.weight.copy_(kernel)
+            if conv.bias is not None:
+                conv.bias.copy_(bias)
+            else:
+                _set_identity_bn(modules, scope, bias)
+        seen.add(scope)
+    missing = sorted(set(convs) - seen)
+    if missing:
+        raise ConfigError(f"{path} is not a RoadsideDetector export: no weights for {', '.join(missing)}")
+    return model.eval()
+
+
+def _set_identity_bn(modules: dict[str, nn.Module], conv_name: str, shift: torch.Tensor) -> None:
+    # ConvBnAct is Sequential(conv, bn, act): the conv is "<block>.0", its batch norm "<block>.1".
+    block, _, index = conv_name.rpartition(".")
+    bn = modules.get(f"{block}.{int(index) + 1}")
+    if not isinstance(bn, nn.BatchNorm2d):
+        raise ConfigError(f"{conv_name} has no bias and no batch norm after it")
+    assert bn.running_mean is not None
+    assert bn.running_var is not None
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0 - bn.eps)  # so (x - 0) / sqrt(var + eps) is x exactly
+    bn.weight.data.fill_(1.0)
+    bn.bias.data.copy_(shift)
+
+
+def _decode_image(path: Path) -> ImageU8:
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ConfigError(f"{path} is not a readable image")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def samples_from_manifest(
+    folder: Path, manifest: DatasetManifest, class_names: Sequence[str] = CLASSES
+) -> list[LabelledFrame]:
+    """The labelled samples of a dataset version as training frames (unlabelled ones are skipped)."""
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted({b.cls for s in manifest.labelled() for b in s.labels or () if b.cls not in index})
+    if unknown:
+        raise ConfigError(
+            f"dataset {manifest.name} v{manifest.version} has classes the model does not: {', '.join(unknown)}"
+        )
+    frames = []
+    for sample in manifest.labelled():
+        image = _decode_image(folder / sample.file)
+        if image.shape[:2] != (sample.height, sample.width):
+            raise ConfigError(
+                f"{sample.file} is {image.shape[1]}x{image.shape[0]}, manifest says {sample.width}x{sample.height}"
+            )
+        labels = sample.labels or ()
+        boxes = np.array([b.box for b in labels], dtype=np.float32).reshape(-1, 4)
+        classes = np.array([index[b.cls] for b in labels], dtype=np.int64)
+        frames.append(LabelledFrame(image=image, boxes=boxes, classes=classes))
+    if not frames:
+        raise ConfigError(f"dataset {manifest.name} v{manifest.version} has no labelled samples")
+    return frames
+
+
+def rendered_frames(n: int, config: SceneConfig, stride: int = 5, scenes: int = 8) -> list[LabelledFrame]:
+    """``n`` labelled frames of the synthetic scene (a stand-in for collected hard examples)."""
+    if config.seed * 1000 + scenes > TRAIN_SEED_LIMIT:
+        raise ConfigError(f"seed {config.seed} would render held-out scenes; use a seed below 1000")
+    return [
+        LabelledFrame(
+            image=f.image,
+            boxes=np.array([o.box for o in f.objects], dtype=np.float32).reshape(-1, 4),
+            classes=np.array([o.cls for o in f.objects], dtype=np.int64),
+        )
+        for f in render_dataset(n, config, stride=stride, scenes=scenes)
+    ]
+
+
+class _MixedSampler:
+    """Batches of the given frames, augmented, with a share replayed from the ordinary scene."""
+
+    def __init__(self, frames: Sequence[LabelledFrame], replay_share: float, seed: int) -> None:
+        self._frames = frames
+        self._replay_share = replay_share
+        self._rng = np.random.default_rng((seed, 7))
+        self._replay = SceneSampler(seed, pool=8) if replay_share > 0 else None
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n_replay = round(size * self._replay_share) if self._replay is not None else 0
+        samples = []
+        for k in range(size):
+            if k < n_replay and self._replay is not None:
+                samples.append(self._replay.sample())
+                continue
+            f = self._frames[int(self._rng.integers(len(self._frames)))]
+            samples.append(augment(f.image, f.boxes, f.classes.astype(np.float32), self._rng))
+        return collate(samples)
+
+
+class _RawOutputs(nn.Module):
+    """The detector with :meth:`RoadsideDetector.forward_raw` as its forward (what the loss takes)."""
+
+    def __init__(self, detector: RoadsideDetector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.detector.forward_raw(images)
+
+
+def _freeze_batch_norm(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _agreed_total(step: int, elapsed: float, budget_s: float, warmup: int) -> int:
+    """Steps that fit the budget at the pace so far; under DDP, every rank plans from the slowest."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([elapsed], dtype=torch.float64)
+        if torch.distributed.get_backend() == "nccl":
+            t = t.cuda()
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        elapsed = float(t.item())
+    pace = elapsed / step
+    return max(step + int((budget_s - elapsed) / pace), warmup + 1)
+
+
+def finetune(
+    parent: Path | RoadsideDetector,
+    frames: Sequence[LabelledFrame],
+    config: FinetuneConfig = FinetuneConfig(),
+    device: torch.device | None = None,
+) -> tuple[RoadsideDetector, dict[str, float]]:
+    """Fine-tune ``parent`` (an ONNX file or a model) on ``frames``; returns the EMA model and stats.
+
+    Under ``torch.distributed`` (``torchrun``, initialised by the caller) the
+    model is wrapped in DistributedDataParallel; each rank draws its own
+    batches (seeded by rank) and ``batch_size`` is per rank.
+    """
+    if not frames:
+        raise ConfigError("fine-tuning needs at least one labelled frame")
+    device = device or torch.device("cpu")
+    torch.manual_seed(config.seed)
+    if device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    model = load_onnx_detector(parent) if isinstance(parent, Path) else parent
+    model = model.to(device).train()
+    _freeze_batch_norm(model)
+    trained: nn.Module = _RawOutputs(model)
+    if distributed:
+        # DDP synchronises gradients only through its own forward(), hence the wrapper.
+        ids = [device.index] if device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(trained, device_ids=ids)
+    sampler = _MixedSampler(frames, config.replay_share, config.seed + 1000 * rank)
+    loss_fn = DetectionLoss(model.num_classes)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    optimiser = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    ema = ModelEma(model, decay=0.99, ramp=20.0)  # short run: a short memory
+    total = config.steps or 10**9
+    start = time.monotonic()
+    step = 0
+    running: dict[str, float] = {}
+    while step < total:
+        for group in optimiser.param_groups:
+            group["lr"] = config.lr * _lr_factor(step, total, config.warmup_steps)
+        images, targets = sampler.batch(config.batch_size)
+        distances, logits = trained(images.to(device))
+        loss, parts = loss_fn(distances, logits, targets.to(device))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimiser.step()
+        ema.update(model)
+        step += 1
+        for key, value in parts.items():
+            running[key] = 0.9 * running.get(key, value) + 0.1 * value
+        if config.steps is None and step == 5:
+            total = _agreed_total(step, time.monotonic() - start, config.seconds, config.warmup_steps)
+            logger.info("fine-tune: planning %d steps for %.0f s", total, config.seconds)
+        if step % 20 == 0:
+            logger.info("fine-tune step %d/%d cls %.3f box %.3f", step, total, running["cls"], running["box"])
+    out = ema.ema
+    assert isinstance(out, RoadsideDetector)
+    stats = {"steps": float(step), "train_seconds": time.monotonic() - start, **running}
+    return out.cpu().eval(), stats
