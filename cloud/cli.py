@@ -95,6 +95,13 @@ def device_enroll(
     broker_host: Annotated[str, typer.Option(help="Broker address the device connects to.")] = "localhost",
     broker_port: Annotated[int, typer.Option(help="Broker TLS port.")] = 8883,
     out: Annotated[Path | None, typer.Option(help="Where to write the bundle.")] = None,
+    repo_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the device fetches model updates (default https://<broker-host>:8443 "
+            "when the home has a model repository)."
+        ),
+    ] = None,
 ) -> None:
     """Issue the device's certificate and keys as one bundle and register it on the hub."""
     from cloud.home import HubHome, enroll_device
@@ -113,6 +120,7 @@ def device_enroll(
             BrokerAddress(host=broker_host, port=broker_port),
             out,
             _actor(),
+            repo_url=repo_url or (f"https://{broker_host}:8443" if hub_home.has_repository() else None),
         )
     except RoadsideError as exc:
         raise _fail(exc) from exc

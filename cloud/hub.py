@@ -192,7 +192,10 @@ class Hub:
             host=self.settings.device_broker_host or self.settings.broker_host,
             port=self.settings.device_broker_port or self.settings.broker_port,
         )
-        bundle, _ = enroll_device(self.home, self.registry, device_id, site, address, actor=actor)
+        repo_url = self.settings.repo_public_url or self.repo_url or None
+        bundle, _ = enroll_device(
+            self.home, self.registry, device_id, site, address, actor=actor, repo_url=repo_url
+        )
         reload_broker(self.home)
         return bundle.model_dump()
 

@@ -334,6 +334,14 @@ class OtaManager(Generic[D]):
         """Under the commit lock."""
         current = self.host.current()
         name = args.name or self.config.model_name
+        if args.version is not None and current.info.version != args.version:
+            # A rollout rolls back every device it commanded, including those that never switched
+            # (refused, still staging, or never reached): going "back" from another model would
+            # replace a good model with an older one.
+            running = current.info.version
+            detail = f"{args.version} is not running ({running} is): nothing to roll back"
+            self._send(args, name, args.version, "rolled_back", running, detail)
+            return Outcome(True, detail)
         result = self.updater.rollback(to_shipped=True)
         if result.status != OtaStatus.INSTALLED or result.version is None:
             detail = f"cannot roll back: {result.reason or result.status.value}: {result.detail}"

@@ -193,3 +193,11 @@ def test_a_command_id_is_answered_once(rig: Rig) -> None:
     first = rig.handler.handle(command)
     assert rig.handler.handle(command) == first
     assert len(rig.reports) == 1
+
+
+def test_a_rollback_of_a_model_that_never_ran_here_changes_nothing(rig: Rig) -> None:
+    # The hub rolls back every device a failed rollout commanded, switched or not.
+    ok, detail = rig.send(action="rollback", rollout_id=4, name="detector", version="2.0.0")
+    assert ok
+    assert detail == "2.0.0 is not running (1.0.0 is): nothing to roll back"
+    assert [(r.state, r.version, r.running_version) for r in rig.reports] == [("rolled_back", "2.0.0", "1.0.0")]
