@@ -365,8 +365,24 @@ class CountingFetcher(CappedFetcher):
 
 @dataclass
 class AgentTimes:
-    commanded: float | None = None  # monotonic: the first install command reached the device
-    active: float | None = None  # the device reported active (published; the hub stores it later)
+    """Monotonic times of the device's first install (the hub stores the ``active`` report later)."""
+
+    commanded: float | None = None  # the command reached the device (network thread)
+    started: float | None = None  # a worker took it up
+    staged: float | None = None  # check_and_stage returned
+    active: float | None = None  # activated; the report is being published
+
+    def phases(self, stored: float) -> dict[str, float] | None:
+        """Seconds queued, staging (TUF and download), activating, and reaching the hub."""
+        commanded, started, staged, active = self.commanded, self.started, self.staged, self.active
+        if commanded is None or started is None or staged is None or active is None:
+            return None
+        return {
+            "queued": started - commanded,
+            "stage": staged - started,
+            "activate": active - staged,
+            "to_hub": stored - active,
+        }
 
 
 class SimulatedOtaAgent:
@@ -486,17 +502,23 @@ class SimulatedOtaAgent:
         if args.name is None or args.version is None:
             self._report(args, "failed", "install needs a model name and version")
             return
+        first = self.times.active is None
+        if first:
+            self.times.started = time.monotonic()
         self._report(args, "staging")
         try:
             staged = self._stage(args.name, args.version)
         except TransportError as exc:
             self._report(args, "failed", str(exc))
             return
+        if first:
+            self.times.staged = time.monotonic()
         if staged.status is OtaStatus.STAGED or staged.status is OtaStatus.UP_TO_DATE:
             staged = self.updater.activate(args.version, name=args.name)
         if staged.status in (OtaStatus.INSTALLED, OtaStatus.UP_TO_DATE):
             self.running_version = args.version
-            self.times.active = time.monotonic()
+            if first:
+                self.times.active = time.monotonic()
             self._report(args, "active")
         elif staged.status is OtaStatus.REFUSED:
             self._report(args, "refused", f"{staged.reason}: {staged.detail}")
@@ -765,6 +787,16 @@ def staged_rollout(
         if a.times.commanded is not None and a.device_id in reports.active_at
     ]
     p50, p95 = percentile(to_active, 50), percentile(to_active, 95)
+    phases = [
+        found
+        for a in fleet.agents
+        if a.device_id in reports.active_at and (found := a.times.phases(reports.active_at[a.device_id]))
+    ]
+    phase_p50 = {
+        name: round(value, 3)
+        for name in ("queued", "stage", "activate", "to_hub")
+        if (value := percentile([p[name] for p in phases], 50)) is not None
+    }
     return {
         "rollout_id": record.id,
         "seconds_to_all": round(last_active - started, 2) if settled and last_active else None,
@@ -775,6 +807,7 @@ def staged_rollout(
         "waves": wave_times(waves, fleet, reports, started),
         "command_to_active_p50_s": round(p50, 3) if p50 is not None else None,
         "command_to_active_p95_s": round(p95, 3) if p95 is not None else None,
+        "phase_p50_s": phase_p50,
         "bytes_downloaded": sum(agent.fetcher.received for agent in fleet.agents),
     }
 

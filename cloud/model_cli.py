@@ -61,6 +61,7 @@ def _registry(home: HubHome) -> Iterator[Registry]:
 
     registry = Registry(home.registry_url)
     try:
+        registry.create_schema()  # idempotent: a fresh home has no tables yet
         yield registry
     finally:
         registry.close()

@@ -28,6 +28,7 @@ KEYS = {
     "waves",
     "command_to_active_p50_s",
     "command_to_active_p95_s",
+    "phase_p50_s",
     "bytes_downloaded",
     "model_bytes",
     "baseline_naive",
@@ -60,6 +61,7 @@ def test_every_agent_ends_active_on_the_new_model(capsys: pytest.CaptureFixture[
     # Canary 1, then 50% (3 devices in all), then the rest.
     assert [(w["devices"], w["active"]) for w in result["waves"]] == [(1, 1), (2, 2), (3, 3)]
     assert 0 < result["command_to_active_p50_s"] <= result["command_to_active_p95_s"]
+    assert set(result["phase_p50_s"]) == {"queued", "stage", "activate", "to_hub"}
     assert 0 < result["seconds_to_all"] <= result["seconds_to_completed"]
     # Every agent fetched the whole model through TUF, plus its metadata.
     assert result["bytes_downloaded"] > AGENTS * result["model_bytes"] > AGENTS * 4_000_000
