@@ -1,0 +1,139 @@
+"""Staged rollouts end to end: the hub's controller, real agents, a real TUF repository, the audit log.
+
+Two agents on synthetic cameras, a Mosquitto with mTLS, the hub with its
+rollout controller. A model that disagrees with the running one (its class
+outputs permuted: it sees cars as trucks) is stopped at the canary and rolled
+back without a human step, and the audit log says why; a model that behaves
+goes canary first, then the rest, and completes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from cloud.audit import AuditLog
+from cloud.release.repository import release_model
+from cloud.release.rollouts import GateThresholds, RolloutSpec
+from edge.agent import Agent
+from edge.settings import load_agent_settings
+from shared.bundle import EnrollmentBundle
+from tests.e2e.conftest import Loop
+from tests.e2e.ota_rig import SHIPPED_VERSION, OtaRig, detector_variant, ota_rig, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def rig(loop: Loop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OtaRig]:
+    with ota_rig(loop, tmp_path / "release", monkeypatch) as rig:
+        yield rig
+
+
+def permuted_classes(path: Path, version: str) -> Path:
+    """The shipped detector with its class scores shuffled (car<->truck, pedestrian<->cyclist)."""
+    detector_variant(path, version)
+    model = onnx.load(str(path))
+    graph = model.graph
+    output = graph.output[0]
+    rows = output.type.tensor_type.shape.dim[1].dim_value  # YOLOv8 layout: [batch, 4 + classes, anchors]
+    order = [0, 1, 2, 3, *[4 + (k ^ 1) for k in range(rows - 4)]]
+    graph.initializer.append(numpy_helper.from_array(np.array(order, dtype=np.int64), "permuted_rows"))
+    inner = f"{output.name}_unpermuted"
+    for node in graph.node:
+        node.output[:] = [inner if name == output.name else name for name in node.output]
+    graph.node.append(helper.make_node("Gather", [inner, "permuted_rows"], [output.name], axis=1))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def agent(tmp_path: Path, bundle: EnrollmentBundle) -> Agent:
+    settings = load_agent_settings(
+        None,
+        bundle=tmp_path / "unused.json",
+        sources=[{"type": "synthetic", "name": "cam0", "seed": 5, "fps": 10.0, "realtime": True}],
+        interval_s=1,
+        heartbeat_s=1.0,
+        outbox={"path": str(tmp_path / bundle.device_id / "outbox.db")},
+        ota={"shadow_every": 1, "retry_base_s": 0.05},
+    )
+    running = Agent(settings, bundle)
+    running.start()
+    assert wait_for(lambda: running.uplink.connected, 15)
+    return running
+
+
+def publish(loop: Loop, rig: OtaRig, path: Path, version: str) -> None:
+    release_model(
+        rig.release.repo, loop.registry, path, name="detector", min_agent_version="0.1.0", version=version
+    )
+
+
+def test_a_disagreeing_canary_is_rolled_back_then_a_good_model_goes_everywhere(
+    loop: Loop, rig: OtaRig, tmp_path: Path
+) -> None:
+    agents = {name: agent(tmp_path, rig.with_anchor(loop.enroll(name))) for name in ("pole-a", "pole-b")}
+    try:
+        bad = permuted_classes(tmp_path / "build" / "bad" / "detector.onnx", "1.1.0")
+        publish(loop, rig, bad, "1.1.0")
+        gates = GateThresholds(install_timeout_s=120, health_wait_s=0)
+        spec = RolloutSpec(
+            "detector", "1.1.0", "all", canary=1, waves=(100,), soak_s=2.0, min_frames=8, gates=gates
+        )
+        first = loop.hub.rollouts.create(spec, actor="ops@city")
+        assert wait_for(lambda: loop.hub.rollouts.status(first.id).state == "rolled_back", 120), (
+            loop.hub.rollouts.status(first.id).to_json()
+        )
+        status = loop.hub.rollouts.status(first.id)
+        [canary] = [d.device_id for d in status.devices if d.wave == 0]
+        [other] = [d for d in agents if d != canary]
+        assert "automatic rollback" in status.rollout.reason
+        assert "agreement" in status.rollout.reason
+        # The canary switched (the gate judges what it reported after its shadow run), then went back.
+        rig.wait_state(canary, "rolled_back", 30)
+        assert rig.states(canary, "1.1.0") == ["staging", "shadow", "active", "rolled_back"]
+        shadow = next(r.shadow for d, r in rig.reports if d == canary and r.state == "active")
+        assert shadow is not None
+        assert shadow.agreement < 0.5
+        assert agents[canary].detector.info.version == SHIPPED_VERSION
+        assert rig.states(other) == []  # the second wave never started
+        assert agents[other].detector.info.version == SHIPPED_VERSION
+        # The audit log says what happened and why.
+        entries = [e for e in AuditLog(loop.registry).entries() if e.subject == str(first.id)]
+        gate = next(e for e in entries if e.action == "rollout.gate")
+        assert gate.actor == "rollout-controller"
+        assert gate.details["decision"] == "fail"
+        assert gate.details["reason"].startswith(f"agreement: {canary}: candidate found")
+        assert any(
+            e.action == "rollout.status" and "automatic rollback" in e.details["reason"] for e in entries
+        )
+        assert AuditLog(loop.registry).verify().ok
+
+        good = detector_variant(tmp_path / "build" / "good" / "detector.onnx", "1.2.0")
+        publish(loop, rig, good, "1.2.0")
+        second = loop.hub.rollouts.create(
+            RolloutSpec(
+                "detector", "1.2.0", "all", canary=1, waves=(100,), soak_s=2.0, min_frames=8, gates=gates
+            )
+        )
+        assert wait_for(lambda: loop.hub.rollouts.status(second.id).state == "completed", 150), (
+            loop.hub.rollouts.status(second.id).to_json()
+        )
+        for name, running in agents.items():
+            assert running.detector.info.version == "1.2.0", name
+            assert rig.states(name, "1.2.0")[-1] == "active"
+        verdicts = [
+            e.details["decision"]
+            for e in AuditLog(loop.registry).entries()
+            if e.action == "rollout.gate" and e.subject == str(second.id)
+        ]
+        assert verdicts == ["pass", "pass"]
+    finally:
+        for running in agents.values():
+            running.stop(drain_s=3)
