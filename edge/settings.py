@@ -33,8 +33,19 @@ class SyntheticSource(_Section):
     seed: int = 0
     light: float = Field(default=1.0, ge=0.05, le=1.0)
     rain: float = Field(default=0.0, ge=0.0, le=1.0)
+    fog: float = Field(default=0.0, ge=0.0, le=1.0)
     realtime: bool = True  # pace frames at ``fps`` on the wall clock; False runs as fast as possible
     max_frames: int | None = Field(default=None, ge=1)  # None: endless
+    drift: SceneDrift | None = None  # the weather changes part-way (the drift scenario)
+
+
+class SceneDrift(_Section):
+    """After ``after_frames`` frames the synthetic camera sees other conditions (a new scene)."""
+
+    after_frames: int = Field(ge=0)
+    light: float = Field(default=1.0, ge=0.05, le=1.0)
+    rain: float = Field(default=0.0, ge=0.0, le=1.0)
+    fog: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class VideoSource(_Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -146,3 +147,18 @@ def test_render_is_fast() -> None:
 def test_module_does_not_import_torch() -> None:
     code = "import sys, models.synthetic; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_synthetic_camera_drifts_to_other_weather_part_way() -> None:
+    from edge.settings import SceneDrift, SyntheticSource
+    from edge.sources.synthetic import SyntheticFrameSource
+
+    config = SyntheticSource(
+        seed=4, realtime=False, max_frames=12, drift=SceneDrift(after_frames=6, light=0.25, rain=0.9)
+    )
+    frames = list(SyntheticFrameSource(config).frames())
+    assert [f.index for f in frames] == list(range(12))
+    assert all(b.ts > a.ts for a, b in itertools.pairwise(frames))
+    before = np.mean([f.image.mean() for f in frames[:6]])
+    after = np.mean([f.image.mean() for f in frames[6:]])
+    assert after < 0.75 * before  # night: darker, whatever the rain adds
