@@ -443,7 +443,7 @@ class SimulatedOtaAgent:
         client.tls_set(ca_certs=str(tls / "ca"), certfile=str(tls / "crt"), keyfile=str(tls / "key"))
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
-        client.on_subscribe = lambda _c, _u, _m, _r, _p: self.subscribed.set()
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
@@ -454,6 +454,12 @@ class SimulatedOtaAgent:
             log.error("%s: broker refused the connection: %s", self.device_id, reason)
             return
         client.subscribe(topics.command(self.device_id), qos=1)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _m: int, reasons: list[ReasonCode], _p: Any) -> None:
+        if any(reason.is_failure for reason in reasons):
+            log.error("%s may not subscribe to its commands: %s", self.device_id, reasons)
+            return  # ``subscribed`` stays unset: the fleet's connect() fails with the device's name
+        self.subscribed.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         received = time.monotonic()
@@ -650,13 +656,20 @@ class ReportLog:
     active_at: dict[str, float] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # refused or failed, with the detail
     rolled_back_at: dict[str, float] = field(default_factory=dict)
+    # What the hub does after each durable write (acks, the rollout controller's report handling),
+    # on the ingest writer thread: the next batch waits for it.
+    handling_s: float = 0.0
+    batches: int = 0
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
     def tap(self, downstream: Callable[[list[Accepted]], None] | None) -> Callable[[list[Accepted]], None]:
         def on_stored(accepted: list[Accepted]) -> None:
-            self._note(accepted, time.monotonic())
+            stored = time.monotonic()
+            self._note(accepted, stored)
             if downstream is not None:
                 downstream(accepted)
+            self.handling_s += time.monotonic() - stored  # one writer thread: no race
+            self.batches += 1
 
         return on_stored
 
@@ -808,6 +821,8 @@ def staged_rollout(
         "command_to_active_p50_s": round(p50, 3) if p50 is not None else None,
         "command_to_active_p95_s": round(p95, 3) if p95 is not None else None,
         "phase_p50_s": phase_p50,
+        "hub_after_write_s": round(reports.handling_s, 2),
+        "hub_batches": reports.batches,
         "bytes_downloaded": sum(agent.fetcher.received for agent in fleet.agents),
     }
 

@@ -91,7 +91,9 @@ def heldout_frames(condition: str = "day", n: int = 160) -> list[SceneFrame]:
     try:
         c = CONDITIONS[condition]
     except KeyError:
-        raise ValueError(f"unknown held-out condition {condition!r}; known: {', '.join(CONDITIONS)}") from None
+        raise ValueError(
+            f"unknown held-out condition {condition!r}; known: {', '.join(CONDITIONS)}"
+        ) from None
     config = SceneConfig(light=c.light, rain=c.rain, fog=c.fog, spawn_rate=1.2, seed=c.seed)
     return render_dataset(n, config, stride=9, scenes=8)
 

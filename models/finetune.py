@@ -172,7 +172,10 @@ def _set_identity_bn(modules: dict[str, nn.Module], conv_name: str, shift: torch
 
 
 def _decode_image(path: Path) -> ImageU8:
-    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ConfigError(f"{path} is not a readable image: {exc.strerror}") from exc
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ConfigError(f"{path} is not a readable image")

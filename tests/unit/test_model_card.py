@@ -64,7 +64,12 @@ def test_summary_keeps_the_gate_inputs_per_condition() -> None:
 def test_card_json_round_trips_and_names_the_lineage() -> None:
     body = json.loads(json.dumps(_card().as_dict()))
     assert body["format"] == 1
-    assert body["lineage"]["dataset"] == {"name": "detector", "version": 3, "digest": "ab" * 32, "samples": 240}
+    assert body["lineage"]["dataset"] == {
+        "name": "detector",
+        "version": 3,
+        "digest": "ab" * 32,
+        "samples": 240,
+    }
     assert body["lineage"]["parent"]["version"] == "0.1.0"
     assert body["variants"][0]["evaluation"]["conditions"]["day"]["map50"] == 0.9712
 
@@ -140,9 +145,12 @@ def _dataset(folder: Path, labels: list[list[LabeledBox] | None]) -> DatasetMani
         (folder / "objects" / f"{sha}.jpg").write_bytes(jpeg.tobytes())
         samples.append(
             DatasetSample(
-                sha256=sha, file=f"objects/{sha}.jpg", width=64, height=48,
+                sha256=sha,
+                file=f"objects/{sha}.jpg",
+                width=64,
+                height=48,
                 labels=None if boxes is None else tuple(boxes),
-            )  # fmt: skip
+            )
         )
     manifest = DatasetManifest(
         name="detector", version=1, created_at=datetime.now(UTC),
