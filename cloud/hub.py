@@ -201,6 +201,9 @@ class Hub:
 
     def _on_stored(self, accepted: list[Accepted]) -> None:
         """After a durable write: track which key each device seals with, and settle command acks."""
+        reports = [(r.header.device_id, r.ota) for r in accepted if r.ota is not None]
+        if reports:  # one registry transaction for the batch
+            self.rollouts.on_reports(reports)
         for result in accepted:
             header = result.header
             if result.batch.events:
@@ -210,8 +213,7 @@ class Hub:
             self.commands.note_key(header.device_id, header.kid)
             if result.ack is not None:
                 self.commands.on_ack(header.device_id, result.ack, kid=header.kid)
-            if result.ota is not None:
-                self.rollouts.on_report(header.device_id, result.ota)
+
             if result.samples:
                 self._store_samples(header.device_id, result.samples)
 

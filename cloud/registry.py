@@ -614,9 +614,13 @@ class Registry:
             for device_id, wave in assignments:
                 session.add(
                     _RolloutDevice(
-                        rollout_id=row.id, device_id=device_id, wave=wave, state="pending", detail="",
+                        rollout_id=row.id,
+                        device_id=device_id,
+                        wave=wave,
+                        state="pending",
+                        detail="",
                         updated_at=now,
-                    )  # fmt: skip
+                    )
                 )
             details = {
                 "model": model_name, "version": model_version, "target": target, "waves": len(plan),
@@ -688,27 +692,40 @@ class Registry:
             return [_rollout_device_record(row) for row in session.scalars(query)]
 
     def update_rollout_device(
-        self, rollout_id: int, device_id: str, advance: Callable[[RolloutDeviceRecord], Mapping[str, Any] | None]
+        self,
+        rollout_id: int,
+        device_id: str,
+        advance: Callable[[RolloutDeviceRecord], Mapping[str, Any] | None],
     ) -> RolloutDeviceRecord | None:
         """Change one device's progress: ``advance`` gets the current record and returns the fields
         to set (``state``, ``detail``, ``shadow``, ``baseline``, ``health``), or ``None`` for no change.
         ``None`` if the device is not part of the rollout."""
+        return self.update_rollout_devices([(rollout_id, device_id, advance)])[0]
+
+    def update_rollout_devices(
+        self,
+        changes: Sequence[tuple[int, str, Callable[[RolloutDeviceRecord], Mapping[str, Any] | None]]],
+    ) -> list[RolloutDeviceRecord | None]:
+        """Several :meth:`update_rollout_device` changes in one transaction (one fsync for a batch of reports)."""
         now = datetime.now(UTC)
 
-        def change(session: Session) -> RolloutDeviceRecord | None:
-            row = session.get(_RolloutDevice, (rollout_id, device_id))
-            if row is None:
-                return None
-            fields = advance(_rollout_device_record(row))
-            if not fields:
-                return _rollout_device_record(row)
-            for name, value in fields.items():
-                if name not in ("state", "detail", "shadow", "baseline", "health"):
-                    raise ConfigError(f"rollout device field {name!r} cannot be set")
-                setattr(row, name, value[:1024] if name == "detail" else value)
-            row.updated_at = now
-            session.flush()
-            return _rollout_device_record(row)
+        def change(session: Session) -> list[RolloutDeviceRecord | None]:
+            results: list[RolloutDeviceRecord | None] = []
+            for rollout_id, device_id, advance in changes:
+                row = session.get(_RolloutDevice, (rollout_id, device_id))
+                if row is None:
+                    results.append(None)
+                    continue
+                fields = advance(_rollout_device_record(row))
+                for name, value in (fields or {}).items():
+                    if name not in ("state", "detail", "shadow", "baseline", "health"):
+                        raise ConfigError(f"rollout device field {name!r} cannot be set")
+                    setattr(row, name, value[:1024] if name == "detail" else value)
+                if fields:
+                    row.updated_at = now
+                session.flush()
+                results.append(_rollout_device_record(row))
+            return results
 
         return self._write(change)
 

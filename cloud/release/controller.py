@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -179,19 +179,49 @@ def rollout_status(registry: Registry, rollout_id: int) -> RolloutStatus:
 
 def record_report(registry: Registry, device_id: str, report: OtaReport) -> bool:
     """Write a device's OTA report into its rollout's progress; ``False`` if it belongs to none."""
-    if report.rollout_id is None:
-        return False
-    record = registry.get_rollout(report.rollout_id)
-    if record is None or record.spec is None:
-        log.warning("device %s reported on unknown rollout %s", device_id, report.rollout_id)
-        return False
-    if not report_matches(report, record.id, RolloutSpec.from_json(record.spec)):
-        log.warning(
-            "device %s reported %s:%s for rollout %d, which rolls out %s:%s; ignored",
-            device_id, report.name, report.version, record.id, record.model_name, record.model_version,
-        )  # fmt: skip
-        return False
+    return record_reports(registry, [(device_id, report)]) == 1
 
+
+def record_reports(registry: Registry, reports: Sequence[tuple[str, OtaReport]]) -> int:
+    """Write a batch of ``(device_id, report)`` in one registry transaction; how many belonged to a rollout.
+
+    Reports about unknown rollouts, another model, or a device the rollout does
+    not include are logged and ignored; a late report never moves a device back.
+    """
+    specs: dict[int, RolloutSpec | None] = {}
+    changes = []
+    for device_id, report in reports:
+        if report.rollout_id is None:
+            continue
+        if report.rollout_id not in specs:
+            record = registry.get_rollout(report.rollout_id)
+            specs[report.rollout_id] = RolloutSpec.from_json(record.spec) if record and record.spec else None
+        spec = specs[report.rollout_id]
+        if spec is None:
+            log.warning("device %s reported on unknown rollout %s", device_id, report.rollout_id)
+            continue
+        if not report_matches(report, report.rollout_id, spec):
+            log.warning(
+                "device %s reported %s:%s for rollout %d, which rolls out %s:%s; ignored",
+                device_id, report.name, report.version, report.rollout_id, spec.model_name, spec.model_version,
+            )  # fmt: skip
+            continue
+        changes.append((report.rollout_id, device_id, _advance(report)))
+    if not changes:
+        return 0
+    accepted = 0
+    for (rollout_id, device_id, _), updated in zip(
+        changes, registry.update_rollout_devices(changes), strict=True
+    ):
+        if updated is None:
+            log.warning("device %s is not part of rollout %d; report ignored", device_id, rollout_id)
+            continue
+        accepted += 1
+        log.info("rollout %d: device %s %s (%s)", rollout_id, device_id, updated.state, updated.detail or "-")
+    return accepted
+
+
+def _advance(report: OtaReport) -> Callable[[RolloutDeviceRecord], dict[str, Any] | None]:
     def advance(current: RolloutDeviceRecord) -> dict[str, Any] | None:
         state = advance_state(current.state, report.state)
         if state == current.state and report.shadow is None:
@@ -201,12 +231,7 @@ def record_report(registry: Registry, device_id: str, report: OtaReport) -> bool
             fields["shadow"] = report.shadow.model_dump(mode="json")
         return fields
 
-    updated = registry.update_rollout_device(record.id, device_id, advance)
-    if updated is None:
-        log.warning("device %s is not part of rollout %d; report ignored", device_id, record.id)
-        return False
-    log.info("rollout %d: device %s %s (%s)", record.id, device_id, updated.state, report.detail or "-")
-    return True
+    return advance
 
 
 # The controller (the hub that serves the API) ---------------------------------------
@@ -252,7 +277,10 @@ class RolloutController:
         return rollout_status(self.registry, rollout_id)
 
     def on_report(self, device_id: str, report: OtaReport) -> None:
-        if record_report(self.registry, device_id, report):
+        self.on_reports([(device_id, report)])
+
+    def on_reports(self, reports: Sequence[tuple[str, OtaReport]]) -> None:
+        if record_reports(self.registry, reports):
             self.wake()
 
     # The loop.
