@@ -197,7 +197,7 @@ def train(
     home: HomeOption = DEFAULT_HOME,
     dataset_dir: Annotated[Path | None, typer.Option(help="Dataset folder (default: the hub's).")] = None,
     version: Annotated[str, typer.Option(help="Model version written into the ONNX metadata.")] = "0.2.0",
-    steps: Annotated[int | None, typer.Option(min=1, help="Fixed step count (default 120).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Fixed step count (default 100).")] = None,
     seconds: Annotated[float | None, typer.Option(min=1, help="Time budget instead of --steps.")] = None,
     replay_share: Annotated[
         float, typer.Option(min=0, max=0.95, help="Share of ordinary scene frames.")

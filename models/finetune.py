@@ -74,7 +74,7 @@ class LabelledFrame:
 class FinetuneConfig:
     """Settings of one fine-tune; the defaults are the measured drift recipe (docs/releases.md)."""
 
-    steps: int | None = 120  # fixed schedule; None: plan steps from ``seconds``
+    steps: int | None = 100  # fixed schedule; None: plan steps from ``seconds``
     seconds: float = 45.0
     batch_size: int = 12
     lr: float = 1e-3
