@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from cloud.home import HubHome
-    from cloud.registry import ModelRecord, Registry
+    from cloud.registry import Registry
     from models.card import ParentRef
 
 log = logging.getLogger(__name__)
@@ -122,19 +122,8 @@ def repo_init(
 # train -------------------------------------------------------------------------
 
 
-def _published_file(hub: HubHome, record: ModelRecord) -> Path:
-    """The signed file of a registry model in the repository's targets (consistent-snapshot name)."""
-    target = record.metadata.get("target_path")
-    if not isinstance(target, str):
-        raise ConfigError(f"model {record.name} {record.version} has no target in the repository")
-    posix = PurePosixPath(target)
-    path = hub.repository_dir / "targets" / posix.parent / f"{record.sha256}.{posix.name}"
-    if not path.is_file():
-        raise ConfigError(f"model file {path} is missing from the repository")
-    return path
-
-
 def _resolve_parent(hub: HubHome, spec: str) -> tuple[Path, ParentRef]:
+    from cloud.release.publishing import latest_published, published_file
     from models.card import ParentRef
     from models.retrain import file_sha256
 
@@ -145,10 +134,10 @@ def _resolve_parent(hub: HubHome, spec: str) -> tuple[Path, ParentRef]:
         return path, ParentRef(sha256=file_sha256(path), path=str(path))
     name, version = _split(spec, "--parent")
     with _registry(hub) as registry:
-        record = registry.get_model(name, version) if version else _latest(registry, name)
+        record = registry.get_model(name, version) if version else latest_published(registry, name)
     if record is None:
         raise ConfigError(f"parent model {spec} is not in the registry; `roadside model list` shows what is")
-    path = _published_file(hub, record)
+    path = published_file(hub, record)
     if file_sha256(path) != record.sha256:
         raise ConfigError(f"{path} does not match the registry's sha256 for {name} {record.version}")
     return path, ParentRef(sha256=record.sha256, name=name, version=record.version, path=str(path))
@@ -263,47 +252,6 @@ def train(
 # publish -----------------------------------------------------------------------
 
 
-def _latest(registry: Registry, name: str) -> ModelRecord | None:
-    from cloud.release.repository import version_key
-
-    published = [m for m in registry.list_models(name) if m.status == "published"]
-    return max(published, key=lambda m: version_key(m.version), default=None)
-
-
-def _summary_of(path: Path, frames: int) -> dict[str, Any]:
-    from models.card import summarise
-    from models.evaluate import CONDITIONS, evaluate_onnx
-
-    return summarise(evaluate_onnx(path, tuple(CONDITIONS), frames), frames)
-
-
-def _current_summary(hub: HubHome, record: ModelRecord, frames: int) -> dict[str, Any]:
-    """The published model's stored held-out summary if it was taken the same way, else a fresh one."""
-    from models.evaluate import CONDITIONS
-
-    stored = record.metadata.get("evaluation")
-    if (
-        isinstance(stored, Mapping)
-        and stored.get("frames_per_condition") == frames
-        and set(stored.get("conditions", {})) >= set(CONDITIONS)
-    ):
-        return dict(stored)
-    log.info("evaluating the published %s %s (no comparable stored scores)", record.name, record.version)
-    return _summary_of(_published_file(hub, record), frames)
-
-
-def _lineage(path: Path) -> dict[str, Any]:
-    """The lineage from a card.json next to the candidate, when there is one."""
-    card = path.parent / "card.json"
-    if not card.is_file():
-        return {}
-    try:
-        lineage = json.loads(card.read_text())["lineage"]
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(f"{card} is not a Roadside model card: {exc!r}") from exc
-    return {"lineage": lineage} if isinstance(lineage, dict) else {}
-
-
 def _scores_line(summary: Mapping[str, Any]) -> str:
     return ", ".join(
         f"{c} {m['map50']:.3f} (count MAE {m['count_mae']:.2f})" for c, m in summary["conditions"].items()
@@ -326,57 +274,36 @@ def publish(
 ) -> None:
     """Evaluate a candidate against the published model; sign and record it only if it is better."""
     from cloud.home import HubHome
-    from cloud.release.gate import publish_decision, scores_from_summary
-    from cloud.release.repository import ModelRepository, release_model
+    from cloud.release.publishing import publish_candidate
 
     hub = HubHome(home)
-    with _errors():
-        if force and not (reason and reason.strip()):
-            raise ConfigError("--force needs --reason: say why the gate is overridden (it is audited)")
-        if not hub.has_repository():
-            raise ConfigError(f"no model repository in {home}; run `roadside model repo init --home {home}`")
-        with _registry(hub) as registry:
-            current = _latest(registry, name)
-            candidate = _summary_of(path, eval_frames)
-            current_summary = _current_summary(hub, current, eval_frames) if current else None
-            decision = publish_decision(
-                scores_from_summary(candidate),
-                scores_from_summary(current_summary) if current_summary else None,
-                min_gain,
-            )
-            details: dict[str, Any] = {
-                "version": version,
-                "current_version": current.version if current else None,
-                "decision": decision.as_dict(),
-                "candidate": {c: m["map50"] for c, m in candidate["conditions"].items()},
-                "current": {c: m["map50"] for c, m in current_summary["conditions"].items()}
-                if current_summary
-                else None,
-            }
-            if not decision.publish and not force:
-                registry.record_audit(_actor(), "model.publish.refused", name, details)
-                typer.echo(
-                    f"refused: {name} {version} does not beat {name} {current.version if current else '-'}: "
-                    f"{decision.reason}\n  candidate: {_scores_line(candidate)}\n"
-                    f"  current:   {_scores_line(current_summary or {'conditions': {}})}",
-                    err=True,
-                )
-                raise typer.Exit(1)
-            if not decision.publish:
-                registry.record_audit(_actor(), "model.publish.forced", name, {**details, "reason": reason})
-                typer.echo(f"WARNING: publishing despite the gate ({decision.reason}); audited", err=True)
-            repository = ModelRepository(hub.repository_dir, hub.online_keys_dir, audit=registry.audit)
-            record = release_model(
-                repository,
-                registry,
-                path,
-                name=name,
-                version=version,
-                parent=parent or (current.version if current else None),
-                min_agent_version=min_agent_version,
-                actor=_actor(),
-                extra_metadata={"evaluation": candidate, "gate": decision.as_dict(), **_lineage(path)},
-            )
+    with _errors(), _registry(hub) as registry:
+        outcome = publish_candidate(
+            hub,
+            registry,
+            path,
+            name=name,
+            version=version,
+            actor=_actor(),
+            parent=parent,
+            force=force,
+            reason=reason,
+            min_gain=min_gain,
+            min_agent_version=min_agent_version,
+            eval_frames=eval_frames,
+        )
+    decision = outcome.decision
+    if outcome.record is None:
+        typer.echo(
+            f"refused: {name} {version} does not beat {name} {outcome.current_version or '-'}: "
+            f"{decision.reason}\n  candidate: {_scores_line(outcome.candidate)}\n"
+            f"  current:   {_scores_line(outcome.current or {'conditions': {}})}",
+            err=True,
+        )
+        raise typer.Exit(1)
+    if outcome.forced:
+        typer.echo(f"WARNING: publishing despite the gate ({decision.reason}); audited", err=True)
+    record = outcome.record
     result = {"published": f"{record.name} {record.version}", "sha256": record.sha256, **decision.as_dict()}
     typer.echo(json.dumps(result) if as_json else f"published {name} {version}: {decision.reason}")
 

@@ -94,7 +94,7 @@ def test_gate_refuses_worse_publishes_better_and_audits_force(tmp_path: Path) ->
         app, ["model", "publish", str(worse), "--home", str(home), "--version", "1.2.0", "--force", *FRAMES]
     )
     assert no_reason.exit_code == 2
-    assert "--force needs --reason" in no_reason.output
+    assert "a forced publish needs a reason" in no_reason.output
 
     forced = runner.invoke(
         app,
