@@ -25,12 +25,15 @@ from cloud.pki import CertFiles
 from cloud.registry import Registry
 from cloud.release.controller import RolloutController
 from cloud.release.repository import ModelRepository
+from cloud.release.rollouts import GateThresholds
 from cloud.release.server import RepositoryServer, TimestampRefresher
 from cloud.retention_job import RetentionJob
+from cloud.retrain_loop import RetrainLoop, RetrainPolicy
 from cloud.settings import (
     HubSettings,
     InfluxV1StoreConfig,
     InfluxV2StoreConfig,
+    RetrainConfig,
     SqliteStoreConfig,
     StoreConfig,
 )
@@ -70,6 +73,22 @@ def open_store(config: StoreConfig, home: HubHome) -> TimeSeriesStore:
 
         return InfluxV2Store(config.url, config.token.get_secret_value(), config.org, config.bucket)
     raise AssertionError(f"unregistered store type {config!r}")
+
+
+def retrain_policy(config: RetrainConfig) -> RetrainPolicy:
+    return RetrainPolicy(
+        name=config.name,
+        min_samples=config.min_samples,
+        check_s=config.check_s,
+        finetune_seconds=config.finetune_seconds,
+        eval_frames=config.eval_frames,
+        target=config.target,
+        canary=config.canary,
+        waves=tuple(config.waves),
+        soak_s=config.soak_s,
+        min_frames=config.min_frames,
+        gates=GateThresholds.from_json(config.gates),
+    )
 
 
 class Hub:
@@ -127,6 +146,7 @@ class Hub:
         self.repo_server: RepositoryServer | None = None
         self.repo_url = ""
         self._refresher: TimestampRefresher | None = None
+        self.retrainer: RetrainLoop | None = None
         self.live = LiveFeed()
         self.webhooks = WebhookStore(self.home.root / "webhooks.db")
         self.dispatcher = WebhookDispatcher(self.webhooks)
@@ -267,9 +287,14 @@ class Hub:
         if self.settings.api_port < 0:
             log.info("ingest-only hub process (no API)")
             return
-        # Rollouts and the model repository belong to the process that serves the API.
+        # Rollouts, the model repository and retraining belong to the process that serves the API.
         self.rollouts.start()
         self._serve_repository()
+        if self.settings.retrain.enabled:
+            self.retrainer = RetrainLoop(
+                self.home, self.registry, self.datasets, self.rollouts, retrain_policy(self.settings.retrain)
+            )
+            self.retrainer.start()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.api_host, self.settings.api_port))
@@ -317,6 +342,8 @@ class Hub:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.retrainer is not None:
+            self.retrainer.stop()
         self.rollouts.stop()
         if self.repo_server is not None:
             self.repo_server.stop()

@@ -84,6 +84,23 @@ class RetentionConfig(_Section):
         return RetentionPolicy(self.raw_days, self.minute_days, self.hour_days)
 
 
+class RetrainConfig(_Section):
+    """The closed loop (cloud.retrain_loop): retrain on hard examples, gate, publish, roll out. Off by default."""
+
+    enabled: bool = False
+    name: str = "detector"
+    min_samples: int = Field(default=60, ge=1)  # labelled hard examples waiting before a run
+    check_s: float = Field(default=30.0, gt=0)
+    finetune_seconds: float | None = Field(default=None, gt=0)  # None: the recipe's fixed steps
+    eval_frames: int = Field(default=160, ge=8)
+    target: str = "all"
+    canary: int = Field(default=1, ge=0)
+    waves: list[int] = Field(default_factory=lambda: [10, 50, 100])
+    soak_s: float = Field(default=600.0, ge=0)
+    min_frames: int = Field(default=20, ge=0)
+    gates: dict[str, Any] = Field(default_factory=dict)  # GateThresholds fields, e.g. {"min_agreement": 0.7}
+
+
 class HubSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROADSIDE_HUB_", env_nested_delimiter="__", extra="forbid")
 
@@ -116,6 +133,7 @@ class HubSettings(BaseSettings):
     repo_public_url: str | None = None  # what enrolled devices fetch from; None: https://repo_host:port
     timestamp_refresh_s: float = Field(default=3600.0, ge=1)
     rollout_tick_s: float = Field(default=1.0, gt=0, le=60)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
 
 def load_hub_settings(path: Path | None = None, **overrides: Any) -> HubSettings:

@@ -409,6 +409,9 @@ def _is(detector: Detector, version: str, shipped: bool, shipped_path: Path | No
 class RepoAnchor:
     url: str
     trusted_root: bytes
+    # The Roadside CA from the bundle: the hub serves its repository over HTTPS with a certificate
+    # from it, so an https:// repository is verified against it unless ota.ca_file says otherwise.
+    ca_pem: bytes | None = None
 
 
 def repo_anchor(settings: AgentSettings, bundle: EnrollmentBundle) -> RepoAnchor | None:
@@ -420,12 +423,12 @@ def repo_anchor(settings: AgentSettings, bundle: EnrollmentBundle) -> RepoAnchor
         return None
     if ota.trusted_root is not None:
         try:
-            return RepoAnchor(url, ota.trusted_root.read_bytes())
+            return RepoAnchor(url, ota.trusted_root.read_bytes(), bundle.ca_cert_pem.encode())
         except OSError as exc:
             raise ConfigError(f"cannot read ota.trusted_root {ota.trusted_root}: {exc.strerror}") from exc
     if bundled is None:
         raise ConfigError("ota.repo_url is set but no trusted root: set ota.trusted_root to its root.json")
-    return RepoAnchor(url, bundled.root_json.encode())
+    return RepoAnchor(url, bundled.root_json.encode(), bundle.ca_cert_pem.encode())
 
 
 def agent_version() -> str:
@@ -441,6 +444,11 @@ def make_updater(
     ota = settings.ota
     state_dir = ota.state_dir or settings.outbox.path.parent
     checkpoint = _pause_at(ota.pause_at, ota.pause_s) if ota.pause_at is not None else None
+    ca_file = ota.ca_file
+    if ca_file is None and anchor.ca_pem is not None and anchor.url.startswith("https://"):
+        ca_file = state_dir / "ota" / "repository-ca.pem"
+        ca_file.parent.mkdir(parents=True, exist_ok=True)
+        ca_file.write_bytes(anchor.ca_pem)
     return ModelUpdater(
         state_dir,
         anchor.url,
@@ -449,7 +457,7 @@ def make_updater(
         ota.max_bytes,
         shipped=shipped,
         labels=labels,
-        ca_file=ota.ca_file,
+        ca_file=ca_file,
         checkpoint=checkpoint,
     )
 

@@ -1,0 +1,216 @@
+"""The closed loop on the hub: hard examples in, a retrained, gated, published model rolled out.
+
+When enough labelled hard examples wait in the dataset inbox, :class:`RetrainLoop`
+commits them as a new dataset version, fine-tunes the published model on
+that version (:mod:`models.retrain`: parity-checked export, evaluation on the
+fixed held-out set, model card with lineage), publishes it only if it beats
+the published one (:mod:`cloud.release.publishing`), and starts a staged
+rollout (canary first, gates, automatic rollback). No human step; every step
+is in the audit log (``retrain.run`` with what happened and why).
+
+Off by default (``retrain.enabled``); it runs in the hub process that serves
+the API, and needs the ``train`` extra (PyTorch).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from cloud.dataset.store import DatasetStore
+from cloud.home import HubHome
+from cloud.registry import Registry
+from cloud.release.controller import RolloutController
+from cloud.release.publishing import latest_published, publish_candidate, published_file
+from cloud.release.rollouts import GateThresholds, RolloutSpec
+from shared.errors import ConfigError, RoadsideError
+
+log = logging.getLogger(__name__)
+
+ACTOR: Final = "retrain-loop"
+_LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+
+def next_version(version: str) -> str:
+    """``0.1.0`` → ``0.1.1``; ``2.0.0-fog3`` → ``2.0.0-fog4``: the last number goes up by one."""
+    match = _LAST_NUMBER.search(version)
+    if match is None:
+        return f"{version}.1"
+    return f"{version[: match.start()]}{int(match.group(1)) + 1}{version[match.end() :]}"
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    name: str = "detector"
+    min_samples: int = 60  # labelled hard examples waiting before a run
+    check_s: float = 30.0
+    finetune_seconds: float | None = None  # None: the recipe's fixed step count
+    eval_frames: int = 160
+    target: str = "all"
+    canary: int = 1
+    waves: tuple[int, ...] = (10, 50, 100)
+    soak_s: float = 600.0
+    min_frames: int = 20
+    gates: GateThresholds = field(default_factory=GateThresholds)
+
+
+@dataclass(frozen=True)
+class RetrainRun:
+    dataset_version: int
+    samples: int
+    parent_version: str
+    version: str
+    published: bool
+    reason: str
+    rollout_id: int | None
+    train_seconds: float
+    candidate: dict[str, Any]  # evaluation summary of the candidate
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dataset_version": self.dataset_version,
+            "samples": self.samples,
+            "parent": self.parent_version,
+            "version": self.version,
+            "published": self.published,
+            "reason": self.reason,
+            "rollout_id": self.rollout_id,
+            "train_seconds": round(self.train_seconds, 1),
+        }
+
+
+class RetrainLoop:
+    """Checks the inbox every ``policy.check_s``; one run at a time, on a thread named ``retrain``."""
+
+    def __init__(
+        self,
+        home: HubHome,
+        registry: Registry,
+        datasets: DatasetStore,
+        rollouts: RolloutController,
+        policy: RetrainPolicy,
+    ) -> None:
+        self.home = home
+        self.registry = registry
+        self.datasets = datasets
+        self.rollouts = rollouts
+        self.policy = policy
+        self.runs: list[RetrainRun] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="retrain", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=300)  # a fine-tune in progress finishes its step budget
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.policy.check_s):
+            try:
+                run = self.run_once()
+            except RoadsideError as exc:
+                log.error("retraining failed: %s; trying again when more samples arrive", exc)
+                self._audit("retrain.failed", {"error": str(exc)[:500]})
+                continue
+            except Exception:
+                log.exception("retraining crashed; trying again later")
+                continue
+            if run is not None:
+                self.runs.append(run)
+
+    def waiting(self) -> int:
+        """Labelled hard examples in the inbox, not yet in a dataset version."""
+        return sum(1 for sample in self.datasets.pending() if sample.labels is not None)
+
+    def run_once(self) -> RetrainRun | None:
+        """One run if enough labelled samples wait; ``None`` otherwise."""
+        waiting = self.waiting()
+        if waiting < self.policy.min_samples:
+            return None
+        from models.card import DatasetRef, ParentRef
+        from models.finetune import FinetuneConfig, samples_from_manifest
+        from models.retrain import RetrainRequest, file_sha256, retrain
+
+        policy = self.policy
+        current = latest_published(self.registry, policy.name)
+        if current is None:
+            raise ConfigError(f"no published {policy.name} to retrain from; publish one first")
+        parent_path = published_file(self.home, current)
+        if file_sha256(parent_path) != current.sha256:
+            raise ConfigError(f"{parent_path} does not match the registry's sha256 for {current.version}")
+        manifest = self.datasets.commit(note=f"{waiting} hard examples for the retraining loop")
+        frames = samples_from_manifest(self.datasets.folder, manifest)
+        version = self._free_version(next_version(current.version))
+        log.info(
+            "retraining %s %s on dataset v%d (%d labelled samples) as %s",
+            policy.name, current.version, manifest.version, len(frames), version,
+        )  # fmt: skip
+        finetune = (
+            FinetuneConfig(steps=None, seconds=policy.finetune_seconds)
+            if policy.finetune_seconds
+            else FinetuneConfig()
+        )
+        request = RetrainRequest(
+            parent_path=parent_path,
+            parent=ParentRef(
+                sha256=current.sha256, name=current.name, version=current.version, path=str(parent_path)
+            ),
+            dataset=DatasetRef(manifest.name, manifest.version, manifest.digest(), len(frames)),
+            out_dir=self.home.root / "training" / f"{policy.name}-{version}",
+            name=policy.name,
+            version=version,
+            finetune=finetune,
+            eval_frames=policy.eval_frames,
+        )
+        started = time.monotonic()
+        card = retrain(request, frames)
+        train_seconds = time.monotonic() - started
+        assert card is not None  # single process: this rank exports
+        candidate = dict(card.variants[0].evaluation)
+        outcome = publish_candidate(
+            self.home,
+            self.registry,
+            request.out_dir / f"{policy.name}.onnx",
+            name=policy.name,
+            version=version,
+            actor=ACTOR,
+            parent=current.version,
+            eval_frames=policy.eval_frames,
+            candidate_summary=candidate,
+        )
+        rollout_id = None
+        if outcome.record is not None:
+            spec = RolloutSpec(
+                policy.name, version, policy.target, policy.canary, policy.waves, policy.soak_s,
+                policy.min_frames, policy.gates,
+            )  # fmt: skip
+            rollout_id = self.rollouts.create(spec, actor=ACTOR).id
+        run = RetrainRun(
+            manifest.version, len(frames), current.version, version, outcome.record is not None,
+            outcome.decision.reason, rollout_id, train_seconds, candidate,
+        )  # fmt: skip
+        self._audit("retrain.run", run.as_dict())
+        log.info("retraining run: %s", run.as_dict())
+        return run
+
+    def _free_version(self, version: str) -> str:
+        # A refused candidate leaves no registry row, but its training folder stays for inspection.
+        while (
+            self.registry.get_model(self.policy.name, version) is not None
+            or (self.home.root / "training" / f"{self.policy.name}-{version}").exists()
+        ):
+            version = next_version(version)
+        return version
+
+    def _audit(self, action: str, details: dict[str, Any]) -> None:
+        try:
+            self.registry.record_audit(ACTOR, action, self.policy.name, details)
+        except RoadsideError as exc:
+            log.error("cannot audit %s: %s", action, exc)
