@@ -127,10 +127,30 @@ def demo(
     home: Annotated[
         Path | None, typer.Option(help="Keep the demo's state here instead of a temp dir.")
     ] = None,
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="live: counts on two streets. drift: fog rolls in, hard examples flow up, the hub "
+            "retrains, gates, publishes and rolls out, accuracy recovers (needs --duration)."
+        ),
+    ] = "live",
 ) -> None:
-    """Start broker, hub and two agents on this machine; show live counts."""
+    """Start broker, hub and two agents on this machine; show live counts (or run the drift scenario)."""
     setup_logging("WARNING")
     console = Console(stderr=True)
+    if scenario == "drift":
+        from cloud.drift import run_drift
+
+        try:
+            drift = run_drift(duration or 600.0, home, console=console)
+        except RoadsideError as exc:
+            console.print(f"error: {exc}")
+            raise typer.Exit(2) from exc
+        print(json.dumps(drift))
+        return
+    if scenario != "live":
+        console.print(f"error: unknown scenario {scenario!r}; choose live or drift")
+        raise typer.Exit(2)
     workdir = home or Path(tempfile.mkdtemp(prefix="roadside-demo-"))
     started = datetime.now(UTC) - timedelta(seconds=interval)
     hub_home = init_home(workdir, ["localhost"], ["127.0.0.1"], force=True)

@@ -38,12 +38,13 @@ from shared.errors import ConfigError
 
 from .detector import DetectionLoss, RoadsideDetector
 from .evaluate import TRAIN_SEED_LIMIT
-from .synthetic import CLASSES, SceneConfig, render_dataset
+from .synthetic import CLASSES, RoadScene, SceneConfig, render_dataset
 from .train import ModelEma, SceneSampler, augment, collate
 
 __all__ = [
     "FinetuneConfig",
     "LabelledFrame",
+    "ReplaySampler",
     "finetune",
     "load_onnx_detector",
     "rendered_frames",
@@ -81,6 +82,8 @@ class FinetuneConfig:
     weight_decay: float = 5e-4
     warmup_steps: int = 10
     replay_share: float = 0.3  # share of each batch drawn from the ordinary scene
+    replay_rain: float = 0.8  # heaviest rain in the replay's rainy scenes
+    backbone_lr_scale: float = 1.0  # lr of stem and stages relative to ``lr``; 0 freezes them
     seed: int = 0
     threads: int = 2
 
@@ -91,6 +94,10 @@ class FinetuneConfig:
             raise ConfigError(f"seconds must be positive, got {self.seconds}")
         if not 0.0 <= self.replay_share < 1.0:
             raise ConfigError(f"replay_share must be in [0, 1), got {self.replay_share}")
+        if not 0.0 <= self.replay_rain <= 1.0:
+            raise ConfigError(f"replay_rain must be in [0, 1], got {self.replay_rain}")
+        if self.backbone_lr_scale < 0:
+            raise ConfigError(f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
         if self.batch_size < 1 or self.lr <= 0 or self.threads < 1:
             raise ConfigError("batch_size and threads must be >= 1 and lr positive")
 
@@ -222,14 +229,57 @@ def rendered_frames(n: int, config: SceneConfig, stride: int = 5, scenes: int = 
     ]
 
 
+# Replay scenes take these conditions in turn (light range, rainy?), so each is a quarter of the pool.
+REPLAY_CONDITIONS: tuple[tuple[str, float, float, bool], ...] = (
+    ("day", 0.85, 1.15, False),
+    ("dusk", 0.4, 0.8, False),
+    ("night", 0.18, 0.35, False),
+    ("rain", 0.6, 1.0, True),
+)
+
+
+class ReplaySampler(SceneSampler):
+    """The ordinary scene for replay: day, dusk, night and rain in turn, never fog.
+
+    :class:`SceneSampler` draws rain on 15 % of scenes and only light rain
+    (0.1..0.5), so a small replay pool rarely holds any; a fine-tune on new
+    frames then forgets that rain streaks are not objects. Here every fourth
+    scene is rainy, with rain from 0.3 up to ``max_rain``.
+    """
+
+    def __init__(self, seed: int, pool: int = 8, max_rain: float = 0.8, frames_per_scene: int = 60) -> None:
+        self.max_rain = max_rain
+        self.drawn: list[SceneConfig] = []  # every scene's settings, in order (tests read them)
+        super().__init__(seed, pool=pool, frames_per_scene=frames_per_scene)
+
+    def _new_scene(self) -> tuple[RoadScene, list[int]]:
+        rng = self._rng
+        _, low, high, rainy = REPLAY_CONDITIONS[len(self.drawn) % len(REPLAY_CONDITIONS)]
+        wide = rng.random() < 0.2
+        config = SceneConfig(
+            width=640,
+            height=360 if wide else 480,
+            light=float(rng.uniform(low, high)),
+            rain=float(rng.uniform(min(0.3, self.max_rain), self.max_rain)) if rainy else 0.0,
+            spawn_rate=float(rng.uniform(0.8, 2.5)),
+            seed=int(rng.integers(TRAIN_SEED_LIMIT)),
+        )
+        self.drawn.append(config)
+        scene = RoadScene(config)
+        scene.advance(int(rng.integers(0, 50)))
+        return scene, [self._frames_per_scene]
+
+
 class _MixedSampler:
     """Batches of the given frames, augmented, with a share replayed from the ordinary scene."""
 
-    def __init__(self, frames: Sequence[LabelledFrame], replay_share: float, seed: int) -> None:
+    def __init__(
+        self, frames: Sequence[LabelledFrame], replay_share: float, seed: int, max_rain: float = 0.8
+    ) -> None:
         self._frames = frames
         self._replay_share = replay_share
         self._rng = np.random.default_rng((seed, 7))
-        self._replay = SceneSampler(seed, pool=8) if replay_share > 0 else None
+        self._replay = ReplaySampler(seed, pool=8, max_rain=max_rain) if replay_share > 0 else None
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         n_replay = round(size * self._replay_share) if self._replay is not None else 0
@@ -258,6 +308,25 @@ def _freeze_batch_norm(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.eval()
+
+
+BACKBONE = ("stem", "stage8", "stage16")
+
+
+def _param_groups(model: RoadsideDetector, config: FinetuneConfig) -> list[dict[str, object]]:
+    """AdamW groups: decay on kernels only; the backbone at ``backbone_lr_scale`` (frozen at 0)."""
+    groups: list[dict[str, object]] = []
+    for part_scale, names in ((config.backbone_lr_scale, BACKBONE), (1.0, ("fuse", "box_head", "cls_head"))):
+        params = [p for n in names for p in getattr(model, n).parameters()]
+        if part_scale == 0:
+            for p in params:
+                p.requires_grad_(False)
+            continue
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            wd = config.weight_decay if decay else 0.0
+            groups.append({"params": chosen, "weight_decay": wd, "lr_scale": part_scale})
+    return groups
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -302,19 +371,15 @@ def finetune(
     model = load_onnx_detector(parent) if isinstance(parent, Path) else parent
     model = model.to(device).train()
     _freeze_batch_norm(model)
+    groups = _param_groups(model, config)  # before DDP: it must see which parameters are frozen
     trained: nn.Module = _RawOutputs(model)
     if distributed:
         # DDP synchronises gradients only through its own forward(), hence the wrapper.
         ids = [device.index] if device.type == "cuda" else None
         trained = nn.parallel.DistributedDataParallel(trained, device_ids=ids)
-    sampler = _MixedSampler(frames, config.replay_share, config.seed + 1000 * rank)
+    sampler = _MixedSampler(frames, config.replay_share, config.seed + 1000 * rank, config.replay_rain)
     loss_fn = DetectionLoss(model.num_classes)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    optimiser = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
+    optimiser = torch.optim.AdamW(groups, lr=config.lr)
     ema = ModelEma(model, decay=0.99, ramp=20.0)  # short run: a short memory
     total = config.steps or 10**9
     start = time.monotonic()
@@ -322,7 +387,7 @@ def finetune(
     running: dict[str, float] = {}
     while step < total:
         for group in optimiser.param_groups:
-            group["lr"] = config.lr * _lr_factor(step, total, config.warmup_steps)
+            group["lr"] = config.lr * group["lr_scale"] * _lr_factor(step, total, config.warmup_steps)
         images, targets = sampler.batch(config.batch_size)
         distances, logits = trained(images.to(device))
         loss, parts = loss_fn(distances, logits, targets.to(device))

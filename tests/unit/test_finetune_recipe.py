@@ -1,0 +1,73 @@
+"""The fine-tune recipe (models.finetune): its replay covers rain, and a short run works end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import models.finetune as finetune_module
+from models.finetune import FinetuneConfig, ReplaySampler, finetune, rendered_frames
+from models.synthetic import SceneConfig
+from shared.errors import ConfigError
+
+DETECTOR = Path(__file__).resolve().parents[2] / "models" / "detector.onnx"
+
+
+def test_replay_draws_every_condition_with_heavy_rain_and_no_fog() -> None:
+    sampler = ReplaySampler(seed=3, pool=8, max_rain=0.8)
+    for _ in range(3):
+        image, targets = sampler.sample()
+        assert image.shape == (3, 256, 320)
+        assert targets.shape[1] == 5
+    rainy = [c for c in sampler.drawn if c.rain > 0]
+    assert len(sampler.drawn) == 8
+    assert len(rainy) == 2  # a quarter of the pool, not 15 % of scenes on average
+    assert all(0.3 <= c.rain <= 0.8 for c in rainy)
+    assert all(c.fog == 0.0 for c in sampler.drawn)
+    lights = sorted(c.light for c in sampler.drawn if c.rain == 0)
+    assert lights[0] < 0.35  # night
+    assert any(0.4 <= x <= 0.8 for x in lights)  # dusk
+    assert lights[-1] >= 0.85  # day
+
+
+def test_short_finetune_replays_rainy_scenes(monkeypatch: pytest.MonkeyPatch) -> None:
+    samplers: list[ReplaySampler] = []
+
+    class Recording(ReplaySampler):
+        def __init__(self, seed: int, pool: int = 8, max_rain: float = 0.8) -> None:
+            super().__init__(seed, pool=pool, max_rain=max_rain)
+            samplers.append(self)
+
+    monkeypatch.setattr(finetune_module, "ReplaySampler", Recording)
+    frames = rendered_frames(4, SceneConfig(fog=0.6, spawn_rate=1.2, seed=2), scenes=2)
+    config = FinetuneConfig(steps=2, batch_size=4, warmup_steps=1, replay_share=0.5)
+    model, stats = finetune(DETECTOR, frames, config)
+    assert stats["steps"] == 2.0
+    assert np.isfinite(stats["cls"]) and np.isfinite(stats["box"])
+    assert not model.training
+    (sampler,) = samplers
+    assert sampler.max_rain == config.replay_rain
+    assert any(c.rain >= 0.3 for c in sampler.drawn)
+
+
+def test_frozen_backbone_stays_put() -> None:
+    from models.finetune import load_onnx_detector
+
+    parent = load_onnx_detector(DETECTOR)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    frames = rendered_frames(2, SceneConfig(fog=0.6, seed=2), scenes=1)
+    config = FinetuneConfig(steps=2, batch_size=2, warmup_steps=1, backbone_lr_scale=0.0)
+    model, _ = finetune(load_onnx_detector(DETECTOR), frames, config)
+    after = model.state_dict()
+    assert all(np.array_equal(after[k].numpy(), before[k].numpy()) for k in before if k.startswith("stem."))
+    assert any(not np.array_equal(after[k].numpy(), before[k].numpy()) for k in before if k.startswith("cls_head."))
+
+
+@pytest.mark.parametrize("field", [{"replay_rain": 1.5}, {"backbone_lr_scale": -0.1}])
+def test_config_refuses_out_of_range_recipe_settings(field: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        FinetuneConfig(**field)  # type: ignore[arg-type]
