@@ -1307,3 +1307,48 @@ def test_documented_examples_are_valid_answers_and_bodies() -> None:
             for body_example in model.model_config["json_schema_extra"]["examples"]:  # type: ignore[union-attr]
                 model.model_validate(body_example)  # type: ignore[union-attr]
     assert checked >= 14
+
+
+# Rollouts: refusals are problems that say what to change -------------------------------------
+
+
+def test_rollout_refusals_are_clear_problems(client: TestClient, keys: Keys) -> None:
+    headers = bearer(keys.rollouts_only)
+    body = {"model": "detector:9.9.9", "target": "site:site-a", "waves": [100]}
+    unpublished = assert_problem(client.post("/v1/rollouts", json=body, headers=headers), 422)
+    assert "not published" in unpublished["detail"]
+    body = {"model": "detector:1.0.0", "target": "site:nowhere", "waves": [100]}
+    assert (
+        "no active device"
+        in assert_problem(client.post("/v1/rollouts", json=body, headers=headers), 422)["detail"]
+    )
+    body = {"model": "detector:1.0.0", "waves": [50, 20]}
+    assert (
+        "rising percentages"
+        in assert_problem(client.post("/v1/rollouts", json=body, headers=headers), 422)["detail"]
+    )
+    assert_problem(client.get("/v1/rollouts/99", headers=headers), 404)
+    resumed = assert_problem(client.post("/v1/rollouts/1/resume", headers=headers), 409)
+    assert "it is pending" in resumed["detail"]
+
+
+def test_a_rollout_created_through_the_api_is_audited_with_its_client(
+    client: TestClient, keys: Keys, registry: Registry
+) -> None:
+    body = {"model": "detector:1.0.0", "target": "site:site-a", "canary": 1, "waves": [100], "soak": "30s"}
+    response = client.post("/v1/rollouts", json=body, headers=bearer(keys.rollouts_only))
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert response.headers["location"] == f"/v1/rollouts/{created['id']}"
+    assert created["spec"]["soak_s"] == 30.0
+    assert sum(w["devices"] for w in created["waves"]) == 2
+    paused = client.post(
+        f"/v1/rollouts/{created['id']}/pause", json={"reason": "storm"}, headers=bearer(keys.admin)
+    ).json()
+    assert paused["status"] == "paused"
+    entries = [e for e in registry.audit.entries(limit=None) if e.subject == str(created["id"])]
+    assert [(e.action, e.actor) for e in entries] == [
+        ("rollout.create", "api:release-bot"),
+        ("rollout.status", "api:ops"),
+    ]
+    assert entries[1].details["reason"] == "storm"
