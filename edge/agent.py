@@ -15,9 +15,10 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from edge.analytics.config import AnalyticsConfig, LineConfig, resolve_stream_config
 from edge.analytics.stream import StreamAnalytics
@@ -36,6 +37,7 @@ from edge.commands import (
 from edge.health import FrameLedger, HealthCollector, HealthReport, SystemProbe
 from edge.inference.batching import BatchPolicy, DynamicBatcher
 from edge.inference.engine import DEFAULT_MODEL, OnnxDetector, OnnxSession, file_version
+from edge.inference.yolo import Detections
 from edge.metrics import HealthMetrics, MetricsServer
 from edge.ota.manager import OtaHost, OtaManager, boot, make_updater, repo_anchor
 from edge.ota.updater import ModelUpdater, ShippedModel
@@ -403,15 +405,23 @@ class Agent:
         images = [f.image for f in batch]
         started = time.perf_counter()
         detections = self.detector.detect(images)
+        shadow: Sequence[Detections] | None = None
         if self.ota is not None:  # a shadow test runs the candidate on the same frames, every Nth batch
-            self.ota.observe(images, detections, (time.perf_counter() - started) * 1000.0)
-        for frame, found in zip(batch, detections, strict=True):
+            ran = self.ota.observe(images, detections, (time.perf_counter() - started) * 1000.0)
+            shadow = cast("Sequence[Detections] | None", ran)  # the candidate is an OnnxDetector too
+        for i, (frame, found) in enumerate(zip(batch, detections, strict=True)):
             state = self._state_for(frame)
             state.frames += 1
             state.fps_window.append(time.monotonic())
             del state.fps_window[:-50]
             if self.samples is not None:  # a decision here; redaction and encoding on its own thread
-                self.samples.offer(frame, found, self.detector.info.labels, self.detector.info.version)
+                self.samples.offer(
+                    frame,
+                    found,
+                    self.detector.info.labels,
+                    self.detector.info.version,
+                    shadow[i] if shadow is not None else None,  # disagreement with a candidate in shadow
+                )
             out = state.analytics.update(frame.ts, found)
             self._emit_counts(out.closed_counts)
             version = self.detector.info.version

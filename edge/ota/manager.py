@@ -102,21 +102,23 @@ class ShadowSession(Generic[D]):
 
     def observe(
         self, images: list[npt.NDArray[np.uint8]], running: Sequence[FrameDetections], running_ms: float
-    ) -> None:
-        """Run the candidate on this batch if it is its turn; a failing candidate is recorded, never raised."""
+    ) -> Sequence[FrameDetections] | None:
+        """Run the candidate on this batch if it is its turn; its detections, or ``None`` when it did not
+        run. A failing candidate is recorded, never raised."""
         self._batches += 1
         if self.error is not None or (self._batches - 1) % self.every:
-            return
+            return None
         started = time.perf_counter()
         try:
             found = self.candidate.detect(images)
         except Exception as exc:  # a broken candidate must not stop the running model
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("candidate model %s failed in shadow", self.candidate.info.version)
-            return
+            return None
         candidate_ms = (time.perf_counter() - started) * 1000.0
         with self._lock:
             self._comparison.add_batch(list(running), list(found), running_ms, candidate_ms)
+        return found
 
     @property
     def frames(self) -> int:
@@ -171,11 +173,13 @@ class OtaManager(Generic[D]):
 
     def observe(
         self, images: list[npt.NDArray[np.uint8]], running: Sequence[FrameDetections], running_ms: float
-    ) -> None:
-        """Pipeline thread, after the running model: feed the shadow test, if one runs."""
+    ) -> Sequence[FrameDetections] | None:
+        """Pipeline thread, after the running model: feed the shadow test, if one runs; the candidate's
+        detections when it ran on this batch (hard-example selection compares the two)."""
         session = self._session  # one read: the install thread may end the session at any moment
-        if session is not None:
-            session.observe(images, running, running_ms)
+        if session is None:
+            return None
+        return session.observe(images, running, running_ms)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Abandon an install in progress (a staged file stays for next time)."""
