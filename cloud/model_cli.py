@@ -189,8 +189,9 @@ def train(
     steps: Annotated[int | None, typer.Option(min=1, help="Fixed step count (default 100).")] = None,
     seconds: Annotated[float | None, typer.Option(min=1, help="Time budget instead of --steps.")] = None,
     replay_share: Annotated[
-        float, typer.Option(min=0, max=0.95, help="Share of ordinary scene frames.")
-    ] = 0.3,
+        float | None,
+        typer.Option(min=0, max=0.95, help="Share of ordinary scene frames (default: the recipe's 0.85)."),
+    ] = None,
     seed: int = 0,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch.")] = 2,
     fp16: Annotated[bool, typer.Option(help="Also write and evaluate an FP16 variant.")] = False,
@@ -220,7 +221,7 @@ def train(
         config = FinetuneConfig(
             steps=None if seconds is not None else (steps or FinetuneConfig.steps),
             seconds=seconds or FinetuneConfig.seconds,
-            replay_share=replay_share,
+            replay_share=FinetuneConfig.replay_share if replay_share is None else replay_share,
             seed=seed,
             threads=threads,
         )

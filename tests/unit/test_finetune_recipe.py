@@ -47,7 +47,8 @@ def test_short_finetune_replays_rainy_scenes(monkeypatch: pytest.MonkeyPatch) ->
     config = FinetuneConfig(steps=2, batch_size=4, warmup_steps=1, replay_share=0.5)
     model, stats = finetune(DETECTOR, frames, config)
     assert stats["steps"] == 2.0
-    assert np.isfinite(stats["cls"]) and np.isfinite(stats["box"])
+    assert np.isfinite(stats["cls"])
+    assert np.isfinite(stats["box"])
     assert not model.training
     (sampler,) = samplers
     assert sampler.max_rain == config.replay_rain
@@ -63,8 +64,13 @@ def test_frozen_backbone_stays_put() -> None:
     config = FinetuneConfig(steps=2, batch_size=2, warmup_steps=1, backbone_lr_scale=0.0)
     model, _ = finetune(load_onnx_detector(DETECTOR), frames, config)
     after = model.state_dict()
-    assert all(np.array_equal(after[k].numpy(), before[k].numpy()) for k in before if k.startswith("stem."))
-    assert any(not np.array_equal(after[k].numpy(), before[k].numpy()) for k in before if k.startswith("cls_head."))
+    # The EMA blends equal values, so only rounding may differ.
+    assert all(
+        np.allclose(after[k].numpy(), before[k].numpy(), atol=1e-6) for k in before if k.startswith("stem.")
+    )
+    assert any(
+        not np.array_equal(after[k].numpy(), before[k].numpy()) for k in before if k.startswith("cls_head.")
+    )
 
 
 @pytest.mark.parametrize("field", [{"replay_rain": 1.5}, {"backbone_lr_scale": -0.1}])
