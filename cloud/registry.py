@@ -561,6 +561,26 @@ class Registry:
 
         return self._write(change)
 
+    def set_model_status(
+        self, name: str, version: str, status: str, *, reason: str = "", actor: str = DEFAULT_ACTOR
+    ) -> ModelRecord:
+        """Move a model to ``status`` (``retired``: rolled back, no longer the baseline or a rollout target)."""
+        if status not in MODEL_STATUSES:
+            raise ConfigError(f"model status {status!r} unknown; choose from {sorted(MODEL_STATUSES)}")
+        now = datetime.now(UTC)
+
+        def change(session: Session) -> ModelRecord:
+            row = session.get(_Model, (name, version))
+            if row is None:
+                raise ConfigError(f"model {name} {version} does not exist")
+            details = {"version": version, "from": row.status, "to": status, "reason": reason}
+            row.status = status
+            session.flush()
+            _audit(session, actor, "model.status", name, details, now)
+            return _model_record(row)
+
+        return self._write(change)
+
     def get_model(self, name: str, version: str) -> ModelRecord | None:
         with Session(self._engine) as session:
             row = session.get(_Model, (name, version))

@@ -65,7 +65,7 @@ def create(
     min_agreement: Annotated[
         float, typer.Option(help="Gate: share of the old model's detections found.")
     ] = 0.7,
-    max_confidence_shift: Annotated[float, typer.Option(help="Gate: confidence histogram distance.")] = 0.25,
+    max_confidence_drop: Annotated[float, typer.Option(help="Gate: confidence histogram distance.")] = 0.25,
     max_latency_ratio: Annotated[float, typer.Option(help="Gate: p95 latency, new over old.")] = 1.5,
     min_fps_ratio: Annotated[float, typer.Option(help="Gate: FPS after the switch over before.")] = 0.8,
     max_failed: Annotated[int, typer.Option(help="Gate: failed installs tolerated per wave.")] = 0,
@@ -90,7 +90,7 @@ def create(
             min_frames=min_frames,
             gates=GateThresholds(
                 min_agreement=min_agreement,
-                max_confidence_shift=max_confidence_shift,
+                max_confidence_drop=max_confidence_drop,
                 max_latency_ratio=max_latency_ratio,
                 min_fps_ratio=min_fps_ratio,
                 max_failed=max_failed,

@@ -426,6 +426,16 @@ class RolloutController:
         self.registry.set_rollout_status(
             record.id, "rolled_back", reason=record.reason or "rolled back", actor=CONTROLLER_ACTOR
         )
+        # A rolled-back model is no longer the one to beat, retrain from, or roll out again.
+        model = self.registry.get_model(spec.model_name, spec.model_version)
+        if model is not None and model.status == "published":
+            self.registry.set_model_status(
+                spec.model_name,
+                spec.model_version,
+                "retired",
+                reason=f"rollout {record.id}: {record.reason or 'rolled back'}",
+                actor=CONTROLLER_ACTOR,
+            )
         log.warning(
             "rollout %d rolled back: %d device(s) told to return to their previous model", record.id, sent
         )

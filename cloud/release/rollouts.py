@@ -13,9 +13,12 @@ promoted only when every gate passes:
 ``agreement``    the candidate found at least ``min_agreement`` of what the
                  running model found on the same frames. A retrained model that
                  finds *more* still agrees; a broken or mislabelled one does not.
-``confidence``   the candidate's confidence histogram is within
-                 ``max_confidence_shift`` (total variation distance) of the
-                 running model's.
+``confidence``   the candidate's confidence did not fall: the one-sided
+                 Kolmogorov-Smirnov distance between the two confidence
+                 histograms (how much more of the candidate's mass sits at
+                 low confidence) is at most ``max_confidence_drop``. A
+                 retrained model that is surer of itself passes; a collapsed
+                 or mis-normalised one does not.
 ``latency``      the candidate's p95 latency in shadow is at most
                  ``max_latency_ratio`` times the running model's.
 ``health``       after the switch, the device's own health report (FPS, p95)
@@ -108,7 +111,7 @@ def parse_target(text: str) -> Target:
 @dataclass(frozen=True, slots=True)
 class GateThresholds:
     min_agreement: float = 0.7
-    max_confidence_shift: float = 0.25
+    max_confidence_drop: float = 0.25
     max_latency_ratio: float = 1.5
     min_fps_ratio: float = 0.8
     max_failed: int = 0
@@ -119,8 +122,8 @@ class GateThresholds:
     require_shadow: bool = True
 
     def __post_init__(self) -> None:
-        if not (0.0 <= self.min_agreement <= 1.0 and 0.0 <= self.max_confidence_shift <= 1.0):
-            raise ConfigError("min_agreement and max_confidence_shift must be within [0, 1]")
+        if not (0.0 <= self.min_agreement <= 1.0 and 0.0 <= self.max_confidence_drop <= 1.0):
+            raise ConfigError("min_agreement and max_confidence_drop must be within [0, 1]")
         if self.max_latency_ratio <= 0 or self.min_fps_ratio < 0 or self.max_failed < 0:
             raise ConfigError("latency ratio must be > 0; FPS ratio and max_failed >= 0")
         if self.install_timeout_s <= 0 or self.health_wait_s < 0:
@@ -231,12 +234,21 @@ class WaveVerdict:
         }
 
 
-def total_variation(a: Sequence[float], b: Sequence[float]) -> float:
-    """Half the L1 distance between two histograms, each normalised first (0 identical, 1 disjoint)."""
-    sa, sb = sum(a), sum(b)
-    if sa <= 0 or sb <= 0:
-        return 0.0 if sa == sb else 1.0
-    return 0.5 * sum(abs(x / sa - y / sb) for x, y in zip(a, b, strict=True))
+def confidence_drop(running: Sequence[float], candidate: Sequence[float]) -> float:
+    """How far the candidate's confidence fell: max over bins of CDF_candidate - CDF_running, at least 0.
+
+    0 when the candidate is as sure or surer everywhere; 1 when all its mass
+    sits below all of the running model's. Histograms are normalised first.
+    """
+    sr, sc = sum(running), sum(candidate)
+    if sr <= 0 or sc <= 0:
+        return 0.0 if sc > 0 or sr <= 0 else 1.0  # a candidate that finds nothing the running one found
+    worst, cdf_r, cdf_c = 0.0, 0.0, 0.0
+    for r, c in zip(running, candidate, strict=True):
+        cdf_r += r / sr
+        cdf_c += c / sc
+        worst = max(worst, cdf_c - cdf_r)
+    return min(worst, 1.0)
 
 
 def advance_state(current: str, reported: str) -> str:
@@ -264,12 +276,12 @@ def behaviour_gates(device: str, stats: ShadowStats | None, gates: GateThreshold
             f"(min {gates.min_agreement:.2f}) over {stats.frames} frames",
         )
     ]
-    shift = total_variation(stats.confidence_running, stats.confidence_candidate)
+    drop = confidence_drop(stats.confidence_running, stats.confidence_candidate)
     results.append(
         GateResult(
             "confidence",
-            shift <= gates.max_confidence_shift,
-            f"{device}: confidence distribution moved {shift:.2f} (max {gates.max_confidence_shift:.2f})",
+            drop <= gates.max_confidence_drop,
+            f"{device}: confidence fell by {drop:.2f} (one-sided KS, max {gates.max_confidence_drop:.2f})",
         )
     )
     running = max(stats.latency_p95_ms_running, 1e-3)

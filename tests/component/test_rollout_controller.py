@@ -172,6 +172,12 @@ def test_a_canary_that_disagrees_is_rolled_back_and_the_audit_log_says_why(regis
     for device_id in canaries:
         record_report(registry, device_id, report(record.id, "rolled_back"))
     assert rollout_status(registry, record.id).counts() == {"rolled_back": 2, "pending": 6}
+    # The model is retired: not the baseline to beat, not a parent to retrain, not rolled out again.
+    model = registry.get_model("detector", "1.1.0")
+    assert model is not None
+    assert model.status == "retired"
+    with pytest.raises(ConfigError, match="not published"):
+        create_rollout(registry, spec())
     [entry] = gate_entries(registry, record.id)
     assert entry["decision"] == "fail"
     assert entry["reason"].startswith("agreement")

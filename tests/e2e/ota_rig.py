@@ -21,7 +21,9 @@ import pytest
 
 from cloud.ingest.core import Accepted, Rejection
 from cloud.release.repository import PublishedModel, describe_onnx
+from edge.agent import Agent
 from edge.inference.engine import DEFAULT_MODEL
+from edge.settings import load_agent_settings
 from shared.bundle import EnrollmentBundle, ModelRepoAnchor
 from shared.schemas import OtaReport
 from tests.component.test_tuf_repository import ReleaseHarness, release_harness
@@ -120,6 +122,23 @@ class OtaRig:
     def health_with(self, device: str, version: str) -> int:
         with self._lock:
             return sum(1 for d, v in self.health if (d, v) == (device, version))
+
+
+def agent_with_ota(tmp_path: Path, bundle: EnrollmentBundle, seed: int = 3) -> Agent:
+    """An in-process agent on a synthetic camera, OTA on (from the bundle's anchor), shadowing every batch."""
+    settings = load_agent_settings(
+        None,
+        bundle=tmp_path / "unused.json",
+        sources=[{"type": "synthetic", "name": "cam0", "seed": seed, "fps": 10.0, "realtime": True}],
+        interval_s=1,
+        heartbeat_s=1.0,
+        outbox={"path": str(tmp_path / bundle.device_id / "outbox.db")},
+        ota={"shadow_every": 1, "retry_base_s": 0.05},
+    )
+    agent = Agent(settings, bundle)
+    agent.start()
+    assert wait_for(lambda: agent.uplink.connected, 15)
+    return agent
 
 
 @contextmanager

@@ -281,7 +281,12 @@ def test_a_broker_away_for_30_s_loses_nothing_and_duplicates_nothing(loop: Loop,
     finally:
         agent.stop(drain_s=40)
     uplink = agent.uplink
-    assert agent.outbox_backlog_at_stop == 0, (uplink.connects, uplink.published, uplink.acked, uplink.unrouted)
+    assert agent.outbox_backlog_at_stop == 0, (
+        uplink.connects,
+        uplink.published,
+        uplink.acked,
+        uplink.unrouted,
+    )
     produced = +agent.counted
     assert sum(produced.values()) > 0
     assert wait_for(lambda: api_totals(loop, "dev-outage") == produced, 30), (

@@ -15,11 +15,8 @@ from securesystemslib.signer import CryptoSigner
 from cloud.home import model_repo_anchor
 from cloud.release import keys
 from cloud.release.repository import ModelRepository
-from edge.agent import Agent
-from edge.settings import load_agent_settings
-from shared.bundle import EnrollmentBundle
 from tests.e2e.conftest import Loop
-from tests.e2e.ota_rig import SHIPPED_VERSION, OtaRig, ota_rig, wait_for
+from tests.e2e.ota_rig import SHIPPED_VERSION, OtaRig, agent_with_ota, ota_rig, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -28,23 +25,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 def rig(loop: Loop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OtaRig]:
     with ota_rig(loop, tmp_path / "release", monkeypatch) as rig:
         yield rig
-
-
-def agent_with_ota(tmp_path: Path, bundle: EnrollmentBundle) -> Agent:
-    settings = load_agent_settings(
-        None,
-        bundle=tmp_path / "unused.json",
-        # Small frames, unpaced for the first 400: crossings come fast, then the camera idles.
-        sources=[{"type": "synthetic", "name": "cam0", "seed": 3, "fps": 10.0, "realtime": True}],
-        interval_s=1,
-        heartbeat_s=1.0,
-        outbox={"path": str(tmp_path / "agent" / "outbox.db")},
-        ota={"shadow_every": 1, "retry_base_s": 0.05},
-    )
-    agent = Agent(settings, bundle)
-    agent.start()
-    assert wait_for(lambda: agent.uplink.connected, 15)
-    return agent
 
 
 def test_install_shadow_switch_then_an_instant_rollback(loop: Loop, rig: OtaRig, tmp_path: Path) -> None:

@@ -20,11 +20,8 @@ from onnx import helper, numpy_helper
 from cloud.audit import AuditLog
 from cloud.release.repository import release_model
 from cloud.release.rollouts import GateThresholds, RolloutSpec
-from edge.agent import Agent
-from edge.settings import load_agent_settings
-from shared.bundle import EnrollmentBundle
 from tests.e2e.conftest import Loop
-from tests.e2e.ota_rig import SHIPPED_VERSION, OtaRig, detector_variant, ota_rig, wait_for
+from tests.e2e.ota_rig import SHIPPED_VERSION, OtaRig, agent_with_ota, detector_variant, ota_rig, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -53,22 +50,6 @@ def permuted_classes(path: Path, version: str) -> Path:
     return path
 
 
-def agent(tmp_path: Path, bundle: EnrollmentBundle) -> Agent:
-    settings = load_agent_settings(
-        None,
-        bundle=tmp_path / "unused.json",
-        sources=[{"type": "synthetic", "name": "cam0", "seed": 5, "fps": 10.0, "realtime": True}],
-        interval_s=1,
-        heartbeat_s=1.0,
-        outbox={"path": str(tmp_path / bundle.device_id / "outbox.db")},
-        ota={"shadow_every": 1, "retry_base_s": 0.05},
-    )
-    running = Agent(settings, bundle)
-    running.start()
-    assert wait_for(lambda: running.uplink.connected, 15)
-    return running
-
-
 def publish(loop: Loop, rig: OtaRig, path: Path, version: str) -> None:
     release_model(
         rig.release.repo, loop.registry, path, name="detector", min_agent_version="0.1.0", version=version
@@ -78,7 +59,10 @@ def publish(loop: Loop, rig: OtaRig, path: Path, version: str) -> None:
 def test_a_disagreeing_canary_is_rolled_back_then_a_good_model_goes_everywhere(
     loop: Loop, rig: OtaRig, tmp_path: Path
 ) -> None:
-    agents = {name: agent(tmp_path, rig.with_anchor(loop.enroll(name))) for name in ("pole-a", "pole-b")}
+    agents = {
+        name: agent_with_ota(tmp_path, rig.with_anchor(loop.enroll(name)), seed=5)
+        for name in ("pole-a", "pole-b")
+    }
     try:
         bad = permuted_classes(tmp_path / "build" / "bad" / "detector.onnx", "1.1.0")
         publish(loop, rig, bad, "1.1.0")

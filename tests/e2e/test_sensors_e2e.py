@@ -48,7 +48,12 @@ def test_agent_with_a_synthetic_sensor_publishes_readings_the_hub_stores(loop: L
     finally:
         agent.stop(drain_s=20)
     uplink = agent.uplink
-    assert agent.outbox_backlog_at_stop == 0, (uplink.connects, uplink.published, uplink.acked, uplink.refused)
+    assert agent.outbox_backlog_at_stop == 0, (
+        uplink.connects,
+        uplink.published,
+        uplink.acked,
+        uplink.refused,
+    )
     sent = agent.sensors.readings
     assert sent > 4 * 300
 

@@ -15,12 +15,12 @@ from cloud.release.rollouts import (
     Target,
     WaveVerdict,
     advance_state,
+    confidence_drop,
     evaluate_wave,
     parse_duration,
     parse_target,
     parse_waves,
     plan_waves,
-    total_variation,
 )
 from shared.errors import ConfigError
 from shared.schemas import Health, ShadowStats, StreamHealth
@@ -132,11 +132,13 @@ def test_device_states_only_move_forward_until_a_rollback() -> None:
     assert advance_state("rolling_back", "rolled_back") == "rolled_back"
 
 
-def test_total_variation_distance() -> None:
-    assert total_variation(SAME, SAME) == 0.0
-    assert total_variation([1, 0], [0, 1]) == 1.0
-    assert total_variation([2, 2], [1, 1]) == 0.0  # normalised first
-    assert total_variation([0, 0], [1, 0]) == 1.0
+def test_confidence_drop_is_one_sided() -> None:
+    assert confidence_drop(SAME, SAME) == 0.0
+    assert confidence_drop([0, 1], [1, 0]) == 1.0  # everything moved to low confidence
+    assert confidence_drop([1, 0], [0, 1]) == 0.0  # surer of itself: a retrained model after drift
+    assert confidence_drop([2, 2], [1, 1]) == 0.0  # normalised first
+    assert confidence_drop([1, 1], [0, 0]) == 1.0  # finds nothing the running model found
+    assert confidence_drop([0, 0], [1, 0]) == 0.0  # the running model found nothing: nothing to fall from
 
 
 def test_a_wave_waits_for_its_devices_then_passes() -> None:
@@ -181,6 +183,11 @@ def test_silence_past_the_deadline_fails_the_wave() -> None:
 def test_missing_shadow_statistics_fail_unless_not_required() -> None:
     assert judge([device("a")]).decision is Decision.FAIL
     assert judge([device("a")], require_shadow=False).decision is Decision.PASS
+
+
+def test_a_surer_candidate_passes_the_confidence_gate() -> None:
+    surer = stats(hist=[0, 0, 0, 0, 0, 0, 0.05, 0.15, 0.3, 0.5])
+    assert judge([device("a", shadow=surer)]).decision is Decision.PASS
 
 
 def test_health_after_the_switch_is_compared_with_before() -> None:

@@ -58,7 +58,7 @@ _ROLLOUT_EXAMPLE: Final[dict[str, Any]] = {
         "waves": [10, 50, 100],
         "soak_s": 600.0,
         "min_frames": 20,
-        "gates": {"min_agreement": 0.7, "max_confidence_shift": 0.25},
+        "gates": {"min_agreement": 0.7, "max_confidence_drop": 0.25},
     },
     "counts": {"active": 2, "commanded": 8, "pending": 40},
     "devices": [
@@ -78,7 +78,7 @@ class GateSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     min_agreement: float = Field(default=0.7, ge=0, le=1)
-    max_confidence_shift: float = Field(default=0.25, ge=0, le=1)
+    max_confidence_drop: float = Field(default=0.25, ge=0, le=1)
     max_latency_ratio: float = Field(default=1.5, gt=0, le=100)
     min_fps_ratio: float = Field(default=0.8, ge=0, le=10)
     max_failed: int = Field(default=0, ge=0, le=100_000)
