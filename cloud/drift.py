@@ -137,7 +137,9 @@ def run_drift(
                 waves=[100],
                 soak_s=5.0,
                 min_frames=10,
-                gates={"health_wait_s": 20.0, "install_timeout_s": 120.0},
+                # One shared machine runs the broker, the hub (training included) and both agents,
+                # so latencies swing with load; a real pole has its own CPU.
+                gates={"health_wait_s": 20.0, "install_timeout_s": 120.0, "max_latency_ratio": 3.0},
             ),
         )
         hub = Hub(settings)

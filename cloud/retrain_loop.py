@@ -26,7 +26,7 @@ from cloud.home import HubHome
 from cloud.registry import Registry
 from cloud.release.controller import RolloutController
 from cloud.release.publishing import latest_published, publish_candidate, published_file
-from cloud.release.rollouts import GateThresholds, RolloutSpec
+from cloud.release.rollouts import FINAL_STATES, GateThresholds, RolloutSpec
 from shared.errors import ConfigError, RoadsideError
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,11 @@ class RetrainLoop:
         """One run if enough labelled samples wait; ``None`` otherwise."""
         waiting = self.waiting()
         if waiting < self.policy.min_samples:
+            return None
+        live = [r for r in self.registry.list_rollouts() if r.model_name == self.policy.name]
+        if any(r.status not in FINAL_STATES for r in live):
+            # One change at a time: a rollout in progress is judged on the fleet as it is, and
+            # training beside it would load the machines its health gate measures.
             return None
         from models.card import DatasetRef, ParentRef
         from models.finetune import FinetuneConfig, samples_from_manifest
