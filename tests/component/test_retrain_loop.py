@@ -1,0 +1,58 @@
+"""The retraining loop's decisions before any training: when to run, which version to make."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cloud.dataset.store import DatasetStore
+from cloud.home import HubHome
+from cloud.registry import Registry
+from cloud.release.controller import RolloutController, change_rollout, create_rollout
+from cloud.release.rollouts import RolloutSpec
+from cloud.retrain_loop import RetrainLoop, RetrainPolicy, next_version
+from shared.errors import ConfigError
+from shared.keys import KeyPair
+from shared.schemas import LabeledBox
+from tests.unit.test_dataset_store import example
+
+
+class NoCommands:
+    def send(self, device_id: str, command_type: str, args: dict[str, object] | None = None) -> object:
+        raise AssertionError("the loop must not reach a rollout here")
+
+
+def test_versions_count_up() -> None:
+    assert next_version("0.1.0") == "0.1.1"
+    assert next_version("2.0.9") == "2.0.10"
+    assert next_version("1.0.0-fog3") == "1.0.0-fog4"
+    assert next_version("stable") == "stable.1"
+
+
+def test_no_run_without_enough_labelled_samples_or_while_a_rollout_is_in_progress(tmp_path: Path) -> None:
+    home = HubHome(tmp_path)
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry.create_schema()
+    registry.enroll("pole-1", "main-st", KeyPair.generate().public())
+    registry.publish_model("detector", "0.1.0", "a" * 64, 100)
+    store = DatasetStore(tmp_path / "datasets" / "detector")
+    rollouts = RolloutController(registry, NoCommands(), lambda _d: None)
+    loop = RetrainLoop(home, registry, store, rollouts, RetrainPolicy(min_samples=3))
+    try:
+        box = LabeledBox(cls="car", box=(1.0, 2.0, 20.0, 30.0))
+        store.add("pole-1", [example(1, [box]), example(2, [box]), example(3, None)])  # one unlabelled
+        assert loop.waiting() == 2
+        assert loop.run_once() is None  # 2 < 3
+        store.add("pole-1", [example(4, [box])])
+        assert loop.waiting() == 3
+        record = create_rollout(registry, RolloutSpec("detector", "0.1.0", "all", 1, (100,), 10.0))
+        assert loop.run_once() is None  # the rollout in progress is judged first
+        assert store.versions() == []  # nothing committed, nothing trained
+        change_rollout(registry, record.id, "abort")
+        # Now it would train: the parent's file is not in a repository, so it stops with a clear error.
+        with pytest.raises(ConfigError, match="no target in the repository"):
+            loop.run_once()
+    finally:
+        store.close()
+        registry.close()
