@@ -132,6 +132,7 @@ def run_drift(
                 enabled=True,
                 min_samples=min_samples,
                 check_s=2.0,
+                min_interval_s=600.0,
                 eval_frames=eval_frames,
                 canary=1,
                 waves=[100],

@@ -80,6 +80,7 @@ def retrain_policy(config: RetrainConfig) -> RetrainPolicy:
         name=config.name,
         min_samples=config.min_samples,
         check_s=config.check_s,
+        min_interval_s=config.min_interval_s,
         finetune_seconds=config.finetune_seconds,
         eval_frames=config.eval_frames,
         target=config.target,

@@ -48,6 +48,7 @@ class RetrainPolicy:
     name: str = "detector"
     min_samples: int = 60  # labelled hard examples waiting before a run
     check_s: float = 30.0
+    min_interval_s: float = 3600.0  # between the end of one run and the start of the next
     finetune_seconds: float | None = None  # None: the recipe's fixed step count
     eval_frames: int = 160
     target: str = "all"
@@ -100,6 +101,7 @@ class RetrainLoop:
         self.rollouts = rollouts
         self.policy = policy
         self.runs: list[RetrainRun] = []
+        self._last_run_ended: float | None = None  # monotonic
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="retrain", daemon=True)
 
@@ -131,6 +133,11 @@ class RetrainLoop:
 
     def run_once(self) -> RetrainRun | None:
         """One run if enough labelled samples wait; ``None`` otherwise."""
+        if (
+            self._last_run_ended is not None
+            and time.monotonic() - self._last_run_ended < self.policy.min_interval_s
+        ):
+            return None
         waiting = self.waiting()
         if waiting < self.policy.min_samples:
             return None
@@ -175,8 +182,11 @@ class RetrainLoop:
             eval_frames=policy.eval_frames,
         )
         started = time.monotonic()
-        card = retrain(request, frames)
-        train_seconds = time.monotonic() - started
+        try:
+            card = retrain(request, frames)
+        finally:
+            self._last_run_ended = time.monotonic()
+        train_seconds = self._last_run_ended - started
         assert card is not None  # single process: this rank exports
         candidate = dict(card.variants[0].evaluation)
         outcome = publish_candidate(
