@@ -138,15 +138,10 @@ def demo(
     """Start broker, hub and two agents on this machine; show live counts (or run the drift scenario)."""
     setup_logging("WARNING")
     console = Console(stderr=True)
+    # SIGTERM (a service manager, `kill`) stops the demo like Ctrl-C: its agents and broker are stopped too.
+    signal.signal(signal.SIGTERM, _interrupt)
     if scenario == "drift":
-        from cloud.drift import run_drift
-
-        try:
-            drift = run_drift(duration or 600.0, home, console=console)
-        except RoadsideError as exc:
-            console.print(f"error: {exc}")
-            raise typer.Exit(2) from exc
-        print(json.dumps(drift))
+        _drift(duration, home, console)
         return
     if scenario != "live":
         console.print(f"error: unknown scenario {scenario!r}; choose live or drift")
@@ -193,6 +188,24 @@ def demo(
         broker.stop()
     if summary is not None and duration is not None:
         print(json.dumps(summary))
+
+
+def _drift(duration: float | None, home: Path | None, console: Console) -> None:
+    from cloud.drift import run_drift
+
+    try:
+        drift = run_drift(duration or 600.0, home, console=console)
+    except KeyboardInterrupt:
+        console.print("stopped")
+        raise typer.Exit(130) from None
+    except RoadsideError as exc:
+        console.print(f"error: {exc}")
+        raise typer.Exit(2) from exc
+    print(json.dumps(drift))
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _watch(
