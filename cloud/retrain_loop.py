@@ -48,7 +48,9 @@ class RetrainPolicy:
     name: str = "detector"
     min_samples: int = 60  # labelled hard examples waiting before a run
     check_s: float = 30.0
-    min_interval_s: float = 3600.0  # between the end of one run and the start of the next
+    # After a published run, before the next: a fleet is not retrained in a loop. A refused run is
+    # tried again as soon as another min_samples labelled examples have arrived (more data, new chance).
+    min_interval_s: float = 3600.0
     finetune_seconds: float | None = None  # None: the recipe's fixed step count
     eval_frames: int = 160
     target: str = "all"
@@ -101,7 +103,7 @@ class RetrainLoop:
         self.rollouts = rollouts
         self.policy = policy
         self.runs: list[RetrainRun] = []
-        self._last_run_ended: float | None = None  # monotonic
+        self._last_publish: float | None = None  # monotonic, end of the last run that published
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="retrain", daemon=True)
 
@@ -134,8 +136,8 @@ class RetrainLoop:
     def run_once(self) -> RetrainRun | None:
         """One run if enough labelled samples wait; ``None`` otherwise."""
         if (
-            self._last_run_ended is not None
-            and time.monotonic() - self._last_run_ended < self.policy.min_interval_s
+            self._last_publish is not None
+            and time.monotonic() - self._last_publish < self.policy.min_interval_s
         ):
             return None
         waiting = self.waiting()
@@ -182,11 +184,8 @@ class RetrainLoop:
             eval_frames=policy.eval_frames,
         )
         started = time.monotonic()
-        try:
-            card = retrain(request, frames)
-        finally:
-            self._last_run_ended = time.monotonic()
-        train_seconds = self._last_run_ended - started
+        card = retrain(request, frames)
+        train_seconds = time.monotonic() - started
         assert card is not None  # single process: this rank exports
         candidate = dict(card.variants[0].evaluation)
         outcome = publish_candidate(
@@ -202,6 +201,7 @@ class RetrainLoop:
         )
         rollout_id = None
         if outcome.record is not None:
+            self._last_publish = time.monotonic()
             spec = RolloutSpec(
                 policy.name, version, policy.target, policy.canary, policy.waves, policy.soak_s,
                 policy.min_frames, policy.gates,

@@ -91,7 +91,7 @@ class RetrainConfig(_Section):
     name: str = "detector"
     min_samples: int = Field(default=60, ge=1)  # labelled hard examples waiting before a run
     check_s: float = Field(default=30.0, gt=0)
-    min_interval_s: float = Field(default=3600.0, ge=0)  # between two runs: a fleet is not retrained in a loop
+    min_interval_s: float = Field(default=3600.0, ge=0)  # after a run that published, before the next
     finetune_seconds: float | None = Field(default=None, gt=0)  # None: the recipe's fixed steps
     eval_frames: int = Field(default=160, ge=8)
     target: str = "all"

@@ -257,6 +257,11 @@ def decode_yolo(
     if info is not None:
         # Clip before NMS, so kept boxes stay apart by the threshold as delivered.
         boxes = info.to_original(boxes)
+    # A box with no area (degenerate output, or clipped to nothing at the border) is not a detection,
+    # and NMS cannot compare it: two identical empty boxes would both survive.
+    solid = np.flatnonzero((boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3))
+    if solid.size < len(boxes):
+        boxes, cand_scores, cand_classes = boxes[solid], cand_scores[solid], cand_classes[solid]
     keep = nms(boxes, cand_scores, iou_threshold, None if class_agnostic else cand_classes)
     keep = keep[:max_detections]
     return Detections(boxes=boxes[keep], scores=cand_scores[keep], class_ids=cand_classes[keep])

@@ -15,11 +15,12 @@ from cloud.audit import AuditLog
 from cloud.drift import run_drift
 from cloud.registry import Registry
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def test_accuracy_recovers_after_fog_without_a_human_step(tmp_path: Path) -> None:
-    summary = run_drift(600.0, tmp_path / "drift", drift_at_s=8.0, min_samples=40, eval_frames=48)
+    # A candidate the publish gate refuses is retried when 40 more samples have come: allow for two runs.
+    summary = run_drift(900.0, tmp_path / "drift", drift_at_s=8.0, min_samples=40, eval_frames=64)
     assert summary["map_drift"] < summary["map_before"] - 0.1, summary  # fog hurts the deployed model
     assert summary["new_version"] is not None, summary
     assert summary["map_after"] > summary["map_drift"] + 0.1, summary
@@ -36,3 +37,4 @@ def test_accuracy_recovers_after_fog_without_a_human_step(tmp_path: Path) -> Non
     assert "retrain.run" in actions
     assert actions.index("rollout.create") < actions.index("rollout.gate")
     assert actions.count("model.publish") == 2  # the shipped model, then the retrained one
+    assert actions.count("retrain.run") >= 1

@@ -276,3 +276,12 @@ def test_parse_class_names() -> None:
         parse_class_names("{0: car}")
     with pytest.raises(ValueError, match="int to str"):
         parse_class_names("{'a': 1}")
+
+
+def test_boxes_without_area_are_not_detections() -> None:
+    # Found by Hypothesis: two identical boxes 4e-45 px tall both survived NMS.
+    rows = [(0.0, 0.0, 107.0, 2.1375665919760215e-45, 1, 1.0)] * 2 + [(160.0, 160.0, 40.0, 30.0, 0, 0.9)]
+    _, info = letterbox(np.zeros((1080, 720, 3), dtype=np.uint8), (320, 320))
+    det = decode_yolo(_output(rows, nc=3), 0.0, 0.5, info, max_detections=40, num_classes=3)
+    assert len(det) == 1
+    assert det.class_ids.tolist() == [0]
