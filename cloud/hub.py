@@ -12,7 +12,6 @@ from prometheus_client import CollectorRegistry, Counter
 
 from cloud.api.app import create_app
 from cloud.api.ratelimit import RateLimit
-from cloud.audit import AuditLog
 from cloud.commands import CommandSender
 from cloud.dataset.store import DatasetStore
 from cloud.home import HubHome, enroll_device, reload_broker, write_acl
@@ -313,7 +312,7 @@ class Hub:
         if not self.home.has_repository() or self.settings.repo_port < 0:
             return
         self.repository = ModelRepository(
-            self.home.repository_dir, self.home.online_keys_dir, audit=AuditLog(self.registry)
+            self.home.repository_dir, self.home.online_keys_dir, audit=self.registry.audit
         )
         self._refresher = TimestampRefresher(self.repository, self.settings.timestamp_refresh_s)
         self._refresher.start()

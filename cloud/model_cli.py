@@ -7,7 +7,6 @@ Thin: datasets come through ``shared.dataset``, training and the card from
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cloud.cli import DEFAULT_HOME, HomeOption, _actor
 from shared.errors import ConfigError, RoadsideError
 
 if TYPE_CHECKING:
@@ -29,20 +29,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HomeOption = Annotated[
-    Path, typer.Option("--home", help="The hub's home directory.", envvar="ROADSIDE_HUB_HOME")
-]
-DEFAULT_HOME = Path("/var/lib/roadside-hub")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 EvalFramesOption = Annotated[int, typer.Option(min=8, help="Held-out frames per condition.")]
 
 model_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Retrain, gate and publish models.")
 repo_app = typer.Typer(no_args_is_help=True, add_completion=False, help="The hub's TUF model repository.")
 model_app.add_typer(repo_app, name="repo")
-
-
-def _actor() -> str:
-    return f"cli:{getpass.getuser()}"
 
 
 @contextmanager
