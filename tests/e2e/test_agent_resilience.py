@@ -144,6 +144,14 @@ def test_a_truncated_and_a_corrupt_file_are_read_as_far_as_they_go(loop: Loop, t
 # kill -9 ---------------------------------------------------------------------------------
 
 
+def queued_at_least(path: Path, n: int) -> bool:
+    """Polled while the agent starts: its outbox file may exist before its tables do."""
+    try:
+        return path.exists() and outbox_rows(path)[0] >= n
+    except sqlite3.OperationalError:
+        return False
+
+
 def outbox_rows(path: Path) -> tuple[int, dict[int, tuple[str, bytes]]]:
     """The highest sequence number ever assigned, and the rows still queued."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -221,7 +229,7 @@ def test_kill_9_mid_stream_then_restart_delivers_every_queued_record_exactly_onc
     )
     log = tmp_path / "agent.log"
     first = start_agent(bundle_path, config, log)
-    assert wait_for(lambda: outbox.exists() and outbox_rows(outbox)[0] >= 6, 90), log.read_text()[-3000:]
+    assert wait_for(lambda: queued_at_least(outbox, 6), 90), log.read_text()[-3000:]
     assert first.poll() is None, "killed mid-stream, not after the end"
     first.send_signal(signal.SIGKILL)
     first.wait(10)
