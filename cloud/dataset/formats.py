@@ -26,13 +26,15 @@ import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import cv2
 import numpy as np
 from pydantic import ValidationError
 
+from cloud.dataset.images import ALL_FORMATS
+from cloud.dataset.paths import check_member_name, require_inside
 from cloud.dataset.store import DatasetStore, SampleRejectedError, image_size
 from shared.dataset import DatasetManifest, DatasetSample, SampleOrigin
 from shared.errors import ConfigError
@@ -276,6 +278,7 @@ def parse_yolo(folder: Path, known: dict[str, DatasetSample], images_dir: Path |
     classes = _yolo_classes(folder)
     images: list[ImportedImage] = []
     for label_file in sorted(p for p in folder.rglob("*.txt") if p.name not in _NOT_LABEL_FILES):
+        require_inside(folder, label_file, str(label_file))
         mirrored = [label_file.parent]
         if "labels" in label_file.parts:  # Ultralytics layout: labels/x/... beside images/x/...
             parts = list(label_file.parent.parts)
@@ -342,7 +345,7 @@ def _resolve_image(
     width: object,
     height: object,
 ) -> ImportedImage:
-    stem = Path(name).stem
+    stem = check_member_name(name, at).stem
     if _SHA.match(stem) and stem in known:
         sample = known[stem]
         if width is not None and (width, height) != (sample.width, sample.height):
@@ -350,7 +353,7 @@ def _resolve_image(
                 f"{at}: {name} is {sample.width}x{sample.height} in the dataset, {width}x{height} here"
             )
         return ImportedImage(stem, sample.width, sample.height, ())
-    path = _find_image(name, folders)
+    path = _find_image(name, folders, at)
     if path is None:
         looked = ", ".join(str(f) for f in folders) or "nowhere (pass --images)"
         raise ConfigError(f"{at}: image {name} is not in the dataset and not found in {looked}")
@@ -361,13 +364,14 @@ def _resolve_image(
     return ImportedImage(hashlib.sha256(data).hexdigest(), w, h, (), data)
 
 
-def _find_image(name: str, folders: Sequence[Path]) -> Path | None:
-    candidates = [name] if Path(name).suffix else [name + s for s in _IMAGE_SUFFIXES]
+def _find_image(name: str, folders: Sequence[Path], at: str) -> Path | None:
+    member = check_member_name(name, at)
+    candidates = [member] if member.suffix else [member.with_name(member.name + s) for s in _IMAGE_SUFFIXES]
     for folder in folders:
         for candidate in candidates:
-            for path in (folder / candidate, folder / Path(candidate).name):
+            for path in (folder / candidate, folder / PurePosixPath(candidate.name)):
                 if path.is_file():
-                    return path
+                    return require_inside(folder, path, at)
     return None
 
 
@@ -375,9 +379,9 @@ def _as_jpeg(path: Path, at: str) -> bytes:
     """The image's bytes if JPEG, else re-encoded as JPEG (quality 95; the pixels' geometry is kept)."""
     data = path.read_bytes()
     try:
-        image_size(data)
+        image_size(data, formats=ALL_FORMATS)
     except SampleRejectedError as exc:
-        raise ConfigError(f"{at}: image {path} does not decode") from exc
+        raise ConfigError(f"{at}: image {path} is refused: {exc}") from exc
     if data[:3] == b"\xff\xd8\xff":
         return data
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

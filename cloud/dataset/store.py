@@ -27,14 +27,16 @@ import os
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 import cv2
 import numpy as np
 
+from cloud.dataset.images import MAX_IMAGE_PIXELS, ImageFormat, ImageRefusedError, checked_header_size
 from shared.dataset import DatasetManifest, DatasetSample, SampleOrigin, load_manifest, manifest_path
 from shared.errors import ConfigError
 from shared.schemas import HardExample
@@ -56,6 +58,9 @@ CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (committed_in, seq);
 """
 
 
+SAMPLE_FORMATS: Final[frozenset[ImageFormat]] = frozenset({"jpeg", "png"})
+
+
 class SampleRejectedError(ValueError):
     """A sample the store refuses; ``reason`` is a short label for metrics."""
 
@@ -72,11 +77,29 @@ class AddReport:
     errors: list[str] = field(default_factory=list)
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of an encoded image; ``SampleRejectedError`` if it does not decode."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+def image_size(
+    data: bytes,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    formats: Collection[ImageFormat] = SAMPLE_FORMATS,
+    expect: tuple[int, int] | None = None,
+) -> tuple[int, int]:
+    """(width, height) of an encoded image; ``SampleRejectedError`` if it does not decode.
+
+    The header is read first: an image of another format, above ``max_pixels`` or (with
+    ``expect``) of another size than expected is refused before a byte is decompressed.
+    """
+    try:
+        declared = checked_header_size(data, max_pixels, formats)
+    except ImageRefusedError as exc:
+        raise SampleRejectedError(exc.reason, str(exc)) from exc
+    if expect is not None and declared not in (expect, expect[::-1]):  # EXIF may rotate when decoded
+        raise SampleRejectedError(
+            "size_mismatch",
+            f"declared {expect[0]}x{expect[1]} but the image is {declared[0]}x{declared[1]} (from its header)",
+        )
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise SampleRejectedError("undecodable", "the image does not decode as JPEG/PNG")
+        raise SampleRejectedError("undecodable", "the image does not decode")
     h, w = image.shape[:2]
     return int(w), int(h)
 
@@ -189,7 +212,7 @@ class DatasetStore:
             data = base64.b64decode(example.image_jpeg_b64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise SampleRejectedError("bad_base64", f"image_jpeg_b64 is not base64: {exc}") from exc
-        width, height = image_size(data)
+        width, height = image_size(data, expect=(example.width, example.height))
         if (width, height) != (example.width, example.height):
             raise SampleRejectedError(
                 "size_mismatch",
