@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -20,6 +21,9 @@ from cloud.storage.base import EventKey, from_epoch_us, to_epoch_us
 
 VERSION: Final = 1
 MAX_LENGTH: Final = 512
+# Unpadded base64url, as :meth:`EventCursor.encode` writes it; the OpenAPI document says the same.
+PATTERN: Final = r"^[A-Za-z0-9_-]+$"
+_CURSOR = re.compile(PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +55,7 @@ class EventCursor:
 
 def decode(text: str) -> EventCursor:
     """The cursor in ``text``; ``ValueError`` when it is not one this API issued."""
-    if len(text) > MAX_LENGTH:
+    if len(text) > MAX_LENGTH or not _CURSOR.fullmatch(text):
         raise ValueError("not a cursor this API issued")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

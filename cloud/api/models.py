@@ -13,7 +13,7 @@ import math
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Literal, cast
+from typing import Annotated, Any, Final, Literal, Self, cast
 
 from pydantic import (
     AfterValidator,
@@ -26,12 +26,15 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from cloud import webhooks
 from cloud.api import cursor
 from cloud.api.cursor import EventCursor
 from cloud.api.export import ExportFormat
+from cloud.api.problems import PARAMETER_CONTEXT
 from cloud.live import EventFilter, LiveEvent
 from cloud.registry import DeviceRecord
 from cloud.storage.base import (
@@ -63,7 +66,9 @@ MAX_EVENTS: Final = 1000
 MAX_READINGS: Final = 10_000
 MAX_DEVICES: Final = 10_000
 
-_DURATION = re.compile(r"^\s*(\d{1,9})\s*([smhd]?)\s*$", re.IGNORECASE)
+# ASCII digits only (``\d`` would take any script's), as many as BUCKET_PATTERN says.
+_DURATION = re.compile(r"^\s*([0-9]{1,9})\s*([smhd]?)\s*$", re.IGNORECASE)
+BUCKET_PATTERN: Final = r"^\s*[0-9]{1,9}\s*[smhdSMHD]?\s*$"
 _UNIT_S: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
 # A `+hh:mm` offset sent unencoded in a query string arrives as ` hh:mm`.
 _SPACED_OFFSET = re.compile(r"^(.+T[0-9:.]+) ([0-9]{2}(?::?[0-9]{2})?)$")
@@ -110,16 +115,22 @@ Bucket = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "pattern": r"^\d+[smhdSMHD]?$",
+            "pattern": BUCKET_PATTERN,
             "examples": ["60s", "15m", "1h", "900"],
-            "description": "Seconds, or a number with s, m, h or d; from 1s to 1d.",
+            "description": "Seconds, or a number with s, m, h or d; from 1s to 1d, and at most "
+            f"{MAX_BUCKETS} buckets in the window.",
         }
     ),
 ]
 
 
 class _WindowParams(BaseModel):
-    """A ``[from, to)`` time window; at most 31 days, 24 hours up to now by default."""
+    """A ``[from, to)`` time window; at most 31 days, 24 hours up to now by default.
+
+    The window is checked as a whole, after each time parsed, and a problem
+    names the parameter the client sent: with ``to`` left to its default
+    (now), a ``from`` too far back is ``from``'s problem, not ``to``'s.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -127,13 +138,15 @@ class _WindowParams(BaseModel):
         default=None,
         alias="from",
         description="Start of the window, inclusive: ISO 8601 with a timezone (`Z`, or `+02:00` "
-        "sent as `%2B02:00`). Default: 24 hours before `to`.",
+        f"sent as `%2B02:00`); before `to`, at most {MAX_WINDOW.days} days before it. "
+        "Default: 24 hours before `to`.",
     )
     end: QueryTime = Field(
         default=None,
         alias="to",
         validate_default=True,
-        description="End of the window, exclusive: ISO 8601 with a timezone. Default: now.",
+        description="End of the window, exclusive: ISO 8601 with a timezone; after `from`, at most "
+        f"{MAX_WINDOW.days} days after it. Default: now.",
     )
 
     @field_validator("start")
@@ -143,22 +156,55 @@ class _WindowParams(BaseModel):
 
     @field_validator("end")
     @classmethod
-    def _end_after_start(cls, end: datetime | None, info: ValidationInfo) -> datetime:
-        resolved = _as_utc(end) or datetime.now(UTC)
-        start = info.data.get("start")
-        if start is not None:
-            if resolved <= start:
-                what = "" if end is not None else " (default: now)"
-                raise ValueError(f"`to`{what} must be after `from`")
-            if resolved - start > MAX_WINDOW:
-                raise ValueError(f"the window from `from` to `to` is longer than {MAX_WINDOW.days} days")
-        return resolved
+    def _end_in_utc(cls, end: datetime | None) -> datetime:
+        return _as_utc(end) or datetime.now(UTC)
+
+    @model_validator(mode="after")
+    def _window_in_bounds(self) -> Self:
+        start, end = self.requested_window
+        sent = self.model_fields_set
+        problem = window_problem(start, end, from_sent="start" in sent, to_sent="end" in sent)
+        if problem is None:
+            problem = self._problem_within(start, end)
+        if problem is not None:
+            parameter, message = problem
+            raise PydanticCustomError("invalid_window", message, {PARAMETER_CONTEXT: parameter})
+        return self
+
+    def _problem_within(self, start: datetime, end: datetime) -> tuple[str, str] | None:
+        """What a subclass refuses about its own parameters in a valid window: (parameter, why)."""
+        del start, end
+        return None
+
+    @property
+    def requested_window(self) -> tuple[datetime, datetime]:
+        """``(from, to)`` as asked, defaults filled in, in UTC."""
+        assert self.end is not None  # the validator always resolves it
+        return (self.start or self.end - DEFAULT_WINDOW), self.end
 
     @property
     def window(self) -> tuple[datetime, datetime]:
         """The effective ``(from, to)``, defaults filled in, in UTC."""
-        assert self.end is not None  # the validator always resolves it
-        return (self.start or self.end - DEFAULT_WINDOW), self.end
+        return self.requested_window
+
+
+def window_problem(
+    start: datetime, end: datetime, *, from_sent: bool, to_sent: bool
+) -> tuple[str, str] | None:
+    """Why ``[start, end)`` is not a window the API serves, and which sent parameter to blame.
+
+    ``to`` is blamed when the client sent it; when ``to`` is the default (now),
+    ``from`` is, and the reason says the default took part.
+    """
+    if end <= start:
+        if to_sent or not from_sent:
+            return "to", "`to` must be after `from`"
+        return "from", "`from` must be before now (`to` defaults to now)"
+    if end - start > MAX_WINDOW:
+        if to_sent or not from_sent:
+            return "to", f"`to` is more than {MAX_WINDOW.days} days after `from`"
+        return "from", f"`from` is more than {MAX_WINDOW.days} days before now (`to` defaults to now)"
+    return None
 
 
 _FORMAT: Final = (
@@ -167,18 +213,16 @@ _FORMAT: Final = (
 )
 
 
-def _bounded_buckets(bucket: int, info: ValidationInfo) -> int:
-    if "start" not in info.data or info.data.get("end") is None:
-        return bucket  # the window itself is invalid; that error is reported instead
-    end: datetime = info.data["end"]
-    start: datetime = info.data["start"] or end - DEFAULT_WINDOW
+def bucket_problem(bucket: int, start: datetime, end: datetime, *, sent: bool) -> tuple[str, str] | None:
+    """Why ``bucket`` seconds cut ``[start, end)`` into too many buckets; ``None`` when they do not."""
     buckets = math.ceil((end - start).total_seconds() / bucket)
-    if buckets > MAX_BUCKETS:
-        raise ValueError(
-            f"{buckets} buckets of {bucket} s in this window; at most {MAX_BUCKETS}: "
-            "widen the bucket or narrow the window"
-        )
-    return bucket
+    if buckets <= MAX_BUCKETS:
+        return None
+    default = "" if sent else " (`bucket` defaults to 1h)"
+    return "bucket", (
+        f"{buckets} buckets of {bucket} s in this window{default}; at most {MAX_BUCKETS}: "
+        "widen the bucket or narrow the window"
+    )
 
 
 def _parse_cursor(value: object) -> object:
@@ -191,7 +235,9 @@ Cursor = Annotated[
     WithJsonSchema(
         {
             "type": "string",
+            "minLength": 1,
             "maxLength": cursor.MAX_LENGTH,
+            "pattern": cursor.PATTERN,
             "examples": [
                 "WzEsMTc0NjA4NzQ2MjEyMDAwMCwiMGI2ZjFjMWUtMmYwYS00ZDQzLTlkMzgtNWIwYzNmM2Y4"
                 "YTUxIiwxNzQ2MDg2NDAwMDAwMDAwLDE3NDYwOTAwMDAwMDAwMDAsbnVsbCxudWxsLG51bGxd"
@@ -214,10 +260,8 @@ class CountsParams(_WindowParams):
 
     format: ExportFormat | None = Field(default=None, description=_FORMAT)
 
-    @field_validator("bucket")
-    @classmethod
-    def _bounded_buckets(cls, bucket: int, info: ValidationInfo) -> int:
-        return _bounded_buckets(bucket, info)
+    def _problem_within(self, start: datetime, end: datetime) -> tuple[str, str] | None:
+        return bucket_problem(self.bucket, start, end, sent="bucket" in self.model_fields_set)
 
     def to_query(self) -> CountQuery:
         start, end = self.window
@@ -263,7 +307,7 @@ class EventsParams(_WindowParams):
         """The cursor's window when continuing, else the one asked for."""
         if self.cursor is not None:
             return self.cursor.start, self.cursor.end
-        return super().window
+        return self.requested_window
 
     def next_cursor(self, last: StoredEvent) -> str:
         start, end = self.window
@@ -307,10 +351,8 @@ class SpeedsParams(_WindowParams):
     type: EventType | None = Field(default=None, description="Only this event type.")
     format: ExportFormat | None = Field(default=None, description=_FORMAT)
 
-    @field_validator("bucket")
-    @classmethod
-    def _bounded_buckets(cls, bucket: int, info: ValidationInfo) -> int:
-        return _bounded_buckets(bucket, info)
+    def _problem_within(self, start: datetime, end: datetime) -> tuple[str, str] | None:
+        return bucket_problem(self.bucket, start, end, sent="bucket" in self.model_fields_set)
 
     def to_query(self) -> SpeedQuery:
         start, end = self.window

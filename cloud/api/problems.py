@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from shared.errors import TransportError
 
@@ -37,8 +38,13 @@ PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 TYPE_BASE: Final = "/problems/"
 REALM: Final = 'realm="roadside"'
 
+# A validator that checks several parameters together puts the one to blame here, in the
+# error's context: the name the client sent, which pydantic's location (a field name) may not be.
+PARAMETER_CONTEXT: Final = "parameter"
+
 ParamLocation = Literal["query", "path", "header", "cookie", "body"]
 _LOCATIONS: Final = frozenset({"query", "path", "header", "cookie", "body"})
+_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class InvalidParam(BaseModel):
@@ -187,6 +193,9 @@ def invalid_params(errors: Any) -> list[InvalidParam]:
         name = ".".join(loc[1:]) if len(loc) > 1 else where
         if error.get("type") == "json_invalid":  # its loc is a character position, not a field
             name = "body"
+        context = error.get("ctx")
+        if isinstance(context, dict) and isinstance(context.get(PARAMETER_CONTEXT), str):
+            name = context[PARAMETER_CONTEXT]
         reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         params.append(InvalidParam(name=name, location=where, reason=reason))
     return params
@@ -211,7 +220,31 @@ def from_http_exception(request: Request, exc: HTTPException) -> ProblemResponse
 
 async def _http_problem(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+        # Starlette names only the first route whose path matched; a path served by several
+        # routes (GET and POST as separate functions) allows the methods of all of them.
+        exc = HTTPException(
+            exc.status_code, exc.detail, {**(exc.headers or {}), "Allow": allowed_methods(request)}
+        )
     return from_http_exception(request, exc)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path, for an ``Allow`` header.
+
+    Each method is tried against the app's routes through their public ``matches``
+    (FastAPI nests included routers, so the routes are not a flat list to read).
+    """
+    # A fresh scope: the request's carries what matching its own method left in it.
+    where = {"type": "http", "path": request.scope["path"], "root_path": request.scope.get("root_path", "")}
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**where, "method": method})[0] is Match.FULL for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 async def _validation_problem(request: Request, exc: Exception) -> ProblemResponse:
