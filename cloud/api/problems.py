@@ -185,18 +185,24 @@ def problem_response(
 
 
 def invalid_params(errors: Any) -> list[InvalidParam]:
-    """Translate FastAPI/pydantic error dicts (``loc``, ``msg``) into :class:`InvalidParam`."""
+    """Translate FastAPI/pydantic error dicts (``loc``, ``msg``) into :class:`InvalidParam`.
+
+    A parameter is named as the client sent it: a body field dotted (``records.0.count``),
+    a query parameter by its name alone (a repeated one's position goes in the reason).
+    """
     params: list[InvalidParam] = []
     for error in errors:
         loc = [str(part) for part in error.get("loc", ())]
         where = cast(ParamLocation, loc[0] if loc and loc[0] in _LOCATIONS else "query")
-        name = ".".join(loc[1:]) if len(loc) > 1 else where
+        reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if where != "body" and len(loc) > 2 and loc[2].isdigit():
+            reason = f"value {int(loc[2]) + 1} of {loc[1]}: {reason}"
+        name = (".".join(loc[1:]) if where == "body" else loc[1]) if len(loc) > 1 else where
         if error.get("type") == "json_invalid":  # its loc is a character position, not a field
             name = "body"
         context = error.get("ctx")
         if isinstance(context, dict) and isinstance(context.get(PARAMETER_CONTEXT), str):
             name = context[PARAMETER_CONTEXT]
-        reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         params.append(InvalidParam(name=name, location=where, reason=reason))
     return params
 

@@ -165,3 +165,12 @@ def test_openapi_declares_window_cursor_and_bucket_rules(client: TestClient) -> 
     assert not re.search(bucket["pattern"], "1234567890s")  # parse_bucket reads at most 9 digits
     assert re.search(bucket["pattern"], "15m")
     assert "20000" in bucket["description"] or "20 000" in bucket["description"]
+
+
+def test_a_repeated_query_parameter_is_named_as_sent(client: TestClient, auth: dict[str, str]) -> None:
+    response = client.get("/v1/events/stream", params=[("type", "wrong_way"), ("type", "ufo")], headers=auth)
+
+    body = problem(response, 422)
+
+    assert [p["name"] for p in body["invalid_params"]] == ["type"]
+    assert body["invalid_params"][0]["reason"].startswith("value 2 of type:")
