@@ -34,7 +34,7 @@ from edge.commands import (
     default_keys_path,
     redact,
 )
-from edge.health import FrameLedger, HealthCollector, HealthReport, SystemProbe
+from edge.health import FrameLedger, HealthCollector, HealthReport, StreamReader, SystemProbe
 from edge.inference.batching import BatchPolicy, DynamicBatcher
 from edge.inference.engine import DEFAULT_MODEL, OnnxDetector, OnnxSession, file_version
 from edge.inference.yolo import Detections
@@ -46,7 +46,8 @@ from edge.samples.uploader import SampleUploader
 from edge.sensors.pipeline import SensorPipeline
 from edge.settings import AgentSettings, SourceConfig, load_agent_settings
 from edge.sources import Frame, FrameSource, open_source
-from edge.transport.mqtt import MqttUplink
+from edge.transport.delivery import uplink_status_path
+from edge.transport.mqtt import MqttUplink, tls_scratch_dir
 from shared.bundle import EnrollmentBundle
 from shared.errors import ConfigError, IntegrityError, SchemaError, TransportError
 from shared.queues import BoundedQueue, Overflow
@@ -118,7 +119,14 @@ class Agent:
         self.sensors = SensorPipeline(
             settings.sensors, self.outbox.put, max_records=settings.outbox.records_per_message
         )
-        self.uplink = MqttUplink(bundle, self.outbox, self._on_command, settings.outbox.max_inflight)
+        self.uplink = MqttUplink(
+            bundle,
+            self.outbox,
+            self._on_command,
+            settings.outbox.max_inflight,
+            scratch_dir=tls_scratch_dir(settings.outbox.path),
+            status_file=uplink_status_path(settings.outbox.path),
+        )
         self._verifier = CommandVerifier(bundle.device_id, bundle.hub_public(), key_state.all())
         # Streams change at run time (add_stream/remove_stream): lists and dicts are replaced, never
         # mutated, so the pipeline and health readers always see a consistent one.
@@ -154,7 +162,13 @@ class Agent:
             self.ota = OtaManager(updater, host, settings.ota, settings.model.path or DEFAULT_MODEL)
             self.commands.register("ota", self.ota.handle)
         self.health_collector = HealthCollector(
-            self.detector, self.outbox, self.frames, self.ledger, SystemProbe(), lambda: self.uplink.connected
+            self.detector,
+            self.outbox,
+            self.frames,
+            self.ledger,
+            SystemProbe(),
+            lambda: self.uplink.connected,
+            uplink_status=self.uplink.status,
         )
         self.metrics: MetricsServer | None = None
         if settings.metrics_port:
@@ -522,8 +536,23 @@ class Agent:
     def health_report(self) -> HealthReport:
         """Everything the agent reports about itself (the heartbeat and /metrics)."""
         return self.health_collector.report(
-            list(self._source_configs), self.streams, {"commands": self._command_queue.qsize()}
+            self._stream_readers(), self.streams, {"commands": self._command_queue.qsize()}
         )
+
+    def _stream_readers(self) -> list[StreamReader]:
+        sources = {s.name: s for s in self.sources}
+        readers = []
+        for name in self._source_configs:
+            thread = self._readers.get(name)
+            source = sources.get(name)
+            readers.append(
+                StreamReader(
+                    name,
+                    reading=thread is not None and thread.is_alive(),
+                    reconnects=source.reconnects if source is not None else 0,
+                )
+            )
+        return readers
 
     def health(self) -> Health:
         return self.health_report().to_health()

@@ -4,11 +4,17 @@ Three parts:
 
 - :class:`FrameLedger` sits on the agent's shared frame queue and keeps
   per-stream counts of frames read and frames the ``DROP_OLDEST`` policy
-  threw away (the queue itself only counts drops in total).
+  threw away (the queue itself only counts drops in total), and when each
+  stream's last frame came.
 - :class:`SystemProbe` reads the host: CPU and resident memory of this
   process (psutil), NVIDIA GPUs (``nvidia-smi``), a Jetson's integrated GPU
   load and the thermal zones (sysfs). Whatever cannot be read stays
   ``None``; nothing is estimated or invented.
+- A stream is ``up`` while frames come, ``reconnecting`` while its reader
+  still tries but no frame came for ``stale_after_s`` (a camera outage, or
+  no first frame yet), ``down`` once its reader ended (the source failed or
+  ended). A stream silent for ``stale_after_s`` reads 0 fps, whatever its
+  rate before: a dead camera must not look alive.
 - :class:`HealthReport` is one snapshot of all of it; ``to_health`` maps it
   onto the wire schema for the heartbeat, and :mod:`edge.metrics` exports it
   to Prometheus.
@@ -34,12 +40,15 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from edge.sources import Frame
+from edge.transport.delivery import UplinkStatus
 from shared.queues import BoundedQueue, Overflow
-from shared.schemas import Health, StreamHealth
+from shared.schemas import Health, StreamHealth, StreamState, UplinkHealth
 
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_STREAMS: Final = 64  # the wire schema's limit
+STALE_MIN_S: Final = 2.0  # a stream silent this long (or 5 of its frame periods, if longer) is not up
+_STALE_PERIODS: Final = 5
 _PLAUSIBLE_C: Final = (-40.0, 150.0)  # sensors outside this range are unconnected or broken
 
 
@@ -57,12 +66,14 @@ class FrameLedger:
     take may be booked to the neighbouring frame's stream.
     """
 
-    def __init__(self, frames: BoundedQueue[Frame]) -> None:
+    def __init__(self, frames: BoundedQueue[Frame], clock: Callable[[], float] = time.monotonic) -> None:
         self._frames = frames
+        self._clock = clock
         self._lock = threading.Lock()
         self._order: deque[str] = deque()
         self._read: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
+        self._last: dict[str, float] = {}
         self._puts = 0
 
     def put(self, frame: Frame) -> None:
@@ -72,6 +83,7 @@ class FrameLedger:
             self._frames.put(frame)
             with self._lock:
                 self._read[frame.stream] += 1
+                self._last[frame.stream] = self._clock()
                 self._puts += 1
             return
         with self._lock:
@@ -85,6 +97,7 @@ class FrameLedger:
                     self._dropped[self._order.popleft()] += 1
             self._order.append(frame.stream)
             self._read[frame.stream] += 1
+            self._last[frame.stream] = self._clock()
             self._puts += 1
 
     def mark(self) -> int:
@@ -105,19 +118,45 @@ class FrameLedger:
         with self._lock:
             return self._dropped[stream]
 
+    def last_frame_age(self, stream: str) -> float | None:
+        """Seconds since the stream's last frame was read; ``None`` before its first."""
+        with self._lock:
+            last = self._last.get(stream)
+            return None if last is None else max(0.0, self._clock() - last)
+
     def forget(self, stream: str) -> None:
         """A removed stream's counters go; a stream added again under the name starts at zero."""
         with self._lock:
             self._read.pop(stream, None)
             self._dropped.pop(stream, None)
+            self._last.pop(stream, None)
 
 
-def fps_of(timestamps: Iterable[float]) -> float:
-    """Frames per second over a window of monotonic processing times."""
+def fps_of(
+    timestamps: Iterable[float], now: float | None = None, stale_after_s: float = STALE_MIN_S
+) -> float:
+    """Frames per second over a window of monotonic processing times.
+
+    With ``now``: 0 once the last frame is older than ``stale_after_s`` or five of
+    the window's frame periods, whichever is longer (the window alone keeps the
+    rate the stream had before it went silent).
+    """
     window = list(timestamps)
     if len(window) < 2 or window[-1] <= window[0]:
         return 0.0
-    return (len(window) - 1) / (window[-1] - window[0])
+    rate = (len(window) - 1) / (window[-1] - window[0])
+    if now is not None and now - window[-1] > max(stale_after_s, _STALE_PERIODS / rate):
+        return 0.0
+    return rate
+
+
+def stream_state(reading: bool, last_frame_age_s: float | None, stale_after_s: float) -> StreamState:
+    """``down`` once the reader ended; ``up`` while frames come; else ``reconnecting``."""
+    if not reading:
+        return "down"
+    if last_frame_age_s is not None and last_frame_age_s <= stale_after_s:
+        return "up"
+    return "reconnecting"
 
 
 # The host ---------------------------------------------------------------------------
@@ -278,6 +317,18 @@ class StreamSample:
     frames_read: int
     frames_processed: int
     dropped_frames: int
+    state: StreamState = "up"
+    last_frame_age_s: float | None = None  # None: no frame yet
+    reconnects: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReader:
+    """What the agent knows of a stream's reader."""
+
+    name: str
+    reading: bool  # the reader runs: its source has neither ended nor failed
+    reconnects: int = 0  # what the source counts (a live camera reopened after a failure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +349,7 @@ class HealthReport:
     outbox_dropped: int
     uplink_connected: bool
     system: SystemSample
+    uplink: UplinkStatus | None = None
 
     def to_health(self) -> Health:
         """The heartbeat payload: the fields the wire schema carries.
@@ -319,17 +371,38 @@ class HealthReport:
             uptime_s=max(0.0, self.uptime_s),
             model_version=self.model_version,
             provider=self.provider,
-            streams={
-                s.name: StreamHealth(fps=round(s.fps, 2), dropped_frames=s.dropped_frames)
-                for s in self.streams[:MAX_REPORTED_STREAMS]
-            },
+            streams={s.name: _stream_health(s) for s in self.streams[:MAX_REPORTED_STREAMS]},
             inference_p50_ms=self.inference_p50_ms,
             inference_p95_ms=self.inference_p95_ms,
             outbox_backlog=self.outbox_backlog,
             cpu_percent=self.system.cpu_percent,
             rss_mb=self.system.rss_mb,
+            uplink=_uplink_health(self.uplink),
             **{k: v for k, v in optional.items() if k in Health.model_fields and v is not None},
         )
+
+
+def _stream_health(s: StreamSample) -> StreamHealth:
+    age = None if s.last_frame_age_s is None else round(s.last_frame_age_s, 2)
+    return StreamHealth(
+        fps=round(s.fps, 2),
+        dropped_frames=s.dropped_frames,
+        state=s.state,
+        last_frame_age_s=age,
+        reconnects=s.reconnects,
+    )
+
+
+def _uplink_health(status: UplinkStatus | None) -> UplinkHealth | None:
+    if status is None:
+        return None
+    return UplinkHealth(
+        state=status.state.value,
+        since=status.since,
+        refusals=status.refusals,
+        refused_total=status.refused_total,
+        reason=None if status.reason is None else status.reason[:128],
+    )
 
 
 class _Latency(Protocol):
@@ -377,6 +450,7 @@ class HealthCollector:
         probe: SystemProbe,
         uplink_connected: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
+        uplink_status: Callable[[], UplinkStatus] | None = None,
     ) -> None:
         self.detector = detector
         self.outbox = outbox
@@ -384,28 +458,19 @@ class HealthCollector:
         self.ledger = ledger
         self.probe = probe
         self.uplink_connected = uplink_connected
+        self.uplink_status = uplink_status
+        self.stale_after_s = STALE_MIN_S  # the least silence after which a stream is not up
         self._clock = clock
         self._started = clock()
 
     def report(
         self,
-        streams: Iterable[str],
+        streams: Iterable[StreamReader],
         progress: Mapping[str, StreamProgress],
         queue_depths: Mapping[str, int] | None = None,
     ) -> HealthReport:
         """A snapshot; ``streams`` are the running streams, ``progress`` the pipeline's state."""
-        samples = []
-        for name in streams:
-            state = progress.get(name)
-            samples.append(
-                StreamSample(
-                    name=name,
-                    fps=fps_of(list(state.fps_window)) if state is not None else 0.0,
-                    frames_read=self.ledger.read(name),
-                    frames_processed=state.frames if state is not None else 0,
-                    dropped_frames=self.ledger.dropped(name),
-                )
-            )
+        samples = [self._stream(reader, progress.get(reader.name)) for reader in streams]
         p50, p95 = self.detector.latency.percentiles()
         return HealthReport(
             ts=datetime.now(UTC),
@@ -422,4 +487,22 @@ class HealthCollector:
             outbox_dropped=self.outbox.dropped,
             uplink_connected=self.uplink_connected(),
             system=self.probe.sample(),
+            uplink=self.uplink_status() if self.uplink_status is not None else None,
+        )
+
+    def _stream(self, reader: StreamReader, state: StreamProgress | None) -> StreamSample:
+        age = self.ledger.last_frame_age(reader.name)
+        status = stream_state(reader.reading, age, self.stale_after_s)
+        fps = 0.0
+        if state is not None and status == "up":
+            fps = fps_of(list(state.fps_window), self._clock(), self.stale_after_s)
+        return StreamSample(
+            name=reader.name,
+            fps=fps,
+            frames_read=self.ledger.read(reader.name),
+            frames_processed=state.frames if state is not None else 0,
+            dropped_frames=self.ledger.dropped(reader.name),
+            state=status,
+            last_frame_age_s=age,
+            reconnects=reader.reconnects,
         )

@@ -20,11 +20,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from edge.health import HealthReport
+from edge.transport.delivery import LinkState
 from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+_STREAM_STATES = ("up", "reconnecting", "down")
 
 
 class HealthMetrics(Collector):
@@ -80,9 +82,7 @@ class HealthMetrics(Collector):
         yield _counter(
             "roadside_agent_outbox_dropped", "Messages the outbox's disk budget forced out.", r.outbox_dropped
         )
-        yield _gauge(
-            "roadside_agent_uplink_connected", "1 while connected to the broker.", int(r.uplink_connected)
-        )
+        yield from self._uplink(r)
         yield from self._system(r)
         results = CounterMetricFamily(
             "roadside_agent_commands", "Commands handled, by type and result.", labels=["type", "result"]
@@ -103,12 +103,61 @@ class HealthMetrics(Collector):
         dropped = CounterMetricFamily(
             "roadside_agent_stream_dropped_frames", "Frames dropped before inference.", labels=["stream"]
         )
+        up = GaugeMetricFamily(
+            "roadside_agent_stream_up",
+            "1 for the stream's state (up, reconnecting, down), 0 for the others.",
+            labels=["stream", "state"],
+        )
+        age = GaugeMetricFamily(
+            "roadside_agent_stream_last_frame_age_seconds", "Seconds since the last frame.", labels=["stream"]
+        )
+        reconnects = CounterMetricFamily(
+            "roadside_agent_stream_reconnects",
+            "Times the camera was reopened after a failure.",
+            labels=["stream"],
+        )
         for s in r.streams:
             fps.add_metric([s.name], s.fps)
             read.add_metric([s.name], s.frames_read)
             done.add_metric([s.name], s.frames_processed)
             dropped.add_metric([s.name], s.dropped_frames)
-        yield from (fps, read, done, dropped)
+            for state in _STREAM_STATES:
+                up.add_metric([s.name, state], int(s.state == state))
+            if s.last_frame_age_s is not None:
+                age.add_metric([s.name], s.last_frame_age_s)
+            reconnects.add_metric([s.name], s.reconnects)
+        yield from (fps, read, done, dropped, up, age, reconnects)
+
+    @staticmethod
+    def _uplink(r: HealthReport) -> Iterator[Metric]:
+        yield _gauge(
+            "roadside_agent_uplink_connected", "1 while connected to the broker.", int(r.uplink_connected)
+        )
+        if r.uplink is None:
+            return
+        state = GaugeMetricFamily(
+            "roadside_agent_uplink_state",
+            "1 for the link's state (connecting, publishing, refused), 0 for the others.",
+            labels=["state"],
+        )
+        for link_state in LinkState:
+            state.add_metric([link_state.value], int(r.uplink.state is link_state))
+        yield state
+        yield _gauge(
+            "roadside_agent_uplink_state_since_timestamp_seconds",
+            "When the link entered its state (Unix time).",
+            r.uplink.since.timestamp(),
+        )
+        yield _gauge(
+            "roadside_agent_uplink_refusals",
+            "Messages the broker refused since it last accepted one (0 while publishing).",
+            r.uplink.refusals,
+        )
+        yield _counter(
+            "roadside_agent_uplink_refused",
+            "Messages the broker refused (not authorised).",
+            r.uplink.refused_total,
+        )
 
     @staticmethod
     def _system(r: HealthReport) -> Iterator[Metric]:

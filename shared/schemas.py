@@ -76,9 +76,27 @@ class SensorReading(_Strict):
     quality: Literal["ok", "out_of_range", "stuck", "dropout", "spike"] = "ok"
 
 
+StreamState = Literal["up", "reconnecting", "down"]
+
+
 class StreamHealth(_Strict):
     fps: float = Field(ge=0)
     dropped_frames: int = Field(ge=0)
+    # Optional (agents before them send none): up while frames come, reconnecting while the
+    # reader still tries, down once it ended; the age of the last frame; camera reconnects.
+    state: StreamState | None = None
+    last_frame_age_s: float | None = Field(default=None, ge=0)
+    reconnects: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
+class UplinkHealth(_Strict):
+    """The agent's link to the broker: publishing, or refused (since when, how many, why)."""
+
+    state: Literal["connecting", "publishing", "refused"]
+    since: AwareDatetime
+    refusals: int = Field(default=0, ge=0, le=2**63 - 1)  # since the broker last accepted a message
+    refused_total: int = Field(default=0, ge=0, le=2**63 - 1)
+    reason: str | None = Field(default=None, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")  # the broker's
 
 
 class Health(_Strict):
@@ -98,6 +116,7 @@ class Health(_Strict):
     gpu_percent: float | None = Field(default=None, ge=0, le=100)
     gpu_memory_mb: float | None = Field(default=None, ge=0)
     temperature_c: float | None = Field(default=None, ge=-60, le=150)
+    uplink: UplinkHealth | None = None  # optional: agents before it send none
 
 
 class CountsMessage(_Strict):

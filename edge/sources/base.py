@@ -23,6 +23,7 @@ class Frame:
 
 class FrameSource(Protocol):
     name: str
+    reconnects: int  # times a live source reopened after a failure (0 for others)
 
     def frames(self) -> Iterator[Frame]:
         """Frames until the source ends or :meth:`close` is called."""

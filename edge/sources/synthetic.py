@@ -15,6 +15,7 @@ class SyntheticFrameSource:
     def __init__(self, config: SyntheticSource) -> None:
         self.name = config.name
         self.config = config
+        self.reconnects = 0  # a generated scene never fails
         self.scene = RoadScene(self._scene_config(config.light, config.rain, config.fog))
         self._stop = threading.Event()
 

@@ -1,6 +1,10 @@
 """The agent's MQTT link: paho-mqtt 2, MQTT 5, mutual TLS, a last will, reconnect
 with jittered backoff, and the outbox drained under QoS 1.
 
+Messages the broker refuses (PUBACK 135, not authorised) stay in the outbox
+and are retried with jittered backoff, one at a time, logged once when the
+refusals start and once when they end (:mod:`edge.transport.delivery`).
+
 Each connection is a fresh paho client with a clean start. paho would
 otherwise resend its own in-flight copies after a reconnect, with their old
 timestamps; here the outbox is the only retry queue, and every (re)send is
@@ -13,10 +17,11 @@ import json
 import logging
 import os
 import queue
-import tempfile
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +31,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.outbox import Outbox
+from edge.transport.delivery import LinkState, RefusalGate, UplinkStatus, write_status
 from shared import topics
 from shared.backoff import Backoff
 from shared.bundle import EnrollmentBundle
 from shared.envelope import DeviceSealer
+from shared.errors import ConfigError
 from shared.keys import KeyPair
 
 log = logging.getLogger(__name__)
@@ -41,18 +48,39 @@ CommandHandler = Callable[[bytes], None]
 _NO_MATCHING_SUBSCRIBERS = 16
 
 
-def _write_tls_files(bundle: EnrollmentBundle) -> Path:
-    """paho wants file paths: write the bundle's PEMs into a private directory."""
-    directory = Path(tempfile.mkdtemp(prefix="roadside-tls-"))
-    for name, pem in (
-        ("ca.crt", bundle.ca_cert_pem),
-        ("client.crt", bundle.client_cert_pem),
-        ("client.key", bundle.client_key_pem),
-    ):
-        fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(pem)
-    return directory
+_REFUSED_REMINDER_S = 600.0  # while refused, the log says so again at most this often
+
+
+def tls_scratch_dir(outbox_path: Path) -> Path:
+    """Where the agent writing to ``outbox_path`` puts its TLS key for the moment of loading it."""
+    return outbox_path.with_name(f"{outbox_path.stem}.tls")
+
+
+def client_tls_context(bundle: EnrollmentBundle, scratch_dir: Path) -> ssl.SSLContext:
+    """The bundle's mutual-TLS context, as paho's ``tls_set`` would build it.
+
+    Python's ``ssl`` loads a private key only from a file. The key is written to
+    ``scratch_dir`` (0700, the file 0600, always the same name, so a copy a crash
+    left behind is overwritten here), loaded, and removed at once: no copy of it
+    stays on disk while the agent runs, nor after it stops or is killed.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
+    scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(scratch_dir, 0o700)
+    cert, key = scratch_dir / "client.crt", scratch_dir / "client.key"
+    try:
+        context.load_verify_locations(cadata=bundle.ca_cert_pem)
+        for path, pem in ((cert, bundle.client_cert_pem), (key, bundle.client_key_pem)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(pem)
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"the bundle's TLS certificates do not load ({exc}): re-enroll the device") from exc
+    finally:
+        cert.unlink(missing_ok=True)
+        key.unlink(missing_ok=True)
+    return context
 
 
 class MqttUplink:
@@ -66,7 +94,14 @@ class MqttUplink:
         max_inflight: int = 64,
         keepalive_s: int = 30,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        *,
+        scratch_dir: Path,
+        status_file: Path | None = None,
+        refusal_backoff: Backoff | None = None,
     ) -> None:
+        """``scratch_dir``: where the TLS key is written for the moment it takes to load it
+        (under the agent's state directory); ``status_file``: where the link's state is kept
+        for ``roadside agent doctor``."""
         self.bundle = bundle
         self.outbox = outbox
         self.on_command = on_command
@@ -74,7 +109,14 @@ class MqttUplink:
         self.keepalive_s = keepalive_s
         self._clock_ms = clock_ms
         self._sealer = DeviceSealer(bundle.device_id, bundle.keypair(), bundle.hub_public())
-        self._tls_dir = _write_tls_files(bundle)
+        self._scratch_dir = scratch_dir
+        self._tls_context: ssl.SSLContext | None = None
+        self._status_file = status_file
+        self._gate = RefusalGate(refusal_backoff)
+        self._status_lock = threading.Lock()
+        self._status = UplinkStatus(LinkState.CONNECTING, datetime.now(UTC))
+        self._reminded_at = 0.0
+        self._last_refusal: str | None = None
         self._status_topic = topics.uplink(bundle.site, bundle.device_id, "status")
         self._command_topic = topics.command(bundle.device_id)
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq; the uplink thread's alone
@@ -96,7 +138,14 @@ class MqttUplink:
         return self._connected.is_set()
 
     def start(self) -> None:
+        """Load the TLS credentials (``ConfigError`` if they do not load) and start connecting."""
+        self._tls_context = client_tls_context(self.bundle, self._scratch_dir)
+        self._write_status(self._status)
         self._thread.start()
+
+    def status(self) -> UplinkStatus:
+        """The link's state now: connecting, publishing, or refused (since when, how many)."""
+        return self._status
 
     def use_keys(self, own: KeyPair) -> None:
         """Seal from now on with ``own`` (key rotation); messages already sent keep their key."""
@@ -109,10 +158,8 @@ class MqttUplink:
         while drain_s and time.monotonic() < deadline and self.outbox.backlog():
             time.sleep(0.05)
         self._stop.set()
-        self._thread.join(timeout=10)
-        for child in self._tls_dir.iterdir():
-            child.unlink()
-        self._tls_dir.rmdir()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     # The connection loop ---------------------------------------------------
 
@@ -140,13 +187,7 @@ class MqttUplink:
             client_id=self.bundle.device_id,
             protocol=mqtt.MQTTv5,
         )
-        client.tls_set(
-            ca_certs=str(self._tls_dir / "ca.crt"),
-            certfile=str(self._tls_dir / "client.crt"),
-            keyfile=str(self._tls_dir / "client.key"),
-        )
-        if self.bundle.broker.tls_server_name:
-            client.tls_insecure_set(False)
+        client.tls_set_context(self._tls_context)
         client.will_set(self._status_topic, json.dumps({"state": "offline"}), qos=1, retain=True)
         client.max_inflight_messages_set(self.max_inflight)
         client.on_connect = self._on_connect
@@ -193,11 +234,13 @@ class MqttUplink:
 
     def _fill(self, client: mqtt.Client) -> bool:
         """Publish pending messages up to the in-flight limit; False when nothing was sent."""
-        room = self.max_inflight - len(self._inflight)
-        busy = set(self._inflight.values())
+        room = self._gate.room(time.monotonic(), self.max_inflight, len(self._inflight))
         if room <= 0:
+            if self._gate.refused:
+                return False  # held after a refusal: the session loop waits
             time.sleep(0.005)
             return True
+        busy = set(self._inflight.values())
         items = self.outbox.pending(room, exclude=busy)
         for item in items:
             topic = topics.uplink(self.bundle.site, self.bundle.device_id, item.kind)  # type: ignore[arg-type]
@@ -222,6 +265,8 @@ class MqttUplink:
         client.publish(self._status_topic, json.dumps({"state": "online"}), qos=1, retain=True)
         client.subscribe(self._command_topic, qos=1)
         self._connected.set()
+        # A refused spell outlives the connection: the ACL decides, not the session.
+        self._set_status(LinkState.REFUSED if self._gate.refused else LinkState.PUBLISHING)
         log.info("connected to %s:%s", self.bundle.broker.host, self.bundle.broker.port)
 
     def _on_disconnect(
@@ -231,6 +276,7 @@ class MqttUplink:
             log.warning("disconnected from broker: %s", reason)
         self._connected.clear()
         self._lost.set()
+        self._set_status(LinkState.CONNECTING)
 
     def _settle_acks(self) -> None:
         """Apply the PUBACKs received so far (uplink thread only)."""
@@ -246,10 +292,11 @@ class MqttUplink:
         if seq is None:
             return  # a status message, or a publish from a session we already abandoned
         if reason.is_failure:
-            # Refused (e.g. not authorised): keep it; it is retried on the next session.
+            # Refused (e.g. not authorised): keep it; it is retried after a backoff.
             self.refused += 1
-            log.error("broker refused message %s: %s", seq, reason)
+            self._on_refused(seq, str(reason))
             return
+        self._on_accepted()
         if reason.value == _NO_MATCHING_SUBSCRIBERS:
             # The broker took it but nobody (no hub) was subscribed: it went nowhere. Keep it,
             # and hold sending for a moment; a hub that is reconnecting will subscribe again.
@@ -259,6 +306,54 @@ class MqttUplink:
             return
         self.outbox.ack(seq)
         self.acked += 1
+
+    def _on_refused(self, seq: int, reason: str) -> None:
+        now = time.monotonic()
+        new_round = self._gate.on_refused(now)
+        self._last_refusal = reason
+        if self._status.state is not LinkState.REFUSED:
+            log.error(
+                "broker refuses this device's messages (%s, message %s): %d kept in the outbox, "
+                "retried with backoff; check the device is in the broker's ACL",
+                reason,
+                seq,
+                self.outbox.backlog(),
+            )
+            self._reminded_at = now
+        elif now - self._reminded_at >= _REFUSED_REMINDER_S:
+            log.error("broker still refuses this device's messages: %d refusals so far", self._gate.refusals)
+            self._reminded_at = now
+        self._set_status(LinkState.REFUSED, reason, persist=new_round)
+
+    def _on_accepted(self) -> None:
+        refusals = self._gate.on_accepted()
+        if refusals is None:
+            return
+        spell_s = (datetime.now(UTC) - self._status.since).total_seconds()
+        log.warning(
+            "broker accepts this device's messages again, after %d refusals in %.0f s", refusals, spell_s
+        )
+        self._set_status(LinkState.PUBLISHING)
+
+    def _set_status(self, state: LinkState, reason: str | None = None, persist: bool = True) -> None:
+        """Record the link's state (any thread); the status file is rewritten when ``persist``."""
+        with self._status_lock:
+            old = self._status
+            since = old.since if state is old.state else datetime.now(UTC)
+            if reason is None and state is LinkState.REFUSED:
+                reason = old.reason or self._last_refusal  # reconnected during a refused spell
+            status = UplinkStatus(state, since, self._gate.refusals, self._gate.total, reason)
+            self._status = status
+            if persist or state is not old.state:
+                self._write_status(status)
+
+    def _write_status(self, status: UplinkStatus) -> None:
+        if self._status_file is None:
+            return
+        try:
+            write_status(self._status_file, status)
+        except OSError as exc:  # the doctor's view only; the uplink carries on
+            log.warning("cannot write the uplink status to %s: %s", self._status_file, exc)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic == self._command_topic:
