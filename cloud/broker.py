@@ -20,6 +20,14 @@ So any client may join a shared-subscription group, and a message the group
 hands to a member that may not read it is lost for the whole group: keep
 the hub's group name to the hubs.
 
+Client ids are bound to identities: every config sets
+``use_username_as_clientid``, so Mosquitto replaces the client id a client
+sends with its certificate CN. No one can connect under another's client id
+and take over its session; two processes that share one certificate keep
+disconnecting each other, so each hub process has a certificate of its own
+(``hub`` or ``hub-<name>``, listed in ``<broker dir>/hub-identities``).
+Names starting with ``hub`` are reserved: no device can be enrolled as one.
+
 ``render_acl`` and ``render_config`` are pure; ``MosquittoBroker`` writes
 their output into a working directory and runs ``mosquitto -c`` on a
 loopback port, for the demo and the tests.
@@ -28,6 +36,9 @@ loopback port, for the demo and the tests.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
+import json
 import logging
 import os
 import pwd
@@ -35,10 +46,11 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -61,6 +73,18 @@ _RELOAD_MARK: Final = re.compile(r"^\S+ Reloading config\.$", re.MULTILINE)
 _RUNNING_MARK: Final = re.compile(r"^\S+ mosquitto version \S+ running$", re.MULTILINE)
 _PORT_TAKEN_MARK: Final = re.compile(r"Address already in use")
 
+HUB_IDENTITY: Final = "hub"
+# Files in a broker's directory that others read: who the hubs are, and which
+# process runs the broker (so enrollment and revocation can make it reload).
+HUB_IDENTITIES_FILE: Final = "hub-identities"
+STATE_FILE: Final = "broker.json"
+ACL_FILE: Final = "mosquitto.acl"
+CRL_FILE: Final = "ca.crl.pem"
+LOG_FILE: Final = "mosquitto.log"
+_LOCK_FILE: Final = ".acl.lock"
+# The persistence settings every broker config uses (render_config and compose).
+AUTOSAVE_INTERVAL_S: Final = 10
+
 
 @dataclass(frozen=True, slots=True)
 class AclDevice:
@@ -70,21 +94,48 @@ class AclDevice:
     site: str
 
 
+def is_reserved_name(name: str) -> bool:
+    """Whether ``name`` belongs to the hubs' namespace (``hub``, ``hub-*``, ``hub_*``, any case)."""
+    lowered = name.lower()
+    return lowered == HUB_IDENTITY or lowered.startswith((f"{HUB_IDENTITY}-", f"{HUB_IDENTITY}_"))
+
+
+def check_device_name(device_id: str) -> str:
+    """``device_id`` if a device may hold it: the safe charset, and not a hub's name."""
+    check_name(device_id, "device id")
+    if is_reserved_name(device_id):
+        raise ConfigError(
+            f"device id {device_id!r} is reserved for hub processes (hub, hub-*, hub_*); pick another id"
+        )
+    return device_id
+
+
+def check_hub_identity(name: str) -> str:
+    """``name`` if a hub process may connect under it: ``hub`` or ``hub-<name>``."""
+    check_name(name, "hub identity")
+    if name != HUB_IDENTITY and not name.startswith(f"{HUB_IDENTITY}-"):
+        raise ConfigError(
+            f"hub client id {name!r} must be {HUB_IDENTITY!r} or start with '{HUB_IDENTITY}-' "
+            "(the broker takes the client id from the certificate, and only hubs hold those names)"
+        )
+    return name
+
+
 # -- pure renderers -----------------------------------------------------------
 
 
-def render_acl(devices: Iterable[AclDevice], hub_user: str = "hub") -> str:
-    """The Mosquitto ``acl_file`` text confining each device and the hub to their topics.
+def render_acl(devices: Iterable[AclDevice], hub_users: Iterable[str] = (HUB_IDENTITY,)) -> str:
+    """The Mosquitto ``acl_file`` text confining each device and each hub process to their topics.
 
     Every name is checked against the safe charset first, because a ``#``,
     ``+``, ``/`` or newline in a name would widen a rule or add one.
     """
-    check_name(hub_user, "hub user")
+    hubs = sorted({check_name(user, "hub user") for user in hub_users})
     by_id: dict[str, AclDevice] = {}
     for device in devices:
         check_name(device.device_id, "device id")
         check_name(device.site, "site")
-        if device.device_id == hub_user:
+        if device.device_id in hubs or is_reserved_name(device.device_id):
             raise ConfigError(f"device id {device.device_id!r} is reserved for the hub")
         seen = by_id.setdefault(device.device_id, device)
         if seen.site != device.site:
@@ -94,11 +145,9 @@ def render_acl(devices: Iterable[AclDevice], hub_user: str = "hub") -> str:
     lines = [
         "# Roadside broker ACL, written by cloud.broker.render_acl; edits are overwritten.",
         "# No rule precedes the first 'user' line, so anonymous clients get nothing.",
-        "",
-        f"user {hub_user}",
-        f"topic read {ROOT}/#",
-        f"topic write {ROOT}/cmd/#",
     ]
+    for hub_user in hubs:
+        lines += ["", f"user {hub_user}", f"topic read {ROOT}/#", f"topic write {ROOT}/cmd/#"]
     for device_id in sorted(by_id):
         site = by_id[device_id].site
         lines += [
@@ -123,11 +172,10 @@ def render_config(
     crlfile: Path | str | None = None,
     max_packet_size: int = 262144,
     max_queued_messages: int = 100_000,
-    autosave_interval_s: int = 10,
+    autosave_interval_s: int = AUTOSAVE_INTERVAL_S,
     persistent_client_expiration: str = "14d",
     tls_version: TlsVersion = "tlsv1.2",
     run_as_user: str | None = None,
-    client_id_from_cn: bool = False,
 ) -> str:
     """The ``mosquitto.conf`` text for one mutual-TLS listener with the ACL file.
 
@@ -136,12 +184,11 @@ def render_config(
     an offline hub session, and messages past it are dropped by the broker, so
     it is sized for minutes of fleet traffic rather than seconds.
 
-    ``client_id_from_cn`` makes Mosquitto replace each client id with the
-    certificate CN (``use_username_as_clientid``). Without it a device can
-    connect under another device's client id and so disconnect it and take
-    over its session; with it, two connections with the same CN (two hub
-    processes with one ``hub`` certificate) keep disconnecting each other,
-    so each hub process then needs a certificate of its own.
+    The client id is always replaced with the certificate CN
+    (``use_username_as_clientid``): without it a device could connect under
+    the hub's or another device's client id, disconnect it and take over its
+    session. ``crlfile`` (the CA's revocation list) makes the TLS handshake
+    refuse revoked certificates; Mosquitto re-reads it on SIGHUP.
     """
     if not 0 < port < 65536:
         raise ConfigError(f"port must be 1-65535, got {port}")
@@ -194,12 +241,33 @@ def render_config(
         f"tls_version {tls_version}",
         "require_certificate true",
         "use_identity_as_username true",
+        "use_username_as_clientid true",
     ]
-    if client_id_from_cn:
-        lines.append("use_username_as_clientid true")
     if crlfile is not None:
         lines.append(f"crlfile {_conf_value(crlfile, 'crlfile')}")
     return "\n".join(lines) + "\n"
+
+
+COMPOSE_BROKER_DIR: Final = "/mosquitto/roadside"
+
+
+def render_compose_config() -> str:
+    """``compose/mosquitto/mosquitto.conf``: ``render_config`` with the container's paths.
+
+    The CA's key stays out of the container: it gets the CA certificate, the
+    broker's own certificate and key, and the hub's broker directory (ACL and
+    CRL, rewritten by the hub and reloaded by the container's watcher).
+    """
+    return render_config(
+        port=8883,
+        host="0.0.0.0",  # noqa: S104 - the broker is the one service devices reach from outside
+        cafile="/mosquitto/pki/ca.cert.pem",
+        certfile="/mosquitto/pki/broker.cert.pem",
+        keyfile="/mosquitto/pki/broker.key.pem",
+        acl_file=f"{COMPOSE_BROKER_DIR}/{ACL_FILE}",
+        crlfile=f"{COMPOSE_BROKER_DIR}/{CRL_FILE}",
+        persistence_dir="/mosquitto/data",
+    )
 
 
 def _conf_value(value: Path | str, what: str) -> str:
@@ -208,6 +276,184 @@ def _conf_value(value: Path | str, what: str) -> str:
     if not text or text != text.strip() or any(c in text for c in "\r\n\0"):
         raise ConfigError(f"{what} {text!r} is empty or has surrounding blanks or line breaks")
     return text
+
+
+# -- the broker directory: ACL, hub identities, the running process --------------
+
+
+@contextlib.contextmanager
+def acl_lock(directory: Path) -> Iterator[None]:
+    """Hold the broker directory's lock: ACL writers (hub processes, the CLI) take turns.
+
+    Without it two processes adding hub identities or devices at once could each
+    write an ACL that lacks the other's change.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with (directory / _LOCK_FILE).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_hub_identities(directory: Path) -> list[str]:
+    """The hub processes' identities (certificate CNs) the ACL grants hub rights: ``hub`` and those added."""
+    path = directory / HUB_IDENTITIES_FILE
+    names = path.read_text().split() if path.is_file() else []
+    return sorted({HUB_IDENTITY, *(check_hub_identity(name) for name in names)})
+
+
+def add_hub_identity(directory: Path, name: str) -> bool:
+    """Record ``name`` as a hub identity (hold ``acl_lock``); False if it was there already."""
+    check_hub_identity(name)
+    known = read_hub_identities(directory)
+    if name in known:
+        return False
+    write_public(directory / HUB_IDENTITIES_FILE, "".join(f"{n}\n" for n in sorted({*known, name})).encode())
+    return True
+
+
+def write_acl_file(directory: Path, devices: Iterable[AclDevice], extra_hubs: Iterable[str] = ()) -> Path:
+    """Render the ACL for ``devices`` and the directory's hub identities into ``directory`` (hold ``acl_lock``).
+
+    World-readable, so that a broker running as another user (a container) can read it;
+    atomic, because the broker may re-read it at any moment.
+    """
+    text = render_acl(devices, [*read_hub_identities(directory), *extra_hubs])
+    path = directory / ACL_FILE
+    write_public(path, text.encode())
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class RunningBroker:
+    """A Mosquitto that ``MosquittoBroker`` started in a directory, as its state file tells."""
+
+    pid: int
+    host: str
+    port: int
+    config_file: Path
+
+
+def running_broker(directory: Path) -> RunningBroker | None:
+    """The broker ``MosquittoBroker`` runs from ``directory``, or None (none, or it has exited).
+
+    The process must still be the ``mosquitto -c <that config>`` it started, so that a
+    stale state file never leads to signalling a process that reused the pid.
+    """
+    try:
+        state = json.loads((directory / STATE_FILE).read_text())
+        found = RunningBroker(
+            int(state["pid"]), str(state["host"]), int(state["port"]), Path(state["config"])
+        )
+        command = Path(f"/proc/{found.pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return found if str(found.config_file).encode() in command else None
+
+
+def reload_running(directory: Path, timeout_s: float = 5.0) -> bool:
+    """SIGHUP the broker running from ``directory`` and wait until it has reloaded.
+
+    Mosquitto then re-reads its ACL file and its CRL. False when no broker runs
+    from there; TransportError when it does not confirm the reload in time.
+    """
+    broker = running_broker(directory)
+    if broker is None:
+        return False
+    _signal_reload(broker.pid, directory / LOG_FILE, timeout_s)
+    log.info("mosquitto pid %d reloaded its ACL and CRL", broker.pid)
+    return True
+
+
+def _signal_reload(pid: int, log_file: Path, timeout_s: float) -> None:
+    # Mosquitto logs the mark first and reloads within the same pass of its
+    # single-threaded loop, so once the mark is in the log, any packet it
+    # reads afterwards meets the new rules.
+    offset = _file_size(log_file)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        raise TransportError(f"could not signal mosquitto pid {pid} to reload: {exc}") from exc
+    deadline = time.monotonic() + timeout_s
+    while not _logged_since(log_file, offset, _RELOAD_MARK):
+        if time.monotonic() > deadline:
+            raise TransportError(f"mosquitto pid {pid} did not reload within {timeout_s} s; see {log_file}")
+        time.sleep(0.02)
+
+
+def _file_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _logged_since(log_file: Path, offset: int, mark: re.Pattern[str]) -> bool:
+    """Whether Mosquitto logged ``mark`` after byte ``offset`` of ``log_file``."""
+    if not log_file.is_file():
+        return False
+    with log_file.open("rb") as log_handle:
+        # A log rotated under us is shorter than the offset: read it all.
+        log_handle.seek(offset if offset <= _file_size(log_file) else 0)
+        return mark.search(log_handle.read().decode(errors="replace")) is not None
+
+
+# -- ending a session -------------------------------------------------------------
+
+
+def connect_packet(client_id: str, keepalive_s: int = 10) -> bytes:
+    """An MQTT 3.1.1 CONNECT with a clean session and no credentials (the certificate is the credential)."""
+    ident = client_id.encode()
+    body = b"\x00\x04MQTT\x04\x02" + keepalive_s.to_bytes(2, "big") + len(ident).to_bytes(2, "big") + ident
+    return b"\x10" + _remaining_length(len(body)) + body
+
+
+def _remaining_length(length: int) -> bytes:
+    encoded = bytearray()
+    while True:
+        length, digit = divmod(length, 128)
+        encoded.append(digit | (0x80 if length else 0))
+        if not length:
+            return bytes(encoded)
+
+
+_CONNACK_ACCEPTED: Final = b"\x20\x02\x00\x00"
+_DISCONNECT: Final = b"\xe0\x00"
+
+
+def take_over_session(
+    host: str, port: int, *, ca_file: Path, cert_file: Path, key_file: Path, timeout_s: float = 5.0
+) -> None:
+    """Connect with a certificate and disconnect at once, ending the session of its CN.
+
+    The broker binds client ids to the CN, so this connection takes the client id of
+    whoever holds that CN and Mosquitto closes their connection. The hub does this
+    with a throw-away certificate for a revoked device, whose reconnection the
+    reloaded CRL then refuses at TLS. TransportError if the broker does not accept it.
+    """
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.load_cert_chain(str(cert_file), str(key_file))
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout_s) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            tls.sendall(connect_packet("roadside-revocation"))
+            answer = _read_exactly(tls, len(_CONNACK_ACCEPTED))
+            if answer != _CONNACK_ACCEPTED:
+                raise TransportError(f"broker {host}:{port} refused the session takeover: {answer.hex()}")
+            tls.sendall(_DISCONNECT)
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportError(f"could not reach broker {host}:{port} to end a session: {exc}") from exc
+
+
+def _read_exactly(stream: ssl.SSLSocket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = stream.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 # -- process wrapper ----------------------------------------------------------
@@ -254,7 +500,6 @@ class MosquittoBroker:
         executable: str | None = None,
         start_timeout_s: float = 10.0,
         max_packet_size: int = 262144,
-        client_id_from_cn: bool = False,
     ) -> None:
         self.workdir = workdir
         self.host = host
@@ -267,9 +512,8 @@ class MosquittoBroker:
         self._executable = executable
         self._start_timeout_s = start_timeout_s
         self._max_packet_size = max_packet_size
-        self._client_id_from_cn = client_id_from_cn
         self._process: subprocess.Popen[bytes] | None = None
-        render_acl(self._devices, hub_user)  # fail now, not in the broker, on a bad name
+        render_acl(self._devices, [hub_user])  # fail now, not in the broker, on a bad name
 
     @classmethod
     def for_ca(
@@ -279,9 +523,9 @@ class MosquittoBroker:
         devices: Iterable[AclDevice] = (),
         *,
         hub_user: str = "hub",
-        use_crl: bool = False,
+        use_crl: bool = True,
     ) -> MosquittoBroker:
-        """A broker with a fresh server certificate from ``ca`` for localhost and 127.0.0.1."""
+        """A broker with a fresh server certificate from ``ca`` for localhost and 127.0.0.1, and its CRL."""
         server = ca.issue_server("roadside-broker", hostnames=["localhost"], ips=["127.0.0.1"])
         return cls(
             workdir,
@@ -319,15 +563,20 @@ class MosquittoBroker:
 
     @property
     def acl_file(self) -> Path:
-        return self.workdir / "mosquitto.acl"
+        return self.workdir / ACL_FILE
 
     @property
     def crl_file(self) -> Path:
-        return self.workdir / "ca.crl.pem"
+        return self.workdir / CRL_FILE
 
     @property
     def log_file(self) -> Path:
-        return self.workdir / "mosquitto.log"
+        return self.workdir / LOG_FILE
+
+    @property
+    def state_file(self) -> Path:
+        """Where the running process is recorded, for ``running_broker`` and ``reload_running``."""
+        return self.workdir / STATE_FILE
 
     @property
     def _stderr_file(self) -> Path:
@@ -381,6 +630,7 @@ class MosquittoBroker:
         """SIGTERM Mosquitto (it saves its state) and wait; SIGKILL if it does not exit."""
         process, self._process = self._process, None
         _LIVE.discard(self)
+        self.state_file.unlink(missing_ok=True)
         if process is None:
             return
         if process.poll() is None:
@@ -397,6 +647,7 @@ class MosquittoBroker:
         """SIGKILL Mosquitto, as a crash would: state since the last autosave is lost."""
         process, self._process = self._process, None
         _LIVE.discard(self)
+        self.state_file.unlink(missing_ok=True)
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()
@@ -409,7 +660,7 @@ class MosquittoBroker:
         the new rules (Mosquitto checks ACLs per message, not per session).
         """
         self._devices = list(devices)
-        write_public(self.acl_file, render_acl(self._devices, self._hub_user).encode())
+        self._write_acl()
         self._reload(timeout_s)
         log.info("mosquitto reloaded its ACL: %d devices", len(self._devices))
 
@@ -431,18 +682,12 @@ class MosquittoBroker:
 
     def _reload(self, timeout_s: float) -> None:
         # SIGHUP makes Mosquitto re-read its config, ACL file, TLS files and CRL.
-        # It logs the mark first and reloads within the same pass of its
-        # single-threaded loop, so once the mark is in the log, any packet it
-        # reads afterwards meets the new rules.
         if not self.running or self._process is None:
             return
-        log_offset = self._log_size()
-        self._process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + timeout_s
-        while not self._logged_since(log_offset, _RELOAD_MARK):
-            if time.monotonic() > deadline:
-                raise TransportError(f"mosquitto did not reload within {timeout_s} s:\n{self.log_tail()}")
-            time.sleep(0.02)
+        try:
+            _signal_reload(self._process.pid, self.log_file, timeout_s)
+        except TransportError as exc:
+            raise TransportError(f"{exc}:\n{self.log_tail()}") from exc
 
     # -- internals --
 
@@ -452,9 +697,15 @@ class MosquittoBroker:
         write_public(self.ca_file, self._ca_cert_pem)
         write_public(self.workdir / "server.cert.pem", self._server.cert_pem)
         write_private(self.workdir / "server.key.pem", self._server.key_pem)
-        write_public(self.acl_file, render_acl(self._devices, self._hub_user).encode())
+        self._write_acl()
         if self._crl_pem is not None:
             write_public(self.crl_file, self._crl_pem)
+
+    def _write_acl(self) -> None:
+        # Hub identities others added to this directory (a hub process with its own
+        # certificate) stay in the ACL whatever device list this broker was given.
+        with acl_lock(self.workdir):
+            write_acl_file(self.workdir, self._devices, [self._hub_user])
 
     def _write_config(self) -> None:
         text = render_config(
@@ -468,7 +719,6 @@ class MosquittoBroker:
             log_file=self.log_file,
             crlfile=self.crl_file if self._crl_pem is not None else None,
             max_packet_size=self._max_packet_size,
-            client_id_from_cn=self._client_id_from_cn,
             # Started as root, Mosquitto would switch to user "mosquitto", which
             # cannot read our 0600 key or write our directory; keep our own identity.
             run_as_user=pwd.getpwuid(os.geteuid()).pw_name,
@@ -494,6 +744,13 @@ class MosquittoBroker:
             self.stop()
             raise
         _LIVE.add(self)
+        state = {
+            "pid": self._process.pid,
+            "host": self.host,
+            "port": self.port,
+            "config": str(self.config_file),
+        }
+        write_public(self.state_file, json.dumps(state).encode())
         log.info("mosquitto pid %d listening on %s:%d", self._process.pid, self.host, self.port)
 
     def _wait_ready(self, log_offset: int) -> None:
@@ -519,16 +776,10 @@ class MosquittoBroker:
             return False
 
     def _log_size(self) -> int:
-        return self.log_file.stat().st_size if self.log_file.is_file() else 0
+        return _file_size(self.log_file)
 
     def _logged_since(self, offset: int, mark: re.Pattern[str]) -> bool:
-        """Whether Mosquitto logged ``mark`` after byte ``offset`` of its log file."""
-        if not self.log_file.is_file():
-            return False
-        with self.log_file.open("rb") as log_handle:
-            # A log rotated under us is shorter than the offset: read it all.
-            log_handle.seek(offset if offset <= self._log_size() else 0)
-            return mark.search(log_handle.read().decode(errors="replace")) is not None
+        return _logged_since(self.log_file, offset, mark)
 
 
 # Brokers started and not yet stopped. Owners stop theirs (context manager);

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shared.errors import RoadsideError
+from shared.errors import ConfigError, RoadsideError
 
 if TYPE_CHECKING:
     from cloud.registry import Registry
@@ -104,6 +104,7 @@ def device_enroll(
     ] = None,
 ) -> None:
     """Issue the device's certificate and keys as one bundle and register it on the hub."""
+    from cloud.broker import running_broker
     from cloud.home import HubHome, enroll_device
     from cloud.registry import Registry
     from shared.bundle import BrokerAddress
@@ -127,9 +128,14 @@ def device_enroll(
     finally:
         registry.close()
     typer.echo(
-        f"enrolled {device_id} at {site}; bundle written to {path} (contains private keys: copy it securely)"
+        f"enrolled {device_id} at {site}; bundle written to {path} (mode 0600, contains private keys: "
+        "copy it to the device securely, then delete it here)"
     )
-    typer.echo(f"broker ACL regenerated at {hub_home.acl_file}; reload the broker (SIGHUP) to apply it")
+    if running_broker(hub_home.broker_dir) is None:
+        typer.echo(
+            f"broker ACL regenerated at {hub_home.acl_file}; no broker runs from {home}: "
+            "make yours reload it (compose's broker container does so by itself)"
+        )
 
 
 @device_app.command("list")
@@ -148,21 +154,23 @@ def device_list(home: HomeOption = DEFAULT_HOME) -> None:
 
 @device_app.command("revoke")
 def device_revoke(device_id: str, home: HomeOption = DEFAULT_HOME) -> None:
-    """Refuse the device from now on and regenerate the broker ACL without it."""
-    from cloud.home import HubHome, reload_broker, write_acl
-    from cloud.registry import Registry
+    """Refuse the device from now on: registry, CRL, broker ACL, and its open connection."""
+    from cloud.broker import running_broker
+    from cloud.home import HubHome, revoke_device
 
     hub_home = HubHome(home)
-    registry = Registry(hub_home.registry_url)
-    try:
-        registry.revoke(device_id, actor=_actor())
-        write_acl(hub_home, registry)
-    finally:
-        registry.close()
-    reloaded = reload_broker(hub_home)
+    with _registry(home) as registry:
+        if registry.get_device(device_id) is None:
+            raise _fail(ConfigError(f"device {device_id!r} is not enrolled"))
+        ended = revoke_device(hub_home, registry, device_id, actor=_actor())
     typer.echo(f"revoked {device_id}; running hubs refuse it within seconds")
-    if not reloaded:
-        typer.echo(f"no broker run from {home}: reload yours (SIGHUP) to apply {hub_home.acl_file}")
+    if running_broker(hub_home.broker_dir) is None:
+        typer.echo(
+            f"no broker runs from {home}: make yours reload {hub_home.acl_file} and "
+            f"{hub_home.broker_crl_file} (compose's broker container does so by itself)"
+        )
+    elif not ended:
+        typer.echo(f"warning: could not end {device_id}'s open connection; see the log", err=True)
 
 
 @hub_app.command("run")
@@ -275,14 +283,12 @@ def broker_run(
     home: HomeOption = DEFAULT_HOME,
     port: Annotated[int, typer.Option(help="TLS port; 0 picks a free one.")] = 8883,
 ) -> None:
-    """Run Mosquitto with mutual TLS and the ACL generated from the registry."""
+    """Run Mosquitto with mutual TLS, the CA's CRL and the ACL generated from the registry."""
     from cloud.broker import MosquittoBroker
     from cloud.home import HubHome, acl_devices
-    from cloud.registry import Registry
 
     hub_home = HubHome(home)
-    registry = Registry(hub_home.registry_url)
-    try:
+    with _registry(home) as registry:
         hub_home.require()
         broker = MosquittoBroker(
             hub_home.broker_dir,
@@ -290,24 +296,20 @@ def broker_run(
             server=hub_home.broker_server_cert(),
             devices=acl_devices(registry),
             port=port or None,
+            crl_pem=hub_home.ca().crl_pem(),
         )
         broker.start()
-    except RoadsideError as exc:
-        raise _fail(exc) from exc
-    finally:
-        registry.close()
-    hub_home.broker_pid_file.write_text(str(broker.pid))
     typer.echo(json.dumps({"broker": f"{broker.host}:{broker.port}", "pid": broker.pid}))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     broker.stop()
-    hub_home.broker_pid_file.unlink(missing_ok=True)
 
 
 def register(app: typer.Typer) -> None:
     from cloud.dataset.cli import dataset_app
+    from cloud.deadletter_cli import deadletters_app
     from cloud.demo import demo
     from cloud.model_cli import model_app
     from cloud.rollout_cli import rollout_app
@@ -320,4 +322,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(rollout_app, name="rollout")
     app.add_typer(dataset_app, name="dataset")
     app.add_typer(model_app, name="model")
+    app.add_typer(deadletters_app, name="deadletters")
     app.command("demo")(demo)

@@ -7,8 +7,10 @@
     <home>/registry.db     devices, keys, API clients, models, rollouts, audit log (SQLite default)
     <home>/telemetry.db    the embedded time-series store
     <home>/deadletters.db  rejected messages, for inspection
-    <home>/broker/         a Mosquitto the hub runs itself (demo, single box)
-    <home>/bundles/        enrollment bundles made here
+    <home>/pki/devices/    each device's certificate (public), so revocation can list its serial
+    <home>/pki/hubs/       certificates of hub processes with their own identity (hub-<name>)
+    <home>/broker/         the broker's ACL, CRL and hub identities; a Mosquitto the hub runs itself
+    <home>/bundles/        enrollment bundles made by the CLI (the API's are never written)
     <home>/release/repository/   the TUF model repository the hub serves (metadata/, targets/)
     <home>/release/online-keys/  the online targets/snapshot/timestamp keys (root keys stay offline)
     <home>/datasets/<name>/      hard examples and imports, versioned (see shared.dataset)
@@ -18,18 +20,44 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
-import signal
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.broker import AclDevice, render_acl
-from cloud.pki import CertificateAuthority, IssuedCert, load_ca, save_ca, write_issued, write_private
+from cryptography import x509
+
+from cloud.broker import (
+    HUB_IDENTITY,
+    AclDevice,
+    acl_lock,
+    add_hub_identity,
+    check_device_name,
+    check_hub_identity,
+    reload_running,
+    running_broker,
+    take_over_session,
+    write_acl_file,
+)
+from cloud.pki import (
+    CA_CRL_FILE,
+    CertFiles,
+    CertificateAuthority,
+    IssuedCert,
+    load_ca,
+    save_ca,
+    write_issued,
+    write_private,
+    write_public,
+)
 from cloud.registry import Registry
 from shared.bundle import BrokerAddress, EnrollmentBundle, ModelRepoAnchor, write_bundle
-from shared.errors import ConfigError
+from shared.errors import ConfigError, TransportError
 from shared.keys import KeyPair
+from shared.topics import check_name
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +108,17 @@ class HubHome:
         return self.broker_dir / "mosquitto.acl"
 
     @property
-    def broker_pid_file(self) -> Path:
-        """Written by ``roadside broker run`` so the hub can make it reload its ACL."""
-        return self.broker_dir / "broker.pid"
+    def broker_crl_file(self) -> Path:
+        """The broker's copy of the CA's revocation list (compose mounts this directory, not ``pki``)."""
+        return self.broker_dir / CA_CRL_FILE
+
+    @property
+    def device_certs(self) -> Path:
+        return self.pki / "devices"
+
+    @property
+    def hub_certs(self) -> Path:
+        return self.pki / "hubs"
 
     @property
     def bundles(self) -> Path:
@@ -146,32 +182,44 @@ def init_home(root: Path, broker_hostnames: list[str], broker_ips: list[str], fo
     )
     write_private(home.hub_keys_file, json.dumps(KeyPair.generate().to_json()).encode())
     write_private(home.group_file, f"hub-{secrets.token_hex(16)}".encode())
+    publish_crl(home, ca)
     registry = Registry(home.registry_url)
     registry.create_schema()
+    write_acl(home, registry)
     registry.close()
     log.info("hub home initialised at %s", root)
     return home
 
 
-def enroll_device(
+def issue_enrollment(
     home: HubHome,
     registry: Registry,
     device_id: str,
     site: str,
     broker: BrokerAddress,
-    out: Path | None = None,
     actor: str = "system",
     repo_url: str | None = None,
-) -> tuple[EnrollmentBundle, Path]:
-    """Issue a device's certificate and keys, register it, refresh the broker ACL, write its bundle.
+    out: Path | None = None,
+) -> EnrollmentBundle:
+    """Issue a device's certificate and keys, register it and add it to the broker ACL, all or nothing.
+
+    Names are checked before anything is made: a hub's name (``hub``, ``hub-*``) or an id
+    already enrolled (revoked ones included) is refused. The registry row commits only once
+    the device's certificate record, the bundle file (with ``out``) and the ACL are written;
+    if any of them fails, nothing is left behind. A broker run from this home reloads its
+    ACL before this returns. Without ``out`` the bundle (it holds the device's private
+    keys) is only returned, never written.
 
     ``repo_url`` is where devices reach the model repository this hub serves;
     with it, and a repository in the home, the bundle carries the repository's
     anchor (URL and current root metadata) and the device takes model updates.
     """
     home.require()
+    check_device_name(device_id)
+    check_name(site, "site")
+    if registry.get_device(device_id) is not None:
+        raise ConfigError(f"device {device_id!r} is already enrolled; revoke it or pick another id")
     keys = KeyPair.generate()
-    registry.enroll(device_id, site, keys.public(), actor=actor)
     issued = home.ca().issue_client(device_id)
     bundle = EnrollmentBundle(
         device_id=device_id,
@@ -184,9 +232,46 @@ def enroll_device(
         hub_keys=home.hub_keys().public().to_json(),
         model_repo=model_repo_anchor(home, repo_url),
     )
+    cert_record = home.device_certs / f"{device_id}.cert.pem"
+    written: list[Path] = []
+
+    def write_files() -> None:
+        # Runs inside the registry transaction: an exception here rolls the row back.
+        home.device_certs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_public(cert_record, issued.cert_pem)
+        written.append(cert_record)
+        if out is not None:
+            if out.exists():
+                raise ConfigError(f"{out} exists; move it away or pick another --out")
+            write_bundle(bundle, out)
+            written.append(out)
+        write_acl_file(home.broker_dir, [*acl_devices(registry), AclDevice(device_id, site)])
+
+    with acl_lock(home.broker_dir):
+        try:
+            registry.enroll(device_id, site, keys.public(), actor=actor, before_commit=write_files)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            write_acl_file(home.broker_dir, acl_devices(registry))  # the ACL as the registry has it
+            raise
+    reload_broker(home)
+    return bundle
+
+
+def enroll_device(
+    home: HubHome,
+    registry: Registry,
+    device_id: str,
+    site: str,
+    broker: BrokerAddress,
+    out: Path | None = None,
+    actor: str = "system",
+    repo_url: str | None = None,
+) -> tuple[EnrollmentBundle, Path]:
+    """``issue_enrollment`` that also writes the bundle, mode 0600, to ``out`` (default ``<home>/bundles``)."""
     path = out or home.bundles / f"{device_id}.json"
-    write_bundle(bundle, path)
-    write_acl(home, registry)
+    bundle = issue_enrollment(home, registry, device_id, site, broker, actor, repo_url, out=path)
     return bundle, path
 
 
@@ -204,21 +289,129 @@ def acl_devices(registry: Registry) -> list[AclDevice]:
 
 def write_acl(home: HubHome, registry: Registry) -> Path:
     """The broker ACL generated from the registry: each device confined to its own topics."""
-    home.broker_dir.mkdir(parents=True, exist_ok=True)
-    # Atomic: the broker may re-read the file at any moment.
-    write_private(home.acl_file, render_acl(acl_devices(registry)).encode())
-    return home.acl_file
+    with acl_lock(home.broker_dir):
+        return write_acl_file(home.broker_dir, acl_devices(registry))
 
 
-def reload_broker(home: HubHome) -> bool:
-    """SIGHUP the broker ``roadside broker run`` started from this home, so it re-reads the ACL.
+def reload_broker(home: HubHome, timeout_s: float = 10.0) -> bool:
+    """Make the broker ``roadside broker run`` (or the demo) runs from this home reload its ACL and CRL.
 
-    Returns False when no such broker runs here (an external broker reloads by its own means).
+    Returns once it has reloaded; False when no broker runs from this home (an external
+    broker, such as compose's, must pick the files up by its own means: its watcher).
+    TransportError when the broker does not confirm the reload.
     """
+    return reload_running(home.broker_dir, timeout_s)
+
+
+@contextmanager
+def _private_files(issued: IssuedCert) -> Iterator[CertFiles]:
+    """``issued`` as files for a TLS library, in a private directory removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="roadside-cert-"))
     try:
-        pid = int(home.broker_pid_file.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError):
+        yield write_issued(directory, "client", issued)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def hub_identity(home: HubHome, registry: Registry, client_id: str) -> CertFiles:
+    """The certificate a hub process connects with; its CN is its MQTT client id.
+
+    The broker takes each client id from the certificate CN, so hub processes that
+    run at once need a certificate each: ``hub`` uses the home's, ``hub-<name>`` gets
+    one from the CA here on first use and is added to the ACL (a broker run from this
+    home reloads before this returns).
+    """
+    check_hub_identity(client_id)
+    if client_id == HUB_IDENTITY:
+        cert, key = home.cert(HUB_IDENTITY)
+        return CertFiles(cert=cert, key=key)
+    files = CertFiles(
+        cert=home.hub_certs / f"{client_id}.cert.pem", key=home.hub_certs / f"{client_id}.key.pem"
+    )
+    with acl_lock(home.broker_dir):
+        if not (files.cert.is_file() and files.key.is_file()):
+            write_issued(home.hub_certs, client_id, home.ca().issue_client(client_id))
+        added = add_hub_identity(home.broker_dir, client_id)
+        if added:
+            write_acl_file(home.broker_dir, acl_devices(registry))
+    if added:
+        log.info("hub identity %s added to the broker ACL", client_id)
+        reload_broker(home)
+    return files
+
+
+def revoke_device(
+    home: HubHome,
+    registry: Registry,
+    device_id: str,
+    *,
+    actor: str = "system",
+    broker: tuple[str, int] | None = None,
+) -> bool:
+    """Revoke a device everywhere: registry, CA (CRL), broker ACL, and its live connection.
+
+    The CRL and ACL are rewritten and a broker run from this home reloads them; then the
+    device's session at the broker (``broker``, else the one run from this home) is
+    ended with a throw-away certificate for its CN, itself revoked at once, so the
+    device's reconnection meets the CRL and is refused at TLS. Returns whether a
+    session could be ended (False: no broker known, or it refused).
+    """
+    registry.revoke(device_id, actor=actor)
+    record = home.device_certs / f"{device_id}.cert.pem"
+    if record.is_file():
+        _revoke_serial(home, x509.load_pem_x509_certificate(record.read_bytes()).serial_number)
+    else:
+        log.warning("no certificate record for %s (enrolled before records were kept): ACL only", device_id)
+    write_acl(home, registry)
+    reload_broker(home)
+    if broker is None:
+        running = running_broker(home.broker_dir)
+        broker = (running.host, running.port) if running is not None else None
+    if broker is None:
         return False
-    log.info("asked the broker (pid %s) to reload its ACL", pid)
+    return _end_session(home, device_id, broker)
+
+
+def _revoke_serial(home: HubHome, serial: int) -> None:
+    # Under the lock: two processes revoking at once must not each drop the other's serial.
+    with acl_lock(home.broker_dir):
+        ca = home.ca()
+        ca.revoke(serial)
+        publish_crl(home, ca)
+
+
+def _end_session(home: HubHome, device_id: str, broker: tuple[str, int]) -> bool:
+    # One day is the shortest validity the CA issues; the certificate is revoked within a second.
+    stand_in = home.ca().issue_client(device_id, valid_days=1)
+    try:
+        with _private_files(stand_in) as files:
+            take_over_session(
+                broker[0], broker[1], ca_file=home.ca_file, cert_file=files.cert, key_file=files.key
+            )
+    except TransportError as exc:
+        log.warning("could not end %s's session at %s:%d: %s", device_id, broker[0], broker[1], exc)
+        return False
+    finally:
+        _revoke_serial(home, stand_in.serial)
+        reload_broker(home)
+    log.info("ended %s's session at the broker", device_id)
     return True
+
+
+def publish_crl(home: HubHome, ca: CertificateAuthority) -> None:
+    """Write a fresh CRL of ``ca`` into ``pki`` and the broker's directory.
+
+    A CRL is valid for a year; OpenSSL refuses every client once it lapses, so the hub
+    re-issues it at each start (``refresh_crl``) and at each revocation.
+    """
+    crl = ca.crl_pem()
+    write_public(home.pki / CA_CRL_FILE, crl)
+    home.broker_dir.mkdir(parents=True, exist_ok=True)
+    write_public(home.broker_crl_file, crl)
+
+
+def refresh_crl(home: HubHome) -> None:
+    """Re-issue the CRL (same serials, new validity) and make a broker run from this home reload it."""
+    with acl_lock(home.broker_dir):
+        publish_crl(home, home.ca())
+    reload_broker(home)

@@ -14,7 +14,7 @@ from cloud.api.app import create_app
 from cloud.api.ratelimit import RateLimit
 from cloud.commands import CommandSender
 from cloud.dataset.store import DatasetStore
-from cloud.home import HubHome, enroll_device, reload_broker, write_acl
+from cloud.home import HubHome, hub_identity, issue_enrollment, refresh_crl, revoke_device
 from cloud.ingest.core import Accepted, IngestCore
 from cloud.ingest.deadletter import DeadLetterStore
 from cloud.ingest.metrics import IngestMetrics
@@ -117,13 +117,14 @@ class Hub:
             max_age_s=settings.max_message_age_s,
             max_bytes=settings.max_message_bytes,
         )
-        cert, key = self.home.cert("hub")
+        # The broker takes the client id from the certificate: each hub process has its own.
+        identity = hub_identity(self.home, self.registry, settings.client_id)
         broker = BrokerClientConfig(
             host=settings.broker_host,
             port=settings.broker_port,
             ca_file=self.home.ca_file,
-            cert_file=cert,
-            key_file=key,
+            cert_file=identity.cert,
+            key_file=identity.key,
             client_id=settings.client_id,
             group=self.home.hub_group() if settings.group is None else (settings.group or None),
         )
@@ -198,13 +199,12 @@ class Hub:
             self.opener.windows[device.device_id] = window
 
     def revoke(self, device_id: str, *, actor: str = "system") -> None:
-        """Refuse the device at once, here and at the broker (ACL regenerated, broker reloaded)."""
+        """Refuse the device at once, here and at the broker (CRL, ACL, its open session ended)."""
         if self.registry.get_device(device_id) is None:
             raise ConfigError(f"device {device_id!r} is not enrolled")
-        self.registry.revoke(device_id, actor=actor)
+        broker = (self.settings.broker_host, self.settings.broker_port)
+        revoke_device(self.home, self.registry, device_id, actor=actor, broker=broker)
         self._forget(device_id)
-        write_acl(self.home, self.registry)
-        reload_broker(self.home)
 
     def enroll(self, device_id: str, site: str, *, actor: str = "system") -> dict[str, object]:
         """Enroll a device and return its bundle (shown once: it holds the device's private keys)."""
@@ -213,10 +213,8 @@ class Hub:
             port=self.settings.device_broker_port or self.settings.broker_port,
         )
         repo_url = self.settings.repo_public_url or self.repo_url or None
-        bundle, _ = enroll_device(
-            self.home, self.registry, device_id, site, address, actor=actor, repo_url=repo_url
-        )
-        reload_broker(self.home)
+        # Not written anywhere: the API shows it once.
+        bundle = issue_enrollment(self.home, self.registry, device_id, site, address, actor, repo_url)
         return bundle.model_dump()
 
     def _on_stored(self, accepted: list[Accepted]) -> None:
@@ -287,6 +285,7 @@ class Hub:
         if self.settings.api_port < 0:
             log.info("ingest-only hub process (no API)")
             return
+        refresh_crl(self.home)  # a lapsed CRL would make the broker refuse every client
         # Rollouts, the model repository and retraining belong to the process that serves the API.
         self.rollouts.start()
         self._serve_repository()

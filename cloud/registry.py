@@ -59,6 +59,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from cloud import audit
 from cloud.audit import AuditLog, canonical_details, use_explicit_sqlite_transactions
+from cloud.broker import is_reserved_name
 from shared.errors import ConfigError, TransportError
 from shared.keys import PublicKeys, b64, unb64
 from shared.topics import check_name
@@ -375,9 +376,24 @@ class Registry:
 
     # Devices -----------------------------------------------------------------
 
-    def enroll(self, device_id: str, site: str, keys: PublicKeys, *, actor: str = DEFAULT_ACTOR) -> None:
-        """Register a new device with its first envelope key."""
+    def enroll(
+        self,
+        device_id: str,
+        site: str,
+        keys: PublicKeys,
+        *,
+        actor: str = DEFAULT_ACTOR,
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
+        """Register a new device with its first envelope key.
+
+        ``before_commit`` runs once the rows are written and before they commit: if it
+        raises, nothing is registered (enrollment writes its files there, all or nothing).
+        Names the hubs use (``hub``, ``hub-*``) are refused.
+        """
         check_name(device_id, "device id")
+        if is_reserved_name(device_id):
+            raise ConfigError(f"device id {device_id!r} is reserved for hub processes; pick another id")
         check_name(site, "site")
         now = datetime.now(UTC)
 
@@ -389,8 +405,16 @@ class Registry:
             session.add(_key_row(device_id, keys, now))
             session.flush()
             _audit(session, actor, "device.enroll", device_id, {"site": site, "kid": keys.kid}, now)
+            if before_commit is not None:
+                before_commit()
 
-        self._write(change)
+        try:
+            self._write(change)
+        except SqlIntegrityError as exc:
+            # Another hub enrolled the same id between our check and our insert.
+            raise ConfigError(
+                f"device {device_id!r} is already enrolled; revoke it or pick another id"
+            ) from exc
 
     def add_key(self, device_id: str, keys: PublicKeys, *, actor: str = DEFAULT_ACTOR) -> None:
         """Add a key beside the current ones (rotation without downtime)."""

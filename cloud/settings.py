@@ -9,6 +9,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     field_validator,
     model_validator,
@@ -111,7 +112,7 @@ class HubSettings(BaseSettings):
     device_broker_host: str | None = None  # what enrolled devices connect to; None: broker_host
     device_broker_port: int | None = Field(default=None, ge=1, le=65535)
     registry_refresh_s: float = Field(default=5.0, gt=0, le=300)  # how soon a CLI revocation takes effect
-    client_id: str = "hub-1"
+    client_id: str = "hub"  # "hub" or "hub-<name>": the CN of its own certificate (cloud.home.hub_identity)
     group: str | None = None  # None: the secret group in <home>/hub_group; "" : a plain subscription
     registry_url: str | None = None  # None: SQLite in <home>
     store: StoreConfig = Field(default_factory=SqliteStoreConfig)
@@ -134,6 +135,9 @@ class HubSettings(BaseSettings):
     repo_public_url: str | None = None  # what enrolled devices fetch from; None: https://repo_host:port
     timestamp_refresh_s: float = Field(default=3600.0, ge=1)
     rollout_tick_s: float = Field(default=1.0, gt=0, le=60)
+    # Webhooks reach only global addresses; these networks too (e.g. ["10.20.0.0/16"] for a
+    # receiver inside the city network, ["127.0.0.0/8"] for one on the hub's machine).
+    webhook_allow_networks: list[IPvAnyNetwork] = Field(default_factory=list, max_length=64)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -64,11 +65,22 @@ class EnrollmentBundle(BaseModel):
 
 
 def write_bundle(bundle: EnrollmentBundle, path: Path) -> None:
-    """Write the bundle readable by its owner only."""
+    """Write the bundle readable by its owner only (mode 0600), atomically.
+
+    A new file replaces any old one, so an old file's looser mode never carries over,
+    and a reader never sees half a bundle.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(bundle.model_dump_json(indent=2))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(bundle.model_dump_json(indent=2))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_bundle(path: Path) -> EnrollmentBundle:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
+from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -114,6 +115,18 @@ class PublicKeys:
             Ed25519PublicKey.from_public_bytes(self.ed25519).verify(signature, message)
         except (InvalidSignature, ValueError) as exc:
             raise BadSignatureError("signature does not verify") from exc
+
+
+KEY_REGISTRATION_CONTEXT: Final = b"roadside/v1 key registration\0"
+
+
+def key_registration_message(device_id: str, keys: PublicKeys) -> bytes:
+    """What a device signs with its new Ed25519 key to register ``keys`` for ``device_id``.
+
+    The signature proves the registrant holds the new key and binds the keys to one
+    device, so keys copied from another device or made up are refused.
+    """
+    return KEY_REGISTRATION_CONTEXT + device_id.encode() + b"\0" + keys.x25519 + keys.ed25519
 
 
 def derive_key(own_private: bytes, peer_public: bytes, info: bytes) -> bytes:

@@ -47,7 +47,7 @@ class BrokerClientConfig:
     ca_file: Path
     cert_file: Path
     key_file: Path
-    client_id: str = "hub-1"
+    client_id: str = "hub"  # the CN of the certificate it connects with: the broker enforces it
     group: str | None = "hub"  # None: a plain subscription (one hub only)
     session_expiry_s: int = 3600  # the broker keeps our unacknowledged messages this long
 

@@ -56,7 +56,7 @@ from cloud.storage.base import (
 from cloud.storage.sqlite import SqliteStore
 from cloud.webhooks import WebhookStore
 from shared.bundle import BrokerAddress, EnrollmentBundle
-from shared.keys import KeyPair, b64
+from shared.keys import KeyPair, b64, key_registration_message
 from shared.schemas import CountRecord, DetectionEvent, EventType, Health, SensorReading, StreamHealth
 
 PROBLEM = "application/problem+json"
@@ -225,9 +225,12 @@ READ, WRITE_DEVICES, ADMIN, ROLLOUTS = "read:telemetry", "write:devices", "admin
 HOLDER_SCOPES = {"reader": READ, "devices_only": WRITE_DEVICES, "rollouts_only": ROLLOUTS}
 
 
-def new_public_keys() -> dict[str, str]:
-    public = KeyPair.generate().public()
-    return {"x25519": b64(public.x25519), "ed25519": b64(public.ed25519)}
+def new_public_keys(device_id: str = "cam-1", pair: KeyPair | None = None) -> dict[str, str]:
+    """A key registration body, with the proof that the new Ed25519 key signed it for ``device_id``."""
+    pair = pair or KeyPair.generate()
+    public = pair.public()
+    proof = pair.sign(key_registration_message(device_id, public))
+    return {"x25519": b64(public.x25519), "ed25519": b64(public.ed25519), "proof": b64(proof)}
 
 
 @dataclass(frozen=True)
@@ -859,8 +862,9 @@ def test_adding_keys_lets_the_device_rotate_without_downtime(
     client: TestClient, keys: Keys, registry: Registry
 ) -> None:
     old_kid = registry.active_keys("cam-1")[0].kid
-    new = KeyPair.generate().public()
-    body = {"x25519": b64(new.x25519), "ed25519": b64(new.ed25519)}
+    pair = KeyPair.generate()
+    new = pair.public()
+    body = new_public_keys("cam-1", pair)
 
     response = client.post("/v1/devices/cam-1/keys", json=body, headers=bearer(keys.devices_only))
 
@@ -889,8 +893,23 @@ def test_keys_for_unknown_or_revoked_devices_are_refused(
 ) -> None:
     registry.revoke("cam-2")
     token = bearer(keys.admin)
-    assert_problem(client.post("/v1/devices/cam-99/keys", json=new_public_keys(), headers=token), 404)
-    assert_problem(client.post("/v1/devices/cam-2/keys", json=new_public_keys(), headers=token), 409)
+    assert_problem(client.post("/v1/devices/cam-99/keys", json=new_public_keys("cam-99"), headers=token), 404)
+    assert_problem(client.post("/v1/devices/cam-2/keys", json=new_public_keys("cam-2"), headers=token), 409)
+
+
+def test_keys_without_proof_of_possession_are_refused(
+    client: TestClient, keys: Keys, registry: Registry
+) -> None:
+    token = bearer(keys.admin)
+    someone_elses = KeyPair.generate()
+    unsigned = {k: v for k, v in new_public_keys("cam-1", someone_elses).items() if k != "proof"}
+    assert_problem(client.post("/v1/devices/cam-1/keys", json=unsigned, headers=token), 422)
+    # A proof made for another device, or by another key, does not verify for these keys here.
+    for_cam_2 = new_public_keys("cam-2", someone_elses)
+    assert_problem(client.post("/v1/devices/cam-1/keys", json=for_cam_2, headers=token), 422)
+    forged = {**new_public_keys("cam-1"), "ed25519": b64(someone_elses.public().ed25519)}
+    assert_problem(client.post("/v1/devices/cam-1/keys", json=forged, headers=token), 422)
+    assert len(registry.active_keys("cam-1")) == 1
 
 
 def test_fleet_writes_without_hub_hooks_are_501(store: SqliteStore, registry: Registry, keys: Keys) -> None:

@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 from paho.mqtt.client import topic_matches_sub
 
 from cloud import broker as broker_module
-from cloud.broker import AclDevice, find_mosquitto, render_acl, render_config
+from cloud.broker import (
+    AclDevice,
+    check_device_name,
+    check_hub_identity,
+    connect_packet,
+    find_mosquitto,
+    render_acl,
+    render_compose_config,
+    render_config,
+)
 from shared.errors import ConfigError
 
 A = AclDevice("dev-a", "s1")
@@ -60,7 +69,8 @@ def test_devices_read_only_their_own_commands() -> None:
 
 
 def test_hub_reads_every_uplink_and_writes_commands() -> None:
-    acl = render_acl([A, C], hub_user="hub")
+    acl = render_acl([A, C], ["hub", "hub-w1"])
+    assert _may(acl, "hub-w1", "read", "roadside/v1/s2/dev-c/counts")
     assert _may(acl, "hub", "read", "roadside/v1/s2/dev-c/counts")
     assert _may(acl, "hub", "write", "roadside/v1/cmd/dev-a")
     assert not _may(acl, "hub", "write", "roadside/v1/s1/dev-a/events")
@@ -106,12 +116,32 @@ def test_unsafe_sites_are_refused(name: str) -> None:
 
 def test_unsafe_hub_user_is_refused() -> None:
     with pytest.raises(ConfigError, match="hub user"):
-        render_acl([A], hub_user="hub\ntopic readwrite #")
+        render_acl([A], ["hub\ntopic readwrite #"])
 
 
-def test_a_device_cannot_take_the_hub_name() -> None:
+@pytest.mark.parametrize("name", ["hub", "HUB", "hub-1", "hub_w2", "Hub-main"])
+def test_a_device_cannot_take_a_hub_name(name: str) -> None:
     with pytest.raises(ConfigError, match="reserved for the hub"):
-        render_acl([AclDevice("hub", "s1")])
+        render_acl([AclDevice(name, "s1")])
+    with pytest.raises(ConfigError, match="reserved for hub processes"):
+        check_device_name(name)
+
+
+@pytest.mark.parametrize("name", ["hubcap-7", "pole-hub", "dev-a"])
+def test_names_that_only_contain_hub_are_devices(name: str) -> None:
+    assert check_device_name(name) == name
+    assert f"user {name}" in render_acl([AclDevice(name, "s1")])
+
+
+@pytest.mark.parametrize("name", ["hub", "hub-1", "hub-w3"])
+def test_hub_identities(name: str) -> None:
+    assert check_hub_identity(name) == name
+
+
+@pytest.mark.parametrize("name", ["hubx", "dev-a", "hub-/#", "HUB-1"])
+def test_a_hub_client_id_outside_the_hub_namespace_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError):
+        check_hub_identity(name)
 
 
 def test_a_device_at_two_sites_is_refused() -> None:
@@ -188,9 +218,38 @@ def test_config_optional_settings() -> None:
     assert _config()["log_dest"] == ["stderr"]
 
 
-def test_client_id_can_be_bound_to_the_certificate() -> None:
-    assert "use_username_as_clientid" not in _config()
-    assert _config(client_id_from_cn=True)["use_username_as_clientid"] == ["true"]
+def test_every_config_binds_the_client_id_to_the_certificate() -> None:
+    assert _config()["use_username_as_clientid"] == ["true"]
+    assert _config()["use_identity_as_username"] == ["true"]
+    assert _config()["require_certificate"] == ["true"]
+
+
+def _parse(text: str) -> dict[str, list[str]]:
+    parsed: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            parsed.setdefault(key, []).append(value)
+    return parsed
+
+
+def test_compose_broker_config_is_rendered_by_render_config() -> None:
+    # One source: compose runs exactly what render_config writes (regenerate with
+    # `python -c "from cloud.broker import render_compose_config; print(render_compose_config(), end='')"`).
+    shipped = Path(__file__).resolve().parents[2] / "compose" / "mosquitto" / "mosquitto.conf"
+    assert shipped.read_text() == render_compose_config()
+    conf = _parse(shipped.read_text())
+    # The same persistence as every broker the project runs, not Mosquitto's 30-minute default.
+    for key in ("autosave_interval", "persistence", "persistence_file", "max_queued_messages"):
+        assert conf[key] == _config()[key], key
+    assert conf["crlfile"] == ["/mosquitto/roadside/ca.crl.pem"]
+    assert conf["use_username_as_clientid"] == ["true"]
+    assert not any("ca.key" in value for values in conf.values() for value in values)
+
+
+def test_connect_packet_is_mqtt_311_with_a_clean_session() -> None:
+    packet = connect_packet("x", keepalive_s=10)
+    assert packet == b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x0a\x00\x01x"
 
 
 def test_each_setting_appears_once() -> None:

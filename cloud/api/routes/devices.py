@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Body, Path, Query, Response
+from pydantic import Field
 
 from cloud.api import problems
 from cloud.api.deps import (
@@ -33,8 +34,8 @@ from cloud.api.models import (
 )
 from cloud.registry import DeviceRecord, Registry
 from shared.bundle import EnrollmentBundle
-from shared.errors import ConfigError
-from shared.keys import PublicKeys, unb64
+from shared.errors import BadSignatureError, ConfigError
+from shared.keys import PublicKeys, key_registration_message, unb64
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,29 @@ _NOT_FOUND: Final[dict[int | str, dict[str, Any]]] = {
 _NOT_CONFIGURED: Final[dict[int | str, dict[str, Any]]] = {
     501: {"model": problems.Problem, "description": "This hub process does not offer it (not wired)."}
 }
+
+
+class SignedDeviceKeysRequest(DeviceKeysRequest):
+    """New envelope public keys with proof that the registrant holds the new Ed25519 key."""
+
+    proof: str = Field(
+        min_length=88,
+        max_length=88,
+        pattern=r"^[A-Za-z0-9+/]{86}==$",
+        description="Ed25519 signature, standard base64, by the new Ed25519 key over "
+        "`shared.keys.key_registration_message(device_id, keys)`: the bytes "
+        "`roadside/v1 key registration\\0` + device id + `\\0` + x25519 + ed25519 (raw keys).",
+    )
+
+
+def _bad_proof() -> problems.ProblemError:
+    return problems.ProblemError(
+        422,
+        "bad-key-proof",
+        "Key proof does not verify",
+        "The proof is not a signature by the new Ed25519 key over the key registration message "
+        "for this device.",
+    )
 
 
 def device_view(record: DeviceRecord, hooks: FleetHooks, settings: ApiSettings, now: datetime) -> Device:
@@ -234,7 +258,8 @@ def revoke_device(
     summary="Add envelope keys (rotation)",
     description="Register new envelope public keys that the device made, beside its current ones. The "
     "hub accepts messages sealed with either from now on, so the device switches to the new key "
-    "without downtime.",
+    "without downtime. `proof` shows that whoever registers the keys holds the new Ed25519 private "
+    "key and means them for this device; keys without a valid proof are a 422.",
     response_model=DeviceKeyAdded,
     responses={
         201: {
@@ -247,17 +272,22 @@ def revoke_device(
         **_NOT_FOUND,
         **problems.BODY_RESPONSES,
         409: {"model": problems.Problem, "description": "The device is revoked, or already has this key."},
+        422: {"model": problems.Problem, "description": "Malformed keys, or a proof that does not verify."},
     },
 )
 def add_device_keys(
     client: DeviceWriter,
     registry: RegistryDep,
     device_id: Annotated[DeviceName, Path(description="The device id.")],
-    request: Annotated[DeviceKeysRequest, Body()],
+    request: Annotated[SignedDeviceKeysRequest, Body()],
 ) -> DeviceKeyAdded:
     if _enrolled(registry, device_id).status != "active":
         raise problems.conflict(f"Device {device_id!r} is revoked; enroll it again under a new id.")
     keys = PublicKeys(unb64(request.x25519), unb64(request.ed25519))
+    try:
+        keys.verify(unb64(request.proof, "proof"), key_registration_message(device_id, keys))
+    except (BadSignatureError, ConfigError) as exc:
+        raise _bad_proof() from exc
     current = registry.active_keys(device_id)
     if any(k.kid == keys.kid for k in current):
         raise problems.conflict(f"Device {device_id!r} already has key {keys.kid}.")
