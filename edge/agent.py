@@ -273,7 +273,7 @@ class Agent:
         error = self._stream_errors.get(config.name)
         if error is not None:
             self._retire(config.name, source, wait=True)
-            raise TransportError(f"stream {config.name} did not start: {error}")
+            raise TransportError(f"stream {config.name} did not start: {redact(error)}")
         log.info("stream %s added", config.name)
 
     def remove_stream(self, name: str) -> None:

@@ -42,6 +42,7 @@ from typing import Final, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.settings import AgentSettings, SourceConfig
+from edge.sources.uri import mask_credentials
 from shared.envelope import DeviceCommandOpener, ReplayWindow, parse
 from shared.errors import ConfigError, RoadsideError, SchemaError, UnknownKeyError
 from shared.keys import KeyPair, PublicKeys, b64
@@ -503,12 +504,9 @@ def check_new_stream(config: SourceConfig, running: Mapping[str, SourceConfig]) 
         raise ConfigError(f"this agent already runs {len(running)} streams, the most it reports on")
 
 
-_CREDENTIALS: Final = re.compile(r"(\w+://[^:/@\s]+):[^/\s]*@")
-
-
 def redact(text: str) -> str:
     """``rtsp://user:secret@host`` → ``rtsp://user:***@host``: camera passwords stay out of acks and logs."""
-    return _CREDENTIALS.sub(r"\1:***@", text)
+    return mask_credentials(text)
 
 
 def _not_installed(command: Command) -> Outcome:

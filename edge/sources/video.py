@@ -14,6 +14,9 @@ Two kinds of source, two policies:
   reconnects and ``reconnects`` counts them. The first open failing is a
   ``TransportError``: a wrong URL or credentials must be reported at once
   (``add_stream``, ``roadside agent doctor``), not retried silently.
+
+The URL is never logged or put in an error as configured: its password is
+masked (:mod:`edge.sources.uri`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy.typing as npt
 
 from edge.settings import VideoSource
 from edge.sources.base import Frame
+from edge.sources.uri import mask_credentials
 from shared.backoff import Backoff
 from shared.errors import TransportError
 
@@ -57,6 +61,7 @@ class VideoFrameSource:
         self.name = config.name
         self.config = config
         self.live = is_live(config.uri)
+        self.shown_uri = mask_credentials(config.uri)  # what logs and errors may show
         # ``realtime`` is read leniently so the adapter works with settings that predate the option.
         self.realtime: bool = bool(getattr(config, "realtime", True))
         self.reconnects = 0
@@ -178,7 +183,7 @@ class VideoFrameSource:
             capture = cv2.VideoCapture(uri, cv2.CAP_FFMPEG)
         if not capture.isOpened():
             capture.release()
-            raise TransportError(f"cannot open video source {self.name!r} at {uri!r}")
+            raise TransportError(f"cannot open video source {self.name!r} at {self.shown_uri!r}")
         return capture
 
 
