@@ -6,6 +6,8 @@ import gc
 import logging
 import socket
 import threading
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import uvicorn
 from prometheus_client import CollectorRegistry, Counter
@@ -40,7 +42,7 @@ from cloud.storage.base import TimeSeriesStore
 from cloud.webhooks import WebhookDispatcher, WebhookStore
 from shared.bundle import BrokerAddress
 from shared.envelope import HubOpener, ReplayWindow
-from shared.errors import ConfigError, RoadsideError
+from shared.errors import ConfigError, RoadsideError, TransportError
 from shared.keys import PublicKeys
 from shared.schemas import HardExample
 
@@ -218,22 +220,45 @@ class Hub:
         return bundle.model_dump()
 
     def _on_stored(self, accepted: list[Accepted]) -> None:
-        """After a durable write: track which key each device seals with, and settle command acks."""
-        reports = [(r.header.device_id, r.ota) for r in accepted if r.ota is not None]
-        if reports:  # one registry transaction for the batch
-            self.rollouts.on_reports(reports)
-        for result in accepted:
-            header = result.header
-            if result.batch.events:
-                self.live.publish(
-                    result.batch.origin.device_id, result.batch.origin.site, result.batch.events
-                )
-            self.commands.note_key(header.device_id, header.kid)
-            if result.ack is not None:
-                self.commands.on_ack(header.device_id, result.ack, kid=header.kid)
+        """After a durable write: rollouts, the live feed, key tracking, command acks, samples.
 
+        Each listener runs for each message on its own, so one that fails costs no other
+        message or listener; the failure is counted and logged. ``TransportError`` (the
+        registry is unreachable) is raised instead: ingest pauses and the batch comes again.
+        """
+        reports = [(r.header.device_id, r.ota) for r in accepted if r.ota is not None]
+        if reports:  # one registry transaction for the batch; one per report if that fails
+            one_by_one = [partial(self.rollouts.on_reports, [report]) for report in reports]
+            self._listen("ota", partial(self.rollouts.on_reports, reports), each=one_by_one)
+        for result in accepted:
+            header, batch = result.header, result.batch
+            if batch.events:
+                origin = batch.origin
+                self._listen("live", partial(self.live.publish, origin.device_id, origin.site, batch.events))
+            self._listen("keys", partial(self.commands.note_key, header.device_id, header.kid))
+            if result.ack is not None:
+                self._listen(
+                    "ack", partial(self.commands.on_ack, header.device_id, result.ack, kid=header.kid)
+                )
             if result.samples:
                 self._store_samples(header.device_id, result.samples)
+
+    def _listen(
+        self, listener: str, work: Callable[[], object], each: Sequence[Callable[[], object]] | None = None
+    ) -> None:
+        """Run one listener's work; if a batched form fails, run its parts one by one."""
+        try:
+            work()
+            return
+        except TransportError:
+            raise
+        except Exception:
+            if each is None or len(each) <= 1:
+                log.exception("the %s listener failed on a stored message; ingest goes on", listener)
+                self.metrics.listener_errors.labels(listener).inc()
+                return
+        for part in each:
+            self._listen(listener, part)
 
     def _store_samples(self, device_id: str, samples: tuple[HardExample, ...]) -> None:
         """Into the dataset inbox; a failure is counted and logged here, ingest goes on."""

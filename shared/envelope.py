@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from shared.errors import (
     UnknownKeyError,
 )
 from shared.keys import KeyPair, PublicKeys, derive_key
+from shared.limits import MAX_WIRE_INT
 
 MAGIC: Final = b"RS"
 VERSION: Final = 1
@@ -40,6 +42,9 @@ NONCE_BYTES: Final = 12
 MAX_WIRE_BYTES: Final = 256 * 1024
 MAX_HEADER_BYTES: Final = 1024
 _PREFIX = struct.Struct(">2sBH")
+# Names in the header reach the registry before any tag is checked, so they are held to
+# what enrollment allows (device ids, kinds) or what the key id function makes (hex).
+_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +84,25 @@ class Header:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise TamperedError("envelope header is not valid") from exc
-        types_ok = (
-            isinstance(header.device_id, str)
-            and isinstance(header.kind, str)
-            and isinstance(header.kid, str)
-            and isinstance(header.rkid, str)
-            and type(header.seq) is int
-            and type(header.ts_ms) is int
-            and header.seq >= 0
-        )
-        if not types_ok or header.v != VERSION:
-            raise TamperedError("envelope header has wrong field types or version")
+        if not _header_is_well_formed(header):
+            raise TamperedError("envelope header has wrong field types, values or version")
         return header
+
+
+def _header_is_well_formed(header: Header) -> bool:
+    """Types, names and integer ranges: what every store and the registry can hold."""
+    names_ok = all(
+        isinstance(name, str) and _HEADER_NAME.fullmatch(name) is not None
+        for name in (header.device_id, header.kind, header.kid, header.rkid)
+    )
+    return (
+        names_ok
+        and type(header.seq) is int
+        and type(header.ts_ms) is int
+        and 0 <= header.seq <= MAX_WIRE_INT
+        and 0 <= header.ts_ms <= MAX_WIRE_INT
+        and header.v == VERSION
+    )
 
 
 def direction_info(direction: str, device_id: str, device_kid: str, hub_kid: str) -> bytes:

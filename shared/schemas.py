@@ -12,18 +12,25 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.errors import SchemaError
+from shared.limits import MAX_WIRE_INT, check_printable, check_storable_time
 
 SCHEMA_VERSION: Final = 1
 MAX_RECORDS: Final = 2000
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# Bounded to what every store holds (see shared.limits): a number or time past these would
+# fail the write of a whole batch, not just its own message.
+Count = Annotated[int, Field(ge=0, le=MAX_WIRE_INT)]
+Time = Annotated[AwareDatetime, AfterValidator(check_storable_time)]
+Text = Annotated[str, AfterValidator(check_printable)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # No NaN or infinity anywhere: InfluxDB refuses them and they poison every aggregate.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 def utcnow() -> datetime:
@@ -33,7 +40,7 @@ def utcnow() -> datetime:
 class CountRecord(_Strict):
     """Objects of one class that crossed one line in one direction during one interval."""
 
-    interval_start: AwareDatetime
+    interval_start: Time
     interval_s: int = Field(gt=0, le=86400)
     line: Name
     cls: Name
@@ -55,11 +62,11 @@ EventType = Literal[
 
 class DetectionEvent(_Strict):
     event_id: uuid.UUID
-    ts: AwareDatetime
+    ts: Time
     type: EventType
     stream: Name
     cls: Name | None = None
-    track_id: int | None = Field(default=None, ge=0)
+    track_id: int | None = Field(default=None, ge=0, le=MAX_WIRE_INT)
     line: Name | None = None
     direction: Literal["in", "out"] | None = None
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -68,11 +75,11 @@ class DetectionEvent(_Strict):
 
 
 class SensorReading(_Strict):
-    ts: AwareDatetime
+    ts: Time
     sensor: Name
     quantity: Name  # pm25, no2, occupancy, noise, ...
     value: float = Field(allow_inf_nan=False)
-    unit: Annotated[str, Field(max_length=16)]
+    unit: Annotated[Text, Field(max_length=16)]
     quality: Literal["ok", "out_of_range", "stuck", "dropout", "spike"] = "ok"
 
 
@@ -81,7 +88,7 @@ StreamState = Literal["up", "reconnecting", "down"]
 
 class StreamHealth(_Strict):
     fps: float = Field(ge=0)
-    dropped_frames: int = Field(ge=0)
+    dropped_frames: Count
     # Optional (agents before them send none): up while frames come, reconnecting while the
     # reader still tries, down once it ended; the age of the last frame; camera reconnects.
     state: StreamState | None = None
@@ -100,19 +107,19 @@ class UplinkHealth(_Strict):
 
 
 class Health(_Strict):
-    ts: AwareDatetime
+    ts: Time
     uptime_s: float = Field(ge=0)
     model_version: Name
     provider: Name
     streams: dict[Name, StreamHealth] = Field(default_factory=dict, max_length=64)
     inference_p50_ms: float | None = Field(default=None, ge=0)
     inference_p95_ms: float | None = Field(default=None, ge=0)
-    outbox_backlog: int = Field(ge=0)
+    outbox_backlog: Count
     cpu_percent: float | None = Field(default=None, ge=0)
     rss_mb: float | None = Field(default=None, ge=0)
     # Optional: absent where the device cannot read them (never invented).
-    queue_depths: dict[Name, int] | None = Field(default=None, max_length=64)
-    outbox_bytes: int | None = Field(default=None, ge=0)
+    queue_depths: dict[Name, Count] | None = Field(default=None, max_length=64)
+    outbox_bytes: Count | None = None
     gpu_percent: float | None = Field(default=None, ge=0, le=100)
     gpu_memory_mb: float | None = Field(default=None, ge=0)
     temperature_c: float | None = Field(default=None, ge=-60, le=150)
@@ -162,7 +169,7 @@ class HardExample(_Strict):
     """A frame the device thinks is worth learning from, redacted (faces, plates) before it left."""
 
     sample_id: uuid.UUID
-    ts: AwareDatetime
+    ts: Time
     stream: Name
     model_version: Name
     reasons: list[SampleReason] = Field(min_length=1, max_length=3)
@@ -192,7 +199,7 @@ CONFIDENCE_BINS: Final = 10
 class ShadowStats(_Strict):
     """The candidate model beside the running one on the same live frames."""
 
-    frames: int = Field(ge=0)
+    frames: Count
     # Share of the running model's detections the candidate also finds (IoU >= 0.5, same class):
     # a retrained model that finds more still agrees; a broken one does not.
     agreement: float = Field(ge=0.0, le=1.0)
@@ -208,12 +215,12 @@ class ShadowStats(_Strict):
 class OtaReport(_Strict):
     """Where one device stands with one model update."""
 
-    rollout_id: int | None = None
+    rollout_id: int | None = Field(default=None, ge=0, le=MAX_WIRE_INT)
     name: Name
     version: Version
     state: OtaState
     running_version: Version | None = None
-    detail: Annotated[str, Field(max_length=1024)] = ""
+    detail: Annotated[Text, Field(max_length=1024)] = ""
     shadow: ShadowStats | None = None
 
 
@@ -233,7 +240,7 @@ class OtaCommandArgs(_Strict):
     """
 
     action: Literal["install", "rollback"]
-    rollout_id: int | None = None
+    rollout_id: int | None = Field(default=None, ge=0, le=MAX_WIRE_INT)
     name: Name | None = None
     version: Version | None = None
     shadow_s: float = Field(default=600.0, ge=0.0, le=86_400.0)
@@ -245,7 +252,7 @@ class AckMessage(_Strict):
     kind: Literal["ack"] = "ack"
     command_id: uuid.UUID
     ok: bool
-    detail: Annotated[str, Field(max_length=1024)] = ""
+    detail: Annotated[Text, Field(max_length=1024)] = ""
 
 
 UplinkMessage = Annotated[

@@ -1,16 +1,40 @@
-"""Dead letters: every rejected message, kept for inspection with its reason."""
+"""Dead letters: every rejected message, kept whole for inspection and re-driving.
+
+A message is kept byte for byte up to the envelope's wire limit (a larger one
+could never be accepted; its first ``MAX_WIRE_BYTES`` and its true length are
+kept). Text that came from the network (topic, device id, detail) is stored
+with control characters and lone surrogates escaped, so no input can fail the
+insert. The store is bounded by ``max_rows``: when full, the oldest letters
+go first, and each eviction is counted (``evicted``) and logged, never silent.
+
+A letter can be *re-driven*: run through ingest again (``roadside
+deadletters redrive``, see :mod:`cloud.ingest.redrive`); its outcome is
+recorded on the row, and it stays for the record.
+"""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.errors import ConfigError
+from shared.envelope import MAX_WIRE_BYTES
+from shared.errors import ConfigError, TransportError
 
-_MAX_KEPT_BYTES = 64 * 1024  # an oversize payload is kept truncated; its length is recorded
+log = logging.getLogger(__name__)
+
+_COLUMNS = "id, received_ms, topic, device_id, reason, detail, size, payload, redriven_ms, redrive_outcome"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, received_ms INTEGER, topic TEXT, device_id TEXT,
+    reason TEXT, detail TEXT, size INTEGER, payload BLOB);
+CREATE TABLE IF NOT EXISTS dead_letter_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason, id);
+"""
+_ADDED_COLUMNS = (("redriven_ms", "INTEGER"), ("redrive_outcome", "TEXT"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +45,17 @@ class DeadLetter:
     device_id: str | None
     reason: str
     detail: str
-    size: int
+    size: int  # bytes as received; ``payload`` holds all of them up to MAX_WIRE_BYTES
     payload: bytes
+    redriven_ms: int | None = None
+    redrive_outcome: str | None = None  # "stored", "duplicate" or "rejected: <reason>"
+
+
+def safe_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` with control characters and lone surrogates escaped."""
+    if text.isprintable() and text.isascii():
+        return text[:limit]
+    return ascii(text)[1:-1][:limit]
 
 
 class DeadLetterStore:
@@ -30,56 +63,135 @@ class DeadLetterStore:
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " received_ms INTEGER, topic TEXT, device_id TEXT, reason TEXT, detail TEXT,"
-                " size INTEGER, payload BLOB)"
-            )
+            self._db.executescript(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(dead_letters)")}
+            for name, kind in _ADDED_COLUMNS:  # stores written by releases before re-driving
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open dead-letter store {path}: {exc}") from exc
         self._lock = threading.Lock()
         self._max_rows = max_rows
 
-    def add(self, topic: str, device_id: str | None, reason: str, detail: str, payload: bytes) -> None:
+    def add(self, topic: str, device_id: str | None, reason: str, detail: str, payload: bytes) -> int:
+        """Keep one rejected message; return its id. Raises ``TransportError`` if it cannot be kept."""
+        row = (
+            int(time.time() * 1000),
+            safe_text(topic, 512),
+            None if device_id is None else safe_text(device_id, 128),
+            safe_text(reason, 64),
+            safe_text(detail, 2048),
+            len(payload),
+            payload[:MAX_WIRE_BYTES],
+        )
+        try:
+            with self._lock:
+                cursor = self._db.execute(
+                    "INSERT INTO dead_letters (received_ms, topic, device_id, reason, detail, size, payload)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+                letter_id = int(cursor.lastrowid or 0)
+                self._evict_beyond_cap(letter_id)
+        except sqlite3.Error as exc:
+            # A full disk: not the message's fault. Ingest pauses rather than lose it.
+            raise TransportError(f"cannot keep a dead letter: {exc}") from exc
+        return letter_id
+
+    def _evict_beyond_cap(self, newest: int) -> None:
+        cursor = self._db.execute("DELETE FROM dead_letters WHERE id <= ?", (newest - self._max_rows,))
+        if cursor.rowcount > 0:
+            self._db.execute(
+                "INSERT INTO dead_letter_meta (name, value) VALUES ('evicted', ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (cursor.rowcount,),
+            )
+            log.warning(
+                "dead-letter store is at its cap of %d: evicted the %d oldest",
+                self._max_rows,
+                cursor.rowcount,
+            )
+
+    @property
+    def evicted(self) -> int:
+        """Letters dropped so far to keep the store within its cap."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO dead_letters (received_ms, topic, device_id, reason, detail, size, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    int(time.time() * 1000),
-                    topic[:512],
-                    device_id,
-                    reason,
-                    detail[:1024],
-                    len(payload),
-                    payload[:_MAX_KEPT_BYTES],
-                ),
-            )
-            # Bounded: the oldest letters go first once the cap is reached.
-            self._db.execute(
-                "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?",
-                (self._max_rows,),
-            )
+            row = self._db.execute("SELECT value FROM dead_letter_meta WHERE name = 'evicted'").fetchone()
+        return int(row[0]) if row else 0
 
     def count(self, reason: str | None = None) -> int:
         with self._lock:
             if reason is None:
                 return int(self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
-            return int(
-                self._db.execute("SELECT COUNT(*) FROM dead_letters WHERE reason = ?", (reason,)).fetchone()[
-                    0
-                ]
-            )
+            query = "SELECT COUNT(*) FROM dead_letters WHERE reason = ?"
+            return int(self._db.execute(query, (reason,)).fetchone()[0])
 
-    def recent(self, limit: int = 100) -> list[DeadLetter]:
+    def recent(
+        self, limit: int = 100, reason: str | None = None, device_id: str | None = None
+    ) -> list[DeadLetter]:
+        """The newest letters first, optionally of one reason or device."""
+        clauses, params = _filters(reason, device_id)
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, received_ms, topic, device_id, reason, detail, size, payload FROM dead_letters"
-                " ORDER BY id DESC LIMIT ?",
-                (limit,),
+                f"SELECT {_COLUMNS} FROM dead_letters{clauses} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed fragments
+                (*params, limit),
             ).fetchall()
-        return [DeadLetter(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7])) for r in rows]
+        return [_letter(r) for r in rows]
+
+    def get(self, letter_id: int) -> DeadLetter | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM dead_letters WHERE id = ?",  # noqa: S608 - fixed fragments
+                (letter_id,),
+            ).fetchone()
+        return None if row is None else _letter(row)
+
+    def pending(self, reason: str | None = None, device_id: str | None = None) -> list[int]:
+        """Ids of letters not yet re-driven to a stored outcome, oldest first."""
+        clauses, params = _filters(reason, device_id)
+        joiner = " AND " if clauses else " WHERE "
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM dead_letters{clauses}{joiner}"  # noqa: S608 - fixed fragments
+                "(redrive_outcome IS NULL OR redrive_outcome LIKE 'rejected%') ORDER BY id",
+                params,
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def mark_redriven(self, letter_id: int, outcome: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE dead_letters SET redriven_ms = ?, redrive_outcome = ? WHERE id = ?",
+                (int(time.time() * 1000), safe_text(outcome, 256), letter_id),
+            )
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _filters(reason: str | None, device_id: str | None) -> tuple[str, tuple[str, ...]]:
+    clauses: list[str] = []
+    params: list[str] = []
+    if reason is not None:
+        clauses.append("reason = ?")
+        params.append(reason)
+    if device_id is not None:
+        clauses.append("device_id = ?")
+        params.append(device_id)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _letter(r: tuple[object, ...]) -> DeadLetter:
+    return DeadLetter(
+        int(r[0]),  # type: ignore[call-overload]
+        int(r[1]),  # type: ignore[call-overload]
+        str(r[2]),
+        None if r[3] is None else str(r[3]),
+        str(r[4]),
+        str(r[5]),
+        int(r[6]),  # type: ignore[call-overload]
+        bytes(r[7]),  # type: ignore[call-overload]
+        None if r[8] is None else int(r[8]),  # type: ignore[call-overload]
+        None if r[9] is None else str(r[9]),
+    )

@@ -31,6 +31,17 @@ class IngestMetrics:
         self.store_errors = Counter(
             "roadside_ingest_store_errors_total", "Failed writes to the store (retried)", registry=registry
         )
+        self.paused = Gauge(
+            "roadside_ingest_paused",
+            "1 while ingest waits for a store or the registry (nothing is acknowledged meanwhile)",
+            registry=registry,
+        )
+        self.listener_errors = Counter(
+            "roadside_ingest_listener_errors_total",
+            "Stored messages whose follow-up work (acks, OTA reports, samples, live feed) failed, by listener",
+            ["listener"],
+            registry=registry,
+        )
         self.queue_depth = Gauge(
             "roadside_ingest_queue_depth", "Messages waiting to be written", registry=registry
         )

@@ -3,10 +3,14 @@
 A QoS 1 message is acknowledged to the broker only after its batch is durably
 written (paho's manual acks), so a hub killed mid-batch loses nothing: the
 broker redelivers what was not acknowledged, and the store's idempotent writes
-absorb the repeats. When the store is down, the batch is retried with backoff
-and nothing is acknowledged; the bounded queue fills and then blocks the
-network thread (``BLOCK``), which stops reading from the broker until the
-store is back.
+absorb the repeats. When the store is down, or refuses every write for a
+reason that is not the data's (credentials, a missing database or retention
+policy), or the registry is unreachable, ingest *pauses*: the batch is retried
+with backoff and nothing is acknowledged; the bounded queue fills and then
+blocks the network thread (``BLOCK``), which stops reading from the broker
+until the store is back. Only a message that is itself bad (forged, replayed,
+malformed, refused by the store for its content) is dead-lettered, and it
+costs no other message: every step is isolated per message.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +38,7 @@ from cloud.ingest.metrics import IngestMetrics
 from cloud.storage.base import TimeSeriesStore
 from shared import topics
 from shared.backoff import Backoff
-from shared.errors import RoadsideError, TransportError
+from shared.errors import ConfigError, RoadsideError, SchemaError, TransportError
 from shared.queues import BoundedQueue, Overflow
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,7 @@ class IngestService:
         self.status: dict[str, str] = {}  # device id -> "online" / "offline" from the retained status
         self.stored_messages = 0
         self.rejected_messages = 0
+        self.paused: str | None = None  # why ingest is waiting (a store or the registry down), or None
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
@@ -213,91 +218,143 @@ class IngestService:
             try:
                 self._handle(deliveries)
             except Exception:
-                # Never let the writer die on a bug: these stay unacknowledged and
-                # come back with the next session; the error is loud in the log.
+                # A bug, not bad input (that is isolated per message): these stay unacknowledged
+                # and come back with the next session; the error is loud in the log.
                 log.exception("ingest writer failed on a batch of %d messages", len(deliveries))
 
     def _handle(self, deliveries: list[_Delivery]) -> None:
-        now_ms = int(time.time() * 1000)
-        results: list[Accepted | Rejection] = [
-            self.core.accept(d.topic, d.payload, now_ms) for d in deliveries
-        ]
-        stored = self._write([r for r in results if isinstance(r, Accepted) and _has_records(r)])
-        if stored is None:
-            return  # stopping while the store is down: unacknowledged, the broker redelivers
-        results = [stored.get(id(r), r) if isinstance(r, Accepted) else r for r in results]
-        seen: dict[str, datetime] = {}
-        accepted = 0
-        stored_now: list[Accepted] = []
-        for delivery, outcome in zip(deliveries, results, strict=True):
-            if isinstance(outcome, Rejection):
-                self._reject(delivery, outcome)
+        """Process a batch until it is durable, pausing while a store or the registry is down.
+
+        Nothing is acknowledged and no replay window is committed until everything each
+        message needs (its records, its dead letter, the listeners' work) is done, so a
+        failure at any step leaves the whole batch to be redelivered and processed again.
+        """
+        batch = _Batch(deliveries)
+        backoff = Backoff(base_s=0.2, cap_s=10.0)
+        while True:
+            try:
+                self._process(batch)
+            except (TransportError, ConfigError) as exc:
+                # Store-wide or registry-wide: not any message's fault. Keep everything, wait.
+                self._pause(exc)
+                if self._stop.wait(backoff.next_delay()):
+                    return  # stopping: unacknowledged, the broker redelivers to the next session
                 continue
-            accepted += 1
-            stored_now.append(outcome)
-            self.core.opener.commit(outcome.header)
-            sealed_at = outcome.header.ts_ms / 1000
-            self.metrics.lag_seconds.observe(max(0.0, time.time() - sealed_at))
-            seen[outcome.header.device_id] = datetime.fromtimestamp(sealed_at, UTC)
-            self._count_records(outcome)
+            self._resume()
+            return
+
+    def _process(self, batch: _Batch) -> None:
+        now_ms = int(time.time() * 1000)
+        results = [self._accept(d, now_ms) for d in batch.deliveries]
+        refused = self._write([r for r in results if isinstance(r, Accepted)])
+        results = [refused.get(id(r), r) if isinstance(r, Accepted) else r for r in results]
+        accepted = [r for r in results if isinstance(r, Accepted)]
+        for index, (delivery, outcome) in enumerate(zip(batch.deliveries, results, strict=True)):
+            if isinstance(outcome, Rejection) and index not in batch.dead_lettered:
+                self._reject(delivery, outcome)
+                batch.dead_lettered.add(index)
+        seen: dict[str, datetime] = {}
+        for outcome in accepted:
+            seen[outcome.header.device_id] = datetime.fromtimestamp(outcome.header.ts_ms / 1000, UTC)
         if seen:
             self.mark_seen(sorted(seen.items()))
-        if self.on_stored is not None and stored_now:
-            try:
-                self.on_stored(stored_now)
-            except Exception:
-                log.exception("a stored-message listener failed; ingest goes on")
-        self.stored_messages += accepted
-        self.metrics.messages.labels("accepted").inc(accepted)
-        for delivery in deliveries:
+        if self.on_stored is not None and accepted:
+            self.on_stored(accepted)  # isolates its listeners per message; raises only TransportError
+        # Everything each message needs is durable: only now refuse repeats of it, and ack.
+        for outcome in accepted:
+            self.core.opener.commit(outcome.header)
+            self.metrics.lag_seconds.observe(max(0.0, time.time() - outcome.header.ts_ms / 1000))
+            self._count_records(outcome)
+        self.stored_messages += len(accepted)
+        self.metrics.messages.labels("accepted").inc(len(accepted))
+        for delivery in batch.deliveries:
             self._client.ack(delivery.mid, delivery.qos)
 
-    def _write(self, accepted: list[Accepted]) -> dict[int, Rejection] | None:
-        """Write durably; retry while the store is unreachable.
+    def _accept(self, delivery: _Delivery, now_ms: int) -> Accepted | Rejection:
+        """One message through the core; whatever it raises costs only that message.
 
-        Returns the messages the store itself refused (by ``id`` of their
-        result), found by writing one at a time after a batch was refused,
-        or ``None`` if we are stopping before the store came back.
+        ``TransportError`` (the registry is unreachable) is not the message's fault and
+        pauses the batch instead.
+        """
+        try:
+            return self.core.accept(delivery.topic, delivery.payload, now_ms)
+        except TransportError:
+            raise
+        except Exception as exc:
+            log.exception(
+                "ingest could not check a message on %s; dead-lettering it", _printable(delivery.topic)
+            )
+            return Rejection("internal_error", f"{type(exc).__name__}: {exc}", delivery.topic)
+
+    def _pause(self, exc: RoadsideError) -> None:
+        self.metrics.store_errors.inc()
+        if self.paused is None:
+            self.metrics.paused.set(1)
+            log.error("ingest paused, nothing is acknowledged until this is fixed: %s", exc)
+        self.paused = str(exc)
+
+    def _resume(self) -> None:
+        if self.paused is not None:
+            log.warning("ingest resumed after: %s", self.paused)
+            self.metrics.paused.set(0)
+            self.paused = None
+
+    def _write(self, accepted: list[Accepted]) -> dict[int, Rejection]:
+        """Write durably; return the messages the store refused for their own content.
+
+        Every accepted message is written, with or without records: the store's mark of
+        ``(device, seq)`` is what rebuilds the replay window after a restart, for acks,
+        OTA reports and samples as much as for telemetry. A store-wide failure (down,
+        credentials, a missing database) raises and pauses the batch.
         """
         if not accepted:
             return {}
-        backoff = Backoff(base_s=0.2, cap_s=10.0)
-        while True:
-            started = time.perf_counter()
-            try:
-                self.store.write([a.batch for a in accepted])
-            except TransportError as exc:
-                self.metrics.store_errors.inc()
-                log.warning("store write failed, ingest paused: %s", exc)
-                if self._stop.wait(backoff.next_delay()):
-                    return None
-                continue
-            except RoadsideError as exc:
-                log.warning("store refused a batch (%s); writing its messages one by one", exc)
-                return self._write_each(accepted)
-            self.metrics.batch_seconds.observe(time.perf_counter() - started)
-            return {}
+        started = time.perf_counter()
+        try:
+            self.store.write([a.batch for a in accepted])
+        except (TransportError, ConfigError):
+            raise
+        except Exception as exc:
+            log.warning("store refused a batch (%s); writing its messages one by one", exc)
+            return self._write_each(accepted)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        return {}
 
-    def _write_each(self, accepted: list[Accepted]) -> dict[int, Rejection] | None:
+    def _write_each(self, accepted: list[Accepted]) -> dict[int, Rejection]:
         refused: dict[int, Rejection] = {}
+        unexplained: list[Exception] = []
         for result in accepted:
             try:
                 self.store.write([result.batch])
-            except TransportError:
-                return None if self._stop.is_set() else self._write(accepted)
-            except RoadsideError as exc:
+            except (TransportError, ConfigError):
+                raise
+            except Exception as exc:
+                if not isinstance(exc, SchemaError):
+                    unexplained.append(exc)
                 where = result.header
                 topic = f"device {where.device_id} seq {where.seq}"
                 refused[id(result)] = Rejection("store_rejected", str(exc), topic, where.device_id)
+        if unexplained and len(unexplained) == len(accepted):
+            # Every message failed, and not for its content: the store is broken, not the data.
+            raise TransportError(f"the store failed every write: {unexplained[0]!r}") from unexplained[0]
         return refused
 
     def _reject(self, delivery: _Delivery, rejection: Rejection) -> None:
         self.rejected_messages += 1
         self.metrics.messages.labels("rejected").inc()
         self.metrics.rejected.labels(rejection.reason).inc()
-        log.warning("rejected a message on %s: %s (%s)", rejection.topic, rejection.reason, rejection.detail)
+        log.warning(
+            "rejected a message on %s: %s (%s)",
+            _printable(rejection.topic),
+            rejection.reason,
+            _printable(rejection.detail),
+        )
         self.dead_letters.add(
-            rejection.topic, rejection.device_id, rejection.reason, rejection.detail, delivery.payload
+            delivery.topic,  # as received, so the letter can be re-driven
+            rejection.device_id,
+            rejection.reason,
+            rejection.detail,
+            delivery.payload,
         )
         self.metrics.dead_letters.inc()
 
@@ -314,6 +371,14 @@ class IngestService:
             self.metrics.records.labels("health").inc()
 
 
-def _has_records(result: Accepted) -> bool:
-    b = result.batch
-    return bool(b.counts or b.events or b.sensors or b.health is not None)
+@dataclass(slots=True)
+class _Batch:
+    """Deliveries being processed, and which of them are already dead-lettered (across retries)."""
+
+    deliveries: list[_Delivery]
+    dead_lettered: set[int] = field(default_factory=set)
+
+
+def _printable(text: str) -> str:
+    """Text safe for a log line: control characters and lone surrogates escaped."""
+    return ascii(text)[1:-1]

@@ -6,6 +6,14 @@ is the envelope sequence number: ``AUTOINCREMENT`` never reuses a number, so
 sequence numbers stay monotonic across restarts and the hub's replay window
 holds.
 
+Sequence epochs: a new outbox (first install, or one wiped after a disk
+fault) starts numbering at the clock, ``created_ms << 16``, not at 1. Its
+numbers are then above anything an earlier outbox of the device sent (unless
+that one sent 65,536 messages per millisecond of its life), so the hub
+accepts them without forgetting what it has seen: an old message replayed
+is still refused. The clock must be roughly right when the outbox is made;
+the hub refuses messages from a clock far off anyway.
+
 Disk budget: when a new message would push the queue past ``max_bytes``, the
 policy ``DROP_LOWEST_PRIORITY_OLDEST`` deletes the oldest messages of the
 lowest priority first (hard-example samples, then health, then sensors, then counts, events, OTA reports last); each
@@ -63,6 +71,16 @@ CREATE INDEX IF NOT EXISTS outbox_drop ON outbox (priority, seq);
 """
 
 
+EPOCH_SHIFT = 16
+
+
+def _start_sequence_epoch(db: sqlite3.Connection, now_ms: int) -> None:
+    """Number a new outbox's messages from the clock (see the module docstring)."""
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    if row is None:  # a new outbox: nothing was ever numbered in it
+        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (now_ms << EPOCH_SHIFT,))
+
+
 class Outbox:
     """Thread-safe durable queue of sealed-to-be messages."""
 
@@ -76,6 +94,7 @@ class Outbox:
             # FULL: a put that returned survives power loss, not only a process crash.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            _start_sequence_epoch(self._db, int(time.time() * 1000))
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"cannot open outbox at {path}: {exc}; check the directory is writable"

@@ -1,0 +1,30 @@
+"""What every store can hold, so nothing valid on the wire fails a write.
+
+SQLite and PostgreSQL keep signed 64-bit integers; InfluxDB keeps times as
+signed 64-bit nanoseconds since 1970 (up to 2262-04-11). The protocol's
+integers and times are bounded to these, and its free text to printable
+characters, before anything reaches a store or the registry.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final
+
+MAX_WIRE_INT: Final = 2**63 - 1
+EARLIEST_TIME: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME: Final = datetime(2262, 1, 1, tzinfo=UTC)
+
+
+def check_storable_time(value: datetime) -> datetime:
+    """``value`` if InfluxDB, SQLite and PostgreSQL can all hold it, else ``ValueError``."""
+    if not EARLIEST_TIME <= value < LATEST_TIME:
+        raise ValueError(f"time must lie between {EARLIEST_TIME:%Y-%m-%d} and {LATEST_TIME:%Y-%m-%d}")
+    return value
+
+
+def check_printable(value: str) -> str:
+    """``value`` if it has no control characters (NUL breaks PostgreSQL, newlines break logs)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("text must not contain control characters")
+    return value
