@@ -40,6 +40,7 @@ from rich.table import Table
 
 from edge.commands import redact
 from edge.settings import AgentSettings, OutboxConfig, SourceConfig
+from edge.transport.delivery import LinkState, read_status, uplink_status_path
 from shared.bundle import EnrollmentBundle, read_bundle
 from shared.errors import ConfigError, RoadsideError
 
@@ -201,31 +202,31 @@ def check_broker_tls(
     session: BrokerSession | None = None
     with tempfile.TemporaryDirectory(prefix="roadside-doctor-") as private:
         try:
-            context = _client_context(bundle, Path(private))
+            context = _client_context(bundle, Path(private))  # the key's copy is gone once loaded
         except (ssl.SSLError, ValueError) as exc:
             return CheckResult(
                 name, Status.FAIL, f"the bundle's certificates do not load: {exc}", "re-enroll"
             ), None
-        try:
-            with (
-                socket.create_connection((host, port), timeout=timeout_s) as raw,
-                context.wrap_socket(raw, server_hostname=host) as tls,
-            ):
-                session = _session_of(tls)
-                tls.sendall(mqtt_connect_packet(f"{bundle.device_id}-doctor"))
-                reply = tls.recv(64)
-                if reply:
-                    tls.sendall(b"\xe0\x00")  # DISCONNECT, normal: no will
-        except ssl.SSLCertVerificationError as exc:
-            return _verification_failure(name, host, exc), None
-        except (ssl.SSLError, ConnectionResetError) as exc:
-            # With TLS 1.3 the broker checks our certificate after the handshake
-            # completed on our side: a refusal arrives as an alert or a bare close.
-            return _refused_by_broker(name, exc, after_handshake=session is not None), None
-        except OSError as exc:
-            return CheckResult(
-                name, Status.FAIL, f"connection to {host}:{port} failed: {exc}", "see broker TCP above"
-            ), None
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout_s) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            session = _session_of(tls)
+            tls.sendall(mqtt_connect_packet(f"{bundle.device_id}-doctor"))
+            reply = tls.recv(64)
+            if reply:
+                tls.sendall(b"\xe0\x00")  # DISCONNECT, normal: no will
+    except ssl.SSLCertVerificationError as exc:
+        return _verification_failure(name, host, exc), None
+    except (ssl.SSLError, ConnectionResetError) as exc:
+        # With TLS 1.3 the broker checks our certificate after the handshake
+        # completed on our side: a refusal arrives as an alert or a bare close.
+        return _refused_by_broker(name, exc, after_handshake=session is not None), None
+    except OSError as exc:
+        return CheckResult(
+            name, Status.FAIL, f"connection to {host}:{port} failed: {exc}", "see broker TCP above"
+        ), None
     return _connack_verdict(name, reply, session), session
 
 
@@ -237,7 +238,10 @@ def _client_context(bundle: EnrollmentBundle, private: Path) -> ssl.SSLContext:
     cert.write_text(bundle.client_cert_pem)
     key.touch(mode=0o600)
     key.write_text(bundle.client_key_pem)
-    context.load_cert_chain(cert, key)
+    try:
+        context.load_cert_chain(cert, key)
+    finally:
+        key.unlink()
     return context
 
 
@@ -395,6 +399,37 @@ def _skew_verdict(skew: float) -> CheckResult:
     if abs(skew) > SKEW_WARN_S:
         return CheckResult("clock", Status.WARN, where, "enable NTP (timedatectl set-ntp true)")
     return CheckResult("clock", Status.OK, where)
+
+
+# The running agent's uplink -----------------------------------------------------------------
+
+
+def check_uplink(status_file: Path, now: datetime | None = None) -> CheckResult:
+    """What the running agent last wrote about its link: publishing, refused, or not connected."""
+    name = "uplink"
+    status = read_status(status_file)
+    if status is None:
+        return CheckResult(name, Status.INFO, f"no agent has written {status_file} yet: not checked")
+    since = f"since {status.since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    ago = ((now or datetime.now(UTC)) - status.since).total_seconds()
+    if status.state is LinkState.REFUSED:
+        return CheckResult(
+            name,
+            Status.FAIL,
+            f"the broker refuses this device's messages {since} ({ago:.0f} s, {status.refusals} refusals: "
+            f"{status.reason or 'no reason given'}); they wait in the outbox",
+            "the broker's ACL does not let this device publish: on the hub, check the device is enrolled "
+            "and active (roadside device list), and that the broker reloaded its ACL since the enrollment",
+        )
+    if status.state is LinkState.CONNECTING:
+        return CheckResult(
+            name,
+            Status.WARN,
+            f"the agent is not connected to the broker {since} ({ago:.0f} s)",
+            "see the broker checks above; if they pass, the agent may not be running",
+        )
+    refused = f"; {status.refused_total} messages refused since it started" if status.refused_total else ""
+    return CheckResult(name, Status.OK, f"the agent publishes {since}{refused}")
 
 
 # Cameras ----------------------------------------------------------------------------------
@@ -560,6 +595,7 @@ def run_checks(
         if tcp.status is Status.OK:
             tls, session = check_broker_tls(bundle, timeout_s)
             results.append(tls)
+    results.append(check_uplink(uplink_status_path(settings.outbox.path)))
     results.append(check_clock(hub_api_url or settings.hub_api_url, session, bundle, timeout_s))
     if not settings.sources:
         results.append(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cloud.broker import AclDevice
+from edge.doctor import Status, check_uplink
 from edge.outbox import Outbox, Priority
 from edge.transport.delivery import LinkState, read_status, uplink_status_path
 from edge.transport.mqtt import MqttUplink
@@ -101,6 +102,11 @@ def test_a_refused_device_backs_off_logs_once_and_delivers_once_the_acl_allows_i
         written = read_status(status_file)
         assert written is not None
         assert written.state is LinkState.REFUSED
+        doctor = check_uplink(status_file)  # `roadside agent doctor`, another process, reads the file
+        assert doctor.status is Status.FAIL
+        assert "refuses this device's messages" in doctor.detail
+        assert "Not authorized" in doctor.detail
+        assert "ACL" in doctor.fix
 
         broker.allow([AclDevice("dev-a", site), AclDevice("dev-b", site)])  # SIGHUP: ACL reloaded
         assert wait_until(lambda: outbox.backlog() == 0), (uplink.published, uplink.refused)
@@ -108,9 +114,7 @@ def test_a_refused_device_backs_off_logs_once_and_delivers_once_the_acl_allows_i
         assert len(payloads) == MESSAGES
         assert uplink.status().state is LinkState.PUBLISHING
         assert any("accepts" in r.getMessage() for r in caplog.records)
-        written = read_status(status_file)
-        assert written is not None
-        assert written.state is LinkState.PUBLISHING
+        assert check_uplink(status_file).status is Status.OK
     finally:
         uplink.stop()
 
