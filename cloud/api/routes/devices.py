@@ -59,12 +59,21 @@ _HEALTH_EXAMPLE: Final[dict[str, Any]] = {
     "uptime_s": 86400.0,
     "model_version": "det-2025.04.2",
     "provider": "TensorrtExecutionProvider",
-    "streams": {"north": {"fps": 14.8, "dropped_frames": 3}},
+    "streams": {
+        "north": {"fps": 14.8, "dropped_frames": 3, "state": "up", "last_frame_age_s": 0.07, "reconnects": 1}
+    },
     "inference_p50_ms": 9.1,
     "inference_p95_ms": 14.7,
     "outbox_backlog": 0,
     "cpu_percent": 41.0,
     "rss_mb": 612.0,
+    "uplink": {
+        "state": "publishing",
+        "since": "2025-05-01T08:02:11Z",
+        "refusals": 0,
+        "refused_total": 0,
+        "reason": None,
+    },
 }
 _BUNDLE_EXAMPLE: Final[dict[str, Any]] = {
     "format": 1,
