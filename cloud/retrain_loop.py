@@ -1,12 +1,19 @@
 """The closed loop on the hub: hard examples in, a retrained, gated, published model rolled out.
 
-When enough labelled hard examples wait in the dataset inbox, :class:`RetrainLoop`
-commits them as a new dataset version, fine-tunes the published model on
-that version (:mod:`models.retrain`: parity-checked export, evaluation on the
-fixed held-out set, model card with lineage), publishes it only if it beats
-the published one (:mod:`cloud.release.publishing`), and starts a staged
-rollout (canary first, gates, automatic rollback). No human step; every step
-is in the audit log (``retrain.run`` with what happened and why).
+When enough admitted labelled hard examples wait in the dataset inbox,
+:class:`RetrainLoop` commits them as a new dataset version, fine-tunes the
+published model on that version (:mod:`models.retrain`: parity-checked export,
+evaluation on the fixed held-out set, model card with lineage), publishes it only
+if it beats the published one (:mod:`cloud.release.publishing`), and starts a
+staged rollout (canary first, gates, automatic rollback). Every step is in the
+audit log (``retrain.run`` with what happened and why).
+
+Labels from devices are admitted by the dataset's trust policy
+(:mod:`cloud.dataset.trust`): an operator approves them (``roadside dataset review``)
+or marks their device trusted, and no device holds more than the per-device cap of a
+version. That is the human step: a compromised device cannot train a model on its own
+labels. The held-out set the publish gate scores on is rendered from fixed seeds in
+code (:mod:`models.evaluate`), never read from the dataset, so no device can reach it.
 
 Off by default (``retrain.enabled``); it runs in the hub process that serves
 the API, and needs the ``train`` extra (PyTorch).
@@ -130,8 +137,8 @@ class RetrainLoop:
                 self.runs.append(run)
 
     def waiting(self) -> int:
-        """Labelled hard examples in the inbox, not yet in a dataset version."""
-        return sum(1 for sample in self.datasets.pending() if sample.labels is not None)
+        """Labelled hard examples the trust policy admits to the next dataset version."""
+        return self.datasets.selection().labelled()
 
     def run_once(self) -> RetrainRun | None:
         """One run if enough labelled samples wait; ``None`` otherwise."""
@@ -159,7 +166,7 @@ class RetrainLoop:
         parent_path = published_file(self.home, current)
         if file_sha256(parent_path) != current.sha256:
             raise ConfigError(f"{parent_path} does not match the registry's sha256 for {current.version}")
-        manifest = self.datasets.commit(note=f"{waiting} hard examples for the retraining loop")
+        manifest = self.datasets.commit(note=f"{waiting} admitted hard examples for the retraining loop")
         frames = samples_from_manifest(self.datasets.folder, manifest)
         version = self._free_version(next_version(current.version))
         log.info(

@@ -1,4 +1,9 @@
-"""``roadside dataset list|show|commit|export|import``: the hub's versioned hard-example datasets."""
+"""``roadside dataset list|show|commit|export|import|review|trust|policy``: the hub's versioned datasets.
+
+``review``, ``trust`` and ``policy`` decide which labels from the field may train a
+model (:mod:`cloud.dataset.trust`); each change is written to the hub's audit log
+before it is made, so a refused audit write changes nothing.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,13 @@ from typing import Annotated, Any
 
 import typer
 
-from cloud.cli import DEFAULT_HOME, HomeOption, _fail
+from cloud.cli import DEFAULT_HOME, HomeOption, _actor, _fail, _registry
 from cloud.dataset.formats import Format, MergeMode, export, import_labels
 from cloud.dataset.store import DatasetStore
+from cloud.dataset.trust import InboxEntry, Review, check_share
 from cloud.home import HubHome
 from shared.dataset import DatasetManifest
-from shared.errors import RoadsideError
+from shared.errors import ConfigError, RoadsideError
 
 dataset_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Hard examples and labels, as versioned datasets."
@@ -25,6 +31,20 @@ dataset_app = typer.Typer(
 NameOption = Annotated[str, typer.Option("--name", help="The dataset (a folder under <home>/datasets).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 VersionOption = Annotated[int | None, typer.Option("--version", help="A version (default: the latest).")]
+NoteOption = Annotated[str, typer.Option("--note", help="Why, for the audit log.")]
+
+review_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Labelled samples from devices, held until an operator approves them.",
+)
+trust_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Devices whose labels are admitted without review (still under the per-device cap).",
+)
+dataset_app.add_typer(review_app, name="review")
+dataset_app.add_typer(trust_app, name="trust")
 
 
 @contextlib.contextmanager
@@ -71,12 +91,28 @@ def dataset_list(
     with _dataset(home, name) as store:
         versions = [_summary(store.manifest(v)) for v in store.versions()]
         pending = len(store.pending())
+        selection = store.selection()
+    held = selection.held_counts()
     if as_json:
-        typer.echo(json.dumps({"name": name, "versions": versions, "pending": pending}))
+        typer.echo(
+            json.dumps(
+                {
+                    "name": name,
+                    "versions": versions,
+                    "pending": pending,
+                    "admitted": len(selection.taken),
+                    "held": held,
+                }
+            )
+        )
         return
     for summary in versions:
         typer.echo(_line(summary))
-    typer.echo(f"{pending} sample(s) pending in the inbox" + ("" if versions else "; no versions yet"))
+    typer.echo(
+        f"{pending} sample(s) pending in the inbox, {len(selection.taken)} admitted to the next version"
+        + "".join(f", {n} held ({reason})" for reason, n in held.items())
+        + ("" if versions else "; no versions yet")
+    )
 
 
 @dataset_app.command("show")
@@ -156,3 +192,207 @@ def dataset_import(
         manifest = import_labels(store, fmt, path, images, mode, note)
     summary = _summary(manifest)
     typer.echo(json.dumps(summary) if as_json else f"imported as {_line(summary)}")
+
+
+# -- review, trust, policy ----------------------------------------------------------------
+
+
+def _entry(store: DatasetStore, entry: InboxEntry) -> dict[str, Any]:
+    sample = entry.sample
+    return {
+        "seq": entry.seq,
+        "device_id": entry.device_id,
+        "sample_id": sample.origin.sample_id,
+        "captured_at": sample.origin.captured_at.isoformat() if sample.origin.captured_at else None,
+        "reasons": list(sample.origin.reasons),
+        "boxes": dict(Counter(b.cls for b in sample.labels or ())),
+        "review": entry.review,
+        "image": str(store.object_path(sample)),
+    }
+
+
+def _audit(home: Path, action: str, subject: str, details: dict[str, Any]) -> None:
+    with _registry(home) as registry:
+        registry.record_audit(_actor(), action, subject, details)
+
+
+@review_app.command("list")
+def review_list(
+    home: HomeOption = DEFAULT_HOME,
+    name: NameOption = "detector",
+    device: Annotated[str | None, typer.Option("--device", help="Only this device's samples.")] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also samples already approved or rejected, not yet in a version.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Labelled samples from devices waiting in the inbox; open ``image`` to check the boxes."""
+    with _dataset(home, name) as store:
+        rows = [
+            _entry(store, e)
+            for e in store.inbox()
+            if e.sample.labels is not None
+            and (show_all or e.review is None)
+            and (device is None or e.device_id == device)
+        ]
+        trusted = store.trust_policy().trusted
+    for row in rows:
+        row["device_trusted"] = row["device_id"] in trusted
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        state = row["review"] or ("trusted device" if row["device_trusted"] else "needs review")
+        typer.echo(
+            f"{row['seq']}\t{row['device_id']}\t{state}\t{row['captured_at']}\t{row['boxes']}\t{row['image']}"
+        )
+    typer.echo(f"{len(rows)} sample(s)")
+
+
+def _decide(
+    decision: Review, home: Path, name: str, seqs: list[int], device: str | None, note: str, as_json: bool
+) -> None:
+    if bool(seqs) == (device is not None):
+        raise _fail(ConfigError("name the samples by seq, or pass --device for all of one device's"))
+    with _dataset(home, name) as store:
+        targets = store.review_targets(seqs, device)
+        if targets:
+            _audit(
+                home,
+                f"dataset.review.{'approve' if decision == 'approved' else 'reject'}",
+                name,
+                {
+                    "seqs": [e.seq for e in targets],
+                    "sample_ids": [e.sample.origin.sample_id for e in targets],
+                    "devices": sorted({e.device_id for e in targets}),
+                    "note": note,
+                },
+            )
+            store.set_review(targets, decision, _actor())
+    result = {"decision": decision, "seqs": [e.seq for e in targets]}
+    typer.echo(json.dumps(result) if as_json else f"{decision} {len(targets)} sample(s)")
+
+
+SeqsArgument = Annotated[list[int] | None, typer.Argument(help="Inbox seq numbers (from `review list`).")]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="Every not yet reviewed sample of this device.")
+]
+
+
+@review_app.command("approve")
+def review_approve(
+    seqs: SeqsArgument = None,
+    device: DeviceOption = None,
+    note: NoteOption = "",
+    home: HomeOption = DEFAULT_HOME,
+    name: NameOption = "detector",
+    as_json: JsonOption = False,
+) -> None:
+    """Admit labelled samples to the next version (and so to retraining)."""
+    _decide("approved", home, name, seqs or [], device, note, as_json)
+
+
+@review_app.command("reject")
+def review_reject(
+    seqs: SeqsArgument = None,
+    device: DeviceOption = None,
+    note: NoteOption = "",
+    home: HomeOption = DEFAULT_HOME,
+    name: NameOption = "detector",
+    as_json: JsonOption = False,
+) -> None:
+    """Keep labelled samples out of every version (they stay in the inbox, marked rejected)."""
+    _decide("rejected", home, name, seqs or [], device, note, as_json)
+
+
+@trust_app.command("list")
+def trust_list(
+    home: HomeOption = DEFAULT_HOME, name: NameOption = "detector", as_json: JsonOption = False
+) -> None:
+    """Devices whose labels skip review, and the per-device cap."""
+    with _dataset(home, name) as store:
+        devices = store.trusted_devices()
+        share = store.trust_policy().max_device_share
+    rows = [
+        {"device_id": d.device_id, "set_by": d.set_by, "set_at": d.set_at, "note": d.note} for d in devices
+    ]
+    if as_json:
+        typer.echo(json.dumps({"trusted": rows, "max_device_share": share}))
+        return
+    for row in rows:
+        typer.echo(f"{row['device_id']}\t{row['set_by']}\t{row['set_at']}\t{row['note']}")
+    typer.echo(
+        f"{len(rows)} trusted device(s); no device may hold more than {share:.0%} of a version's labels"
+    )
+
+
+def _trust(home: Path, name: str, device_id: str, trusted: bool, note: str) -> None:
+    with _dataset(home, name) as store:
+        already = device_id in store.trust_policy().trusted
+        if already == trusted:
+            typer.echo(f"{device_id} is already {'trusted' if trusted else 'not trusted'}")
+            return
+        _audit(
+            home,
+            "dataset.trust.set" if trusted else "dataset.trust.unset",
+            name,
+            {"device_id": device_id, "note": note},
+        )
+        store.set_trusted(device_id, trusted, _actor(), note)
+    typer.echo(f"{device_id} is {'now trusted' if trusted else 'no longer trusted'} in dataset {name}")
+
+
+@trust_app.command("set")
+def trust_set(
+    device_id: Annotated[str, typer.Argument(help="The enrolled device.")],
+    note: NoteOption = "",
+    home: HomeOption = DEFAULT_HOME,
+    name: NameOption = "detector",
+) -> None:
+    """Admit this device's labels without review (only for devices you control end to end)."""
+    _trust(home, name, device_id, True, note)
+
+
+@trust_app.command("unset")
+def trust_unset(
+    device_id: Annotated[str, typer.Argument(help="The device.")],
+    note: NoteOption = "",
+    home: HomeOption = DEFAULT_HOME,
+    name: NameOption = "detector",
+) -> None:
+    """Send this device's labels back to review (its samples not yet in a version included)."""
+    _trust(home, name, device_id, False, note)
+
+
+@dataset_app.command("policy")
+def dataset_policy(
+    max_device_share: Annotated[
+        float | None,
+        typer.Option(
+            help="The most one device may hold of a version's labelled samples, in (0, 1]; 1: no cap."
+        ),
+    ] = None,
+    note: NoteOption = "",
+    home: HomeOption = DEFAULT_HOME,
+    name: NameOption = "detector",
+    as_json: JsonOption = False,
+) -> None:
+    """Show the dataset's trust policy, or change its per-device cap."""
+    with _dataset(home, name) as store:
+        before = store.trust_policy().max_device_share
+        if max_device_share is not None and max_device_share != before:
+            check_share(max_device_share)
+            _audit(
+                home,
+                "dataset.policy.set",
+                name,
+                {"max_device_share": [before, max_device_share], "note": note},
+            )
+            store.set_max_device_share(max_device_share)
+        policy = store.trust_policy()
+    result = {"max_device_share": policy.max_device_share, "trusted": sorted(policy.trusted)}
+    typer.echo(
+        json.dumps(result)
+        if as_json
+        else f"max device share {policy.max_device_share}; trusted: {result['trusted']}"
+    )

@@ -4,14 +4,17 @@
 
     objects/<sha256>.jpg   images, content-addressed, fsynced and renamed into place
     v<N>.json              immutable manifests, linked into place (never overwritten)
-    inbox.db               SQLite (WAL, synchronous=FULL): samples received, and the
-                           version that took each in (NULL while pending)
+    inbox.db               SQLite (WAL, synchronous=FULL): samples received, the version
+                           that took each in (NULL while pending), review decisions,
+                           trusted devices and the per-device cap (cloud.dataset.trust)
     .lock                  flock: one commit or import at a time, across processes
 
 A sample is acknowledged (``add`` returns) only once its image and its inbox row are
-on disk. ``commit`` writes version N+1 = version N's samples + the pending inbox,
-then marks those rows; a crash between the two is healed by the next commit, which
-skips rows whose image the parent already holds.
+on disk. ``commit`` writes version N+1 = version N's samples + what the trust policy
+admits from the inbox (:func:`cloud.dataset.trust.select_for_version`: labelled
+samples need an operator's approval or a trusted device, and stay under the per-device
+cap), then marks those rows; a crash between the two is healed by the next commit,
+which skips rows whose image the parent already holds.
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ import cv2
 import numpy as np
 
 from cloud.dataset.images import MAX_IMAGE_PIXELS, ImageFormat, ImageRefusedError, checked_header_size
+from cloud.dataset.trust import (
+    DEFAULT_MAX_DEVICE_SHARE,
+    InboxEntry,
+    Review,
+    Selection,
+    TrustPolicy,
+    check_share,
+    select_for_version,
+)
 from shared.dataset import DatasetManifest, DatasetSample, SampleOrigin, load_manifest, manifest_path
 from shared.errors import ConfigError
 from shared.schemas import HardExample
@@ -55,7 +67,27 @@ CREATE TABLE IF NOT EXISTS inbox (
 );
 CREATE INDEX IF NOT EXISTS inbox_sha ON inbox (sha256);
 CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (committed_in, seq);
+CREATE TABLE IF NOT EXISTS device_trust (
+    device_id TEXT PRIMARY KEY,
+    set_by TEXT NOT NULL,
+    set_at TEXT NOT NULL,
+    note TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trust_policy (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+# Added after the first release: an inbox from before gets them, every old row unreviewed.
+_REVIEW_COLUMNS = {"review": "TEXT", "reviewed_by": "TEXT", "reviewed_at": "TEXT"}
+
+
+@dataclass(frozen=True)
+class TrustedDevice:
+    device_id: str
+    set_by: str
+    set_at: str
+    note: str
 
 
 SAMPLE_FORMATS: Final[frozenset[ImageFormat]] = frozenset({"jpeg", "png"})
@@ -162,6 +194,10 @@ class DatasetStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged sample survives power loss
             self._db.executescript(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(inbox)")}
+            for column, kind in _REVIEW_COLUMNS.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE inbox ADD COLUMN {column} {kind}")
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"cannot open dataset at {folder}: {exc}; check the directory is writable"
@@ -254,12 +290,89 @@ class DatasetStore:
         return sha
 
     def pending(self) -> list[DatasetSample]:
-        """Samples received but not yet in a version, oldest first."""
+        """Samples received but not yet in a version (rejected ones aside), oldest first."""
+        return [e.sample for e in self.inbox() if e.review != "rejected"]
+
+    def inbox(self) -> list[InboxEntry]:
+        """Every row not yet in a version, with its review decision, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT sample FROM inbox WHERE committed_in IS NULL ORDER BY seq"
+                "SELECT seq, device_id, sample, review FROM inbox WHERE committed_in IS NULL ORDER BY seq"
             ).fetchall()
-        return [DatasetSample.model_validate_json(r[0]) for r in rows]
+        return [
+            InboxEntry(seq, device, DatasetSample.model_validate_json(raw), review)
+            for seq, device, raw, review in rows
+        ]
+
+    def selection(self) -> Selection:
+        """What ``commit`` would take now, and what it would leave waiting and why."""
+        latest = self.latest()
+        have = {s.sha256 for s in latest.samples} if latest is not None else set()
+        fresh = [e for e in self.inbox() if e.sample.sha256 not in have]
+        return select_for_version(latest.samples if latest else (), fresh, self.trust_policy())
+
+    # -- review and trust (the CLI audits each change in the hub's audit log) -----------
+
+    def review_targets(self, seqs: Sequence[int] = (), device_id: str | None = None) -> list[InboxEntry]:
+        """Labelled samples waiting in the inbox: by seq, or a device's not yet reviewed.
+
+        ``ConfigError`` for a seq that is not a labelled sample waiting in the inbox.
+        """
+        waiting = {e.seq: e for e in self.inbox() if e.sample.labels is not None}
+        if device_id is not None:
+            return [e for e in waiting.values() if e.device_id == device_id and e.review is None]
+        unknown = sorted(set(seqs) - set(waiting))
+        if unknown:
+            raise ConfigError(
+                f"dataset {self.name}: no labelled sample waits in the inbox as {unknown}; "
+                "see `roadside dataset review list`"
+            )
+        return [waiting[q] for q in dict.fromkeys(seqs)]
+
+    def set_review(self, entries: Sequence[InboxEntry], decision: Review, actor: str) -> list[InboxEntry]:
+        """Record an operator's decision on ``entries`` (still in the inbox); return them as changed."""
+        now = datetime.now(UTC).isoformat()
+        with self._lock:
+            self._db.executemany(
+                "UPDATE inbox SET review = ?, reviewed_by = ?, reviewed_at = ? WHERE seq = ? AND committed_in IS NULL",
+                [(decision, actor, now, e.seq) for e in entries],
+            )
+        return [InboxEntry(e.seq, e.device_id, e.sample, decision) for e in entries]
+
+    def trust_policy(self) -> TrustPolicy:
+        with self._lock:
+            trusted = frozenset(r[0] for r in self._db.execute("SELECT device_id FROM device_trust"))
+            row = self._db.execute("SELECT value FROM trust_policy WHERE key = 'max_device_share'").fetchone()
+        return TrustPolicy(trusted, float(row[0]) if row else DEFAULT_MAX_DEVICE_SHARE)
+
+    def trusted_devices(self) -> list[TrustedDevice]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT device_id, set_by, set_at, note FROM device_trust ORDER BY device_id"
+            ).fetchall()
+        return [TrustedDevice(*row) for row in rows]
+
+    def set_trusted(self, device_id: str, trusted: bool, actor: str, note: str = "") -> bool:
+        """Mark a device's labels as trusted (admitted without review) or not; whether anything changed."""
+        with self._lock:
+            if trusted:
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO device_trust (device_id, set_by, set_at, note) VALUES (?, ?, ?, ?)",
+                    (device_id, actor, datetime.now(UTC).isoformat(), note),
+                )
+            else:
+                cursor = self._db.execute("DELETE FROM device_trust WHERE device_id = ?", (device_id,))
+        return cursor.rowcount > 0
+
+    def set_max_device_share(self, share: float) -> None:
+        """The most any one device may hold of a version's labelled samples (1: no cap)."""
+        check_share(share)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO trust_policy (key, value) VALUES ('max_device_share', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (repr(float(share)),),
+            )
 
     # -- versions ----------------------------------------------------------------------
 
@@ -278,31 +391,42 @@ class DatasetStore:
         return self.folder / sample.file
 
     def commit(self, note: str = "") -> DatasetManifest:
-        """A new immutable version: the latest one's samples plus everything pending in the inbox."""
+        """A new immutable version: the latest one's samples plus what the trust policy admits."""
         with self._exclusive():
             parent = self.latest()
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT seq, sha256, sample FROM inbox WHERE committed_in IS NULL ORDER BY seq"
-                ).fetchall()
-            if not rows:
-                raise ConfigError(f"dataset {self.name} has nothing pending in its inbox: nothing to commit")
             have = {s.sha256 for s in parent.samples} if parent is not None else set()
+            entries = self.inbox()
+            # Rows whose image the parent holds: a crash after the manifest, or the same image twice.
+            settled = [e.seq for e in entries if e.sample.sha256 in have]
+            selection = select_for_version(
+                parent.samples if parent is not None else (),
+                [e for e in entries if e.sample.sha256 not in have],
+                self.trust_policy(),
+            )
             fresh: list[DatasetSample] = []
-            for _seq, sha, raw in rows:
-                if sha not in have:
-                    have.add(sha)
-                    fresh.append(DatasetSample.model_validate_json(raw))
+            for entry in selection.taken:
+                if entry.sample.sha256 not in have:
+                    have.add(entry.sample.sha256)
+                    fresh.append(entry.sample)
+                settled.append(entry.seq)
+            if not fresh:
+                self._mark(settled, parent.version if parent is not None else 0)
+                raise ConfigError(f"dataset {self.name}: nothing to commit; {_waiting_text(selection)}")
             parent_samples = parent.samples if parent is not None else ()
             manifest = next_manifest(self.name, parent, [*parent_samples, *fresh], note, datetime.now(UTC))
             self._write_manifest(manifest)
-            with self._lock:
-                self._db.executemany(
-                    "UPDATE inbox SET committed_in = ? WHERE seq = ?",
-                    [(manifest.version, r[0]) for r in rows],
-                )
-        log.info("dataset %s: version %s with %d new samples", self.name, manifest.version, len(fresh))
+            self._mark(settled, manifest.version)
+        log.info(
+            "dataset %s: version %s with %d new samples; still waiting: %s",
+            self.name, manifest.version, len(fresh), selection.held_counts(),
+        )  # fmt: skip
         return manifest
+
+    def _mark(self, seqs: Sequence[int], version: int) -> None:
+        with self._lock:
+            self._db.executemany(
+                "UPDATE inbox SET committed_in = ? WHERE seq = ?", [(version, seq) for seq in seqs]
+            )
 
     def write_version(
         self, parent_version: int | None, samples: Sequence[DatasetSample], classes: Sequence[str], note: str
@@ -363,6 +487,24 @@ class DatasetStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _waiting_text(selection: Selection) -> str:
+    held = selection.held_counts()
+    if not held:
+        return "the inbox has no sample to add"
+    parts = []
+    if "needs_review" in held:
+        parts.append(
+            f"{held['needs_review']} labelled sample(s) wait for review "
+            "(`roadside dataset review list`, or trust their device)"
+        )
+    if "device_cap" in held:
+        parts.append(
+            f"{held['device_cap']} are held by the per-device cap "
+            "(more samples from other devices, or `roadside dataset policy --max-device-share`)"
+        )
+    return "; ".join(parts)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -375,6 +517,7 @@ __all__ = [
     "AddReport",
     "DatasetStore",
     "SampleRejectedError",
+    "TrustedDevice",
     "image_size",
     "next_manifest",
     "sample_of",

@@ -67,9 +67,14 @@ def test_agent_sends_redacted_labelled_samples_and_commit_makes_v1(loop: Loop, t
         assert image[5:55, 5:115].max() < 20  # redacted on the device before it was encoded
         assert image[200:, :].std() > 5  # the rest is the street
 
-    result = CliRunner().invoke(
-        build(), ["dataset", "commit", "--home", str(loop.home.root), "--note", "e2e", "--json"]
-    )
+    # Labels from the field wait for a person (docs/retraining-trust.md): nothing labelled to commit yet.
+    home = ["--home", str(loop.home.root)]
+    refused = CliRunner().invoke(build(), ["dataset", "commit", *home])
+    assert refused.exit_code == 2
+    assert f"{sent} labelled sample(s) wait for review" in refused.output
+    approved = CliRunner().invoke(build(), ["dataset", "review", "approve", "--device", "cam-hard-1", *home])
+    assert approved.exit_code == 0, approved.output
+    result = CliRunner().invoke(build(), ["dataset", "commit", *home, "--note", "e2e", "--json"])
     assert result.exit_code == 0, result.output
     v1 = json.loads(result.output)
     assert (v1["version"], v1["samples"], v1["labelled"], v1["note"]) == (1, sent, sent, "e2e")

@@ -20,6 +20,7 @@ from shared.cli import build
 from shared.dataset import DatasetManifest
 from shared.errors import ConfigError
 from shared.schemas import HardExample, LabeledBox
+from tests.unit.test_dataset_store import approve_all
 
 
 def jpeg(seed: int, w: int = 160, h: int = 120) -> bytes:
@@ -59,6 +60,7 @@ LABELS = {
 def store(tmp_path: Path) -> DatasetStore:
     store = DatasetStore(tmp_path / "hub" / "datasets" / "detector", "detector")
     store.add("dev-a", [example(seed, labels) for seed, labels in LABELS.items()])
+    approve_all(store)
     store.commit("from devices")
     return store
 

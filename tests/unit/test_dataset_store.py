@@ -45,11 +45,18 @@ def example(seed: int, labels: list[LabeledBox] | None = None, **kw: object) -> 
 CAR = LabeledBox(cls="car", box=(1.0, 2.0, 30.0, 20.0))
 
 
+def approve_all(store: DatasetStore) -> None:
+    """What an operator does after looking at every labelled sample (``roadside dataset review approve``)."""
+    waiting = [e.seq for e in store.inbox() if e.sample.labels is not None and e.review is None]
+    store.set_review(store.review_targets(waiting), "approved", "cli:test")
+
+
 def test_added_samples_are_pending_until_commit_makes_a_version(tmp_path: Path) -> None:
     store = DatasetStore(tmp_path / "detector")
     assert store.add("dev-a", [example(1, [CAR]), example(2)]) == 2
     assert len(store.pending()) == 2
     assert store.versions() == []
+    approve_all(store)
     v1 = store.commit("first")
     assert (v1.version, v1.parent, v1.note, v1.classes) == (1, None, "first", ("car",))
     assert [s.labels for s in v1.samples] == [(CAR,), None]
@@ -68,6 +75,7 @@ def test_a_new_version_grows_from_its_parent_and_the_old_one_is_unchanged(tmp_pa
     v1 = store.commit()
     raw_v1 = (store.folder / "v1.json").read_bytes()
     store.add("dev-b", [example(2, [LabeledBox(cls="truck", box=(0, 0, 10, 10))])])
+    approve_all(store)
     v2 = store.commit()
     assert (v2.version, v2.parent) == (2, 1)
     assert [s.sha256 for s in v2.samples[:1]] == [s.sha256 for s in v1.samples]
