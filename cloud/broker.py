@@ -72,6 +72,7 @@ _RELOAD_MARK: Final = re.compile(r"^\S+ Reloading config\.$", re.MULTILINE)
 # loads the certificate and key, so an open port alone does not mean it will stay.
 _RUNNING_MARK: Final = re.compile(r"^\S+ mosquitto version \S+ running$", re.MULTILINE)
 _PORT_TAKEN_MARK: Final = re.compile(r"Address already in use")
+_RESEND_AFTER_S: Final = 0.5
 
 HUB_IDENTITY: Final = "hub"
 # Files in a broker's directory that others read: who the hubs are, and which
@@ -368,19 +369,24 @@ def reload_running(directory: Path, timeout_s: float = 5.0) -> bool:
 
 
 def _signal_reload(pid: int, log_file: Path, timeout_s: float) -> None:
-    # Mosquitto logs the mark first and reloads within the same pass of its
-    # single-threaded loop, so once the mark is in the log, any packet it
-    # reads afterwards meets the new rules.
-    offset = _file_size(log_file)
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except OSError as exc:
-        raise TransportError(f"could not signal mosquitto pid {pid} to reload: {exc}") from exc
+    # Mosquitto logs the mark and then re-reads its files, so once the mark is in the
+    # log, any packet it reads afterwards meets the files as they were when we signalled.
+    # It clears its reload flag only after the reload: a SIGHUP that lands during one is
+    # lost (seen with 2.0.11, two reloads in a row). So signal again until a mark comes.
     deadline = time.monotonic() + timeout_s
-    while not _logged_since(log_file, offset, _RELOAD_MARK):
-        if time.monotonic() > deadline:
+    while True:
+        offset = _file_size(log_file)
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except OSError as exc:
+            raise TransportError(f"could not signal mosquitto pid {pid} to reload: {exc}") from exc
+        resend_at = min(deadline, time.monotonic() + _RESEND_AFTER_S)
+        while time.monotonic() < resend_at:
+            if _logged_since(log_file, offset, _RELOAD_MARK):
+                return
+            time.sleep(0.01)
+        if time.monotonic() >= deadline:
             raise TransportError(f"mosquitto pid {pid} did not reload within {timeout_s} s; see {log_file}")
-        time.sleep(0.02)
 
 
 def _file_size(path: Path) -> int:
