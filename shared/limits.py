@@ -2,7 +2,7 @@
 
 SQLite and PostgreSQL keep signed 64-bit integers; InfluxDB keeps times as
 signed 64-bit nanoseconds since 1970 (up to 2262-04-11). The protocol's
-integers and times are bounded to these, and its free text to printable
+integers and times are bounded to these, and its free text to printable (tab and newline allowed)
 characters, before anything reaches a store or the registry.
 """
 
@@ -23,8 +23,11 @@ def check_storable_time(value: datetime) -> datetime:
     return value
 
 
+_ALLOWED_CONTROLS: Final = frozenset("\t\n")
+
+
 def check_printable(value: str) -> str:
-    """``value`` if it has no control characters (NUL breaks PostgreSQL, newlines break logs)."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError("text must not contain control characters")
+    """``value`` if it has no control characters but tab and newline (NUL breaks PostgreSQL)."""
+    if any((ord(c) < 32 or ord(c) == 127) and c not in _ALLOWED_CONTROLS for c in value):
+        raise ValueError("text must not contain control characters other than tab and newline")
     return value
