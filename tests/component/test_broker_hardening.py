@@ -326,3 +326,44 @@ def test_broker_run_cli_writes_a_config_with_the_crl(tmp_path: Path) -> None:
         process.terminate()
         process.wait(15)
     assert running_broker(home.broker_dir) is None
+
+
+# -- compose: the broker container's reload watcher ---------------------------------------
+
+RUN_SH = COMPOSE_CONF.parent / "run.sh"
+
+
+def test_compose_watcher_reloads_the_broker_when_the_hub_rewrites_acl_or_crl(tmp_path: Path) -> None:
+    home = init_home(tmp_path / "hub", ["localhost"], ["127.0.0.1"])
+    conf = COMPOSE_CONF.read_text().replace("/mosquitto/pki/", f"{home.pki}/")
+    conf = conf.replace("/mosquitto/roadside/", f"{home.broker_dir}/").replace("/mosquitto/data/", f"{tmp_path}/")
+    conf = conf.replace("listener 8883 0.0.0.0", f"listener {free_loopback_port()} 127.0.0.1")
+    log = tmp_path / "mosquitto.log"
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(conf.replace("log_dest stderr", f"log_dest file {log}") + _user_line())
+    env = {**os.environ, "ROADSIDE_BROKER_CONF": str(config), "ROADSIDE_BROKER_DIR": str(home.broker_dir),
+           "ROADSIDE_RELOAD_INTERVAL_S": "0.1"}  # fmt: skip
+    watcher = subprocess.Popen(["/bin/sh", str(RUN_SH)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stderr is not None
+        ca = home.ca()
+        ca.revoke(12345)
+        publish_crl(home, ca)
+        # Mosquitto's own warnings (running as root here) share stderr with the watcher's lines.
+        assert any(line.startswith("roadside: ACL or CRL changed") for line in _lines_until_reload(watcher))
+        (home.broker_dir / "ca.crl.pem").unlink()  # a broken hub home stops the broker, loudly
+        assert watcher.wait(10) == 1
+        assert "unreadable" in watcher.stderr.read()
+    finally:
+        if watcher.poll() is None:
+            watcher.terminate()
+            watcher.wait(10)
+    assert "Reloading config." in log.read_text()
+
+
+def _lines_until_reload(watcher: subprocess.Popen[str]) -> Iterator[str]:
+    assert watcher.stderr is not None
+    for line in watcher.stderr:
+        yield line
+        if line.startswith("roadside:"):
+            return
