@@ -403,9 +403,9 @@ class CommandHandler:
 
     @staticmethod
     def nack_or_ack(command_id: uuid.UUID, outcome: Outcome) -> AckMessage:
-        detail = (
-            outcome.detail if len(outcome.detail) <= MAX_DETAIL else outcome.detail[: MAX_DETAIL - 1] + "…"
-        )
+        # One line of printable text, as the wire requires (a config error spans several lines).
+        text = "".join(c for c in " ".join(outcome.detail.split()) if c.isprintable())
+        detail = text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
         return AckMessage(command_id=command_id, ok=outcome.ok, detail=detail)
 
     # The commands ---------------------------------------------------------------
