@@ -39,7 +39,7 @@ from cloud.settings import (
     StoreConfig,
 )
 from cloud.storage.base import TimeSeriesStore
-from cloud.webhooks import WebhookDispatcher, WebhookStore
+from cloud.webhooks import WebhookDestinations, WebhookDispatcher, WebhookStore
 from shared.bundle import BrokerAddress
 from shared.envelope import HubOpener, ReplayWindow
 from shared.errors import ConfigError, RoadsideError, TransportError
@@ -151,7 +151,8 @@ class Hub:
         self._refresher: TimestampRefresher | None = None
         self.retrainer: RetrainLoop | None = None
         self.live = LiveFeed()
-        self.webhooks = WebhookStore(self.home.root / "webhooks.db")
+        destinations = WebhookDestinations(allowed=tuple(settings.webhook_allow_networks))
+        self.webhooks = WebhookStore(self.home.root / "webhooks.db", destinations=destinations)
         self.dispatcher = WebhookDispatcher(self.webhooks)
         self.live.add_sink(self.dispatcher.offer)
         self.app = create_app(

@@ -19,6 +19,17 @@ older than a few minutes, which stops replays. ``X-Roadside-Delivery`` is the
 same on every attempt of one delivery, so a receiver can drop duplicates
 (delivery is at-least-once).
 
+**Destinations.** A webhook URL is absolute ``http``/``https`` with a host and a
+port in 1..65535, no credentials and no fragment (:func:`check_url`). The hub
+resolves its host and refuses loopback, link-local, private, shared,
+multicast, unspecified, reserved and other non-global addresses unless an
+operator allow-listed their network (``webhook_allow_networks`` in the hub
+settings; :class:`WebhookDestinations`): at registration, before anything is
+stored, and again for each delivery. A delivery resolves once and connects to
+that address only (DNS rebinding cannot move it), sending the URL's host as
+``Host`` and as TLS SNI, whose certificate is verified against it. Logs and
+the audit log show the whole URL with secrets masked (:func:`masked_url`).
+
 **Storage.** Webhooks live in their own small SQLite file beside the hub's
 data (``<home>/webhooks.db``), not in the registry. The file holds each
 webhook's secret, which the hub needs to sign: it is created mode 0600, and
@@ -32,11 +43,15 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
+import socket
 import sqlite3
+import ssl
 import threading
 import time
 import uuid
@@ -46,7 +61,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
@@ -100,13 +115,41 @@ def verify_signature(
     return hmac.compare_digest(sign(secret, sent, body), signature)
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], Sequence[IPAddress]]
+"""The addresses a host name resolves to, for a port; ``OSError`` when it does not resolve."""
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# Query keys whose values are credentials: masked wherever a URL is shown (substring, any case).
+_SECRET_KEY: Final = re.compile(r"token|key|secret|sig|pass|pwd|auth|credential|session|code", re.IGNORECASE)
+MASK: Final = "***"
+
+
+class WebhookDestinationError(ConfigError):
+    """A webhook URL whose host is, or resolves to, an address the hub must not connect to."""
+
+
+class UnresolvedHostError(TransportError):
+    """A webhook URL's host name does not resolve (now: a delivery tries again later)."""
+
+
 def check_url(url: str) -> str:
-    """``url`` if it can receive webhooks: absolute http(s), a host, no credentials, no fragment."""
+    """``url`` if it can receive webhooks: absolute http(s), a host, a port in 1..65535,
+    no credentials, no fragment."""
     if len(url) > MAX_URL_LENGTH:
         raise ConfigError(f"a webhook URL is at most {MAX_URL_LENGTH} characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError("a webhook URL must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a port that is not a number in 0..65535, a malformed [IPv6] host
+        raise ConfigError(f"a webhook URL needs a valid host and a port from 1 to 65535 ({exc})") from exc
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
         raise ConfigError("a webhook URL must be absolute http:// or https:// with a host")
+    if port == 0:
+        raise ConfigError("a webhook URL's port must be from 1 to 65535")
     if parts.username is not None or parts.password is not None:
         raise ConfigError("a webhook URL must not carry credentials; the signature authenticates the hub")
     if parts.fragment:
@@ -114,11 +157,121 @@ def check_url(url: str) -> str:
     return url
 
 
-def redacted_url(url: str) -> str:
-    """Scheme, host and path only: what logs and the audit log may show (queries may hold tokens)."""
+def address_refusal(address: IPAddress, allowed: Sequence[IPNetwork] = ()) -> str | None:
+    """Why the hub must not connect to ``address`` (``None``: it may).
+
+    Only globally routable unicast addresses are fine, unless ``allowed`` holds
+    the address. An IPv4-mapped IPv6 address is judged as the IPv4 address it is.
+    """
+    judged: IPAddress = address
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        judged = address.ipv4_mapped
+    if any(judged in network or address in network for network in allowed):
+        return None
+    for kind, applies in (
+        ("unspecified", judged.is_unspecified),
+        ("loopback", judged.is_loopback),
+        ("link-local", judged.is_link_local),
+        ("multicast", judged.is_multicast),
+        ("private", judged.is_private),
+        ("reserved", judged.is_reserved),
+        ("non-global", not judged.is_global),
+    ):
+        if applies:
+            return f"{kind} address {judged}"
+    return None
+
+
+def masked_url(url: str) -> str:
+    """The whole URL as logs and the audit log may show it: userinfo and secret query values masked."""
     parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{quote(key, safe='')}={MASK if _SECRET_KEY.search(key) else quote(value, safe='')}"
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return parts._replace(netloc=netloc, query=query, fragment="").geturl()
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedUrl:
+    """A webhook URL with the one address its deliveries connect to."""
+
+    url: str
+    host: str  # as in the URL, lowercase, without brackets: what Host and TLS SNI carry
+    port: int
+    address: IPAddress
+
+    def request_url(self) -> httpx.URL:
+        """The URL with its host replaced by the pinned address (the connection goes there)."""
+        return httpx.URL(self.url).copy_with(host=str(self.address))
+
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = _DEFAULT_PORTS[urlsplit(self.url).scheme]
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def sni_hostname(self) -> str | None:
+        """The name TLS sends and verifies the certificate against; ``None`` for an IP literal."""
+        return None if _literal_address(self.host) is not None else self.host
+
+
+def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (the system resolver)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+
+
+def _literal_address(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDestinations:
+    """Where webhooks may point: global addresses, and the ``allowed`` networks besides.
+
+    Built once from the hub settings (``webhook_allow_networks``); ``resolve`` is
+    the name resolver (the system's unless a test gives another).
+    """
+
+    allowed: tuple[IPNetwork, ...] = ()
+    resolve: Resolver = resolve_host
+
+    def pin(self, url: str) -> PinnedUrl:
+        """Check ``url``, resolve its host once and return the address to connect to.
+
+        ``WebhookDestinationError`` when any address the host resolves to is refused
+        (a name with one private address among public ones is refused whole);
+        ``ConfigError`` for a malformed URL; :class:`UnresolvedHostError` when the name does not resolve.
+        """
+        check_url(url)
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        literal = _literal_address(host)
+        if literal is not None:
+            addresses: Sequence[IPAddress] = [literal]
+        else:
+            try:
+                addresses = self.resolve(host, port)
+            except (OSError, UnicodeError) as exc:
+                raise UnresolvedHostError(f"webhook host {host} does not resolve: {exc}") from exc
+            if not addresses:
+                raise UnresolvedHostError(f"webhook host {host} does not resolve")
+        for address in addresses:
+            refusal = address_refusal(address, self.allowed)
+            if refusal is not None:
+                named = "" if literal is not None else f"{host} resolves to {address}, "
+                raise WebhookDestinationError(
+                    f"a webhook URL must not point at a {refusal} ({named}not allowed); "
+                    "allow its network in the hub setting webhook_allow_networks if it is meant"
+                )
+        return PinnedUrl(url, host, port, addresses[0])
 
 
 def is_retryable(status: int | None) -> bool:
@@ -224,7 +377,10 @@ class WebhookStore:
     change or every ``refresh_s`` (webhooks another process registered show up then).
     """
 
-    def __init__(self, path: Path | str, *, refresh_s: float = 5.0) -> None:
+    def __init__(
+        self, path: Path | str, *, refresh_s: float = 5.0, destinations: WebhookDestinations | None = None
+    ) -> None:
+        self.destinations = destinations if destinations is not None else WebhookDestinations()
         self._path = str(path)
         self._lock = threading.Lock()
         self._refresh_s = refresh_s
@@ -253,11 +409,15 @@ class WebhookStore:
     def create(
         self, url: str, event_filter: EventFilter, *, created_by: str, secret: str | None = None
     ) -> WebhookRecord:
-        """Register a webhook; ``secret`` is generated when not given. At most :data:`MAX_WEBHOOKS`."""
-        check_url(url)
+        """Register a webhook; ``secret`` is generated when not given. At most :data:`MAX_WEBHOOKS`.
+
+        Everything is checked before the row is written: the URL and where it
+        resolves to (:meth:`WebhookDestinations.pin`), and the secret.
+        """
         secret = secret if secret is not None else new_secret()
         if not MIN_SECRET_LENGTH <= len(secret) <= MAX_SECRET_LENGTH:
             raise ConfigError(f"a webhook secret is {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} characters")
+        self.destinations.pin(url)
         record = WebhookRecord(
             id="wh_" + uuid.uuid4().hex[:20],
             url=url,
@@ -341,6 +501,7 @@ class _Delivery:
     body: bytes = field(repr=False)
     backoff: Backoff
     attempts: int = 0
+    target: PinnedUrl | None = None  # resolved at the first attempt that got that far; kept for retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +509,7 @@ class _Outcome:
     status: int | None  # None: no HTTP answer
     error: str | None
     retry_after: str | None
+    retryable: bool = True  # False: the destination was refused; no later attempt would be let through
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +540,7 @@ class WebhookDispatcher:
         backoff_base_s: float = 1.0,
         backoff_cap_s: float = 300.0,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -389,6 +552,7 @@ class WebhookDispatcher:
         self._timeout_s = timeout_s
         self._backoff = (backoff_base_s, backoff_cap_s)
         self._transport = transport
+        self._verify = verify
         self._clock = clock
         self._wall_clock = wall_clock
         self._cond = threading.Condition()
@@ -475,8 +639,16 @@ class WebhookDispatcher:
             )
 
     def _work(self) -> None:
+        # No kept-alive connections: one to a pinned address must not carry a request for another
+        # host name (its certificate was checked for the first). No proxies from the environment:
+        # a proxy would resolve the name again, past the pin.
         with httpx.Client(
-            timeout=self._timeout_s, follow_redirects=False, transport=self._transport
+            timeout=self._timeout_s,
+            follow_redirects=False,
+            transport=self._transport,
+            verify=self._verify,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            trust_env=False,
         ) as client:
             while (delivery := self._next_due()) is not None:
                 try:
@@ -511,7 +683,7 @@ class WebhookDispatcher:
         self._record(delivery, ok=ok, status=outcome.status, error=outcome.error)
         if ok:
             return
-        if not is_retryable(outcome.status) or delivery.attempts >= self.max_attempts:
+        if not (outcome.retryable and is_retryable(outcome.status)) or delivery.attempts >= self.max_attempts:
             with self._cond:
                 self._gave_up += 1
             log.warning(
@@ -529,8 +701,20 @@ class WebhookDispatcher:
                 self._schedule(delivery, self._clock() + delay)
 
     def _post(self, client: httpx.Client, delivery: _Delivery) -> _Outcome:
+        try:
+            target = delivery.target or self._store.destinations.pin(delivery.url)
+        except WebhookDestinationError as exc:
+            log.warning(
+                "webhook %s: refused destination %s: %s", delivery.webhook_id, masked_url(delivery.url), exc
+            )
+            return _Outcome(None, "refused destination", None, retryable=False)
+        except UnresolvedHostError as exc:
+            log.info("webhook %s: %s", delivery.webhook_id, exc)
+            return _Outcome(None, "unresolved host", None)
+        delivery.target = target
         timestamp = int(self._wall_clock())  # signed afresh each attempt: receivers check its age
         headers = {
+            "Host": target.host_header(),
             "Content-Type": "application/json",
             "User-Agent": "roadside-hub",
             TIMESTAMP_HEADER: str(timestamp),
@@ -538,8 +722,14 @@ class WebhookDispatcher:
             DELIVERY_HEADER: delivery.delivery_id,
             WEBHOOK_HEADER: delivery.webhook_id,
         }
+        sni = target.sni_hostname()
         try:
-            response = client.post(delivery.url, content=delivery.body, headers=headers)
+            response = client.post(
+                target.request_url(),
+                content=delivery.body,
+                headers=headers,
+                extensions={"sni_hostname": sni} if sni is not None else None,
+            )
         except httpx.HTTPError as exc:  # no answer: refused, timed out, reset
             return _Outcome(None, type(exc).__name__, None)
         return _Outcome(response.status_code, None, response.headers.get("retry-after"))

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,12 +55,13 @@ from cloud.storage.base import (
     nearest_rank,
 )
 from cloud.storage.sqlite import SqliteStore
-from cloud.webhooks import WebhookStore
+from cloud.webhooks import IPAddress, WebhookDestinations, WebhookStore
 from shared.bundle import BrokerAddress, EnrollmentBundle
 from shared.keys import KeyPair, b64, key_registration_message
 from shared.schemas import CountRecord, DetectionEvent, EventType, Health, SensorReading, StreamHealth
 
 PROBLEM = "application/problem+json"
+
 T0 = datetime(2025, 5, 1, 8, 0, tzinfo=UTC)
 WINDOW = {"from": "2025-05-01T08:00:00Z", "to": "2025-05-01T10:00:00Z"}
 V1_ROUTES = ["/v1/devices", "/v1/devices/cam-1", "/v1/counts", "/v1/events"]
@@ -130,9 +132,18 @@ def fleet(home: HubHome, registry: Registry) -> Fleet:
     return Fleet(home, registry)
 
 
+def public_address(host: str, port: int) -> list[IPAddress]:
+    """A stub resolver: every name is a global address (what a city system's would be)."""
+    del host, port
+    return [ip_address("93.184.215.14")]
+
+
 @pytest.fixture
 def webhooks(tmp_path: Path) -> Iterator[WebhookStore]:
-    webhooks = WebhookStore(tmp_path / "webhooks.db")
+    # *.example names are in no DNS here; a stub answers with a global address (the hub accepts those).
+    webhooks = WebhookStore(
+        tmp_path / "webhooks.db", destinations=WebhookDestinations(resolve=public_address)
+    )
     yield webhooks
     webhooks.close()
 

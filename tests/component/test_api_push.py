@@ -2,7 +2,10 @@
 
 Events enter as the ingest writer hands them over, through ``LiveFeed.publish``;
 they leave over HTTP, through the API's SSE stream on a loopback port, and
-through the webhook dispatcher to a small HTTP server on another one.
+through the webhook dispatcher to a small HTTP(S) server on another one. The
+hubs allow-list loopback for webhooks (as an operator would for a receiver on
+the hub's machine) unless a test says otherwise; names resolve through the
+system resolver, except ``*.example`` and ``*.test`` names, which a stub maps.
 """
 
 from __future__ import annotations
@@ -10,15 +13,19 @@ from __future__ import annotations
 import json
 import queue
 import socket
+import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -28,14 +35,19 @@ from prometheus_client import CollectorRegistry
 
 from cloud.api.app import create_app
 from cloud.live import EventFilter, LiveEvent, LiveFeed
+from cloud.pki import CertificateAuthority, write_issued
 from cloud.registry import Registry
 from cloud.storage.sqlite import SqliteStore
 from cloud.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    IPAddress,
+    IPNetwork,
+    WebhookDestinations,
     WebhookDispatcher,
     WebhookStore,
+    resolve_host,
     verify_signature,
 )
 from shared.keys import KeyPair
@@ -43,6 +55,19 @@ from shared.schemas import DetectionEvent, EventType
 
 WAIT_S = 5.0
 SECRET = "a-shared-secret-of-some-length"
+LOOPBACK: tuple[IPNetwork, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
+# Names that are not in any DNS here: the public one stands for a city system on the internet,
+# the .test one for a receiver on this machine reached by name (for TLS SNI).
+STUB_DNS: dict[str, IPAddress] = {
+    "city.example": ip_address("93.184.215.14"),
+    "hooks.test": ip_address("127.0.0.1"),
+}
+
+
+def resolve(host: str, port: int) -> Sequence[IPAddress]:
+    if host in STUB_DNS:
+        return [STUB_DNS[host]]
+    return resolve_host(host, port)
 
 
 def event(type_: EventType = "wrong_way") -> DetectionEvent:
@@ -77,11 +102,19 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     registry.create_schema()
     registry.enroll("cam-1", "site-a", KeyPair.generate().public())
     store = SqliteStore(tmp_path / "telemetry.db")
-    webhooks = WebhookStore(tmp_path / "webhooks.db")
+    stores: list[WebhookStore] = []
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def make(live: LiveFeed | None = None, heartbeat_s: float = 5.0, max_duration_s: float = 30.0) -> Hub:
+    def make(
+        live: LiveFeed | None = None,
+        heartbeat_s: float = 5.0,
+        max_duration_s: float = 30.0,
+        allowed: tuple[IPNetwork, ...] = LOOPBACK,
+    ) -> Hub:
         live = live or LiveFeed()
+        destinations = WebhookDestinations(allowed=allowed, resolve=resolve)
+        webhooks = WebhookStore(tmp_path / f"webhooks-{len(stores)}.db", destinations=destinations)
+        stores.append(webhooks)
         app: FastAPI = create_app(
             store=store,
             registry=registry,
@@ -117,7 +150,8 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     for server, thread in servers:
         server.should_exit = True
         thread.join(timeout=10)
-    webhooks.close()
+    for webhooks in stores:
+        webhooks.close()
     store.close()
     registry.close()
 
@@ -288,13 +322,15 @@ class Receiver:
     delay_s: float = 0.0
     requests: queue.Queue[tuple[dict[str, str], bytes]] = field(default_factory=queue.Queue)
     url: str = ""
+    sni: list[str] = field(default_factory=list)
 
     def next(self) -> tuple[dict[str, str], bytes]:
         return self.requests.get(timeout=WAIT_S)
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+@contextmanager
+def serving(context: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    """A receiver on a free loopback port; over TLS with ``context`` (recording the SNI it was sent)."""
     receiver = Receiver()
 
     class Handler(BaseHTTPRequestHandler):
@@ -310,26 +346,51 @@ def receiver() -> Iterator[Receiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    scheme = "http"
+    if context is not None:
+
+        def record_sni(_sock: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
+            receiver.sni.append(name or "")
+
+        context.sni_callback = record_sni
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="webhook-receiver", daemon=True
     )
     thread.start()
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/roadside"
-    yield receiver
-    server.shutdown()
-    server.server_close()
+    receiver.url = f"{scheme}://127.0.0.1:{server.server_address[1]}/roadside"
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with serving() as receiver:
+        yield receiver
+
+
+@contextmanager
+def dispatching(hub: Hub, verify: ssl.SSLContext | bool = True) -> Iterator[WebhookDispatcher]:
+    dispatcher = WebhookDispatcher(
+        hub.webhooks, backoff_base_s=0.02, backoff_cap_s=0.1, max_attempts=4, timeout_s=2.0, verify=verify
+    )
+    hub.live.add_sink(dispatcher.offer)
+    dispatcher.start()
+    try:
+        yield dispatcher
+    finally:
+        dispatcher.stop()
 
 
 @pytest.fixture
 def dispatched(make_hub: Callable[..., Hub]) -> Iterator[tuple[Hub, WebhookDispatcher]]:
     hub = make_hub()
-    dispatcher = WebhookDispatcher(
-        hub.webhooks, backoff_base_s=0.02, backoff_cap_s=0.1, max_attempts=4, timeout_s=2.0
-    )
-    hub.live.add_sink(dispatcher.offer)
-    dispatcher.start()
-    yield hub, dispatcher
-    dispatcher.stop()
+    with dispatching(hub) as dispatcher:
+        yield hub, dispatcher
 
 
 def register(hub: Hub, **body: Any) -> dict[str, Any]:
@@ -482,12 +543,14 @@ def test_webhook_secrets_are_shown_once_and_never_audited(make_hub: Callable[...
         ("api:ops-1", "webhook.create", hook["id"]),
         ("api:ops-1", "webhook.delete", hook["id"]),
     ]
-    assert entries[0].details["url"] == "https://city.example/hook"  # no query: it may hold a token
+    assert entries[0].details["url"] == "https://city.example/hook?token=***"  # whole, secrets masked
     assert all(hook["secret"] not in json.dumps(e.details) for e in entries)
 
 
 def test_the_webhook_file_is_readable_by_the_hub_only(tmp_path: Path) -> None:
-    store = WebhookStore(tmp_path / "hooks" / "webhooks.db")
+    store = WebhookStore(
+        tmp_path / "hooks" / "webhooks.db", destinations=WebhookDestinations(resolve=resolve)
+    )
     store.create("https://city.example/hook", EventFilter(), created_by="test")
     store.close()
     assert (tmp_path / "hooks" / "webhooks.db").stat().st_mode & 0o777 == 0o600
@@ -520,3 +583,140 @@ def test_event_filters_match_device_site_and_types() -> None:
     assert not EventFilter(device_id="cam-2").matches(live)
     assert not EventFilter(site="site-b").matches(live)
     assert not EventFilter(types=frozenset({"stopped_vehicle"})).matches(live)
+
+
+# Webhook destinations: no SSRF (issue 9, item 15) -------------------------------------------------
+
+
+def post_webhook(hub: Hub, url: str) -> httpx.Response:
+    return httpx.post(
+        f"{hub.url}/v1/webhooks", json={"url": url}, headers={"Authorization": f"Bearer {hub.admin}"}
+    )
+
+
+def webhook_audit(hub: Hub) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (e.action, dict(e.details)) for e in hub.registry.audit.entries() if e.action.startswith("webhook.")
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://city.example:70000/hook",
+        "http://city.example:65536/hook",
+        "http://city.example:0/hook",
+        "http://city.example:http/hook",
+        "http://[::1/hook",
+    ],
+)
+def test_a_webhook_with_a_bad_port_is_a_422_before_anything_is_stored(
+    make_hub: Callable[..., Hub], url: str
+) -> None:
+    hub = make_hub()
+
+    response = post_webhook(hub, url)
+
+    assert response.status_code == 422, response.text
+    assert [p["name"] for p in response.json()["invalid_params"]] == ["url"]
+    assert hub.webhooks.list() == []
+    assert webhook_audit(hub) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://localhost:8080/hook",  # the system resolver: /etc/hosts
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.5/hook",
+        "http://192.168.1.1/hook",
+        "http://100.64.0.1/hook",
+        "http://0.0.0.0:8080/hook",
+        "http://224.0.0.1/hook",
+        "http://[fe80::1]/hook",
+        "http://hooks.test/hook",  # a name for 127.0.0.1
+    ],
+)
+def test_webhooks_to_internal_addresses_are_refused_and_audited(
+    make_hub: Callable[..., Hub], url: str
+) -> None:
+    hub = make_hub(allowed=())
+
+    response = post_webhook(hub, url + "?token=abc")
+
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert [p["name"] for p in problem["invalid_params"]] == ["url"]
+    assert "webhook_allow_networks" in problem["invalid_params"][0]["reason"]
+    assert hub.webhooks.list() == []
+    [(action, details)] = webhook_audit(hub)
+    assert action == "webhook.refuse"
+    assert details["url"] == url + "?token=***"
+    assert "abc" not in json.dumps(details)
+
+
+def test_the_allow_list_admits_a_loopback_receiver_and_nothing_else(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub(allowed=(ip_network("127.0.0.1/32"),))
+
+    assert post_webhook(hub, "http://127.0.0.1:8080/hook").status_code == 201
+    assert post_webhook(hub, "http://hooks.test:8080/hook").status_code == 201
+    assert post_webhook(hub, "http://127.0.0.2:8080/hook").status_code == 422
+    assert post_webhook(hub, "http://10.0.0.5/hook").status_code == 422
+
+
+def test_the_audit_log_shows_the_whole_url_with_secrets_masked(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub()
+
+    response = post_webhook(hub, "https://city.example:8443/in/roadside?site=main&token=t0k&sig=s1g&page=2")
+
+    assert response.status_code == 201, response.text
+    [(action, details)] = webhook_audit(hub)
+    assert action == "webhook.create"
+    assert details["url"] == "https://city.example:8443/in/roadside?site=main&token=***&sig=***&page=2"
+
+
+def test_a_receiver_reached_by_name_gets_the_name_as_host(
+    make_hub: Callable[..., Hub], receiver: Receiver
+) -> None:
+    hub = make_hub()
+    port = urlsplit(receiver.url).port
+    hook = register(hub, url=f"http://localhost:{port}/roadside", secret=SECRET)
+
+    with dispatching(hub):
+        hub.live.publish("cam-1", "site-a", [event()])
+        headers, _ = receiver.next()
+        wait_for(lambda: webhook_state(hub, hook["id"])["delivered"] == 1)
+
+    assert headers["host"] == f"localhost:{port}"
+
+
+def test_a_tls_receiver_is_verified_against_its_name_sent_as_sni(
+    make_hub: Callable[..., Hub], tmp_path: Path
+) -> None:
+    ca = CertificateAuthority.create("webhook test CA")
+    files = write_issued(tmp_path / "tls", "hooks", ca.issue_server("hooks.test", ["hooks.test"], []))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(files.cert, files.key)
+    trusted = ssl.create_default_context(cadata=ca.cert_pem.decode())
+    hub = make_hub()
+
+    with serving(server_context) as receiver, dispatching(hub, verify=trusted) as dispatcher:
+        port = urlsplit(receiver.url).port
+        hook = register(hub, url=f"https://hooks.test:{port}/roadside", secret=SECRET)
+        # The certificate names hooks.test, not 127.0.0.1: it verifies only if TLS checked the name.
+        by_address = register(
+            hub, url=f"https://127.0.0.1:{port}/roadside", secret=SECRET, types=["stopped_vehicle"]
+        )
+        hub.live.publish("cam-1", "site-a", [event()])
+        headers, _ = receiver.next()
+        wait_for(lambda: webhook_state(hub, hook["id"])["delivered"] == 1)
+        hub.live.publish("cam-1", "site-a", [event("stopped_vehicle")])
+        wait_for(lambda: dispatcher.stats().gave_up == 1)
+
+    assert headers["host"] == f"hooks.test:{port}"
+    assert receiver.sni[0] == "hooks.test"
+    state = webhook_state(hub, by_address["id"])
+    assert (state["delivered"], state["last_error"]) == (0, "ConnectError")

@@ -1,6 +1,7 @@
-"""Webhook signing, URL rules, retry policy and the dispatcher's queue, without a network.
+"""Webhook signing, URL and destination rules, retry policy and the dispatcher's queue, without a network.
 
-The dispatcher runs against ``httpx.MockTransport`` and an in-memory store.
+The dispatcher runs against ``httpx.MockTransport`` and an in-memory store;
+names resolve through a stub resolver (``city.example`` to a global address).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from ipaddress import ip_address, ip_network
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -22,16 +25,22 @@ from hypothesis import strategies as st
 from cloud.live import EventFilter, LiveEvent
 from cloud.webhooks import (
     DELIVERY_HEADER,
+    MASK,
     MAX_WEBHOOKS,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    IPAddress,
+    UnresolvedHostError,
+    WebhookDestinationError,
+    WebhookDestinations,
     WebhookDispatcher,
     WebhookLimitError,
     WebhookStore,
+    address_refusal,
     check_url,
     delivery_body,
     is_retryable,
-    redacted_url,
+    masked_url,
     retry_after_s,
     sign,
     verify_signature,
@@ -40,6 +49,7 @@ from shared.errors import ConfigError
 from shared.schemas import DetectionEvent
 
 NOW = 1_746_000_000
+PUBLIC = ip_address("93.184.215.14")  # a globally routable address, standing in for city.example's
 secrets_ = st.text(min_size=16, max_size=64)
 bodies = st.binary(max_size=512)
 
@@ -115,6 +125,14 @@ def test_http_and_https_urls_are_accepted(url: str) -> None:
         "https://user:pw@city.example/hook",
         "https://city.example/hook#part",
         "https://city.example/" + "a" * 2048,
+        "https://city.example:70000/hook",
+        "https://city.example:65536/hook",
+        "https://city.example:0/hook",
+        "https://city.example:-1/hook",
+        "https://city.example:http/hook",
+        "https://[::1/hook",
+        "https://city.example/ho ok",
+        "https://city.example/hook\n",
     ],
 )
 def test_other_urls_are_refused(url: str) -> None:
@@ -122,9 +140,141 @@ def test_other_urls_are_refused(url: str) -> None:
         check_url(url)
 
 
-def test_logs_and_the_audit_log_see_urls_without_queries() -> None:
-    assert redacted_url("https://city.example:8443/in?token=abc") == "https://city.example:8443/in"
-    assert redacted_url("http://city.example/in") == "http://city.example/in"
+def test_logs_and_the_audit_log_see_the_whole_url_with_secrets_masked() -> None:
+    assert masked_url("https://city.example:8443/in/x?token=abc&site=main&Sig=zz&api_key=k&k=v") == (
+        "https://city.example:8443/in/x?token=***&site=main&Sig=***&api_key=***&k=v"
+    )
+    assert (
+        masked_url("https://user:pw@city.example/in?password=p") == "https://***@city.example/in?password=***"
+    )
+    assert masked_url("http://[::1]:8080/in") == "http://[::1]:8080/in"
+    assert masked_url("http://city.example/in") == "http://city.example/in"
+
+
+_SECRET_KEYS = ["token", "access_token", "key", "apikey", "secret", "sig", "signature", "password", "auth"]
+
+
+@given(
+    params=st.lists(
+        st.tuples(
+            st.sampled_from([*_SECRET_KEYS, "site", "a", "page"]),
+            st.text(st.characters(codec="utf-8"), min_size=1, max_size=20),
+        ),
+        max_size=6,
+    )
+)
+def test_no_secret_query_value_survives_masking(params: list[tuple[str, str]]) -> None:
+    url = "https://city.example/in?" + urlencode(params)
+    shown = parse_qsl(urlsplit(masked_url(url)).query, keep_blank_values=True)
+    assert shown == [(key, MASK if key in _SECRET_KEYS else value) for key, value in params]
+
+
+# Destinations: no SSRF -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.9.9.9", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped: judged as the IPv4 address it is
+        ("169.254.169.254", "link-local"),  # cloud metadata services
+        ("fe80::1", "link-local"),
+        ("10.0.0.5", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("fd00::1", "private"),
+        ("::ffff:10.0.0.1", "private"),
+        ("0.0.0.0", "unspecified"),  # noqa: S104 - an address to refuse, not one to bind
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("240.0.0.1", "private|reserved"),  # which one depends on the Python version's tables
+        ("100.64.0.1", "non-global"),  # carrier-grade NAT
+        ("192.0.2.10", "private|non-global"),  # documentation
+    ],
+)
+def test_non_global_addresses_are_refused(address: str, kind: str) -> None:
+    refusal = address_refusal(ip_address(address))
+    assert refusal is not None
+    assert refusal.split(" address ")[0] in kind.split("|")
+
+
+@pytest.mark.parametrize("address", ["93.184.215.14", "8.8.8.8", "2606:4700:4700::1111"])
+def test_global_addresses_are_fine(address: str) -> None:
+    assert address_refusal(ip_address(address)) is None
+
+
+def test_allow_listed_networks_are_fine() -> None:
+    allowed = (ip_network("127.0.0.0/8"), ip_network("10.20.0.0/16"))
+    assert address_refusal(ip_address("127.0.0.1"), allowed) is None
+    assert address_refusal(ip_address("::ffff:127.0.0.1"), allowed) is None
+    assert address_refusal(ip_address("10.20.3.4"), allowed) is None
+    assert address_refusal(ip_address("10.21.0.1"), allowed) is not None
+    assert address_refusal(ip_address("::1"), allowed) is not None
+
+
+def resolver(*answers: Sequence[IPAddress] | OSError) -> Callable[[str, int], Sequence[IPAddress]]:
+    """A stub resolver answering from a script, then repeating its last answer; it records each call."""
+    script = list(answers)
+    calls: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int) -> Sequence[IPAddress]:
+        calls.append((host, port))
+        answer = script.pop(0) if len(script) > 1 else script[0]
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    resolve.calls = calls  # type: ignore[attr-defined]
+    return resolve
+
+
+def test_a_pin_resolves_once_and_keeps_host_port_and_address() -> None:
+    resolve = resolver([PUBLIC])
+    pinned = WebhookDestinations(resolve=resolve).pin("https://City.Example:8443/in?x=1")
+    assert (pinned.host, pinned.port, pinned.address) == ("city.example", 8443, PUBLIC)
+    assert str(pinned.request_url()) == "https://93.184.215.14:8443/in?x=1"
+    assert pinned.host_header() == "city.example:8443"
+    assert pinned.sni_hostname() == "city.example"
+    assert resolve.calls == [("city.example", 8443)]  # type: ignore[attr-defined]
+
+
+def test_a_literal_address_is_not_resolved_and_has_no_sni() -> None:
+    pinned = WebhookDestinations(resolve=resolver(OSError("no DNS here"))).pin("https://[2606:4700::1111]/in")
+    assert pinned.address == ip_address("2606:4700::1111")
+    assert pinned.host_header() == "[2606:4700::1111]"
+    assert pinned.sni_hostname() is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1/", "http://[::1]:8080/", "http://169.254.169.254/latest/meta-data", "http://0x7f.1/"],
+)
+def test_internal_literals_are_refused(url: str) -> None:
+    # 0x7f.1 is not an IP literal to Python, but the resolver (inet_aton) reads it as 127.0.0.1.
+    destinations = WebhookDestinations(resolve=resolver([ip_address("127.0.0.1")]))
+    with pytest.raises(WebhookDestinationError, match="webhook_allow_networks"):
+        destinations.pin(url)
+
+
+def test_a_name_with_any_internal_address_is_refused() -> None:
+    destinations = WebhookDestinations(resolve=resolver([PUBLIC, ip_address("10.0.0.7")]))
+    with pytest.raises(WebhookDestinationError, match=r"city\.example resolves to 10\.0\.0\.7"):
+        destinations.pin("https://city.example/in")
+
+
+def test_a_name_that_does_not_resolve_is_a_transport_error() -> None:
+    with pytest.raises(UnresolvedHostError):
+        WebhookDestinations(resolve=resolver(OSError("NXDOMAIN"))).pin("https://nowhere.example/in")
+    with pytest.raises(UnresolvedHostError):
+        WebhookDestinations(resolve=resolver([])).pin("https://nowhere.example/in")
+
+
+def test_the_allow_list_lets_a_loopback_receiver_in() -> None:
+    destinations = WebhookDestinations(allowed=(ip_network("127.0.0.0/8"),), resolve=resolver(OSError()))
+    assert destinations.pin("http://127.0.0.1:9000/in").address == ip_address("127.0.0.1")
 
 
 @pytest.mark.parametrize(
@@ -166,9 +316,27 @@ def test_the_body_names_webhook_delivery_and_events_in_the_api_shape() -> None:
 
 @pytest.fixture
 def store() -> Iterator[WebhookStore]:
-    store = WebhookStore(":memory:", refresh_s=3600)
+    store = WebhookStore(
+        ":memory:", refresh_s=3600, destinations=WebhookDestinations(resolve=resolver([PUBLIC]))
+    )
     yield store
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("https://city.example:70000/hook", ConfigError),
+        ("http://127.0.0.1:8080/hook", WebhookDestinationError),
+        ("http://169.254.169.254/latest/meta-data", WebhookDestinationError),
+    ],
+)
+def test_the_store_refuses_a_destination_before_writing_anything(
+    store: WebhookStore, url: str, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        store.create(url, EventFilter(), created_by="t")
+    assert store.list() == []
 
 
 def test_the_store_keeps_webhooks_their_filters_and_outcomes(store: WebhookStore) -> None:
@@ -311,3 +479,63 @@ def test_stop_returns_with_retries_still_queued(store: WebhookStore) -> None:
     dispatcher.stop()
     assert time.monotonic() - started < 2
     assert len(endpoint.requests) == 1
+
+
+def test_a_delivery_connects_to_the_pinned_address_with_the_host_as_host_and_sni() -> None:
+    rebinding = resolver(
+        [PUBLIC], [PUBLIC], [ip_address("127.0.0.1")]
+    )  # registration, delivery, then rebound
+    store = WebhookStore(":memory:", refresh_s=3600, destinations=WebhookDestinations(resolve=rebinding))
+    store.create("https://city.example:8443/in?x=1", EventFilter(), created_by="t")
+    endpoint = Endpoint(503, 503)
+    dispatcher = dispatcher_for(store, endpoint)
+    dispatcher.start()
+    try:
+        dispatcher.offer([live()])
+        wait_for(lambda: dispatcher.stats().delivered == 1)
+    finally:
+        dispatcher.stop()
+        store.close()
+    # Three attempts, one resolution: the retries went where the first attempt's answer said.
+    assert len(rebinding.calls) == 2  # type: ignore[attr-defined]
+    assert [str(r.url) for r in endpoint.requests] == ["https://93.184.215.14:8443/in?x=1"] * 3
+    assert {r.headers["host"] for r in endpoint.requests} == {"city.example:8443"}
+    assert {r.extensions["sni_hostname"] for r in endpoint.requests} == {"city.example"}
+
+
+def test_a_name_rebound_to_an_internal_address_is_not_delivered_to() -> None:
+    rebinding = resolver([PUBLIC], [ip_address("169.254.169.254")])
+    store = WebhookStore(":memory:", refresh_s=3600, destinations=WebhookDestinations(resolve=rebinding))
+    hook = store.create("https://city.example/in", EventFilter(), created_by="t")
+    endpoint = Endpoint()
+    dispatcher = dispatcher_for(store, endpoint)
+    dispatcher.start()
+    try:
+        dispatcher.offer([live()])
+        wait_for(lambda: dispatcher.stats().gave_up == 1)
+        record = store.get(hook.id)
+    finally:
+        dispatcher.stop()
+        store.close()
+    assert endpoint.requests == []  # given up at once, not retried
+    assert record is not None
+    assert (record.failed, record.last_status, record.last_error) == (1, None, "refused destination")
+
+
+def test_a_name_that_stops_resolving_is_retried() -> None:
+    flaky = resolver([PUBLIC], OSError("SERVFAIL"), [PUBLIC])
+    store = WebhookStore(":memory:", refresh_s=3600, destinations=WebhookDestinations(resolve=flaky))
+    hook = store.create("https://city.example/in", EventFilter(), created_by="t")
+    endpoint = Endpoint()
+    dispatcher = dispatcher_for(store, endpoint)
+    dispatcher.start()
+    try:
+        dispatcher.offer([live()])
+        wait_for(lambda: dispatcher.stats().delivered == 1)
+        record = store.get(hook.id)
+    finally:
+        dispatcher.stop()
+        store.close()
+    assert len(endpoint.requests) == 1
+    assert record is not None
+    assert (record.failed, record.delivered) == (1, 1)

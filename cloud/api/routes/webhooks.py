@@ -10,11 +10,12 @@ import logging
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Body, Path, Response
+from fastapi.exceptions import RequestValidationError
 
 from cloud.api import problems
 from cloud.api.deps import Administrator, RegistryDep, WebhooksDep, actor
 from cloud.api.models import Webhook, WebhookCreate, WebhookCreated, WebhookList
-from cloud.webhooks import WebhookLimitError, redacted_url
+from cloud.webhooks import UnresolvedHostError, WebhookDestinationError, WebhookLimitError, masked_url
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +90,20 @@ def create_webhook(
         )
     except WebhookLimitError as exc:
         raise problems.conflict(str(exc)) from exc
-    details = {"url": redacted_url(record.url), "device": request.device, "site": request.site,
+    except (WebhookDestinationError, UnresolvedHostError) as exc:
+        # Nothing was stored; the attempt is still audited: an admin key probing internal hosts is news.
+        registry.audit.append(
+            actor(client), "webhook.refuse", "webhook", {"url": masked_url(request.url), "reason": str(exc)}
+        )
+        logger.info("webhook to %s refused for API client %s: %s", masked_url(request.url), client.name, exc)
+        raise RequestValidationError(
+            [{"loc": ("body", "url"), "msg": str(exc), "type": "value_error"}]
+        ) from exc
+    details = {"url": masked_url(record.url), "device": request.device, "site": request.site,
                "types": sorted(request.types)}  # fmt: skip
     registry.audit.append(actor(client), "webhook.create", record.id, details)
     logger.info(
-        "webhook %s to %s registered by API client %s", record.id, redacted_url(record.url), client.name
+        "webhook %s to %s registered by API client %s", record.id, masked_url(record.url), client.name
     )
     response.headers["Cache-Control"] = "no-store"
     response.headers["Location"] = f"{router.prefix}/{record.id}"
