@@ -13,6 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud.home import hub_identity
 from edge.agent import Agent
 from edge.settings import load_agent_settings
 from shared import topics
@@ -67,7 +68,10 @@ class Sniffer:
     """A plain (non-shared) subscriber on everything, as a curious broker operator would be."""
 
     def __init__(self, loop: Loop) -> None:
-        cert, key = loop.home.cert("hub")
+        # Its own hub identity: the broker takes client ids from certificates, and under the
+        # hub process's certificate the sniffer would take over the hub's session.
+        files = hub_identity(loop.home, loop.registry, "hub-sniffer")
+        cert, key = files.cert, files.key
         self.payloads: list[tuple[str, bytes]] = []
         self.ready = threading.Event()
         self.client = mqtt.Client(
