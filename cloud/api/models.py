@@ -481,7 +481,11 @@ class WebhookCreate(BaseModel):
 
     url: Annotated[
         str, Field(min_length=8, max_length=webhooks.MAX_URL_LENGTH), AfterValidator(_webhook_url)
-    ] = Field(description="Absolute `https://` (or `http://`) URL, without credentials.")
+    ] = Field(
+        description="Absolute `https://` (or `http://`) URL, without credentials or fragment, port 1 to 65535. "
+        "Its host must be, or resolve only to, globally routable addresses (not loopback, link-local, "
+        "private, multicast or reserved) unless the hub's `webhook_allow_networks` holds them."
+    )
     secret: str | None = Field(
         default=None,
         min_length=webhooks.MIN_SECRET_LENGTH,

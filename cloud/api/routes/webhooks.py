@@ -62,7 +62,11 @@ _SIGNING: Final = (
     status_code=201,
     summary="Register a webhook",
     description="POST matching events to `url` as the hub accepts them. " + _SIGNING + " The secret is "
-    "returned only in this answer (`Cache-Control: no-store`).",
+    "returned only in this answer (`Cache-Control: no-store`). The hub resolves the URL's host now and "
+    "before each delivery, and refuses (422, nothing stored, the attempt audited) one that is or "
+    "resolves to a loopback, link-local, private, multicast or otherwise non-global address, unless "
+    "the operator allow-listed its network (`webhook_allow_networks`). A delivery connects to the "
+    "address it resolved, with the URL's host as `Host` and TLS server name.",
     response_model=WebhookCreated,
     responses={
         201: {
