@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Body, Path, Query, Response
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from cloud.api import problems
 from cloud.api.deps import (
@@ -96,6 +96,20 @@ _NOT_CONFIGURED: Final[dict[int | str, dict[str, Any]]] = {
 
 class SignedDeviceKeysRequest(DeviceKeysRequest):
     """New envelope public keys with proof that the registrant holds the new Ed25519 key."""
+
+    # A real key pair's public halves and its proof for the device ``pole-0042``.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "x25519": "4gUTBkzpitGW2TM6XE7MbR5LclsGmARjlU3RiifulEc=",
+                    "ed25519": "abL8GiHa4ikhn+RcxERcYV+tpHLUjhY9CcehhicNlh0=",
+                    "proof": "k8tUAtIseG2CULqRvaHkyEljNWzReClNt4wEKC5SBx0e9DA9hGnkHbcBN1J9SUViKy3SrSCN0exT3ZNGZQEHBA==",
+                }
+            ]
+        },
+    )
 
     proof: str = Field(
         min_length=88,
