@@ -48,7 +48,7 @@ from paho.mqtt.properties import Properties
 
 from bench.fleet import EPOCH, SimulatedDevice, counts_body, enroll_fleet
 from cloud.broker import MosquittoBroker
-from cloud.home import HubHome, acl_devices, init_home
+from cloud.home import HubHome, acl_devices, hub_identity, init_home
 from cloud.registry import Registry
 from cloud.settings import InfluxV1StoreConfig, SqliteStoreConfig, StoreConfig
 from cloud.storage.base import CountQuery, TimeSeriesStore
@@ -61,11 +61,19 @@ MAX_BACKLOG = 95_000  # Mosquitto queues at most 100,000 messages per offline cl
 
 
 def _consumer(home: HubHome, client_id: str) -> mqtt.Client:
-    cert, key = home.cert("hub")
+    # The broker takes each client id from the certificate's name: every consumer is a hub
+    # identity of its own (``hub-bench-bare``...), issued by the home's CA on first use.
+    registry = Registry(home.registry_url)
+    try:
+        files = hub_identity(home, registry, f"hub-bench-{client_id}")  # made already: no reload here
+    finally:
+        registry.close()
     client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"hub-bench-{client_id}",
+        protocol=mqtt.MQTTv5,
     )
-    client.tls_set(ca_certs=str(home.ca_file), certfile=str(cert), keyfile=str(key))
+    client.tls_set(ca_certs=str(home.ca_file), certfile=str(files.cert), keyfile=str(files.key))
     return client
 
 
@@ -210,7 +218,7 @@ def start_hub_process(
             {
                 "broker_port": port,
                 "api_port": 0,
-                "client_id": f"hub-{index}",
+                "client_id": "hub-single" if index < 0 else f"hub-{index}",
                 "group": group,
                 "store": store.model_dump(mode="json", exclude_none=True),
             }
@@ -297,6 +305,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         broker.start()
         bundles = enroll_fleet(home, registry, args.devices, broker.port)
         broker.reload_acl(acl_devices(registry))
+        # Every identity first: Mosquitto 2.0 drops the offline persistent sessions of
+        # certificate-named clients on each reload, so none may happen once ours exist.
+        hubs = ["hub-single"] if args.hubs == 1 else [f"hub-{i}" for i in range(args.hubs)]
+        for name in ["hub-bench-bare", "hub-bench-naive", *hubs]:
+            hub_identity(home, registry, name)
         register_session(home, broker.port, "bare", PLAIN)
         register_session(home, broker.port, "naive", PLAIN)
 

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import secrets
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from cryptography import x509
 
@@ -410,8 +412,26 @@ def publish_crl(home: HubHome, ca: CertificateAuthority) -> None:
     write_public(home.broker_crl_file, crl)
 
 
-def refresh_crl(home: HubHome) -> None:
-    """Re-issue the CRL (same serials, new validity) and make a broker run from this home reload it."""
+CRL_REFRESH_BEFORE: Final = dt.timedelta(days=90)
+
+
+def refresh_crl(home: HubHome, now: dt.datetime | None = None) -> bool:
+    """Re-issue the CRL (same serials, new validity) when it lapses within 90 days; reload the broker.
+
+    Only then: Mosquitto 2.0 drops the offline persistent sessions of certificate-named
+    clients on every reload, so a hub (re)starting must not reload for nothing while an
+    ingest worker's session holds queued messages. Returns whether it re-issued.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    current = home.broker_crl_file
+    if current.is_file():
+        try:
+            next_update = x509.load_pem_x509_crl(current.read_bytes()).next_update_utc
+        except ValueError:
+            next_update = None
+        if next_update is not None and next_update - now > CRL_REFRESH_BEFORE:
+            return False
     with acl_lock(home.broker_dir):
         publish_crl(home, home.ca())
     reload_broker(home)
+    return True

@@ -13,6 +13,7 @@ import os
 import pwd
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,6 +347,11 @@ def test_compose_watcher_reloads_the_broker_when_the_hub_rewrites_acl_or_crl(tmp
     watcher = subprocess.Popen(["/bin/sh", str(RUN_SH)], env=env, stderr=subprocess.PIPE, text=True)
     try:
         assert watcher.stderr is not None
+        # The watcher takes its first digest before it starts Mosquitto: change nothing until then.
+        deadline = time.monotonic() + 10
+        while not (log.exists() and "running" in log.read_text()):
+            assert time.monotonic() < deadline, "the compose broker did not start"
+            time.sleep(0.05)
         ca = home.ca()
         ca.revoke(12345)
         publish_crl(home, ca)
@@ -367,3 +373,20 @@ def _lines_until_reload(watcher: subprocess.Popen[str]) -> Iterator[str]:
         yield line
         if line.startswith("roadside:"):
             return
+
+
+def test_a_hub_start_reloads_the_broker_only_when_the_crl_is_about_to_lapse(tmp_path: Path) -> None:
+    """Mosquitto 2.0 drops offline sessions of certificate-named clients on each reload (an
+    ingest worker's queue among them), so refreshing the CRL at hub start must not reload
+    for nothing."""
+    import datetime as dt
+
+    from cloud.home import refresh_crl
+
+    home = init_home(tmp_path / "hub", ["localhost"], ["127.0.0.1"])
+    before = home.broker_crl_file.read_bytes()
+    assert refresh_crl(home) is False  # a year left: nothing re-issued, nothing reloaded
+    assert home.broker_crl_file.read_bytes() == before
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=300)
+    assert refresh_crl(home, now=later) is True
+    assert home.broker_crl_file.read_bytes() != before
