@@ -33,6 +33,7 @@ from cloud.storage.influx import (
     format_field,
     quote_ident,
     quote_literal,
+    rows,
 )
 from shared.errors import ConfigError, SchemaError, TransportError
 from shared.schemas import CountRecord, DetectionEvent, Health, SensorReading, StreamHealth
@@ -365,7 +366,7 @@ def test_naive_datetimes_are_refused() -> None:
 def test_http_failures_map_onto_the_error_tree(
     status: int, message: str, action: str, error: type[Exception]
 ) -> None:
-    rejection = influx._rejection(status, message, action)
+    rejection = rows.rejection(status, message, action)
     assert type(rejection) is error
     assert message in str(rejection)
 
