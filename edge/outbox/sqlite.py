@@ -17,8 +17,10 @@ the hub refuses messages from a clock far off anyway.
 Disk budget: when a new message would push the queue past ``max_bytes``, the
 policy ``DROP_LOWEST_PRIORITY_OLDEST`` deletes the oldest messages of the
 lowest priority first (hard-example samples, then health, then sensors, then counts, events, OTA reports last); each
-drop is counted. Back-pressure: ``put`` reports how many were dropped, and
-``is_congested`` tells the pipeline to shed work before it gets that far.
+drop is counted. The rule is :func:`edge.outbox.policy.choose_drops`; this module
+only reads it the candidates and deletes what it chose. Back-pressure: ``put``
+reports how many were dropped, and ``is_congested`` tells the pipeline to shed
+work before it gets that far.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.outbox.policy import DropPolicy, QueuedMessage, bytes_to_free, choose_drops
 from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,10 +48,6 @@ class Priority(enum.IntEnum):
     ACK = 3
     EVENTS = 4
     OTA = 5  # model-update reports: few, small, and a rollout waits on each one
-
-
-class DropPolicy(enum.Enum):
-    DROP_LOWEST_PRIORITY_OLDEST = "drop_lowest_priority_oldest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +68,13 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_drop ON outbox (priority, seq);
 """
+
+# The candidates for dropping, read through ``outbox_drop`` in the policy's ``drop_order``, so a
+# full outbox reads the head of that order and not the whole queue.
+_DROP_CANDIDATES = "SELECT seq, priority, LENGTH(payload), kind FROM outbox ORDER BY priority, seq LIMIT ?"
+# How many candidates to read first; usually one or two messages make room. Grown fourfold
+# while the rule wants every candidate read and more remain.
+_FIRST_DROP_PAGE = 16
 
 
 EPOCH_SHIFT = 16
@@ -124,19 +130,40 @@ class Outbox:
         return dropped
 
     def _make_room(self, incoming: int) -> int:
-        dropped = 0
-        while self._bytes + incoming > self._max_bytes:
-            row = self._db.execute(
-                "SELECT seq, LENGTH(payload), kind FROM outbox ORDER BY priority, seq LIMIT 1"
-            ).fetchone()
-            if row is None:
-                break
-            self._db.execute("DELETE FROM outbox WHERE seq = ?", (row[0],))
-            self._bytes -= row[1]
-            dropped += 1
-            log.warning("outbox full: dropped %s message %s (policy %s)", row[2], row[0], self.policy.value)
-        self.dropped += dropped
-        return dropped
+        if bytes_to_free(self._bytes, incoming, self._max_bytes) == 0:
+            return 0  # the common case: no query at all
+        page = _FIRST_DROP_PAGE
+        while True:
+            rows = self._db.execute(_DROP_CANDIDATES, (page,)).fetchall()
+            candidates = [QueuedMessage(seq, priority, size) for seq, priority, size, _ in rows]
+            drops = choose_drops(candidates, self._bytes, incoming, self._max_bytes)
+            if len(drops) < len(candidates) or len(rows) < page:
+                break  # the rule stopped inside what was read, or there is nothing more to read
+            page *= 4
+        if not drops:
+            return 0
+        kinds = {row[0]: row[3] for row in rows}
+        self._delete([m.seq for m in drops])
+        for message in drops:
+            self._bytes -= message.size
+            log.warning(
+                "outbox full: dropped %s message %s (policy %s)",
+                kinds[message.seq],
+                message.seq,
+                self.policy.value,
+            )
+        self.dropped += len(drops)
+        return len(drops)
+
+    def _delete(self, seqs: list[int]) -> None:
+        # One transaction for all the drops: one fsync, and they are durable together.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def pending(self, limit: int, exclude: Iterable[int] = ()) -> list[OutboxItem]:
         """The oldest messages not in ``exclude`` (already in flight), in sequence order."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from edge.outbox import Outbox, Priority
+from edge.outbox import Outbox, Priority, QueuedMessage, choose_drops
 
 
 def test_order_ack_and_sequence_numbers_survive_reopen(tmp_path: Path) -> None:
@@ -53,11 +54,33 @@ def test_budget_drops_lowest_priority_oldest_first(tmp_path: Path) -> None:
     assert box.dropped == 2
 
 
+def test_the_outbox_drops_what_the_rule_chooses(tmp_path: Path) -> None:
+    """The SQL carries out ``choose_drops``: a model queue run by the rule alone ends the same."""
+    budget = 20_000
+    box = Outbox(tmp_path / "o.db", max_bytes=budget)
+    model: list[QueuedMessage] = []
+    rng = random.Random(10)
+    most = 0
+    for i in range(150):
+        # Mostly small messages, now and then one big enough to need more than a page of drops.
+        size = rng.randrange(8_000, 15_000) if i % 40 == 39 else rng.randrange(50, 400)
+        priority = rng.choice(list(Priority))
+        drops = choose_drops(model, sum(m.size for m in model), size, budget)
+        assert box.put("k", bytes(size), priority) == len(drops)
+        most = max(most, len(drops))
+        model = [m for m in model if m not in drops]
+        (item,) = [i for i in box.pending(1000) if i.seq not in {m.seq for m in model}]
+        model.append(QueuedMessage(item.seq, priority, size))
+        assert [i.seq for i in box.pending(1000)] == sorted(m.seq for m in model)
+        assert box.size_bytes == sum(m.size for m in model) <= budget
+    assert most > 16  # one put needed more candidates than the first page read
+
+
 WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from edge.outbox import Outbox, Priority
+    from edge.outbox import Outbox, Priority, QueuedMessage, choose_drops
     box = Outbox(Path(sys.argv[1]))
     i = 0
     while True:
