@@ -136,7 +136,7 @@ class StageClock:
 
 
 def _scene_images(streams: int, count: int) -> list[Any]:
-    from models.synthetic import RoadScene, SceneConfig
+    from sim.synthetic import RoadScene, SceneConfig
 
     scenes = [RoadScene(SceneConfig(width=WIDTH, height=HEIGHT, seed=i)) for i in range(streams)]
     for scene in scenes:
@@ -175,7 +175,7 @@ def phase_naive(spec: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
 
     from edge.inference.yolo import decode_yolo, letterbox
-    from models.synthetic import RoadScene, SceneConfig
+    from sim.synthetic import RoadScene, SceneConfig
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = spec["threads"]

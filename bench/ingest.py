@@ -225,7 +225,7 @@ def start_hub_process(
         )
     )
     log_file = log_dir / f"hub-{index}.log"
-    command = [sys.executable, "-c", "from shared.cli import main; main()", "hub", "run"]
+    command = [sys.executable, "-c", "from roadside.cli import main; main()", "hub", "run"]
     command += ["--home", str(home.root), "--config", str(config), "--log-level", "INFO"]
     process = subprocess.Popen(command, stdout=log_file.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60

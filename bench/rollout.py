@@ -112,7 +112,7 @@ SHIPPED_VERSION: Final = "0.1.0"  # came with the agent: the boot fallback, not 
 RUNNING_VERSION: Final = "1.0.0"  # installed by an earlier update (the committed detector)
 NEW_VERSION: Final = "2.0.0"
 AGENT_VERSION: Final = "0.1.0"
-LABELS: Final = ("car", "truck", "pedestrian", "cyclist")  # models.synthetic.CLASSES
+LABELS: Final = ("car", "truck", "pedestrian", "cyclist")  # sim.synthetic.CLASSES
 INPUT_SHAPE: Final = (1, 3, 320, 320)
 # RoadsideDetector widths for about 1.24 M parameters: a ~5 MB float32 model.
 MODEL_WIDTHS: Final = (24, 48, 112, 168)

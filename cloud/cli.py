@@ -1,29 +1,19 @@
-"""``roadside pki|device|hub|broker|demo ...``"""
+"""``roadside pki|device|hub|broker|audit ...``, and :func:`register` for the hub's other sub-commands."""
 
 from __future__ import annotations
 
-import contextlib
-import getpass
 import json
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from cloud.cli_common import DEFAULT_HOME, HomeOption, RegistryUrlOption, actor, fail, open_registry
 from shared.errors import ConfigError, RoadsideError
-
-if TYPE_CHECKING:
-    from cloud.registry import Registry
-
-HomeOption = Annotated[
-    Path, typer.Option("--home", help="The hub's home directory.", envvar="ROADSIDE_HUB_HOME")
-]
-DEFAULT_HOME = Path("/var/lib/roadside-hub")
 
 pki_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="The hub's certificate authority and keys."
@@ -34,36 +24,6 @@ audit_app = typer.Typer(no_args_is_help=True, add_completion=False, help="The ha
 broker_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Run a Mosquitto configured by the hub."
 )
-
-
-@contextlib.contextmanager
-def _registry(home: Path, url: str | None = None) -> Iterator[Registry]:
-    """The hub's registry for one command: errors become a clear exit, the connection is closed."""
-    from cloud.home import HubHome
-    from cloud.registry import Registry
-
-    registry = Registry(url or HubHome(home).registry_url)
-    try:
-        yield registry
-    except RoadsideError as exc:
-        raise _fail(exc) from exc
-    finally:
-        registry.close()
-
-
-RegistryUrlOption = Annotated[
-    str | None, typer.Option(help="Registry database (default: SQLite in the home).")
-]
-
-
-def _actor() -> str:
-    """Who did it, for the audit log: the operator's login on this machine."""
-    return f"cli:{getpass.getuser()}"
-
-
-def _fail(exc: RoadsideError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(2)
 
 
 @pki_app.command("init")
@@ -83,7 +43,7 @@ def pki_init(
     try:
         init_home(home, broker_host or ["localhost"], broker_ip or ["127.0.0.1"], force=force)
     except RoadsideError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     typer.echo(f"hub home ready at {home}")
 
 
@@ -120,11 +80,11 @@ def device_enroll(
             site,
             BrokerAddress(host=broker_host, port=broker_port),
             out,
-            _actor(),
+            actor(),
             repo_url=repo_url or (f"https://{broker_host}:8443" if hub_home.has_repository() else None),
         )
     except RoadsideError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         registry.close()
     typer.echo(
@@ -159,10 +119,10 @@ def device_revoke(device_id: str, home: HomeOption = DEFAULT_HOME) -> None:
     from cloud.home import HubHome, revoke_device
 
     hub_home = HubHome(home)
-    with _registry(home) as registry:
+    with open_registry(home) as registry:
         if registry.get_device(device_id) is None:
-            raise _fail(ConfigError(f"device {device_id!r} is not enrolled"))
-        ended = revoke_device(hub_home, registry, device_id, actor=_actor())
+            raise fail(ConfigError(f"device {device_id!r} is not enrolled"))
+        ended = revoke_device(hub_home, registry, device_id, actor=actor())
     typer.echo(f"revoked {device_id}; running hubs refuse it within seconds")
     if running_broker(hub_home.broker_dir) is None:
         typer.echo(
@@ -198,7 +158,7 @@ def hub_run(
         hub = Hub(settings)
         hub.start()
     except RoadsideError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     typer.echo(f"hub API on {hub.api_url}" if hub.api_url else "hub ingest worker running")
     children = [_start_worker(home, config, log_level, settings.client_id, i) for i in range(1, workers + 1)]
     stop = threading.Event()
@@ -216,7 +176,7 @@ def _start_worker(
     home: Path, config: Path | None, log_level: str, client_id: str, index: int
 ) -> subprocess.Popen[bytes]:
     """An ingest-only hub process: its own MQTT session (client id) in the same shared group, no API."""
-    command = [sys.executable, "-c", "from shared.cli import main; main()", "hub", "run", "--home", str(home)]
+    command = [sys.executable, "-c", "from roadside.cli import main; main()", "hub", "run", "--home", str(home)]
     command += ["--log-level", log_level, "--api-port", "-1", "--client-id", f"{client_id}-w{index}"]
     command += ["--config", str(config)] if config else []
     return subprocess.Popen(command)
@@ -230,9 +190,9 @@ def hub_token(
     home: HomeOption = DEFAULT_HOME,
 ) -> None:
     """Create an API client and print its token (shown once; only a hash is kept)."""
-    with _registry(home) as registry:
+    with open_registry(home) as registry:
         registry.create_schema()
-        typer.echo(registry.create_api_client(name, scope, department, actor=_actor()))
+        typer.echo(registry.create_api_client(name, scope, department, actor=actor()))
 
 
 @hub_app.command("migrate")
@@ -241,7 +201,7 @@ def hub_migrate(
     registry_url: RegistryUrlOption = None,
 ) -> None:
     """Upgrade the registry database to the newest schema (safe to run again)."""
-    with _registry(home, registry_url) as registry:
+    with open_registry(home, registry_url) as registry:
         registry.migrate()
         typer.echo(f"registry at revision {registry.current_revision()}")
 
@@ -252,7 +212,7 @@ def audit_verify(
     registry_url: RegistryUrlOption = None,
 ) -> None:
     """Check the audit log's hash chain; exit 1 and name the first bad entry if it was tampered with."""
-    with _registry(home, registry_url) as registry:
+    with open_registry(home, registry_url) as registry:
         report = registry.audit.verify()
     if report.ok:
         typer.echo(f"audit log intact: {report.entries} entries, head {report.head_hash}")
@@ -288,7 +248,7 @@ def broker_run(
     from cloud.home import HubHome, acl_devices
 
     hub_home = HubHome(home)
-    with _registry(home) as registry:
+    with open_registry(home) as registry:
         hub_home.require()
         broker = MosquittoBroker(
             hub_home.broker_dir,
@@ -308,9 +268,9 @@ def broker_run(
 
 
 def register(app: typer.Typer) -> None:
+    """Add the hub's sub-commands to the ``roadside`` command (:mod:`roadside.cli`)."""
     from cloud.dataset.cli import dataset_app
     from cloud.deadletter_cli import deadletters_app
-    from cloud.demo import demo
     from cloud.model_cli import model_app
     from cloud.rollout_cli import rollout_app
 
@@ -323,4 +283,3 @@ def register(app: typer.Typer) -> None:
     app.add_typer(dataset_app, name="dataset")
     app.add_typer(model_app, name="model")
     app.add_typer(deadletters_app, name="deadletters")
-    app.command("demo")(demo)

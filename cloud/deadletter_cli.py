@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloud.cli import DEFAULT_HOME, HomeOption
+from cloud.cli_common import DEFAULT_HOME, HomeOption
 from shared.errors import RoadsideError
 
 if TYPE_CHECKING:

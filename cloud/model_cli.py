@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cloud.cli import DEFAULT_HOME, HomeOption, _actor
+from cloud.cli_common import DEFAULT_HOME, HomeOption, actor
 from shared.errors import ConfigError, RoadsideError
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def repo_init(
                 threshold=threshold,
                 root_signers=signers[:threshold],
                 audit=registry.audit,
-                actor=_actor(),
+                actor=actor(),
             )
     typer.echo(f"model repository at {hub.repository_dir}; root keys ({threshold} of {keys}) in {offline}")
 
@@ -277,7 +277,7 @@ def publish(
             path,
             name=name,
             version=version,
-            actor=_actor(),
+            actor=actor(),
             parent=parent,
             force=force,
             reason=reason,

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cloud.cli import DEFAULT_HOME, HomeOption, RegistryUrlOption, _actor, _fail, _registry
+from cloud.cli_common import DEFAULT_HOME, HomeOption, RegistryUrlOption, actor, fail, open_registry
 from cloud.release.controller import RolloutStatus, change_rollout, create_rollout, rollout_status
 from cloud.release.rollouts import FINAL_STATES, GateThresholds, RolloutSpec, parse_duration, parse_waves
 from shared.errors import ConfigError
@@ -99,9 +99,9 @@ def create(
             ),
         )
     except ConfigError as exc:
-        raise _fail(exc) from exc
-    with _registry(home, registry_url) as registry:
-        record = create_rollout(registry, spec, actor=_actor())
+        raise fail(exc) from exc
+    with open_registry(home, registry_url) as registry:
+        record = create_rollout(registry, spec, actor=actor())
         _show(rollout_status(registry, record.id), as_json)
 
 
@@ -110,7 +110,7 @@ def list_rollouts(
     home: HomeOption = DEFAULT_HOME, registry_url: RegistryUrlOption = None, as_json: JsonOption = False
 ) -> None:
     """Every rollout, oldest first."""
-    with _registry(home, registry_url) as registry:
+    with open_registry(home, registry_url) as registry:
         records = registry.list_rollouts()
     if as_json:
         typer.echo(json.dumps({"rollouts": [
@@ -139,7 +139,7 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """Where the rollout and each of its devices stand."""
-    with _registry(home, registry_url) as registry:
+    with open_registry(home, registry_url) as registry:
         deadline = time.monotonic() + wait
         current = rollout_status(registry, rollout_id)
         while wait and current.state not in FINAL_STATES and time.monotonic() < deadline:
@@ -158,8 +158,8 @@ def _action(action: str, help_text: str) -> None:
         registry_url: RegistryUrlOption = None,
         as_json: JsonOption = False,
     ) -> None:
-        with _registry(home, registry_url) as registry:
-            change_rollout(registry, rollout_id, action, actor=_actor(), reason=reason)
+        with open_registry(home, registry_url) as registry:
+            change_rollout(registry, rollout_id, action, actor=actor(), reason=reason)
             _show(rollout_status(registry, rollout_id), as_json)
 
     run.__doc__ = help_text

@@ -1,5 +1,7 @@
-"""Roadside's own models: the synthetic scene, the detector, training and export.
+"""Roadside's own models: the detector, its training, evaluation and export to ONNX.
 
-``models.synthetic`` needs only numpy and OpenCV (edge devices use it as a
-fake camera); the other modules need the ``train`` extra (torch, onnx).
+Needs the ``train`` extra (torch, onnx). The training and held-out data come
+from the synthetic scene in :mod:`sim.synthetic`; letterboxing and YOLO-layout
+decoding come from :mod:`vision.yolo`, exactly as the agent does them.
+``models/`` imports neither ``edge/`` nor ``cloud/`` (``docs/architecture.md``).
 """

@@ -1,6 +1,6 @@
 """Held-out evaluation of a detector on the synthetic scene.
 
-The metrics are pure numpy over :class:`edge.inference.yolo.Detections`:
+The metrics are pure numpy over :class:`vision.yolo.Detections`:
 mAP@0.5 (all-point interpolated AP per class, averaged over classes with
 ground truth), per-class recall at the operating threshold, and the error
 of per-frame object counts. The held-out frames come from fixed seeds that
@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from edge.inference.yolo import Detections, decode_yolo, letterbox_batch
-
-from .synthetic import CLASSES, SceneConfig, SceneFrame, render_dataset
+from sim.synthetic import CLASSES, SceneConfig, SceneFrame, render_dataset
+from vision.yolo import Detections, decode_yolo, letterbox_batch
 
 __all__ = [
     "CONDITIONS",

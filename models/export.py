@@ -24,8 +24,7 @@ import onnx
 import torch
 
 from shared.errors import RoadsideError
-
-from .synthetic import CLASSES
+from sim.synthetic import CLASSES
 
 __all__ = [
     "DEFAULT_OPSET",

@@ -37,10 +37,10 @@ from torch import nn
 
 from shared.dataset import DatasetManifest
 from shared.errors import ConfigError
+from sim.synthetic import CLASSES, RoadScene, SceneConfig, render_dataset
 
 from .detector import DetectionLoss, RoadsideDetector
 from .evaluate import TRAIN_SEED_LIMIT
-from .synthetic import CLASSES, RoadScene, SceneConfig, render_dataset
 from .train import ModelEma, SceneSampler, augment, collate
 
 __all__ = [

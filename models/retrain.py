@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge.inference.yolo import letterbox
+from vision.yolo import letterbox
 
 from .card import (
     CodeVersion,

@@ -30,12 +30,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from edge.inference.yolo import letterbox
+from sim.synthetic import CLASSES, RoadScene, SceneConfig
+from vision.yolo import letterbox
 
 from .detector import DetectionLoss, RoadsideDetector
 from .evaluate import TRAIN_SEED_LIMIT, evaluate_model, heldout_frames
 from .export import export_onnx, onnx_predictor
-from .synthetic import CLASSES, RoadScene, SceneConfig
 
 __all__ = ["IMGSZ", "ModelEma", "SceneSampler", "TrainConfig", "augment", "collate", "train"]
 

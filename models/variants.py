@@ -18,10 +18,9 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from edge.inference.yolo import letterbox_batch
 from shared.errors import ConfigError
-
-from .synthetic import SceneConfig, render_dataset
+from sim.synthetic import SceneConfig, render_dataset
+from vision.yolo import letterbox_batch
 
 __all__ = ["calibration_batches", "to_fp16", "to_int8"]
 

@@ -210,7 +210,7 @@ def _scene_frames(count: int = 4) -> Tensor:
     """Synthetic road frames (640x480) letterboxed into the 640x640 input: grey bands, RGB in 0..1."""
     import cv2
 
-    from models.synthetic import RoadScene, SceneConfig
+    from sim.synthetic import RoadScene, SceneConfig
 
     scene = RoadScene(SceneConfig(seed=5))
     scene.advance(60)  # into traffic

@@ -1,4 +1,6 @@
-"""The code stays ruff- and mypy-clean (strict): checked in the same run as the tests."""
+"""The code stays ruff- and mypy-clean (strict) and keeps the parts' allowed imports
+(import-linter, ``[tool.importlinter]`` in pyproject.toml): checked in the same run as the tests.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +22,14 @@ def test_ruff() -> None:
 
 @pytest.mark.timeout(600)
 def test_mypy_strict() -> None:
-    command = [str(BIN / "mypy"), "shared", "edge", "cloud", "models", "bench"]
+    command = [str(BIN / "mypy"), "roadside", "shared", "vision", "mqttlink", "edge", "cloud", "models", "sim", "bench"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+
+
+@pytest.mark.timeout(600)
+def test_import_contracts() -> None:
+    """A wrong import between the parts (docs/architecture.md) fails the build."""
+    command = [str(BIN / "lint-imports"), "--no-cache"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]

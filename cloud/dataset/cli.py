@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cloud.cli import DEFAULT_HOME, HomeOption, _actor, _fail, _registry
+from cloud.cli_common import DEFAULT_HOME, HomeOption, actor, fail, open_registry
 from cloud.dataset.formats import Format, MergeMode, export, import_labels
 from cloud.dataset.store import DatasetStore
 from cloud.dataset.trust import InboxEntry, Review, check_share
@@ -53,11 +53,11 @@ def _dataset(home: Path, name: str) -> Iterator[DatasetStore]:
     try:
         store = DatasetStore(HubHome(home).datasets_dir(name), name)
     except RoadsideError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     try:
         yield store
     except RoadsideError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         store.close()
 
@@ -212,8 +212,8 @@ def _entry(store: DatasetStore, entry: InboxEntry) -> dict[str, Any]:
 
 
 def _audit(home: Path, action: str, subject: str, details: dict[str, Any]) -> None:
-    with _registry(home) as registry:
-        registry.record_audit(_actor(), action, subject, details)
+    with open_registry(home) as registry:
+        registry.record_audit(actor(), action, subject, details)
 
 
 @review_app.command("list")
@@ -253,7 +253,7 @@ def _decide(
     decision: Review, home: Path, name: str, seqs: list[int], device: str | None, note: str, as_json: bool
 ) -> None:
     if bool(seqs) == (device is not None):
-        raise _fail(ConfigError("name the samples by seq, or pass --device for all of one device's"))
+        raise fail(ConfigError("name the samples by seq, or pass --device for all of one device's"))
     with _dataset(home, name) as store:
         targets = store.review_targets(seqs, device)
         if targets:
@@ -268,7 +268,7 @@ def _decide(
                     "note": note,
                 },
             )
-            store.set_review(targets, decision, _actor())
+            store.set_review(targets, decision, actor())
     result = {"decision": decision, "seqs": [e.seq for e in targets]}
     typer.echo(json.dumps(result) if as_json else f"{decision} {len(targets)} sample(s)")
 
@@ -338,7 +338,7 @@ def _trust(home: Path, name: str, device_id: str, trusted: bool, note: str) -> N
             name,
             {"device_id": device_id, "note": note},
         )
-        store.set_trusted(device_id, trusted, _actor(), note)
+        store.set_trusted(device_id, trusted, actor(), note)
     typer.echo(f"{device_id} is {'now trusted' if trusted else 'no longer trusted'} in dataset {name}")
 
 

@@ -3,28 +3,26 @@
 All geometry is in the camera's image pixels (x right, y down), drawn by the
 installer on a still frame. ``AgentSettings.analytics`` holds one of these;
 :func:`resolve_stream_config` fills what it leaves empty for one stream
-(from ``AgentSettings.lines``, from a synthetic scene's own geometry, or a
-vertical line down the middle), and :func:`synthetic_scene_analytics` is the
-matching configuration of :class:`models.synthetic.RoadScene`.
+(from ``AgentSettings.lines``, from a generated scene's own geometry, or a
+vertical line down the middle). A source that draws its own road (``sim``'s
+synthetic camera) says where its lanes and lines are through
+:class:`DescribedScene`; the agent never imports the simulator.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.analytics.bytetrack import ByteTracker
 from edge.analytics.geometry import Anchor
 
-if TYPE_CHECKING:
-    from models.synthetic import RoadScene
-
 __all__ = [
-    "SYNTHETIC_ROAD_WIDTH_M",
     "AnalyticsConfig",
+    "DescribedScene",
     "EventRules",
     "LaneConfig",
     "LineConfig",
@@ -33,7 +31,6 @@ __all__ = [
     "TrackerConfig",
     "ZoneConfig",
     "resolve_stream_config",
-    "synthetic_scene_analytics",
 ]
 
 Point = tuple[float, float]
@@ -41,11 +38,6 @@ Point = tuple[float, float]
 Name = Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9_.:-]+$")]
 LaneId = Annotated[int, Field(ge=0, le=64)]
 Ring = Annotated[list[Point], Field(min_length=3)]
-
-# The synthetic scene's frame width stands for this much road: 640 px = 40 m, 16 px/m,
-# so a 70 px car is 4.4 m long and the scene's 90-190 px/s cars drive at 20-43 km/h.
-SYNTHETIC_ROAD_WIDTH_M = 40.0
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -177,16 +169,24 @@ class AnalyticsConfig(_Section):
         return self
 
 
+class DescribedScene(Protocol):
+    """A generated scene that knows its own road: the source's ``scene`` (``sim.camera``)."""
+
+    def analytics_config(self) -> AnalyticsConfig:
+        """Lines, lanes, zones and speed traps that match what the scene draws."""
+        ...
+
+
 def resolve_stream_config(
     base: AnalyticsConfig,
     shorthand_lines: Sequence[LineConfig] = (),
-    scene: RoadScene | None = None,
+    scene: DescribedScene | None = None,
     frame_size: tuple[int, int] | None = None,
 ) -> AnalyticsConfig:
     """The configuration one stream runs with.
 
     ``shorthand_lines`` (``AgentSettings.lines``) stand in when ``base`` has
-    no lines; for a synthetic ``scene``, each geometry list still empty is
+    no lines; for a generated ``scene``, each geometry list still empty is
     taken from the scene; a stream left with no line at all gets a vertical
     one down the middle of its ``frame_size`` (width, height), so it counts
     something out of the box.
@@ -195,7 +195,7 @@ def resolve_stream_config(
     if not base.lines and shorthand_lines:
         update["lines"] = list(shorthand_lines)
     if scene is not None:
-        own = synthetic_scene_analytics(scene)
+        own = scene.analytics_config()
         for key in ("lines", "lanes", "zones", "speed_traps"):
             if not getattr(base, key) and key not in update:
                 update[key] = getattr(own, key)
@@ -203,65 +203,3 @@ def resolve_stream_config(
         w, h = frame_size
         update["lines"] = [LineConfig(name="line0", start=(w / 2, 0.0), end=(w / 2, float(h)))]
     return base.model_copy(update=update)
-
-
-def _rect(x1: float, y1: float, x2: float, y2: float) -> list[Point]:
-    return [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
-
-
-def synthetic_scene_analytics(scene: RoadScene) -> AnalyticsConfig:
-    """The analytics configuration that matches a synthetic scene's drawing.
-
-    Lanes are the painted bands, with the scene's lane indices as ids
-    (``SceneObject.lane``) and their traffic direction; the roadway runs
-    from the far bike lane to the near one; the crosswalk is the zebra, a
-    few pixels wider for box jitter; the counting line is the scene's own.
-    Scale: the frame's width is :data:`SYNTHETIC_ROAD_WIDTH_M` of road. The
-    scene moves everything in screen pixels whatever the lane (its
-    perspective only shrinks far objects), so one pixels-per-metre holds
-    everywhere. The speed trap's lines stand half the frame apart (20 m),
-    where even a long truck is fully in frame.
-    """
-    from models.synthetic import LANE_NAMES
-
-    # The band layout is the scene's private drawing plan; reading it (rather than copying
-    # its fractions here) keeps the two in step, and the component tests check the match.
-    layout = scene._layout
-    w = float(scene.config.width)
-    lanes = []
-    for lane in range(6):  # four road lanes, then the two bike lanes
-        top, bottom = layout.lane_band(lane)
-        westbound = LANE_NAMES[lane].split("_")[1] == "west"
-        lanes.append(
-            LaneConfig(
-                id=lane,
-                name=LANE_NAMES[lane],
-                polygon=_rect(0.0, top, w, bottom),
-                direction=(-1.0, 0.0) if westbound else (1.0, 0.0),
-            )
-        )
-    top, bottom = layout.bike_west[0], layout.bike_east[1]
-    cx0, cx1 = layout.crosswalk
-    margin = 0.01 * w
-    ppm = w / SYNTHETIC_ROAD_WIDTH_M
-    start, end = scene.count_line()
-    return AnalyticsConfig(
-        lines=[LineConfig(name="line0", start=start, end=end)],
-        lanes=lanes,
-        zones=[
-            ZoneConfig(
-                name="roadway", kind="roadway", polygon=_rect(0.0, top, w, bottom), pixels_per_metre=ppm
-            ),
-            ZoneConfig(
-                name="crosswalk", kind="crosswalk", polygon=_rect(cx0 - margin, top, cx1 + margin, bottom)
-            ),
-        ],
-        speed_traps=[
-            SpeedTrapConfig(
-                name="speed0",
-                line_a=SegmentConfig(start=(0.34 * w, top), end=(0.34 * w, bottom)),
-                line_b=SegmentConfig(start=(0.84 * w, top), end=(0.84 * w, bottom)),
-                distance_m=0.5 * SYNTHETIC_ROAD_WIDTH_M,
-            )
-        ],
-    )

@@ -31,7 +31,7 @@ LATENCY_WINDOW: Final = 4096
 
 
 class FrameDetections(Protocol):
-    """One frame's detections (``edge.inference.yolo.Detections``)."""
+    """One frame's detections (``vision.yolo.Detections``)."""
 
     @property
     def boxes(self) -> npt.NDArray[np.float32]: ...  # (N, 4) x1, y1, x2, y2

@@ -19,12 +19,13 @@ import numpy.typing as npt
 import pytest
 
 from edge.analytics.aggregate import SpeedMeasurement
-from edge.analytics.config import SYNTHETIC_ROAD_WIDTH_M, EventRules, synthetic_scene_analytics
+from edge.analytics.config import EventRules
 from edge.analytics.lines import CountingLine
 from edge.analytics.stream import AnalyticsEvent, StreamAnalytics
 from edge.analytics.tracker import Track, iou_matrix
 from edge.inference.engine import OnnxDetector
-from models.synthetic import CAR, PEDESTRIAN, RoadScene, SceneConfig, SceneObject
+from sim.camera import SYNTHETIC_ROAD_WIDTH_M, synthetic_scene_analytics
+from sim.synthetic import CAR, PEDESTRIAN, RoadScene, SceneConfig, SceneObject
 
 pytestmark = pytest.mark.timeout(120)
 

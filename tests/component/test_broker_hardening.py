@@ -310,7 +310,7 @@ def test_the_api_path_writes_no_bundle(setup: Setup) -> None:
 def test_broker_run_cli_writes_a_config_with_the_crl(tmp_path: Path) -> None:
     home = init_home(tmp_path / "hub", ["localhost"], ["127.0.0.1"])
     process = subprocess.Popen(
-        [sys.executable, "-c", "from shared.cli import main; main()", "broker", "run", "--home", str(home.root),
+        [sys.executable, "-c", "from roadside.cli import main; main()", "broker", "run", "--home", str(home.root),
          "--port", "0"],
         stdout=subprocess.PIPE,
     )  # fmt: skip

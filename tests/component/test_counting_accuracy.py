@@ -9,7 +9,7 @@ import pytest
 from edge.analytics.lines import CountingLine
 from edge.analytics.tracker import IouTracker
 from edge.inference.engine import OnnxDetector
-from models.synthetic import RoadScene, SceneConfig
+from sim.synthetic import RoadScene, SceneConfig
 
 
 @pytest.mark.parametrize(("seed", "light"), [(3, 1.0), (11, 0.3)])

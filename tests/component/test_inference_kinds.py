@@ -178,7 +178,7 @@ def test_open_model_picks_the_kind_from_config(tmp_path: Path) -> None:
 
 
 def test_detector_uses_a_batch_prepared_ahead_and_gives_the_same_answer() -> None:
-    from models.synthetic import RoadScene, SceneConfig
+    from sim.synthetic import RoadScene, SceneConfig
 
     scene = RoadScene(SceneConfig(seed=3))
     images = [scene.step().image for _ in range(40)][-4:]

@@ -26,10 +26,10 @@ from typer.testing import CliRunner
 
 from cloud.home import HubHome
 from cloud.registry import Registry
-from models.synthetic import CLASSES, SceneConfig
-from shared.cli import build
+from roadside.cli import build
 from shared.dataset import DatasetManifest, DatasetSample, manifest_path
 from shared.schemas import LabeledBox
+from sim.synthetic import CLASSES, SceneConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

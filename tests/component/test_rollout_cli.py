@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from cloud.audit import AuditLog
 from cloud.home import init_home
 from cloud.registry import Registry
-from shared.cli import build
+from roadside.cli import build
 from shared.keys import KeyPair
 
 

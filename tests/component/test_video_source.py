@@ -20,9 +20,9 @@ import pytest
 from edge.settings import VideoSource
 from edge.sources.base import Frame
 from edge.sources.video import VideoFrameSource, is_live
-from models.synthetic import RoadScene, SceneConfig
 from shared.backoff import Backoff
 from shared.errors import TransportError
+from sim.synthetic import RoadScene, SceneConfig
 
 pytestmark = pytest.mark.timeout(60)
 

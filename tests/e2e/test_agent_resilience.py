@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 
 from edge.agent import Agent
-from edge.analytics.config import synthetic_scene_analytics
 from edge.analytics.lines import CountingLine
 from edge.settings import load_agent_settings
-from models.synthetic import RoadScene, SceneConfig
 from shared.bundle import EnrollmentBundle, write_bundle
+from sim.camera import synthetic_scene_analytics
+from sim.synthetic import RoadScene, SceneConfig
 from tests.e2e.conftest import Loop
 from tests.e2e.test_loop import api_totals, wait_for
 
@@ -186,7 +186,7 @@ def start_agent(bundle: Path, config: Path, log: Path) -> subprocess.Popen[bytes
             [
                 sys.executable,
                 "-c",
-                "from shared.cli import main; main()",
+                "from roadside.cli import main; main()",
                 "agent",
                 "run",
                 "--bundle",

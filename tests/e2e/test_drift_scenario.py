@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cloud.audit import AuditLog
-from cloud.drift import run_drift
 from cloud.registry import Registry
+from sim.drift import run_drift
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from edge.agent import Agent
 from edge.settings import load_agent_settings
-from shared.cli import build
+from roadside.cli import build
 from tests.e2e.conftest import Loop
 from tests.e2e.test_loop import wait_for
 

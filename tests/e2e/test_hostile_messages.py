@@ -23,8 +23,8 @@ from bench.fleet import SimulatedDevice, counts_body
 from cloud.hub import Hub
 from cloud.settings import HubSettings, InfluxV1StoreConfig
 from edge.outbox.sqlite import Outbox, Priority
+from roadside.cli import build
 from shared import topics
-from shared.cli import build
 from shared.envelope import Header, seal
 from shared.limits import MAX_WIRE_INT
 from tests.component.influxd import InfluxServer

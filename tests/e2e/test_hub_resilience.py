@@ -109,7 +109,7 @@ def start_hub_process(home: HubHome, port: int, log: Path) -> subprocess.Popen[b
     config.write_text(
         json.dumps({"broker_port": port, "api_port": 0, "client_id": "hub-killable", "batch_size": 50})
     )
-    command = [sys.executable, "-c", "from shared.cli import main; main()", "hub", "run"]
+    command = [sys.executable, "-c", "from roadside.cli import main; main()", "hub", "run"]
     command += ["--home", str(home.root), "--config", str(config)]
     offset = log.stat().st_size if log.exists() else 0
     process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT)
@@ -312,7 +312,7 @@ def test_hub_with_an_ingest_worker_process_stores_everything_once(rig: Rig, tmp_
     log = tmp_path / "hub.log"
     config = tmp_path / "hub.json"
     config.write_text(json.dumps({"broker_port": rig.broker.port, "api_port": 0, "client_id": "hub-main"}))
-    command = [sys.executable, "-c", "from shared.cli import main; main()", "hub", "run", "--workers", "1"]
+    command = [sys.executable, "-c", "from roadside.cli import main; main()", "hub", "run", "--workers", "1"]
     command += ["--home", str(rig.home.root), "--config", str(config)]
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     store = SqliteStore(rig.home.telemetry_db)

@@ -49,7 +49,7 @@ def test_agent_run_exits_2_naming_the_fields(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "from shared.cli import main; main()",
+            "from roadside.cli import main; main()",
             "agent",
             "run",
             "--bundle",

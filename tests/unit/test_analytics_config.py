@@ -1,4 +1,4 @@
-"""Analytics configuration: validation, resolution per stream, and the synthetic scene's geometry."""
+"""Analytics configuration: validation, resolution per stream, and the synthetic scene's geometry (sim.camera)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ from pydantic import ValidationError
 
 from edge.analytics.bytetrack import ByteTracker
 from edge.analytics.config import (
-    SYNTHETIC_ROAD_WIDTH_M,
     AnalyticsConfig,
     LaneConfig,
     LineConfig,
     TrackerConfig,
     ZoneConfig,
     resolve_stream_config,
-    synthetic_scene_analytics,
 )
 from edge.analytics.geometry import anchor_point, point_in_polygon
 from edge.settings import load_agent_settings
-from models.synthetic import LANE_NAMES, PEDESTRIAN, RoadScene, SceneConfig
+from sim.camera import SYNTHETIC_ROAD_WIDTH_M, CameraScene, synthetic_scene_analytics
+from sim.synthetic import LANE_NAMES, PEDESTRIAN, RoadScene, SceneConfig
 
 SQUARE = [(0.0, 0.0), (10.0, 0.0), (10.0, 10.0), (0.0, 10.0)]
 
@@ -87,7 +86,7 @@ def test_resolution_for_a_camera() -> None:
 
 
 def test_resolution_for_a_synthetic_scene_fills_only_what_is_empty() -> None:
-    scene = RoadScene(SceneConfig(seed=1))
+    scene = CameraScene(SceneConfig(seed=1))
     zones = [ZoneConfig(name="bus_stop", polygon=SQUARE)]
     resolved = resolve_stream_config(AnalyticsConfig(zones=zones), (), scene, (640, 480))
     assert resolved.zones == zones

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from cloud.dataset.formats import COCO_ANNOTATIONS, export, import_labels
 from cloud.dataset.store import DatasetStore
 from cloud.home import HubHome
-from shared.cli import build
+from roadside.cli import build
 from shared.dataset import DatasetManifest
 from shared.errors import ConfigError
 from shared.schemas import HardExample, LabeledBox

@@ -17,7 +17,7 @@ from cloud.dataset.store import DatasetStore
 from cloud.dataset.trust import InboxEntry, TrustPolicy, device_quota, select_for_version
 from cloud.home import HubHome
 from cloud.registry import Registry
-from shared.cli import build
+from roadside.cli import build
 from shared.dataset import DatasetSample, SampleOrigin
 from shared.errors import ConfigError
 from shared.schemas import LabeledBox

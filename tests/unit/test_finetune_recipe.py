@@ -11,8 +11,8 @@ pytest.importorskip("torch")
 
 import models.finetune as finetune_module
 from models.finetune import FinetuneConfig, ReplaySampler, finetune, rendered_frames
-from models.synthetic import SceneConfig
 from shared.errors import ConfigError
+from sim.synthetic import SceneConfig
 
 DETECTOR = Path(__file__).resolve().parents[2] / "models" / "detector.onnx"
 

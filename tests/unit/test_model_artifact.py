@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.inference.yolo import decode_yolo, letterbox_batch, parse_class_names
 from models.evaluate import heldout_frames, match_detections
-from models.synthetic import CLASSES
+from sim.synthetic import CLASSES
+from vision.yolo import decode_yolo, letterbox_batch, parse_class_names
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

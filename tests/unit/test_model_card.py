@@ -113,9 +113,9 @@ def test_module_path_undoes_torchscript_scopes(node: str, module: str) -> None:
 def test_committed_onnx_loads_back_into_pytorch_with_parity() -> None:
     import torch
 
-    from edge.inference.yolo import letterbox
     from models.evaluate import heldout_frames
     from models.export import onnx_predictor
+    from vision.yolo import letterbox
 
     path = Path(__file__).resolve().parents[2] / "models" / "detector.onnx"
     model = load_onnx_detector(path)

@@ -1,4 +1,4 @@
-"""YOLOv8-layout pre- and post-processing (edge.inference.yolo)."""
+"""YOLOv8-layout pre- and post-processing (vision.yolo)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge.inference.yolo import (
+from vision.yolo import (
     PAD_VALUE,
     Detections,
     LetterboxInfo,

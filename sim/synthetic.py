@@ -1,7 +1,8 @@
 """A synthetic roadside camera: a street seen from the side, with ground truth.
 
-The scene is the training and test ground for our detectors and the fake
-camera of the edge agent, so it imports numpy and OpenCV only (no torch).
+The scene is the training and test ground for our detectors (``models/``)
+and, through :mod:`sim.camera`, a camera of the edge agent, so it imports
+numpy and OpenCV only (no torch) and nothing of Roadside's.
 
 Layout, top to bottom: building facades, the far sidewalk, a westbound bike
 lane, four road lanes (0 and 1 head west, right→left; 2 and 3 head east,

@@ -53,9 +53,10 @@ def _agent_config(workdir: Path, device_id: str, seed: int, interval_s: int) -> 
     return path
 
 
-def _start_agent(workdir: Path, device_id: str, bundle: Path, config: Path) -> subprocess.Popen[bytes]:
+def start_agent(workdir: Path, device_id: str, bundle: Path, config: Path) -> subprocess.Popen[bytes]:
+    """``roadside agent run`` in its own process and session, as on a pole; its log goes to the workdir."""
     log_file = (workdir / "agents" / device_id / "agent.log").open("wb")
-    command = [sys.executable, "-c", "from shared.cli import main; main()", "agent", "run"]
+    command = [sys.executable, "-c", "from roadside.cli import main; main()", "agent", "run"]
     command += ["--bundle", str(bundle), "--config", str(config)]
     return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -173,7 +174,7 @@ def demo(
             raise RoadsideError(f"the hub did not connect to the broker; see {broker.log_file}")
         for seed, (device_id, bundle) in enumerate(bundles):
             agents.append(
-                _start_agent(workdir, device_id, bundle, _agent_config(workdir, device_id, seed, interval))
+                start_agent(workdir, device_id, bundle, _agent_config(workdir, device_id, seed, interval))
             )
         console.print(f"[bold]API[/bold] {hub.api_url}  (token: {token})")
         console.print(f"[bold]broker[/bold] mqtts://127.0.0.1:{broker.port}  state in {workdir}")
@@ -181,7 +182,7 @@ def demo(
     except KeyboardInterrupt:
         console.print("stopping...")
     finally:
-        _stop_agents(agents)
+        stop_agents(agents)
         summary = _finish(hub, token, started, interval, workdir) if hub else None
         if hub is not None:
             hub.stop()
@@ -191,7 +192,7 @@ def demo(
 
 
 def _drift(duration: float | None, home: Path | None, console: Console) -> None:
-    from cloud.drift import run_drift
+    from sim.drift import run_drift
 
     try:
         drift = run_drift(duration or 600.0, home, console=console)
@@ -225,7 +226,7 @@ def _watch(
         reader.close()
 
 
-def _stop_agents(agents: list[subprocess.Popen[bytes]]) -> None:
+def stop_agents(agents: list[subprocess.Popen[bytes]]) -> None:
     """SIGTERM: each agent closes its open interval and drains its outbox, then exits."""
     for process in agents:
         if process.poll() is None:

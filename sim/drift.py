@@ -32,17 +32,18 @@ from typing import Any, Final
 from rich.console import Console
 
 from cloud.broker import MosquittoBroker
-from cloud.demo import _start_agent, _stop_agents
 from cloud.home import HubHome, acl_devices, enroll_device, init_home
 from cloud.hub import Hub
 from cloud.registry import Registry
 from cloud.release import keys as tuf_keys
 from cloud.release.publishing import publish_candidate
 from cloud.release.repository import ModelRepository
+from cloud.release.rollouts import GateThresholds, RolloutPlan
 from cloud.settings import HubSettings, RetrainConfig
 from edge.inference.engine import DEFAULT_MODEL
 from shared.bundle import BrokerAddress
 from shared.errors import RoadsideError
+from sim.demo import start_agent, stop_agents
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +139,15 @@ def run_drift(
                 check_s=2.0,
                 min_interval_s=600.0,
                 eval_frames=eval_frames,
-                canary=1,
-                waves=[100],
-                soak_s=5.0,
-                min_frames=10,
-                # One shared machine runs the broker, the hub (training included) and both agents,
-                # so latencies swing with load; a real pole has its own CPU.
-                gates={"health_wait_s": 20.0, "install_timeout_s": 120.0, "max_latency_ratio": 3.0},
+                rollout=RolloutPlan(
+                    canary=1,
+                    waves=(100,),
+                    soak_s=5.0,
+                    min_frames=10,
+                    # One shared machine runs the broker, the hub (training included) and both agents,
+                    # so latencies swing with load; a real pole has its own CPU.
+                    gates=GateThresholds(health_wait_s=20.0, install_timeout_s=120.0, max_latency_ratio=3.0),
+                ),
             ),
         )
         hub = Hub(settings)
@@ -159,14 +162,14 @@ def run_drift(
             broker.reload_acl(acl_devices(registry))
             _trust_own_agent(hub, registry, device_id)
             agents.append(
-                _start_agent(workdir, device_id, bundle, _agent_config(workdir, device_id, seed, drift_at_s))
+                start_agent(workdir, device_id, bundle, _agent_config(workdir, device_id, seed, drift_at_s))
             )
         console.print(
             f"agents started; fog rolls in after {drift_at_s:.0f} s. API {hub.api_url}, state in {workdir}"
         )
         result = _follow(hub, registry, started + duration_s, console)
     finally:
-        _stop_agents(agents)
+        stop_agents(agents)
         if hub is not None:
             hub.stop()
         broker.stop()

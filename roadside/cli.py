@@ -1,6 +1,11 @@
-"""The ``roadside`` command. Sub-commands come from the parts that are installed:
-``agent`` from ``roadside[edge]``; ``pki``, ``device``, ``hub``, ``broker`` and
-``demo`` from ``roadside[cloud]``.
+"""The ``roadside`` command: the sub-commands of the parts installed here, under one name.
+
+``agent`` comes from ``roadside[edge]`` (:mod:`edge.cli`); ``pki``, ``device``,
+``hub``, ``broker``, ``audit``, ``rollout``, ``dataset``, ``model`` and
+``deadletters`` from ``roadside[cloud]`` (:func:`cloud.cli.register`); ``demo``
+from the simulator (:mod:`sim.demo`), which needs both. A part that is not
+installed leaves a stub that says which extra to install. This is the only
+module besides ``sim`` that imports both ``edge`` and ``cloud``.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ import typer
 
 
 def build() -> typer.Typer:
+    """The whole command tree."""
     app = typer.Typer(
         no_args_is_help=True, add_completion=False, help="Roadside: edge-to-cloud inference for cities."
     )
@@ -24,6 +30,12 @@ def build() -> typer.Typer:
         register(app)
     except ImportError as exc:  # the cloud extra is not installed here
         _missing(app, "hub", "cloud", exc)
+    try:
+        from sim.demo import demo
+
+        app.command("demo")(demo)
+    except ImportError as exc:  # the demo runs the hub: it needs the cloud extra
+        _missing(app, "demo", "cloud", exc)
     return app
 
 
@@ -37,4 +49,5 @@ def _missing(app: typer.Typer, name: str, extra: str, exc: ImportError) -> None:
 
 
 def main() -> None:
+    """The console script ``roadside``."""
     build()()

@@ -1,0 +1,7 @@
+"""Image-model I/O that the agent (``edge/``) and the ML package (``models/``) both follow.
+
+A detector is trained and evaluated in ``models/`` and run on the pole by
+``edge/``; both must letterbox frames and read the YOLOv8/YOLO11 output the
+same way, and neither may import the other, so that code lives here. Pure
+array code: numpy and OpenCV, and nothing of Roadside's but ``shared``.
+"""
