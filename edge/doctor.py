@@ -442,7 +442,12 @@ def check_source(config: SourceConfig, timeout_s: float = 10.0) -> CheckResult:
     name = f"camera {config.name}"
     got: list[str] = []
     errors: list[str] = []
-    source = open_source(config)
+    try:
+        source = open_source(config)
+    except ConfigError as exc:  # a source type this install lacks, e.g. synthetic without sim (ADR 0010)
+        return CheckResult(
+            name, Status.FAIL, str(exc), "install the package that provides it, or remove the camera"
+        )
 
     def first_frame() -> None:
         try:
