@@ -7,7 +7,9 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from functools import partial
+from typing import Protocol, Self
 
 import uvicorn
 from prometheus_client import CollectorRegistry, Counter
@@ -28,7 +30,7 @@ from cloud.release.controller import RolloutController
 from cloud.release.repository import ModelRepository
 from cloud.release.rollouts import GateThresholds
 from cloud.release.server import RepositoryServer, TimestampRefresher
-from cloud.retention_job import RetentionJob
+from cloud.retention_job import RetentionJob, RetentionTarget
 from cloud.retrain_loop import RetrainLoop, RetrainPolicy
 from cloud.settings import (
     HubSettings,
@@ -41,7 +43,7 @@ from cloud.settings import (
 from cloud.storage.base import TimeSeriesStore
 from cloud.webhooks import WebhookDestinations, WebhookDispatcher, WebhookStore
 from shared.bundle import BrokerAddress
-from shared.envelope import HubOpener, ReplayWindow
+from shared.envelope import REPLAY_WINDOW_SIZE, HubOpener
 from shared.errors import ConfigError, RoadsideError, TransportError
 from shared.keys import PublicKeys
 from shared.schemas import HardExample
@@ -93,19 +95,48 @@ def retrain_policy(config: RetrainConfig) -> RetrainPolicy:
     )
 
 
+class _Service(Protocol):
+    """A part the hub starts (on threads of its own) and stops on the way down."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class Hub:
+    """The hub process, assembled from ``HubSettings``; also a context manager (``with Hub(s) as hub``).
+
+    Every resource the constructor opens and every part ``start`` starts puts its undoing on
+    one ``ExitStack``: ``stop`` is start's mirror (the last part started stops first, then the
+    files close in reverse order of opening), and a failure part-way through the constructor
+    or ``start`` unwinds what came before it and re-raises.
+    """
+
     def __init__(self, settings: HubSettings) -> None:
+        self._stack = ExitStack()
+        try:
+            self._assemble(settings)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _assemble(self, settings: HubSettings) -> None:
+        close = self._stack.callback
         self.settings = settings
         self.home = HubHome(settings.home)
         self.home.require()
         self.registry = Registry(settings.registry_url or self.home.registry_url)
+        close(self.registry.close)
         self.registry.create_schema()
         self.store = open_store(settings.store, self.home)
+        close(self.store.close)
         self.metrics_registry = CollectorRegistry()
         self.metrics = IngestMetrics(self.metrics_registry)
         self.dead_letters = DeadLetterStore(self.home.dead_letters_db)
+        close(self.dead_letters.close)
         # Hard examples from devices land in the detector dataset's inbox (``roadside dataset commit``).
         self.datasets = DatasetStore(self.home.datasets_dir())
+        close(self.datasets.close)
         self.dataset_samples = Counter(
             "roadside_dataset_samples_total",
             "Hard examples received, by result (added, duplicate, rejected_<reason>, error)",
@@ -148,11 +179,11 @@ class Hub:
         self.repository: ModelRepository | None = None
         self.repo_server: RepositoryServer | None = None
         self.repo_url = ""
-        self._refresher: TimestampRefresher | None = None
         self.retrainer: RetrainLoop | None = None
         self.live = LiveFeed()
         destinations = WebhookDestinations(allowed=tuple(settings.webhook_allow_networks))
         self.webhooks = WebhookStore(self.home.root / "webhooks.db", destinations=destinations)
+        close(self.webhooks.close)
         self.dispatcher = WebhookDispatcher(self.webhooks)
         self.live.add_sink(self.dispatcher.offer)
         self.app = create_app(
@@ -173,10 +204,9 @@ class Hub:
         # Only the process that serves the API runs retention: ingest workers share its store.
         retention = settings.retention
         self.retention: RetentionJob | None = None
-        if retention.enabled and settings.api_port >= 0 and hasattr(self.store, "apply_retention"):
-            self.retention = RetentionJob(self.store, retention.policy(), retention.interval_s)  # type: ignore[arg-type]
+        if retention.enabled and settings.api_port >= 0 and isinstance(self.store, RetentionTarget):
+            self.retention = RetentionJob(self.store, retention.policy(), retention.interval_s)
         self._server: uvicorn.Server | None = None
-        self._server_thread: threading.Thread | None = None
         self.api_url = ""
 
     def _lookup(self, device_id: str, kid: str) -> PublicKeys | None:
@@ -196,10 +226,8 @@ class Hub:
     def _restore_replay_windows(self) -> None:
         """Rebuild each device's replay window from what the store already holds."""
         for device in self.registry.list_devices():
-            window = ReplayWindow()
-            for seq in self.store.recent_sequences(device.device_id, window.size):
-                window.commit(seq)
-            self.opener.windows[device.device_id] = window
+            stored = self.store.recent_sequences(device.device_id, REPLAY_WINDOW_SIZE)
+            self.opener.restore(device.device_id, stored)
 
     def revoke(self, device_id: str, *, actor: str = "system") -> None:
         """Refuse the device at once, here and at the broker (CRL, ACL, its open session ended)."""
@@ -297,41 +325,47 @@ class Hub:
                     self.metrics.last_seen.labels(device.device_id).set(device.last_seen_at.timestamp())
 
     def start(self) -> None:
+        """Start every part in order; if one fails, stop those already started, close all, re-raise."""
+        try:
+            self._start_parts()
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _start_parts(self) -> None:
         # Ingest allocates many short-lived objects per message; the default
         # collector thresholds made full collections a third of the ingest time.
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
         self._restore_replay_windows()
         self.metrics.dead_letters.set(self.dead_letters.count())
-        self.dispatcher.start()
-        self.ingest.start()
+        self._run(self.dispatcher)
+        self._run(self.ingest)
         self._watcher.start()
+        self._stack.callback(self._stop_watcher)
         if self.retention is not None:
-            self.retention.start()
+            self._run(self.retention)
         if self.settings.api_port < 0:
             log.info("ingest-only hub process (no API)")
             return
         refresh_crl(self.home)  # a lapsed CRL would make the broker refuse every client
         # Rollouts, the model repository and retraining belong to the process that serves the API.
-        self.rollouts.start()
+        self._run(self.rollouts)
         self._serve_repository()
         if self.settings.retrain.enabled:
             self.retrainer = RetrainLoop(
                 self.home, self.registry, self.datasets, self.rollouts, retrain_policy(self.settings.retrain)
             )
-            self.retrainer.start()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.settings.api_host, self.settings.api_port))
-        host, port = sock.getsockname()[:2]
-        self.api_url = f"http://{host}:{port}"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._server_thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="api", daemon=True
-        )
-        self._server_thread.start()
-        log.info("hub API on %s", self.api_url)
+            self._run(self.retrainer)
+        self._serve_api()
+
+    def _run(self, part: _Service) -> None:
+        part.start()
+        self._stack.callback(part.stop)
+
+    def _stop_watcher(self) -> None:
+        self._stopping.set()
+        self._watcher.join(timeout=10)
 
     def _serve_repository(self) -> None:
         if not self.home.has_repository() or self.settings.repo_port < 0:
@@ -339,8 +373,7 @@ class Hub:
         self.repository = ModelRepository(
             self.home.repository_dir, self.home.online_keys_dir, audit=self.registry.audit
         )
-        self._refresher = TimestampRefresher(self.repository, self.settings.timestamp_refresh_s)
-        self._refresher.start()
+        self._run(TimestampRefresher(self.repository, self.settings.timestamp_refresh_s))
         cert, key = self.home.cert("broker")
         self.repo_server = RepositoryServer(
             self.home.repository_dir,
@@ -348,8 +381,28 @@ class Hub:
             self.settings.repo_port,
             tls=CertFiles(cert=cert, key=key),
         )
-        self.repo_server.start()
+        self._run(self.repo_server)
         self.repo_url = self.repo_server.url
+
+    def _serve_api(self) -> None:
+        sock = self._stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        host, port = self.settings.api_host, self.settings.api_port
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve the API on {host}:{port} ({exc.strerror}): "
+                "set api_port to a free port (0: any) or api_host to an address of this machine"
+            ) from exc
+        host, port = sock.getsockname()[:2]
+        self.api_url = f"http://{host}:{port}"
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
+        self._server = server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="api", daemon=True)
+        thread.start()
+        self._stack.callback(_stop_api, server, thread)
+        log.info("hub API on %s", self.api_url)
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         """True once the broker session is up and the API answers."""
@@ -366,24 +419,17 @@ class Hub:
         return False
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self.retrainer is not None:
-            self.retrainer.stop()
-        self.rollouts.stop()
-        if self.repo_server is not None:
-            self.repo_server.stop()
-        if self._refresher is not None:
-            self._refresher.stop()
-        if self.retention is not None:
-            self.retention.stop()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._server_thread is not None:
-            self._server_thread.join(timeout=10)
-        self.ingest.stop()
-        self.dispatcher.stop()
-        self.webhooks.close()
-        self.store.close()
-        self.dead_letters.close()
-        self.datasets.close()
-        self.registry.close()
+        """Undo ``start`` and then the constructor, newest first; a second call does nothing."""
+        self._stack.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def _stop_api(server: uvicorn.Server, thread: threading.Thread) -> None:
+    server.should_exit = True
+    thread.join(timeout=10)

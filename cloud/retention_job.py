@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 from cloud.storage.retention import RetentionPolicy, RetentionReport
 
@@ -24,6 +24,7 @@ THREAD_NAME: Final = "retention"
 _JOIN_TIMEOUT_S: Final = 30.0
 
 
+@runtime_checkable
 class RetentionTarget(Protocol):
     """A store that can enforce a retention policy (``SqliteStore``, ``InfluxV1Store``, ``InfluxV2Store``)."""
 

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -150,6 +150,10 @@ def decrypt(parsed: ParsedEnvelope, key: bytes) -> bytes:
         raise TamperedError("authentication tag does not verify") from exc
 
 
+REPLAY_WINDOW_SIZE: Final = 65536
+"""How many sequence numbers behind the highest one a device's replay window remembers."""
+
+
 @dataclass
 class ReplayWindow:
     """Per-sender sliding window of accepted sequence numbers.
@@ -160,7 +164,7 @@ class ReplayWindow:
     down) is still accepted when the broker delivers it again.
     """
 
-    size: int = 65536
+    size: int = REPLAY_WINDOW_SIZE
     highest: int = -1
     seen: set[int] = field(default_factory=set)
 
@@ -227,6 +231,13 @@ class HubOpener:
         self._max_bytes = max_bytes
         self._keys: dict[tuple[str, str, str], bytes] = {}
         self.windows: dict[str, ReplayWindow] = {}
+
+    def restore(self, device_id: str, stored: Iterable[int]) -> None:
+        """Rebuild a device's replay window from the sequence numbers already stored (hub start)."""
+        window = ReplayWindow()
+        for seq in stored:
+            window.commit(seq)
+        self.windows[device_id] = window
 
     def forget(self, device_id: str) -> None:
         """Drop cached keys of a device (revoked or rotated)."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +27,7 @@ from cloud.storage.base import CountQuery, TimeSeriesStore
 from cloud.storage.sqlite import SqliteStore
 from shared import topics
 from shared.bundle import EnrollmentBundle
+from shared.errors import ConfigError
 from tests.component.influxd import InfluxServer
 
 pytestmark = pytest.mark.slow
@@ -371,3 +374,46 @@ def test_unknown_device_oversize_and_malformed_messages_are_rejected_counted_and
         assert stored(hub.store) == RECORDS
     finally:
         hub.stop()
+
+
+def open_files_under(root: Path) -> Counter[str]:
+    """This process's open file descriptors that point into ``root``, by path."""
+    found: Counter[str] = Counter()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed between listing and reading
+            continue
+        if target.startswith(str(root)):
+            found[target] += 1
+    return found
+
+
+def hub_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()}
+
+
+def test_a_failed_start_unwinds_what_it_started(rig: Rig) -> None:
+    """The API port is taken, the last step: ingest, the watcher, retention, rollouts all stop again."""
+    files, threads = open_files_under(rig.home.root), hub_threads()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        hub = Hub(HubSettings(home=rig.home.root, broker_port=rig.broker.port, api_port=port))
+        with pytest.raises(ConfigError, match="api_port"):
+            hub.start()
+    assert hub.ingest.wait_connected(0) is False
+    assert {t.name for t in hub_threads() - threads} == set()
+    assert open_files_under(rig.home.root) - files == Counter()
+    hub.stop()  # nothing left to undo: a second unwinding does nothing
+
+
+def test_stop_mirrors_start(rig: Rig) -> None:
+    files, threads = open_files_under(rig.home.root), hub_threads()
+    with Hub(HubSettings(home=rig.home.root, broker_port=rig.broker.port, api_port=0)) as hub:
+        assert hub.wait_ready(10)
+        started = {t.name for t in hub_threads() - threads}
+        assert {"ingest-writer", "registry-watch", "retention", "rollouts", "api"} <= started
+    assert {t.name for t in hub_threads() - threads} == set()
+    assert open_files_under(rig.home.root) - files == Counter()

@@ -126,6 +126,14 @@ def test_replay_is_refused_after_commit_only() -> None:
         hub.open(wire, NOW)
 
 
+def test_restored_window_refuses_what_the_store_already_holds() -> None:
+    hub = opener()
+    hub.restore("dev-1", [3, 5])
+    with pytest.raises(ReplayError):
+        hub.open(sealer().seal("counts", 5, b"x", NOW), NOW)
+    assert hub.open(sealer().seal("counts", 4, b"x", NOW), NOW).header.seq == 4
+
+
 def test_replay_window_refuses_numbers_below_it() -> None:
     window = ReplayWindow(size=10)
     window.commit(100)
