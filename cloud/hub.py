@@ -47,10 +47,9 @@ from shared.envelope import REPLAY_WINDOW_SIZE, HubOpener
 from shared.errors import ConfigError, RoadsideError, TransportError
 from shared.keys import PublicKeys
 from shared.schemas import HardExample
+from shared.version import roadside_version
 
 log = logging.getLogger(__name__)
-
-VERSION = "0.1.0"
 
 
 def open_store(config: StoreConfig, home: HubHome) -> TimeSeriesStore:
@@ -190,7 +189,7 @@ class Hub:
             store=self.store,
             registry=self.registry,
             metrics_registry=self.metrics_registry,
-            version=VERSION,
+            version=roadside_version(),
             online_after_s=settings.online_after_s,
             live=self.live,
             webhooks=self.webhooks,

@@ -20,8 +20,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
 from typing import Any, Final
 
 from fastapi import FastAPI
@@ -45,6 +43,7 @@ from cloud.live import LiveFeed
 from cloud.registry import Registry
 from cloud.storage.base import TimeSeriesStore
 from cloud.webhooks import WebhookStore
+from shared.version import roadside_version
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +52,6 @@ DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
 # A dashboard polling a few series a second is well inside it; a runaway loop is not.
 DEFAULT_RATE_LIMIT: Final = RateLimit(per_s=20.0, burst=100)
 UNMATCHED_ROUTE: Final = "unmatched"
-
-try:
-    _VERSION = package_version("roadside")
-except PackageNotFoundError:  # running from a checkout that was never installed
-    _VERSION = "0+unknown"
 
 _DESCRIPTION = """\
 Read what the roadside fleet measures: devices and their health, line-crossing
@@ -105,7 +99,7 @@ def create_app(
     store: TimeSeriesStore,
     registry: Registry,
     metrics_registry: CollectorRegistry,
-    version: str = _VERSION,
+    version: str | None = None,
     online_after_s: float = 180.0,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     live: LiveFeed | None = None,
@@ -131,8 +125,9 @@ def create_app(
     ``enroll`` and ``revoke`` are the hub's enrollment and revocation (501
     without them). ``rate_limit`` is per API client (``None``: unlimited).
     SSE streams send a heartbeat after ``sse_heartbeat_s`` of silence and end
-    after ``sse_max_duration_s``.
+    after ``sse_max_duration_s``. ``version`` defaults to the installed Roadside's.
     """
+    version = roadside_version() if version is None else version
     app = FastAPI(
         title="Roadside hub API",
         version=version,

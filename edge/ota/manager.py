@@ -18,7 +18,6 @@ crash at any point boots a model that verifies.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import threading
 import time
@@ -38,6 +37,7 @@ from shared.backoff import Backoff
 from shared.bundle import EnrollmentBundle
 from shared.errors import ConfigError, TransportError
 from shared.schemas import Command, OtaCommandArgs, OtaReport, OtaState, ShadowStats
+from shared.version import roadside_version
 
 log = logging.getLogger(__name__)
 
@@ -435,13 +435,6 @@ def repo_anchor(settings: AgentSettings, bundle: EnrollmentBundle) -> RepoAnchor
     return RepoAnchor(url, bundled.root_json.encode(), bundle.ca_cert_pem.encode())
 
 
-def agent_version() -> str:
-    try:
-        return importlib.metadata.version("roadside")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise ConfigError("the roadside package is not installed; install it (pip install -e .)") from exc
-
-
 def make_updater(
     settings: AgentSettings, anchor: RepoAnchor, shipped: ShippedModel | None, labels: list[str] | None = None
 ) -> ModelUpdater:
@@ -457,7 +450,7 @@ def make_updater(
         state_dir,
         anchor.url,
         anchor.trusted_root,
-        agent_version(),
+        roadside_version(),
         ota.max_bytes,
         shipped=shipped,
         labels=labels,
