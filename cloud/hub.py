@@ -28,15 +28,13 @@ from cloud.pki import CertFiles
 from cloud.registry import Registry
 from cloud.release.controller import RolloutController
 from cloud.release.repository import ModelRepository
-from cloud.release.rollouts import GateThresholds
 from cloud.release.server import RepositoryServer, TimestampRefresher
 from cloud.retention_job import RetentionJob, RetentionTarget
-from cloud.retrain_loop import RetrainLoop, RetrainPolicy
+from cloud.retrain_loop import RetrainLoop
 from cloud.settings import (
     HubSettings,
     InfluxV1StoreConfig,
     InfluxV2StoreConfig,
-    RetrainConfig,
     SqliteStoreConfig,
     StoreConfig,
 )
@@ -75,23 +73,6 @@ def open_store(config: StoreConfig, home: HubHome) -> TimeSeriesStore:
 
         return InfluxV2Store(config.url, config.token.get_secret_value(), config.org, config.bucket)
     raise AssertionError(f"unregistered store type {config!r}")
-
-
-def retrain_policy(config: RetrainConfig) -> RetrainPolicy:
-    return RetrainPolicy(
-        name=config.name,
-        min_samples=config.min_samples,
-        check_s=config.check_s,
-        min_interval_s=config.min_interval_s,
-        finetune_seconds=config.finetune_seconds,
-        eval_frames=config.eval_frames,
-        target=config.target,
-        canary=config.canary,
-        waves=tuple(config.waves),
-        soak_s=config.soak_s,
-        min_frames=config.min_frames,
-        gates=GateThresholds.from_json(config.gates),
-    )
 
 
 class _Service(Protocol):
@@ -353,7 +334,7 @@ class Hub:
         self._serve_repository()
         if self.settings.retrain.enabled:
             self.retrainer = RetrainLoop(
-                self.home, self.registry, self.datasets, self.rollouts, retrain_policy(self.settings.retrain)
+                self.home, self.registry, self.datasets, self.rollouts, self.settings.retrain
             )
             self._run(self.retrainer)
         self._serve_api()

@@ -25,7 +25,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from cloud.dataset.store import DatasetStore
@@ -33,7 +33,8 @@ from cloud.home import HubHome
 from cloud.registry import Registry
 from cloud.release.controller import RolloutController
 from cloud.release.publishing import latest_published, publish_candidate, published_file
-from cloud.release.rollouts import FINAL_STATES, GateThresholds, RolloutSpec
+from cloud.release.rollouts import FINAL_STATES, RolloutSpec
+from cloud.settings import RetrainConfig
 from shared.errors import ConfigError, RoadsideError
 
 log = logging.getLogger(__name__)
@@ -48,24 +49,6 @@ def next_version(version: str) -> str:
     if match is None:
         return f"{version}.1"
     return f"{version[: match.start()]}{int(match.group(1)) + 1}{version[match.end() :]}"
-
-
-@dataclass(frozen=True)
-class RetrainPolicy:
-    name: str = "detector"
-    min_samples: int = 60  # labelled hard examples waiting before a run
-    check_s: float = 30.0
-    # After a published run, before the next: a fleet is not retrained in a loop. A refused run is
-    # tried again as soon as another min_samples labelled examples have arrived (more data, new chance).
-    min_interval_s: float = 3600.0
-    finetune_seconds: float | None = None  # None: the recipe's fixed step count
-    eval_frames: int = 160
-    target: str = "all"
-    canary: int = 1
-    waves: tuple[int, ...] = (10, 50, 100)
-    soak_s: float = 600.0
-    min_frames: int = 20
-    gates: GateThresholds = field(default_factory=GateThresholds)
 
 
 @dataclass(frozen=True)
@@ -102,7 +85,7 @@ class RetrainLoop:
         registry: Registry,
         datasets: DatasetStore,
         rollouts: RolloutController,
-        policy: RetrainPolicy,
+        policy: RetrainConfig,
     ) -> None:
         self.home = home
         self.registry = registry
@@ -209,10 +192,7 @@ class RetrainLoop:
         rollout_id = None
         if outcome.record is not None:
             self._last_publish = time.monotonic()
-            spec = RolloutSpec(
-                policy.name, version, policy.target, policy.canary, policy.waves, policy.soak_s,
-                policy.min_frames, policy.gates,
-            )  # fmt: skip
+            spec = RolloutSpec.of(policy.name, version, policy.rollout)
             rollout_id = self.rollouts.create(spec, actor=ACTOR).id
         run = RetrainRun(
             manifest.version, len(frames), current.version, version, outcome.record is not None,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -16,6 +17,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cloud.release.rollouts import RolloutPlan
 from cloud.storage.retention import RetentionPolicy
 from shared.config import load_settings
 from shared.errors import ConfigError
@@ -86,21 +88,40 @@ class RetentionConfig(_Section):
 
 
 class RetrainConfig(_Section):
-    """The closed loop (cloud.retrain_loop): retrain on hard examples, gate, publish, roll out. Off by default."""
+    """The closed loop (cloud.retrain_loop): retrain on hard examples, gate, publish, roll out. Off by default.
+
+    ``rollout`` is the plan each new version goes out with (:class:`RolloutPlan`, declared once
+    in ``cloud.release.rollouts``); its keys may also sit directly under ``retrain`` as before.
+    """
 
     enabled: bool = False
     name: str = "detector"
     min_samples: int = Field(default=60, ge=1)  # labelled hard examples waiting before a run
     check_s: float = Field(default=30.0, gt=0)
-    min_interval_s: float = Field(default=3600.0, ge=0)  # after a run that published, before the next
+    # After a published run, before the next: a fleet is not retrained in a loop. A refused run is
+    # tried again as soon as another min_samples labelled examples have arrived (more data, new chance).
+    min_interval_s: float = Field(default=3600.0, ge=0)
     finetune_seconds: float | None = Field(default=None, gt=0)  # None: the recipe's fixed steps
     eval_frames: int = Field(default=160, ge=8)
-    target: str = "all"
-    canary: int = Field(default=1, ge=0)
-    waves: list[int] = Field(default_factory=lambda: [10, 50, 100])
-    soak_s: float = Field(default=600.0, ge=0)
-    min_frames: int = Field(default=20, ge=0)
-    gates: dict[str, Any] = Field(default_factory=dict)  # GateThresholds fields, e.g. {"min_agreement": 0.7}
+    rollout: RolloutPlan = Field(default_factory=RolloutPlan)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_rollout_keys(cls, data: Any) -> Any:
+        """``retrain.waves`` means ``retrain.rollout.waves`` (the shape before the plan had a name)."""
+        if not isinstance(data, dict):
+            return data
+        flat = {key: data[key] for key in _ROLLOUT_KEYS if key in data}
+        if not flat:
+            return data
+        nested = data.get("rollout", {})
+        if isinstance(nested, RolloutPlan):
+            nested = {f.name: getattr(nested, f.name) for f in fields(RolloutPlan)}
+        rest = {key: value for key, value in data.items() if key not in flat}
+        return {**rest, "rollout": {**dict(nested), **flat}}
+
+
+_ROLLOUT_KEYS: Final = frozenset(f.name for f in fields(RolloutPlan))
 
 
 class HubSettings(BaseSettings):

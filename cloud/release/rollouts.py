@@ -35,10 +35,10 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from shared.errors import ConfigError
 from shared.schemas import Health, OtaReport, ShadowStats
@@ -138,10 +138,17 @@ class GateThresholds:
         return cls(**body)
 
 
-@dataclass(frozen=True, slots=True)
-class RolloutSpec:
-    model_name: str
-    model_version: str
+@dataclass(frozen=True)
+class RolloutPlan:
+    """How a model goes out: the rollout knobs, declared here only.
+
+    A :class:`RolloutSpec` is a plan for one model version; the retraining loop's settings
+    (``cloud.settings.RetrainConfig.rollout``) hold the plan it starts each new version with.
+    """
+
+    # The hub's settings validate the retraining loop's plan through pydantic: no unknown keys.
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
+
     target: str = "all"
     canary: int = 1
     waves: tuple[int, ...] = (10, 50, 100)
@@ -156,11 +163,33 @@ class RolloutSpec:
             raise ConfigError("canary must be >= 0 devices")
         if not 0 <= self.soak_s <= 86_400:
             raise ConfigError("soak must be between 0 and 24 h")
+        if self.min_frames < 0:
+            raise ConfigError("min_frames must be >= 0")
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
         body["waves"] = list(self.waves)
         return body
+
+
+@dataclass(frozen=True)
+class _ModelVersion:
+    model_name: str
+    model_version: str
+
+
+@dataclass(frozen=True)
+class RolloutSpec(RolloutPlan, _ModelVersion):
+    """A :class:`RolloutPlan` for one published model version.
+
+    Fields in order: ``model_name``, ``model_version``, then the plan's (dataclass
+    fields are gathered from the last base first).
+    """
+
+    @classmethod
+    def of(cls, model_name: str, model_version: str, plan: RolloutPlan) -> RolloutSpec:
+        """``plan`` applied to one model version."""
+        return cls(model_name, model_version, **{f.name: getattr(plan, f.name) for f in fields(RolloutPlan)})
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> RolloutSpec:

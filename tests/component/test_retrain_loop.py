@@ -11,7 +11,8 @@ from cloud.home import HubHome
 from cloud.registry import Registry
 from cloud.release.controller import RolloutController, change_rollout, create_rollout
 from cloud.release.rollouts import RolloutSpec
-from cloud.retrain_loop import RetrainLoop, RetrainPolicy, next_version
+from cloud.retrain_loop import RetrainLoop, next_version
+from cloud.settings import RetrainConfig
 from shared.errors import ConfigError
 from shared.keys import KeyPair
 from shared.schemas import LabeledBox
@@ -38,7 +39,7 @@ def test_no_run_without_enough_labelled_samples_or_while_a_rollout_is_in_progres
     registry.publish_model("detector", "0.1.0", "a" * 64, 100)
     store = DatasetStore(tmp_path / "datasets" / "detector")
     rollouts = RolloutController(registry, NoCommands(), lambda _d: None)
-    loop = RetrainLoop(home, registry, store, rollouts, RetrainPolicy(min_samples=3))
+    loop = RetrainLoop(home, registry, store, rollouts, RetrainConfig(min_samples=3))
     try:
         # The operator vouches for this pole, and lets one device be the whole dataset.
         store.set_trusted("pole-1", True, "cli:test")
@@ -70,7 +71,7 @@ def test_labels_from_an_untrusted_device_do_not_train_until_reviewed(tmp_path: P
     registry.publish_model("detector", "0.1.0", "a" * 64, 100)
     store = DatasetStore(tmp_path / "datasets" / "detector")
     rollouts = RolloutController(registry, NoCommands(), lambda _d: None)
-    loop = RetrainLoop(home, registry, store, rollouts, RetrainPolicy(min_samples=3))
+    loop = RetrainLoop(home, registry, store, rollouts, RetrainConfig(min_samples=3))
     try:
         sky = LabeledBox(cls="pedestrian", box=(0.0, 0.0, 64.0, 10.0))  # "pedestrians" on the sky
         store.add("pole-evil", [example(i, [sky]) for i in range(10)])

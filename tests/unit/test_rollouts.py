@@ -11,6 +11,7 @@ from cloud.release.rollouts import (
     Decision,
     DeviceProgress,
     GateThresholds,
+    RolloutPlan,
     RolloutSpec,
     Target,
     WaveVerdict,
@@ -22,6 +23,7 @@ from cloud.release.rollouts import (
     parse_waves,
     plan_waves,
 )
+from cloud.settings import RetrainConfig
 from shared.errors import ConfigError
 from shared.schemas import Health, ShadowStats, StreamHealth
 
@@ -110,6 +112,28 @@ def test_small_fleets_drop_empty_waves() -> None:
         [["b"], ["a"]],
     )
     assert [len(w) for w in plan_waves(["a", "b", "c"], canary=5, percents=(100,), salt="s")] == [3]
+
+
+def test_a_spec_is_a_plan_for_one_model_version() -> None:
+    plan = RolloutPlan("site:north", 2, (25, 100), 30.0, 10, GateThresholds(min_agreement=0.6))
+    spec = RolloutSpec.of("detector", "1.1.0", plan)
+    assert spec == RolloutSpec("detector", "1.1.0", "site:north", 2, (25, 100), 30.0, 10, plan.gates)
+    assert spec.to_json() == {"model_name": "detector", "model_version": "1.1.0", **plan.to_json()}
+    for bad in ({"waves": (10, 50)}, {"canary": -1}, {"soak_s": 90_000.0}, {"min_frames": -1}):
+        with pytest.raises(ConfigError):
+            RolloutPlan(**bad)
+
+
+def test_the_retraining_loop_rolls_out_with_a_plan_flat_keys_still_accepted() -> None:
+    flat = RetrainConfig.model_validate({"waves": [100], "soak_s": 5, "gates": {"health_wait_s": 20}})
+    nested = RetrainConfig.model_validate({"rollout": {"waves": [100], "soak_s": 5.0}})
+    assert flat.rollout == RolloutPlan(waves=(100,), soak_s=5.0, gates=GateThresholds(health_wait_s=20.0))
+    assert nested.rollout == RolloutPlan(waves=(100,), soak_s=5.0)
+    assert RetrainConfig().rollout == RolloutPlan()
+    with pytest.raises(ValueError, match="nope"):
+        RetrainConfig.model_validate({"rollout": {"nope": 1}})
+    with pytest.raises(ValueError, match="nope"):
+        RetrainConfig.model_validate({"gates": {"nope": 1}})
 
 
 def test_spec_round_trips_and_rejects_bad_settings() -> None:
