@@ -51,6 +51,40 @@ def next_version(version: str) -> str:
     return f"{version[: match.start()]}{int(match.group(1)) + 1}{version[match.end() :]}"
 
 
+@dataclass(frozen=True, slots=True)
+class RetrainSnapshot:
+    """The state a retraining decision is made on."""
+
+    waiting: int  # labelled hard examples the trust policy admits to the next dataset version
+    last_publish: float | None  # monotonic end of the last run that published; None: none yet
+    now: float  # monotonic
+    rollout_statuses: tuple[str, ...] = ()  # of the policy's model, any age
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainDecision:
+    run: bool
+    reason: str
+
+
+def decide_retrain(snapshot: RetrainSnapshot, policy: RetrainConfig) -> RetrainDecision:
+    """Whether the loop retrains now, and why (not): a pure function of its arguments."""
+    if snapshot.last_publish is not None:
+        since = snapshot.now - snapshot.last_publish
+        if since < policy.min_interval_s:
+            # A fleet is not retrained in a loop: a published run is given min_interval_s.
+            return RetrainDecision(
+                False, f"published {since:.0f} s ago; next after {policy.min_interval_s:.0f} s"
+            )
+    if snapshot.waiting < policy.min_samples:
+        return RetrainDecision(False, f"{snapshot.waiting} of {policy.min_samples} labelled samples waiting")
+    if any(status not in FINAL_STATES for status in snapshot.rollout_statuses):
+        # One change at a time: a rollout in progress is judged on the fleet as it is, and
+        # training beside it would load the machines its health gate measures.
+        return RetrainDecision(False, f"a {policy.name} rollout is in progress")
+    return RetrainDecision(True, f"{snapshot.waiting} labelled samples waiting")
+
+
 @dataclass(frozen=True)
 class RetrainRun:
     dataset_version: int
@@ -123,21 +157,19 @@ class RetrainLoop:
         """Labelled hard examples the trust policy admits to the next dataset version."""
         return self.datasets.selection().labelled()
 
+    def snapshot(self) -> RetrainSnapshot:
+        """What the decision needs, read from the dataset inbox, the registry and the clock."""
+        statuses = tuple(r.status for r in self.registry.list_rollouts() if r.model_name == self.policy.name)
+        return RetrainSnapshot(self.waiting(), self._last_publish, time.monotonic(), statuses)
+
     def run_once(self) -> RetrainRun | None:
-        """One run if enough labelled samples wait; ``None`` otherwise."""
-        if (
-            self._last_publish is not None
-            and time.monotonic() - self._last_publish < self.policy.min_interval_s
-        ):
+        """One run if :func:`decide_retrain` says so; ``None`` otherwise."""
+        snapshot = self.snapshot()
+        decision = decide_retrain(snapshot, self.policy)
+        if not decision.run:
+            log.debug("not retraining %s: %s", self.policy.name, decision.reason)
             return None
-        waiting = self.waiting()
-        if waiting < self.policy.min_samples:
-            return None
-        live = [r for r in self.registry.list_rollouts() if r.model_name == self.policy.name]
-        if any(r.status not in FINAL_STATES for r in live):
-            # One change at a time: a rollout in progress is judged on the fleet as it is, and
-            # training beside it would load the machines its health gate measures.
-            return None
+        waiting = snapshot.waiting
         from models.card import DatasetRef, ParentRef
         from models.finetune import FinetuneConfig, samples_from_manifest
         from models.retrain import RetrainRequest, file_sha256, retrain
