@@ -22,6 +22,7 @@ import pytest
 
 from edge.agent import Agent
 from edge.analytics.lines import CountingLine
+from edge.outbox.sqlite import EPOCH_SHIFT
 from edge.settings import load_agent_settings
 from shared.bundle import EnrollmentBundle, write_bundle
 from sim.camera import synthetic_scene_analytics
@@ -246,9 +247,12 @@ def test_kill_9_mid_stream_then_restart_delivers_every_queued_record_exactly_onc
         second.wait(60)
     last, queued = outbox_rows(outbox)
     assert queued == {}, "the clean stop drained the outbox"
-    assert wait_for(lambda: len(stored(loop, "dev-kill")[0]) >= last, 30)
+    # A new outbox numbers from its sequence epoch (created_ms << EPOCH_SHIFT), so the first
+    # number it ever assigned is the epoch's + 1.
+    first = (last >> EPOCH_SHIFT << EPOCH_SHIFT) + 1
+    assert wait_for(lambda: len(stored(loop, "dev-kill")[0]) >= last - first + 1, 30)
     seqs, per_seq = stored(loop, "dev-kill")
-    assert seqs == list(range(1, last + 1))  # each promised message once: none lost, none twice
+    assert seqs == list(range(first, last + 1))  # each promised message once: none lost, none twice
     for seq, (kind, payload) in queued_at_kill.items():
         if kind == "counts":
             assert per_seq.get(seq, 0) == len(json.loads(payload)["records"]), seq
