@@ -45,11 +45,11 @@ MAX_TRACKED: Final = 10_000
 
 
 class DeviceKeys(Protocol):
-    """The registry's key methods (``cloud.registry.Registry``)."""
+    """A device's envelope keys: the registry's ``registry.devices`` (:class:`cloud.registry.Devices`) fits."""
 
     def active_keys(self, device_id: str) -> list[PublicKeys]: ...
 
-    def device_key(self, device_id: str, kid: str) -> tuple[str, PublicKeys] | None: ...
+    def key(self, device_id: str, kid: str) -> tuple[str, PublicKeys] | None: ...
 
     def add_key(self, device_id: str, keys: PublicKeys, *, actor: str = ...) -> None: ...
 
@@ -178,7 +178,7 @@ class CommandSender:
         """The key the device was last heard using; else its newest active key in the registry."""
         kid = self._device_kid.get(device_id)
         if kid is not None:
-            found = self._keys.device_key(device_id, kid)
+            found = self._keys.key(device_id, kid)
             if found is not None:
                 return found[1]
         active = self._keys.active_keys(device_id)
@@ -227,7 +227,7 @@ class CommandSender:
         public = PublicKeys(unb64(offer["x25519"]), unb64(offer["ed25519"]))
         if public.kid != offer.get("kid") or key_id(public.x25519) != public.kid:
             raise ConfigError("the device's new key does not match its key id")
-        if self._keys.device_key(device_id, public.kid) is None:
+        if self._keys.key(device_id, public.kid) is None:
             self._keys.add_key(device_id, public, actor=self._actor)
             log.info("registered key %s of %s", public.kid, device_id)
         self.send(device_id, "rotate_keys", {"confirm": public.kid})

@@ -219,7 +219,7 @@ def issue_enrollment(
     home.require()
     check_device_name(device_id)
     check_name(site, "site")
-    if registry.get_device(device_id) is not None:
+    if registry.devices.get(device_id) is not None:
         raise ConfigError(f"device {device_id!r} is already enrolled; revoke it or pick another id")
     keys = KeyPair.generate()
     issued = home.ca().issue_client(device_id)
@@ -251,7 +251,7 @@ def issue_enrollment(
 
     with acl_lock(home.broker_dir):
         try:
-            registry.enroll(device_id, site, keys.public(), actor=actor, before_commit=write_files)
+            registry.devices.enroll(device_id, site, keys.public(), actor=actor, before_commit=write_files)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -286,7 +286,7 @@ def model_repo_anchor(home: HubHome, repo_url: str | None) -> ModelRepoAnchor | 
 
 
 def acl_devices(registry: Registry) -> list[AclDevice]:
-    return [AclDevice(d.device_id, d.site) for d in registry.list_devices() if d.status == "active"]
+    return [AclDevice(d.device_id, d.site) for d in registry.devices.list() if d.status == "active"]
 
 
 def write_acl(home: HubHome, registry: Registry) -> Path:
@@ -358,7 +358,7 @@ def revoke_device(
     device's reconnection meets the CRL and is refused at TLS. Returns whether a
     session could be ended (False: no broker known, or it refused).
     """
-    registry.revoke(device_id, actor=actor)
+    registry.devices.revoke(device_id, actor=actor)
     record = home.device_certs / f"{device_id}.cert.pem"
     if record.is_file():
         _revoke_serial(home, x509.load_pem_x509_certificate(record.read_bytes()).serial_number)

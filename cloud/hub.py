@@ -147,12 +147,12 @@ class Hub:
             self.store,
             self.dead_letters,
             self.metrics,
-            self.registry.mark_seen,
+            self.registry.devices.mark_seen,
             batch_size=settings.batch_size,
             max_wait_s=settings.batch_wait_s,
             on_stored=self._on_stored,
         )
-        self.commands = CommandSender(self.home.hub_keys(), self.registry, self.ingest)
+        self.commands = CommandSender(self.home.hub_keys(), self.registry.devices, self.ingest)
         self.rollouts = RolloutController(
             self.registry, self.commands, self.store.latest_health, tick_s=settings.rollout_tick_s
         )
@@ -190,7 +190,7 @@ class Hub:
         self.api_url = ""
 
     def _lookup(self, device_id: str, kid: str) -> PublicKeys | None:
-        found = self.registry.device_key(device_id, kid)
+        found = self.registry.devices.key(device_id, kid)
         if found is None:
             return None
         self._sites[device_id] = found[0]
@@ -199,19 +199,19 @@ class Hub:
     def _site_of(self, device_id: str) -> str | None:
         site = self._sites.get(device_id)
         if site is None:
-            device = self.registry.get_device(device_id)
+            device = self.registry.devices.get(device_id)
             site = device.site if device is not None else None
         return site
 
     def _restore_replay_windows(self) -> None:
         """Rebuild each device's replay window from what the store already holds."""
-        for device in self.registry.list_devices():
+        for device in self.registry.devices.list():
             stored = self.store.recent_sequences(device.device_id, REPLAY_WINDOW_SIZE)
             self.opener.restore(device.device_id, stored)
 
     def revoke(self, device_id: str, *, actor: str = "system") -> None:
         """Refuse the device at once, here and at the broker (CRL, ACL, its open session ended)."""
-        if self.registry.get_device(device_id) is None:
+        if self.registry.devices.get(device_id) is None:
             raise ConfigError(f"device {device_id!r} is not enrolled")
         broker = (self.settings.broker_host, self.settings.broker_port)
         revoke_device(self.home, self.registry, device_id, actor=actor, broker=broker)
@@ -293,7 +293,7 @@ class Hub:
             # offline is lost to it, so unanswered commands go out again.
             self.commands.resend_unacked(older_than_s=30.0)
             try:
-                devices = self.registry.list_devices()
+                devices = self.registry.devices.list()
             except RoadsideError as exc:
                 log.warning("registry unreachable: %s", exc)
                 continue

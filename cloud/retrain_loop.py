@@ -159,7 +159,7 @@ class RetrainLoop:
 
     def snapshot(self) -> RetrainSnapshot:
         """What the decision needs, read from the dataset inbox, the registry and the clock."""
-        statuses = tuple(r.status for r in self.registry.list_rollouts() if r.model_name == self.policy.name)
+        statuses = tuple(r.status for r in self.registry.rollouts.list() if r.model_name == self.policy.name)
         return RetrainSnapshot(self.waiting(), self._last_publish, time.monotonic(), statuses)
 
     def run_once(self) -> RetrainRun | None:
@@ -237,7 +237,7 @@ class RetrainLoop:
     def _free_version(self, version: str) -> str:
         # A refused candidate leaves no registry row, but its training folder stays for inspection.
         while (
-            self.registry.get_model(self.policy.name, version) is not None
+            self.registry.models.get(self.policy.name, version) is not None
             or (self.home.root / "training" / f"{self.policy.name}-{version}").exists()
         ):
             version = next_version(version)

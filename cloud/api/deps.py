@@ -19,8 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from cloud.api import problems
 from cloud.api.ratelimit import TokenBuckets, retry_after_header
+from cloud.audit import AuditLog
 from cloud.live import LiveFeed
-from cloud.registry import ApiClient, Registry
+from cloud.registry import ApiClient, Devices, Registry
 from cloud.storage.base import TimeSeriesStore
 from cloud.webhooks import WebhookStore
 
@@ -93,6 +94,14 @@ def get_registry(resources: Annotated[ApiResources, Depends(get_resources)]) -> 
     return resources.registry
 
 
+def get_devices(resources: Annotated[ApiResources, Depends(get_resources)]) -> Devices:
+    return resources.registry.devices
+
+
+def get_audit(resources: Annotated[ApiResources, Depends(get_resources)]) -> AuditLog:
+    return resources.registry.audit
+
+
 def get_settings(resources: Annotated[ApiResources, Depends(get_resources)]) -> ApiSettings:
     return resources.settings
 
@@ -117,6 +126,8 @@ def get_webhooks(resources: Annotated[ApiResources, Depends(get_resources)]) -> 
 
 StoreDep = Annotated[TimeSeriesStore, Depends(get_store)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+DevicesDep = Annotated[Devices, Depends(get_devices)]
+AuditDep = Annotated[AuditLog, Depends(get_audit)]
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 MetricsRegistryDep = Annotated[CollectorRegistry, Depends(get_metrics_registry)]
 LiveDep = Annotated[LiveFeed, Depends(get_live)]
@@ -146,7 +157,7 @@ def authorize(
     if credentials is None:
         logger.info("no bearer token on %s %s", request.method, request.url.path)
         raise problems.unauthorized("Send an API key as 'Authorization: Bearer <key>'.", invalid_token=False)
-    client = registry.authenticate(credentials.credentials)
+    client = registry.api_clients.authenticate(credentials.credentials)
     if client is None:
         logger.info("unknown or revoked API key on %s %s", request.method, request.url.path)
         raise problems.unauthorized("The API key is unknown or revoked.", invalid_token=True)

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from cloud.registry import DEFAULT_ACTOR, Registry, RolloutDeviceRecord, RolloutRecord
+from cloud.registry import (
+    DEFAULT_ACTOR,
+    Devices,
+    ModelVersions,
+    RolloutDeviceRecord,
+    RolloutRecord,
+    Rollouts,
+)
 from cloud.release.rollouts import (
     FINAL_STATES,
     Decision,
@@ -47,6 +54,22 @@ class CommandSink(Protocol):
     def send(
         self, device_id: str, command_type: CommandType, args: dict[str, Any] | None = None
     ) -> object: ...
+
+
+class RolloutRegistry(Protocol):
+    """What rollouts need of the registry (``cloud.registry.Registry`` fits): the rollouts, the
+    models they send, the devices they target, and an audit entry for each gate verdict."""
+
+    @property
+    def rollouts(self) -> Rollouts: ...
+
+    @property
+    def models(self) -> ModelVersions: ...
+
+    @property
+    def devices(self) -> Devices: ...
+
+    def record_audit(self, actor: str, action: str, subject: str, details: Mapping[str, Any]) -> None: ...
 
 
 HealthLookup = Callable[[str], Health | None]
@@ -109,12 +132,14 @@ def _set(**fields: Any) -> Callable[[RolloutDeviceRecord], dict[str, Any]]:
 # Operator actions (CLI, API) ------------------------------------------------------
 
 
-def create_rollout(registry: Registry, spec: RolloutSpec, *, actor: str = DEFAULT_ACTOR) -> RolloutRecord:
+def create_rollout(
+    registry: RolloutRegistry, spec: RolloutSpec, *, actor: str = DEFAULT_ACTOR
+) -> RolloutRecord:
     """Plan ``spec`` over the target's active devices and record it; the controller starts it."""
-    model = registry.get_model(spec.model_name, spec.model_version)
+    model = registry.models.get(spec.model_name, spec.model_version)
     if model is None or model.status != "published":
         raise ConfigError(f"model {spec.model_name}:{spec.model_version} is not published; publish it first")
-    active = [(d.device_id, d.site) for d in registry.list_devices() if d.status == "active"]
+    active = [(d.device_id, d.site) for d in registry.devices.list() if d.status == "active"]
     devices = parse_target(spec.target).select(active)
     if not devices:
         raise ConfigError(f"rollout target {spec.target!r} names no active device")
@@ -122,7 +147,7 @@ def create_rollout(registry: Registry, spec: RolloutSpec, *, actor: str = DEFAUL
     waves = plan_waves(devices, spec.canary, spec.waves, salt)
     summary = [{"wave": i, "devices": len(ids)} for i, ids in enumerate(waves)]
     assignments = [(device, i) for i, ids in enumerate(waves) for device in ids]
-    record = registry.create_rollout(
+    record = registry.rollouts.create(
         spec.model_name,
         spec.model_version,
         spec.target,
@@ -147,42 +172,42 @@ _MOVES: Final[Mapping[str, tuple[frozenset[str], str]]] = {
 
 
 def change_rollout(
-    registry: Registry, rollout_id: int, action: str, *, actor: str = DEFAULT_ACTOR, reason: str = ""
+    registry: RolloutRegistry, rollout_id: int, action: str, *, actor: str = DEFAULT_ACTOR, reason: str = ""
 ) -> RolloutRecord:
     """``pause``, ``resume``, ``abort`` (stop where it is) or ``rollback`` (every touched device goes back)."""
     if action not in _MOVES:
         raise ConfigError(f"unknown rollout action {action!r}; choose from {sorted(_MOVES)}")
-    record = registry.get_rollout(rollout_id)
+    record = registry.rollouts.get(rollout_id)
     if record is None:
         raise ConfigError(f"rollout {rollout_id} does not exist")
     allowed, target = _MOVES[action]
     if record.status not in allowed:
         raise ConfigError(f"cannot {action} rollout {rollout_id}: it is {record.status}")
-    return registry.set_rollout_status(
+    return registry.rollouts.set_status(
         rollout_id, target, reason=reason or f"{action} by {actor}", actor=actor
     )
 
 
-def rollout_status(registry: Registry, rollout_id: int) -> RolloutStatus:
-    record = registry.get_rollout(rollout_id)
+def rollout_status(registry: RolloutRegistry, rollout_id: int) -> RolloutStatus:
+    record = registry.rollouts.get(rollout_id)
     if record is None:
         raise ConfigError(f"rollout {rollout_id} does not exist")
     if record.spec is None:
         raise ConfigError(f"rollout {rollout_id} predates staged rollouts and has no spec")
     return RolloutStatus(
-        record, RolloutSpec.from_json(record.spec), tuple(registry.rollout_devices(rollout_id))
+        record, RolloutSpec.from_json(record.spec), tuple(registry.rollouts.devices(rollout_id))
     )
 
 
 # Device reports (any hub process) ----------------------------------------------------
 
 
-def record_report(registry: Registry, device_id: str, report: OtaReport) -> bool:
+def record_report(registry: RolloutRegistry, device_id: str, report: OtaReport) -> bool:
     """Write a device's OTA report into its rollout's progress; ``False`` if it belongs to none."""
     return record_reports(registry, [(device_id, report)]) == 1
 
 
-def record_reports(registry: Registry, reports: Sequence[tuple[str, OtaReport]]) -> int:
+def record_reports(registry: RolloutRegistry, reports: Sequence[tuple[str, OtaReport]]) -> int:
     """Write a batch of ``(device_id, report)`` in one registry transaction; how many belonged to a rollout.
 
     Reports about unknown rollouts, another model, or a device the rollout does
@@ -194,7 +219,7 @@ def record_reports(registry: Registry, reports: Sequence[tuple[str, OtaReport]])
         if report.rollout_id is None:
             continue
         if report.rollout_id not in specs:
-            record = registry.get_rollout(report.rollout_id)
+            record = registry.rollouts.get(report.rollout_id)
             specs[report.rollout_id] = RolloutSpec.from_json(record.spec) if record and record.spec else None
         spec = specs[report.rollout_id]
         if spec is None:
@@ -211,7 +236,7 @@ def record_reports(registry: Registry, reports: Sequence[tuple[str, OtaReport]])
         return 0
     accepted = 0
     for (rollout_id, device_id, _), updated in zip(
-        changes, registry.update_rollout_devices(changes), strict=True
+        changes, registry.rollouts.update_devices(changes), strict=True
     ):
         if updated is None:
             log.warning("device %s is not part of rollout %d; report ignored", device_id, rollout_id)
@@ -242,7 +267,7 @@ class RolloutController:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: RolloutRegistry,
         commands: CommandSink,
         health_of: HealthLookup,
         *,
@@ -311,42 +336,44 @@ class RolloutController:
     def tick(self) -> None:
         """One pass over every rollout that is not finished."""
         with self._lock:
-            for record in self.registry.list_rollouts():
+            for record in self.registry.rollouts.list():
                 if record.status in FINAL_STATES or record.spec is None:
                     continue
                 self._step(record, RolloutSpec.from_json(record.spec))
 
     def _step(self, record: RolloutRecord, spec: RolloutSpec) -> None:
-        devices = self.registry.rollout_devices(record.id)
+        devices = self.registry.rollouts.devices(record.id)
         if record.status == "rolling_back":
             self._roll_back(record, spec, devices)
             return
         if record.status == "pending":
-            record = self.registry.start_wave(record.id, 0, actor=CONTROLLER_ACTOR)
+            record = self.registry.rollouts.start_wave(record.id, 0, actor=CONTROLLER_ACTOR)
         wave = [d for d in devices if d.wave == record.current_wave]
         if record.status == "running":
             self._command_installs(record, spec, wave)
-            devices = self.registry.rollout_devices(record.id)
+            devices = self.registry.rollouts.devices(record.id)
             wave = [d for d in devices if d.wave == record.current_wave]
         verdict = self._judge(record, spec, wave)
         if verdict.decision is Decision.FAIL:
             self._audit_verdict(record, verdict)
             reason = f"automatic rollback: wave {record.current_wave} failed {verdict.reason}"
-            record = self.registry.set_rollout_status(
+            record = self.registry.rollouts.set_status(
                 record.id, "rolling_back", reason=reason, actor=CONTROLLER_ACTOR
             )
             log.warning("rollout %d: %s", record.id, reason)
-            self._roll_back(record, spec, self.registry.rollout_devices(record.id))
+            self._roll_back(record, spec, self.registry.rollouts.devices(record.id))
         elif verdict.decision is Decision.PASS and record.status == "running":
             self._audit_verdict(record, verdict)
             last = max(d.wave for d in devices)
             if record.current_wave >= last:
-                self.registry.set_rollout_status(
+                self.registry.rollouts.set_status(
                     record.id, "completed", reason="every wave passed its gates", actor=CONTROLLER_ACTOR
                 )
                 log.info("rollout %d completed", record.id)
             else:
-                record = self.registry.start_wave(record.id, record.current_wave + 1, actor=CONTROLLER_ACTOR)
+                record = self.registry.rollouts.start_wave(
+                    record.id, record.current_wave + 1, actor=CONTROLLER_ACTOR
+                )
                 self._command_installs(record, spec, [d for d in devices if d.wave == record.current_wave])
 
     def _command_installs(
@@ -358,7 +385,7 @@ class RolloutController:
                 continue
             baseline = self.health_of(device.device_id)
             body = baseline.model_dump(mode="json") if baseline is not None else None
-            self.registry.update_rollout_device(
+            self.registry.rollouts.update_device(
                 record.id,
                 device.device_id,
                 _set(state="commanded", baseline=body, detail=""),
@@ -367,7 +394,7 @@ class RolloutController:
                 self.commands.send(device.device_id, "ota", args)
             except ConfigError as exc:
                 log.warning("rollout %d: cannot command %s: %s", record.id, device.device_id, exc)
-                self.registry.update_rollout_device(
+                self.registry.rollouts.update_device(
                     record.id, device.device_id, _set(state="failed", detail=str(exc))
                 )
 
@@ -413,7 +440,7 @@ class RolloutController:
         for device in devices:
             if device.state not in _IN_FLIGHT:
                 continue
-            self.registry.update_rollout_device(
+            self.registry.rollouts.update_device(
                 record.id,
                 device.device_id,
                 lambda _c: {"state": "rolling_back", "detail": "rollback commanded"},
@@ -423,13 +450,13 @@ class RolloutController:
                 sent += 1
             except ConfigError as exc:
                 log.warning("rollout %d: cannot command rollback on %s: %s", record.id, device.device_id, exc)
-        self.registry.set_rollout_status(
+        self.registry.rollouts.set_status(
             record.id, "rolled_back", reason=record.reason or "rolled back", actor=CONTROLLER_ACTOR
         )
         # A rolled-back model is no longer the one to beat, retrain from, or roll out again.
-        model = self.registry.get_model(spec.model_name, spec.model_version)
+        model = self.registry.models.get(spec.model_name, spec.model_version)
         if model is not None and model.status == "published":
-            self.registry.set_model_status(
+            self.registry.models.set_status(
                 spec.model_name,
                 spec.model_version,
                 "retired",

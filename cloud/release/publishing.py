@@ -47,7 +47,7 @@ class PublishOutcome:
 
 
 def latest_published(registry: Registry, name: str) -> ModelRecord | None:
-    published = [m for m in registry.list_models(name) if m.status == "published"]
+    published = [m for m in registry.models.list(name) if m.status == "published"]
     return max(published, key=lambda m: version_key(m.version), default=None)
 
 

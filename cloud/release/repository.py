@@ -643,7 +643,7 @@ def release_model(
     same transaction.
     """
     manifest = describe_onnx(model_path, name, version)
-    if registry.get_model(name, manifest.version) is not None:
+    if registry.models.get(name, manifest.version) is not None:
         raise ConfigError(
             f"model {name} {manifest.version} is already in the registry; publish a new version"
         )
@@ -656,6 +656,6 @@ def release_model(
         "target_path": published.target_path,
         "targets_version": published.targets_version,
     }
-    return registry.publish_model(
+    return registry.models.publish(
         name, manifest.version, published.sha256, published.length, metadata, parent, actor=actor
     )

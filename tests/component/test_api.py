@@ -81,9 +81,9 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
     registry.create_schema()
     for device_id, site in [("cam-1", "site-a"), ("cam-2", "site-a"), ("cam-3", "site-b")]:
-        registry.enroll(device_id, site, KeyPair.generate().public())
+        registry.devices.enroll(device_id, site, KeyPair.generate().public())
     # Rollout 1 pending, rollout 2 paused: every rollout action has a rollout it applies to.
-    registry.publish_model("detector", "1.0.0", "a" * 64, 1000)
+    registry.models.publish("detector", "1.0.0", "a" * 64, 1000)
     for _ in range(2):
         create_rollout(registry, RolloutSpec("detector", "1.0.0", "site:site-a", 1, (100,), 60.0))
     change_rollout(registry, 2, "pause")
@@ -122,7 +122,7 @@ class Fleet:
         return bundle.model_dump()
 
     def revoke(self, device_id: str, *, actor: str) -> None:
-        self.registry.revoke(device_id, actor=actor)
+        self.registry.devices.revoke(device_id, actor=actor)
         write_acl(self.home, self.registry)
         self.revoked.append((device_id, actor))
 
@@ -182,10 +182,10 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 @pytest.fixture
 def keys(registry: Registry) -> Keys:
     return Keys(
-        reader=registry.create_api_client("dashboard", ["read:telemetry"], department="traffic"),
-        admin=registry.create_api_client("ops", ["admin"]),
-        rollouts_only=registry.create_api_client("release-bot", ["write:rollouts"]),
-        devices_only=registry.create_api_client("installer", ["write:devices"]),
+        reader=registry.api_clients.create("dashboard", ["read:telemetry"], department="traffic"),
+        admin=registry.api_clients.create("ops", ["admin"]),
+        rollouts_only=registry.api_clients.create("release-bot", ["write:rollouts"]),
+        devices_only=registry.api_clients.create("installer", ["write:devices"]),
     )
 
 
@@ -385,10 +385,10 @@ def test_refusals_do_not_change_anything(
         headers = bearer(token) if token else {}
         client.post("/v1/devices", json={"device_id": "cam-x", "site": "s"}, headers=headers)
         client.post("/v1/devices/cam-1/revoke", headers=headers)
-    assert registry.get_device("cam-x") is None
+    assert registry.devices.get("cam-x") is None
     assert fleet.revoked == []
-    assert registry.get_device("cam-1") is not None
-    assert registry.get_device("cam-1").status == "active"  # type: ignore[union-attr]
+    assert registry.devices.get("cam-1") is not None
+    assert registry.devices.get("cam-1").status == "active"  # type: ignore[union-attr]
 
 
 def test_auth_is_checked_before_parameters(client: TestClient, keys: Keys) -> None:
@@ -403,7 +403,7 @@ def test_auth_is_checked_before_parameters(client: TestClient, keys: Keys) -> No
 
 def test_devices_list_shows_online_from_last_seen(client: TestClient, keys: Keys, registry: Registry) -> None:
     now = datetime.now(UTC)
-    registry.mark_seen([("cam-1", now - timedelta(seconds=10)), ("cam-2", now - timedelta(hours=1))])
+    registry.devices.mark_seen([("cam-1", now - timedelta(seconds=10)), ("cam-2", now - timedelta(hours=1))])
 
     response = client.get("/v1/devices", headers=bearer(keys.reader))
 
@@ -820,7 +820,7 @@ def test_enrolling_by_api_returns_the_bundle_once_and_audits_the_client(
     assert response.headers["location"] == "/v1/devices/cam-9"
     bundle = EnrollmentBundle.model_validate(response.json()).check()
     assert (bundle.device_id, bundle.site, bundle.broker) == ("cam-9", "site-c", BROKER)
-    assert bundle.keypair().public().kid == registry.active_keys("cam-9")[0].kid
+    assert bundle.keypair().public().kid == registry.devices.active_keys("cam-9")[0].kid
     assert "cam-9" in home.acl_file.read_text()
     entry = registry.audit.entries()[-1]
     assert (entry.actor, entry.action, entry.subject) == ("api:installer", "device.enroll", "cam-9")
@@ -850,7 +850,7 @@ def test_enrolling_an_enrolled_id_is_a_409_and_bad_bodies_are_422(client: TestCl
 def test_revoking_refuses_the_device_regenerates_the_acl_and_audits(
     client: TestClient, keys: Keys, registry: Registry, fleet: Fleet, home: HubHome
 ) -> None:
-    kid = registry.active_keys("cam-2")[0].kid
+    kid = registry.devices.active_keys("cam-2")[0].kid
     write_acl(home, registry)
     assert "cam-2" in home.acl_file.read_text()
 
@@ -859,7 +859,7 @@ def test_revoking_refuses_the_device_regenerates_the_acl_and_audits(
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "revoked"
     assert fleet.revoked == [("cam-2", "api:installer")]
-    assert registry.device_key("cam-2", kid) is None
+    assert registry.devices.key("cam-2", kid) is None
     assert "cam-2" not in home.acl_file.read_text()
     entry = registry.audit.entries()[-1]
     assert (entry.actor, entry.action, entry.subject) == ("api:installer", "device.revoke", "cam-2")
@@ -872,7 +872,7 @@ def test_revoking_refuses_the_device_regenerates_the_acl_and_audits(
 def test_adding_keys_lets_the_device_rotate_without_downtime(
     client: TestClient, keys: Keys, registry: Registry
 ) -> None:
-    old_kid = registry.active_keys("cam-1")[0].kid
+    old_kid = registry.devices.active_keys("cam-1")[0].kid
     pair = KeyPair.generate()
     new = pair.public()
     body = new_public_keys("cam-1", pair)
@@ -881,8 +881,8 @@ def test_adding_keys_lets_the_device_rotate_without_downtime(
 
     assert response.status_code == 201, response.text
     assert response.json() == {"device_id": "cam-1", "kid": new.kid, "active_keys": 2}
-    assert registry.device_key("cam-1", new.kid) is not None
-    assert registry.device_key("cam-1", old_kid) is not None  # both accepted while the device switches
+    assert registry.devices.key("cam-1", new.kid) is not None
+    assert registry.devices.key("cam-1", old_kid) is not None  # both accepted while the device switches
     assert registry.audit.entries()[-1].actor == "api:installer"
     assert_problem(client.post("/v1/devices/cam-1/keys", json=body, headers=bearer(keys.admin)), 409)
 
@@ -902,7 +902,7 @@ def test_malformed_keys_are_a_422(client: TestClient, keys: Keys, body: dict[str
 def test_keys_for_unknown_or_revoked_devices_are_refused(
     client: TestClient, keys: Keys, registry: Registry
 ) -> None:
-    registry.revoke("cam-2")
+    registry.devices.revoke("cam-2")
     token = bearer(keys.admin)
     assert_problem(client.post("/v1/devices/cam-99/keys", json=new_public_keys("cam-99"), headers=token), 404)
     assert_problem(client.post("/v1/devices/cam-2/keys", json=new_public_keys("cam-2"), headers=token), 409)
@@ -920,7 +920,7 @@ def test_keys_without_proof_of_possession_are_refused(
     assert_problem(client.post("/v1/devices/cam-1/keys", json=for_cam_2, headers=token), 422)
     forged = {**new_public_keys("cam-1"), "ed25519": b64(someone_elses.public().ed25519)}
     assert_problem(client.post("/v1/devices/cam-1/keys", json=forged, headers=token), 422)
-    assert len(registry.active_keys("cam-1")) == 1
+    assert len(registry.devices.active_keys("cam-1")) == 1
 
 
 def test_fleet_writes_without_hub_hooks_are_501(store: SqliteStore, registry: Registry, keys: Keys) -> None:
@@ -942,7 +942,7 @@ def test_the_last_will_decides_online_when_the_hub_knows_it(
     client: TestClient, keys: Keys, registry: Registry, fleet: Fleet
 ) -> None:
     now = datetime.now(UTC)
-    registry.mark_seen([("cam-1", now), ("cam-2", now - timedelta(hours=1))])
+    registry.devices.mark_seen([("cam-1", now), ("cam-2", now - timedelta(hours=1))])
     fleet.status.update({"cam-1": "offline", "cam-2": "online"})
 
     devices = {
@@ -974,8 +974,8 @@ def test_fleet_summary_counts_devices_per_site(
     client: TestClient, keys: Keys, registry: Registry, fleet: Fleet
 ) -> None:
     seen = datetime(2025, 5, 1, 10, 0, tzinfo=UTC)
-    registry.mark_seen([("cam-1", seen), ("cam-3", seen - timedelta(minutes=5))])
-    registry.revoke("cam-2")
+    registry.devices.mark_seen([("cam-1", seen), ("cam-3", seen - timedelta(minutes=5))])
+    registry.devices.revoke("cam-2")
     fleet.status["cam-1"] = "online"
 
     summary = FleetSummary.model_validate(client.get("/v1/fleet", headers=bearer(keys.reader)).json())

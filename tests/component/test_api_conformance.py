@@ -48,7 +48,7 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 
 @pytest.fixture
 def auth(app: FastAPI) -> dict[str, str]:
-    token = app.state.resources.registry.create_api_client("ops", ["admin"])
+    token = app.state.resources.registry.api_clients.create("ops", ["admin"])
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -100,7 +100,7 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
     """Start the API (with the given LiveFeed and SSE settings) under uvicorn on a free port."""
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
     registry.create_schema()
-    registry.enroll("cam-1", "site-a", KeyPair.generate().public())
+    registry.devices.enroll("cam-1", "site-a", KeyPair.generate().public())
     store = SqliteStore(tmp_path / "telemetry.db")
     stores: list[WebhookStore] = []
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
@@ -142,8 +142,8 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
             live,
             registry,
             webhooks,
-            registry.create_api_client(f"dashboard-{n}", ["read:telemetry"]),
-            registry.create_api_client(f"ops-{n}", ["admin"]),
+            registry.api_clients.create(f"dashboard-{n}", ["read:telemetry"]),
+            registry.api_clients.create(f"ops-{n}", ["admin"]),
         )
 
     yield make

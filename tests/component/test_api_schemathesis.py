@@ -59,7 +59,7 @@ def hub_app(tmp_path: Path) -> Iterator[tuple[FastAPI, str]]:
     webhooks = WebhookStore(
         tmp_path / "webhooks.db", destinations=WebhookDestinations(resolve=public_address)
     )
-    registry.enroll("cam-1", "site-a", KeyPair.generate().public())
+    registry.devices.enroll("cam-1", "site-a", KeyPair.generate().public())
     _seed(store)
 
     def enroll(device_id: str, site: str, *, actor: str) -> Mapping[str, Any]:
@@ -69,7 +69,7 @@ def hub_app(tmp_path: Path) -> Iterator[tuple[FastAPI, str]]:
         return bundle.model_dump()
 
     def revoke(device_id: str, *, actor: str) -> None:
-        registry.revoke(device_id, actor=actor)
+        registry.devices.revoke(device_id, actor=actor)
         write_acl(home, registry)
 
     app = create_app(
@@ -85,7 +85,7 @@ def hub_app(tmp_path: Path) -> Iterator[tuple[FastAPI, str]]:
         sse_heartbeat_s=0.05,
         sse_max_duration_s=0.1,
     )
-    token = registry.create_api_client("fuzzer", ["admin"])
+    token = registry.api_clients.create("fuzzer", ["admin"])
     yield app, token
     webhooks.close()
     store.close()

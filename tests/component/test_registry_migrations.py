@@ -70,47 +70,47 @@ def tables(registry: Registry) -> set[str]:
 
 def test_an_empty_database_upgrades_to_head(registry: Registry) -> None:
     assert HEAD == "0003"
-    assert registry.current_revision() is None
+    assert registry.schema.current_revision() is None
     registry.create_schema()
-    assert registry.current_revision() == HEAD
+    assert registry.schema.current_revision() == HEAD
     assert tables(registry) == TABLES_HEAD
     assert registry.audit.head() == (0, "0" * 64)
 
 
 def test_create_schema_is_idempotent(registry: Registry) -> None:
     registry.create_schema()
-    registry.enroll("cam-1", "s1", KeyPair.generate().public())
+    registry.devices.enroll("cam-1", "s1", KeyPair.generate().public())
     registry.create_schema()
-    assert registry.current_revision() == HEAD
-    assert registry.get_device("cam-1") is not None
+    assert registry.schema.current_revision() == HEAD
+    assert registry.devices.get("cam-1") is not None
 
 
 def test_downgrade_to_base_and_up_again(registry: Registry) -> None:
     registry.create_schema()
-    registry.downgrade("base")
-    assert registry.current_revision() is None
+    registry.schema.downgrade("base")
+    assert registry.schema.current_revision() is None
     assert tables(registry) == set()
-    registry.migrate()
-    assert registry.current_revision() == HEAD
+    registry.schema.migrate()
+    assert registry.schema.current_revision() == HEAD
     assert tables(registry) == TABLES_HEAD
-    registry.enroll("cam-1", "s1", KeyPair.generate().public())
+    registry.devices.enroll("cam-1", "s1", KeyPair.generate().public())
     assert registry.audit.verify().ok
 
 
 def test_step_by_step_keeps_the_devices(registry: Registry) -> None:
-    registry.migrate("0001")
-    assert registry.current_revision() == "0001"
+    registry.schema.migrate("0001")
+    assert registry.schema.current_revision() == "0001"
     assert tables(registry) == TABLES_0001
     with registry.engine.begin() as conn:
         conn.execute(
             text("INSERT INTO devices VALUES ('cam-1', 's1', 'active', :now, NULL)"),
             {"now": datetime.now(UTC)},
         )
-    registry.migrate()
-    registry.downgrade("0001")
+    registry.schema.migrate()
+    registry.schema.downgrade("0001")
     assert tables(registry) == TABLES_0001
-    registry.migrate()
-    device = registry.get_device("cam-1")
+    registry.schema.migrate()
+    device = registry.devices.get("cam-1")
     assert device is not None
     assert device.enrolled_at.tzinfo is not None
 
@@ -153,12 +153,12 @@ def _legacy_metadata() -> MetaData:
 def test_a_failed_migration_leaves_nothing_behind(registry: Registry) -> None:
     # DDL is transactional on both backends (on SQLite once the driver stops committing
     # on its own): 0002 fails at its third table, and its first two go too.
-    registry.migrate("0001")
+    registry.schema.migrate("0001")
     with registry.engine.begin() as conn:
         conn.execute(text("CREATE TABLE audit_log (seq INTEGER PRIMARY KEY)"))
     with pytest.raises(RoadsideError, match="audit_log"):
-        registry.migrate()
-    assert registry.current_revision() == "0001"
+        registry.schema.migrate()
+    assert registry.schema.current_revision() == "0001"
     assert tables(registry) == TABLES_0001 | {"audit_log"}
 
 
@@ -176,11 +176,11 @@ def test_a_database_made_by_create_all_is_stamped_and_upgraded(url: str) -> None
     registry = Registry(url)
     try:
         registry.create_schema()
-        assert registry.current_revision() == HEAD
+        assert registry.schema.current_revision() == HEAD
         assert tables(registry) == TABLES_HEAD
-        assert registry.get_device("cam-old") is not None
-        registry.enroll("cam-new", "s1", KeyPair.generate().public())
-        assert [d.device_id for d in registry.list_devices()] == ["cam-new", "cam-old"]
+        assert registry.devices.get("cam-old") is not None
+        registry.devices.enroll("cam-new", "s1", KeyPair.generate().public())
+        assert [d.device_id for d in registry.devices.list()] == ["cam-new", "cam-old"]
     finally:
         registry.close()
 
@@ -190,7 +190,7 @@ def test_the_old_create_all_schema_is_revision_0001(url: str) -> None:
     legacy = _legacy_metadata()
     registry = Registry(url)
     try:
-        registry.migrate("0001")
+        registry.schema.migrate("0001")
         with registry.engine.connect() as conn:
             diffs = compare_metadata(MigrationContext.configure(conn), legacy)
         assert diffs == []
@@ -248,15 +248,15 @@ def test_hubs_starting_together_migrate_once(url: str) -> None:
 def test_registry_round_trip(registry: Registry) -> None:
     registry.create_schema()
     keys = KeyPair.generate().public()
-    registry.enroll("cam-1", "s1", keys, actor="cli:alice")
-    assert registry.device_key("cam-1", keys.kid) == ("s1", keys)
-    token = registry.create_api_client("dashboard", ["read:telemetry"], department="traffic")
-    client = registry.authenticate(token)
+    registry.devices.enroll("cam-1", "s1", keys, actor="cli:alice")
+    assert registry.devices.key("cam-1", keys.kid) == ("s1", keys)
+    token = registry.api_clients.create("dashboard", ["read:telemetry"], department="traffic")
+    client = registry.api_clients.authenticate(token)
     assert client is not None
     assert (client.name, client.department, client.allows("read:telemetry")) == ("dashboard", "traffic", True)
-    assert registry.authenticate(token + "x") is None
-    registry.revoke("cam-1")
-    assert registry.device_key("cam-1", keys.kid) is None
+    assert registry.api_clients.authenticate(token + "x") is None
+    registry.devices.revoke("cam-1")
+    assert registry.devices.key("cam-1", keys.kid) is None
     assert [e.action for e in registry.audit.entries()] == [
         "device.enroll",
         "apiclient.create",
@@ -272,10 +272,10 @@ def test_datetimes_come_back_in_utc_whatever_the_session_zone(request: pytest.Fi
     try:
         registry.create_schema()
         before = datetime.now(UTC)
-        registry.enroll("cam-1", "s1", KeyPair.generate().public())
+        registry.devices.enroll("cam-1", "s1", KeyPair.generate().public())
         seen = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-        registry.mark_seen([("cam-1", seen)])
-        device = registry.get_device("cam-1")
+        registry.devices.mark_seen([("cam-1", seen)])
+        device = registry.devices.get("cam-1")
         assert device is not None
         assert device.enrolled_at.utcoffset() is not None
         assert device.enrolled_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
@@ -288,21 +288,21 @@ def test_datetimes_come_back_in_utc_whatever_the_session_zone(request: pytest.Fi
 
 def test_models_and_rollouts_round_trip(registry: Registry) -> None:
     registry.create_schema()
-    v1 = registry.publish_model("detector", "1.0", "a" * 64, 1234, {"opset": 17, "labels": ["car"]})
-    v2 = registry.publish_model("detector", "1.1", "b" * 64, 1300, parent="1.0", actor="cli:ml")
-    assert registry.get_model("detector", "1.0") == v1
-    assert [m.version for m in registry.list_models("detector")] == ["1.0", "1.1"]
+    v1 = registry.models.publish("detector", "1.0", "a" * 64, 1234, {"opset": 17, "labels": ["car"]})
+    v2 = registry.models.publish("detector", "1.1", "b" * 64, 1300, parent="1.0", actor="cli:ml")
+    assert registry.models.get("detector", "1.0") == v1
+    assert [m.version for m in registry.models.list("detector")] == ["1.0", "1.1"]
     assert v2.parent == "1.0"
     with pytest.raises(ConfigError, match="parent"):
-        registry.publish_model("detector", "2.0", "c" * 64, 1, parent="0.9")
-    rollout = registry.create_rollout("detector", "1.1", "site:s1", [{"name": "canary", "devices": 1}])
+        registry.models.publish("detector", "2.0", "c" * 64, 1, parent="0.9")
+    rollout = registry.rollouts.create("detector", "1.1", "site:s1", [{"name": "canary", "devices": 1}])
     assert rollout.status == "pending"
-    moved = registry.set_rollout_status(rollout.id, "running", actor="hub")
+    moved = registry.rollouts.set_status(rollout.id, "running", actor="hub")
     assert moved.status == "running"
-    assert registry.get_rollout(rollout.id) == moved
-    assert registry.list_rollouts("running") == [moved]
+    assert registry.rollouts.get(rollout.id) == moved
+    assert registry.rollouts.list("running") == [moved]
     with pytest.raises(ConfigError, match="not published"):
-        registry.create_rollout("detector", "9.9", "all", [{"name": "all"}])
+        registry.rollouts.create("detector", "9.9", "all", [{"name": "all"}])
     actions = [e.action for e in registry.audit.entries()]
     assert actions == ["model.publish", "model.publish", "rollout.create", "rollout.status"]
 

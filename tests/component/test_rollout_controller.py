@@ -52,9 +52,9 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
     registry.create_schema()
     for i in range(10):
-        registry.enroll(f"dev{i}", "north" if i < 8 else "south", KeyPair.generate().public())
-    registry.publish_model("detector", "1.0.0", "a" * 64, 100)
-    registry.publish_model("detector", "1.1.0", "b" * 64, 100, parent="1.0.0")
+        registry.devices.enroll(f"dev{i}", "north" if i < 8 else "south", KeyPair.generate().public())
+    registry.models.publish("detector", "1.0.0", "a" * 64, 100)
+    registry.models.publish("detector", "1.1.0", "b" * 64, 100, parent="1.0.0")
     yield registry
     registry.close()
 
@@ -173,7 +173,7 @@ def test_a_canary_that_disagrees_is_rolled_back_and_the_audit_log_says_why(regis
         record_report(registry, device_id, report(record.id, "rolled_back"))
     assert rollout_status(registry, record.id).counts() == {"rolled_back": 2, "pending": 6}
     # The model is retired: not the baseline to beat, not a parent to retrain, not rolled out again.
-    model = registry.get_model("detector", "1.1.0")
+    model = registry.models.get("detector", "1.1.0")
     assert model is not None
     assert model.status == "retired"
     with pytest.raises(ConfigError, match="not published"):

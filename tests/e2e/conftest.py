@@ -50,7 +50,7 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
     hub: Hub | None = None
     with broker:
         try:
-            token = registry.create_api_client("e2e", ["read:telemetry"])
+            token = registry.api_clients.create("e2e", ["read:telemetry"])
             hub = Hub(HubSettings(home=home.root, broker_port=broker.port, api_port=0, batch_wait_s=0.05))
             hub.start()
             assert hub.wait_ready(10), broker.log_tail()

@@ -353,7 +353,7 @@ def test_dead_letters_are_kept_whole_and_redriven_once_the_key_is_registered(rig
         assert oldest.size == len(wire)
     finally:
         hub.stop()
-    rig.registry.add_key(bundle.device_id, rotated.public(), actor="test")  # the late registration
+    rig.registry.devices.add_key(bundle.device_id, rotated.public(), actor="test")  # the late registration
     runner = CliRunner()
     home = str(rig.home.root)
     listed = runner.invoke(build(), ["deadletters", "list", "--home", home, "--json"])

@@ -379,7 +379,7 @@ class FakeRegistry:
     def active_keys(self, device_id: str) -> list[PublicKeys]:
         return list(self.keys.get(device_id, []))
 
-    def device_key(self, device_id: str, kid: str) -> tuple[str, PublicKeys] | None:
+    def key(self, device_id: str, kid: str) -> tuple[str, PublicKeys] | None:
         found = [k for k in self.keys.get(device_id, []) if k.kid == kid]
         return ("site", found[0]) if found else None
 
@@ -435,7 +435,7 @@ def test_sender_registers_an_offered_key_and_confirms_it(handler: CommandHandler
     ack = handler.handle(device.open(broker.published[-1][1], int(time.time() * 1000)))
     sender.on_ack("dev-1", ack, kid=ENROLLED.kid)
     new_kid = json.loads(ack.detail)["kid"]
-    assert registry.device_key("dev-1", new_kid) is not None
+    assert registry.key("dev-1", new_kid) is not None
     confirm = device.open(broker.published[-1][1], int(time.time() * 1000))
     assert (confirm.type, confirm.args) == ("rotate_keys", {"confirm": new_kid})
     sender.on_ack("dev-1", handler.handle(confirm), kid=new_kid)

@@ -13,10 +13,10 @@ from pydantic import ConfigDict, Field
 from cloud.api import problems
 from cloud.api.deps import (
     ApiSettings,
+    DevicesDep,
     DeviceWriter,
     FleetHooks,
     HooksDep,
-    RegistryDep,
     SettingsDep,
     StoreDep,
     TelemetryReader,
@@ -32,7 +32,7 @@ from cloud.api.models import (
     DeviceName,
     EnrollRequest,
 )
-from cloud.registry import DeviceRecord, Registry
+from cloud.registry import DeviceRecord, Devices
 from shared.bundle import EnrollmentBundle
 from shared.errors import BadSignatureError, ConfigError
 from shared.keys import PublicKeys, key_registration_message, unb64
@@ -137,8 +137,8 @@ def device_view(record: DeviceRecord, hooks: FleetHooks, settings: ApiSettings, 
     return Device.from_record(record, now=now, online_after_s=settings.online_after_s, connection=connection)
 
 
-def _enrolled(registry: Registry, device_id: str) -> DeviceRecord:
-    record = registry.get_device(device_id)
+def _enrolled(devices: Devices, device_id: str) -> DeviceRecord:
+    record = devices.get(device_id)
     if record is None:
         raise problems.not_found("device", device_id)
     return record
@@ -155,7 +155,7 @@ def _enrolled(registry: Registry, device_id: str) -> DeviceRecord:
 )
 def list_devices(
     _client: TelemetryReader,
-    registry: RegistryDep,
+    devices: DevicesDep,
     settings: SettingsDep,
     hooks: HooksDep,
     site: Annotated[DeviceName | None, Query(description="Only devices at this site.")] = None,
@@ -163,7 +163,7 @@ def list_devices(
     limit: Annotated[int, Query(ge=1, le=MAX_DEVICES, description="At most this many devices.")] = 1000,
 ) -> DeviceList:
     now = datetime.now(UTC)
-    records = [r for r in registry.list_devices(site) if after is None or r.device_id > after]
+    records = [r for r in devices.list(site) if after is None or r.device_id > after]
     return DeviceList(
         devices=[device_view(r, hooks, settings, now) for r in records[:limit]],
         truncated=len(records) > limit,
@@ -183,13 +183,13 @@ def list_devices(
 )
 def get_device(
     _client: TelemetryReader,
-    registry: RegistryDep,
+    devices: DevicesDep,
     store: StoreDep,
     settings: SettingsDep,
     hooks: HooksDep,
     device_id: Annotated[DeviceName, Path(description="The device id.")],
 ) -> DeviceDetail:
-    device = device_view(_enrolled(registry, device_id), hooks, settings, datetime.now(UTC))
+    device = device_view(_enrolled(devices, device_id), hooks, settings, datetime.now(UTC))
     return DeviceDetail(**device.model_dump(), health=store.latest_health(device_id))
 
 
@@ -218,7 +218,7 @@ def get_device(
 )
 def enroll_device(
     client: DeviceWriter,
-    registry: RegistryDep,
+    devices: DevicesDep,
     hooks: HooksDep,
     request: Annotated[EnrollRequest, Body()],
     response: Response,
@@ -228,14 +228,14 @@ def enroll_device(
     conflict = problems.conflict(
         f"Device {request.device_id!r} is already enrolled; revoke it or pick another id."
     )
-    if registry.get_device(request.device_id) is not None:
+    if devices.get(request.device_id) is not None:
         raise conflict
     try:
         bundle = EnrollmentBundle.model_validate(
             hooks.enroll(request.device_id, request.site, actor=actor(client))
         )
     except ConfigError as exc:
-        if registry.get_device(request.device_id) is not None:  # enrolled meanwhile, elsewhere
+        if devices.get(request.device_id) is not None:  # enrolled meanwhile, elsewhere
             raise conflict from exc
         raise
     logger.info(
@@ -261,18 +261,18 @@ def enroll_device(
 )
 def revoke_device(
     client: DeviceWriter,
-    registry: RegistryDep,
+    devices: DevicesDep,
     settings: SettingsDep,
     hooks: HooksDep,
     device_id: Annotated[DeviceName, Path(description="The device id.")],
 ) -> Device:
     if hooks.revoke is None:
         raise problems.not_configured("Revocation through the API is not enabled on this hub.")
-    record = _enrolled(registry, device_id)
+    record = _enrolled(devices, device_id)
     if record.status == "active":
         hooks.revoke(device_id, actor=actor(client))
         logger.info("device %s revoked by API client %s", device_id, client.name)
-    return device_view(_enrolled(registry, device_id), hooks, settings, datetime.now(UTC))
+    return device_view(_enrolled(devices, device_id), hooks, settings, datetime.now(UTC))
 
 
 @router.post(
@@ -300,20 +300,20 @@ def revoke_device(
 )
 def add_device_keys(
     client: DeviceWriter,
-    registry: RegistryDep,
+    devices: DevicesDep,
     device_id: Annotated[DeviceName, Path(description="The device id.")],
     request: Annotated[SignedDeviceKeysRequest, Body()],
 ) -> DeviceKeyAdded:
-    if _enrolled(registry, device_id).status != "active":
+    if _enrolled(devices, device_id).status != "active":
         raise problems.conflict(f"Device {device_id!r} is revoked; enroll it again under a new id.")
     keys = PublicKeys(unb64(request.x25519), unb64(request.ed25519))
     try:
         keys.verify(unb64(request.proof, "proof"), key_registration_message(device_id, keys))
     except (BadSignatureError, ConfigError) as exc:
         raise _bad_proof() from exc
-    current = registry.active_keys(device_id)
+    current = devices.active_keys(device_id)
     if any(k.kid == keys.kid for k in current):
         raise problems.conflict(f"Device {device_id!r} already has key {keys.kid}.")
-    registry.add_key(device_id, keys, actor=actor(client))
+    devices.add_key(device_id, keys, actor=actor(client))
     logger.info("device %s: key %s added by API client %s", device_id, keys.kid, client.name)
     return DeviceKeyAdded(device_id=device_id, kid=keys.kid, active_keys=len(current) + 1)

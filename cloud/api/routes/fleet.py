@@ -9,7 +9,7 @@ from typing import Any, Final
 from fastapi import APIRouter
 
 from cloud.api import problems
-from cloud.api.deps import HooksDep, RegistryDep, SettingsDep, TelemetryReader
+from cloud.api.deps import DevicesDep, HooksDep, SettingsDep, TelemetryReader
 from cloud.api.models import Device, FleetCounts, FleetSummary, SiteFleet
 from cloud.api.routes.devices import device_view
 
@@ -45,10 +45,10 @@ def tally(devices: list[Device]) -> FleetCounts:
     responses={200: {"content": {"application/json": {"example": _EXAMPLE}}}},
 )
 def get_fleet(
-    _client: TelemetryReader, registry: RegistryDep, settings: SettingsDep, hooks: HooksDep
+    _client: TelemetryReader, registered: DevicesDep, settings: SettingsDep, hooks: HooksDep
 ) -> FleetSummary:
     now = datetime.now(UTC)
-    records = registry.list_devices()
+    records = registered.list()
     devices = [device_view(r, hooks, settings, now) for r in records]
     by_site: dict[str, list[Device]] = defaultdict(list)
     for device in devices:

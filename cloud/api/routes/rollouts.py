@@ -159,7 +159,7 @@ def _invalid(detail: str) -> problems.ProblemError:
 
 
 def _view(registry: RegistryDep, rollout_id: int) -> RolloutView:
-    if registry.get_rollout(rollout_id) is None:
+    if registry.rollouts.get(rollout_id) is None:
         raise problems.not_found("rollout", str(rollout_id))
     try:
         return RolloutView.model_validate(rollout_status(registry, rollout_id).to_json())
@@ -182,7 +182,7 @@ def list_rollouts(
         Query(description="Only rollouts in this state."),
     ] = None,
 ) -> RolloutList:
-    records = [r for r in registry.list_rollouts(status) if r.spec is not None]
+    records = [r for r in registry.rollouts.list(status) if r.spec is not None]
     return RolloutList(rollouts=[_view(registry, r.id) for r in records[-100:]])
 
 
@@ -244,7 +244,7 @@ def _act(action: Action) -> Callable[..., RolloutView]:
         rollout_id: RolloutId,
         request: Annotated[ActionRequest, Body()] = ActionRequest(),  # noqa: B008 - an immutable default
     ) -> RolloutView:
-        if registry.get_rollout(rollout_id) is None:
+        if registry.rollouts.get(rollout_id) is None:
             raise problems.not_found("rollout", str(rollout_id))
         reason = request.reason
         try:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, Path, Response
 from fastapi.exceptions import RequestValidationError
 
 from cloud.api import problems
-from cloud.api.deps import Administrator, RegistryDep, WebhooksDep, actor
+from cloud.api.deps import Administrator, AuditDep, WebhooksDep, actor
 from cloud.api.models import Webhook, WebhookCreate, WebhookCreated, WebhookList
 from cloud.webhooks import UnresolvedHostError, WebhookDestinationError, WebhookLimitError, masked_url
 
@@ -83,7 +83,7 @@ _SIGNING: Final = (
 )
 def create_webhook(
     client: Administrator,
-    registry: RegistryDep,
+    audit: AuditDep,
     webhooks: WebhooksDep,
     request: Annotated[WebhookCreate, Body()],
     response: Response,
@@ -96,7 +96,7 @@ def create_webhook(
         raise problems.conflict(str(exc)) from exc
     except (WebhookDestinationError, UnresolvedHostError) as exc:
         # Nothing was stored; the attempt is still audited: an admin key probing internal hosts is news.
-        registry.audit.append(
+        audit.append(
             actor(client), "webhook.refuse", "webhook", {"url": masked_url(request.url), "reason": str(exc)}
         )
         logger.info("webhook to %s refused for API client %s: %s", masked_url(request.url), client.name, exc)
@@ -105,7 +105,7 @@ def create_webhook(
         ) from exc
     details = {"url": masked_url(record.url), "device": request.device, "site": request.site,
                "types": sorted(request.types)}  # fmt: skip
-    registry.audit.append(actor(client), "webhook.create", record.id, details)
+    audit.append(actor(client), "webhook.create", record.id, details)
     logger.info(
         "webhook %s to %s registered by API client %s", record.id, masked_url(record.url), client.name
     )
@@ -148,10 +148,10 @@ def get_webhook(_client: Administrator, webhooks: WebhooksDep, webhook_id: Webho
     responses={204: {"description": "Deleted."}, **_NOT_FOUND},
 )
 def delete_webhook(
-    client: Administrator, registry: RegistryDep, webhooks: WebhooksDep, webhook_id: WebhookId
+    client: Administrator, audit: AuditDep, webhooks: WebhooksDep, webhook_id: WebhookId
 ) -> Response:
     if not webhooks.delete(webhook_id):
         raise problems.not_found("webhook", webhook_id)
-    registry.audit.append(actor(client), "webhook.delete", webhook_id, {})
+    audit.append(actor(client), "webhook.delete", webhook_id, {})
     logger.info("webhook %s deleted by API client %s", webhook_id, client.name)
     return Response(status_code=204)
