@@ -106,7 +106,7 @@ def device_list(home: HomeOption = DEFAULT_HOME) -> None:
 
     registry = Registry(HubHome(home).registry_url)
     try:
-        for d in registry.list_devices():
+        for d in registry.devices.list():
             typer.echo(f"{d.device_id}\t{d.site}\t{d.status}\tlast seen {d.last_seen_at or 'never'}")
     finally:
         registry.close()
@@ -120,7 +120,7 @@ def device_revoke(device_id: str, home: HomeOption = DEFAULT_HOME) -> None:
 
     hub_home = HubHome(home)
     with open_registry(home) as registry:
-        if registry.get_device(device_id) is None:
+        if registry.devices.get(device_id) is None:
             raise fail(ConfigError(f"device {device_id!r} is not enrolled"))
         ended = revoke_device(hub_home, registry, device_id, actor=actor())
     typer.echo(f"revoked {device_id}; running hubs refuse it within seconds")
@@ -192,7 +192,7 @@ def hub_token(
     """Create an API client and print its token (shown once; only a hash is kept)."""
     with open_registry(home) as registry:
         registry.create_schema()
-        typer.echo(registry.create_api_client(name, scope, department, actor=actor()))
+        typer.echo(registry.api_clients.create(name, scope, department, actor=actor()))
 
 
 @hub_app.command("migrate")
@@ -202,8 +202,8 @@ def hub_migrate(
 ) -> None:
     """Upgrade the registry database to the newest schema (safe to run again)."""
     with open_registry(home, registry_url) as registry:
-        registry.migrate()
-        typer.echo(f"registry at revision {registry.current_revision()}")
+        registry.schema.migrate()
+        typer.echo(f"registry at revision {registry.schema.current_revision()}")
 
 
 @audit_app.command("verify")

@@ -157,11 +157,11 @@ def _redrive(
     datasets = DatasetStore(hub_home.datasets_dir())
 
     def lookup(device_id: str, kid: str) -> PublicKeys | None:
-        found = registry.device_key(device_id, kid)
+        found = registry.devices.key(device_id, kid)
         return None if found is None else found[1]
 
     def site_of(device_id: str) -> str | None:
-        found = registry.get_device(device_id)
+        found = registry.devices.get(device_id)
         return None if found is None else found.site
 
     def samples(accepted: list[Accepted]) -> None:

@@ -126,7 +126,7 @@ def _resolve_parent(hub: HubHome, spec: str) -> tuple[Path, ParentRef]:
         return path, ParentRef(sha256=file_sha256(path), path=str(path))
     name, version = _split(spec, "--parent")
     with _registry(hub) as registry:
-        record = registry.get_model(name, version) if version else latest_published(registry, name)
+        record = registry.models.get(name, version) if version else latest_published(registry, name)
     if record is None:
         raise ConfigError(f"parent model {spec} is not in the registry; `roadside model list` shows what is")
     path = published_file(hub, record)
@@ -311,7 +311,7 @@ def list_models(
     from cloud.home import HubHome
 
     with _errors(), _registry(HubHome(home)) as registry:
-        models = registry.list_models(name)
+        models = registry.models.list(name)
     rows: list[dict[str, Any]] = []
     for m in models:
         evaluation = m.metadata.get("evaluation")

@@ -111,7 +111,7 @@ def list_rollouts(
 ) -> None:
     """Every rollout, oldest first."""
     with open_registry(home, registry_url) as registry:
-        records = registry.list_rollouts()
+        records = registry.rollouts.list()
     if as_json:
         typer.echo(json.dumps({"rollouts": [
             {"id": r.id, "model": f"{r.model_name}:{r.model_version}", "target": r.target, "status": r.status,
