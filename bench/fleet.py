@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud.home import HubHome, acl_devices, enroll_device
 from cloud.registry import Registry
+from mqttlink import Delivery, MqttSession, PubAck, SessionConfig, context_from_pem
 from shared import topics
 from shared.bundle import BrokerAddress, EnrollmentBundle
 from shared.envelope import DeviceSealer
@@ -48,39 +44,46 @@ class SimulatedDevice:
         self.bundle = bundle
         self.sealer = DeviceSealer(bundle.device_id, bundle.keypair(), bundle.hub_public())
         self.topic = topics.uplink(bundle.site, bundle.device_id, "counts")
-        self._tls = Path(tempfile.mkdtemp(prefix="sim-tls-"))
-        for name, pem in (
-            ("ca", bundle.ca_cert_pem),
-            ("crt", bundle.client_cert_pem),
-            ("key", bundle.client_key_pem),
-        ):
-            fd = os.open(self._tls / name, os.O_WRONLY | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(pem)
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=bundle.device_id, protocol=mqtt.MQTTv5
-        )
-        self.client.tls_set(
-            ca_certs=str(self._tls / "ca"), certfile=str(self._tls / "crt"), keyfile=str(self._tls / "key")
-        )
-        self.client.max_inflight_messages_set(max_inflight)
-        self.client.max_queued_messages_set(0)
+        self.max_inflight = max_inflight
         self.acked = 0
         self.refused = 0
         self._all_acked = threading.Condition()
-        self.client.on_publish = self._on_publish
+        self._client: MqttSession | None = None
 
-    def _on_publish(self, _c: Any, _u: Any, _mid: int, reason: Any, _p: Any) -> None:
+    @property
+    def client(self) -> MqttSession:
+        """The device's MQTT session, once :meth:`connect` made it."""
+        if self._client is None:
+            raise RuntimeError("connect() first")
+        return self._client
+
+    def _on_publish(self, ack: PubAck) -> None:
         with self._all_acked:
-            if reason.is_failure:
+            if ack.delivery is Delivery.REFUSED:
                 self.refused += 1
             else:
                 self.acked += 1
             self._all_acked.notify_all()
 
     def connect(self, host: str, port: int) -> None:
-        self.client.connect(host, port, keepalive=60)
-        self.client.loop_start()
+        scratch = Path(tempfile.mkdtemp(prefix="sim-tls-"))
+        try:  # the key is on disk only while it loads
+            tls = context_from_pem(
+                self.bundle.ca_cert_pem, self.bundle.client_cert_pem, self.bundle.client_key_pem, scratch
+            )
+        finally:
+            scratch.rmdir()
+        config = SessionConfig(
+            host,
+            port,
+            self.bundle.device_id,
+            tls=tls,
+            max_inflight=self.max_inflight,
+            max_queued=0,
+        )
+        self._client = MqttSession(config, on_puback=self._on_publish)
+        self._client.connect()
+        self._client.loop_start()
 
     def publish(self, payload: bytes) -> None:
         self.client.publish(self.topic, payload, qos=1)
@@ -90,11 +93,9 @@ class SimulatedDevice:
             return self._all_acked.wait_for(lambda: self.acked + self.refused >= total, timeout)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-        for child in self._tls.iterdir():
-            child.unlink()
-        self._tls.rmdir()
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
 
 
 def enroll_fleet(

@@ -41,10 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from bench.fleet import EPOCH, SimulatedDevice, counts_body, enroll_fleet
 from cloud.broker import MosquittoBroker
@@ -52,6 +48,7 @@ from cloud.home import HubHome, acl_devices, hub_identity, init_home
 from cloud.registry import Registry
 from cloud.settings import InfluxV1StoreConfig, SqliteStoreConfig, StoreConfig
 from cloud.storage.base import CountQuery, TimeSeriesStore
+from mqttlink import ConnAck, Message, MqttSession, SessionConfig, SubAck, TlsFiles
 from shared.envelope import HubOpener
 from shared.keys import PublicKeys
 
@@ -60,7 +57,16 @@ PLAIN = "roadside/v1/+/+/+"
 MAX_BACKLOG = 95_000  # Mosquitto queues at most 100,000 messages per offline client here
 
 
-def _consumer(home: HubHome, client_id: str) -> mqtt.Client:
+def _consumer(
+    home: HubHome,
+    port: int,
+    client_id: str,
+    *,
+    on_connect: Callable[[MqttSession, ConnAck], None] | None = None,
+    on_subscribe: Callable[[SubAck], None] | None = None,
+    on_message: Callable[[Message], None] | None = None,
+) -> MqttSession:
+    """A consumer with a persistent session (the broker keeps its backlog for an hour)."""
     # The broker takes each client id from the certificate's name: every consumer is a hub
     # identity of its own (``hub-bench-bare``...), issued by the home's CA on first use.
     registry = Registry(home.registry_url)
@@ -68,28 +74,28 @@ def _consumer(home: HubHome, client_id: str) -> mqtt.Client:
         files = hub_identity(home, registry, f"hub-bench-{client_id}")  # made already: no reload here
     finally:
         registry.close()
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"hub-bench-{client_id}",
-        protocol=mqtt.MQTTv5,
+    config = SessionConfig(
+        "127.0.0.1",
+        port,
+        f"hub-bench-{client_id}",
+        persistent=True,
+        session_expiry_s=3600,
+        tls=TlsFiles(home.ca_file, files.cert, files.key),
     )
-    client.tls_set(ca_certs=str(home.ca_file), certfile=str(files.cert), keyfile=str(files.key))
-    return client
-
-
-def _session_props() -> Properties:
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 3600
-    return props
+    return MqttSession(config, on_connect=on_connect, on_subscribe=on_subscribe, on_message=on_message)
 
 
 def register_session(home: HubHome, port: int, client_id: str, topic: str) -> None:
     """Connect once with a persistent session and subscribe, so the broker queues for us."""
-    client = _consumer(home, client_id)
     done = threading.Event()
-    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-    client.on_subscribe = lambda *_: done.set()
-    client.connect("127.0.0.1", port, clean_start=False, properties=_session_props())
+    client = _consumer(
+        home,
+        port,
+        client_id,
+        on_connect=lambda session, _ack: session.subscribe(topic, qos=1),
+        on_subscribe=lambda _ack: done.set(),
+    )
+    client.connect()
     client.loop_start()
     assert done.wait(10), f"{client_id} could not subscribe"
     client.disconnect()
@@ -98,20 +104,19 @@ def register_session(home: HubHome, port: int, client_id: str, topic: str) -> No
 
 def drain(home: HubHome, port: int, client_id: str, total: int, handle: Callable[[bytes], None]) -> float:
     """Connect a consumer to its queued backlog; seconds until ``total`` messages were handled."""
-    client = _consumer(home, client_id)
     received = 0
     finished = threading.Event()
 
-    def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+    def on_message(message: Message) -> None:
         nonlocal received
-        handle(bytes(message.payload))
+        handle(message.payload)
         received += 1
         if received >= total:
             finished.set()
 
-    client.on_message = on_message
+    client = _consumer(home, port, client_id, on_message=on_message)
     started = time.perf_counter()
-    client.connect("127.0.0.1", port, clean_start=False, properties=_session_props())
+    client.connect()
     client.loop_start()
     finished.wait(600)
     elapsed = time.perf_counter() - started

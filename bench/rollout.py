@@ -80,10 +80,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import urllib3
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from bench.fleet import enroll_fleet
@@ -98,6 +95,7 @@ from cloud.release.rollouts import FINAL_STATES, GateThresholds, RolloutSpec, pa
 from cloud.settings import HubSettings
 from edge.commands import AckJournal, CommandVerifier, InvalidCommandError
 from edge.ota.updater import CappedFetcher, ModelUpdater, OtaResult, OtaStatus, ShippedModel
+from mqttlink import ConnAck, Message, MqttSession, SessionConfig, SubAck, context_from_pem
 from shared import topics
 from shared.backoff import Backoff
 from shared.bundle import EnrollmentBundle
@@ -185,16 +183,16 @@ def served_path(published: PublishedModel) -> str:
 @dataclass(eq=False)
 class _Link:
     name: str
-    client: mqtt.Client
-    sock: Any  # what paho's ``socket()`` returned at connect time
+    client: MqttSession
+    sock: Any  # what the session's ``socket()`` returned at connect time
     events: int
 
 
 class MqttMultiplexer:
-    """Drives many paho clients from one named thread, through paho's external-loop API.
+    """Drives many MQTT sessions from one named thread, through their external-loop API.
 
     Only this thread reads and writes the sockets. Other threads publish
-    (paho queues the packet; with ``on_socket_register_write`` set it never
+    (paho queues the packet; a session built with ``on_socket_write=wake`` never
     writes from the caller's thread) and wake the loop through a socket pair.
     A client whose connection drops is dropped with it (these agents do not
     reconnect; the bench counts them as failed).
@@ -212,12 +210,13 @@ class MqttMultiplexer:
         self.dropped = 0
         self._stopping = False
 
-    def attach(self, name: str, client: mqtt.Client, host: str, port: int, keepalive_s: int = 60) -> None:
-        """Connect ``client`` (TCP and TLS handshake on the caller) and drive it from now on; before start()."""
+    def attach(self, name: str, client: MqttSession) -> None:
+        """Connect ``client`` (TCP and TLS handshake on the caller) and drive it from now on; before start().
+
+        ``client`` was built with ``on_socket_write=self.wake``."""
         if self._thread.is_alive():
             raise RuntimeError("attach every client before start()")
-        client.on_socket_register_write = lambda _c, _u, _s: self.wake()
-        client.connect(host, port, keepalive=keepalive_s, clean_start=True)
+        client.connect()
         client.loop_write()  # the CONNECT leaves now, so the broker is not kept waiting for the loop
         link = _Link(name, client, client.socket(), selectors.EVENT_READ)
         self._selector.register(link.sock, link.events, link)
@@ -226,7 +225,7 @@ class MqttMultiplexer:
     def start(self) -> None:
         self._thread.start()
 
-    def publish(self, client: mqtt.Client, topic: str, payload: bytes) -> None:
+    def publish(self, client: MqttSession, topic: str, payload: bytes) -> None:
         client.publish(topic, payload, qos=1)
         self.wake()
 
@@ -281,7 +280,7 @@ class MqttMultiplexer:
                 try:
                     self._selector.modify(link.sock, wanted, link)
                 except (KeyError, ValueError, OSError):  # paho closed the socket
-                    self._check(link, MQTTErrorCode.MQTT_ERR_CONN_LOST)
+                    self._check(link, ok=False)
 
     def _read_buffered(self) -> None:
         """TLS may hold decrypted bytes the kernel no longer reports as readable."""
@@ -289,11 +288,11 @@ class MqttMultiplexer:
             while isinstance(link.sock, ssl.SSLSocket) and link in self._links and link.sock.pending():
                 self._check(link, link.client.loop_read())
 
-    def _check(self, link: _Link, rc: MQTTErrorCode) -> None:
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS or link not in self._links:
+    def _check(self, link: _Link, ok: bool) -> None:
+        if ok or link not in self._links:
             return
         if not self._stopping:
-            log.warning("connection of %s lost (%s)", link.name, rc)
+            log.warning("connection of %s lost", link.name)
         self._links.remove(link)
         self.dropped += 1
         with contextlib.suppress(KeyError, ValueError, OSError):
@@ -424,46 +423,44 @@ class SimulatedOtaAgent:
         self.subscribed = threading.Event()
         self._seq = 0
         self._lock = threading.Lock()  # one command at a time: ngclient assumes one user of its cache
-        self.client = self._client(bundle)
+        self._bundle = bundle
+        self.client: MqttSession | None = None  # made by :meth:`session` when the fleet connects
 
-    def _client(self, bundle: EnrollmentBundle) -> mqtt.Client:
-        tls = self.state_dir / "tls"
-        tls.mkdir(parents=True, mode=0o700)
-        for name, pem in (
-            ("ca", bundle.ca_cert_pem),
-            ("crt", bundle.client_cert_pem),
-            ("key", bundle.client_key_pem),
-        ):
-            fd = os.open(tls / name, os.O_WRONLY | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(pem)
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.device_id, protocol=mqtt.MQTTv5
+    def session(self, host: str, port: int, on_socket_write: Callable[[], None]) -> MqttSession:
+        """This agent's MQTT session, made once, for a :class:`MqttMultiplexer` to drive."""
+        tls = context_from_pem(
+            self._bundle.ca_cert_pem,
+            self._bundle.client_cert_pem,
+            self._bundle.client_key_pem,
+            self.state_dir / "tls",
         )
-        client.tls_set(ca_certs=str(tls / "ca"), certfile=str(tls / "crt"), keyfile=str(tls / "key"))
-        client.max_queued_messages_set(0)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        return client
+        config = SessionConfig(host, port, self.device_id, tls=tls, max_queued=0)
+        self.client = MqttSession(
+            config,
+            on_connect=self._on_connect,
+            on_subscribe=self._on_subscribe,
+            on_message=self._on_message,
+            on_socket_write=on_socket_write,
+        )
+        return self.client
 
     # Network thread: nothing slow here.
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
-        if reason.is_failure:
-            log.error("%s: broker refused the connection: %s", self.device_id, reason)
+    def _on_connect(self, session: MqttSession, ack: ConnAck) -> None:
+        if not ack.ok:
+            log.error("%s: broker refused the connection: %s", self.device_id, ack.reason)
             return
-        client.subscribe(topics.command(self.device_id), qos=1)
+        session.subscribe(topics.command(self.device_id), qos=1)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _m: int, reasons: list[ReasonCode], _p: Any) -> None:
-        if any(reason.is_failure for reason in reasons):
-            log.error("%s may not subscribe to its commands: %s", self.device_id, reasons)
+    def _on_subscribe(self, ack: SubAck) -> None:
+        if not ack.ok:
+            log.error("%s may not subscribe to its commands: %s", self.device_id, ack.reasons)
             return  # ``subscribed`` stays unset: the fleet's connect() fails with the device's name
         self.subscribed.set()
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: Message) -> None:
         received = time.monotonic()
-        if not self._work.submit(partial(self._on_command, bytes(message.payload), received)):
+        if not self._work.submit(partial(self._on_command, message.payload, received)):
             log.warning("%s: work queue full; dropped a command (the hub resends it)", self.device_id)
 
     # Worker threads.
@@ -568,6 +565,7 @@ class SimulatedOtaAgent:
     def _send(self, kind: Literal["ack", "ota"], message: AckMessage | OtaMessage) -> None:
         self._seq += 1
         wire = self._sealer.seal(kind, self._seq, encode(message), int(time.time() * 1000))
+        assert self.client is not None, "the fleet connects before any command comes"
         self._links.publish(self.client, topics.uplink(self._site, self.device_id, kind), wire)
 
     def preinstall(self, version: str) -> bool:
@@ -612,7 +610,7 @@ class SimulatedFleet:
 
     def connect(self, host: str, port: int, timeout_s: float = 60.0) -> None:
         for agent in self.agents:
-            self.links.attach(agent.device_id, agent.client, host, port)
+            self.links.attach(agent.device_id, agent.session(host, port, self.links.wake))
         self.links.start()
         deadline = time.monotonic() + timeout_s
         for agent in self.agents:

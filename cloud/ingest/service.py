@@ -1,7 +1,7 @@
 """The ingest service: MQTT 5 shared subscription → unseal → micro-batch → store → ack.
 
 A QoS 1 message is acknowledged to the broker only after its batch is durably
-written (paho's manual acks), so a hub killed mid-batch loses nothing: the
+written (manual acks, :class:`mqttlink.MqttSession`), so a hub killed mid-batch loses nothing: the
 broker redelivers what was not acknowledged, and the store's idempotent writes
 absorb the repeats. When the store is down, or refuses every write for a
 reason that is not the data's (credentials, a missing database or retention
@@ -24,18 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud.ingest.core import Accepted, IngestCore, Rejection
 from cloud.ingest.deadletter import DeadLetterStore
 from cloud.ingest.metrics import IngestMetrics
 from cloud.storage.base import TimeSeriesStore
+from mqttlink import ConnAck, Message, MqttSession, Sent, SessionConfig, SubAck, TlsFiles
 from shared import topics
 from shared.backoff import Backoff
 from shared.errors import ConfigError, RoadsideError, SchemaError, TransportError
@@ -103,44 +97,37 @@ class IngestService:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def _new_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.broker.client_id,
-            protocol=mqtt.MQTTv5,
+    def _new_client(self) -> MqttSession:
+        broker = self.broker
+        config = SessionConfig(
+            broker.host,
+            broker.port,
+            broker.client_id,
+            persistent=True,
+            session_expiry_s=broker.session_expiry_s,
+            keepalive_s=30,
+            tls=TlsFiles(broker.ca_file, broker.cert_file, broker.key_file),
             manual_ack=True,
+            reconnect_delay_s=(1, 5),
         )
-        client.tls_set(
-            ca_certs=str(self.broker.ca_file),
-            certfile=str(self.broker.cert_file),
-            keyfile=str(self.broker.key_file),
+        return MqttSession(
+            config,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            on_message=self._on_message,
+            on_subscribe=self._on_subscribe,
         )
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
-        return client
 
     def start(self) -> None:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self.broker.session_expiry_s
         self._worker.start()
-        try:
-            self._client.connect(
-                self.broker.host, self.broker.port, keepalive=30, clean_start=False, properties=properties
-            )
-        except OSError as exc:
-            raise TransportError(
-                f"cannot reach the broker at {self.broker.host}:{self.broker.port}: {exc}"
-            ) from exc
+        self._client.connect()  # TransportError when the broker cannot be reached
         self._client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
         """True once connected and subscribed (messages published from then on reach us)."""
         return self._connected.wait(timeout) and self._subscribed.wait(timeout)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> mqtt.MQTTMessageInfo:
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> Sent:
         """Publish on the hub's own connection (commands to devices)."""
         return self._client.publish(topic, payload, qos=qos)
 
@@ -152,43 +139,37 @@ class IngestService:
         self._client.disconnect()
         self._client.loop_stop()
 
-    # paho callbacks (network thread) ---------------------------------------
+    # Session callbacks (network thread) ---------------------------------------
 
-    def _on_connect(
-        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
-    ) -> None:
-        if reason.is_failure:
-            log.error("broker refused the hub: %s", reason)
+    def _on_connect(self, session: MqttSession, ack: ConnAck) -> None:
+        if not ack.ok:
+            log.error("broker refused the hub: %s", ack.reason)
             return
-        client.subscribe(topics.hub_subscription(self.broker.group), qos=1)
+        session.subscribe(topics.hub_subscription(self.broker.group), qos=1)
         # Status messages are retained and tiny: a plain subscription in every hub.
-        client.subscribe(f"{topics.ROOT}/+/+/status", qos=1)
+        session.subscribe(f"{topics.ROOT}/+/+/status", qos=1)
         self._connected.set()
         log.info("hub connected to %s:%s", self.broker.host, self.broker.port)
 
-    def _on_subscribe(
-        self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Properties | None
-    ) -> None:
-        if any(r.is_failure for r in reasons):
-            log.error("broker refused the hub's subscription: %s", reasons)
+    def _on_subscribe(self, ack: SubAck) -> None:
+        if not ack.ok:
+            log.error("broker refused the hub's subscription: %s", ack.reasons)
             return
         self._subscribed.set()
         log.info("hub subscribed to %s", topics.hub_subscription(self.broker.group))
 
-    def _on_disconnect(
-        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
-    ) -> None:
+    def _on_disconnect(self, reason: str) -> None:
         self._connected.clear()
         self._subscribed.clear()
         if not self._stop.is_set():
             log.warning("hub disconnected from broker: %s; paho reconnects", reason)
 
-    def _on_message(self, client: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: Message) -> None:
         if message.topic.endswith("/status"):
             self._on_status(message)
-            client.ack(message.mid, message.qos)
+            self._client.ack(message.mid, message.qos)
             return
-        delivery = _Delivery(message.topic, bytes(message.payload), message.mid, message.qos)
+        delivery = _Delivery(message.topic, message.payload, message.mid, message.qos)
         while not self._stop.is_set():
             try:
                 self.queue.put(delivery, timeout=0.5)  # BLOCK: back-pressure onto the broker
@@ -196,7 +177,7 @@ class IngestService:
             except queue.Full:
                 continue  # keep waiting until the writer catches up, or we stop
 
-    def _on_status(self, message: mqtt.MQTTMessage) -> None:
+    def _on_status(self, message: Message) -> None:
         where = message.topic.split("/")
         if len(where) != 5:
             return

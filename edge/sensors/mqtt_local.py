@@ -8,8 +8,9 @@ plain loopback listener. A payload is one reading or a JSON array of them::
 ``unit`` defaults from the config by quantity, ``ts`` (epoch seconds or an
 ISO 8601 time with a zone) to the time of receipt, ``sensor`` to the source
 name. :func:`parse_payload` is pure; :class:`LocalMqttSensorSource` is the
-adapter, the only code here that imports paho, and reconnects with jittered
-backoff whenever the local broker goes away.
+adapter (an MQTT 3.1.1 :class:`mqttlink.MqttSession`, imported only when such
+a sensor is configured), and reconnects with jittered backoff whenever the
+local broker goes away.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from edge.sensors.base import SensorSample
 from edge.sensors.config import MqttSensorConfig
 from shared.backoff import Backoff
+from shared.errors import TransportError
+
+if TYPE_CHECKING:
+    from mqttlink import ConnAck, Message, MqttSession, SubAck
 
 log = logging.getLogger(__name__)
 
@@ -106,26 +111,30 @@ class LocalMqttSensorSource:
         self._backoff = Backoff(config.reconnect_base_s, config.reconnect_cap_s)
 
     def samples(self) -> Iterator[SensorSample]:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+        from mqttlink import MqttSession, SessionConfig
 
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.config.client_id or f"roadside-sensors-{self.name}",
+        config = SessionConfig(
+            self.config.host,
+            self.config.port,
+            self.config.client_id or f"roadside-sensors-{self.name}",
+            mqtt5=False,
             # A persistent session: the broker keeps QoS 1 readings while the agent restarts.
-            clean_session=False,
-            protocol=mqtt.MQTTv311,
+            persistent=True,
+            keepalive_s=self.config.keepalive_s,
         )
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
+        session = MqttSession(
+            config,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            on_message=self._on_message,
+            on_subscribe=self._on_subscribe,
+        )
         try:
             while not self._stop.is_set():
-                if not self._linked and not self._connect(client):
+                if not self._linked and not self._connect(session):
                     self._stop.wait(self._backoff.next_delay())
                     continue
-                if client.loop(timeout=0.2) != mqtt.MQTT_ERR_SUCCESS:
+                if not session.loop(0.2):
                     self._linked = False
                 while self._pending:
                     yield self._pending.popleft()
@@ -133,46 +142,50 @@ class LocalMqttSensorSource:
                     log.warning("sensor %s: lost the local broker", self.name)
                     self._stop.wait(self._backoff.next_delay())
         finally:
-            client.disconnect()
-            client.loop(timeout=0.1)
+            session.disconnect()
+            session.loop(0.1)
 
-    def _connect(self, client: Any) -> bool:
+    def _connect(self, session: MqttSession) -> bool:
         try:
-            client.connect(self.config.host, self.config.port, self.config.keepalive_s)
-        except OSError as exc:
+            session.connect()
+        except TransportError as exc:
             log.warning(
-                "sensor %s: no broker at %s:%d: %s", self.name, self.config.host, self.config.port, exc
+                "sensor %s: no broker at %s:%d: %s",
+                self.name,
+                self.config.host,
+                self.config.port,
+                exc.__cause__,
             )
             return False
         self._linked = True  # the TCP link; on_connect clears it if the broker refuses us
         return True
 
-    # paho callbacks: they run inside client.loop(), on this source's thread.
+    # Session callbacks: they run inside session.loop(), on this source's thread.
 
-    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if reason.is_failure:
-            log.warning("sensor %s: local broker refused the connection: %s", self.name, reason)
+    def _on_connect(self, session: MqttSession, ack: ConnAck) -> None:
+        if not ack.ok:
+            log.warning("sensor %s: local broker refused the connection: %s", self.name, ack.reason)
             self._linked = False
             return
         self.connects += 1
         self._backoff.reset()
-        client.subscribe(self.config.topic, qos=1)
+        session.subscribe(self.config.topic, qos=1)
         log.info("sensor %s: subscribed to %s", self.name, self.config.topic)
 
-    def _on_subscribe(self, _client: Any, _userdata: Any, _mid: Any, reasons: Any, _props: Any) -> None:
-        if any(r.is_failure for r in reasons):
+    def _on_subscribe(self, ack: SubAck) -> None:
+        if not ack.ok:
             log.warning(
                 "sensor %s: the local broker refused the subscription to %s", self.name, self.config.topic
             )
             return
         self.subscribed += 1
 
-    def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _on_disconnect(self, _reason: str) -> None:
         self._linked = False
 
-    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+    def _on_message(self, message: Message) -> None:
         try:
-            found = parse_payload(bytes(message.payload), self.name, self.config.units, self._clock())
+            found = parse_payload(message.payload, self.name, self.config.units, self._clock())
         except PayloadError as exc:
             self.rejected[exc.reason] += 1
             log.debug("sensor %s: rejected a message on %s: %s", self.name, message.topic, exc)

@@ -1,11 +1,11 @@
-"""The agent's MQTT link: paho-mqtt 2, MQTT 5, mutual TLS, a last will, reconnect
-with jittered backoff, and the outbox drained under QoS 1.
+"""The agent's MQTT link: MQTT 5 through :mod:`mqttlink`, mutual TLS, a last will,
+reconnect with jittered backoff, and the outbox drained under QoS 1.
 
 Messages the broker refuses (PUBACK 135, not authorised) stay in the outbox
 and are retried with jittered backoff, one at a time, logged once when the
 refusals start and once when they end (:mod:`edge.transport.delivery`).
 
-Each connection is a fresh paho client with a clean start. paho would
+Each connection is a fresh :class:`mqttlink.MqttSession` with a clean start. paho would
 otherwise resend its own in-flight copies after a reconnect, with their old
 timestamps; here the outbox is the only retry queue, and every (re)send is
 sealed anew with the same sequence number, so the hub deduplicates it.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import ssl
 import threading
@@ -23,30 +22,20 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.outbox import Outbox
 from edge.transport.delivery import LinkState, RefusalGate, UplinkStatus, write_status
+from mqttlink import ConnAck, Delivery, Message, MqttSession, PubAck, SessionConfig, Will, context_from_pem
 from shared import topics
 from shared.backoff import Backoff
 from shared.bundle import EnrollmentBundle
 from shared.envelope import DeviceSealer
-from shared.errors import ConfigError
+from shared.errors import ConfigError, TransportError
 from shared.keys import KeyPair
 
 log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[bytes], None]
-
-# MQTT 5 PUBACK reason 16: "No matching subscribers". Mosquitto answers it when no hub is
-# subscribed (e.g. just after a broker restart, before the hubs re-subscribe).
-_NO_MATCHING_SUBSCRIBERS = 16
-
 
 _REFUSED_REMINDER_S = 600.0  # while refused, the log says so again at most this often
 
@@ -57,30 +46,16 @@ def tls_scratch_dir(outbox_path: Path) -> Path:
 
 
 def client_tls_context(bundle: EnrollmentBundle, scratch_dir: Path) -> ssl.SSLContext:
-    """The bundle's mutual-TLS context, as paho's ``tls_set`` would build it.
-
-    Python's ``ssl`` loads a private key only from a file. The key is written to
-    ``scratch_dir`` (0700, the file 0600, always the same name, so a copy a crash
-    left behind is overwritten here), loaded, and removed at once: no copy of it
-    stays on disk while the agent runs, nor after it stops or is killed.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
-    scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(scratch_dir, 0o700)
-    cert, key = scratch_dir / "client.crt", scratch_dir / "client.key"
+    """The bundle's mutual-TLS context; the key file is removed right after loading
+    (:func:`mqttlink.context_from_pem`). ``ConfigError`` if the certificates do not load."""
     try:
-        context.load_verify_locations(cadata=bundle.ca_cert_pem)
-        for path, pem in ((cert, bundle.client_cert_pem), (key, bundle.client_key_pem)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(pem)
-        context.load_cert_chain(cert, key)
-    except (ssl.SSLError, ValueError) as exc:
-        raise ConfigError(f"the bundle's TLS certificates do not load ({exc}): re-enroll the device") from exc
-    finally:
-        cert.unlink(missing_ok=True)
-        key.unlink(missing_ok=True)
-    return context
+        return context_from_pem(
+            bundle.ca_cert_pem, bundle.client_cert_pem, bundle.client_key_pem, scratch_dir
+        )
+    except ConfigError as exc:
+        raise ConfigError(
+            f"the bundle's TLS certificates do not load ({exc.__cause__}): re-enroll the device"
+        ) from exc
 
 
 class MqttUplink:
@@ -120,7 +95,7 @@ class MqttUplink:
         self._status_topic = topics.uplink(bundle.site, bundle.device_id, "status")
         self._command_topic = topics.command(bundle.device_id)
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq; the uplink thread's alone
-        self._acks: queue.SimpleQueue[tuple[int, ReasonCode]] = queue.SimpleQueue()
+        self._acks: queue.SimpleQueue[PubAck] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._lost = threading.Event()
@@ -166,48 +141,52 @@ class MqttUplink:
     def _run(self) -> None:
         backoff = Backoff()
         while not self._stop.is_set():
-            client = self._new_client()
+            session = self._new_session()
             try:
-                self._session(client, backoff)
-            except OSError as exc:
+                self._session(session, backoff)
+            except TransportError as exc:
                 log.warning(
-                    "broker %s:%s unreachable: %s", self.bundle.broker.host, self.bundle.broker.port, exc
+                    "broker %s:%s unreachable: %s",
+                    self.bundle.broker.host,
+                    self.bundle.broker.port,
+                    exc.__cause__,
                 )
             except Exception:
                 # The uplink must outlive any bug in one session: the outbox keeps the data.
                 log.exception("uplink session failed; starting a new one")
             finally:
-                self._end_session(client)
+                self._end_session(session)
             if not self._stop.is_set():
                 self._stop.wait(backoff.next_delay())
 
-    def _new_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.bundle.device_id,
-            protocol=mqtt.MQTTv5,
+    def _new_session(self) -> MqttSession:
+        config = SessionConfig(
+            self.bundle.broker.host,
+            self.bundle.broker.port,
+            self.bundle.device_id,
+            keepalive_s=self.keepalive_s,
+            tls=self._tls_context,
+            will=Will(self._status_topic, json.dumps({"state": "offline"})),
+            max_inflight=self.max_inflight,
         )
-        client.tls_set_context(self._tls_context)
-        client.will_set(self._status_topic, json.dumps({"state": "offline"}), qos=1, retain=True)
-        client.max_inflight_messages_set(self.max_inflight)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
         # PUBACKs go through a queue the uplink thread drains: paho calls on_publish holding its
         # own lock, and taking ours there while this thread held ours across publish() deadlocked
-        # under load. A queue per client also keeps a late ack of an abandoned session (whose
+        # under load. A queue per session also keeps a late ack of an abandoned session (whose
         # mids the next session reuses) from ever settling the wrong message.
-        acks: queue.SimpleQueue[tuple[int, ReasonCode]] = queue.SimpleQueue()
+        acks: queue.SimpleQueue[PubAck] = queue.SimpleQueue()
         self._acks = acks
-        client.on_publish = lambda _c, _u, mid, reason, _p: acks.put((mid, reason))
-        client.on_message = self._on_message
-        return client
-
-    def _session(self, client: mqtt.Client, backoff: Backoff) -> None:
-        self._lost.clear()
-        client.connect(
-            self.bundle.broker.host, self.bundle.broker.port, keepalive=self.keepalive_s, clean_start=True
+        return MqttSession(
+            config,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            on_message=self._on_message,
+            on_puback=acks.put,
         )
-        client.loop_start()
+
+    def _session(self, session: MqttSession, backoff: Backoff) -> None:
+        self._lost.clear()
+        session.connect()
+        session.loop_start()
         if not self._connected.wait(10) or self._lost.is_set():
             log.warning("broker did not accept the connection")
             return
@@ -218,21 +197,21 @@ class MqttUplink:
             if time.monotonic() < self._hold_until:
                 self._stop.wait(0.2)
                 continue
-            if not self._fill(client):
+            if not self._fill(session):
                 self.outbox.wait(0.02 if self._inflight else 0.2)
         if self._stop.is_set() and self.connected:
-            client.publish(
+            session.publish(
                 self._status_topic, json.dumps({"state": "offline"}), qos=1, retain=True
             ).wait_for_publish(2)
 
-    def _end_session(self, client: mqtt.Client) -> None:
+    def _end_session(self, session: MqttSession) -> None:
         self._connected.clear()
-        client.disconnect()
-        client.loop_stop()
+        session.disconnect()
+        session.loop_stop()
         self._settle_acks()  # acks that arrived before the connection closed still count
         self._inflight.clear()  # the outbox still holds the rest; the next session resends
 
-    def _fill(self, client: mqtt.Client) -> bool:
+    def _fill(self, session: MqttSession) -> bool:
         """Publish pending messages up to the in-flight limit; False when nothing was sent."""
         room = self._gate.room(time.monotonic(), self.max_inflight, len(self._inflight))
         if room <= 0:
@@ -245,33 +224,29 @@ class MqttUplink:
         for item in items:
             topic = topics.uplink(self.bundle.site, self.bundle.device_id, item.kind)  # type: ignore[arg-type]
             wire = self._sealer.seal(item.kind, item.seq, item.payload, self._clock_ms())
-            info = client.publish(topic, wire, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            sent = session.publish(topic, wire, qos=1)
+            if sent.rc != 0:
                 return False
             # Its PUBACK may already be queued; it is settled only after this, on this thread.
-            self._inflight[info.mid] = item.seq
+            self._inflight[sent.mid] = item.seq
             self.published += 1
         return bool(items)
 
-    # paho callbacks (network thread) -----------------------------------------
+    # Session callbacks (network thread) -----------------------------------------
 
-    def _on_connect(
-        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
-    ) -> None:
-        if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
+    def _on_connect(self, session: MqttSession, ack: ConnAck) -> None:
+        if not ack.ok:
+            log.error("broker refused the connection: %s", ack.reason)
             self._lost.set()
             return
-        client.publish(self._status_topic, json.dumps({"state": "online"}), qos=1, retain=True)
-        client.subscribe(self._command_topic, qos=1)
+        session.publish(self._status_topic, json.dumps({"state": "online"}), qos=1, retain=True)
+        session.subscribe(self._command_topic, qos=1)
         self._connected.set()
         # A refused spell outlives the connection: the ACL decides, not the session.
         self._set_status(LinkState.REFUSED if self._gate.refused else LinkState.PUBLISHING)
         log.info("connected to %s:%s", self.bundle.broker.host, self.bundle.broker.port)
 
-    def _on_disconnect(
-        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Properties | None
-    ) -> None:
+    def _on_disconnect(self, reason: str) -> None:
         if not self._stop.is_set():
             log.warning("disconnected from broker: %s", reason)
         self._connected.clear()
@@ -282,22 +257,22 @@ class MqttUplink:
         """Apply the PUBACKs received so far (uplink thread only)."""
         while True:
             try:
-                mid, reason = self._acks.get_nowait()
+                ack = self._acks.get_nowait()
             except queue.Empty:
                 return
-            self._settle(mid, reason)
+            self._settle(ack)
 
-    def _settle(self, mid: int, reason: ReasonCode) -> None:
-        seq = self._inflight.pop(mid, None)
+    def _settle(self, ack: PubAck) -> None:
+        seq = self._inflight.pop(ack.mid, None)
         if seq is None:
             return  # a status message, or a publish from a session we already abandoned
-        if reason.is_failure:
+        if ack.delivery is Delivery.REFUSED:
             # Refused (e.g. not authorised): keep it; it is retried after a backoff.
             self.refused += 1
-            self._on_refused(seq, str(reason))
+            self._on_refused(seq, ack.reason)
             return
         self._on_accepted()
-        if reason.value == _NO_MATCHING_SUBSCRIBERS:
+        if ack.delivery is Delivery.UNROUTED:
             # The broker took it but nobody (no hub) was subscribed: it went nowhere. Keep it,
             # and hold sending for a moment; a hub that is reconnecting will subscribe again.
             self.unrouted += 1
@@ -355,6 +330,6 @@ class MqttUplink:
         except OSError as exc:  # the doctor's view only; the uplink carries on
             log.warning("cannot write the uplink status to %s: %s", self._status_file, exc)
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: Message) -> None:
         if message.topic == self._command_topic:
-            self.on_command(bytes(message.payload))
+            self.on_command(message.payload)

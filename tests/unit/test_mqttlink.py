@@ -36,3 +36,26 @@ def test_missing_tls_files_are_a_config_error_naming_them(tmp_path: Path) -> Non
     files = TlsFiles(tmp_path / "ca.pem", tmp_path / "hub.crt", tmp_path / "hub.key")
     with pytest.raises(ConfigError, match=r"hub\.crt"):
         MqttSession(SessionConfig("127.0.0.1", 1, "hub", tls=files))
+
+
+def test_only_the_wrapper_imports_paho() -> None:
+    """Style §13: one wrapper per vendor library. The tests may drive paho directly."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    importers = []
+    for path in sorted(root.glob("*/**/*.py")):
+        relative = path.relative_to(root)
+        if relative.parts[0] in {"tests", ".venv", "build"} or relative.parts[0].startswith("."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(name == "paho" or name.startswith("paho.") for name in names):
+                importers.append(str(relative))
+    assert sorted(set(importers)) == ["mqttlink/session.py"]
