@@ -24,7 +24,7 @@ would have, so the fleet runs 1.0.0 and a rollback has somewhere to go (the
 model shipped with an agent is a boot fallback, not a rollback target).
 Each implements the device side of an ``ota``
 command as a real agent does: open the sealed command
-(:class:`edge.commands.CommandVerifier`), ack it (sealed ``ack`` uplink),
+(:class:`edge.control.verifier.CommandVerifier`), ack it (sealed ``ack`` uplink),
 report ``staging``, ``check_and_stage`` then ``activate``, report ``active``
 (or ``refused``/``failed`` with the reason); ``rollback`` reports
 ``rolled_back``. They run no inference, so they report no shadow statistics
@@ -93,7 +93,8 @@ from cloud.release import keys
 from cloud.release.repository import ModelRepository, PublishedModel, release_model
 from cloud.release.rollouts import FINAL_STATES, GateThresholds, RolloutSpec, parse_waves
 from cloud.settings import HubSettings
-from edge.commands import AckJournal, CommandVerifier, InvalidCommandError
+from edge.control.journal import AckJournal
+from edge.control.verifier import CommandVerifier, InvalidCommandError
 from edge.ota.updater import CappedFetcher, ModelUpdater, OtaResult, OtaStatus, ShippedModel
 from mqttlink import ConnAck, Message, MqttSession, SessionConfig, SubAck, context_from_pem
 from shared import topics

@@ -15,7 +15,7 @@ increasing: they survive a hub restart without any stored state, and the
 device's replay window takes them in order. Hubs sharing a fleet should keep
 their clocks within a minute of each other (the window is 65 536 numbers).
 
-Key rotation (see :mod:`edge.commands`): the ack of ``rotate_keys`` carries
+Key rotation (see :mod:`edge.control.handler`): the ack of ``rotate_keys`` carries
 the device's new public key; the sender registers it (``add_key``) and
 sends ``rotate_keys {"confirm": kid}``; the ack of that makes it the key
 commands are sealed to.

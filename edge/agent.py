@@ -22,18 +22,12 @@ from typing import cast
 
 from edge.analytics.config import AnalyticsConfig, LineConfig, resolve_stream_config
 from edge.analytics.stream import StreamAnalytics
-from edge.commands import (
-    AckJournal,
-    CommandHandler,
-    CommandVerifier,
-    InvalidCommandError,
-    KeyState,
-    KeyStore,
-    check_new_stream,
-    default_journal_path,
-    default_keys_path,
-    redact,
-)
+from edge.control.handler import CommandHandler
+from edge.control.journal import AckJournal, default_journal_path
+from edge.control.keys import KeyState, KeyStore, default_keys_path
+from edge.control.redaction import redact
+from edge.control.streams import check_new_stream
+from edge.control.verifier import CommandVerifier, InvalidCommandError
 from edge.health import FrameLedger, HealthCollector, HealthReport, StreamReader, SystemProbe
 from edge.inference.batching import BatchPolicy, DynamicBatcher
 from edge.inference.engine import DEFAULT_MODEL, OnnxDetector, OnnxSession, file_version

@@ -38,7 +38,7 @@ from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
-from edge.commands import redact
+from edge.control.redaction import redact
 from edge.settings import AgentSettings, OutboxConfig, SourceConfig
 from edge.transport.delivery import LinkState, read_status, uplink_status_path
 from shared.bundle import EnrollmentBundle, read_bundle

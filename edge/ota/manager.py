@@ -29,7 +29,7 @@ from typing import Final, Generic, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from edge.commands import Outcome
+from edge.control.handler import Outcome
 from edge.ota.shadow import FrameDetections, ShadowComparison
 from edge.ota.updater import BootChoice, ModelUpdater, OtaResult, OtaStatus, ShippedModel
 from edge.settings import AgentSettings, OtaConfig

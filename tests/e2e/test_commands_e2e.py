@@ -13,7 +13,7 @@ import pytest
 
 from cloud.ingest.core import Accepted, Rejection
 from edge.agent import Agent
-from edge.commands import KeyStore, default_keys_path
+from edge.control.keys import KeyStore, default_keys_path
 from edge.settings import load_agent_settings
 from shared.bundle import EnrollmentBundle
 from tests.e2e.conftest import Loop

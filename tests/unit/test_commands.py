@@ -12,16 +12,11 @@ from typing import Any
 import pytest
 
 from cloud.commands import CommandSender
-from edge.commands import (
-    AckJournal,
-    CommandHandler,
-    CommandVerifier,
-    InvalidCommandError,
-    KeyState,
-    KeyStore,
-    Outcome,
-    plan_reload,
-)
+from edge.control.handler import CommandHandler, Outcome
+from edge.control.journal import AckJournal
+from edge.control.keys import KeyState, KeyStore
+from edge.control.reload import plan_reload
+from edge.control.verifier import CommandVerifier, InvalidCommandError
 from edge.settings import AgentSettings, SourceConfig, load_agent_settings
 from shared.envelope import HubCommandSealer
 from shared.errors import ConfigError, ReplayError, TransportError, UnknownKeyError

@@ -18,7 +18,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge.commands import AgentSurface, CommandHandler, KeyState, KeyStore
+from edge.control.handler import AgentSurface, CommandHandler
+from edge.control.keys import KeyState, KeyStore
 from edge.inference.yolo import Detections
 from edge.ota.manager import OtaHost, OtaManager
 from edge.ota.updater import BootChoice, OtaResult, OtaStatus
