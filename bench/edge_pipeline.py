@@ -242,9 +242,10 @@ def _naive_sink(spec: dict[str, Any]) -> tuple[Callable[[bytes], None], Callable
 
 
 def phase_agent(spec: dict[str, Any]) -> dict[str, Any]:
-    from edge.agent import Agent
+    from edge.assembly import build_agent
     from edge.settings import load_agent_settings
     from shared.bundle import read_bundle
+    from shared.queues import Overflow
 
     work = Path(spec["workdir"])
     settings = load_agent_settings(
@@ -274,9 +275,9 @@ def phase_agent(spec: dict[str, Any]) -> dict[str, Any]:
         outbox={"path": str(work / "agent-outbox.db")},
         interval_s=10,
     )
-    agent = Agent(settings, read_bundle(Path(spec["agent_bundle"])))
-    if spec["queue"] == "block":
-        _backpressure(agent)
+    # --queue block: full-speed synthetic streams wait for the pipeline instead of being dropped.
+    overflow = Overflow.BLOCK if spec["queue"] == "block" else Overflow.DROP_OLDEST
+    agent = build_agent(settings, read_bundle(Path(spec["agent_bundle"])), frame_overflow=overflow)
     clock = StageClock()
     _instrument(agent, clock)
     agent.start()
@@ -306,24 +307,13 @@ def phase_agent(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _backpressure(agent: Any) -> None:
-    """Bench seam: full-speed synthetic streams wait for the pipeline instead of being dropped."""
-    from edge.health import FrameLedger
-    from shared.queues import BoundedQueue, Overflow
-
-    size = agent.settings.frame_queue * max(1, len(agent.sources))
-    agent.frames = BoundedQueue(size, Overflow.BLOCK)
-    agent.ledger = FrameLedger(agent.frames)
-    agent.health_collector.frames, agent.health_collector.ledger = agent.frames, agent.ledger
-
-
 def _instrument(agent: Any, clock: StageClock) -> None:
     detector = agent.detector
     clock.wrap(detector, "prepare", "letterbox")
     clock.wrap(detector, "infer", "inference", size=lambda tensor, *a, **k: len(tensor))
     clock.wrap(detector, "postprocess", "postprocess")
     clock.wrap(detector, "detect", "detect")
-    clock.wrap(agent, "_process", "pipeline")  # the pipeline thread's work per batch, all of it
+    clock.wrap(agent.pipeline, "_process", "pipeline")  # the pipeline thread's work per batch, all of it
     clock.wrap(agent.frames, "get_batch", "wait_frames")
     clock.wrap(agent.outbox, "put", "outbox")
     for source in agent.sources:

@@ -39,7 +39,7 @@ def run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        agent = Agent(settings, enrollment, config_path=config)
+        agent = Agent.from_settings(settings, enrollment, config_path=config)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -74,7 +74,7 @@ def agent(broker: BrokerHarness, site: str, tmp_path: Path) -> Agent:
         outbox={"path": str(tmp_path / "outbox.db")},
         metrics_port=free_loopback_port(),
     )
-    return Agent(settings, bundle)
+    return Agent.from_settings(settings, bundle)
 
 
 def test_metrics_serve_the_health_gauges_on_loopback(agent: Agent) -> None:

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import edge.agent
 from cloud.broker import free_loopback_port
 from edge.agent import Agent
+from edge.assembly import build_agent
 from edge.health import fps_of, stream_state
 from edge.settings import SourceConfig, load_agent_settings
 from edge.sources import Frame
@@ -75,15 +75,8 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 @pytest.fixture
-def camera(monkeypatch: pytest.MonkeyPatch) -> StallingCamera:
-    fake = StallingCamera("cam0")
-
-    def open_source(config: SourceConfig) -> StallingCamera:
-        assert config.name == "cam0"
-        return fake
-
-    monkeypatch.setattr(edge.agent, "open_source", open_source)
-    return fake
+def camera() -> StallingCamera:
+    return StallingCamera("cam0")
 
 
 @pytest.fixture
@@ -106,7 +99,12 @@ def agent(broker: BrokerHarness, site: str, tmp_path: Path, camera: StallingCame
         outbox={"path": str(tmp_path / "outbox.db")},
         metrics_port=free_loopback_port(),
     )
-    running = Agent(settings, bundle)
+
+    def open_source(config: SourceConfig) -> StallingCamera:
+        assert config.name == "cam0"
+        return camera
+
+    running = build_agent(settings, bundle, sources=open_source)
     running.health_collector.stale_after_s = 0.5  # the default (2 s or 5 frame periods) in less time
     running.start()
     try:

@@ -135,7 +135,7 @@ def agent_with_ota(tmp_path: Path, bundle: EnrollmentBundle, seed: int = 3) -> A
         outbox={"path": str(tmp_path / bundle.device_id / "outbox.db")},
         ota={"shadow_every": 1, "retry_base_s": 0.05},
     )
-    agent = Agent(settings, bundle)
+    agent = Agent.from_settings(settings, bundle)
     agent.start()
     assert wait_for(lambda: agent.uplink.connected, 15)
     return agent

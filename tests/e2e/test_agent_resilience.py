@@ -73,7 +73,7 @@ def video_agent(tmp_path: Path, bundle: EnrollmentBundle, scene: RoadScene, uris
         interval_s=60,
         outbox={"path": str(tmp_path / f"{bundle.device_id}-outbox.db")},
     )
-    return Agent(settings, bundle)
+    return Agent.from_settings(settings, bundle)
 
 
 def by_class_direction(counted: Counter[tuple[str, str, str]]) -> Truth:
@@ -128,8 +128,8 @@ def test_a_truncated_and_a_corrupt_file_are_read_as_far_as_they_go(loop: Loop, t
     )
     agent.start()
     assert agent.sources_done(timeout=60)
-    assert agent._stream_errors == {}  # ended, not failed
-    assert agent._pipeline_thread.is_alive()  # the agent keeps running
+    assert agent.supervisor.errors == {}  # ended, not failed
+    assert agent.pipeline.alive  # the agent keeps running
     frames = {name: state.frames for name, state in agent.streams.items()}
     agent.stop(drain_s=15)
     assert 70 <= frames["cut"] < 120, frames
@@ -275,7 +275,7 @@ def test_a_broker_away_for_30_s_loses_nothing_and_duplicates_nothing(loop: Loop,
         interval_s=1,
         outbox={"path": str(tmp_path / "outbox.db")},
     )
-    agent = Agent(settings, bundle)
+    agent = Agent.from_settings(settings, bundle)
     agent.start()
     try:
         assert wait_for(lambda: loop.hub.ingest.stored_messages >= 1, 20)

@@ -35,7 +35,7 @@ def test_agent_sends_redacted_labelled_samples_and_commit_makes_v1(loop: Loop, t
             "privacy": {"images_leave_device": True, "masks": [MASK]},
         },
     )
-    agent = Agent(settings, bundle)
+    agent = Agent.from_settings(settings, bundle)
     agent.start()
     try:
         assert agent.sources_done(timeout=60)

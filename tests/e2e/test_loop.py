@@ -35,7 +35,7 @@ def make_agent(tmp_path: Path, bundle: EnrollmentBundle, frames: int = 300, seed
         interval_s=5,
         outbox={"path": str(tmp_path / f"{bundle.device_id}-outbox.db")},
     )
-    return Agent(settings, bundle)
+    return Agent.from_settings(settings, bundle)
 
 
 def api_totals(loop: Loop, device: str) -> Counter[tuple[str, str, str]]:

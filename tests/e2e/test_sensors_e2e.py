@@ -41,7 +41,7 @@ def test_agent_with_a_synthetic_sensor_publishes_readings_the_hub_stores(loop: L
         ],
         outbox={"path": str(tmp_path / "outbox.db"), "records_per_message": 500},
     )
-    agent = Agent(settings, bundle)
+    agent = Agent.from_settings(settings, bundle)
     agent.start()
     try:
         assert agent.sensors.sources_done(timeout=30)

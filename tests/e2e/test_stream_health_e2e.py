@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-import edge.agent
-from edge.agent import Agent
+from edge.assembly import build_agent
 from edge.settings import SourceConfig, load_agent_settings
 from shared.bundle import write_bundle
 from tests.component.test_stream_health import StallingCamera
@@ -33,16 +32,13 @@ def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
     return False
 
 
-def test_the_api_shows_a_stalled_camera_as_reconnecting_at_0_fps(
-    loop: Loop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_api_shows_a_stalled_camera_as_reconnecting_at_0_fps(loop: Loop, tmp_path: Path) -> None:
     camera = StallingCamera("cam0")
 
     def open_source(config: SourceConfig) -> StallingCamera:
         assert config.name == "cam0"
         return camera
 
-    monkeypatch.setattr(edge.agent, "open_source", open_source)
     bundle = loop.enroll("dev-stall")
     write_bundle(bundle, tmp_path / "bundle.json")
     settings = load_agent_settings(
@@ -51,7 +47,7 @@ def test_the_api_shows_a_stalled_camera_as_reconnecting_at_0_fps(
         sources=[{"type": "synthetic", "name": "cam0", "width": 160, "height": 120}],
         outbox={"path": str(tmp_path / "outbox.db")},
     )
-    agent = Agent(settings, bundle)
+    agent = build_agent(settings, bundle, sources=open_source)
     agent.health_collector.stale_after_s = 0.5
     api = loop.api()
 
