@@ -235,7 +235,7 @@ CQ_RESAMPLE: Final[Mapping[str, tuple[str, str]]] = {"minute": ("1m", "30m"), "h
 
 
 def _ident(name: str) -> str:
-    # Same rules as cloud.storage.influx.quote_ident; repeated so this module needs no vendor library.
+    # Same rules as cloud.storage.influx.influxql.quote_ident; repeated so this module needs no vendor library.
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 

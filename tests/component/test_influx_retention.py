@@ -23,6 +23,7 @@ from cloud.storage.retention import ROLLUPS, RetentionPolicy, floor_time
 from shared.errors import SchemaError
 from shared.schemas import CountRecord, DetectionEvent, SensorReading
 from tests.component.influxd import InfluxServer
+from tests.component.stores import unique_name
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -32,13 +33,15 @@ HOUR, MINUTE, DAY = timedelta(hours=1), timedelta(minutes=1), timedelta(days=1)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    # A server of its own, not the process's shared one: these tests DELETE points and run
+    # SELECT ... INTO across shards, which InfluxDB 1.x does not isolate well from a busy server.
     with InfluxServer(tmp_path_factory.mktemp("influx")) as s:
         yield s
 
 
 @pytest.fixture
 def store(server: InfluxServer) -> Iterator[InfluxV1Store]:
-    s = InfluxV1Store(server.url, f"roadside_{uuid.uuid4().hex[:12]}", timeout_s=5)
+    s = InfluxV1Store(server.url, unique_name(), timeout_s=5)
     yield s
     s.close()
 

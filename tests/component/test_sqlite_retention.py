@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 import sqlite3
 import uuid
 from collections import Counter
@@ -46,7 +47,9 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(path: Path) -> Iterator[SqliteStore]:
+def store(path: Path, request: pytest.FixtureRequest) -> Iterator[SqliteStore]:
+    if "rows" in request.fixturenames:
+        request.getfixturevalue("rows")  # the file is filled before the store opens it
     s = SqliteStore(path)
     yield s
     s.close()
@@ -92,6 +95,27 @@ def ten_days(store: SqliteStore, seq: Sequences) -> Written:
     return rows
 
 
+@pytest.fixture(scope="module")
+def ten_days_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Written]:
+    """A file holding ``ten_days`` and nothing else, written once for the module."""
+    path = tmp_path_factory.mktemp("ten-days") / "telemetry.db"
+    store = SqliteStore(path)
+    try:
+        written = ten_days(store, Sequences())
+    finally:
+        store.close()  # the last connection: the WAL is folded into the file
+    return path, written
+
+
+@pytest.fixture
+def rows(ten_days_file: tuple[Path, Written], path: Path, seq: Sequences) -> Written:
+    """``ten_days`` in the test's own file (a copy of ``ten_days_file``); what was written."""
+    template, written = ten_days_file
+    shutil.copyfile(template, path)
+    seq.next = len(written)  # its envelopes took sequence numbers 1..len(written)
+    return written
+
+
 def expected(rows: Written, bucket_s: int, **only: str) -> list[CountBucket]:
     totals: Counter[tuple[datetime, str, str]] = Counter()
     for t, device, cls, n in rows:
@@ -117,8 +141,7 @@ def us(when: datetime) -> int:
     return to_epoch_us(when)
 
 
-def test_totals_stay_exact_across_the_raw_minute_and_hour_tiers(store: SqliteStore, seq: Sequences) -> None:
-    rows = ten_days(store, seq)
+def test_totals_stay_exact_across_the_raw_minute_and_hour_tiers(store: SqliteStore, rows: Written) -> None:
     report = store.apply_retention(POLICY, NOW)
     assert report.coverage == Coverage(RAW_FROM, MINUTE_FROM)
     assert report.deleted["counts"] == sum(1 for t, *_ in rows if t < RAW_FROM)
@@ -133,8 +156,7 @@ def test_totals_stay_exact_across_the_raw_minute_and_hour_tiers(store: SqliteSto
     assert store.count_buckets(minutes) == expected([r for r in rows if MINUTE_FROM <= r[0] < RAW_FROM], 60)
 
 
-def test_each_tier_keeps_only_its_own_period(path: Path, store: SqliteStore, seq: Sequences) -> None:
-    ten_days(store, seq)
+def test_each_tier_keeps_only_its_own_period(path: Path, store: SqliteStore, rows: Written) -> None:
     store.apply_retention(POLICY, NOW)
     assert min(r[5] for r in table(path, "counts")) >= us(RAW_FROM)
     assert min(r[0] for r in table(path, "counts_1m")) >= us(MINUTE_FROM)
@@ -146,8 +168,7 @@ def test_each_tier_keeps_only_its_own_period(path: Path, store: SqliteStore, seq
     }
 
 
-def test_rerunning_never_double_counts(path: Path, store: SqliteStore, seq: Sequences) -> None:
-    rows = ten_days(store, seq)
+def test_rerunning_never_double_counts(path: Path, store: SqliteStore, rows: Written) -> None:
     store.apply_retention(POLICY, NOW)
     rollups = {name: table(path, name) for name in ("counts_1m", "counts_1h")}
     again = store.apply_retention(POLICY, NOW)
@@ -160,9 +181,8 @@ def test_rerunning_never_double_counts(path: Path, store: SqliteStore, seq: Sequ
 
 
 def test_late_records_inside_the_raw_window_show_at_once_and_reach_the_rollups(
-    store: SqliteStore, seq: Sequences
+    store: SqliteStore, seq: Sequences, rows: Written
 ) -> None:
-    rows = ten_days(store, seq)
     store.apply_retention(POLICY, NOW)
     # A second report for a minute and series already rolled up (an envelope delayed in an outbox).
     at, device, cls, _ = next(r for r in rows if r[0] >= NOW - DAY)
@@ -180,9 +200,8 @@ def test_late_records_inside_the_raw_window_show_at_once_and_reach_the_rollups(
 
 
 def test_late_records_older_than_the_raw_window_are_added_once(
-    path: Path, store: SqliteStore, seq: Sequences
+    path: Path, store: SqliteStore, seq: Sequences, rows: Written
 ) -> None:
-    rows = ten_days(store, seq)
     store.apply_retention(POLICY, NOW)
     before = total(store)
     # An outbox backlog delivered days late: one record in the minute tier, one in the hour tier.
@@ -283,18 +302,16 @@ def test_old_health_is_deleted_but_each_device_keeps_its_latest(store: SqliteSto
 
 
 def test_the_first_run_rolls_up_records_written_before_the_rollups_existed(
-    path: Path, store: SqliteStore, seq: Sequences
+    path: Path, store: SqliteStore, seq: Sequences, rows: Written
 ) -> None:
-    rows = ten_days(store, seq)
     with sqlite3.connect(path) as db:
         db.execute("DELETE FROM rollup_dirty")  # as in a file written by a hub before this release
     store.apply_retention(POLICY, NOW)
     assert total(store) == sum(n for *_, n in rows)
 
 
-def test_the_watermark_survives_a_restart_and_never_moves_back(path: Path, seq: Sequences) -> None:
+def test_the_watermark_survives_a_restart_and_never_moves_back(path: Path, rows: Written) -> None:
     first = SqliteStore(path)
-    rows = ten_days(first, seq)
     first.apply_retention(POLICY, NOW)
     first.close()
     store = SqliteStore(path)
@@ -308,8 +325,7 @@ def test_the_watermark_survives_a_restart_and_never_moves_back(path: Path, seq: 
         store.close()
 
 
-def test_the_job_applies_retention_to_the_store_in_its_thread(store: SqliteStore, seq: Sequences) -> None:
-    rows = ten_days(store, seq)
+def test_the_job_applies_retention_to_the_store_in_its_thread(store: SqliteStore, rows: Written) -> None:
     job = RetentionJob(store, POLICY, interval_s=3600, clock=lambda: NOW)
     job.start()
     try:
