@@ -15,6 +15,7 @@ from cloud.hub import Hub
 from cloud.registry import Registry
 from cloud.settings import HubSettings
 from shared.bundle import BrokerAddress, EnrollmentBundle
+from tests.e2e.rig import Rig
 
 SITE = "e2e-site"
 
@@ -59,3 +60,13 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
             if hub is not None:
                 hub.stop()
             registry.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    """A hub home, its registry and a running Mosquitto, without a hub (tests start their own)."""
+    rig = Rig(tmp_path)
+    try:
+        yield rig
+    finally:
+        rig.close()

@@ -169,7 +169,9 @@ def test_reload_config_applies_lines_and_heartbeat_live_and_names_what_needs_a_r
     head = f'bundle = "{tmp_path / "dev-cfg.json"}"\n[outbox]\npath = "{outbox}"\n'
     cam0 = '[[sources]]\ntype = "synthetic"\nname = "cam0"\nwidth = 320\nheight = 240\nfps = 6\n'
     config.write_text(head + cam0)
-    agent = Agent.from_settings(load_agent_settings(config, bundle=tmp_path / "dev-cfg.json"), bundle, config_path=config)
+    agent = Agent.from_settings(
+        load_agent_settings(config, bundle=tmp_path / "dev-cfg.json"), bundle, config_path=config
+    )
     agent.start()
     try:
         assert wait_for(lambda: agent.uplink.connected and "cam0" in agent.streams)

@@ -11,7 +11,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,18 +27,10 @@ from shared import topics
 from shared.envelope import Header, seal
 from shared.limits import MAX_WIRE_INT
 from tests.component.influxd import InfluxServer
-from tests.e2e.test_hub_resilience import RECORDS, Rig, stored, wait_until
+from tests.e2e.rig import Rig
+from tests.e2e.test_hub_resilience import RECORDS, stored, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path)
-    try:
-        yield rig
-    finally:
-        rig.close()
 
 
 def _hub(rig: Rig, **settings: object) -> Hub:

@@ -11,15 +11,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from bench.fleet import EPOCH, SimulatedDevice, counts_body, enroll_fleet
-from cloud.broker import MosquittoBroker
-from cloud.home import HubHome, acl_devices, init_home
+from bench.fleet import EPOCH, SimulatedDevice, counts_body
+from cloud.home import HubHome, acl_devices
 from cloud.hub import Hub
 from cloud.registry import Registry
 from cloud.settings import HubSettings, InfluxV1StoreConfig
@@ -29,39 +27,10 @@ from shared import topics
 from shared.bundle import EnrollmentBundle
 from shared.errors import ConfigError
 from tests.component.influxd import InfluxServer
+from tests.e2e.rig import Rig
 
 pytestmark = pytest.mark.slow
 RECORDS = 5
-
-
-class Rig:
-    def __init__(self, root: Path) -> None:
-        self.home = init_home(root / "hub", ["localhost"], ["127.0.0.1"])
-        self.broker = MosquittoBroker(
-            self.home.broker_dir,
-            ca_cert_pem=self.home.ca_file.read_bytes(),
-            server=self.home.broker_server_cert(),
-        )
-        self.broker.start()
-        self.registry = Registry(self.home.registry_url)
-
-    def fleet(self, count: int) -> list[EnrollmentBundle]:
-        bundles = enroll_fleet(self.home, self.registry, count, self.broker.port)
-        self.broker.reload_acl(acl_devices(self.registry))
-        return bundles
-
-    def close(self) -> None:
-        self.registry.close()
-        self.broker.stop()
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path)
-    try:
-        yield rig
-    finally:
-        rig.close()
 
 
 def stored(store: TimeSeriesStore) -> int:
