@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from cloud.api.app import create_app
 from cloud.api.ratelimit import RateLimit
-from cloud.commands import CommandSender
+from cloud.command_sender import CommandSender
 from cloud.dataset.store import DatasetStore
 from cloud.home import HubHome, hub_identity, issue_enrollment, refresh_crl, revoke_device
 from cloud.ingest.core import Accepted, IngestCore

@@ -17,7 +17,7 @@ one write transaction per change with its audit entry):
 ==================  =====================================================
 
 :class:`Registry` holds them (``registry.devices.get(...)``). Consumers that need
-only part of it depend on a narrow Protocol (``cloud.commands.DeviceKeys``,
+only part of it depend on a narrow Protocol (``cloud.command_sender.DeviceKeys``,
 ``cloud.release.controller.RolloutRegistry``, ``cloud.release.repository.AuditSink``).
 Every change made through a repository (enroll, add a key, revoke, create an API
 client, publish a model, create or move a rollout) appends an entry to the

@@ -25,7 +25,8 @@ from pydantic import TypeAdapter
 
 from cloud.api import export
 from cloud.api.app import create_app
-from cloud.api.models import (
+from cloud.api.ratelimit import RateLimit, TokenBuckets
+from cloud.api.schemas import (
     CountSeries,
     DeviceDetail,
     DeviceList,
@@ -37,7 +38,6 @@ from cloud.api.models import (
     SpeedSeries,
     parse_bucket,
 )
-from cloud.api.ratelimit import RateLimit, TokenBuckets
 from cloud.home import HubHome, enroll_device, init_home, write_acl
 from cloud.live import EventFilter, LiveFeed
 from cloud.registry import Registry

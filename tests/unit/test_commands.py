@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cloud.commands import CommandSender
+from cloud.command_sender import CommandSender
 from edge.control.handler import CommandHandler, Outcome
 from edge.control.journal import AckJournal
 from edge.control.keys import KeyState, KeyStore

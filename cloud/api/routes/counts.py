@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from cloud.api import export, problems
 from cloud.api.deps import StoreDep, TelemetryReader
-from cloud.api.models import CountRow, CountSeries, CountsParams
+from cloud.api.schemas import CountRow, CountSeries, CountsParams
 
 router = APIRouter(
     prefix="/v1/counts",

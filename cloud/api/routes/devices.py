@@ -22,7 +22,7 @@ from cloud.api.deps import (
     TelemetryReader,
     actor,
 )
-from cloud.api.models import (
+from cloud.api.schemas import (
     MAX_DEVICES,
     Device,
     DeviceDetail,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from cloud.api import export, problems
 from cloud.api.deps import StoreDep, TelemetryReader
-from cloud.api.models import Event, EventList, EventsParams
+from cloud.api.schemas import Event, EventList, EventsParams
 from cloud.storage.base import events_page
 
 router = APIRouter(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from cloud.api import export, problems
 from cloud.api.deps import StoreDep, TelemetryReader
-from cloud.api.models import LatestSensors, LatestSensorsParams, SensorSeries, SensorsParams, SensorValue
+from cloud.api.schemas import LatestSensors, LatestSensorsParams, SensorSeries, SensorsParams, SensorValue
 from cloud.storage.base import latest_sensor_readings
 
 router = APIRouter(

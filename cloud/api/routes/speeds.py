@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from cloud.api import export, problems
 from cloud.api.deps import StoreDep, TelemetryReader
-from cloud.api.models import SpeedRow, SpeedSeries, SpeedsParams
+from cloud.api.schemas import SpeedRow, SpeedSeries, SpeedsParams
 from cloud.storage.base import MAX_SPEED_SAMPLES, speed_statistics
 
 router = APIRouter(

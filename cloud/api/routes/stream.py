@@ -22,7 +22,7 @@ from starlette.background import BackgroundTask
 
 from cloud.api import problems
 from cloud.api.deps import LiveDep, SettingsDep, TelemetryReader
-from cloud.api.models import Event, StreamParams
+from cloud.api.schemas import Event, StreamParams
 from cloud.live import FeedFullError, LiveEvent, Subscription
 
 logger = logging.getLogger(__name__)

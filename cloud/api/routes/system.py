@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloud.api.deps import MetricsRegistryDep, SettingsDep, StoreDep
-from cloud.api.models import HubHealth
+from cloud.api.schemas import HubHealth
 
 logger = logging.getLogger(__name__)
 

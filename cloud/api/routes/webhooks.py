@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 
 from cloud.api import problems
 from cloud.api.deps import Administrator, AuditDep, WebhooksDep, actor
-from cloud.api.models import Webhook, WebhookCreate, WebhookCreated, WebhookList
+from cloud.api.schemas import Webhook, WebhookCreate, WebhookCreated, WebhookList
 from cloud.webhooks import UnresolvedHostError, WebhookDestinationError, WebhookLimitError, masked_url
 
 logger = logging.getLogger(__name__)
