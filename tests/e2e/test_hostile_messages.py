@@ -365,3 +365,38 @@ def test_dead_letters_are_kept_whole_and_redriven_once_the_key_is_registered(rig
         store.close()
     entries = [e for e in rig.registry.audit.entries() if e.action == "deadletters.redrive"]
     assert [e.details["stored"] for e in entries] == [2, 0]
+
+
+def test_hostile_header_names_never_reach_a_postgresql_registry(rig: Rig, tmp_path: Path) -> None:
+    """Item 1 where PostgreSQL is the registry: a NUL in a device or key id made its driver raise
+    DataError in the key lookup; now such a header is refused before any lookup."""
+    from bench.fleet import enroll_fleet
+    from cloud.home import acl_devices
+    from cloud.registry import Registry
+    from tests.component.postgres import PostgresServer
+
+    with PostgresServer(tmp_path / "pg") as postgres:
+        url = postgres.create_database("registry")
+        registry = Registry(url)
+        try:
+            registry.create_schema()
+            (bundle,) = enroll_fleet(rig.home, registry, 1, rig.broker.port)
+            rig.broker.reload_acl(acl_devices(registry))
+            hub = _hub(rig, registry_url=url, batch_wait_s=0.5)
+            try:
+                device = SimulatedDevice(bundle)
+                device.connect("127.0.0.1", rig.broker.port)
+                _publish(device, "counts", _raw_header(device, "counts", 1, device_id="pole\x00-7"))
+                _publish(device, "counts", _raw_header(device, "counts", 2, kid="\ud800"))
+                good = device.sealer.seal("counts", 3, counts_body(0, 3, RECORDS), _now_ms())
+                _publish(device, "counts", good)
+                assert device.wait_acked(3, 10)
+                device.close()
+                assert wait_until(lambda: hub.ingest.stored_messages + hub.ingest.rejected_messages == 3, 15)
+                assert hub.ingest.stored_messages == 1
+                assert hub.dead_letters.count("bad_tag") == 2
+                assert stored(hub.store) == RECORDS
+            finally:
+                hub.stop()
+        finally:
+            registry.close()
