@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cloud.ingest.core import Accepted, IngestCore, Rejection
-from cloud.ingest.deadletter import DeadLetterStore
+from cloud.ingest.deadletter import DeadLetterStore, safe_text
 from cloud.ingest.metrics import IngestMetrics
 from cloud.storage.base import TimeSeriesStore
 from mqttlink import ConnAck, Message, MqttSession, Sent, SessionConfig, SubAck, TlsFiles
@@ -263,7 +263,7 @@ class IngestService:
             raise
         except Exception as exc:
             log.exception(
-                "ingest could not check a message on %s; dead-lettering it", _printable(delivery.topic)
+                "ingest could not check a message on %s; dead-lettering it", safe_text(delivery.topic, 512)
             )
             return Rejection("internal_error", f"{type(exc).__name__}: {exc}", delivery.topic)
 
@@ -326,9 +326,9 @@ class IngestService:
         self.metrics.rejected.labels(rejection.reason).inc()
         log.warning(
             "rejected a message on %s: %s (%s)",
-            _printable(rejection.topic),
+            safe_text(rejection.topic, 512),
             rejection.reason,
-            _printable(rejection.detail),
+            safe_text(rejection.detail, 2048),
         )
         self.dead_letters.add(
             delivery.topic,  # as received, so the letter can be re-driven
@@ -358,8 +358,3 @@ class _Batch:
 
     deliveries: list[_Delivery]
     dead_lettered: set[int] = field(default_factory=set)
-
-
-def _printable(text: str) -> str:
-    """Text safe for a log line: control characters and lone surrogates escaped."""
-    return ascii(text)[1:-1]
