@@ -6,7 +6,7 @@
 Three phases, each in its own Python process (fresh interpreter, its own
 GIL and memory, so RSS is the phase's own), one after another:
 
-- agent: the real ``edge.agent.Agent`` (``start()`` / ``stop()``): one reader
+- agent: the real ``roadside.edge.agent.Agent`` (``start()`` / ``stop()``): one reader
   thread per synthetic 640x480 stream at full speed (``realtime = false``)
   → the bounded frame queue → the pipeline thread (dynamic batching,
   letterbox, inference, decode + NMS, tracking, line counting, events) →
@@ -25,7 +25,7 @@ the readers. The agent's queue drops the oldest frame when full, which is
 right for live cameras; unpaced synthetic streams would then spend a core
 rendering frames only to drop them, and the figure would measure that.
 
-``--model yolo-class`` builds ``models.yolo_class`` (YOLOv8n-sized, 8.7
+``--model yolo-class`` builds ``roadside.models.yolo_class`` (YOLOv8n-sized, 8.7
 GFLOPs at 640, random weights; needs the ``train`` extra) into
 ``~/.cache/roadside`` first. ``stage_ms`` is milliseconds per frame spent
 in each stage (stages on different threads overlap, so they do not add up
@@ -136,7 +136,7 @@ class StageClock:
 
 
 def _scene_images(streams: int, count: int) -> list[Any]:
-    from sim.synthetic import RoadScene, SceneConfig
+    from roadside.sim.synthetic import RoadScene, SceneConfig
 
     scenes = [RoadScene(SceneConfig(width=WIDTH, height=HEIGHT, seed=i)) for i in range(streams)]
     for scene in scenes:
@@ -145,14 +145,14 @@ def _scene_images(streams: int, count: int) -> list[Any]:
 
 
 def _provider_settings(spec: dict[str, Any], max_batch: int) -> Any:
-    from edge.inference.providers import ProviderSettings
+    from roadside.edge.inference.providers import ProviderSettings
 
     return ProviderSettings(trt_cache_path=TRT_CACHE, max_batch=max_batch)
 
 
 def phase_bare(spec: dict[str, Any]) -> dict[str, Any]:
-    from edge.inference.engine import OnnxSession
-    from edge.inference.yolo import letterbox_batch
+    from roadside.edge.inference.engine import OnnxSession
+    from roadside.edge.inference.yolo import letterbox_batch
 
     session = OnnxSession(
         Path(spec["model"]), spec["providers"], spec["threads"], _provider_settings(spec, spec["batch"])
@@ -174,8 +174,8 @@ def phase_bare(spec: dict[str, Any]) -> dict[str, Any]:
 def phase_naive(spec: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from edge.inference.yolo import decode_yolo, letterbox
-    from sim.synthetic import RoadScene, SceneConfig
+    from roadside.edge.inference.yolo import decode_yolo, letterbox
+    from roadside.sim.synthetic import RoadScene, SceneConfig
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = spec["threads"]
@@ -227,8 +227,8 @@ def _naive_sink(spec: dict[str, Any]) -> tuple[Callable[[bytes], None], Callable
         sent: list[int] = []
         return (lambda payload: sent.append(len(payload))), (lambda: None), "memory"
     from bench.fleet import SimulatedDevice
-    from shared import topics
-    from shared.bundle import read_bundle
+    from roadside.shared import topics
+    from roadside.shared.bundle import read_bundle
 
     bundle = read_bundle(Path(bundle_path))
     device = SimulatedDevice(bundle, max_inflight=1000)
@@ -242,10 +242,10 @@ def _naive_sink(spec: dict[str, Any]) -> tuple[Callable[[bytes], None], Callable
 
 
 def phase_agent(spec: dict[str, Any]) -> dict[str, Any]:
-    from edge.assembly import build_agent
-    from edge.settings import load_agent_settings
-    from shared.bundle import read_bundle
-    from shared.queues import Overflow
+    from roadside.edge.assembly import build_agent
+    from roadside.edge.settings import load_agent_settings
+    from roadside.shared.bundle import read_bundle
+    from roadside.shared.queues import Overflow
 
     work = Path(spec["workdir"])
     settings = load_agent_settings(
@@ -378,13 +378,13 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def _model_path(arg: str | None) -> Path:
     if arg is None:
-        from edge.inference.engine import DEFAULT_MODEL
+        from roadside.edge.inference.engine import DEFAULT_MODEL
 
         return DEFAULT_MODEL
     if arg == "yolo-class":
         # Built in a child process: torch stays out of this one and of the phases.
         done = subprocess.run(
-            [sys.executable, "-m", "models.yolo_class"],
+            [sys.executable, "-m", "roadside.models.yolo_class"],
             capture_output=True,
             text=True,
             timeout=600,
@@ -404,9 +404,9 @@ def _model_path(arg: str | None) -> Path:
 def _describe(
     path: Path, providers: list[str], threads: int, streams: int, max_batch: int | None
 ) -> dict[str, Any]:
-    from edge.inference.batching import BatchPolicy
-    from edge.inference.engine import OnnxDetector
-    from edge.settings import ModelConfig
+    from roadside.edge.inference.batching import BatchPolicy
+    from roadside.edge.inference.engine import OnnxDetector
+    from roadside.edge.settings import ModelConfig
 
     detector = OnnxDetector(path, providers, CONF, IOU, intra_op_threads=threads)
     provider = detector.info.active_provider
@@ -430,10 +430,10 @@ class _Loop:
         self.bundles: dict[str, str] = {}
 
     def __enter__(self) -> _Loop:
-        from cloud.broker import MosquittoBroker
-        from cloud.home import acl_devices, enroll_device, init_home
-        from cloud.registry import Registry
-        from shared.bundle import BrokerAddress
+        from roadside.cloud.broker.mosquitto import MosquittoBroker
+        from roadside.cloud.home import acl_devices, enroll_device, init_home
+        from roadside.cloud.registry import Registry
+        from roadside.shared.bundle import BrokerAddress
 
         home = init_home(self.workdir / "hub", ["localhost"], ["127.0.0.1"])
         try:

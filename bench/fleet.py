@@ -8,12 +8,12 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cloud.home import HubHome, acl_devices, enroll_device
-from cloud.registry import Registry
-from mqttlink import Delivery, MqttSession, PubAck, SessionConfig, context_from_pem
-from shared import topics
-from shared.bundle import BrokerAddress, EnrollmentBundle
-from shared.envelope import DeviceSealer
+from roadside.cloud.home import HubHome, acl_devices, enroll_device
+from roadside.cloud.registry import Registry
+from roadside.mqttlink import Delivery, MqttSession, PubAck, SessionConfig, context_from_pem
+from roadside.shared import topics
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle
+from roadside.shared.envelope import DeviceSealer
 
 # Recent enough to sit inside any store's raw retention (a message index is a minute after it).
 EPOCH = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)

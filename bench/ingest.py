@@ -43,14 +43,14 @@ from typing import Any
 import httpx
 
 from bench.fleet import EPOCH, SimulatedDevice, counts_body, enroll_fleet
-from cloud.broker import MosquittoBroker
-from cloud.home import HubHome, acl_devices, hub_identity, init_home
-from cloud.registry import Registry
-from cloud.settings import InfluxV1StoreConfig, SqliteStoreConfig, StoreConfig
-from cloud.storage.base import CountQuery, TimeSeriesStore
-from mqttlink import ConnAck, Message, MqttSession, SessionConfig, SubAck, TlsFiles
-from shared.envelope import HubOpener
-from shared.keys import PublicKeys
+from roadside.cloud.broker.mosquitto import MosquittoBroker
+from roadside.cloud.home import HubHome, acl_devices, hub_identity, init_home
+from roadside.cloud.registry import Registry
+from roadside.cloud.settings import InfluxV1StoreConfig, SqliteStoreConfig, StoreConfig
+from roadside.cloud.storage.base import CountQuery, TimeSeriesStore
+from roadside.mqttlink import ConnAck, Message, MqttSession, SessionConfig, SubAck, TlsFiles
+from roadside.shared.envelope import HubOpener
+from roadside.shared.keys import PublicKeys
 
 log = logging.getLogger("bench.ingest")
 PLAIN = "roadside/v1/+/+/+"
@@ -242,7 +242,7 @@ def start_hub_process(
 
 
 def open_bench_store(config: StoreConfig, home: HubHome) -> TimeSeriesStore:
-    from cloud.hub import open_store
+    from roadside.cloud.hub import open_store
 
     return open_store(config, home)
 
@@ -365,7 +365,7 @@ def main() -> None:
     parser.add_argument("--hubs", type=int, default=1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("cloud").setLevel(logging.WARNING)
+    logging.getLogger("roadside.cloud").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     print(json.dumps(run(args)))
 

@@ -9,22 +9,22 @@ cheapest thing that moves the same bytes.
 Set-up, all on loopback: a hub home with a TUF model repository
 (``HubHome.repository_dir``, one offline root key, the hub's online keys), a
 generated ~5 MB ONNX detector (:func:`bench_model`: the project's
-``RoadsideDetector`` made wider, exported by ``models.export``; random
+``RoadsideDetector`` made wider, exported by ``roadside.models.export``; random
 weights; cached under ``~/.cache/roadside/bench``) released with
 ``release_model``, a real Mosquitto with mutual TLS and the generated ACL,
-and an in-process :class:`cloud.hub.Hub`, which serves the repository over
+and an in-process :class:`roadside.cloud.hub.Hub`, which serves the repository over
 HTTPS itself (``hub.repo_url``) and runs the rollout controller.
 
 Agents. ``--agents`` lightweight simulated devices, each enrolled (its own
 client certificate and envelope keys) with its own state directory and its
-own :class:`edge.ota.updater.ModelUpdater` (real TUF verification; trusted
+own :class:`roadside.edge.ota.updater.ModelUpdater` (real TUF verification; trusted
 root = the repository's root). Before any timing each installs 1.0.0 (the
 committed ``models/detector.onnx``, released too) as an earlier update
 would have, so the fleet runs 1.0.0 and a rollback has somewhere to go (the
 model shipped with an agent is a boot fallback, not a rollback target).
 Each implements the device side of an ``ota``
 command as a real agent does: open the sealed command
-(:class:`edge.control.verifier.CommandVerifier`), ack it (sealed ``ack`` uplink),
+(:class:`roadside.edge.control.verifier.CommandVerifier`), ack it (sealed ``ack`` uplink),
 report ``staging``, ``check_and_stage`` then ``activate``, report ``active``
 (or ``refused``/``failed`` with the reason); ``rollback`` reports
 ``rolled_back``. They run no inference, so they report no shadow statistics
@@ -84,25 +84,33 @@ import urllib3
 from pydantic import ValidationError
 
 from bench.fleet import enroll_fleet
-from cloud.broker import MosquittoBroker
-from cloud.home import HubHome, acl_devices, init_home
-from cloud.hub import Hub
-from cloud.ingest.core import Accepted
-from cloud.registry import Registry
-from cloud.release import keys
-from cloud.release.repository import ModelRepository, PublishedModel, release_model
-from cloud.release.rollouts import FINAL_STATES, GateThresholds, RolloutSpec, parse_waves
-from cloud.settings import HubSettings
-from edge.control.journal import AckJournal
-from edge.control.verifier import CommandVerifier, InvalidCommandError
-from edge.ota.updater import CappedFetcher, ModelUpdater, OtaResult, OtaStatus, ShippedModel
-from mqttlink import ConnAck, Message, MqttSession, SessionConfig, SubAck, context_from_pem
-from shared import topics
-from shared.backoff import Backoff
-from shared.bundle import EnrollmentBundle
-from shared.envelope import DeviceSealer
-from shared.errors import IntegrityError, SchemaError, TransportError
-from shared.schemas import AckMessage, Command, OtaCommandArgs, OtaMessage, OtaReport, OtaState, encode
+from roadside.cloud.broker.mosquitto import MosquittoBroker
+from roadside.cloud.home import HubHome, acl_devices, init_home
+from roadside.cloud.hub import Hub
+from roadside.cloud.ingest.core import Accepted
+from roadside.cloud.registry import Registry
+from roadside.cloud.release import keys
+from roadside.cloud.release.repository import ModelRepository, PublishedModel, release_model
+from roadside.cloud.release.rollouts import FINAL_STATES, GateThresholds, RolloutSpec, parse_waves
+from roadside.cloud.settings import HubSettings
+from roadside.edge.control.journal import AckJournal
+from roadside.edge.control.verifier import CommandVerifier, InvalidCommandError
+from roadside.edge.ota.updater import CappedFetcher, ModelUpdater, OtaResult, OtaStatus, ShippedModel
+from roadside.mqttlink import ConnAck, Message, MqttSession, SessionConfig, SubAck, context_from_pem
+from roadside.shared import topics
+from roadside.shared.backoff import Backoff
+from roadside.shared.bundle import EnrollmentBundle
+from roadside.shared.envelope import DeviceSealer
+from roadside.shared.errors import IntegrityError, SchemaError, TransportError
+from roadside.shared.schemas import (
+    AckMessage,
+    Command,
+    OtaCommandArgs,
+    OtaMessage,
+    OtaReport,
+    OtaState,
+    encode,
+)
 
 log = logging.getLogger("bench.rollout")
 
@@ -142,8 +150,8 @@ def bench_model(version: str = NEW_VERSION, cache_dir: Path | None = None) -> Pa
         return path
     import torch  # only to build the file the first time
 
-    from models.detector import RoadsideDetector
-    from models.export import ExportParityError, check_parity, export_onnx
+    from roadside.models.detector import RoadsideDetector
+    from roadside.models.export import ExportParityError, check_parity, export_onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(digest, 16) % 2**31)

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from cloud.cli_common import DEFAULT_HOME, HomeOption, RegistryUrlOption, actor, fail, open_registry
-from shared.errors import ConfigError, RoadsideError
+from roadside.cloud.cli_common import DEFAULT_HOME, HomeOption, RegistryUrlOption, actor, fail, open_registry
+from roadside.shared.errors import ConfigError, RoadsideError
 
 pki_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="The hub's certificate authority and keys."
@@ -38,7 +38,7 @@ def pki_init(
     force: Annotated[bool, typer.Option(help="Replace an existing CA and keys.")] = False,
 ) -> None:
     """Create the CA, the hub's and the broker's certificates, and the hub's envelope keys."""
-    from cloud.home import init_home
+    from roadside.cloud.home import init_home
 
     try:
         init_home(home, broker_host or ["localhost"], broker_ip or ["127.0.0.1"], force=force)
@@ -64,10 +64,10 @@ def device_enroll(
     ] = None,
 ) -> None:
     """Issue the device's certificate and keys as one bundle and register it on the hub."""
-    from cloud.broker import running_broker
-    from cloud.home import HubHome, enroll_device
-    from cloud.registry import Registry
-    from shared.bundle import BrokerAddress
+    from roadside.cloud.broker.mosquitto import running_broker
+    from roadside.cloud.home import HubHome, enroll_device
+    from roadside.cloud.registry import Registry
+    from roadside.shared.bundle import BrokerAddress
 
     hub_home = HubHome(home)
     registry = Registry(hub_home.registry_url)
@@ -101,8 +101,8 @@ def device_enroll(
 @device_app.command("list")
 def device_list(home: HomeOption = DEFAULT_HOME) -> None:
     """The registered devices."""
-    from cloud.home import HubHome
-    from cloud.registry import Registry
+    from roadside.cloud.home import HubHome
+    from roadside.cloud.registry import Registry
 
     registry = Registry(HubHome(home).registry_url)
     try:
@@ -115,8 +115,8 @@ def device_list(home: HomeOption = DEFAULT_HOME) -> None:
 @device_app.command("revoke")
 def device_revoke(device_id: str, home: HomeOption = DEFAULT_HOME) -> None:
     """Refuse the device from now on: registry, CRL, broker ACL, and its open connection."""
-    from cloud.broker import running_broker
-    from cloud.home import HubHome, revoke_device
+    from roadside.cloud.broker.mosquitto import running_broker
+    from roadside.cloud.home import HubHome, revoke_device
 
     hub_home = HubHome(home)
     with open_registry(home) as registry:
@@ -148,9 +148,9 @@ def hub_run(
     client_id: Annotated[str | None, typer.Option(help="Override the MQTT client id.")] = None,
 ) -> None:
     """Run ingest and the API until SIGTERM or Ctrl-C."""
-    from cloud.hub import Hub
-    from cloud.settings import load_hub_settings
-    from shared.logs import setup_logging
+    from roadside.cloud.hub import Hub
+    from roadside.cloud.settings import load_hub_settings
+    from roadside.shared.logs import setup_logging
 
     setup_logging(log_level)
     try:
@@ -176,7 +176,15 @@ def _start_worker(
     home: Path, config: Path | None, log_level: str, client_id: str, index: int
 ) -> subprocess.Popen[bytes]:
     """An ingest-only hub process: its own MQTT session (client id) in the same shared group, no API."""
-    command = [sys.executable, "-c", "from roadside.cli import main; main()", "hub", "run", "--home", str(home)]
+    command = [
+        sys.executable,
+        "-c",
+        "from roadside.cli import main; main()",
+        "hub",
+        "run",
+        "--home",
+        str(home),
+    ]
     command += ["--log-level", log_level, "--api-port", "-1", "--client-id", f"{client_id}-w{index}"]
     command += ["--config", str(config)] if config else []
     return subprocess.Popen(command)
@@ -226,8 +234,8 @@ def audit_verify(
 @audit_app.command("list")
 def audit_list(home: HomeOption = DEFAULT_HOME, limit: int = 50) -> None:
     """The latest audit entries."""
-    from cloud.home import HubHome
-    from cloud.registry import Registry
+    from roadside.cloud.home import HubHome
+    from roadside.cloud.registry import Registry
 
     registry = Registry(HubHome(home).registry_url)
     try:
@@ -244,8 +252,8 @@ def broker_run(
     port: Annotated[int, typer.Option(help="TLS port; 0 picks a free one.")] = 8883,
 ) -> None:
     """Run Mosquitto with mutual TLS, the CA's CRL and the ACL generated from the registry."""
-    from cloud.broker import MosquittoBroker
-    from cloud.home import HubHome, acl_devices
+    from roadside.cloud.broker.mosquitto import MosquittoBroker
+    from roadside.cloud.home import HubHome, acl_devices
 
     hub_home = HubHome(home)
     with open_registry(home) as registry:
@@ -269,10 +277,10 @@ def broker_run(
 
 def register(app: typer.Typer) -> None:
     """Add the hub's sub-commands to the ``roadside`` command (:mod:`roadside.cli`)."""
-    from cloud.dataset.cli import dataset_app
-    from cloud.deadletter_cli import deadletters_app
-    from cloud.model_cli import model_app
-    from cloud.rollout_cli import rollout_app
+    from roadside.cloud.dataset.cli import dataset_app
+    from roadside.cloud.ingest.deadletter_cli import deadletters_app
+    from roadside.cloud.release.model_cli import model_app
+    from roadside.cloud.release.rollout_cli import rollout_app
 
     app.add_typer(pki_app, name="pki")
     app.add_typer(device_app, name="device")

@@ -1,6 +1,6 @@
 """What the hub's sub-commands share: the home option, errors as exits, the actor, the registry.
 
-``roadside pki|device|hub|broker|audit`` (:mod:`cloud.cli`), ``rollout``,
+``roadside pki|device|hub|broker|audit`` (:mod:`roadside.cloud.cli`), ``rollout``,
 ``model``, ``dataset`` and ``deadletters`` all import from here, and from no
 other sub-command's module.
 """
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shared.errors import RoadsideError
+from roadside.shared.errors import RoadsideError
 
 if TYPE_CHECKING:
-    from cloud.registry import Registry
+    from roadside.cloud.registry import Registry
 
 __all__ = ["DEFAULT_HOME", "HomeOption", "RegistryUrlOption", "actor", "fail", "open_registry"]
 
@@ -46,8 +46,8 @@ def fail(exc: RoadsideError) -> typer.Exit:
 @contextlib.contextmanager
 def open_registry(home: Path, url: str | None = None) -> Iterator[Registry]:
     """The hub's registry for one command: errors become a clear exit, the connection is closed."""
-    from cloud.home import HubHome
-    from cloud.registry import Registry
+    from roadside.cloud.home import HubHome
+    from roadside.cloud.registry import Registry
 
     registry = Registry(url or HubHome(home).registry_url)
     try:

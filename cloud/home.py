@@ -32,7 +32,7 @@ from typing import Final
 
 from cryptography import x509
 
-from cloud.broker import (
+from roadside.cloud.broker.mosquitto import (
     HUB_IDENTITY,
     AclDevice,
     acl_lock,
@@ -44,7 +44,7 @@ from cloud.broker import (
     take_over_session,
     write_acl_file,
 )
-from cloud.pki import (
+from roadside.cloud.broker.pki import (
     CA_CRL_FILE,
     CertFiles,
     CertificateAuthority,
@@ -55,11 +55,11 @@ from cloud.pki import (
     write_private,
     write_public,
 )
-from cloud.registry import Registry
-from shared.bundle import BrokerAddress, EnrollmentBundle, ModelRepoAnchor, write_bundle
-from shared.errors import ConfigError, TransportError
-from shared.keys import KeyPair
-from shared.topics import check_name
+from roadside.cloud.registry import Registry
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle, ModelRepoAnchor, write_bundle
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.keys import KeyPair
+from roadside.shared.topics import check_name
 
 log = logging.getLogger(__name__)
 

@@ -14,38 +14,38 @@ from typing import Protocol, Self
 import uvicorn
 from prometheus_client import CollectorRegistry, Counter
 
-from cloud.api.app import create_app
-from cloud.api.ratelimit import RateLimit
-from cloud.command_sender import CommandSender
-from cloud.dataset.store import DatasetStore
-from cloud.home import HubHome, hub_identity, issue_enrollment, refresh_crl, revoke_device
-from cloud.ingest.core import Accepted, IngestCore
-from cloud.ingest.deadletter import DeadLetterStore
-from cloud.ingest.metrics import IngestMetrics
-from cloud.ingest.service import BrokerClientConfig, IngestService
-from cloud.live import LiveFeed
-from cloud.pki import CertFiles
-from cloud.registry import Registry
-from cloud.release.controller import RolloutController
-from cloud.release.repository import ModelRepository
-from cloud.release.server import RepositoryServer, TimestampRefresher
-from cloud.retention_job import RetentionJob, RetentionTarget
-from cloud.retrain_loop import RetrainLoop
-from cloud.settings import (
+from roadside.cloud.api.app import create_app
+from roadside.cloud.api.ratelimit import RateLimit
+from roadside.cloud.api.webhooks import WebhookDestinations, WebhookDispatcher, WebhookStore
+from roadside.cloud.broker.pki import CertFiles
+from roadside.cloud.dataset.store import DatasetStore
+from roadside.cloud.fleet.command_sender import CommandSender
+from roadside.cloud.fleet.live import LiveFeed
+from roadside.cloud.home import HubHome, hub_identity, issue_enrollment, refresh_crl, revoke_device
+from roadside.cloud.ingest.core import Accepted, IngestCore
+from roadside.cloud.ingest.deadletter import DeadLetterStore
+from roadside.cloud.ingest.metrics import IngestMetrics
+from roadside.cloud.ingest.service import BrokerClientConfig, IngestService
+from roadside.cloud.registry import Registry
+from roadside.cloud.release.controller import RolloutController
+from roadside.cloud.release.repository import ModelRepository
+from roadside.cloud.release.server import RepositoryServer, TimestampRefresher
+from roadside.cloud.settings import (
     HubSettings,
     InfluxV1StoreConfig,
     InfluxV2StoreConfig,
     SqliteStoreConfig,
     StoreConfig,
 )
-from cloud.storage.base import TimeSeriesStore
-from cloud.webhooks import WebhookDestinations, WebhookDispatcher, WebhookStore
-from shared.bundle import BrokerAddress
-from shared.envelope import REPLAY_WINDOW_SIZE, HubOpener
-from shared.errors import ConfigError, RoadsideError, TransportError
-from shared.keys import PublicKeys
-from shared.schemas import HardExample
-from shared.version import roadside_version
+from roadside.cloud.storage.base import TimeSeriesStore
+from roadside.cloud.storage.retention_job import RetentionJob, RetentionTarget
+from roadside.cloud.training.loop import RetrainLoop
+from roadside.shared.bundle import BrokerAddress
+from roadside.shared.envelope import REPLAY_WINDOW_SIZE, HubOpener
+from roadside.shared.errors import ConfigError, RoadsideError, TransportError
+from roadside.shared.keys import PublicKeys
+from roadside.shared.schemas import HardExample
+from roadside.shared.version import roadside_version
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,11 @@ log = logging.getLogger(__name__)
 def open_store(config: StoreConfig, home: HubHome) -> TimeSeriesStore:
     """The registered adapter for ``config.type``."""
     if isinstance(config, SqliteStoreConfig):
-        from cloud.storage.sqlite import SqliteStore
+        from roadside.cloud.storage.sqlite import SqliteStore
 
         return SqliteStore(config.path or home.telemetry_db)
     if isinstance(config, InfluxV1StoreConfig):
-        from cloud.storage.influx import InfluxV1Store
+        from roadside.cloud.storage.influx import InfluxV1Store
 
         password = config.password.get_secret_value() if config.password else None
         return InfluxV1Store(
@@ -69,7 +69,7 @@ def open_store(config: StoreConfig, home: HubHome) -> TimeSeriesStore:
             create_database=config.create_database,
         )
     if isinstance(config, InfluxV2StoreConfig):
-        from cloud.storage.influx import InfluxV2Store
+        from roadside.cloud.storage.influx import InfluxV2Store
 
         return InfluxV2Store(config.url, config.token.get_secret_value(), config.org, config.bucket)
     raise AssertionError(f"unregistered store type {config!r}")

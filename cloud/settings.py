@@ -17,10 +17,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cloud.release.rollouts import RolloutPlan
-from cloud.storage.retention import RetentionPolicy
-from shared.config import load_settings
-from shared.errors import ConfigError
+from roadside.cloud.release.rollouts import RolloutPlan
+from roadside.cloud.storage.retention import RetentionPolicy
+from roadside.shared.config import load_settings
+from roadside.shared.errors import ConfigError
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "password", "token"}
 
@@ -91,7 +91,7 @@ class RetrainConfig(_Section):
     """The closed loop (cloud.retrain_loop): retrain on hard examples, gate, publish, roll out. Off by default.
 
     ``rollout`` is the plan each new version goes out with (:class:`RolloutPlan`, declared once
-    in ``cloud.release.rollouts``); its keys may also sit directly under ``retrain`` as before.
+    in ``roadside.cloud.release.rollouts``); its keys may also sit directly under ``retrain`` as before.
     """
 
     enabled: bool = False

@@ -1,14 +1,14 @@
 """The agent: a thin assembly of a pipeline, a stream supervisor, a command intake and an uplink.
 
-Threads (all named): one reader per stream (:mod:`edge.streams`) → a bounded
+Threads (all named): one reader per stream (:mod:`roadside.edge.streams`) → a bounded
 frame queue (``DROP_OLDEST``: live video prefers fresh frames) → the pipeline
-thread (:mod:`edge.pipeline`: batched inference, tracking, line crossings,
+thread (:mod:`roadside.edge.pipeline`: batched inference, tracking, line crossings,
 aggregation) → the durable outbox → the uplink thread
-(:mod:`edge.transport.mqtt`); commands come in on the uplink, are verified
-there and run one at a time on the command thread (:mod:`edge.control.intake`).
+(:mod:`roadside.edge.transport.mqtt`); commands come in on the uplink, are verified
+there and run one at a time on the command thread (:mod:`roadside.edge.control.intake`).
 
 Each part is passed in behind a small Protocol (:class:`AgentParts`);
-:func:`edge.assembly.build_agent` wires the real ones from settings, and a
+:func:`roadside.edge.assembly.build_agent` wires the real ones from settings, and a
 test can swap the uplink for an in-memory one. ``start`` runs on an
 ``ExitStack``, so a start that fails half-way (the metrics port is taken)
 unwinds what it started, and ``stop`` is start's mirror: stop taking commands,
@@ -28,23 +28,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from edge.control.handler import CommandHandler
-from edge.control.keys import KeyState
-from edge.health import FrameLedger, HealthCollector, HealthReport, StreamProgress, StreamReader
-from edge.inference.engine import OnnxDetector
-from edge.outbox import Outbox, Priority
-from edge.pipeline import Pipeline, StreamState
-from edge.settings import AgentSettings, SourceConfig
-from edge.sources import Frame, FrameSource
-from edge.transport.delivery import UplinkStatus
-from shared.bundle import EnrollmentBundle
-from shared.keys import KeyPair
-from shared.queues import BoundedQueue
-from shared.schemas import Health, HealthMessage, encode
+from roadside.edge.control.handler import CommandHandler
+from roadside.edge.control.keys import KeyState
+from roadside.edge.health import FrameLedger, HealthCollector, HealthReport, StreamProgress, StreamReader
+from roadside.edge.inference.engine import OnnxDetector
+from roadside.edge.outbox import Outbox, Priority
+from roadside.edge.pipeline import Pipeline, StreamState
+from roadside.edge.settings import AgentSettings, SourceConfig
+from roadside.edge.sources import Frame, FrameSource
+from roadside.edge.transport.delivery import UplinkStatus
+from roadside.shared.bundle import EnrollmentBundle
+from roadside.shared.keys import KeyPair
+from roadside.shared.queues import BoundedQueue
+from roadside.shared.schemas import Health, HealthMessage, encode
 
 if TYPE_CHECKING:
-    from edge.ota.manager import OtaManager
-    from edge.samples.uploader import SampleUploader
+    from roadside.edge.ota.manager import OtaManager
+    from roadside.edge.samples.uploader import SampleUploader
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ __all__ = ["Agent", "AgentParts", "StreamState", "Uplink"]
 
 
 class Uplink(Protocol):
-    """Carries the outbox to the hub and commands back (``edge.transport.mqtt.MqttUplink``)."""
+    """Carries the outbox to the hub and commands back (``roadside.edge.transport.mqtt.MqttUplink``)."""
 
     @property
     def connected(self) -> bool: ...
@@ -67,7 +67,7 @@ class Uplink(Protocol):
 
 
 class Streams(Protocol):
-    """The streams' reader threads (``edge.streams.StreamSupervisor``)."""
+    """The streams' reader threads (``roadside.edge.streams.StreamSupervisor``)."""
 
     @property
     def sources(self) -> list[FrameSource]: ...
@@ -91,7 +91,7 @@ class Streams(Protocol):
 
 
 class Commands(Protocol):
-    """Commands from the wire to the command thread (``edge.control.intake.CommandIntake``)."""
+    """Commands from the wire to the command thread (``roadside.edge.control.intake.CommandIntake``)."""
 
     def start(self) -> None: ...
 
@@ -112,7 +112,7 @@ class Service(Protocol):
 
 @dataclass
 class AgentParts:
-    """Everything an agent runs, built and wired by :func:`edge.assembly.build_agent`."""
+    """Everything an agent runs, built and wired by :func:`roadside.edge.assembly.build_agent`."""
 
     settings: AgentSettings
     bundle: EnrollmentBundle
@@ -163,8 +163,8 @@ class Agent:
         clock: Callable[[], float] = time.time,
         config_path: Path | None = None,
     ) -> Agent:
-        """The agent with its real parts, wired from ``settings`` (:func:`edge.assembly.build_agent`)."""
-        from edge.assembly import build_agent
+        """The agent with its real parts, wired from ``settings`` (:func:`roadside.edge.assembly.build_agent`)."""
+        from roadside.edge.assembly import build_agent
 
         return build_agent(settings, bundle, detector=detector, clock=clock, config_path=config_path)
 
@@ -221,7 +221,7 @@ class Agent:
         finally:
             self.stop()
 
-    # What commands may do (``edge.control.handler.AgentSurface``) ----------------------
+    # What commands may do (``roadside.edge.control.handler.AgentSurface``) ----------------------
 
     @property
     def settings(self) -> AgentSettings:

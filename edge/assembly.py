@@ -4,7 +4,7 @@
 updater when a model repository is configured), and builds the pipeline, the
 stream supervisor, the command intake and handler, the MQTT uplink, health,
 /metrics, sensors and hard-example uploads, then hands them to
-:class:`edge.agent.Agent`. Tests and benchmarks pass ``uplink`` (an in-memory
+:class:`roadside.edge.agent.Agent`. Tests and benchmarks pass ``uplink`` (an in-memory
 one: no broker) or ``frame_overflow`` (``BLOCK``: streams wait for the
 pipeline) instead of reaching into a built agent.
 """
@@ -15,29 +15,29 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.agent import Agent, AgentParts, Uplink
-from edge.control.handler import CommandHandler
-from edge.control.intake import CommandIntake
-from edge.control.journal import AckJournal, default_journal_path
-from edge.control.keys import KeyStore, default_keys_path
-from edge.control.verifier import CommandVerifier
-from edge.health import FrameLedger, HealthCollector, HealthReport, SystemProbe
-from edge.inference.engine import DEFAULT_MODEL, OnnxDetector, OnnxSession, file_version
-from edge.metrics import HealthMetrics, MetricsServer
-from edge.ota.manager import OtaHost, OtaManager, boot, make_updater, repo_anchor
-from edge.ota.updater import ModelUpdater, ShippedModel
-from edge.outbox import Outbox, Priority
-from edge.pipeline import Pipeline
-from edge.samples.uploader import SampleUploader
-from edge.sensors.pipeline import SensorPipeline
-from edge.settings import AgentSettings, SourceConfig, load_agent_settings
-from edge.sources import Frame, FrameSource, open_source
-from edge.streams import StreamSupervisor
-from edge.transport.delivery import uplink_status_path
-from edge.transport.mqtt import MqttUplink, tls_scratch_dir
-from shared.bundle import EnrollmentBundle
-from shared.queues import BoundedQueue, Overflow
-from shared.schemas import OtaMessage, OtaReport, encode
+from roadside.edge.agent import Agent, AgentParts, Uplink
+from roadside.edge.control.handler import CommandHandler
+from roadside.edge.control.intake import CommandIntake
+from roadside.edge.control.journal import AckJournal, default_journal_path
+from roadside.edge.control.keys import KeyStore, default_keys_path
+from roadside.edge.control.verifier import CommandVerifier
+from roadside.edge.health import FrameLedger, HealthCollector, HealthReport, SystemProbe
+from roadside.edge.inference.engine import DEFAULT_MODEL, OnnxDetector, OnnxSession, file_version
+from roadside.edge.metrics import HealthMetrics, MetricsServer
+from roadside.edge.ota.manager import OtaHost, OtaManager, boot, make_updater, repo_anchor
+from roadside.edge.ota.updater import ModelUpdater, ShippedModel
+from roadside.edge.outbox import Outbox, Priority
+from roadside.edge.pipeline import Pipeline
+from roadside.edge.samples.uploader import SampleUploader
+from roadside.edge.sensors.pipeline import SensorPipeline
+from roadside.edge.settings import AgentSettings, SourceConfig, load_agent_settings
+from roadside.edge.sources import Frame, FrameSource, open_source
+from roadside.edge.streams import StreamSupervisor
+from roadside.edge.transport.delivery import uplink_status_path
+from roadside.edge.transport.mqtt import MqttUplink, tls_scratch_dir
+from roadside.shared.bundle import EnrollmentBundle
+from roadside.shared.queues import BoundedQueue, Overflow
+from roadside.shared.schemas import OtaMessage, OtaReport, encode
 
 CommandSink = Callable[[bytes], None]
 UplinkFactory = Callable[[EnrollmentBundle, Outbox, CommandSink], Uplink]

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from shared.errors import ConfigError
+from roadside.shared.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -23,10 +23,10 @@ def run(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
 ) -> None:
     """Run the agent until SIGTERM or Ctrl-C; the open interval is sent before it exits."""
-    from edge.agent import Agent
-    from edge.settings import load_agent_settings
-    from shared.bundle import read_bundle
-    from shared.logs import setup_logging
+    from roadside.edge.agent import Agent
+    from roadside.edge.settings import load_agent_settings
+    from roadside.shared.bundle import read_bundle
+    from roadside.shared.logs import setup_logging
 
     try:
         settings = load_agent_settings(config, bundle=bundle)
@@ -68,8 +68,8 @@ def install(
     force: Annotated[bool, typer.Option(help="Overwrite an existing agent.toml.")] = False,
 ) -> None:
     """Write the systemd unit, the agent config and the bundle under /etc/roadside; print what to run next."""
-    from edge.install import install as run_install
-    from edge.install import parse_camera
+    from roadside.edge.install import install as run_install
+    from roadside.edge.install import parse_camera
 
     try:
         cameras = [parse_camera(text, i) for i, text in enumerate(camera or [])]
@@ -103,9 +103,9 @@ def doctor(
     """Check the bundle, the broker (TLS, MQTT), the clock, each camera, the disk and the providers."""
     from rich.console import Console
 
-    from edge.doctor import render, run_checks
-    from edge.install import CONFIG_PATH
-    from edge.settings import load_agent_settings
+    from roadside.edge.doctor import render, run_checks
+    from roadside.edge.install import CONFIG_PATH
+    from roadside.edge.settings import load_agent_settings
 
     if config is None and CONFIG_PATH.is_file():
         config = CONFIG_PATH
@@ -116,4 +116,30 @@ def doctor(
         raise typer.Exit(2) from exc
     results = run_checks(settings, hub_url, timeout, camera_timeout, providers=not skip_providers)
     if not render(results, Console()):
+        raise typer.Exit(1)
+
+
+@app.command("selftest")
+def selftest(
+    model: Annotated[
+        Path | None, typer.Option(help="ONNX detector to try (default: the one shipped in the wheel).")
+    ] = None,
+    provider: Annotated[
+        list[str] | None, typer.Option(help="onnxruntime execution providers, best first (repeat).")
+    ] = None,
+    frames: Annotated[int, typer.Option(min=1, max=1000, help="Frames to time on the model.")] = 5,
+) -> None:
+    """Check this install with no bundle, broker or camera: the model runs, the outbox stores, envelopes seal.
+
+    Prints one JSON object; exits 1 when a check fails.
+    """
+    import json
+
+    from roadside.edge.selftest import run_selftest
+    from roadside.edge.settings import ModelConfig
+
+    config = ModelConfig(path=model, providers=provider or ["CPUExecutionProvider"], trt_cache_path=None)
+    report = run_selftest(config, frames)
+    typer.echo(json.dumps(report.to_json()))
+    if not report.ok:
         raise typer.Exit(1)

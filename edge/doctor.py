@@ -38,11 +38,11 @@ from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
-from edge.control.redaction import redact
-from edge.settings import AgentSettings, OutboxConfig, SourceConfig
-from edge.transport.delivery import LinkState, read_status, uplink_status_path
-from shared.bundle import EnrollmentBundle, read_bundle
-from shared.errors import ConfigError, RoadsideError
+from roadside.edge.control.redaction import redact
+from roadside.edge.settings import AgentSettings, OutboxConfig, SourceConfig
+from roadside.edge.transport.delivery import LinkState, read_status, uplink_status_path
+from roadside.shared.bundle import EnrollmentBundle, read_bundle
+from roadside.shared.errors import ConfigError, RoadsideError
 
 KNOWN_PROVIDERS: Final = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 # The hub refuses uplink stamped more than 120 s ahead of it and commands older than 900 s.
@@ -437,7 +437,7 @@ def check_uplink(status_file: Path, now: datetime | None = None) -> CheckResult:
 
 def check_source(config: SourceConfig, timeout_s: float = 10.0) -> CheckResult:
     """Open the source and wait for one frame."""
-    from edge.sources import open_source  # OpenCV is imported only when a video source is checked
+    from roadside.edge.sources import open_source  # OpenCV is imported only when a video source is checked
 
     name = f"camera {config.name}"
     got: list[str] = []
@@ -530,7 +530,7 @@ def _size(n: float) -> str:
 
 def check_providers(settings: AgentSettings) -> list[CheckResult]:
     """Try the model on each provider: configured ones first, then the others onnxruntime knows."""
-    from edge.inference.engine import OnnxDetector  # onnxruntime is loaded only for this check
+    from roadside.edge.inference.engine import OnnxDetector  # onnxruntime is loaded only for this check
 
     configured = list(dict.fromkeys(settings.model.providers))
     tried: dict[str, tuple[bool, str]] = {}

@@ -16,7 +16,7 @@ Three parts:
   ended). A stream silent for ``stale_after_s`` reads 0 fps, whatever its
   rate before: a dead camera must not look alive.
 - :class:`HealthReport` is one snapshot of all of it; ``to_health`` maps it
-  onto the wire schema for the heartbeat, and :mod:`edge.metrics` exports it
+  onto the wire schema for the heartbeat, and :mod:`roadside.edge.metrics` exports it
   to Prometheus.
 
 tegrastats is not run: it streams until killed, and what it prints about
@@ -39,10 +39,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from edge.sources import Frame
-from edge.transport.delivery import UplinkStatus
-from shared.queues import BoundedQueue, Overflow
-from shared.schemas import Health, StreamHealth, StreamState, UplinkHealth
+from roadside.edge.sources import Frame
+from roadside.edge.transport.delivery import UplinkStatus
+from roadside.shared.queues import BoundedQueue, Overflow
+from roadside.shared.schemas import Health, StreamHealth, StreamState, UplinkHealth
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +432,7 @@ class _Outbox(Protocol):
 
 
 class StreamProgress(Protocol):
-    """What the pipeline keeps per stream (``edge.agent.StreamState``)."""
+    """What the pipeline keeps per stream (``roadside.edge.agent.StreamState``)."""
 
     frames: int
     fps_window: list[float]

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from shared.bundle import read_bundle
-from shared.errors import ConfigError
+from roadside.shared.bundle import read_bundle
+from roadside.shared.errors import ConfigError
 
 SERVICE_USER: Final = "roadside"
 UNIT_NAME: Final = "roadside-agent.service"

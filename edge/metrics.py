@@ -1,7 +1,7 @@
 """The agent's Prometheus ``/metrics``, served on 127.0.0.1 only.
 
 Nothing is updated in the background: each scrape asks for a fresh
-:class:`~edge.health.HealthReport` (the host probe is cached for a few
+:class:`~roadside.edge.health.HealthReport` (the host probe is cached for a few
 seconds) and turns it into metric families, so a scrape always shows what a
 heartbeat sent now would show. Loopback only: a node exporter or a local
 Prometheus agent on the box scrapes it; nothing on the street network can.
@@ -19,9 +19,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from edge.health import HealthReport
-from edge.transport.delivery import LinkState
-from shared.errors import ConfigError
+from roadside.edge.health import HealthReport
+from roadside.edge.transport.delivery import LinkState
+from roadside.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

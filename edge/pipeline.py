@@ -7,7 +7,7 @@ and writes closed count intervals and detection events to a
 :class:`RecordSink` (the durable outbox; an in-memory list in tests). State
 the pipeline owns (per-stream analytics, the running detector) changes only
 on its thread, between batches, through :class:`PipelineTask`. Stop: the
-readers are stopped first (:class:`edge.streams.StreamSupervisor`), then this
+readers are stopped first (:class:`roadside.edge.streams.StreamSupervisor`), then this
 thread drains the queue, closes the open intervals and flushes the events.
 """
 
@@ -25,18 +25,18 @@ from typing import Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
-from edge.analytics.config import AnalyticsConfig, LineConfig, resolve_stream_config
-from edge.analytics.stream import StreamAnalytics
-from edge.inference.batching import BatchPolicy, DynamicBatcher
-from edge.inference.engine import OnnxDetector
-from edge.inference.yolo import Detections
-from edge.ota.shadow import FrameDetections
-from edge.outbox import Priority
-from edge.samples.uploader import SampleUploader
-from edge.settings import AgentSettings
-from edge.sources import Frame, FrameSource
-from shared.queues import BoundedQueue
-from shared.schemas import CountRecord, CountsMessage, DetectionEvent, EventsMessage, encode
+from roadside.edge.analytics.config import AnalyticsConfig, LineConfig, resolve_stream_config
+from roadside.edge.analytics.stream import StreamAnalytics
+from roadside.edge.inference.batching import BatchPolicy, DynamicBatcher
+from roadside.edge.inference.engine import OnnxDetector
+from roadside.edge.inference.yolo import Detections
+from roadside.edge.ota.shadow import FrameDetections
+from roadside.edge.outbox import Priority
+from roadside.edge.samples.uploader import SampleUploader
+from roadside.edge.settings import AgentSettings
+from roadside.edge.sources import Frame, FrameSource
+from roadside.shared.queues import BoundedQueue
+from roadside.shared.schemas import CountRecord, CountsMessage, DetectionEvent, EventsMessage, encode
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,13 @@ TASK_WAIT_S = 30.0  # how long a caller waits for the pipeline thread to run its
 
 
 class RecordSink(Protocol):
-    """Where the pipeline's messages go: the durable outbox (``edge.outbox.Outbox``)."""
+    """Where the pipeline's messages go: the durable outbox (``roadside.edge.outbox.Outbox``)."""
 
     def put(self, kind: str, payload: bytes, priority: Priority) -> int: ...
 
 
 class ShadowObserver(Protocol):
-    """A shadow test of a candidate model (``edge.ota.manager.OtaManager``)."""
+    """A shadow test of a candidate model (``roadside.edge.ota.manager.OtaManager``)."""
 
     def observe(
         self, images: list[npt.NDArray[np.uint8]], running: Sequence[FrameDetections], running_ms: float

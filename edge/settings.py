@@ -10,10 +10,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from edge.analytics.config import AnalyticsConfig
-from edge.privacy.redact import PrivacyConfig
-from edge.sensors.config import SensorConfig
-from shared.config import load_settings
+from roadside.edge.analytics.config import AnalyticsConfig
+from roadside.edge.privacy.redact import PrivacyConfig
+from roadside.edge.sensors.config import SensorConfig
+from roadside.shared.config import load_settings
 
 Point = tuple[float, float]
 

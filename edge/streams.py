@@ -1,7 +1,7 @@
 """Stream supervision: one named reader thread per stream, streams added and removed at run time.
 
 Readers put frames into the pipeline's bounded queue through the
-:class:`~edge.health.FrameLedger` (which counts them per stream). A stream
+:class:`~roadside.edge.health.FrameLedger` (which counts them per stream). A stream
 added at run time must show its first frame within ``FIRST_FRAME_WAIT_S`` or
 a reader error fails the command; a stream removed is forgotten only once
 every frame it queued has been processed (the pipeline then sends its open
@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from edge.control.redaction import redact
-from edge.control.streams import check_new_stream
-from edge.health import FrameLedger, StreamReader
-from edge.pipeline import PipelineTask
-from edge.settings import SourceConfig
-from edge.sources import FrameSource
-from shared.errors import ConfigError, TransportError
+from roadside.edge.control.redaction import redact
+from roadside.edge.control.streams import check_new_stream
+from roadside.edge.health import FrameLedger, StreamReader
+from roadside.edge.pipeline import PipelineTask
+from roadside.edge.settings import SourceConfig
+from roadside.edge.sources import FrameSource
+from roadside.shared.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ RETIRE_WAIT_S = 30.0  # remove_stream waits this long for the stream's queued fr
 
 
 class PipelineTasks(Protocol):
-    """What stream supervision needs of the pipeline (``edge.pipeline.Pipeline``)."""
+    """What stream supervision needs of the pipeline (``roadside.edge.pipeline.Pipeline``)."""
 
     def submit(self, task: PipelineTask) -> None: ...
 

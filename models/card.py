@@ -98,7 +98,7 @@ class ModelCard:
 def summarise(reports: Mapping[str, EvalReport], frames: int) -> dict[str, Any]:
     """The evaluation summary stored in card.json and the registry: per condition, the gate's inputs and more."""
     return {
-        "heldout": "models.evaluate.heldout_frames",
+        "heldout": "roadside.models.evaluate.heldout_frames",
         "frames_per_condition": frames,
         "conditions": {
             name: {
@@ -200,7 +200,7 @@ def render_markdown(card: ModelCard) -> str:
         "",
         "## Evaluation",
         "",
-        f"Fixed held-out sets (`models.evaluate.heldout_frames`, {frames} frames per condition);",
+        f"Fixed held-out sets (`roadside.models.evaluate.heldout_frames`, {frames} frames per condition);",
         "recall at confidence 0.25, count MAE = mean per frame of the sum over classes of",
         "|detected − true|.",
         "",

@@ -1,6 +1,6 @@
 """Held-out evaluation of a detector on the synthetic scene.
 
-The metrics are pure numpy over :class:`vision.yolo.Detections`:
+The metrics are pure numpy over :class:`roadside.vision.yolo.Detections`:
 mAP@0.5 (all-point interpolated AP per class, averaged over classes with
 ground truth), per-class recall at the operating threshold, and the error
 of per-frame object counts. The held-out frames come from fixed seeds that
@@ -9,7 +9,7 @@ Besides day, dusk and night there are two weather conditions: heavy rain,
 which the committed detector handles, and fog, which it was never trained
 on and which is the drift scenario of the retraining demo.
 
-``python -m models.evaluate --model models/detector.onnx`` logs the report
+``python -m roadside.models.evaluate --model models/detector.onnx`` logs the report
 and can write it as JSON.
 """
 
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from sim.synthetic import CLASSES, SceneConfig, SceneFrame, render_dataset
-from vision.yolo import Detections, decode_yolo, letterbox_batch
+from roadside.sim.synthetic import CLASSES, SceneConfig, SceneFrame, render_dataset
+from roadside.vision.yolo import Detections, decode_yolo, letterbox_batch
 
 __all__ = [
     "CONDITIONS",

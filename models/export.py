@@ -23,8 +23,8 @@ import numpy.typing as npt
 import onnx
 import torch
 
-from shared.errors import RoadsideError
-from sim.synthetic import CLASSES
+from roadside.shared.errors import RoadsideError
+from roadside.sim.synthetic import CLASSES
 
 __all__ = [
     "DEFAULT_OPSET",

@@ -14,7 +14,7 @@ of fresh frames from the ordinary synthetic scene (replay, :class:`ReplaySampler
 day, dusk, night and heavy rain in turn), so the model learns the new
 condition without forgetting the others, rain streaks above all; the heads
 learn at a tenth of the backbone's rate, so the parent's scores hold.
-:func:`samples_from_manifest` turns a dataset version (``shared.dataset``)
+:func:`samples_from_manifest` turns a dataset version (``roadside.shared.dataset``)
 into training frames.
 """
 
@@ -35,9 +35,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from shared.dataset import DatasetManifest
-from shared.errors import ConfigError
-from sim.synthetic import CLASSES, RoadScene, SceneConfig, render_dataset
+from roadside.shared.dataset import DatasetManifest
+from roadside.shared.errors import ConfigError
+from roadside.sim.synthetic import CLASSES, RoadScene, SceneConfig, render_dataset
 
 from .detector import DetectionLoss, RoadsideDetector
 from .evaluate import TRAIN_SEED_LIMIT

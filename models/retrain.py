@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vision.yolo import letterbox
+from roadside.vision.yolo import letterbox
 
 from .card import (
     CodeVersion,

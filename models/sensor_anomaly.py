@@ -1,6 +1,6 @@
 """The shipped sensor-window anomaly model: a robust z-score as an ONNX graph.
 
-    python -m models.sensor_anomaly [--out models/sensor_anomaly.onnx] [--window 60]
+    python -m roadside.models.sensor_anomaly [--out models/sensor_anomaly.onnx] [--window 60]
 
 Contract of every ``sensor_anomaly`` model, this one and any learned
 successor delivered by OTA: input ``window`` float32 ``[batch, W]`` (a
@@ -9,7 +9,7 @@ it, ``min_scale`` float32 ``[batch]`` (the sensor's resolution floor);
 output ``score`` float32 ``[batch]``, higher is more anomalous. Metadata
 carries ``kind=sensor_anomaly``, ``window`` and ``score_units``.
 
-This one computes exactly what :class:`edge.sensors.events.RobustZScorer`
+This one computes exactly what :class:`roadside.edge.sensors.events.RobustZScorer`
 computes in numpy: the median of the last ``recent`` values against the
 median and MAD (scaled to a standard deviation) of the values before, in
 robust standard deviations. Shipping it as a model first means the
@@ -31,7 +31,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from models.export import DEFAULT_OPSET, roadside_version
+from roadside.models.export import DEFAULT_OPSET, roadside_version
 
 __all__ = ["DEFAULT_PATH", "MODEL_VERSION", "RobustZScore", "build", "reference_score"]
 

@@ -1,6 +1,6 @@
 """Train the road-user detector on CPU from the synthetic scene, then export it.
 
-    python -m models.train --out models/detector.onnx --minutes 5
+    python -m roadside.models.train --out models/detector.onnx --minutes 5
 
 Data is rendered on the fly (a frame costs ~1 ms against ~10 ms of training
 per image), so every step sees fresh frames and there is nothing to
@@ -30,8 +30,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from sim.synthetic import CLASSES, RoadScene, SceneConfig
-from vision.yolo import letterbox
+from roadside.sim.synthetic import CLASSES, RoadScene, SceneConfig
+from roadside.vision.yolo import letterbox
 
 from .detector import DetectionLoss, RoadsideDetector
 from .evaluate import TRAIN_SEED_LIMIT, evaluate_model, heldout_frames

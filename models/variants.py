@@ -18,9 +18,9 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from shared.errors import ConfigError
-from sim.synthetic import SceneConfig, render_dataset
-from vision.yolo import letterbox_batch
+from roadside.shared.errors import ConfigError
+from roadside.sim.synthetic import SceneConfig, render_dataset
+from roadside.vision.yolo import letterbox_batch
 
 __all__ = ["calibration_batches", "to_fp16", "to_int8"]
 

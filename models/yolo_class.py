@@ -1,6 +1,6 @@
 """A YOLOv8n-sized detector of our own, for benchmarking speed only.
 
-    python -m models.yolo_class [--out PATH]   # prints params, GFLOPs and where the ONNX file went
+    python -m roadside.models.yolo_class [--out PATH]   # prints params, GFLOPs and where the ONNX file went
 
 The network is YOLOv8n's architecture (width 0.25, depth 0.33): a C2f
 backbone to stride 32 with SPPF, a PAN neck, and a decoupled head with a
@@ -210,7 +210,7 @@ def _scene_frames(count: int = 4) -> Tensor:
     """Synthetic road frames (640x480) letterboxed into the 640x640 input: grey bands, RGB in 0..1."""
     import cv2
 
-    from sim.synthetic import RoadScene, SceneConfig
+    from roadside.sim.synthetic import RoadScene, SceneConfig
 
     scene = RoadScene(SceneConfig(seed=5))
     scene.advance(60)  # into traffic
@@ -238,7 +238,7 @@ def _cache_dir() -> Path:
 
 def cached_export(out: Path | None = None, seed: int = 0) -> Path:
     """The ONNX export (``[batch, 84, 8400]`` at 640), built once per version of this file and seed."""
-    from models.export import ExportParityError, check_parity, export_onnx
+    from roadside.models.export import ExportParityError, check_parity, export_onnx
 
     digest = hashlib.sha256(Path(__file__).read_bytes() + str(seed).encode()).hexdigest()[:12]
     path = out or _cache_dir() / f"yolo_class-{digest}.onnx"

@@ -7,14 +7,14 @@ clean sessions, session expiry, a last will, in-flight limits, manual
 acknowledgements), TLS (a ready context, or CA/certificate/key files), the
 PUBACK reading (reason 16, "no matching subscribers", is *not* a delivery:
 docs/adr/0006) and the mapping of paho's and the socket layer's errors to
-:mod:`shared.errors` (``ConfigError`` for credentials that do not load,
+:mod:`roadside.shared.errors` (``ConfigError`` for credentials that do not load,
 ``TransportError`` for a broker that cannot be reached). See
 docs/adr/0009-one-mqtt-session-wrapper.md for why it is a package of its
 own: ``shared`` imports no network library, and ``edge`` and ``cloud`` must
 not import each other.
 """
 
-from mqttlink.session import (
+from roadside.mqttlink.session import (
     ConnAck,
     Delivery,
     Message,
@@ -27,7 +27,7 @@ from mqttlink.session import (
     Will,
     puback_delivery,
 )
-from mqttlink.tls import context_from_pem
+from roadside.mqttlink.tls import context_from_pem
 
 __all__ = [
     "ConnAck",

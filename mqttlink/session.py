@@ -17,7 +17,7 @@ always ``from`` the cause. A refused CONNECT arrives as ``ConnAck(ok=False)``.
 Reconnecting: with ``reconnect_delay_s`` paho's loop thread reconnects by
 itself (the hub keeps one persistent session this way); without it, a caller
 that wants a fresh session per connection (the agent, docs/adr/0002) builds a
-new :class:`MqttSession` each time and waits with :class:`shared.backoff.Backoff`.
+new :class:`MqttSession` each time and waits with :class:`roadside.shared.backoff.Backoff`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from shared.errors import ConfigError, TransportError
+from roadside.shared.errors import ConfigError, TransportError
 
 # MQTT 5 PUBACK reason 16: "No matching subscribers". A success code, yet nobody got the
 # message: Mosquitto answers it when no hub is subscribed (docs/adr/0006).

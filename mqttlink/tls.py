@@ -6,7 +6,7 @@ import os
 import ssl
 from pathlib import Path
 
-from shared.errors import ConfigError
+from roadside.shared.errors import ConfigError
 
 
 def context_from_pem(ca_pem: str, cert_pem: str, key_pem: str, scratch_dir: Path) -> ssl.SSLContext:

@@ -1,9 +1,9 @@
 """The ``roadside`` command: the sub-commands of the parts installed here, under one name.
 
-``agent`` comes from ``roadside[edge]`` (:mod:`edge.cli`); ``pki``, ``device``,
+``agent`` comes from ``roadside[edge]`` (:mod:`roadside.edge.cli`); ``pki``, ``device``,
 ``hub``, ``broker``, ``audit``, ``rollout``, ``dataset``, ``model`` and
-``deadletters`` from ``roadside[cloud]`` (:func:`cloud.cli.register`); ``demo``
-from the simulator (:mod:`sim.demo`), which needs both. A part that is not
+``deadletters`` from ``roadside[cloud]`` (:func:`roadside.cloud.cli.register`); ``demo``
+from the simulator (:mod:`roadside.sim.demo`), which needs both. A part that is not
 installed leaves a stub that says which extra to install. This is the only
 module besides ``sim`` that imports both ``edge`` and ``cloud``.
 """
@@ -19,19 +19,19 @@ def build() -> typer.Typer:
         no_args_is_help=True, add_completion=False, help="Roadside: edge-to-cloud inference for cities."
     )
     try:
-        from edge.cli import app as agent_app
+        from roadside.edge.cli import app as agent_app
 
         app.add_typer(agent_app, name="agent", help="Run and inspect the roadside agent.")
     except ImportError as exc:  # the edge extra is not installed here
         _missing(app, "agent", "edge", exc)
     try:
-        from cloud.cli import register
+        from roadside.cloud.cli import register
 
         register(app)
     except ImportError as exc:  # the cloud extra is not installed here
         _missing(app, "hub", "cloud", exc)
     try:
-        from sim.demo import demo
+        from roadside.sim.demo import demo
 
         app.command("demo")(demo)
     except ImportError as exc:  # the demo runs the hub: it needs the cloud extra

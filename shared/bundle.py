@@ -14,9 +14,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.errors import ConfigError
-from shared.keys import KeyPair, PublicKeys
-from shared.topics import check_name
+from roadside.shared.errors import ConfigError
+from roadside.shared.keys import KeyPair, PublicKeys
+from roadside.shared.topics import check_name
 
 
 class BrokerAddress(BaseModel):

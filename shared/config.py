@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from shared.errors import ConfigError
+from roadside.shared.errors import ConfigError
 
 
 def read_config_file(path: Path, what: str) -> dict[str, Any]:
@@ -39,7 +39,9 @@ def describe(exc: ValidationError, what: str) -> str:
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 
-def load_settings(model: type[SettingsT], path: Path | None, what: str, overrides: dict[str, Any]) -> SettingsT:
+def load_settings(
+    model: type[SettingsT], path: Path | None, what: str, overrides: dict[str, Any]
+) -> SettingsT:
     """``model`` from an optional TOML/JSON file, the environment and ``overrides`` (``None`` values
     ignored), validated once; a ``ConfigError`` naming each bad field otherwise."""
     data = read_config_file(path, what) if path is not None else {}

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from shared.errors import ConfigError
-from shared.schemas import LabeledBox, Name, SampleReason
+from roadside.shared.errors import ConfigError
+from roadside.shared.schemas import LabeledBox, Name, SampleReason
 
 MANIFEST_FORMAT = 1
 

@@ -26,15 +26,15 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from shared.errors import (
+from roadside.shared.errors import (
     OversizeError,
     ReplayError,
     StaleMessageError,
     TamperedError,
     UnknownKeyError,
 )
-from shared.keys import KeyPair, PublicKeys, derive_key
-from shared.limits import MAX_WIRE_INT
+from roadside.shared.keys import KeyPair, PublicKeys, derive_key
+from roadside.shared.limits import MAX_WIRE_INT
 
 MAGIC: Final = b"RS"
 VERSION: Final = 1

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from shared.errors import SchemaError
-from shared.limits import MAX_WIRE_INT, check_printable, check_storable_time
+from roadside.shared.errors import SchemaError
+from roadside.shared.limits import MAX_WIRE_INT, check_printable, check_storable_time
 
 SCHEMA_VERSION: Final = 1
 MAX_RECORDS: Final = 2000
@@ -265,7 +265,7 @@ CommandType = Literal["reload_config", "add_stream", "remove_stream", "rotate_ke
 
 
 class Command(_Strict):
-    """A hub→device command; signed and sealed by :class:`shared.envelope.HubCommandSealer`."""
+    """A hub→device command; signed and sealed by :class:`roadside.shared.envelope.HubCommandSealer`."""
 
     schema_version: Literal[1] = Field(default=1, alias="schema")
     command_id: uuid.UUID = Field(default_factory=uuid.uuid4)

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
-from shared.errors import ConfigError
+from roadside.shared.errors import ConfigError
 
 ROOT: Final = "roadside/v1"
 UplinkKind = Literal["events", "counts", "sensors", "health", "samples", "ack", "ota", "status"]

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Final
 
-from shared.errors import ConfigError
+from roadside.shared.errors import ConfigError
 
 DISTRIBUTION: Final = "roadside"
 

@@ -1,13 +1,13 @@
 """The simulated world Roadside is built and tested against.
 
-- :mod:`sim.synthetic`: the synthetic road scene with ground truth (numpy and
+- :mod:`roadside.sim.synthetic`: the synthetic road scene with ground truth (numpy and
   OpenCV only; ``models/`` trains and evaluates on it).
-- :mod:`sim.camera`: that scene as a camera of the edge agent, which reaches it
+- :mod:`roadside.sim.camera`: that scene as a camera of the edge agent, which reaches it
   only through the ``roadside.sources`` entry-point group.
-- :mod:`sim.demo` and :mod:`sim.drift`: the ``roadside demo`` scenarios (the
+- :mod:`roadside.sim.demo` and :mod:`roadside.sim.drift`: the ``roadside demo`` scenarios (the
   whole loop on one machine; the drift and retraining scenario).
 
 ``sim`` may import every other part; no part imports ``sim`` except the
 command line, which offers the demo (``docs/architecture.md``). Keep this
-file free of imports: ``models/`` imports :mod:`sim.synthetic`.
+file free of imports: ``models/`` imports :mod:`roadside.sim.synthetic`.
 """

@@ -1,8 +1,8 @@
-"""The synthetic road scene (:mod:`sim.synthetic`) as a camera of the edge agent.
+"""The synthetic road scene (:mod:`roadside.sim.synthetic`) as a camera of the edge agent.
 
 The agent does not import this module: it is the ``synthetic`` entry of the
 ``roadside.sources`` entry-point group in ``pyproject.toml``, which
-:func:`edge.sources.open_source` loads when a config asks for a synthetic
+:func:`roadside.edge.sources.open_source` loads when a config asks for a synthetic
 camera (``docs/adr/0010-sources-register-through-entry-points.md``). Besides
 frames with ground truth, the camera's :class:`CameraScene` tells the agent's
 analytics where the scene's lanes, zones and counting line are.
@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from edge.analytics.config import (
+from roadside.edge.analytics.config import (
     AnalyticsConfig,
     LaneConfig,
     LineConfig,
@@ -22,9 +22,9 @@ from edge.analytics.config import (
     SpeedTrapConfig,
     ZoneConfig,
 )
-from edge.settings import SyntheticSource
-from edge.sources.base import Frame
-from sim.synthetic import CLASSES, LANE_NAMES, RoadScene, SceneConfig
+from roadside.edge.settings import SyntheticSource
+from roadside.edge.sources.base import Frame
+from roadside.sim.synthetic import CLASSES, LANE_NAMES, RoadScene, SceneConfig
 
 __all__ = ["SYNTHETIC_ROAD_WIDTH_M", "CameraScene", "SyntheticFrameSource", "synthetic_scene_analytics"]
 
@@ -37,7 +37,7 @@ SYNTHETIC_ROAD_WIDTH_M = 40.0
 
 class CameraScene(RoadScene):
     """The road scene as an agent camera sees it: it also describes itself to the analytics
-    (:class:`edge.analytics.config.DescribedScene`)."""
+    (:class:`roadside.edge.analytics.config.DescribedScene`)."""
 
     def analytics_config(self) -> AnalyticsConfig:
         return synthetic_scene_analytics(self)

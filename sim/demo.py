@@ -26,14 +26,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from cloud.broker import MosquittoBroker
-from cloud.home import acl_devices, enroll_device, init_home
-from cloud.hub import Hub
-from cloud.registry import Registry
-from cloud.settings import HubSettings
-from shared.bundle import BrokerAddress
-from shared.errors import RoadsideError
-from shared.logs import setup_logging
+from roadside.cloud.broker.mosquitto import MosquittoBroker
+from roadside.cloud.home import acl_devices, enroll_device, init_home
+from roadside.cloud.hub import Hub
+from roadside.cloud.registry import Registry
+from roadside.cloud.settings import HubSettings
+from roadside.shared.bundle import BrokerAddress
+from roadside.shared.errors import RoadsideError
+from roadside.shared.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def demo(
 
 
 def _drift(duration: float | None, home: Path | None, console: Console) -> None:
-    from sim.drift import run_drift
+    from roadside.sim.drift import run_drift
 
     try:
         drift = run_drift(duration or 600.0, home, console=console)

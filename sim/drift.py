@@ -14,7 +14,7 @@ fixed held-out set, and rolls it out canary first with shadow gates. The
 agents switch; accuracy on fog recovers.
 
 Accuracy is mAP@0.5 against ground truth on the fixed held-out frames of
-:mod:`models.evaluate` (the same frames the publish gate uses):
+:mod:`roadside.models.evaluate` (the same frames the publish gate uses):
 ``map_before`` is the deployed model in clear weather, ``map_drift`` the
 same model in fog, ``map_after`` the model the agents run at the end, in fog.
 """
@@ -31,19 +31,19 @@ from typing import Any, Final
 
 from rich.console import Console
 
-from cloud.broker import MosquittoBroker
-from cloud.home import HubHome, acl_devices, enroll_device, init_home
-from cloud.hub import Hub
-from cloud.registry import Registry
-from cloud.release import keys as tuf_keys
-from cloud.release.publishing import publish_candidate
-from cloud.release.repository import ModelRepository
-from cloud.release.rollouts import GateThresholds, RolloutPlan
-from cloud.settings import HubSettings, RetrainConfig
-from edge.inference.engine import DEFAULT_MODEL
-from shared.bundle import BrokerAddress
-from shared.errors import RoadsideError
-from sim.demo import start_agent, stop_agents
+from roadside.cloud.broker.mosquitto import MosquittoBroker
+from roadside.cloud.home import HubHome, acl_devices, enroll_device, init_home
+from roadside.cloud.hub import Hub
+from roadside.cloud.registry import Registry
+from roadside.cloud.release import keys as tuf_keys
+from roadside.cloud.release.publishing import publish_candidate
+from roadside.cloud.release.repository import ModelRepository
+from roadside.cloud.release.rollouts import GateThresholds, RolloutPlan
+from roadside.cloud.settings import HubSettings, RetrainConfig
+from roadside.edge.inference.engine import DEFAULT_MODEL
+from roadside.shared.bundle import BrokerAddress
+from roadside.shared.errors import RoadsideError
+from roadside.sim.demo import start_agent, stop_agents
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A synthetic roadside camera: a street seen from the side, with ground truth.
 
 The scene is the training and test ground for our detectors (``models/``)
-and, through :mod:`sim.camera`, a camera of the edge agent, so it imports
+and, through :mod:`roadside.sim.camera`, a camera of the edge agent, so it imports
 numpy and OpenCV only (no torch) and nothing of Roadside's.
 
 Layout, top to bottom: building facades, the far sidewalk, a westbound bike

@@ -28,8 +28,8 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cloud.api import problems
-from cloud.api.deps import (
+from roadside.cloud.api import problems
+from roadside.cloud.api.deps import (
     ApiResources,
     ApiSettings,
     DeviceStatus,
@@ -37,13 +37,13 @@ from cloud.api.deps import (
     FleetHooks,
     RevokeDevice,
 )
-from cloud.api.ratelimit import RateLimit, TokenBuckets
-from cloud.api.routes import ROUTERS
-from cloud.live import LiveFeed
-from cloud.registry import Registry
-from cloud.storage.base import TimeSeriesStore
-from cloud.webhooks import WebhookStore
-from shared.version import roadside_version
+from roadside.cloud.api.ratelimit import RateLimit, TokenBuckets
+from roadside.cloud.api.routes import ROUTERS
+from roadside.cloud.api.webhooks import WebhookStore
+from roadside.cloud.fleet.live import LiveFeed
+from roadside.cloud.registry import Registry
+from roadside.cloud.storage.base import TimeSeriesStore
+from roadside.shared.version import roadside_version
 
 logger = logging.getLogger(__name__)
 

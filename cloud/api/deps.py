@@ -2,7 +2,7 @@
 
 The hub process opens the store, the registry, the live feed and the webhook
 store and closes them; the app only borrows them, from ``app.state.resources``
-(see :func:`cloud.api.app.create_app`), with the hooks the hub wires in for
+(see :func:`roadside.cloud.api.app.create_app`), with the hooks the hub wires in for
 what only it can do (enroll and revoke devices, tell a device's connection state).
 """
 
@@ -17,13 +17,13 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from prometheus_client import CollectorRegistry
 
-from cloud.api import problems
-from cloud.api.ratelimit import TokenBuckets, retry_after_header
-from cloud.audit import AuditLog
-from cloud.live import LiveFeed
-from cloud.registry import ApiClient, Devices, Registry
-from cloud.storage.base import TimeSeriesStore
-from cloud.webhooks import WebhookStore
+from roadside.cloud.api import problems
+from roadside.cloud.api.ratelimit import TokenBuckets, retry_after_header
+from roadside.cloud.api.webhooks import WebhookStore
+from roadside.cloud.fleet.audit import AuditLog
+from roadside.cloud.fleet.live import LiveFeed
+from roadside.cloud.registry import ApiClient, Devices, Registry
+from roadside.cloud.storage.base import TimeSeriesStore
 
 logger = logging.getLogger(__name__)
 

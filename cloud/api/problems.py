@@ -7,7 +7,7 @@
         └── ContentTooLargeError   a request body over the cap (raised by the body-limit middleware)
 
 :func:`install` registers handlers that turn HTTP errors, request validation
-errors, store outages (:class:`shared.errors.TransportError`) and anything
+errors, store outages (:class:`roadside.shared.errors.TransportError`) and anything
 unexpected into ``application/problem+json``. A body never carries a stack
 trace, the request body or a credential: details come from our own messages
 and from validation messages, which name parameters, not their values.
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from shared.errors import TransportError
+from roadside.shared.errors import TransportError
 
 logger = logging.getLogger(__name__)
 

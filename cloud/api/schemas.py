@@ -30,14 +30,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from cloud import webhooks
-from cloud.api import cursor
-from cloud.api.cursor import EventCursor
-from cloud.api.export import ExportFormat
-from cloud.api.problems import PARAMETER_CONTEXT
-from cloud.live import EventFilter, LiveEvent
-from cloud.registry import DeviceRecord
-from cloud.storage.base import (
+from roadside.cloud.api import cursor, webhooks
+from roadside.cloud.api.cursor import EventCursor
+from roadside.cloud.api.export import ExportFormat
+from roadside.cloud.api.problems import PARAMETER_CONTEXT
+from roadside.cloud.api.webhooks import WebhookRecord
+from roadside.cloud.fleet.live import EventFilter, LiveEvent
+from roadside.cloud.registry import DeviceRecord
+from roadside.cloud.storage.base import (
     MAX_SPEED_SAMPLES,
     CountBucket,
     CountQuery,
@@ -51,10 +51,9 @@ from cloud.storage.base import (
     StoredReading,
     to_epoch_us,
 )
-from cloud.webhooks import WebhookRecord
-from shared.errors import ConfigError
-from shared.keys import unb64
-from shared.schemas import EventType, Health, Name
+from roadside.shared.errors import ConfigError
+from roadside.shared.keys import unb64
+from roadside.shared.schemas import EventType, Health, Name
 
 DEFAULT_WINDOW: Final = timedelta(hours=24)
 MAX_WINDOW: Final = timedelta(days=31)

@@ -1,7 +1,7 @@
 """``roadside dataset list|show|commit|export|import|review|trust|policy``: the hub's versioned datasets.
 
 ``review``, ``trust`` and ``policy`` decide which labels from the field may train a
-model (:mod:`cloud.dataset.trust`); each change is written to the hub's audit log
+model (:mod:`roadside.cloud.dataset.trust`); each change is written to the hub's audit log
 before it is made, so a refused audit write changes nothing.
 """
 
@@ -16,13 +16,13 @@ from typing import Annotated, Any
 
 import typer
 
-from cloud.cli_common import DEFAULT_HOME, HomeOption, actor, fail, open_registry
-from cloud.dataset.formats import Format, MergeMode, export, import_labels
-from cloud.dataset.store import DatasetStore
-from cloud.dataset.trust import InboxEntry, Review, check_share
-from cloud.home import HubHome
-from shared.dataset import DatasetManifest
-from shared.errors import ConfigError, RoadsideError
+from roadside.cloud.cli_common import DEFAULT_HOME, HomeOption, actor, fail, open_registry
+from roadside.cloud.dataset.formats import Format, MergeMode, export, import_labels
+from roadside.cloud.dataset.store import DatasetStore
+from roadside.cloud.dataset.trust import InboxEntry, Review, check_share
+from roadside.cloud.home import HubHome
+from roadside.shared.dataset import DatasetManifest
+from roadside.shared.errors import ConfigError, RoadsideError
 
 dataset_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Hard examples and labels, as versioned datasets."

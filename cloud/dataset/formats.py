@@ -33,12 +33,12 @@ import cv2
 import numpy as np
 from pydantic import ValidationError
 
-from cloud.dataset.images import ALL_FORMATS
-from cloud.dataset.paths import check_member_name, require_inside
-from cloud.dataset.store import DatasetStore, SampleRejectedError, image_size
-from shared.dataset import DatasetManifest, DatasetSample, SampleOrigin
-from shared.errors import ConfigError
-from shared.schemas import LabeledBox
+from roadside.cloud.dataset.images import ALL_FORMATS
+from roadside.cloud.dataset.paths import check_member_name, require_inside
+from roadside.cloud.dataset.store import DatasetStore, SampleRejectedError, image_size
+from roadside.shared.dataset import DatasetManifest, DatasetSample, SampleOrigin
+from roadside.shared.errors import ConfigError
+from roadside.shared.schemas import LabeledBox
 
 MergeMode = Literal["replace", "merge"]
 Format = Literal["coco", "yolo"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Final, Literal
 
-from shared.errors import SchemaError
+from roadside.shared.errors import SchemaError
 
 ImageFormat = Literal["jpeg", "png", "bmp"]
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Final
 
-from shared.errors import ConfigError
+from roadside.shared.errors import ConfigError
 
 _DRIVE: Final = re.compile(r"^[A-Za-z]:")
 

@@ -1,4 +1,4 @@
-"""One dataset folder on the hub (format: :mod:`shared.dataset`), plus its durable inbox.
+"""One dataset folder on the hub (format: :mod:`roadside.shared.dataset`), plus its durable inbox.
 
 ::
 
@@ -11,7 +11,7 @@
 
 A sample is acknowledged (``add`` returns) only once its image and its inbox row are
 on disk. ``commit`` writes version N+1 = version N's samples + what the trust policy
-admits from the inbox (:func:`cloud.dataset.trust.select_for_version`: labelled
+admits from the inbox (:func:`roadside.cloud.dataset.trust.select_for_version`: labelled
 samples need an operator's approval or a trusted device, and stay under the per-device
 cap), then marks those rows; a crash between the two is healed by the next commit,
 which skips rows whose image the parent already holds.
@@ -39,8 +39,13 @@ from typing import Final
 import cv2
 import numpy as np
 
-from cloud.dataset.images import MAX_IMAGE_PIXELS, ImageFormat, ImageRefusedError, checked_header_size
-from cloud.dataset.trust import (
+from roadside.cloud.dataset.images import (
+    MAX_IMAGE_PIXELS,
+    ImageFormat,
+    ImageRefusedError,
+    checked_header_size,
+)
+from roadside.cloud.dataset.trust import (
     DEFAULT_MAX_DEVICE_SHARE,
     InboxEntry,
     Review,
@@ -49,9 +54,9 @@ from cloud.dataset.trust import (
     check_share,
     select_for_version,
 )
-from shared.dataset import DatasetManifest, DatasetSample, SampleOrigin, load_manifest, manifest_path
-from shared.errors import ConfigError
-from shared.schemas import HardExample
+from roadside.shared.dataset import DatasetManifest, DatasetSample, SampleOrigin, load_manifest, manifest_path
+from roadside.shared.errors import ConfigError
+from roadside.shared.schemas import HardExample
 
 log = logging.getLogger(__name__)
 

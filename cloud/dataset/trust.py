@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from shared.dataset import DatasetSample
-from shared.errors import ConfigError
+from roadside.shared.dataset import DatasetSample
+from roadside.shared.errors import ConfigError
 
 Review = Literal["approved", "rejected"]
 HeldReason = Literal["needs_review", "device_cap"]

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cloud.storage.base import IngestBatch, Origin
-from shared.envelope import Header, HubOpener
-from shared.errors import IntegrityError, SchemaError
-from shared.schemas import (
+from roadside.cloud.storage.base import IngestBatch, Origin
+from roadside.shared.envelope import Header, HubOpener
+from roadside.shared.errors import IntegrityError, SchemaError
+from roadside.shared.schemas import (
     AckMessage,
     CountsMessage,
     EventsMessage,
@@ -25,7 +25,7 @@ from shared.schemas import (
     UplinkPayload,
     decode_uplink,
 )
-from shared.topics import parse_uplink
+from roadside.shared.topics import parse_uplink
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ insert. The store is bounded by ``max_rows``: when full, the oldest letters
 go first, and each eviction is counted (``evicted``) and logged, never silent.
 
 A letter can be *re-driven*: run through ingest again (``roadside
-deadletters redrive``, see :mod:`cloud.ingest.redrive`); its outcome is
+deadletters redrive``, see :mod:`roadside.cloud.ingest.redrive`); its outcome is
 recorded on the row, and it stays for the record.
 """
 
@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.envelope import MAX_WIRE_BYTES
-from shared.errors import ConfigError, TransportError
+from roadside.shared.envelope import MAX_WIRE_BYTES
+from roadside.shared.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)
 

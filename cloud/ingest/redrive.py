@@ -20,11 +20,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from cloud.ingest.core import Accepted, IngestCore, Rejection
-from cloud.ingest.deadletter import DeadLetterStore
-from cloud.storage.base import TimeSeriesStore
-from shared.envelope import ReplayWindow
-from shared.limits import MAX_WIRE_INT
+from roadside.cloud.ingest.core import Accepted, IngestCore, Rejection
+from roadside.cloud.ingest.deadletter import DeadLetterStore
+from roadside.cloud.storage.base import TimeSeriesStore
+from roadside.shared.envelope import ReplayWindow
+from roadside.shared.limits import MAX_WIRE_INT
 
 log = logging.getLogger(__name__)
 

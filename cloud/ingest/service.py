@@ -1,7 +1,7 @@
 """The ingest service: MQTT 5 shared subscription → unseal → micro-batch → store → ack.
 
 A QoS 1 message is acknowledged to the broker only after its batch is durably
-written (manual acks, :class:`mqttlink.MqttSession`), so a hub killed mid-batch loses nothing: the
+written (manual acks, :class:`roadside.mqttlink.MqttSession`), so a hub killed mid-batch loses nothing: the
 broker redelivers what was not acknowledged, and the store's idempotent writes
 absorb the repeats. When the store is down, or refuses every write for a
 reason that is not the data's (credentials, a missing database or retention
@@ -25,15 +25,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cloud.ingest.core import Accepted, IngestCore, Rejection
-from cloud.ingest.deadletter import DeadLetterStore, safe_text
-from cloud.ingest.metrics import IngestMetrics
-from cloud.storage.base import TimeSeriesStore
-from mqttlink import ConnAck, Message, MqttSession, Sent, SessionConfig, SubAck, TlsFiles
-from shared import topics
-from shared.backoff import Backoff
-from shared.errors import ConfigError, RoadsideError, SchemaError, TransportError
-from shared.queues import BoundedQueue, Overflow
+from roadside.cloud.ingest.core import Accepted, IngestCore, Rejection
+from roadside.cloud.ingest.deadletter import DeadLetterStore, safe_text
+from roadside.cloud.ingest.metrics import IngestMetrics
+from roadside.cloud.storage.base import TimeSeriesStore
+from roadside.mqttlink import ConnAck, Message, MqttSession, Sent, SessionConfig, SubAck, TlsFiles
+from roadside.shared import topics
+from roadside.shared.backoff import Backoff
+from roadside.shared.errors import ConfigError, RoadsideError, SchemaError, TransportError
+from roadside.shared.queues import BoundedQueue, Overflow
 
 log = logging.getLogger(__name__)
 

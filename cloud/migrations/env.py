@@ -1,6 +1,6 @@
 """Alembic environment for the registry: run from code, no ``alembic.ini`` needed.
 
-``cloud.registry.Registry.migrate`` builds the config (``script_location``
+``roadside.cloud.registry.Registry.migrate`` builds the config (``script_location``
 pointing here) and passes its open connection in ``config.attributes``, so
 the migration runs inside the caller's transaction and lock. With a
 ``sqlalchemy.url`` option instead (``alembic_config(url=...)``), it opens its
@@ -16,7 +16,7 @@ from alembic import context
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.pool import NullPool
 
-from cloud.registry import TARGET_METADATA
+from roadside.cloud.registry import TARGET_METADATA
 
 config = context.config
 

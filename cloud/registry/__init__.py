@@ -2,7 +2,7 @@
 
 SQLAlchemy 2 over SQLite by default (a file next to the hub's data), or
 PostgreSQL in production (``postgresql+psycopg://...``). Only this package
-(and :mod:`cloud.audit`, for the audit tables) talks to the registry database.
+(and :mod:`roadside.cloud.fleet.audit`, for the audit tables) talks to the registry database.
 
 One repository per kind of record, all over one :class:`UnitOfWork` (one engine,
 one write transaction per change with its audit entry):
@@ -12,13 +12,13 @@ one write transaction per change with its audit entry):
 ``api_clients``     :class:`ApiClients`: tokens and scopes
 ``models``          :class:`ModelVersions`: published model versions
 ``rollouts``        :class:`Rollouts`: rollouts and their devices' progress
-``audit``           :class:`cloud.audit.AuditLog`: the hash-chained log
+``audit``           :class:`roadside.cloud.fleet.audit.AuditLog`: the hash-chained log
 ``schema``          :class:`Schema`: the Alembic migrations in ``cloud/migrations``
 ==================  =====================================================
 
 :class:`Registry` holds them (``registry.devices.get(...)``). Consumers that need
-only part of it depend on a narrow Protocol (``cloud.command_sender.DeviceKeys``,
-``cloud.release.controller.RolloutRegistry``, ``cloud.release.repository.AuditSink``).
+only part of it depend on a narrow Protocol (``roadside.cloud.fleet.command_sender.DeviceKeys``,
+``roadside.cloud.release.controller.RolloutRegistry``, ``roadside.cloud.release.repository.AuditSink``).
 Every change made through a repository (enroll, add a key, revoke, create an API
 client, publish a model, create or move a rollout) appends an entry to the
 hash-chained audit log in the same transaction, so a change and its audit entry
@@ -34,12 +34,12 @@ from typing import Any, Final
 from sqlalchemy import MetaData
 from sqlalchemy.engine import Engine
 
-from cloud import audit
-from cloud.audit import AuditLog
-from cloud.registry.api_clients import ApiClients
-from cloud.registry.devices import Devices
-from cloud.registry.model_versions import ModelVersions
-from cloud.registry.records import (
+from roadside.cloud.fleet import audit
+from roadside.cloud.fleet.audit import AuditLog
+from roadside.cloud.registry.api_clients import ApiClients
+from roadside.cloud.registry.devices import Devices
+from roadside.cloud.registry.model_versions import ModelVersions
+from roadside.cloud.registry.records import (
     DEFAULT_ACTOR,
     MODEL_STATUSES,
     ROLLOUT_STATUSES,
@@ -51,11 +51,11 @@ from cloud.registry.records import (
     RolloutDeviceRecord,
     RolloutRecord,
 )
-from cloud.registry.rollouts import Rollouts
-from cloud.registry.schema import BASELINE_REVISION, MIGRATIONS_DIR, Schema, alembic_config
-from cloud.registry.tables import Base
-from cloud.registry.unit_of_work import UnitOfWork
-from shared.keys import PublicKeys
+from roadside.cloud.registry.rollouts import Rollouts
+from roadside.cloud.registry.schema import BASELINE_REVISION, MIGRATIONS_DIR, Schema, alembic_config
+from roadside.cloud.registry.tables import Base
+from roadside.cloud.registry.unit_of_work import UnitOfWork
+from roadside.shared.keys import PublicKeys
 
 __all__ = [
     "BASELINE_REVISION",

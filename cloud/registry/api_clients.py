@@ -12,11 +12,11 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from cloud.registry.records import DEFAULT_ACTOR, SCOPES, TOKEN_PREFIX, ApiClient, token_hash
-from cloud.registry.tables import ApiClientRow
-from cloud.registry.unit_of_work import UnitOfWork, audit_in
-from shared.errors import ConfigError, TransportError
-from shared.topics import check_name
+from roadside.cloud.registry.records import DEFAULT_ACTOR, SCOPES, TOKEN_PREFIX, ApiClient, token_hash
+from roadside.cloud.registry.tables import ApiClientRow
+from roadside.cloud.registry.unit_of_work import UnitOfWork, audit_in
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.topics import check_name
 
 
 class ApiClients:

@@ -10,13 +10,13 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session
 
-from cloud.broker import is_reserved_name
-from cloud.registry.records import DEFAULT_ACTOR, DeviceRecord, device_record, key_row
-from cloud.registry.tables import DeviceKeyRow, DeviceRow
-from cloud.registry.unit_of_work import UnitOfWork, audit_in, rowcount
-from shared.errors import ConfigError
-from shared.keys import PublicKeys, unb64
-from shared.topics import check_name
+from roadside.cloud.broker.mosquitto import is_reserved_name
+from roadside.cloud.registry.records import DEFAULT_ACTOR, DeviceRecord, device_record, key_row
+from roadside.cloud.registry.tables import DeviceKeyRow, DeviceRow
+from roadside.cloud.registry.unit_of_work import UnitOfWork, audit_in, rowcount
+from roadside.shared.errors import ConfigError
+from roadside.shared.keys import PublicKeys, unb64
+from roadside.shared.topics import check_name
 
 
 class Devices:

@@ -11,11 +11,11 @@ from typing import Any, Final
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloud.registry.records import DEFAULT_ACTOR, MODEL_STATUSES, ModelRecord, model_record
-from cloud.registry.tables import ModelRow
-from cloud.registry.unit_of_work import UnitOfWork, audit_in, json_object
-from shared.errors import ConfigError
-from shared.topics import check_name
+from roadside.cloud.registry.records import DEFAULT_ACTOR, MODEL_STATUSES, ModelRecord, model_record
+from roadside.cloud.registry.tables import ModelRow
+from roadside.cloud.registry.unit_of_work import UnitOfWork, audit_in, json_object
+from roadside.shared.errors import ConfigError
+from roadside.shared.topics import check_name
 
 _VERSION_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,31}")
 _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")

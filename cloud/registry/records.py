@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from cloud.registry.tables import DeviceKeyRow, DeviceRow, ModelRow, RolloutDeviceRow, RolloutRow
-from shared.keys import PublicKeys, b64
+from roadside.cloud.registry.tables import DeviceKeyRow, DeviceRow, ModelRow, RolloutDeviceRow, RolloutRow
+from roadside.shared.keys import PublicKeys, b64
 
 SCOPES: Final = frozenset({"read:telemetry", "write:devices", "write:rollouts", "admin"})
 TOKEN_PREFIX: Final = "rs_"  # noqa: S105 - a public marker, not a secret

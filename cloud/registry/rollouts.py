@@ -1,4 +1,4 @@
-"""Staged rollouts and each target device's progress through one (the rules are in ``cloud.release``)."""
+"""Staged rollouts and each target device's progress through one (the rules are in ``roadside.cloud.release``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloud.registry.records import (
+from roadside.cloud.registry.records import (
     DEFAULT_ACTOR,
     ROLLOUT_STATUSES,
     RolloutDeviceRecord,
@@ -18,9 +18,9 @@ from cloud.registry.records import (
     rollout_device_record,
     rollout_record,
 )
-from cloud.registry.tables import ModelRow, RolloutDeviceRow, RolloutRow
-from cloud.registry.unit_of_work import UnitOfWork, audit_in, json_object
-from shared.errors import ConfigError
+from roadside.cloud.registry.tables import ModelRow, RolloutDeviceRow, RolloutRow
+from roadside.cloud.registry.unit_of_work import UnitOfWork, audit_in, json_object
+from roadside.shared.errors import ConfigError
 
 
 class Rollouts:

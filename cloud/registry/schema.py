@@ -20,8 +20,8 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from cloud.registry.unit_of_work import UnitOfWork
-from shared.errors import ConfigError, TransportError
+from roadside.cloud.registry.unit_of_work import UnitOfWork
+from roadside.shared.errors import ConfigError, TransportError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from cloud import audit
+from roadside.cloud.fleet import audit
 
 
 class Base(DeclarativeBase):

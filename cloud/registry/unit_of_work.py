@@ -20,9 +20,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from cloud import audit
-from cloud.audit import canonical_details, use_explicit_sqlite_transactions
-from shared.errors import ConfigError, TransportError
+from roadside.cloud.fleet import audit
+from roadside.cloud.fleet.audit import canonical_details, use_explicit_sqlite_transactions
+from roadside.shared.errors import ConfigError, TransportError
 
 _T = TypeVar("_T")
 

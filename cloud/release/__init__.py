@@ -1,10 +1,10 @@
 """Model release: the TUF-signed model repository the fleet updates from.
 
-- :mod:`cloud.release.keys` — offline root keys and the hub's online role keys.
-- :mod:`cloud.release.repository` — the repository on disk: create, publish
+- :mod:`roadside.cloud.release.keys` — offline root keys and the hub's online role keys.
+- :mod:`roadside.cloud.release.repository` — the repository on disk: create, publish
   a model, refresh the timestamp, rotate keys; ``release_model`` also records
   the model (and its lineage) in the registry.
-- :mod:`cloud.release.server` — serves the repository read-only over HTTP(S).
+- :mod:`roadside.cloud.release.server` — serves the repository read-only over HTTP(S).
 
-Devices verify everything with python-tuf's ngclient (:mod:`edge.ota`).
+Devices verify everything with python-tuf's ngclient (:mod:`roadside.edge.ota`).
 """

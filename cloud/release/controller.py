@@ -1,4 +1,4 @@
-"""Staged rollouts, the shell: reads the registry, asks :mod:`cloud.release.rollouts`, sends commands.
+"""Staged rollouts, the shell: reads the registry, asks :mod:`roadside.cloud.release.rollouts`, sends commands.
 
 Everything a rollout is lives in the registry (its spec, its current wave,
 each device's progress), so the CLI, the API and any hub process can change
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from cloud.registry import (
+from roadside.cloud.registry import (
     DEFAULT_ACTOR,
     Devices,
     ModelVersions,
@@ -28,7 +28,7 @@ from cloud.registry import (
     RolloutRecord,
     Rollouts,
 )
-from cloud.release.rollouts import (
+from roadside.cloud.release.rollouts import (
     FINAL_STATES,
     Decision,
     DeviceProgress,
@@ -41,8 +41,8 @@ from cloud.release.rollouts import (
     plan_waves,
     report_matches,
 )
-from shared.errors import ConfigError, RoadsideError
-from shared.schemas import CommandType, Health, OtaReport, ShadowStats
+from roadside.shared.errors import ConfigError, RoadsideError
+from roadside.shared.schemas import CommandType, Health, OtaReport, ShadowStats
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class CommandSink(Protocol):
 
 
 class RolloutRegistry(Protocol):
-    """What rollouts need of the registry (``cloud.registry.Registry`` fits): the rollouts, the
+    """What rollouts need of the registry (``roadside.cloud.registry.Registry`` fits): the rollouts, the
     models they send, the devices they target, and an audit entry for each gate verdict."""
 
     @property

@@ -1,7 +1,7 @@
 """The publish gate: does a candidate model beat the published one on the fixed held-out set?
 
 Pure: it takes per-condition scores (mAP@0.5 and count MAE on
-``models.evaluate.heldout_frames``) and returns a decision with its reasons.
+``roadside.models.evaluate.heldout_frames``) and returns a decision with its reasons.
 A candidate *beats* the current model when all of these hold:
 
 1. it was scored on every condition the current model was scored on;
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import ConfigError
+from roadside.shared.errors import ConfigError
 
 __all__ = ["ConditionScore", "PublishDecision", "publish_decision", "scores_from_summary"]
 

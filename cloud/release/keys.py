@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner, Key, SSlibKey
 
-from cloud.pki import write_private, write_public
-from shared.errors import ConfigError
+from roadside.cloud.broker.pki import write_private, write_public
+from roadside.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 The one path every publish takes (``roadside model publish`` and the hub's
 retraining loop): the candidate and the latest published model of the same
-name are scored on the fixed held-out set (:mod:`models.evaluate`), the pure
-gate (:mod:`cloud.release.gate`) decides, a refusal is audited
+name are scored on the fixed held-out set (:mod:`roadside.models.evaluate`), the pure
+gate (:mod:`roadside.cloud.release.gate`) decides, a refusal is audited
 (``model.publish.refused``), an override is audited (``model.publish.forced``,
 with the reason), and a publish signs the file into the TUF repository and
 records it with its scores, verdict and lineage.
@@ -18,11 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cloud.home import HubHome
-from cloud.registry import ModelRecord, Registry
-from cloud.release.gate import DEFAULT_MIN_GAIN, PublishDecision, publish_decision, scores_from_summary
-from cloud.release.repository import ModelRepository, release_model, version_key
-from shared.errors import ConfigError
+from roadside.cloud.home import HubHome
+from roadside.cloud.registry import ModelRecord, Registry
+from roadside.cloud.release.gate import (
+    DEFAULT_MIN_GAIN,
+    PublishDecision,
+    publish_decision,
+    scores_from_summary,
+)
+from roadside.cloud.release.repository import ModelRepository, release_model, version_key
+from roadside.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +70,15 @@ def published_file(home: HubHome, record: ModelRecord) -> Path:
 
 def evaluation_summary(path: Path, frames: int) -> dict[str, Any]:
     """Scores on every fixed held-out condition (needs the train extra: the scene renderer)."""
-    from models.card import summarise
-    from models.evaluate import CONDITIONS, evaluate_onnx
+    from roadside.models.card import summarise
+    from roadside.models.evaluate import CONDITIONS, evaluate_onnx
 
     return summarise(evaluate_onnx(path, tuple(CONDITIONS), frames), frames)
 
 
 def current_summary(home: HubHome, record: ModelRecord, frames: int) -> dict[str, Any]:
     """The published model's stored held-out summary if it was taken the same way, else a fresh one."""
-    from models.evaluate import CONDITIONS
+    from roadside.models.evaluate import CONDITIONS
 
     stored = record.metadata.get("evaluation")
     if (

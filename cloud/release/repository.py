@@ -43,13 +43,13 @@ from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
-from cloud.pki import write_public
-from cloud.release import keys
-from shared.errors import ConfigError
-from shared.topics import check_name
+from roadside.cloud.broker.pki import write_public
+from roadside.cloud.release import keys
+from roadside.shared.errors import ConfigError
+from roadside.shared.topics import check_name
 
 if TYPE_CHECKING:
-    from cloud.registry import ModelRecord, Registry
+    from roadside.cloud.registry import ModelRecord, Registry
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class PublishedModel:
 
 
 class AuditSink(Protocol):
-    """Where changes of trust are recorded: the registry's :class:`cloud.audit.AuditLog` fits."""
+    """Where changes of trust are recorded: the registry's :class:`roadside.cloud.fleet.audit.AuditLog` fits."""
 
     def append(
         self, actor: str, action: str, subject: str, details: Mapping[str, Any] | None = None
@@ -128,7 +128,7 @@ class AuditSink(Protocol):
 def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
     """Natural order for model versions: ``1.10.0`` after ``1.9.2``, ``det-2025.04.10`` after ``.2``.
 
-    The same rule as the device's (``edge.ota.policy.version_key``).
+    The same rule as the device's (``roadside.edge.ota.policy.version_key``).
     """
     return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in _TOKEN_RE.findall(version))
 

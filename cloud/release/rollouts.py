@@ -4,7 +4,7 @@ A rollout sends one published model to a target (every device, a site, or a
 list of devices) in waves: a canary of ``canary`` devices first, then
 cumulative percentages (``10,50,100``). Each wave's devices fetch the model
 through TUF, run it in shadow beside the running one for ``soak_s`` on live
-frames, switch, and report (:class:`shared.schemas.OtaReport`). The wave is
+frames, switch, and report (:class:`roadside.shared.schemas.OtaReport`). The wave is
 promoted only when every gate passes:
 
 ``install``      every device reported ``active``; any ``refused`` or ``failed``
@@ -25,7 +25,7 @@ promoted only when every gate passes:
                  held against its last report before the wave.
 
 A failed gate rolls back every device the rollout has touched. Everything
-here is a function of its arguments: the controller (``cloud.release.controller``)
+here is a function of its arguments: the controller (``roadside.cloud.release.controller``)
 reads the registry, calls these, and acts.
 """
 
@@ -40,8 +40,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Final, Literal
 
-from shared.errors import ConfigError
-from shared.schemas import Health, OtaReport, ShadowStats
+from roadside.shared.errors import ConfigError
+from roadside.shared.schemas import Health, OtaReport, ShadowStats
 
 RolloutState = Literal["pending", "running", "paused", "rolling_back", "completed", "rolled_back", "aborted"]
 FINAL_STATES: Final = frozenset({"completed", "rolled_back", "aborted"})
@@ -143,7 +143,7 @@ class RolloutPlan:
     """How a model goes out: the rollout knobs, declared here only.
 
     A :class:`RolloutSpec` is a plan for one model version; the retraining loop's settings
-    (``cloud.settings.RetrainConfig.rollout``) hold the plan it starts each new version with.
+    (``roadside.cloud.settings.RetrainConfig.rollout``) hold the plan it starts each new version with.
     """
 
     # The hub's settings validate the retraining loop's plan through pydantic: no unknown keys.

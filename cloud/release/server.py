@@ -3,7 +3,7 @@
 The repository is static files, so a threaded ``http.server`` is enough:
 GET and HEAD only, no directory listings, no writes, paths confined to the
 repository by the standard library's ``translate_path``. TLS uses a server
-certificate from :class:`cloud.pki.CertificateAuthority` (``issue_server``);
+certificate from :class:`roadside.cloud.broker.pki.CertificateAuthority` (``issue_server``);
 devices pin the Roadside CA. TUF does not need TLS for integrity (every byte
 is checked against signed metadata), but TLS keeps what a device fetches, and
 when, private.
@@ -24,9 +24,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO, Final, Self
 
-from cloud.pki import CertFiles
-from cloud.release.repository import ModelRepository
-from shared.errors import ConfigError, RoadsideError
+from roadside.cloud.broker.pki import CertFiles
+from roadside.cloud.release.repository import ModelRepository
+from roadside.shared.errors import ConfigError, RoadsideError
 
 log = logging.getLogger(__name__)
 

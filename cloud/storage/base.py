@@ -1,7 +1,7 @@
 """The ``TimeSeriesStore`` interface and the rows that cross it.
 
-Adapters: :mod:`cloud.storage.sqlite` (embedded default) and
-:mod:`cloud.storage.influx` (InfluxDB, v1 HTTP API or the 2.x client).
+Adapters: :mod:`roadside.cloud.storage.sqlite` (embedded default) and
+:mod:`roadside.cloud.storage.influx` (InfluxDB, v1 HTTP API or the 2.x client).
 Every write is idempotent on (device id, envelope sequence number, record
 index): a message delivered twice is stored once.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol, runtime_checkable
 
-from shared.schemas import CountRecord, DetectionEvent, Health, SensorReading
+from roadside.shared.schemas import CountRecord, DetectionEvent, Health, SensorReading
 
 
 @dataclass(frozen=True, slots=True)

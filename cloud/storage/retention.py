@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
-from cloud.storage.base import CountBucket, to_epoch_us
-from shared.errors import ConfigError
+from roadside.cloud.storage.base import CountBucket, to_epoch_us
+from roadside.shared.errors import ConfigError
 
 Tier = Literal["raw", "minute", "hour"]
 

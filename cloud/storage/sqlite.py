@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from cloud.storage.base import (
+from roadside.cloud.storage.base import (
     CountBucket,
     CountQuery,
     EventKey,
@@ -44,9 +44,9 @@ from cloud.storage.base import (
     from_epoch_us,
     to_epoch_us,
 )
-from cloud.storage.retention import Coverage, RetentionPolicy, RetentionReport, Tier, plan_spans
-from shared.errors import ConfigError, TransportError
-from shared.schemas import DetectionEvent, Health, SensorReading
+from roadside.cloud.storage.retention import Coverage, RetentionPolicy, RetentionReport, Tier, plan_spans
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.schemas import DetectionEvent, Health, SensorReading
 
 log = logging.getLogger(__name__)
 

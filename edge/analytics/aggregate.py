@@ -9,8 +9,8 @@ from typing import Literal
 
 import numpy as np
 
-from edge.analytics.lines import LineCrossing
-from shared.schemas import CountRecord
+from roadside.edge.analytics.lines import LineCrossing
+from roadside.shared.schemas import CountRecord
 
 SpeedDirection = Literal["a_to_b", "b_to_a"]
 

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from edge.analytics.tracker import Track, iou_matrix
+from roadside.edge.analytics.tracker import Track, iou_matrix
 
 if TYPE_CHECKING:  # only its fields are read; settings import this module and need no OpenCV
-    from edge.inference.yolo import Detections
+    from roadside.edge.inference.yolo import Detections
 
 __all__ = ["ByteTracker"]
 
@@ -77,7 +77,7 @@ def _greedy_match(score: FloatArray, threshold: float) -> list[tuple[int, int]]:
 
 
 class ByteTracker:
-    """Stable ids for the detections of one stream (implements :class:`~edge.analytics.tracker.Tracker`).
+    """Stable ids for the detections of one stream (implements :class:`~roadside.edge.analytics.tracker.Tracker`).
 
     ``high_score``: detections at or above it are matched first and may start
     tracks (at or above ``new_track_score``); those between ``low_score`` and

@@ -17,8 +17,8 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge.analytics.bytetrack import ByteTracker
-from edge.analytics.geometry import Anchor
+from roadside.edge.analytics.bytetrack import ByteTracker
+from roadside.edge.analytics.geometry import Anchor
 
 __all__ = [
     "AnalyticsConfig",
@@ -38,6 +38,7 @@ Point = tuple[float, float]
 Name = Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9_.:-]+$")]
 LaneId = Annotated[int, Field(ge=0, le=64)]
 Ring = Annotated[list[Point], Field(min_length=3)]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -121,7 +122,7 @@ class EventRules(_Section):
 
 
 class TrackerConfig(_Section):
-    """Settings of :class:`edge.analytics.bytetrack.ByteTracker` (``docs/adr/0003-tracker.md``)."""
+    """Settings of :class:`roadside.edge.analytics.bytetrack.ByteTracker` (``docs/adr/0003-tracker.md``)."""
 
     high_score: float = Field(default=0.5, ge=0, le=1)
     low_score: float = Field(default=0.1, ge=0, le=1)
@@ -170,7 +171,7 @@ class AnalyticsConfig(_Section):
 
 
 class DescribedScene(Protocol):
-    """A generated scene that knows its own road: the source's ``scene`` (``sim.camera``)."""
+    """A generated scene that knows its own road: the source's ``scene`` (``roadside.sim.camera``)."""
 
     def analytics_config(self) -> AnalyticsConfig:
         """Lines, lanes, zones and speed traps that match what the scene draws."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from edge.analytics.lines import Point
+from roadside.edge.analytics.lines import Point
 
 __all__ = ["Anchor", "Polygon", "anchor_point", "crossing_fraction", "point_in_polygon"]
 

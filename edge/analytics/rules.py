@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from edge.analytics.config import EventRules, LaneConfig
-from edge.analytics.lines import Point
+from roadside.edge.analytics.config import EventRules, LaneConfig
+from roadside.edge.analytics.lines import Point
 
 __all__ = ["PedestrianInRoadwayRule", "Sighting", "StoppedVehicleRule", "WrongWayRule"]
 

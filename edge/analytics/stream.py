@@ -4,7 +4,7 @@
 of its own): the agent hands it each frame's timestamp and detections and
 ships what comes back. Per frame it
 
-1. tracks the detections (:class:`~edge.analytics.tracker.Tracker`);
+1. tracks the detections (:class:`~roadside.edge.analytics.tracker.Tracker`);
 2. places each track by its anchor point (``AnalyticsConfig.anchor``) in
    a lane and in zones;
 3. counts line crossings per class, direction and lane;
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from edge.analytics.aggregate import (
+from roadside.edge.analytics.aggregate import (
     CountAggregator,
     SpeedAggregator,
     SpeedMeasurement,
@@ -34,13 +34,13 @@ from edge.analytics.aggregate import (
     ZoneVisit,
     interval_start,
 )
-from edge.analytics.config import AnalyticsConfig, LaneConfig, SpeedTrapConfig, ZoneConfig
-from edge.analytics.geometry import anchor_point, crossing_fraction, point_in_polygon
-from edge.analytics.lines import Direction, LineCrossing, Point, crossing_direction
-from edge.analytics.rules import PedestrianInRoadwayRule, Sighting, StoppedVehicleRule, WrongWayRule
-from edge.analytics.tracker import Track, Tracker
-from edge.inference.yolo import Detections
-from shared.schemas import CountRecord, DetectionEvent
+from roadside.edge.analytics.config import AnalyticsConfig, LaneConfig, SpeedTrapConfig, ZoneConfig
+from roadside.edge.analytics.geometry import anchor_point, crossing_fraction, point_in_polygon
+from roadside.edge.analytics.lines import Direction, LineCrossing, Point, crossing_direction
+from roadside.edge.analytics.rules import PedestrianInRoadwayRule, Sighting, StoppedVehicleRule, WrongWayRule
+from roadside.edge.analytics.tracker import Track, Tracker
+from roadside.edge.inference.yolo import Detections
+from roadside.shared.schemas import CountRecord, DetectionEvent
 
 __all__ = ["AnalyticsEvent", "AnalyticsOutput", "StreamAnalytics", "VisionEventType"]
 

@@ -1,7 +1,7 @@
 """What a tracker is, and the first one: greedy IoU matching of detections to live tracks.
 
 :class:`Tracker` is the interface the stream analytics use; the agent's
-tracker is :class:`edge.analytics.bytetrack.ByteTracker` (see
+tracker is :class:`roadside.edge.analytics.bytetrack.ByteTracker` (see
 ``docs/adr/0003-tracker.md``). :class:`IouTracker` stays as the simplest
 baseline. Pure numpy, no I/O.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from edge.inference.yolo import Detections
+    from roadside.edge.inference.yolo import Detections
 
 Boxes = npt.NDArray[np.float32]
 

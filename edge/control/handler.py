@@ -1,7 +1,7 @@
 """Running a verified command against the agent and answering it with an ``AckMessage``.
 
 :class:`CommandHandler` is idempotent by ``command_id``: a redelivered command
-gets the ack it got the first time (from :class:`~edge.control.journal.AckJournal`,
+gets the ack it got the first time (from :class:`~roadside.edge.control.journal.AckJournal`,
 which survives a restart), never a second action.
 
 Key rotation takes two commands, so the device never uses a key the hub has
@@ -26,16 +26,16 @@ from typing import Final, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge.control.journal import AckJournal
-from edge.control.keys import KeyState, KeyStore
-from edge.control.redaction import redact
-from edge.control.reload import live_part, plan_reload
-from edge.control.streams import check_new_stream
-from edge.control.verifier import InvalidCommandError
-from edge.settings import AgentSettings, SourceConfig
-from shared.errors import RoadsideError
-from shared.keys import KeyPair, b64
-from shared.schemas import AckMessage, Command, CommandType
+from roadside.edge.control.journal import AckJournal
+from roadside.edge.control.keys import KeyState, KeyStore
+from roadside.edge.control.redaction import redact
+from roadside.edge.control.reload import live_part, plan_reload
+from roadside.edge.control.streams import check_new_stream
+from roadside.edge.control.verifier import InvalidCommandError
+from roadside.edge.settings import AgentSettings, SourceConfig
+from roadside.shared.errors import RoadsideError
+from roadside.shared.keys import KeyPair, b64
+from roadside.shared.schemas import AckMessage, Command, CommandType
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ MAX_DETAIL: Final = 1024  # AckMessage.detail
 
 
 class AgentSurface(Protocol):
-    """What commands may do to a running agent (``edge.agent.Agent``)."""
+    """What commands may do to a running agent (``roadside.edge.agent.Agent``)."""
 
     @property
     def settings(self) -> AgentSettings: ...

@@ -1,6 +1,6 @@
 """Commands from the wire to the one command thread, and their acks into the outbox.
 
-The MQTT network thread only verifies (:class:`~edge.control.verifier.CommandVerifier`)
+The MQTT network thread only verifies (:class:`~roadside.edge.control.verifier.CommandVerifier`)
 and queues; a slow command (a stream that takes seconds to open, a model
 install) runs on the ``commands`` thread. The queue is bounded and refuses the
 newest command when full (``REFUSE_NEWEST``): the hub resends what it has no
@@ -15,11 +15,11 @@ import threading
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from edge.control.keys import KeyState
-from edge.control.verifier import CommandVerifier, InvalidCommandError
-from edge.outbox import Priority
-from shared.errors import IntegrityError, SchemaError
-from shared.schemas import AckMessage, Command, encode
+from roadside.edge.control.keys import KeyState
+from roadside.edge.control.verifier import CommandVerifier, InvalidCommandError
+from roadside.edge.outbox import Priority
+from roadside.shared.errors import IntegrityError, SchemaError
+from roadside.shared.schemas import AckMessage, Command, encode
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ _STOP: Final = object()
 
 
 class CommandRunner(Protocol):
-    """What answers a command (``edge.control.handler.CommandHandler``)."""
+    """What answers a command (``roadside.edge.control.handler.CommandHandler``)."""
 
     def handle(self, command: Command) -> AckMessage: ...
 

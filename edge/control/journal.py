@@ -8,9 +8,9 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
-from edge.control.files import write_private_atomic
-from edge.settings import AgentSettings
-from shared.schemas import AckMessage
+from roadside.edge.control.files import write_private_atomic
+from roadside.edge.settings import AgentSettings
+from roadside.shared.schemas import AckMessage
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.control.files import write_private_atomic
-from edge.settings import AgentSettings
-from shared.errors import ConfigError
-from shared.keys import KeyPair
+from roadside.edge.control.files import write_private_atomic
+from roadside.edge.settings import AgentSettings
+from roadside.shared.errors import ConfigError
+from roadside.shared.keys import KeyPair
 
 log = logging.getLogger(__name__)
 

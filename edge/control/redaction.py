@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge.sources.uri import mask_credentials
+from roadside.edge.sources.uri import mask_credentials
 
 
 def redact(text: str) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from edge.settings import AgentSettings, SourceConfig
+from roadside.edge.settings import AgentSettings, SourceConfig
 
 # reload_config applies these without a restart; any other changed setting is reported.
 ANALYTICS_SETTINGS: Final = frozenset(

@@ -6,8 +6,8 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
-from edge.settings import SourceConfig
-from shared.errors import ConfigError
+from roadside.edge.settings import SourceConfig
+from roadside.shared.errors import ConfigError
 
 MAX_STREAMS: Final = 64  # what a health report can carry
 STREAM_NAME: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # shared.schemas.Name

@@ -6,10 +6,10 @@ import json
 import uuid
 from collections.abc import Iterable
 
-from shared.envelope import DeviceCommandOpener, ReplayWindow, parse
-from shared.errors import SchemaError, UnknownKeyError
-from shared.keys import KeyPair, PublicKeys
-from shared.schemas import Command, decode_command
+from roadside.shared.envelope import DeviceCommandOpener, ReplayWindow, parse
+from roadside.shared.errors import SchemaError, UnknownKeyError
+from roadside.shared.keys import KeyPair, PublicKeys
+from roadside.shared.schemas import Command, decode_command
 
 
 class InvalidCommandError(SchemaError):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
-from shared.errors import ConfigError
+from roadside.shared.errors import ConfigError
 
 __all__ = ["BatchPolicy", "BatchSource", "BatchStats", "DynamicBatcher"]
 
@@ -51,7 +51,7 @@ _POLL_S = 0.05
 
 
 class BatchSource(Protocol[T]):
-    """Where frames wait: :class:`shared.queues.BoundedQueue` is one."""
+    """Where frames wait: :class:`roadside.shared.queues.BoundedQueue` is one."""
 
     def get_batch(self, max_items: int, max_wait_s: float, first_timeout_s: float) -> list[T]:
         """Up to ``max_items``: wait ``first_timeout_s`` for one, then ``max_wait_s`` for more."""

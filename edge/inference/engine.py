@@ -1,7 +1,7 @@
 """The onnxruntime adapter: the only module of the agent that imports ``onnxruntime``.
 
 One session per model, an ordered provider list (TensorRT → CUDA → CPU on a
-GPU box, see :mod:`edge.inference.providers`), a warm-up and self-test at
+GPU box, see :mod:`roadside.edge.inference.providers`), a warm-up and self-test at
 load, and the provider really in use reported, never a silent fallback.
 
 :class:`OnnxSession` is the part every model kind shares; :class:`OnnxDetector`
@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from edge.inference.providers import (
+from roadside.edge.inference.providers import (
     TENSORRT,
     ProviderPlan,
     ProviderReport,
@@ -38,11 +38,11 @@ from edge.inference.providers import (
     check_active,
     plan_providers,
 )
-from edge.inference.yolo import Detections, LetterboxInfo, decode_yolo, letterbox_batch
-from shared.errors import ConfigError
+from roadside.edge.inference.yolo import Detections, LetterboxInfo, decode_yolo, letterbox_batch
+from roadside.shared.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edge.settings import ModelConfig
+    from roadside.edge.settings import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +471,7 @@ def engine_cache_dir(settings: ProviderSettings, model: Path) -> Path:
 
 
 def provider_settings(config: ModelConfig, streams: int = 1) -> ProviderSettings:
-    """The provider options a :class:`~edge.settings.ModelConfig` asks for."""
+    """The provider options a :class:`~roadside.edge.settings.ModelConfig` asks for."""
     return ProviderSettings(
         trt_cache_path=config.trt_cache_path,
         trt_fp16=config.fp16,

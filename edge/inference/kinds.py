@@ -1,6 +1,6 @@
 """The model kinds besides the detector: an image classifier and a sensor-window anomaly model.
 
-Each runs on one :class:`~edge.inference.engine.OnnxSession` (providers,
+Each runs on one :class:`~roadside.edge.inference.engine.OnnxSession` (providers,
 warm-up, self-test and the active-provider report come from there) and is
 chosen by ``model.kind`` through :func:`open_model`, the one registry.
 """
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge.inference.engine import (
+from roadside.edge.inference.engine import (
     LatencyWindow,
     ModelInfo,
     OnnxDetector,
@@ -29,11 +29,11 @@ from edge.inference.engine import (
     provider_settings,
     resolve_image_size,
 )
-from edge.inference.providers import ProviderSettings
-from shared.errors import ConfigError
+from roadside.edge.inference.providers import ProviderSettings
+from roadside.shared.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edge.settings import ModelConfig
+    from roadside.edge.settings import ModelConfig
 
 __all__ = [
     "DEFAULT_SENSOR_MODEL",
@@ -198,7 +198,7 @@ class _BoundScorer:
 class SensorAnomalyModel:
     """A window of recent sensor readings → an anomaly score, on an ONNX model.
 
-    It follows :class:`edge.sensors.events.AnomalyScorer` (``score(window)``)
+    It follows :class:`roadside.edge.sensors.events.AnomalyScorer` (``score(window)``)
     so it drops into the sensor pipeline's anomaly events in place of the
     built-in numpy scorer; :meth:`scorer` binds a quantity's ``min_scale``.
     The model's window length is fixed (metadata ``window``): a longer

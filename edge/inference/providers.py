@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from shared.errors import ConfigError
+from roadside.shared.errors import ConfigError
 
 __all__ = [
     "CPU",

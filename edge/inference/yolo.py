@@ -1,13 +1,13 @@
 """The YOLO-layout pre- and post-processing, under the name the agent's code imports it by.
 
-The code lives in :mod:`vision.yolo`, which the ML package (``models/``) shares:
+The code lives in :mod:`roadside.vision.yolo`, which the ML package (``models/``) shares:
 an evaluation must letterbox and decode exactly as the agent does, and
 ``models/`` may not import ``edge/`` (``docs/architecture.md``).
 """
 
 from __future__ import annotations
 
-from vision.yolo import (
+from roadside.vision.yolo import (
     PAD_VALUE,
     Detections,
     LetterboxInfo,

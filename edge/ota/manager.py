@@ -29,15 +29,15 @@ from typing import Final, Generic, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from edge.control.handler import Outcome
-from edge.ota.shadow import FrameDetections, ShadowComparison
-from edge.ota.updater import BootChoice, ModelUpdater, OtaResult, OtaStatus, ShippedModel
-from edge.settings import AgentSettings, OtaConfig
-from shared.backoff import Backoff
-from shared.bundle import EnrollmentBundle
-from shared.errors import ConfigError, TransportError
-from shared.schemas import Command, OtaCommandArgs, OtaReport, OtaState, ShadowStats
-from shared.version import roadside_version
+from roadside.edge.control.handler import Outcome
+from roadside.edge.ota.shadow import FrameDetections, ShadowComparison
+from roadside.edge.ota.updater import BootChoice, ModelUpdater, OtaResult, OtaStatus, ShippedModel
+from roadside.edge.settings import AgentSettings, OtaConfig
+from roadside.shared.backoff import Backoff
+from roadside.shared.bundle import EnrollmentBundle
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.schemas import Command, OtaCommandArgs, OtaReport, OtaState, ShadowStats
+from roadside.shared.version import roadside_version
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class _Info(Protocol):
 
 
 class Detector(Protocol):
-    """What the OTA code needs of a detector (``edge.inference.engine.OnnxDetector``)."""
+    """What the OTA code needs of a detector (``roadside.edge.inference.engine.OnnxDetector``)."""
 
     @property
     def info(self) -> _Info: ...
@@ -66,7 +66,7 @@ D = TypeVar("D", bound=Detector)
 
 
 class Updater(Protocol):
-    """What the OTA code needs of :class:`~edge.ota.updater.ModelUpdater`."""
+    """What the OTA code needs of :class:`~roadside.edge.ota.updater.ModelUpdater`."""
 
     def check_and_stage(self, name: str, *, version: str | None = None) -> OtaResult: ...
 

@@ -13,7 +13,7 @@ rest, over plain values: is a signed target one *this* agent may install?
   takes the input shape the configuration feeds.
 
 It also turns python-tuf's exceptions into refusals with a stable ``reason``
-(the same word as the matching :mod:`shared.errors` class), so every refusal
+(the same word as the matching :mod:`roadside.shared.errors` class), so every refusal
 is counted and reported the same way.
 """
 
@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from tuf.api import exceptions as tuf_errors
 
-from shared.errors import (
+from roadside.shared.errors import (
     BadMetadataError,
     BadSignatureError,
     ExpiredMetadataError,

@@ -24,14 +24,14 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from shared.schemas import CONFIDENCE_BINS, ShadowStats
+from roadside.shared.schemas import CONFIDENCE_BINS, ShadowStats
 
 IOU_MATCH: Final = 0.5
 LATENCY_WINDOW: Final = 4096
 
 
 class FrameDetections(Protocol):
-    """One frame's detections (``vision.yolo.Detections``)."""
+    """One frame's detections (``roadside.vision.yolo.Detections``)."""
 
     @property
     def boxes(self) -> npt.NDArray[np.float32]: ...  # (N, 4) x1, y1, x2, y2

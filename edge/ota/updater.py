@@ -1,6 +1,6 @@
 """Verified model updates on the device: python-tuf's ngclient, then our policy, then an atomic install.
 
-The I/O shell around :mod:`edge.ota.policy`. It downloads (through a fetcher
+The I/O shell around :mod:`roadside.edge.ota.policy`. It downloads (through a fetcher
 that caps every response while it streams), asks ngclient and the policy,
 and persists. Nothing here decides what is trustworthy.
 
@@ -38,7 +38,7 @@ from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
-from edge.ota.policy import (
+from roadside.edge.ota.policy import (
     INDEX_MAX_BYTES,
     AgentProfile,
     Dim,
@@ -52,7 +52,7 @@ from edge.ota.policy import (
     parse_target,
     refusal_for,
 )
-from shared.errors import (
+from roadside.shared.errors import (
     BadMetadataError,
     ConfigError,
     OversizeError,

@@ -5,7 +5,7 @@ and, within a priority, the oldest (lowest sequence number) first, and stop as s
 new message fits. The new message's own priority does not enter into it: a full outbox
 keeps the newest data of each kind rather than refusing it.
 
-:func:`choose_drops` decides; :class:`edge.outbox.sqlite.Outbox` reads the candidates from
+:func:`choose_drops` decides; :class:`roadside.edge.outbox.sqlite.Outbox` reads the candidates from
 its ``(priority, seq)`` index and deletes what it was told to.
 """
 

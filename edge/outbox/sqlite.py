@@ -17,7 +17,7 @@ the hub refuses messages from a clock far off anyway.
 Disk budget: when a new message would push the queue past ``max_bytes``, the
 policy ``DROP_LOWEST_PRIORITY_OLDEST`` deletes the oldest messages of the
 lowest priority first (hard-example samples, then health, then sensors, then counts, events, OTA reports last); each
-drop is counted. The rule is :func:`edge.outbox.policy.choose_drops`; this module
+drop is counted. The rule is :func:`roadside.edge.outbox.policy.choose_drops`; this module
 only reads it the candidates and deletes what it chose. Back-pressure: ``put``
 reports how many were dropped, and ``is_congested`` tells the pipeline to shed
 work before it gets that far.
@@ -34,8 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.outbox.policy import DropPolicy, QueuedMessage, bytes_to_free, choose_drops
-from shared.errors import ConfigError
+from roadside.edge.outbox.policy import DropPolicy, QueuedMessage, bytes_to_free, choose_drops
+from roadside.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

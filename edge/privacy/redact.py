@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.privacy.detectors import FaceDetector, PlateDetector
+from roadside.edge.privacy.detectors import FaceDetector, PlateDetector
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The pipeline thread only asks the selector (microseconds) and, for the rare frame it
 selects, hands the frame to a bounded queue. The ``samples`` worker redacts it with
-:class:`edge.privacy.Redactor` (faces and plates blurred, masks filled) *before* it
+:class:`roadside.edge.privacy.Redactor` (faces and plates blurred, masks filled) *before* it
 is encoded, fits the JPEG under :data:`MAX_SAMPLE_JPEG_B64`, attaches the source's
 ground truth where it has some, and puts the message in the outbox at
 ``Priority.SAMPLES``, the lowest: the outbox's budget drops samples before anything
@@ -28,14 +28,14 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge.inference.yolo import Detections
-from edge.outbox import Outbox, Priority
-from edge.privacy import Redactor
-from edge.samples.selector import Decision, HardExampleSelector, SelectorPolicy
-from edge.settings import SamplesConfig
-from edge.sources import Frame
-from shared.queues import Overflow
-from shared.schemas import MAX_SAMPLE_JPEG_B64, HardExample, LabeledBox, SamplesMessage, encode
+from roadside.edge.inference.yolo import Detections
+from roadside.edge.outbox import Outbox, Priority
+from roadside.edge.privacy import Redactor
+from roadside.edge.samples.selector import Decision, HardExampleSelector, SelectorPolicy
+from roadside.edge.settings import SamplesConfig
+from roadside.edge.sources import Frame
+from roadside.shared.queues import Overflow
+from roadside.shared.schemas import MAX_SAMPLE_JPEG_B64, HardExample, LabeledBox, SamplesMessage, encode
 
 log = logging.getLogger(__name__)
 

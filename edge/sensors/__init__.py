@@ -6,22 +6,27 @@ used, so a device without pyserial or paho can still run the others.
 
 from __future__ import annotations
 
-from edge.sensors.base import SensorSample, SensorSource
-from edge.sensors.config import MqttSensorConfig, SensorConfig, SerialSensorConfig, SyntheticSensorConfig
+from roadside.edge.sensors.base import SensorSample, SensorSource
+from roadside.edge.sensors.config import (
+    MqttSensorConfig,
+    SensorConfig,
+    SerialSensorConfig,
+    SyntheticSensorConfig,
+)
 
 
 def open_sensor_source(config: SensorConfig) -> SensorSource:
     """The registered adapter for ``config.type``."""
     if isinstance(config, SyntheticSensorConfig):
-        from edge.sensors.synthetic import SyntheticSensorSource
+        from roadside.edge.sensors.synthetic import SyntheticSensorSource
 
         return SyntheticSensorSource(config)
     if isinstance(config, SerialSensorConfig):
-        from edge.sensors.serial import SerialSensorSource
+        from roadside.edge.sensors.serial import SerialSensorSource
 
         return SerialSensorSource(config)
     if isinstance(config, MqttSensorConfig):
-        from edge.sensors.mqtt_local import LocalMqttSensorSource
+        from roadside.edge.sensors.mqtt_local import LocalMqttSensorSource
 
         return LocalMqttSensorSource(config)
     raise AssertionError(f"unregistered sensor type {config!r}")

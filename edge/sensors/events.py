@@ -26,8 +26,8 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from edge.sensors.config import AnomalyConfig, ThresholdRule
-from shared.schemas import DetectionEvent, SensorReading
+from roadside.edge.sensors.config import AnomalyConfig, ThresholdRule
+from roadside.shared.schemas import DetectionEvent, SensorReading
 
 # Event ids are derived from what happened, so replaying a stream gives the same ids.
 _EVENT_NAMESPACE: Final = uuid.UUID("5b0f4c52-6a43-4c7e-9d0e-2f1a0c3b7e11")

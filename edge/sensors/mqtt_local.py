@@ -8,7 +8,7 @@ plain loopback listener. A payload is one reading or a JSON array of them::
 ``unit`` defaults from the config by quantity, ``ts`` (epoch seconds or an
 ISO 8601 time with a zone) to the time of receipt, ``sensor`` to the source
 name. :func:`parse_payload` is pure; :class:`LocalMqttSensorSource` is the
-adapter (an MQTT 3.1.1 :class:`mqttlink.MqttSession`, imported only when such
+adapter (an MQTT 3.1.1 :class:`roadside.mqttlink.MqttSession`, imported only when such
 a sensor is configured), and reconnects with jittered backoff whenever the
 local broker goes away.
 """
@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from edge.sensors.base import SensorSample
-from edge.sensors.config import MqttSensorConfig
-from shared.backoff import Backoff
-from shared.errors import TransportError
+from roadside.edge.sensors.base import SensorSample
+from roadside.edge.sensors.config import MqttSensorConfig
+from roadside.shared.backoff import Backoff
+from roadside.shared.errors import TransportError
 
 if TYPE_CHECKING:
-    from mqttlink import ConnAck, Message, MqttSession, SubAck
+    from roadside.mqttlink import ConnAck, Message, MqttSession, SubAck
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class LocalMqttSensorSource:
         self._backoff = Backoff(config.reconnect_base_s, config.reconnect_cap_s)
 
     def samples(self) -> Iterator[SensorSample]:
-        from mqttlink import MqttSession, SessionConfig
+        from roadside.mqttlink import MqttSession, SessionConfig
 
         config = SessionConfig(
             self.config.host,

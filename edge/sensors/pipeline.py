@@ -29,11 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from edge.outbox import Priority
-from edge.sensors import open_sensor_source
-from edge.sensors.base import SensorSample, SensorSource
-from edge.sensors.config import SensorConfig
-from edge.sensors.events import (
+from roadside.edge.outbox import Priority
+from roadside.edge.sensors import open_sensor_source
+from roadside.edge.sensors.base import SensorSample, SensorSource
+from roadside.edge.sensors.config import SensorConfig
+from roadside.edge.sensors.events import (
     ROBUST_Z_VERSION,
     AnomalyEvents,
     AnomalyScorer,
@@ -41,10 +41,17 @@ from edge.sensors.events import (
     ThresholdEvents,
     rules_version,
 )
-from edge.sensors.quality import QualityChecker
-from shared.errors import ConfigError, RoadsideError
-from shared.queues import BoundedQueue, Overflow
-from shared.schemas import MAX_RECORDS, DetectionEvent, EventsMessage, SensorReading, SensorsMessage, encode
+from roadside.edge.sensors.quality import QualityChecker
+from roadside.shared.errors import ConfigError, RoadsideError
+from roadside.shared.queues import BoundedQueue, Overflow
+from roadside.shared.schemas import (
+    MAX_RECORDS,
+    DetectionEvent,
+    EventsMessage,
+    SensorReading,
+    SensorsMessage,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 

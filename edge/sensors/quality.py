@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal
 
-from edge.sensors.base import SensorSample
-from edge.sensors.config import QualityConfig
-from shared.schemas import SensorReading
+from roadside.edge.sensors.base import SensorSample
+from roadside.edge.sensors.config import QualityConfig
+from roadside.shared.schemas import SensorReading
 
 Quality = Literal["ok", "out_of_range", "stuck", "dropout", "spike"]
 

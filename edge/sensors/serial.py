@@ -37,9 +37,9 @@ from functools import reduce
 from operator import xor
 from typing import Final, Literal, Protocol
 
-from edge.sensors.base import SensorSample
-from edge.sensors.config import SerialSensorConfig
-from shared.backoff import Backoff
+from roadside.edge.sensors.base import SensorSample
+from roadside.edge.sensors.config import SerialSensorConfig
+from roadside.shared.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Final, Literal
 
 import numpy as np
 
-from edge.sensors.base import SensorSample
-from edge.sensors.config import FaultConfig, SyntheticSensorConfig
+from roadside.edge.sensors.base import SensorSample
+from roadside.edge.sensors.config import FaultConfig, SyntheticSensorConfig
 
 FaultKind = Literal["ok", "spike", "stuck", "dropout", "out_of_range"]
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from importlib.metadata import EntryPoint, distributions
 from typing import Any, Final
 
-from edge.settings import SourceConfig, VideoSource
-from edge.sources.base import Frame, FrameSource
-from shared.errors import ConfigError
+from roadside.edge.settings import SourceConfig, VideoSource
+from roadside.edge.sources.base import Frame, FrameSource
+from roadside.shared.errors import ConfigError
 
 ENTRY_POINT_GROUP: Final = "roadside.sources"
 
@@ -26,7 +26,7 @@ SourceFactory = Callable[[Any], FrameSource]  # takes the source's own config cl
 
 def _open_video(config: VideoSource) -> FrameSource:
     # Imported here so an agent without OpenCV can still run other sources.
-    from edge.sources.video import VideoFrameSource
+    from roadside.edge.sources.video import VideoFrameSource
 
     return VideoFrameSource(config)
 

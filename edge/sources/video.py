@@ -16,7 +16,7 @@ Two kinds of source, two policies:
   (``add_stream``, ``roadside agent doctor``), not retried silently.
 
 The URL is never logged or put in an error as configured: its password is
-masked (:mod:`edge.sources.uri`).
+masked (:mod:`roadside.edge.sources.uri`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge.settings import VideoSource
-from edge.sources.base import Frame
-from edge.sources.uri import mask_credentials
-from shared.backoff import Backoff
-from shared.errors import TransportError
+from roadside.edge.settings import VideoSource
+from roadside.edge.sources.base import Frame
+from roadside.edge.sources.uri import mask_credentials
+from roadside.shared.backoff import Backoff
+from roadside.shared.errors import TransportError
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from shared.backoff import Backoff
+from roadside.shared.backoff import Backoff
 
 REFUSAL_BASE_S: Final = 1.0
 REFUSAL_CAP_S: Final = 30.0  # a device the hub just enrolled is delivering within this

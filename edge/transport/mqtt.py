@@ -3,9 +3,9 @@ reconnect with jittered backoff, and the outbox drained under QoS 1.
 
 Messages the broker refuses (PUBACK 135, not authorised) stay in the outbox
 and are retried with jittered backoff, one at a time, logged once when the
-refusals start and once when they end (:mod:`edge.transport.delivery`).
+refusals start and once when they end (:mod:`roadside.edge.transport.delivery`).
 
-Each connection is a fresh :class:`mqttlink.MqttSession` with a clean start. paho would
+Each connection is a fresh :class:`roadside.mqttlink.MqttSession` with a clean start. paho would
 otherwise resend its own in-flight copies after a reconnect, with their old
 timestamps; here the outbox is the only retry queue, and every (re)send is
 sealed anew with the same sequence number, so the hub deduplicates it.
@@ -23,15 +23,24 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge.outbox import Outbox
-from edge.transport.delivery import LinkState, RefusalGate, UplinkStatus, write_status
-from mqttlink import ConnAck, Delivery, Message, MqttSession, PubAck, SessionConfig, Will, context_from_pem
-from shared import topics
-from shared.backoff import Backoff
-from shared.bundle import EnrollmentBundle
-from shared.envelope import DeviceSealer
-from shared.errors import ConfigError, TransportError
-from shared.keys import KeyPair
+from roadside.edge.outbox import Outbox
+from roadside.edge.transport.delivery import LinkState, RefusalGate, UplinkStatus, write_status
+from roadside.mqttlink import (
+    ConnAck,
+    Delivery,
+    Message,
+    MqttSession,
+    PubAck,
+    SessionConfig,
+    Will,
+    context_from_pem,
+)
+from roadside.shared import topics
+from roadside.shared.backoff import Backoff
+from roadside.shared.bundle import EnrollmentBundle
+from roadside.shared.envelope import DeviceSealer
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.keys import KeyPair
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +56,7 @@ def tls_scratch_dir(outbox_path: Path) -> Path:
 
 def client_tls_context(bundle: EnrollmentBundle, scratch_dir: Path) -> ssl.SSLContext:
     """The bundle's mutual-TLS context; the key file is removed right after loading
-    (:func:`mqttlink.context_from_pem`). ``ConfigError`` if the certificates do not load."""
+    (:func:`roadside.mqttlink.context_from_pem`). ``ConfigError`` if the certificates do not load."""
     try:
         return context_from_pem(
             bundle.ca_cert_pem, bundle.client_cert_pem, bundle.client_key_pem, scratch_dir

@@ -43,8 +43,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud.broker import AclDevice, MosquittoBroker
-from cloud.pki import CertFiles, CertificateAuthority, IssuedCert, write_issued
+from roadside.cloud.broker.mosquitto import AclDevice, MosquittoBroker
+from roadside.cloud.broker.pki import CertFiles, CertificateAuthority, IssuedCert, write_issued
 
 DEFAULT_TIMEOUT_S = 5.0
 

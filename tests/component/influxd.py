@@ -29,7 +29,7 @@ from typing import Final, NoReturn, Self
 
 import pytest
 
-from cloud.broker import free_loopback_port
+from roadside.cloud.broker.mosquitto import free_loopback_port
 
 START_TIMEOUT_S: Final = 10.0
 STOP_TIMEOUT_S: Final = 5.0

@@ -45,7 +45,7 @@ from typing import Final, NoReturn, Self
 
 import pytest
 
-from cloud.broker import free_loopback_port
+from roadside.cloud.broker.mosquitto import free_loopback_port
 
 INITDB_TIMEOUT_S: Final = 60.0
 START_TIMEOUT_S: Final = 15.0

@@ -25,8 +25,8 @@ from typing import Any, Final
 
 import pytest
 
-from cloud.storage.base import IngestBatch, Origin, TimeSeriesStore
-from shared.schemas import CountRecord, DetectionEvent, Health, StreamHealth
+from roadside.cloud.storage.base import IngestBatch, Origin, TimeSeriesStore
+from roadside.shared.schemas import CountRecord, DetectionEvent, Health, StreamHealth
 from tests.component.influxd import InfluxServer
 
 STORE_KINDS: Final = ("sqlite", "influx_v1", "influx_v2")
@@ -110,7 +110,7 @@ def open_store(
 ) -> Iterator[TimeSeriesStore]:
     """A fresh, empty store of ``kind`` (one of ``STORE_KINDS``), closed on leaving."""
     if kind == "sqlite":
-        from cloud.storage.sqlite import SqliteStore
+        from roadside.cloud.storage.sqlite import SqliteStore
 
         sqlite = SqliteStore(tmp_path / "telemetry.db")
         try:
@@ -118,7 +118,7 @@ def open_store(
         finally:
             sqlite.close()
     elif kind == "influx_v1":
-        from cloud.storage.influx import InfluxV1Store
+        from roadside.cloud.storage.influx import InfluxV1Store
 
         server = shared_influx_server(tmp_path_factory)
         v1 = InfluxV1Store(server.url, unique_name(), timeout_s=5)
@@ -140,7 +140,7 @@ def _influx_v2_store() -> Iterator[TimeSeriesStore]:
         pytest.skip("no InfluxDB 2.x server: set ROADSIDE_TEST_INFLUX2_URL, _TOKEN, _ORG to run against one")
     from influxdb_client.client.influxdb_client import InfluxDBClient
 
-    from cloud.storage.influx import InfluxV2Store
+    from roadside.cloud.storage.influx import InfluxV2Store
 
     admin = InfluxDBClient(url=url, token=token, org=org)
     buckets = admin.buckets_api()

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud.broker import free_loopback_port
-from edge.agent import Agent
-from edge.health import (
+from roadside.cloud.broker.mosquitto import free_loopback_port
+from roadside.edge.agent import Agent
+from roadside.edge.health import (
     FrameLedger,
     HealthReport,
     StreamSample,
@@ -24,11 +24,11 @@ from edge.health import (
     read_jetson_gpu,
     read_thermal_zones,
 )
-from edge.settings import load_agent_settings
-from edge.sources import Frame
-from shared.bundle import BrokerAddress, EnrollmentBundle
-from shared.keys import KeyPair
-from shared.queues import BoundedQueue, Overflow
+from roadside.edge.settings import load_agent_settings
+from roadside.edge.sources import Frame
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle
+from roadside.shared.keys import KeyPair
+from roadside.shared.queues import BoundedQueue, Overflow
 from tests.component.conftest import BrokerHarness
 
 pytestmark = pytest.mark.timeout(30)

@@ -18,14 +18,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge.analytics.aggregate import SpeedMeasurement
-from edge.analytics.config import EventRules
-from edge.analytics.lines import CountingLine
-from edge.analytics.stream import AnalyticsEvent, StreamAnalytics
-from edge.analytics.tracker import Track, iou_matrix
-from edge.inference.engine import OnnxDetector
-from sim.camera import SYNTHETIC_ROAD_WIDTH_M, synthetic_scene_analytics
-from sim.synthetic import CAR, PEDESTRIAN, RoadScene, SceneConfig, SceneObject
+from roadside.edge.analytics.aggregate import SpeedMeasurement
+from roadside.edge.analytics.config import EventRules
+from roadside.edge.analytics.lines import CountingLine
+from roadside.edge.analytics.stream import AnalyticsEvent, StreamAnalytics
+from roadside.edge.analytics.tracker import Track, iou_matrix
+from roadside.edge.inference.engine import OnnxDetector
+from roadside.sim.camera import SYNTHETIC_ROAD_WIDTH_M, synthetic_scene_analytics
+from roadside.sim.synthetic import CAR, PEDESTRIAN, RoadScene, SceneConfig, SceneObject
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -23,10 +23,10 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import TypeAdapter
 
-from cloud.api import export
-from cloud.api.app import create_app
-from cloud.api.ratelimit import RateLimit, TokenBuckets
-from cloud.api.schemas import (
+from roadside.cloud.api import export
+from roadside.cloud.api.app import create_app
+from roadside.cloud.api.ratelimit import RateLimit, TokenBuckets
+from roadside.cloud.api.schemas import (
     CountSeries,
     DeviceDetail,
     DeviceList,
@@ -38,12 +38,13 @@ from cloud.api.schemas import (
     SpeedSeries,
     parse_bucket,
 )
-from cloud.home import HubHome, enroll_device, init_home, write_acl
-from cloud.live import EventFilter, LiveFeed
-from cloud.registry import Registry
-from cloud.release.controller import change_rollout, create_rollout
-from cloud.release.rollouts import RolloutSpec
-from cloud.storage.base import (
+from roadside.cloud.api.webhooks import IPAddress, WebhookDestinations, WebhookStore
+from roadside.cloud.fleet.live import EventFilter, LiveFeed
+from roadside.cloud.home import HubHome, enroll_device, init_home, write_acl
+from roadside.cloud.registry import Registry
+from roadside.cloud.release.controller import change_rollout, create_rollout
+from roadside.cloud.release.rollouts import RolloutSpec
+from roadside.cloud.storage.base import (
     EventQuery,
     IngestBatch,
     Origin,
@@ -54,11 +55,17 @@ from cloud.storage.base import (
     aggregate_speeds,
     nearest_rank,
 )
-from cloud.storage.sqlite import SqliteStore
-from cloud.webhooks import IPAddress, WebhookDestinations, WebhookStore
-from shared.bundle import BrokerAddress, EnrollmentBundle
-from shared.keys import KeyPair, b64, key_registration_message
-from shared.schemas import CountRecord, DetectionEvent, EventType, Health, SensorReading, StreamHealth
+from roadside.cloud.storage.sqlite import SqliteStore
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle
+from roadside.shared.keys import KeyPair, b64, key_registration_message
+from roadside.shared.schemas import (
+    CountRecord,
+    DetectionEvent,
+    EventType,
+    Health,
+    SensorReading,
+    StreamHealth,
+)
 
 PROBLEM = "application/problem+json"
 
@@ -1321,7 +1328,7 @@ def test_list_limits_are_enforced(client: TestClient, keys: Keys) -> None:
 def test_documented_examples_are_valid_answers_and_bodies() -> None:
     from fastapi.routing import APIRoute
 
-    from cloud.api.routes import ROUTERS
+    from roadside.cloud.api.routes import ROUTERS
 
     checked = 0
     for route in (route for router in ROUTERS for route in router.routes):

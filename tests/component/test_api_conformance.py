@@ -18,10 +18,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from cloud.api import cursor
-from cloud.api.app import create_app
-from cloud.registry import Registry
-from cloud.storage.sqlite import SqliteStore
+from roadside.cloud.api import cursor
+from roadside.cloud.api.app import create_app
+from roadside.cloud.registry import Registry
+from roadside.cloud.storage.sqlite import SqliteStore
 
 PROBLEM = "application/problem+json"
 WINDOW_ROUTES = ["/v1/counts", "/v1/speeds", "/v1/events", "/v1/sensors", "/v1/sensors/latest"]

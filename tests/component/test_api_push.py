@@ -33,12 +33,8 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from cloud.api.app import create_app
-from cloud.live import EventFilter, LiveEvent, LiveFeed
-from cloud.pki import CertificateAuthority, write_issued
-from cloud.registry import Registry
-from cloud.storage.sqlite import SqliteStore
-from cloud.webhooks import (
+from roadside.cloud.api.app import create_app
+from roadside.cloud.api.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -50,8 +46,12 @@ from cloud.webhooks import (
     resolve_host,
     verify_signature,
 )
-from shared.keys import KeyPair
-from shared.schemas import DetectionEvent, EventType
+from roadside.cloud.broker.pki import CertificateAuthority, write_issued
+from roadside.cloud.fleet.live import EventFilter, LiveEvent, LiveFeed
+from roadside.cloud.registry import Registry
+from roadside.cloud.storage.sqlite import SqliteStore
+from roadside.shared.keys import KeyPair
+from roadside.shared.schemas import DetectionEvent, EventType
 
 WAIT_S = 5.0
 SECRET = "a-shared-secret-of-some-length"

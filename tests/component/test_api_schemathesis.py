@@ -24,16 +24,16 @@ from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from cloud.api.app import create_app
-from cloud.home import enroll_device, init_home, write_acl
-from cloud.live import LiveFeed
-from cloud.registry import Registry
-from cloud.storage.base import IngestBatch, Origin
-from cloud.storage.sqlite import SqliteStore
-from cloud.webhooks import IPAddress, WebhookDestinations, WebhookStore
-from shared.bundle import BrokerAddress
-from shared.keys import KeyPair
-from shared.schemas import CountRecord, DetectionEvent, SensorReading
+from roadside.cloud.api.app import create_app
+from roadside.cloud.api.webhooks import IPAddress, WebhookDestinations, WebhookStore
+from roadside.cloud.fleet.live import LiveFeed
+from roadside.cloud.home import enroll_device, init_home, write_acl
+from roadside.cloud.registry import Registry
+from roadside.cloud.storage.base import IngestBatch, Origin
+from roadside.cloud.storage.sqlite import SqliteStore
+from roadside.shared.bundle import BrokerAddress
+from roadside.shared.keys import KeyPair
+from roadside.shared.schemas import CountRecord, DetectionEvent, SensorReading
 
 EXAMPLES_PER_MODE = 20
 

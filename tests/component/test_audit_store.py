@@ -19,10 +19,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError
 
-from cloud.audit import AuditLog, recompute
-from cloud.registry import Registry
-from shared.errors import ConfigError, TransportError
-from shared.keys import KeyPair
+from roadside.cloud.fleet.audit import AuditLog, recompute
+from roadside.cloud.registry import Registry
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.keys import KeyPair
 from tests.component.postgres import PostgresServer
 
 pytestmark = pytest.mark.timeout(20)

@@ -26,14 +26,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from typer.testing import CliRunner
 
-from cloud.broker import (
+from roadside.cloud.broker.mosquitto import (
     STATE_FILE,
     MosquittoBroker,
     find_mosquitto,
     free_loopback_port,
     running_broker,
 )
-from cloud.home import (
+from roadside.cloud.home import (
     HubHome,
     acl_devices,
     hub_identity,
@@ -44,10 +44,10 @@ from cloud.home import (
     revoke_device,
     write_acl,
 )
-from cloud.registry import Registry
-from shared import topics
-from shared.bundle import BrokerAddress, EnrollmentBundle, read_bundle
-from shared.errors import ConfigError
+from roadside.cloud.registry import Registry
+from roadside.shared import topics
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle, read_bundle
+from roadside.shared.errors import ConfigError
 
 from .conftest import MqttTestClient
 
@@ -146,7 +146,9 @@ def _compose(home: HubHome, registry: Registry, tmp: Path) -> Iterator[Setup]:
     conf = conf.replace("/mosquitto/pki/", f"{pki}/").replace("/mosquitto/roadside/", f"{home.broker_dir}/")
     conf = conf.replace("/mosquitto/data/", f"{tmp / 'mosquitto-data'}/")
     conf = conf.replace("listener 8883 0.0.0.0", f"listener {port} 127.0.0.1")
-    conf = conf.replace("log_dest stderr", f"log_dest file {home.broker_dir / 'mosquitto.log'}") + _user_line()
+    conf = (
+        conf.replace("log_dest stderr", f"log_dest file {home.broker_dir / 'mosquitto.log'}") + _user_line()
+    )
     config = tmp / "mosquitto.conf"
     config.write_text(conf)
     write_acl(home, registry)
@@ -294,7 +296,7 @@ def test_device_enrolled_while_the_broker_runs_may_publish_at_once(setup: Setup,
 
 
 def _cli() -> typer.Typer:
-    from cloud.cli import register
+    from roadside.cloud.cli import register
 
     app = typer.Typer()
     register(app)
@@ -337,7 +339,9 @@ RUN_SH = COMPOSE_CONF.parent / "run.sh"
 def test_compose_watcher_reloads_the_broker_when_the_hub_rewrites_acl_or_crl(tmp_path: Path) -> None:
     home = init_home(tmp_path / "hub", ["localhost"], ["127.0.0.1"])
     conf = COMPOSE_CONF.read_text().replace("/mosquitto/pki/", f"{home.pki}/")
-    conf = conf.replace("/mosquitto/roadside/", f"{home.broker_dir}/").replace("/mosquitto/data/", f"{tmp_path}/")
+    conf = conf.replace("/mosquitto/roadside/", f"{home.broker_dir}/").replace(
+        "/mosquitto/data/", f"{tmp_path}/"
+    )
     conf = conf.replace("listener 8883 0.0.0.0", f"listener {free_loopback_port()} 127.0.0.1")
     log = tmp_path / "mosquitto.log"
     config = tmp_path / "mosquitto.conf"
@@ -381,7 +385,7 @@ def test_a_hub_start_reloads_the_broker_only_when_the_crl_is_about_to_lapse(tmp_
     for nothing."""
     import datetime as dt
 
-    from cloud.home import refresh_crl
+    from roadside.cloud.home import refresh_crl
 
     home = init_home(tmp_path / "hub", ["localhost"], ["127.0.0.1"])
     before = home.broker_crl_file.read_bytes()

@@ -19,10 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from cloud.broker import AclDevice, MosquittoBroker, acl_lock, add_hub_identity, free_loopback_port
-from cloud.pki import CertificateAuthority
-from shared import topics
-from shared.errors import ConfigError
+from roadside.cloud.broker.mosquitto import (
+    AclDevice,
+    MosquittoBroker,
+    acl_lock,
+    add_hub_identity,
+    free_loopback_port,
+)
+from roadside.cloud.broker.pki import CertificateAuthority
+from roadside.shared import topics
+from roadside.shared.errors import ConfigError
 
 from .conftest import DEFAULT_TIMEOUT_S, BrokerHarness, MqttTestClient
 
@@ -276,7 +282,7 @@ def test_start_picks_another_port_when_its_first_pick_is_taken(
         squatter.listen()
         taken = squatter.getsockname()[1]
         picks = iter([taken, free_loopback_port()])
-        monkeypatch.setattr("cloud.broker.free_loopback_port", lambda _host: next(picks))
+        monkeypatch.setattr("roadside.cloud.broker.mosquitto.free_loopback_port", lambda _host: next(picks))
         with MosquittoBroker.for_ca(tmp_path, roadside_ca) as running:
             assert running.port != taken
             assert running.running

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge.settings import VideoSource
-from edge.sources.base import Frame
-from edge.sources.uri import mask_credentials
-from edge.sources.video import VideoFrameSource
-from shared.backoff import Backoff
-from shared.errors import TransportError
+from roadside.edge.settings import VideoSource
+from roadside.edge.sources.base import Frame
+from roadside.edge.sources.uri import mask_credentials
+from roadside.edge.sources.video import VideoFrameSource
+from roadside.shared.backoff import Backoff
+from roadside.shared.errors import TransportError
 from tests.component.test_video_source import MjpegCamera, wait_until
 
 pytestmark = pytest.mark.timeout(60)

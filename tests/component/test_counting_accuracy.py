@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
-from edge.analytics.lines import CountingLine
-from edge.analytics.tracker import IouTracker
-from edge.inference.engine import OnnxDetector
-from sim.synthetic import RoadScene, SceneConfig
+from roadside.edge.analytics.lines import CountingLine
+from roadside.edge.analytics.tracker import IouTracker
+from roadside.edge.inference.engine import OnnxDetector
+from roadside.sim.synthetic import RoadScene, SceneConfig
 
 
 @pytest.mark.parametrize(("seed", "light"), [(3, 1.0), (11, 0.3)])

@@ -13,13 +13,13 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from cloud.broker import free_loopback_port
-from cloud.pki import CertificateAuthority
-from edge.cli import app
-from edge.doctor import CheckResult, Status, check_clock, render, run_checks
-from edge.settings import AgentSettings, load_agent_settings
-from shared.bundle import BrokerAddress, EnrollmentBundle, write_bundle
-from shared.keys import KeyPair
+from roadside.cloud.broker.mosquitto import free_loopback_port
+from roadside.cloud.broker.pki import CertificateAuthority
+from roadside.edge.cli import app
+from roadside.edge.doctor import CheckResult, Status, check_clock, render, run_checks
+from roadside.edge.settings import AgentSettings, load_agent_settings
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle, write_bundle
+from roadside.shared.keys import KeyPair
 from tests.component.conftest import BrokerHarness
 
 pytestmark = pytest.mark.timeout(30)

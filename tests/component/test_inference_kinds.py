@@ -10,17 +10,17 @@ import numpy as np
 import onnx
 import pytest
 
-from edge.inference.engine import OnnxDetector
-from edge.inference.kinds import (
+from roadside.edge.inference.engine import OnnxDetector
+from roadside.edge.inference.kinds import (
     DEFAULT_SENSOR_MODEL,
     OnnxClassifier,
     SensorAnomalyModel,
     open_model,
     softmax,
 )
-from edge.sensors.events import RobustZScorer
-from edge.settings import ModelConfig
-from shared.errors import ConfigError
+from roadside.edge.sensors.events import RobustZScorer
+from roadside.edge.settings import ModelConfig
+from roadside.shared.errors import ConfigError
 
 torch = pytest.importorskip("torch")
 
@@ -156,7 +156,7 @@ def test_sensor_model_window_rules() -> None:
 
 
 def test_sensor_model_rebuilds_from_its_source(tmp_path: Path) -> None:
-    from models.sensor_anomaly import build
+    from roadside.models.sensor_anomaly import build
 
     path = build(tmp_path / "sensor.onnx", window=20)
     model = SensorAnomalyModel(path)
@@ -178,7 +178,7 @@ def test_open_model_picks_the_kind_from_config(tmp_path: Path) -> None:
 
 
 def test_detector_uses_a_batch_prepared_ahead_and_gives_the_same_answer() -> None:
-    from sim.synthetic import RoadScene, SceneConfig
+    from roadside.sim.synthetic import RoadScene, SceneConfig
 
     scene = RoadScene(SceneConfig(seed=3))
     images = [scene.step().image for _ in range(40)][-4:]

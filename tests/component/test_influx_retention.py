@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud.storage.base import CountBucket, CountQuery, IngestBatch, Origin, to_epoch_us
-from cloud.storage.influx import InfluxV1Store
-from cloud.storage.retention import ROLLUPS, RetentionPolicy, floor_time
-from shared.errors import SchemaError
-from shared.schemas import CountRecord, DetectionEvent, SensorReading
+from roadside.cloud.storage.base import CountBucket, CountQuery, IngestBatch, Origin, to_epoch_us
+from roadside.cloud.storage.influx import InfluxV1Store
+from roadside.cloud.storage.retention import ROLLUPS, RetentionPolicy, floor_time
+from roadside.shared.errors import SchemaError
+from roadside.shared.schemas import CountRecord, DetectionEvent, SensorReading
 from tests.component.influxd import InfluxServer
 from tests.component.stores import unique_name
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloud.storage.base import CountQuery
-from cloud.storage.influx import WRITE_CHUNK, InfluxV1Store
-from shared.errors import ConfigError, SchemaError, TransportError
+from roadside.cloud.storage.base import CountQuery
+from roadside.cloud.storage.influx import WRITE_CHUNK, InfluxV1Store
+from roadside.shared.errors import ConfigError, SchemaError, TransportError
 from tests.component.influxd import InfluxServer
 from tests.component.stores import T0, batch, count, shared_influx_server, unique_name
 

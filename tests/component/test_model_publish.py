@@ -24,12 +24,12 @@ import onnx
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from cloud.home import HubHome
-from cloud.registry import Registry
 from roadside.cli import build
-from shared.dataset import DatasetManifest, DatasetSample, manifest_path
-from shared.schemas import LabeledBox
-from sim.synthetic import CLASSES, SceneConfig
+from roadside.cloud.home import HubHome
+from roadside.cloud.registry import Registry
+from roadside.shared.dataset import DatasetManifest, DatasetSample, manifest_path
+from roadside.shared.schemas import LabeledBox
+from roadside.sim.synthetic import CLASSES, SceneConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -138,7 +138,7 @@ def test_publish_without_repository_says_how_to_make_one(tmp_path: Path) -> None
 
 
 def _fog_dataset(folder: Path, n: int) -> DatasetManifest:
-    from models.finetune import rendered_frames
+    from roadside.models.finetune import rendered_frames
 
     (folder / "objects").mkdir(parents=True)
     samples = []

@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from mqttlink import ConnAck, Delivery, Message, MqttSession, PubAck, SessionConfig, TlsFiles
-from shared import topics
-from shared.errors import TransportError
+from roadside.mqttlink import ConnAck, Delivery, Message, MqttSession, PubAck, SessionConfig, TlsFiles
+from roadside.shared import topics
+from roadside.shared.errors import TransportError
 from tests.component.conftest import BrokerHarness
 
 TIMEOUT_S = 5.0

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from securesystemslib.signer import CryptoSigner
 
-from cloud.release import keys
-from cloud.release.repository import describe_onnx
-from edge.ota.updater import Checkpoint, ModelUpdater
-from shared.errors import ConfigError, TransportError
+from roadside.cloud.release import keys
+from roadside.cloud.release.repository import describe_onnx
+from roadside.edge.ota.updater import Checkpoint, ModelUpdater
+from roadside.shared.errors import ConfigError, TransportError
 from tests.component.test_tuf_repository import DETECTOR, ReleaseHarness, release_harness
 
 pytestmark = pytest.mark.timeout(20)

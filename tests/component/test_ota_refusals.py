@@ -21,7 +21,7 @@ from tuf.api.exceptions import DownloadLengthMismatchError
 from tuf.api.metadata import Metadata, TargetFile
 from tuf.api.serialization.json import JSONSerializer
 
-from edge.ota.updater import CappedFetcher, ModelUpdater, OtaResult
+from roadside.edge.ota.updater import CappedFetcher, ModelUpdater, OtaResult
 from tests.component.test_tuf_repository import ReleaseHarness, release_harness
 
 pytestmark = pytest.mark.timeout(20)
@@ -217,9 +217,9 @@ def test_a_refusal_is_reported_in_the_log(
     release: ReleaseHarness, device: ModelUpdater, caplog: pytest.LogCaptureFixture
 ) -> None:
     release.publish("0.5.0", allow_lower_version=True)
-    with caplog.at_level(logging.WARNING, logger="edge.ota.updater"):
+    with caplog.at_level(logging.WARNING, logger="roadside.edge.ota.updater"):
         device.check_and_stage("detector")
-    (record,) = [r for r in caplog.records if r.name == "edge.ota.updater"]
+    (record,) = [r for r in caplog.records if r.name == "roadside.edge.ota.updater"]
     assert record.args is not None
     assert "rollback" in record.getMessage()
 

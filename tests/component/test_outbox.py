@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from edge.outbox import Outbox, Priority, QueuedMessage, choose_drops
+from roadside.edge.outbox import Outbox, Priority, QueuedMessage, choose_drops
 
 
 def test_order_ack_and_sequence_numbers_survive_reopen(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from edge.outbox import Outbox, Priority, QueuedMessage, choose_drops
+    from roadside.edge.outbox import Outbox, Priority, QueuedMessage, choose_drops
     box = Outbox(Path(sys.argv[1]))
     i = 0
     while True:

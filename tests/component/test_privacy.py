@@ -9,8 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge.privacy import PrivacyConfig, Redactor
-from edge.privacy.detectors import FaceDetector, PlateDetector
+from roadside.edge.privacy import PrivacyConfig, Redactor
+from roadside.edge.privacy.detectors import FaceDetector, PlateDetector
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the real photographs")
 

@@ -31,9 +31,9 @@ from sqlalchemy import (
     text,
 )
 
-from cloud.registry import TARGET_METADATA, Registry, alembic_config
-from shared.errors import ConfigError, RoadsideError
-from shared.keys import KeyPair
+from roadside.cloud.registry import TARGET_METADATA, Registry, alembic_config
+from roadside.shared.errors import ConfigError, RoadsideError
+from roadside.shared.keys import KeyPair
 from tests.component.postgres import PostgresServer
 
 pytestmark = pytest.mark.timeout(20)

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from cloud.dataset.store import DatasetStore
-from cloud.home import HubHome
-from cloud.registry import Registry
-from cloud.release.controller import RolloutController, change_rollout, create_rollout
-from cloud.release.rollouts import RolloutSpec
-from cloud.retrain_loop import RetrainLoop, next_version
-from cloud.settings import RetrainConfig
-from shared.errors import ConfigError
-from shared.keys import KeyPair
-from shared.schemas import LabeledBox
+from roadside.cloud.dataset.store import DatasetStore
+from roadside.cloud.home import HubHome
+from roadside.cloud.registry import Registry
+from roadside.cloud.release.controller import RolloutController, change_rollout, create_rollout
+from roadside.cloud.release.rollouts import RolloutSpec
+from roadside.cloud.settings import RetrainConfig
+from roadside.cloud.training.loop import RetrainLoop, next_version
+from roadside.shared.errors import ConfigError
+from roadside.shared.keys import KeyPair
+from roadside.shared.schemas import LabeledBox
 from tests.unit.test_dataset_store import example
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cloud.audit import AuditLog
-from cloud.home import init_home
-from cloud.registry import Registry
 from roadside.cli import build
-from shared.keys import KeyPair
+from roadside.cloud.fleet.audit import AuditLog
+from roadside.cloud.home import init_home
+from roadside.cloud.registry import Registry
+from roadside.shared.keys import KeyPair
 
 
 def test_an_operator_creates_inspects_pauses_and_rolls_back_a_rollout(tmp_path: Path) -> None:

@@ -16,19 +16,19 @@ from typing import Any
 
 import pytest
 
-from cloud.audit import AuditLog
-from cloud.registry import Registry
-from cloud.release.controller import (
+from roadside.cloud.fleet.audit import AuditLog
+from roadside.cloud.registry import Registry
+from roadside.cloud.release.controller import (
     RolloutController,
     change_rollout,
     create_rollout,
     record_report,
     rollout_status,
 )
-from cloud.release.rollouts import GateThresholds, RolloutSpec
-from shared.errors import ConfigError
-from shared.keys import KeyPair
-from shared.schemas import Health, OtaReport, ShadowStats
+from roadside.cloud.release.rollouts import GateThresholds, RolloutSpec
+from roadside.shared.errors import ConfigError
+from roadside.shared.keys import KeyPair
+from roadside.shared.schemas import Health, OtaReport, ShadowStats
 
 HIST = [0.0, 0.0, 0.05, 0.05, 0.1, 0.1, 0.2, 0.2, 0.2, 0.1]
 

@@ -24,11 +24,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.broker import find_mosquitto, free_loopback_port
-from edge.sensors.base import SensorSample, SensorSource
-from edge.sensors.config import MqttSensorConfig, SerialSensorConfig
-from edge.sensors.mqtt_local import LocalMqttSensorSource
-from edge.sensors.serial import SerialSensorSource, format_kv, format_nmea
+from roadside.cloud.broker.mosquitto import find_mosquitto, free_loopback_port
+from roadside.edge.sensors.base import SensorSample, SensorSource
+from roadside.edge.sensors.config import MqttSensorConfig, SerialSensorConfig
+from roadside.edge.sensors.mqtt_local import LocalMqttSensorSource
+from roadside.edge.sensors.serial import SerialSensorSource, format_kv, format_nmea
 
 pytestmark = pytest.mark.timeout(20)
 WAIT_S = 5.0

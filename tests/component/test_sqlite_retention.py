@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from cloud.retention_job import RetentionJob
-from cloud.storage.base import CountBucket, CountQuery, IngestBatch, Origin, to_epoch_us
-from cloud.storage.retention import Coverage, RetentionPolicy, floor_time
-from cloud.storage.sqlite import SqliteStore
-from shared.schemas import CountRecord, DetectionEvent, Health, SensorReading
+from roadside.cloud.storage.base import CountBucket, CountQuery, IngestBatch, Origin, to_epoch_us
+from roadside.cloud.storage.retention import Coverage, RetentionPolicy, floor_time
+from roadside.cloud.storage.retention_job import RetentionJob
+from roadside.cloud.storage.sqlite import SqliteStore
+from roadside.shared.schemas import CountRecord, DetectionEvent, Health, SensorReading
 
 pytestmark = pytest.mark.timeout(20)
 

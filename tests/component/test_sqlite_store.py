@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud.storage.base import CountQuery
-from cloud.storage.sqlite import SqliteStore
-from shared.errors import ConfigError, TransportError
+from roadside.cloud.storage.base import CountQuery
+from roadside.cloud.storage.sqlite import SqliteStore
+from roadside.shared.errors import ConfigError, TransportError
 from tests.component.stores import T0, batch, count, event, health
 
 pytestmark = pytest.mark.timeout(15)

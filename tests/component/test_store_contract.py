@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from cloud.storage.base import (
+from roadside.cloud.storage.base import (
     CountBucket,
     CountQuery,
     EventQuery,
@@ -31,7 +31,7 @@ from cloud.storage.base import (
     latest_sensor_readings,
     speed_statistics,
 )
-from shared.schemas import SensorReading
+from roadside.shared.schemas import SensorReading
 from tests.component.stores import STORE_KINDS, T0, batch, count, event, health, open_store
 
 pytestmark = pytest.mark.timeout(15)

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud.broker import free_loopback_port
-from edge.agent import Agent
-from edge.assembly import build_agent
-from edge.health import fps_of, stream_state
-from edge.settings import SourceConfig, load_agent_settings
-from edge.sources import Frame
-from shared.bundle import BrokerAddress, EnrollmentBundle
-from shared.keys import KeyPair
-from shared.schemas import StreamHealth
+from roadside.cloud.broker.mosquitto import free_loopback_port
+from roadside.edge.agent import Agent
+from roadside.edge.assembly import build_agent
+from roadside.edge.health import fps_of, stream_state
+from roadside.edge.settings import SourceConfig, load_agent_settings
+from roadside.edge.sources import Frame
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle
+from roadside.shared.keys import KeyPair
+from roadside.shared.schemas import StreamHealth
 from tests.component.conftest import BrokerHarness
 
 pytestmark = pytest.mark.timeout(60)

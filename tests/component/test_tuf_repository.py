@@ -26,9 +26,9 @@ from tuf.api.exceptions import DownloadLengthMismatchError
 from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 from tuf.ngclient import Updater
 
-from cloud.pki import CertificateAuthority, write_issued
-from cloud.release import keys
-from cloud.release.repository import (
+from roadside.cloud.broker.pki import CertificateAuthority, write_issued
+from roadside.cloud.release import keys
+from roadside.cloud.release.repository import (
     ModelManifest,
     ModelRepository,
     PublishedModel,
@@ -36,9 +36,9 @@ from cloud.release.repository import (
     release_model,
     version_key,
 )
-from cloud.release.server import RepositoryServer, TimestampRefresher
-from edge.ota.updater import CappedFetcher, ModelUpdater, ShippedModel
-from shared.errors import ConfigError
+from roadside.cloud.release.server import RepositoryServer, TimestampRefresher
+from roadside.edge.ota.updater import CappedFetcher, ModelUpdater, ShippedModel
+from roadside.shared.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -465,7 +465,7 @@ def test_the_capped_fetcher_refuses_a_declared_oversize_body(release: ReleaseHar
 
 
 def test_release_model_records_lineage_and_audit(release: ReleaseHarness, tmp_path: Path) -> None:
-    from cloud.registry import Registry
+    from roadside.cloud.registry import Registry
 
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
     registry.create_schema()

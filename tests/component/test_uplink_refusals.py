@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from cloud.broker import AclDevice
-from edge.doctor import Status, check_uplink
-from edge.outbox import Outbox, Priority
-from edge.transport.delivery import LinkState, read_status, uplink_status_path
-from edge.transport.mqtt import MqttUplink
-from shared.backoff import Backoff
-from shared.bundle import BrokerAddress, EnrollmentBundle
-from shared.keys import KeyPair
+from roadside.cloud.broker.mosquitto import AclDevice
+from roadside.edge.doctor import Status, check_uplink
+from roadside.edge.outbox import Outbox, Priority
+from roadside.edge.transport.delivery import LinkState, read_status, uplink_status_path
+from roadside.edge.transport.mqtt import MqttUplink
+from roadside.shared.backoff import Backoff
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle
+from roadside.shared.keys import KeyPair
 from tests.component.conftest import BrokerHarness
 
 pytestmark = pytest.mark.timeout(60)
@@ -81,7 +81,7 @@ def test_a_refused_device_backs_off_logs_once_and_delivers_once_the_acl_allows_i
         status_file=status_file,
         refusal_backoff=Backoff(0.2, 1.0),  # the default caps at 30 s; a test waits less
     )
-    caplog.set_level(logging.INFO, logger="edge.transport.mqtt")
+    caplog.set_level(logging.INFO, logger="roadside.edge.transport.mqtt")
     uplink.start()
     try:
         assert wait_until(lambda: uplink.refused >= 1), "the broker never refused dev-a"

@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.settings import VideoSource
-from edge.sources.base import Frame
-from edge.sources.video import VideoFrameSource, is_live
-from shared.backoff import Backoff
-from shared.errors import TransportError
-from sim.synthetic import RoadScene, SceneConfig
+from roadside.edge.settings import VideoSource
+from roadside.edge.sources.base import Frame
+from roadside.edge.sources.video import VideoFrameSource, is_live
+from roadside.shared.backoff import Backoff
+from roadside.shared.errors import TransportError
+from roadside.sim.synthetic import RoadScene, SceneConfig
 
 pytestmark = pytest.mark.timeout(60)
 

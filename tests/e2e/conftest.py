@@ -9,12 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloud.broker import MosquittoBroker
-from cloud.home import HubHome, acl_devices, enroll_device, init_home
-from cloud.hub import Hub
-from cloud.registry import Registry
-from cloud.settings import HubSettings
-from shared.bundle import BrokerAddress, EnrollmentBundle
+from roadside.cloud.broker.mosquitto import MosquittoBroker
+from roadside.cloud.home import HubHome, acl_devices, enroll_device, init_home
+from roadside.cloud.hub import Hub
+from roadside.cloud.registry import Registry
+from roadside.cloud.settings import HubSettings
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle
 from tests.e2e.rig import Rig
 
 SITE = "e2e-site"

@@ -19,13 +19,13 @@ from typing import Any
 import onnx
 import pytest
 
-from cloud.ingest.core import Accepted, Rejection
-from cloud.release.repository import PublishedModel, describe_onnx
-from edge.agent import Agent
-from edge.inference.engine import DEFAULT_MODEL
-from edge.settings import load_agent_settings
-from shared.bundle import EnrollmentBundle, ModelRepoAnchor
-from shared.schemas import OtaReport
+from roadside.cloud.ingest.core import Accepted, Rejection
+from roadside.cloud.release.repository import PublishedModel, describe_onnx
+from roadside.edge.agent import Agent
+from roadside.edge.inference.engine import DEFAULT_MODEL
+from roadside.edge.settings import load_agent_settings
+from roadside.shared.bundle import EnrollmentBundle, ModelRepoAnchor
+from roadside.shared.schemas import OtaReport
 from tests.component.test_tuf_repository import ReleaseHarness, release_harness
 from tests.e2e.conftest import Loop
 

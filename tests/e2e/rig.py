@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.fleet import enroll_fleet
-from cloud.broker import MosquittoBroker
-from cloud.home import acl_devices, init_home
-from cloud.registry import Registry
-from shared.bundle import EnrollmentBundle
+from roadside.cloud.broker.mosquitto import MosquittoBroker
+from roadside.cloud.home import acl_devices, init_home
+from roadside.cloud.registry import Registry
+from roadside.shared.bundle import EnrollmentBundle
 
 
 class Rig:

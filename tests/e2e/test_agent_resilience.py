@@ -20,13 +20,13 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.agent import Agent
-from edge.analytics.lines import CountingLine
-from edge.outbox.sqlite import EPOCH_SHIFT
-from edge.settings import load_agent_settings
-from shared.bundle import EnrollmentBundle, write_bundle
-from sim.camera import synthetic_scene_analytics
-from sim.synthetic import RoadScene, SceneConfig
+from roadside.edge.agent import Agent
+from roadside.edge.analytics.lines import CountingLine
+from roadside.edge.outbox.sqlite import EPOCH_SHIFT
+from roadside.edge.settings import load_agent_settings
+from roadside.shared.bundle import EnrollmentBundle, write_bundle
+from roadside.sim.camera import synthetic_scene_analytics
+from roadside.sim.synthetic import RoadScene, SceneConfig
 from tests.e2e.conftest import Loop
 from tests.e2e.test_loop import api_totals, wait_for
 

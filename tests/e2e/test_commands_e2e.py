@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from cloud.ingest.core import Accepted, Rejection
-from edge.agent import Agent
-from edge.control.keys import KeyStore, default_keys_path
-from edge.settings import load_agent_settings
-from shared.bundle import EnrollmentBundle
+from roadside.cloud.ingest.core import Accepted, Rejection
+from roadside.edge.agent import Agent
+from roadside.edge.control.keys import KeyStore, default_keys_path
+from roadside.edge.settings import load_agent_settings
+from roadside.shared.bundle import EnrollmentBundle
 from tests.e2e.conftest import Loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(30)]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.outbox import Outbox, Priority
-from edge.transport.mqtt import MqttUplink
-from shared.schemas import SamplesMessage, encode
+from roadside.edge.outbox import Outbox, Priority
+from roadside.edge.transport.mqtt import MqttUplink
+from roadside.shared.schemas import SamplesMessage, encode
 from tests.e2e.conftest import Loop
 from tests.e2e.test_loop import wait_for
 from tests.unit.test_dataset_images import png_bomb

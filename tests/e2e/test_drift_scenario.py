@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud.audit import AuditLog
-from cloud.registry import Registry
-from sim.drift import run_drift
+from roadside.cloud.fleet.audit import AuditLog
+from roadside.cloud.registry import Registry
+from roadside.sim.drift import run_drift
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

@@ -9,9 +9,9 @@ import cv2
 import pytest
 from typer.testing import CliRunner
 
-from edge.agent import Agent
-from edge.settings import load_agent_settings
 from roadside.cli import build
+from roadside.edge.agent import Agent
+from roadside.edge.settings import load_agent_settings
 from tests.e2e.conftest import Loop
 from tests.e2e.test_loop import wait_for
 

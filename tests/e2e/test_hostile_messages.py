@@ -19,13 +19,13 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.fleet import SimulatedDevice, counts_body
-from cloud.hub import Hub
-from cloud.settings import HubSettings, InfluxV1StoreConfig
-from edge.outbox.sqlite import Outbox, Priority
 from roadside.cli import build
-from shared import topics
-from shared.envelope import Header, seal
-from shared.limits import MAX_WIRE_INT
+from roadside.cloud.hub import Hub
+from roadside.cloud.settings import HubSettings, InfluxV1StoreConfig
+from roadside.edge.outbox.sqlite import Outbox, Priority
+from roadside.shared import topics
+from roadside.shared.envelope import Header, seal
+from roadside.shared.limits import MAX_WIRE_INT
 from tests.component.influxd import InfluxServer
 from tests.e2e.rig import Rig
 from tests.e2e.test_hub_resilience import RECORDS, stored, wait_until
@@ -139,7 +139,7 @@ def test_a_failing_step_after_the_write_loses_nothing_to_the_replay_window(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Item 7: the window is committed only once everything a message needs is durable."""
-    from shared.errors import TransportError
+    from roadside.shared.errors import TransportError
 
     (bundle,) = rig.fleet(1)
     hub = _hub(rig)
@@ -320,8 +320,8 @@ def test_a_store_that_refuses_every_write_pauses_ingest_and_dead_letters_nothing
 
 def test_dead_letters_are_kept_whole_and_redriven_once_the_key_is_registered(rig: Rig) -> None:
     """Item 10: messages sealed with a rotated key the hub learns of late are kept whole, then re-driven."""
-    from shared.envelope import DeviceSealer
-    from shared.keys import KeyPair
+    from roadside.shared.envelope import DeviceSealer
+    from roadside.shared.keys import KeyPair
 
     (bundle,) = rig.fleet(1)
     rotated = KeyPair.generate()
@@ -356,7 +356,7 @@ def test_dead_letters_are_kept_whole_and_redriven_once_the_key_is_registered(rig
     again = runner.invoke(build(), ["deadletters", "redrive", "--home", home, "--all"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.output.strip().splitlines()[-1])["stored"] == 0  # nothing twice
-    from cloud.storage.sqlite import SqliteStore
+    from roadside.cloud.storage.sqlite import SqliteStore
 
     store = SqliteStore(rig.home.telemetry_db)
     try:
@@ -371,8 +371,8 @@ def test_hostile_header_names_never_reach_a_postgresql_registry(rig: Rig, tmp_pa
     """Item 1 where PostgreSQL is the registry: a NUL in a device or key id made its driver raise
     DataError in the key lookup; now such a header is refused before any lookup."""
     from bench.fleet import enroll_fleet
-    from cloud.home import acl_devices
-    from cloud.registry import Registry
+    from roadside.cloud.home import acl_devices
+    from roadside.cloud.registry import Registry
     from tests.component.postgres import PostgresServer
 
     with PostgresServer(tmp_path / "pg") as postgres:

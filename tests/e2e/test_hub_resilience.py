@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 
 from bench.fleet import EPOCH, SimulatedDevice, counts_body
-from cloud.home import HubHome, acl_devices
-from cloud.hub import Hub
-from cloud.registry import Registry
-from cloud.settings import HubSettings, InfluxV1StoreConfig
-from cloud.storage.base import CountQuery, TimeSeriesStore
-from cloud.storage.sqlite import SqliteStore
-from shared import topics
-from shared.bundle import EnrollmentBundle
-from shared.errors import ConfigError
+from roadside.cloud.home import HubHome, acl_devices
+from roadside.cloud.hub import Hub
+from roadside.cloud.registry import Registry
+from roadside.cloud.settings import HubSettings, InfluxV1StoreConfig
+from roadside.cloud.storage.base import CountQuery, TimeSeriesStore
+from roadside.cloud.storage.sqlite import SqliteStore
+from roadside.shared import topics
+from roadside.shared.bundle import EnrollmentBundle
+from roadside.shared.errors import ConfigError
 from tests.component.influxd import InfluxServer
 from tests.e2e.rig import Rig
 
@@ -305,8 +305,8 @@ def test_hub_with_an_ingest_worker_process_stores_everything_once(rig: Rig, tmp_
 def test_unknown_device_oversize_and_malformed_messages_are_rejected_counted_and_dead_lettered(
     rig: Rig,
 ) -> None:
-    from shared.envelope import DeviceSealer
-    from shared.keys import KeyPair
+    from roadside.shared.envelope import DeviceSealer
+    from roadside.shared.keys import KeyPair
 
     bundles = rig.fleet(1)
     good = bundles[0]

@@ -13,13 +13,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.home import hub_identity
-from edge.agent import Agent
-from edge.settings import load_agent_settings
-from shared import topics
-from shared.bundle import EnrollmentBundle
-from shared.envelope import DeviceSealer
-from shared.keys import KeyPair
+from roadside.cloud.home import hub_identity
+from roadside.edge.agent import Agent
+from roadside.edge.settings import load_agent_settings
+from roadside.shared import topics
+from roadside.shared.bundle import EnrollmentBundle
+from roadside.shared.envelope import DeviceSealer
+from roadside.shared.keys import KeyPair
 from tests.e2e.conftest import SITE, Loop
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from securesystemslib.signer import CryptoSigner
 
-from cloud.home import model_repo_anchor
-from cloud.release import keys
-from cloud.release.repository import ModelRepository
+from roadside.cloud.home import model_repo_anchor
+from roadside.cloud.release import keys
+from roadside.cloud.release.repository import ModelRepository
 from tests.e2e.conftest import Loop
 from tests.e2e.ota_rig import SHIPPED_VERSION, OtaRig, agent_with_ota, ota_rig, wait_for
 

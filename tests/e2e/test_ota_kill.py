@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.inference.engine import DEFAULT_MODEL
-from edge.ota.updater import ModelUpdater, ShippedModel
-from shared.bundle import write_bundle
+from roadside.edge.inference.engine import DEFAULT_MODEL
+from roadside.edge.ota.updater import ModelUpdater, ShippedModel
+from roadside.shared.bundle import write_bundle
 from tests.e2e.conftest import Loop
 from tests.e2e.ota_rig import SHIPPED_VERSION, OtaRig, ota_rig, wait_for
 from tests.e2e.test_agent_resilience import start_agent

@@ -17,9 +17,9 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from cloud.audit import AuditLog
-from cloud.release.repository import release_model
-from cloud.release.rollouts import GateThresholds, RolloutSpec
+from roadside.cloud.fleet.audit import AuditLog
+from roadside.cloud.release.repository import release_model
+from roadside.cloud.release.rollouts import GateThresholds, RolloutSpec
 from tests.e2e.conftest import Loop
 from tests.e2e.ota_rig import SHIPPED_VERSION, OtaRig, agent_with_ota, detector_variant, ota_rig, wait_for
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud.storage.base import EventQuery, SensorQuery
-from edge.agent import Agent
-from edge.sensors.synthetic import SyntheticSensorSource
-from edge.settings import load_agent_settings
+from roadside.cloud.storage.base import EventQuery, SensorQuery
+from roadside.edge.agent import Agent
+from roadside.edge.sensors.synthetic import SyntheticSensorSource
+from roadside.edge.settings import load_agent_settings
 from tests.e2e.conftest import SITE, Loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from edge.assembly import build_agent
-from edge.settings import SourceConfig, load_agent_settings
-from shared.bundle import write_bundle
+from roadside.edge.assembly import build_agent
+from roadside.edge.settings import SourceConfig, load_agent_settings
+from roadside.shared.bundle import write_bundle
 from tests.component.test_stream_health import StallingCamera
 from tests.e2e.conftest import Loop
 

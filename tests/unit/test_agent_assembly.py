@@ -18,18 +18,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.agent import Agent
-from edge.assembly import build_agent
-from edge.outbox import Outbox
-from edge.settings import AgentSettings, SourceConfig, load_agent_settings
-from edge.sources import Frame, FrameSource
-from edge.transport.delivery import LinkState, UplinkStatus
-from shared.bundle import BrokerAddress, EnrollmentBundle
-from shared.envelope import HubCommandSealer
-from shared.errors import ConfigError, TransportError
-from shared.keys import KeyPair
-from shared.queues import Overflow
-from shared.schemas import Command, encode
+from roadside.edge.agent import Agent
+from roadside.edge.assembly import build_agent
+from roadside.edge.outbox import Outbox
+from roadside.edge.settings import AgentSettings, SourceConfig, load_agent_settings
+from roadside.edge.sources import Frame, FrameSource
+from roadside.edge.transport.delivery import LinkState, UplinkStatus
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle
+from roadside.shared.envelope import HubCommandSealer
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.keys import KeyPair
+from roadside.shared.queues import Overflow
+from roadside.shared.schemas import Command, encode
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.settings import load_agent_settings
-from shared.errors import ConfigError
+from roadside.edge.settings import load_agent_settings
+from roadside.shared.errors import ConfigError
 
 BAD = """
 interval_s = 0

@@ -9,9 +9,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.analytics.aggregate import CountAggregator
-from edge.analytics.lines import CountingLine, LineCrossing, crossing_direction
-from edge.analytics.tracker import IouTracker, iou_matrix
+from roadside.edge.analytics.aggregate import CountAggregator
+from roadside.edge.analytics.lines import CountingLine, LineCrossing, crossing_direction
+from roadside.edge.analytics.tracker import IouTracker, iou_matrix
 
 LINE = ((100.0, 0.0), (100.0, 200.0))  # vertical, top to bottom: its left side is x < 100 in image coords
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from edge.analytics.aggregate import (
+from roadside.edge.analytics.aggregate import (
     CountAggregator,
     SpeedAggregator,
     SpeedMeasurement,
@@ -15,7 +15,7 @@ from edge.analytics.aggregate import (
     ZoneVisit,
     interval_start,
 )
-from edge.analytics.lines import LineCrossing
+from roadside.edge.analytics.lines import LineCrossing
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp()
 

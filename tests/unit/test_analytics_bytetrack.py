@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.analytics.bytetrack import ByteTracker
-from edge.analytics.tracker import Track, Tracker
-from edge.inference.yolo import Detections
+from roadside.edge.analytics.bytetrack import ByteTracker
+from roadside.edge.analytics.tracker import Track, Tracker
+from roadside.edge.inference.yolo import Detections
 
 Det = tuple[float, float, float, float, float, int]
 

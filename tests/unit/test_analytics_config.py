@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from edge.analytics.bytetrack import ByteTracker
-from edge.analytics.config import (
+from roadside.edge.analytics.bytetrack import ByteTracker
+from roadside.edge.analytics.config import (
     AnalyticsConfig,
     LaneConfig,
     LineConfig,
@@ -16,10 +16,10 @@ from edge.analytics.config import (
     ZoneConfig,
     resolve_stream_config,
 )
-from edge.analytics.geometry import anchor_point, point_in_polygon
-from edge.settings import load_agent_settings
-from sim.camera import SYNTHETIC_ROAD_WIDTH_M, CameraScene, synthetic_scene_analytics
-from sim.synthetic import LANE_NAMES, PEDESTRIAN, RoadScene, SceneConfig
+from roadside.edge.analytics.geometry import anchor_point, point_in_polygon
+from roadside.edge.settings import load_agent_settings
+from roadside.sim.camera import SYNTHETIC_ROAD_WIDTH_M, CameraScene, synthetic_scene_analytics
+from roadside.sim.synthetic import LANE_NAMES, PEDESTRIAN, RoadScene, SceneConfig
 
 SQUARE = [(0.0, 0.0), (10.0, 0.0), (10.0, 10.0), (0.0, 10.0)]
 

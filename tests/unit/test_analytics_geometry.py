@@ -9,8 +9,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from edge.analytics.geometry import anchor_point, crossing_fraction, point_in_polygon
-from edge.analytics.lines import crossing_direction
+from roadside.edge.analytics.geometry import anchor_point, crossing_fraction, point_in_polygon
+from roadside.edge.analytics.lines import crossing_direction
 
 coord = st.floats(min_value=-1000, max_value=1000, allow_nan=False)
 point = st.tuples(coord, coord)

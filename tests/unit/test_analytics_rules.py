@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from edge.analytics.config import EventRules, LaneConfig
-from edge.analytics.rules import PedestrianInRoadwayRule, Sighting, StoppedVehicleRule, WrongWayRule
+from roadside.edge.analytics.config import EventRules, LaneConfig
+from roadside.edge.analytics.rules import PedestrianInRoadwayRule, Sighting, StoppedVehicleRule, WrongWayRule
 
 EAST = LaneConfig(id=2, polygon=[(0, 0), (640, 0), (640, 40), (0, 40)], direction=(1.0, 0.0))
 RULES = EventRules(wrong_way_frames=3, stopped_s=5.0, pedestrian_s=2.0, cooldown_s=60.0)

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from edge.analytics.bytetrack import ByteTracker
-from edge.analytics.config import AnalyticsConfig, LineConfig
-from edge.analytics.stream import AnalyticsEvent, StreamAnalytics
-from edge.inference.yolo import Detections
+from roadside.edge.analytics.bytetrack import ByteTracker
+from roadside.edge.analytics.config import AnalyticsConfig, LineConfig
+from roadside.edge.analytics.stream import AnalyticsEvent, StreamAnalytics
+from roadside.edge.inference.yolo import Detections
 
 LABELS = ["car", "truck", "pedestrian", "cyclist"]
 CAR, PEDESTRIAN = 0, 2

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from edge.analytics.config import (
+from roadside.edge.analytics.config import (
     AnalyticsConfig,
     EventRules,
     LaneConfig,
@@ -16,9 +16,9 @@ from edge.analytics.config import (
     SpeedTrapConfig,
     ZoneConfig,
 )
-from edge.analytics.stream import AnalyticsEvent, AnalyticsOutput, StreamAnalytics
-from edge.analytics.tracker import Track
-from edge.inference.yolo import Detections
+from roadside.edge.analytics.stream import AnalyticsEvent, AnalyticsOutput, StreamAnalytics
+from roadside.edge.analytics.tracker import Track
+from roadside.edge.inference.yolo import Detections
 
 LABELS = ["car", "truck", "pedestrian", "cyclist"]
 CAR, PEDESTRIAN = 0, 2

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.audit import (
+from roadside.cloud.fleet.audit import (
     GENESIS_HASH,
     AuditEntry,
     canonical_details,

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from edge.inference.batching import BatchPolicy, DynamicBatcher
-from shared.errors import ConfigError
-from shared.queues import BoundedQueue, Overflow
+from roadside.edge.inference.batching import BatchPolicy, DynamicBatcher
+from roadside.shared.errors import ConfigError
+from roadside.shared.queues import BoundedQueue, Overflow
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.client import topic_matches_sub
 
-from cloud import broker as broker_module
-from cloud.broker import (
+from roadside.cloud.broker import mosquitto as broker_module
+from roadside.cloud.broker.mosquitto import (
     AclDevice,
     check_device_name,
     check_hub_identity,
@@ -20,7 +20,7 @@ from cloud.broker import (
     render_compose_config,
     render_config,
 )
-from shared.errors import ConfigError
+from roadside.shared.errors import ConfigError
 
 A = AclDevice("dev-a", "s1")
 B = AclDevice("dev-b", "s1")
@@ -235,7 +235,7 @@ def _parse(text: str) -> dict[str, list[str]]:
 
 def test_compose_broker_config_is_rendered_by_render_config() -> None:
     # One source: compose runs exactly what render_config writes (regenerate with
-    # `python -c "from cloud.broker import render_compose_config; print(render_compose_config(), end='')"`).
+    # `python -c "from roadside.cloud.broker.mosquitto import render_compose_config; print(render_compose_config(), end='')"`).
     shipped = Path(__file__).resolve().parents[2] / "compose" / "mosquitto" / "mosquitto.conf"
     assert shipped.read_text() == render_compose_config()
     conf = _parse(shipped.read_text())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.bundle import BrokerAddress, EnrollmentBundle, write_bundle
-from shared.keys import KeyPair
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle, write_bundle
+from roadside.shared.keys import KeyPair
 
 
 def _bundle() -> EnrollmentBundle:

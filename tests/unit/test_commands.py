@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 
-from cloud.command_sender import CommandSender
-from edge.control.handler import CommandHandler, Outcome
-from edge.control.journal import AckJournal
-from edge.control.keys import KeyState, KeyStore
-from edge.control.reload import plan_reload
-from edge.control.verifier import CommandVerifier, InvalidCommandError
-from edge.settings import AgentSettings, SourceConfig, load_agent_settings
-from shared.envelope import HubCommandSealer
-from shared.errors import ConfigError, ReplayError, TransportError, UnknownKeyError
-from shared.keys import KeyPair, PublicKeys, b64, unb64
-from shared.schemas import AckMessage, Command, CommandType, encode
+from roadside.cloud.fleet.command_sender import CommandSender
+from roadside.edge.control.handler import CommandHandler, Outcome
+from roadside.edge.control.journal import AckJournal
+from roadside.edge.control.keys import KeyState, KeyStore
+from roadside.edge.control.reload import plan_reload
+from roadside.edge.control.verifier import CommandVerifier, InvalidCommandError
+from roadside.edge.settings import AgentSettings, SourceConfig, load_agent_settings
+from roadside.shared.envelope import HubCommandSealer
+from roadside.shared.errors import ConfigError, ReplayError, TransportError, UnknownKeyError
+from roadside.shared.keys import KeyPair, PublicKeys, b64, unb64
+from roadside.shared.schemas import AckMessage, Command, CommandType, encode
 
 HUB = KeyPair.generate()
 ENROLLED = KeyPair.generate()

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cloud.dataset.formats import COCO_ANNOTATIONS, export, import_labels
-from cloud.dataset.store import DatasetStore
-from cloud.home import HubHome
 from roadside.cli import build
-from shared.dataset import DatasetManifest
-from shared.errors import ConfigError
-from shared.schemas import HardExample, LabeledBox
+from roadside.cloud.dataset.formats import COCO_ANNOTATIONS, export, import_labels
+from roadside.cloud.dataset.store import DatasetStore
+from roadside.cloud.home import HubHome
+from roadside.shared.dataset import DatasetManifest
+from roadside.shared.errors import ConfigError
+from roadside.shared.schemas import HardExample, LabeledBox
 from tests.unit.test_dataset_store import approve_all
 
 

@@ -15,17 +15,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.dataset.formats import import_labels
-from cloud.dataset.images import (
+from roadside.cloud.dataset.formats import import_labels
+from roadside.cloud.dataset.images import (
     MAX_IMAGE_PIXELS,
     ImageRefusedError,
     check_pixels,
     checked_header_size,
     header_size,
 )
-from cloud.dataset.paths import check_member_name, is_inside
-from cloud.dataset.store import DatasetStore
-from shared.errors import ConfigError
+from roadside.cloud.dataset.paths import check_member_name, is_inside
+from roadside.cloud.dataset.store import DatasetStore
+from roadside.shared.errors import ConfigError
 from tests.unit.test_dataset_store import example
 
 

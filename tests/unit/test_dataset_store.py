@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from cloud.dataset.store import DatasetStore
-from shared.dataset import load_manifest
-from shared.errors import ConfigError
-from shared.schemas import HardExample, LabeledBox
+from roadside.cloud.dataset.store import DatasetStore
+from roadside.shared.dataset import load_manifest
+from roadside.shared.errors import ConfigError
+from roadside.shared.schemas import HardExample, LabeledBox
 
 
 def jpeg(seed: int, w: int = 64, h: int = 48) -> bytes:

@@ -12,15 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cloud.audit import AuditLog
-from cloud.dataset.store import DatasetStore
-from cloud.dataset.trust import InboxEntry, TrustPolicy, device_quota, select_for_version
-from cloud.home import HubHome
-from cloud.registry import Registry
 from roadside.cli import build
-from shared.dataset import DatasetSample, SampleOrigin
-from shared.errors import ConfigError
-from shared.schemas import LabeledBox
+from roadside.cloud.dataset.store import DatasetStore
+from roadside.cloud.dataset.trust import InboxEntry, TrustPolicy, device_quota, select_for_version
+from roadside.cloud.fleet.audit import AuditLog
+from roadside.cloud.home import HubHome
+from roadside.cloud.registry import Registry
+from roadside.shared.dataset import DatasetSample, SampleOrigin
+from roadside.shared.errors import ConfigError
+from roadside.shared.schemas import LabeledBox
 from tests.unit.test_dataset_store import CAR, example
 
 BOX = LabeledBox(cls="car", box=(1.0, 1.0, 5.0, 5.0))

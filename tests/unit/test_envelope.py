@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.envelope import (
+from roadside.shared.envelope import (
     MAX_WIRE_BYTES,
     DeviceCommandOpener,
     DeviceSealer,
@@ -18,7 +18,7 @@ from shared.envelope import (
     ReplayWindow,
     parse,
 )
-from shared.errors import (
+from roadside.shared.errors import (
     BadSignatureError,
     OversizeError,
     ReplayError,
@@ -26,7 +26,7 @@ from shared.errors import (
     TamperedError,
     UnknownKeyError,
 )
-from shared.keys import KeyPair, PublicKeys
+from roadside.shared.keys import KeyPair, PublicKeys
 
 HUB = KeyPair.generate()
 DEVICE = KeyPair.generate()

@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-import models.finetune as finetune_module
-from models.finetune import FinetuneConfig, ReplaySampler, finetune, rendered_frames
-from shared.errors import ConfigError
-from sim.synthetic import SceneConfig
+import roadside.models.finetune as finetune_module
+from roadside.models.finetune import FinetuneConfig, ReplaySampler, finetune, rendered_frames
+from roadside.shared.errors import ConfigError
+from roadside.sim.synthetic import SceneConfig
 
 DETECTOR = Path(__file__).resolve().parents[2] / "models" / "detector.onnx"
 
@@ -56,7 +56,7 @@ def test_short_finetune_replays_rainy_scenes(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_frozen_backbone_stays_put() -> None:
-    from models.finetune import load_onnx_detector
+    from roadside.models.finetune import load_onnx_detector
 
     parent = load_onnx_detector(DETECTOR)
     before = {k: v.clone() for k, v in parent.state_dict().items()}

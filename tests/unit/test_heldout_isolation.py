@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.evaluate import CONDITIONS, TRAIN_SEED_LIMIT, heldout_frames
+from roadside.models.evaluate import CONDITIONS, TRAIN_SEED_LIMIT, heldout_frames
 
 ROOT = Path(__file__).resolve().parents[2]
 GATE_PATH = [
@@ -26,7 +26,7 @@ GATE_PATH = [
     "cloud/release/gate.py",
     "cloud/release/publishing.py",
 ]
-DEVICE_REACHABLE = ("cloud.dataset", "cloud.ingest", "shared.dataset", "edge")
+DEVICE_REACHABLE = ("roadside.cloud.dataset", "roadside.cloud.ingest", "roadside.shared.dataset", "edge")
 
 
 def _imports(path: Path) -> set[str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from cloud.ingest.core import Accepted, IngestCore, Rejection
-from shared.envelope import DeviceSealer, HubOpener
-from shared.keys import KeyPair, PublicKeys
-from shared.schemas import CountRecord, CountsMessage, encode
+from roadside.cloud.ingest.core import Accepted, IngestCore, Rejection
+from roadside.shared.envelope import DeviceSealer, HubOpener
+from roadside.shared.keys import KeyPair, PublicKeys
+from roadside.shared.schemas import CountRecord, CountsMessage, encode
 
 HUB = KeyPair.generate()
 DEV = KeyPair.generate()

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edge.cli import app
-from edge.install import Camera, install, parse_camera, render_config, render_unit
-from edge.settings import load_agent_settings
-from shared.bundle import BrokerAddress, EnrollmentBundle, write_bundle
-from shared.errors import ConfigError
-from shared.keys import KeyPair
+from roadside.edge.cli import app
+from roadside.edge.install import Camera, install, parse_camera, render_config, render_unit
+from roadside.edge.settings import load_agent_settings
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle, write_bundle
+from roadside.shared.errors import ConfigError
+from roadside.shared.keys import KeyPair
 
 EXEC = Path("/opt/roadside/bin/roadside")
 

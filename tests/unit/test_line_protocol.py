@@ -22,9 +22,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from influxdb_client.client.flux_table import FluxRecord, FluxTable, TableList
 
-from cloud.storage import influx
-from cloud.storage.base import CountQuery, EventQuery, IngestBatch, Origin
-from cloud.storage.influx import (
+from roadside.cloud.storage import influx
+from roadside.cloud.storage.base import CountQuery, EventQuery, IngestBatch, Origin
+from roadside.cloud.storage.influx import (
     InfluxV2Store,
     LinePoint,
     batch_points,
@@ -35,8 +35,8 @@ from cloud.storage.influx import (
     quote_literal,
     rows,
 )
-from shared.errors import ConfigError, SchemaError, TransportError
-from shared.schemas import CountRecord, DetectionEvent, Health, SensorReading, StreamHealth
+from roadside.shared.errors import ConfigError, SchemaError, TransportError
+from roadside.shared.schemas import CountRecord, DetectionEvent, Health, SensorReading, StreamHealth
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 T0_NS = int(T0.timestamp()) * 1_000_000_000

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.evaluate import heldout_frames, match_detections
-from sim.synthetic import CLASSES
-from vision.yolo import decode_yolo, letterbox_batch, parse_class_names
+from roadside.models.evaluate import heldout_frames, match_detections
+from roadside.sim.synthetic import CLASSES
+from roadside.vision.yolo import decode_yolo, letterbox_batch, parse_class_names
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

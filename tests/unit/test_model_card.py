@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from models.card import (
+from roadside.models.card import (
     CodeVersion,
     DatasetRef,
     Lineage,
@@ -24,11 +24,11 @@ from models.card import (
     render_markdown,
     summarise,
 )
-from models.evaluate import EvalReport
-from models.finetune import load_onnx_detector, module_path, samples_from_manifest
-from shared.dataset import DatasetManifest, DatasetSample, manifest_path
-from shared.errors import ConfigError
-from shared.schemas import LabeledBox
+from roadside.models.evaluate import EvalReport
+from roadside.models.finetune import load_onnx_detector, module_path, samples_from_manifest
+from roadside.shared.dataset import DatasetManifest, DatasetSample, manifest_path
+from roadside.shared.errors import ConfigError
+from roadside.shared.schemas import LabeledBox
 
 REPORT = EvalReport(
     frames=160, objects=1500, map50=0.9712, ap50={"car": 1.0}, recall={"car": 0.99, "truck": 1.0},
@@ -113,9 +113,9 @@ def test_module_path_undoes_torchscript_scopes(node: str, module: str) -> None:
 def test_committed_onnx_loads_back_into_pytorch_with_parity() -> None:
     import torch
 
-    from models.evaluate import heldout_frames
-    from models.export import onnx_predictor
-    from vision.yolo import letterbox
+    from roadside.models.evaluate import heldout_frames
+    from roadside.models.export import onnx_predictor
+    from roadside.vision.yolo import letterbox
 
     path = Path(__file__).resolve().parents[2] / "models" / "detector.onnx"
     model = load_onnx_detector(path)

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from mqttlink import Delivery, MqttSession, SessionConfig, TlsFiles, context_from_pem, puback_delivery
-from shared.errors import ConfigError
+from roadside.mqttlink import (
+    Delivery,
+    MqttSession,
+    SessionConfig,
+    TlsFiles,
+    context_from_pem,
+    puback_delivery,
+)
+from roadside.shared.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -18,14 +18,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge.control.handler import AgentSurface, CommandHandler
-from edge.control.keys import KeyState, KeyStore
-from edge.inference.yolo import Detections
-from edge.ota.manager import OtaHost, OtaManager
-from edge.ota.updater import BootChoice, OtaResult, OtaStatus
-from edge.settings import OtaConfig
-from shared.keys import KeyPair
-from shared.schemas import Command, OtaReport
+from roadside.edge.control.handler import AgentSurface, CommandHandler
+from roadside.edge.control.keys import KeyState, KeyStore
+from roadside.edge.inference.yolo import Detections
+from roadside.edge.ota.manager import OtaHost, OtaManager
+from roadside.edge.ota.updater import BootChoice, OtaResult, OtaStatus
+from roadside.edge.settings import OtaConfig
+from roadside.shared.keys import KeyPair
+from roadside.shared.schemas import Command, OtaReport
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -201,4 +201,6 @@ def test_a_rollback_of_a_model_that_never_ran_here_changes_nothing(rig: Rig) -> 
     ok, detail = rig.send(action="rollback", rollout_id=4, name="detector", version="2.0.0")
     assert ok
     assert detail == "2.0.0 is not running (1.0.0 is): nothing to roll back"
-    assert [(r.state, r.version, r.running_version) for r in rig.reports] == [("rolled_back", "2.0.0", "1.0.0")]
+    assert [(r.state, r.version, r.running_version) for r in rig.reports] == [
+        ("rolled_back", "2.0.0", "1.0.0")
+    ]

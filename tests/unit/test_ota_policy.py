@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tuf.api import exceptions as tuf_errors
 
-from edge.ota.policy import (
+from roadside.edge.ota.policy import (
     AgentProfile,
     ModelIndex,
     ModelTarget,
@@ -25,7 +25,7 @@ from edge.ota.policy import (
     refusal_for,
     shapes_compatible,
 )
-from shared.errors import (
+from roadside.shared.errors import (
     BadSignatureError,
     IntegrityError,
     OversizeError,

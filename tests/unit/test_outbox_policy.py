@@ -1,4 +1,4 @@
-"""The outbox drop rule (``edge.outbox.policy``), without a disk."""
+"""The outbox drop rule (``roadside.edge.outbox.policy``), without a disk."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.outbox import Priority
-from edge.outbox.policy import QueuedMessage, bytes_to_free, choose_drops, drop_order
+from roadside.edge.outbox import Priority
+from roadside.edge.outbox.policy import QueuedMessage, bytes_to_free, choose_drops, drop_order
 
 BUDGET = 10_000
 

@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.pki import (
+from roadside.cloud.broker.pki import (
     CA_CERT_FILE,
     CA_CRL_FILE,
     CA_KEY_FILE,
@@ -26,7 +26,7 @@ from cloud.pki import (
     save_ca,
     write_issued,
 )
-from shared.errors import ConfigError
+from roadside.shared.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

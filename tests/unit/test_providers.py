@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.inference.engine import OnnxDetector, OnnxSession
-from edge.inference.providers import (
+from roadside.edge.inference.engine import OnnxDetector, OnnxSession
+from roadside.edge.inference.providers import (
     CPU,
     CUDA,
     TENSORRT,
@@ -25,7 +25,7 @@ from edge.inference.providers import (
     plan_providers,
     provider_options,
 )
-from shared.errors import ConfigError
+from roadside.shared.errors import ConfigError
 
 GPU_BUILD = [TENSORRT, CUDA, CPU]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.release.gate import ConditionScore, publish_decision, scores_from_summary
-from shared.errors import ConfigError
+from roadside.cloud.release.gate import ConditionScore, publish_decision, scores_from_summary
+from roadside.shared.errors import ConfigError
 
 CURRENT = {
     "day": ConditionScore(map50=0.98, count_mae=0.6),

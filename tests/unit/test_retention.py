@@ -15,11 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from influxdb_client.client.flux_table import FluxRecord, FluxTable, TableList
 
-from cloud.retention_job import THREAD_NAME, RetentionJob
-from cloud.settings import load_hub_settings
-from cloud.storage.base import CountBucket, CountQuery
-from cloud.storage.influx import InfluxV2Store
-from cloud.storage.retention import (
+from roadside.cloud.settings import load_hub_settings
+from roadside.cloud.storage.base import CountBucket, CountQuery
+from roadside.cloud.storage.influx import InfluxV2Store
+from roadside.cloud.storage.retention import (
     ROLLUPS,
     Coverage,
     RetentionPolicy,
@@ -37,7 +36,8 @@ from cloud.storage.retention import (
     rollup,
     rollup_select_influxql,
 )
-from shared.errors import ConfigError, TransportError
+from roadside.cloud.storage.retention_job import THREAD_NAME, RetentionJob
+from roadside.shared.errors import ConfigError, TransportError
 
 NOW = datetime(2024, 5, 11, 13, 37, 12, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -420,7 +420,7 @@ def test_a_run_applies_the_policy_at_the_clock_time() -> None:
 
 def test_a_failed_run_is_logged_and_counted_and_never_raised(caplog: pytest.LogCaptureFixture) -> None:
     job = RetentionJob(_Store(fail=1), RetentionPolicy(), clock=lambda: NOW)
-    with caplog.at_level(logging.ERROR, logger="cloud.retention_job"):
+    with caplog.at_level(logging.ERROR, logger="roadside.cloud.storage.retention_job"):
         assert job.run_once() is None
     assert (job.runs, job.errors) == (1, 1)
     assert job.last_error == "TransportError: store unreachable"

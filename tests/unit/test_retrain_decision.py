@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud.retrain_loop import RetrainSnapshot, decide_retrain
-from cloud.settings import RetrainConfig
+from roadside.cloud.settings import RetrainConfig
+from roadside.cloud.training.loop import RetrainSnapshot, decide_retrain
 
 POLICY = RetrainConfig(min_samples=60, min_interval_s=3600.0)
 

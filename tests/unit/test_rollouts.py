@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cloud.release.rollouts import (
+from roadside.cloud.release.rollouts import (
     Decision,
     DeviceProgress,
     GateThresholds,
@@ -23,9 +23,9 @@ from cloud.release.rollouts import (
     parse_waves,
     plan_waves,
 )
-from cloud.settings import RetrainConfig
-from shared.errors import ConfigError
-from shared.schemas import Health, ShadowStats, StreamHealth
+from roadside.cloud.settings import RetrainConfig
+from roadside.shared.errors import ConfigError
+from roadside.shared.schemas import Health, ShadowStats, StreamHealth
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SAME = [0.0, 0.0, 0.05, 0.05, 0.1, 0.1, 0.2, 0.2, 0.2, 0.1]

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.samples.uploader import EncodedImage, SampleTooLargeError, encode_capped, scaled_boxes
-from edge.settings import load_agent_settings
-from shared.errors import ConfigError
-from shared.schemas import MAX_SAMPLE_JPEG_B64
+from roadside.edge.samples.uploader import EncodedImage, SampleTooLargeError, encode_capped, scaled_boxes
+from roadside.edge.settings import load_agent_settings
+from roadside.shared.errors import ConfigError
+from roadside.shared.schemas import MAX_SAMPLE_JPEG_B64
 
 
 def noise(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.errors import SchemaError
-from shared.schemas import (
+from roadside.shared.errors import SchemaError
+from roadside.shared.schemas import (
     CountRecord,
     CountsMessage,
     Health,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.sensors import open_sensor_source
-from edge.sensors.config import MqttSensorConfig, SerialSensorConfig, SyntheticSensorConfig
-from edge.settings import load_agent_settings
-from shared.errors import ConfigError
+from roadside.edge.sensors import open_sensor_source
+from roadside.edge.sensors.config import MqttSensorConfig, SerialSensorConfig, SyntheticSensorConfig
+from roadside.edge.settings import load_agent_settings
+from roadside.shared.errors import ConfigError
 
 
 def test_each_type_selects_its_config_and_adapter(tmp_path: Path) -> None:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from edge.sensors.config import AnomalyConfig, ThresholdRule
-from edge.sensors.events import AnomalyEvents, RobustZScorer, ThresholdEvents, rules_version
-from shared.schemas import DetectionEvent, EventsMessage, SensorReading
+from roadside.edge.sensors.config import AnomalyConfig, ThresholdRule
+from roadside.edge.sensors.events import AnomalyEvents, RobustZScorer, ThresholdEvents, rules_version
+from roadside.shared.schemas import DetectionEvent, EventsMessage, SensorReading
 
 T0 = datetime(2024, 6, 3, 8, tzinfo=UTC)
 PM25_ALERT = ThresholdRule(quantity="pm25", level=50.0, clear=40.0, cooldown_s=0.0)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edge.sensors.mqtt_local import PayloadError, parse_payload
+from roadside.edge.sensors.mqtt_local import PayloadError, parse_payload
 
 UNITS = {"pm25": "ug/m3", "noise": "dB(A)"}
 

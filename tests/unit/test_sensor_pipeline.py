@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from edge.outbox import Priority
-from edge.sensors.base import SensorSample
-from edge.sensors.config import FaultConfig, SyntheticSensorConfig, ThresholdRule
-from edge.sensors.pipeline import SensorPipeline
-from shared.errors import ConfigError
-from shared.schemas import EventsMessage, SensorsMessage, decode_uplink
+from roadside.edge.outbox import Priority
+from roadside.edge.sensors.base import SensorSample
+from roadside.edge.sensors.config import FaultConfig, SyntheticSensorConfig, ThresholdRule
+from roadside.edge.sensors.pipeline import SensorPipeline
+from roadside.shared.errors import ConfigError
+from roadside.shared.schemas import EventsMessage, SensorsMessage, decode_uplink
 
 START = datetime(2024, 6, 3, 6, tzinfo=UTC)
 FAULTS = FaultConfig(spike_prob=0.01, stuck_prob=0.005, dropout_prob=0.005, out_of_range_prob=0.005)

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from edge.sensors.base import SensorSample
-from edge.sensors.config import FaultConfig, QualityConfig
-from edge.sensors.quality import QualityChecker
-from edge.sensors.synthetic import SensorSimulator
+from roadside.edge.sensors.base import SensorSample
+from roadside.edge.sensors.config import FaultConfig, QualityConfig
+from roadside.edge.sensors.quality import QualityChecker
+from roadside.edge.sensors.synthetic import SensorSimulator
 
 MONDAY = datetime(2024, 6, 3, tzinfo=UTC).timestamp()
 FAULTS = FaultConfig(spike_prob=0.003, stuck_prob=0.002, dropout_prob=0.002, out_of_range_prob=0.001)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.sensors.serial import (
+from roadside.edge.sensors.serial import (
     LineError,
     LineParser,
     LineSplitter,

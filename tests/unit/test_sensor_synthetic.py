@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from edge.sensors.config import FaultConfig, SyntheticSensorConfig
-from edge.sensors.synthetic import PROFILES, SensorSimulator, SimulatedSample, SyntheticSensorSource
+from roadside.edge.sensors.config import FaultConfig, SyntheticSensorConfig
+from roadside.edge.sensors.synthetic import PROFILES, SensorSimulator, SimulatedSample, SyntheticSensorSource
 
 MONDAY = datetime(2024, 6, 3, tzinfo=UTC).timestamp()
 QUANTITIES = ["pm25", "no2", "occupancy", "noise"]

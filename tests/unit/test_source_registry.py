@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-import edge.sources
-from edge.settings import SyntheticSource
-from edge.sources import ENTRY_POINT_GROUP, installed_source_types, open_source
-from shared.errors import ConfigError
+from roadside.edge import sources as edge_sources
+from roadside.edge.settings import SyntheticSource
+from roadside.edge.sources import ENTRY_POINT_GROUP, installed_source_types, open_source
+from roadside.shared.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_synthetic_camera_comes_from_sim_through_its_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(edge.sources.SOURCE_TYPES, "synthetic", raising=False)  # as in a fresh agent
+    monkeypatch.delitem(edge_sources.SOURCE_TYPES, "synthetic", raising=False)  # as in a fresh agent
     source = open_source(SyntheticSource(width=64, height=64, realtime=False, max_frames=2))
     try:
-        assert type(source).__module__ == "sim.camera"
+        assert type(source).__module__ == "roadside.sim.camera"
         frames = list(source.frames())
     finally:
         source.close()
@@ -33,24 +33,26 @@ def test_the_synthetic_camera_comes_from_sim_through_its_entry_point(monkeypatch
 def test_a_type_nothing_registers_is_a_config_error_that_lists_what_is_there(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delitem(edge.sources.SOURCE_TYPES, "synthetic", raising=False)
-    monkeypatch.setattr(edge.sources, "registered_entry_points", lambda *_: [])
+    monkeypatch.delitem(edge_sources.SOURCE_TYPES, "synthetic", raising=False)
+    monkeypatch.setattr(edge_sources, "registered_entry_points", lambda *_: [])
     with pytest.raises(ConfigError, match=r"camera cam0: no source of type 'synthetic'.*installed: video"):
         open_source(SyntheticSource())
 
 
-def test_a_registered_module_that_cannot_be_imported_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_registered_module_that_cannot_be_imported_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     broken = EntryPoint("synthetic", "roadside_no_such_module:Source", ENTRY_POINT_GROUP)
-    monkeypatch.delitem(edge.sources.SOURCE_TYPES, "synthetic", raising=False)
-    monkeypatch.setattr(edge.sources, "registered_entry_points", lambda *_: [broken])
+    monkeypatch.delitem(edge_sources.SOURCE_TYPES, "synthetic", raising=False)
+    monkeypatch.setattr(edge_sources, "registered_entry_points", lambda *_: [broken])
     with pytest.raises(ConfigError, match="roadside_no_such_module:Source, which cannot be imported"):
         open_source(SyntheticSource())
 
 
 def test_two_packages_registering_one_type_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     twice = [EntryPoint("synthetic", f"pkg{i}:Source", ENTRY_POINT_GROUP) for i in (1, 2)]
-    monkeypatch.delitem(edge.sources.SOURCE_TYPES, "synthetic", raising=False)
-    monkeypatch.setattr(edge.sources, "registered_entry_points", lambda *_: twice)
+    monkeypatch.delitem(edge_sources.SOURCE_TYPES, "synthetic", raising=False)
+    monkeypatch.setattr(edge_sources, "registered_entry_points", lambda *_: twice)
     with pytest.raises(ConfigError, match="registered twice"):
         open_source(SyntheticSource())
 
@@ -58,20 +60,22 @@ def test_two_packages_registering_one_type_is_a_config_error(monkeypatch: pytest
 def test_an_install_without_sim_still_opens_cameras_and_refuses_the_synthetic_one() -> None:
     # sys.modules[name] = None makes every import of sim fail, as on a box where it is not installed.
     code = (
-        "import sys; sys.modules['sim'] = None\n"
-        "from edge.agent import Agent\n"
-        "from edge.settings import SyntheticSource, VideoSource\n"
-        "from edge.sources import open_source\n"
-        "from shared.errors import ConfigError\n"
+        "import sys; sys.modules['roadside.sim'] = None\n"
+        "from roadside.edge.agent import Agent\n"
+        "from roadside.edge.settings import SyntheticSource, VideoSource\n"
+        "from roadside.edge.sources import open_source\n"
+        "from roadside.shared.errors import ConfigError\n"
         "open_source(VideoSource(uri='/nonexistent.mp4')).close()\n"
         "try:\n"
         "    open_source(SyntheticSource())\n"
         "except ConfigError as exc:\n"
         "    print('refused:', exc)\n"
-        "assert not [m for m in sys.modules if m.startswith(('sim.', 'models'))]\n"
+        "assert not [m for m in sys.modules if m.startswith(('roadside.sim.', 'roadside.models'))]\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "refused: camera cam0: source type 'synthetic' is registered by sim.camera" in result.stdout
+    assert (
+        "refused: camera cam0: source type 'synthetic' is registered by roadside.sim.camera" in result.stdout
+    )

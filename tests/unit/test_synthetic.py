@@ -11,7 +11,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from sim.synthetic import (
+from roadside.sim.synthetic import (
     CLASSES,
     LANE_NAMES,
     RoadScene,
@@ -145,13 +145,13 @@ def test_render_is_fast() -> None:
 
 
 def test_module_does_not_import_torch() -> None:
-    code = "import sys, sim.synthetic; assert 'torch' not in sys.modules"
+    code = "import sys, roadside.sim.synthetic; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_the_synthetic_camera_drifts_to_other_weather_part_way() -> None:
-    from edge.settings import SceneDrift, SyntheticSource
-    from sim.camera import SyntheticFrameSource
+    from roadside.edge.settings import SceneDrift, SyntheticSource
+    from roadside.sim.camera import SyntheticFrameSource
 
     config = SyntheticSource(
         seed=4, realtime=False, max_frames=12, drift=SceneDrift(after_frames=6, light=0.25, rain=0.9)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError
-from shared.version import checkout_version, roadside_version
+from roadside.shared.errors import ConfigError
+from roadside.shared.version import checkout_version, roadside_version
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

@@ -22,8 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cloud.live import EventFilter, LiveEvent
-from cloud.webhooks import (
+from roadside.cloud.api.webhooks import (
     DELIVERY_HEADER,
     MASK,
     MAX_WEBHOOKS,
@@ -45,8 +44,9 @@ from cloud.webhooks import (
     sign,
     verify_signature,
 )
-from shared.errors import ConfigError
-from shared.schemas import DetectionEvent
+from roadside.cloud.fleet.live import EventFilter, LiveEvent
+from roadside.shared.errors import ConfigError
+from roadside.shared.schemas import DetectionEvent
 
 NOW = 1_746_000_000
 PUBLIC = ip_address("93.184.215.14")  # a globally routable address, standing in for city.example's

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from vision.yolo import (
+from roadside.vision.yolo import (
     PAD_VALUE,
     Detections,
     LetterboxInfo,

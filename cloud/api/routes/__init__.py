@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from cloud.api.routes import (
+from roadside.cloud.api.routes import (
     counts,
     devices,
     events,

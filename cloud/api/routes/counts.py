@@ -6,9 +6,9 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query, Request, Response
 
-from cloud.api import export, problems
-from cloud.api.deps import StoreDep, TelemetryReader
-from cloud.api.schemas import CountRow, CountSeries, CountsParams
+from roadside.cloud.api import export, problems
+from roadside.cloud.api.deps import StoreDep, TelemetryReader
+from roadside.cloud.api.schemas import CountRow, CountSeries, CountsParams
 
 router = APIRouter(
     prefix="/v1/counts",

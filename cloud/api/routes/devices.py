@@ -10,8 +10,8 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import ConfigDict, Field
 
-from cloud.api import problems
-from cloud.api.deps import (
+from roadside.cloud.api import problems
+from roadside.cloud.api.deps import (
     ApiSettings,
     DevicesDep,
     DeviceWriter,
@@ -22,7 +22,7 @@ from cloud.api.deps import (
     TelemetryReader,
     actor,
 )
-from cloud.api.schemas import (
+from roadside.cloud.api.schemas import (
     MAX_DEVICES,
     Device,
     DeviceDetail,
@@ -32,10 +32,10 @@ from cloud.api.schemas import (
     DeviceName,
     EnrollRequest,
 )
-from cloud.registry import DeviceRecord, Devices
-from shared.bundle import EnrollmentBundle
-from shared.errors import BadSignatureError, ConfigError
-from shared.keys import PublicKeys, key_registration_message, unb64
+from roadside.cloud.registry import DeviceRecord, Devices
+from roadside.shared.bundle import EnrollmentBundle
+from roadside.shared.errors import BadSignatureError, ConfigError
+from roadside.shared.keys import PublicKeys, key_registration_message, unb64
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class SignedDeviceKeysRequest(DeviceKeysRequest):
         max_length=88,
         pattern=r"^[A-Za-z0-9+/]{86}==$",
         description="Ed25519 signature, standard base64, by the new Ed25519 key over "
-        "`shared.keys.key_registration_message(device_id, keys)`: the bytes "
+        "`roadside.shared.keys.key_registration_message(device_id, keys)`: the bytes "
         "`roadside/v1 key registration\\0` + device id + `\\0` + x25519 + ed25519 (raw keys).",
     )
 

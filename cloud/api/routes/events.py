@@ -6,10 +6,10 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query, Request, Response
 
-from cloud.api import export, problems
-from cloud.api.deps import StoreDep, TelemetryReader
-from cloud.api.schemas import Event, EventList, EventsParams
-from cloud.storage.base import events_page
+from roadside.cloud.api import export, problems
+from roadside.cloud.api.deps import StoreDep, TelemetryReader
+from roadside.cloud.api.schemas import Event, EventList, EventsParams
+from roadside.cloud.storage.base import events_page
 
 router = APIRouter(
     prefix="/v1/events",

@@ -8,10 +8,10 @@ from typing import Any, Final
 
 from fastapi import APIRouter
 
-from cloud.api import problems
-from cloud.api.deps import DevicesDep, HooksDep, SettingsDep, TelemetryReader
-from cloud.api.routes.devices import device_view
-from cloud.api.schemas import Device, FleetCounts, FleetSummary, SiteFleet
+from roadside.cloud.api import problems
+from roadside.cloud.api.deps import DevicesDep, HooksDep, SettingsDep, TelemetryReader
+from roadside.cloud.api.routes.devices import device_view
+from roadside.cloud.api.schemas import Device, FleetCounts, FleetSummary, SiteFleet
 
 router = APIRouter(prefix="/v1/fleet", tags=["devices"], responses={**problems.AUTH_RESPONSES})
 

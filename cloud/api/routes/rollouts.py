@@ -1,7 +1,7 @@
 """``/v1/rollouts``: staged model rollouts for operators (``write:rollouts``).
 
 The routes only write the registry; the hub's rollout controller
-(:mod:`cloud.release.controller`) acts on it within a second. Every change is
+(:mod:`roadside.cloud.release.controller`) acts on it within a second. Every change is
 audited with the API client as the actor.
 """
 
@@ -15,11 +15,11 @@ from typing import Annotated, Any, Final, Literal
 from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api import problems
-from cloud.api.deps import RegistryDep, RolloutOperator, actor
-from cloud.release.controller import change_rollout, create_rollout, rollout_status
-from cloud.release.rollouts import GateThresholds, RolloutSpec, parse_duration
-from shared.errors import ConfigError
+from roadside.cloud.api import problems
+from roadside.cloud.api.deps import RegistryDep, RolloutOperator, actor
+from roadside.cloud.release.controller import change_rollout, create_rollout, rollout_status
+from roadside.cloud.release.rollouts import GateThresholds, RolloutSpec, parse_duration
+from roadside.shared.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -6,10 +6,16 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query, Request, Response
 
-from cloud.api import export, problems
-from cloud.api.deps import StoreDep, TelemetryReader
-from cloud.api.schemas import LatestSensors, LatestSensorsParams, SensorSeries, SensorsParams, SensorValue
-from cloud.storage.base import latest_sensor_readings
+from roadside.cloud.api import export, problems
+from roadside.cloud.api.deps import StoreDep, TelemetryReader
+from roadside.cloud.api.schemas import (
+    LatestSensors,
+    LatestSensorsParams,
+    SensorSeries,
+    SensorsParams,
+    SensorValue,
+)
+from roadside.cloud.storage.base import latest_sensor_readings
 
 router = APIRouter(
     prefix="/v1/sensors",

@@ -6,10 +6,10 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query, Request, Response
 
-from cloud.api import export, problems
-from cloud.api.deps import StoreDep, TelemetryReader
-from cloud.api.schemas import SpeedRow, SpeedSeries, SpeedsParams
-from cloud.storage.base import MAX_SPEED_SAMPLES, speed_statistics
+from roadside.cloud.api import export, problems
+from roadside.cloud.api.deps import StoreDep, TelemetryReader
+from roadside.cloud.api.schemas import SpeedRow, SpeedSeries, SpeedsParams
+from roadside.cloud.storage.base import MAX_SPEED_SAMPLES, speed_statistics
 
 router = APIRouter(
     prefix="/v1/speeds",

@@ -4,7 +4,7 @@ Each event is one SSE message (``id`` = event id, ``data`` = the event as
 JSON, the same shape as ``/v1/events``). Comments keep the connection alive
 (``: heartbeat``) and say when this client fell behind and lost events
 (``: dropped N``): each client has a bounded queue that drops its oldest
-events when full (:mod:`cloud.live`). A stream ends after the hub's maximum
+events when full (:mod:`roadside.cloud.fleet.live`). A stream ends after the hub's maximum
 stream duration; clients reconnect (``EventSource`` does by itself), which
 also re-checks their API key.
 """
@@ -20,10 +20,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from cloud.api import problems
-from cloud.api.deps import LiveDep, SettingsDep, TelemetryReader
-from cloud.api.schemas import Event, StreamParams
-from cloud.live import FeedFullError, LiveEvent, Subscription
+from roadside.cloud.api import problems
+from roadside.cloud.api.deps import LiveDep, SettingsDep, TelemetryReader
+from roadside.cloud.api.schemas import Event, StreamParams
+from roadside.cloud.fleet.live import FeedFullError, LiveEvent, Subscription
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import logging
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cloud.api.deps import MetricsRegistryDep, SettingsDep, StoreDep
-from cloud.api.schemas import HubHealth
+from roadside.cloud.api.deps import MetricsRegistryDep, SettingsDep, StoreDep
+from roadside.cloud.api.schemas import HubHealth
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``/v1/webhooks``: where the hub POSTs events as they arrive (``admin``).
 
 Deliveries are signed (``X-Roadside-Signature``) and retried; see
-:mod:`cloud.webhooks` for the scheme a receiver verifies.
+:mod:`roadside.cloud.api.webhooks` for the scheme a receiver verifies.
 """
 
 from __future__ import annotations
@@ -12,10 +12,15 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Body, Path, Response
 from fastapi.exceptions import RequestValidationError
 
-from cloud.api import problems
-from cloud.api.deps import Administrator, AuditDep, WebhooksDep, actor
-from cloud.api.schemas import Webhook, WebhookCreate, WebhookCreated, WebhookList
-from cloud.webhooks import UnresolvedHostError, WebhookDestinationError, WebhookLimitError, masked_url
+from roadside.cloud.api import problems
+from roadside.cloud.api.deps import Administrator, AuditDep, WebhooksDep, actor
+from roadside.cloud.api.schemas import Webhook, WebhookCreate, WebhookCreated, WebhookList
+from roadside.cloud.api.webhooks import (
+    UnresolvedHostError,
+    WebhookDestinationError,
+    WebhookLimitError,
+    masked_url,
+)
 
 logger = logging.getLogger(__name__)
 

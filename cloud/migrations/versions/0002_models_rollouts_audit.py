@@ -6,7 +6,7 @@ Create Date: 2025-01-02
 
 The audit log refuses UPDATE and DELETE (and, on PostgreSQL, TRUNCATE) with
 triggers. They stop mistakes, not an owner of the database, who can drop
-them: the hash chain in ``cloud.audit`` is what detects tampering.
+them: the hash chain in ``roadside.cloud.fleet.audit`` is what detects tampering.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ other's query language alike.
 
 from __future__ import annotations
 
-from cloud.storage.influx.flux import (
+from roadside.cloud.storage.influx.flux import (
     FluxQuery,
     count_buckets_flux,
     events_flux,
@@ -28,14 +28,14 @@ from cloud.storage.influx.flux import (
     sensor_series_flux,
     seqs_above_flux,
 )
-from cloud.storage.influx.influxql import (
+from roadside.cloud.storage.influx.influxql import (
     count_buckets_influxql,
     events_influxql,
     quote_ident,
     quote_literal,
     sensor_series_influxql,
 )
-from cloud.storage.influx.line_protocol import (
+from roadside.cloud.storage.influx.line_protocol import (
     WRITE_CHUNK,
     LinePoint,
     batch_points,
@@ -43,8 +43,8 @@ from cloud.storage.influx.line_protocol import (
     escape_measurement,
     format_field,
 )
-from cloud.storage.influx.v1 import InfluxV1Store
-from cloud.storage.influx.v2 import InfluxV2Store
+from roadside.cloud.storage.influx.v1 import InfluxV1Store
+from roadside.cloud.storage.influx.v2 import InfluxV2Store
 
 __all__ = [
     "WRITE_CHUNK",

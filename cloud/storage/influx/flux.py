@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cloud.storage.base import CountQuery, EventQuery, SensorQuery, to_epoch_us
-from cloud.storage.influx.line_protocol import COUNT_GROUPS, COUNTS, EVENTS, HEALTH, INGEST, SENSORS
-from shared.errors import TransportError
+from roadside.cloud.storage.base import CountQuery, EventQuery, SensorQuery, to_epoch_us
+from roadside.cloud.storage.influx.line_protocol import COUNT_GROUPS, COUNTS, EVENTS, HEALTH, INGEST, SENSORS
+from roadside.shared.errors import TransportError
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from cloud.storage.base import CountQuery, EventQuery, SensorQuery, to_epoch_us
-from cloud.storage.influx.line_protocol import COUNT_GROUPS, COUNTS, EVENTS, HEALTH, INGEST, SENSORS
+from roadside.cloud.storage.base import CountQuery, EventQuery, SensorQuery, to_epoch_us
+from roadside.cloud.storage.influx.line_protocol import COUNT_GROUPS, COUNTS, EVENTS, HEALTH, INGEST, SENSORS
 
 
 def quote_ident(name: str) -> str:

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
-from cloud.storage.base import IngestBatch, Origin, to_epoch_us
-from shared.errors import SchemaError
-from shared.schemas import CountRecord, DetectionEvent, Health, SensorReading
+from roadside.cloud.storage.base import IngestBatch, Origin, to_epoch_us
+from roadside.shared.errors import SchemaError
+from roadside.shared.schemas import CountRecord, DetectionEvent, Health, SensorReading
 
 COUNTS: Final = "counts"
 EVENTS: Final = "events"

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from cloud.storage.base import CountBucket, StoredEvent, StoredReading, from_epoch_us
-from shared.errors import ConfigError, RoadsideError, SchemaError, TransportError
-from shared.schemas import DetectionEvent, SensorReading
+from roadside.cloud.storage.base import CountBucket, StoredEvent, StoredReading, from_epoch_us
+from roadside.shared.errors import ConfigError, RoadsideError, SchemaError, TransportError
+from roadside.shared.schemas import DetectionEvent, SensorReading
 
 
 def count_bucket(row: Mapping[str, Any], bucket_ns: int) -> CountBucket:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from cloud.storage.base import (
+from roadside.cloud.storage.base import (
     CountBucket,
     CountQuery,
     EventQuery,
@@ -23,7 +23,7 @@ from cloud.storage.base import (
     StoredEvent,
     StoredReading,
 )
-from cloud.storage.influx.influxql import (
+from roadside.cloud.storage.influx.influxql import (
     count_buckets_influxql,
     events_influxql,
     highest_seq_influxql,
@@ -32,8 +32,8 @@ from cloud.storage.influx.influxql import (
     sensor_series_influxql,
     seqs_above_influxql,
 )
-from cloud.storage.influx.line_protocol import WRITE_CHUNK, batch_lines, chunks
-from cloud.storage.influx.rows import (
+from roadside.cloud.storage.influx.line_protocol import WRITE_CHUNK, batch_lines, chunks
+from roadside.cloud.storage.influx.rows import (
     count_bucket,
     count_order,
     rejection,
@@ -41,7 +41,7 @@ from cloud.storage.influx.rows import (
     stored_reading,
     tie_break,
 )
-from cloud.storage.retention import (
+from roadside.cloud.storage.retention import (
     RAW_RP,
     ROLLUPS,
     RetentionPolicy,
@@ -60,8 +60,8 @@ from cloud.storage.retention import (
     rollup_select_influxql,
     tier_rp,
 )
-from shared.errors import ConfigError, TransportError
-from shared.schemas import Health
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.schemas import Health
 
 log = logging.getLogger(__name__)
 

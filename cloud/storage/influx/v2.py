@@ -28,7 +28,7 @@ from influxdb_client.domain.task_create_request import TaskCreateRequest
 from influxdb_client.domain.task_update_request import TaskUpdateRequest
 from influxdb_client.domain.write_precision import WritePrecision
 
-from cloud.storage.base import (
+from roadside.cloud.storage.base import (
     CountBucket,
     CountQuery,
     EventQuery,
@@ -37,7 +37,7 @@ from cloud.storage.base import (
     StoredEvent,
     StoredReading,
 )
-from cloud.storage.influx.flux import (
+from roadside.cloud.storage.influx.flux import (
     FluxQuery,
     count_buckets_flux,
     events_flux,
@@ -47,8 +47,8 @@ from cloud.storage.influx.flux import (
     sensor_series_flux,
     seqs_above_flux,
 )
-from cloud.storage.influx.line_protocol import COUNTS, WRITE_CHUNK, batch_lines, chunks
-from cloud.storage.influx.rows import (
+from roadside.cloud.storage.influx.line_protocol import COUNTS, WRITE_CHUNK, batch_lines, chunks
+from roadside.cloud.storage.influx.rows import (
     count_bucket,
     count_order,
     rejection,
@@ -56,7 +56,7 @@ from cloud.storage.influx.rows import (
     stored_reading,
     tie_break,
 )
-from cloud.storage.retention import (
+from roadside.cloud.storage.retention import (
     ROLLUP_TIERS,
     FluxTask,
     RetentionPolicy,
@@ -66,8 +66,8 @@ from cloud.storage.retention import (
     plan_spans,
     rollup_bucket,
 )
-from shared.errors import ConfigError, TransportError
-from shared.schemas import Health
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.schemas import Health
 
 log = logging.getLogger(__name__)
 

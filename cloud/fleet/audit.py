@@ -65,7 +65,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError
 
-from shared.errors import TransportError
+from roadside.shared.errors import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ audit_head: Final = Table(
 
 
 class HasEngine(Protocol):
-    """Anything that owns the registry's engine (``cloud.registry.Registry``)."""
+    """Anything that owns the registry's engine (``roadside.cloud.registry.Registry``)."""
 
     @property
     def engine(self) -> Engine: ...

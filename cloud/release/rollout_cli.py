@@ -15,10 +15,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cloud.cli_common import DEFAULT_HOME, HomeOption, RegistryUrlOption, actor, fail, open_registry
-from cloud.release.controller import RolloutStatus, change_rollout, create_rollout, rollout_status
-from cloud.release.rollouts import FINAL_STATES, GateThresholds, RolloutSpec, parse_duration, parse_waves
-from shared.errors import ConfigError
+from roadside.cloud.cli_common import DEFAULT_HOME, HomeOption, RegistryUrlOption, actor, fail, open_registry
+from roadside.cloud.release.controller import RolloutStatus, change_rollout, create_rollout, rollout_status
+from roadside.cloud.release.rollouts import (
+    FINAL_STATES,
+    GateThresholds,
+    RolloutSpec,
+    parse_duration,
+    parse_waves,
+)
+from roadside.shared.errors import ConfigError
 
 rollout_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Staged model rollouts: canary, waves, gates, rollback."

@@ -4,7 +4,7 @@ Every roadside device, every hub process and the broker hold a certificate
 from the Roadside CA. The broker requires a client certificate and takes its
 common name as the MQTT username (``use_identity_as_username``), so a
 client's CN is its device id, or ``hub`` for the hub, and the broker's ACL
-file (``cloud.broker.render_acl``) decides what that name may touch.
+file (``roadside.cloud.broker.mosquitto.render_acl``) decides what that name may touch.
 
 The core (``CertificateAuthority``) works on PEM bytes and does no I/O;
 ``save_ca``, ``load_ca`` and ``write_issued`` are the thin file layer, which
@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shared.errors import ConfigError
-from shared.topics import check_name
+from roadside.shared.errors import ConfigError
+from roadside.shared.topics import check_name
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloud.cli_common import DEFAULT_HOME, HomeOption
-from shared.errors import RoadsideError
+from roadside.cloud.cli_common import DEFAULT_HOME, HomeOption
+from roadside.shared.errors import RoadsideError
 
 if TYPE_CHECKING:
-    from cloud.ingest.deadletter import DeadLetter, DeadLetterStore
-    from shared.keys import PublicKeys
+    from roadside.cloud.ingest.deadletter import DeadLetter, DeadLetterStore
+    from roadside.shared.keys import PublicKeys
 
 deadletters_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Messages ingest refused: inspect and re-drive them."
@@ -29,8 +29,8 @@ DeviceFilter = Annotated[str | None, typer.Option("--device", help="Only letters
 
 @contextlib.contextmanager
 def _letters(home: Path) -> Iterator[DeadLetterStore]:
-    from cloud.home import HubHome
-    from cloud.ingest.deadletter import DeadLetterStore
+    from roadside.cloud.home import HubHome
+    from roadside.cloud.ingest.deadletter import DeadLetterStore
 
     path = HubHome(home).dead_letters_db
     if not path.exists():
@@ -90,8 +90,8 @@ def deadletters_show(
     payload_out: Annotated[Path | None, typer.Option(help="Write the message's bytes to this file.")] = None,
 ) -> None:
     """One letter: why it was refused, its clear envelope header, and optionally its bytes."""
-    from shared.envelope import parse
-    from shared.errors import IntegrityError
+    from roadside.shared.envelope import parse
+    from roadside.shared.errors import IntegrityError
 
     with _letters(home) as letters:
         letter = letters.get(letter_id)
@@ -141,14 +141,14 @@ def deadletters_redrive(
 def _redrive(
     home: Path, config: Path | None, letter_ids: list[int], reason: str | None, device: str | None
 ) -> dict[str, object]:
-    from cloud.dataset.store import DatasetStore
-    from cloud.home import HubHome
-    from cloud.hub import open_store
-    from cloud.ingest.core import Accepted, IngestCore
-    from cloud.ingest.redrive import Redriver
-    from cloud.registry import Registry
-    from cloud.settings import load_hub_settings
-    from shared.envelope import HubOpener
+    from roadside.cloud.dataset.store import DatasetStore
+    from roadside.cloud.home import HubHome
+    from roadside.cloud.hub import open_store
+    from roadside.cloud.ingest.core import Accepted, IngestCore
+    from roadside.cloud.ingest.redrive import Redriver
+    from roadside.cloud.registry import Registry
+    from roadside.cloud.settings import load_hub_settings
+    from roadside.shared.envelope import HubOpener
 
     settings = load_hub_settings(config, home=home)
     hub_home = HubHome(settings.home)

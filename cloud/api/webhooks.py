@@ -65,10 +65,10 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
-from cloud.live import EventFilter, LiveEvent
-from shared.backoff import Backoff
-from shared.errors import ConfigError, TransportError
-from shared.queues import Overflow
+from roadside.cloud.fleet.live import EventFilter, LiveEvent
+from roadside.shared.backoff import Backoff
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.queues import Overflow
 
 log = logging.getLogger(__name__)
 
@@ -524,7 +524,7 @@ class DispatcherStats:
 class WebhookDispatcher:
     """Delivers published events to matching webhooks from ``workers`` threads.
 
-    :meth:`offer` is a :class:`cloud.live.LiveFeed` sink: it matches filters
+    :meth:`offer` is a :class:`roadside.cloud.fleet.live.LiveFeed` sink: it matches filters
     and queues, and never blocks on the network. Start with :meth:`start`,
     stop with :meth:`stop` (in-flight requests finish; queued retries are dropped).
     """

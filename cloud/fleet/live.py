@@ -32,8 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from shared.queues import Overflow
-from shared.schemas import DetectionEvent
+from roadside.shared.queues import Overflow
+from roadside.shared.schemas import DetectionEvent
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class Subscription:
 class LiveFeed:
     """Fan-out of accepted events to subscribers and sinks. Thread-safe; publish never blocks.
 
-    The hub creates one, hands it to :func:`cloud.api.app.create_app` (SSE) and
+    The hub creates one, hands it to :func:`roadside.cloud.api.app.create_app` (SSE) and
     adds the webhook dispatcher as a sink; the ingest writer calls :meth:`publish`.
     """
 

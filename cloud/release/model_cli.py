@@ -1,8 +1,8 @@
 """``roadside model train|publish|list|repo init``: retrain, gate and publish detectors.
 
-Thin: datasets come through ``shared.dataset``, training and the card from
-``models.retrain``, the verdict from ``cloud.release.gate``, signing from
-``cloud.release.repository``. Training needs the ``train`` extra (torch).
+Thin: datasets come through ``roadside.shared.dataset``, training and the card from
+``roadside.models.retrain``, the verdict from ``roadside.cloud.release.gate``, signing from
+``roadside.cloud.release.repository``. Training needs the ``train`` extra (torch).
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cloud.cli_common import DEFAULT_HOME, HomeOption, actor
-from shared.errors import ConfigError, RoadsideError
+from roadside.cloud.cli_common import DEFAULT_HOME, HomeOption, actor
+from roadside.shared.errors import ConfigError, RoadsideError
 
 if TYPE_CHECKING:
     import torch
 
-    from cloud.home import HubHome
-    from cloud.registry import Registry
-    from models.card import ParentRef
+    from roadside.cloud.home import HubHome
+    from roadside.cloud.registry import Registry
+    from roadside.models.card import ParentRef
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _errors() -> Iterator[None]:
 
 @contextmanager
 def _registry(home: HubHome) -> Iterator[Registry]:
-    from cloud.registry import Registry
+    from roadside.cloud.registry import Registry
 
     registry = Registry(home.registry_url)
     try:
@@ -80,9 +80,9 @@ def repo_init(
     threshold: Annotated[int, typer.Option(min=1, help="Root signatures needed.")] = 2,
 ) -> None:
     """Create the hub's TUF model repository, its online keys, and new root keys (offline)."""
-    from cloud.home import HubHome
-    from cloud.release import keys as tuf_keys
-    from cloud.release.repository import ModelRepository
+    from roadside.cloud.home import HubHome
+    from roadside.cloud.release import keys as tuf_keys
+    from roadside.cloud.release.repository import ModelRepository
 
     hub = HubHome(home)
     with _errors():
@@ -115,9 +115,9 @@ def repo_init(
 
 
 def _resolve_parent(hub: HubHome, spec: str) -> tuple[Path, ParentRef]:
-    from cloud.release.publishing import latest_published, published_file
-    from models.card import ParentRef
-    from models.retrain import file_sha256
+    from roadside.cloud.release.publishing import latest_published, published_file
+    from roadside.models.card import ParentRef
+    from roadside.models.retrain import file_sha256
 
     if spec.endswith(".onnx"):
         path = Path(spec)
@@ -193,11 +193,11 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Fine-tune a published detector on a dataset version; export, evaluate and write its model card."""
-    from cloud.home import HubHome
-    from models.card import DatasetRef
-    from models.finetune import FinetuneConfig, samples_from_manifest
-    from models.retrain import RetrainRequest, retrain
-    from shared.dataset import load_manifest
+    from roadside.cloud.home import HubHome
+    from roadside.models.card import DatasetRef
+    from roadside.models.finetune import FinetuneConfig, samples_from_manifest
+    from roadside.models.retrain import RetrainRequest, retrain
+    from roadside.shared.dataset import load_manifest
 
     hub = HubHome(home)
     with _errors():
@@ -266,8 +266,8 @@ def publish(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a candidate against the published model; sign and record it only if it is better."""
-    from cloud.home import HubHome
-    from cloud.release.publishing import publish_candidate
+    from roadside.cloud.home import HubHome
+    from roadside.cloud.release.publishing import publish_candidate
 
     hub = HubHome(home)
     with _errors(), _registry(hub) as registry:
@@ -308,7 +308,7 @@ def list_models(
     as_json: JsonOption = False,
 ) -> None:
     """Models in the registry, oldest first, with their held-out mean mAP@0.5."""
-    from cloud.home import HubHome
+    from roadside.cloud.home import HubHome
 
     with _errors(), _registry(HubHome(home)) as registry:
         models = registry.models.list(name)

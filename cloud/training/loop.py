@@ -2,18 +2,18 @@
 
 When enough admitted labelled hard examples wait in the dataset inbox,
 :class:`RetrainLoop` commits them as a new dataset version, fine-tunes the
-published model on that version (:mod:`models.retrain`: parity-checked export,
+published model on that version (:mod:`roadside.models.retrain`: parity-checked export,
 evaluation on the fixed held-out set, model card with lineage), publishes it only
-if it beats the published one (:mod:`cloud.release.publishing`), and starts a
+if it beats the published one (:mod:`roadside.cloud.release.publishing`), and starts a
 staged rollout (canary first, gates, automatic rollback). Every step is in the
 audit log (``retrain.run`` with what happened and why).
 
 Labels from devices are admitted by the dataset's trust policy
-(:mod:`cloud.dataset.trust`): an operator approves them (``roadside dataset review``)
+(:mod:`roadside.cloud.dataset.trust`): an operator approves them (``roadside dataset review``)
 or marks their device trusted, and no device holds more than the per-device cap of a
 version. That is the human step: a compromised device cannot train a model on its own
 labels. The held-out set the publish gate scores on is rendered from fixed seeds in
-code (:mod:`models.evaluate`), never read from the dataset, so no device can reach it.
+code (:mod:`roadside.models.evaluate`), never read from the dataset, so no device can reach it.
 
 Off by default (``retrain.enabled``); it runs in the hub process that serves
 the API, and needs the ``train`` extra (PyTorch).
@@ -28,14 +28,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cloud.dataset.store import DatasetStore
-from cloud.home import HubHome
-from cloud.registry import Registry
-from cloud.release.controller import RolloutController
-from cloud.release.publishing import latest_published, publish_candidate, published_file
-from cloud.release.rollouts import FINAL_STATES, RolloutSpec
-from cloud.settings import RetrainConfig
-from shared.errors import ConfigError, RoadsideError
+from roadside.cloud.dataset.store import DatasetStore
+from roadside.cloud.home import HubHome
+from roadside.cloud.registry import Registry
+from roadside.cloud.release.controller import RolloutController
+from roadside.cloud.release.publishing import latest_published, publish_candidate, published_file
+from roadside.cloud.release.rollouts import FINAL_STATES, RolloutSpec
+from roadside.cloud.settings import RetrainConfig
+from roadside.shared.errors import ConfigError, RoadsideError
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +170,9 @@ class RetrainLoop:
             log.debug("not retraining %s: %s", self.policy.name, decision.reason)
             return None
         waiting = snapshot.waiting
-        from models.card import DatasetRef, ParentRef
-        from models.finetune import FinetuneConfig, samples_from_manifest
-        from models.retrain import RetrainRequest, file_sha256, retrain
+        from roadside.models.card import DatasetRef, ParentRef
+        from roadside.models.finetune import FinetuneConfig, samples_from_manifest
+        from roadside.models.retrain import RetrainRequest, file_sha256, retrain
 
         policy = self.policy
         current = latest_published(self.registry, policy.name)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final, Protocol, runtime_checkable
 
-from cloud.storage.retention import RetentionPolicy, RetentionReport
+from roadside.cloud.storage.retention import RetentionPolicy, RetentionReport
 
 log = logging.getLogger(__name__)
 

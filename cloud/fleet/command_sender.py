@@ -15,7 +15,7 @@ increasing: they survive a hub restart without any stored state, and the
 device's replay window takes them in order. Hubs sharing a fleet should keep
 their clocks within a minute of each other (the window is 65 536 numbers).
 
-Key rotation (see :mod:`edge.control.handler`): the ack of ``rotate_keys`` carries
+Key rotation (see :mod:`roadside.edge.control.handler`): the ack of ``rotate_keys`` carries
 the device's new public key; the sender registers it (``add_key``) and
 sends ``rotate_keys {"confirm": kid}``; the ack of that makes it the key
 commands are sealed to.
@@ -33,11 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from shared import topics
-from shared.envelope import HubCommandSealer
-from shared.errors import ConfigError, TransportError
-from shared.keys import KeyPair, PublicKeys, key_id, unb64
-from shared.schemas import AckMessage, Command, CommandType, encode
+from roadside.shared import topics
+from roadside.shared.envelope import HubCommandSealer
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.keys import KeyPair, PublicKeys, key_id, unb64
+from roadside.shared.schemas import AckMessage, Command, CommandType, encode
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ MAX_TRACKED: Final = 10_000
 
 
 class DeviceKeys(Protocol):
-    """A device's envelope keys: the registry's ``registry.devices`` (:class:`cloud.registry.Devices`) fits."""
+    """A device's envelope keys: the registry's ``registry.devices`` (:class:`roadside.cloud.registry.Devices`) fits."""
 
     def active_keys(self, device_id: str) -> list[PublicKeys]: ...
 

@@ -56,9 +56,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self
 
-from cloud.pki import CertificateAuthority, IssuedCert, write_private, write_public
-from shared.errors import ConfigError, TransportError
-from shared.topics import ROOT, check_name
+from roadside.cloud.broker.pki import CertificateAuthority, IssuedCert, write_private, write_public
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.topics import ROOT, check_name
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def render_acl(devices: Iterable[AclDevice], hub_users: Iterable[str] = (HUB_IDE
                 f"device {device.device_id!r} is listed at two sites ({seen.site!r}, {device.site!r})"
             )
     lines = [
-        "# Roadside broker ACL, written by cloud.broker.render_acl; edits are overwritten.",
+        "# Roadside broker ACL, written by roadside.cloud.broker.mosquitto.render_acl; edits are overwritten.",
         "# No rule precedes the first 'user' line, so anonymous clients get nothing.",
     ]
     for hub_user in hubs:
@@ -204,7 +204,7 @@ def render_config(
         raise ConfigError(f"tls_version must be tlsv1.2 or tlsv1.3, got {tls_version!r}")
     persistence = _conf_value(persistence_dir, "persistence_dir")
     lines = [
-        "# Roadside broker config, written by cloud.broker.render_config; edits are overwritten.",
+        "# Roadside broker config, written by roadside.cloud.broker.mosquitto.render_config; edits are overwritten.",
         "per_listener_settings false",
         "allow_anonymous false",
         f"acl_file {_conf_value(acl_file, 'acl_file')}",

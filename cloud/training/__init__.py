@@ -1,0 +1,1 @@
+"""The training loop: when to retrain from field data, and the run that does it (``loop``)."""
