@@ -255,8 +255,82 @@ class AckMessage(_Strict):
     detail: Annotated[Text, Field(max_length=1024)] = ""
 
 
+# Detection for signals (docs/signals.md) ----------------------------------------------
+
+DetectorZoneKind = Literal["presence", "count", "pedestrian"]
+DetectorState = Literal["on", "off", "fault", "restored"]
+DetectorFault = Literal["frozen", "dark", "obscured", "lost"]
+MAX_DETECTOR_CHANGES: Final = 64
+MAX_MOVEMENT_RECORDS: Final = 500
+
+
+class DetectorChange(_Strict):
+    """A virtual detector zone changed state, as a loop card's output would.
+
+    ``ts`` is the capture time of the frame in which the change was seen.
+    ``fault`` places a constant call until ``restored``; after ``restored``
+    the zone's real state (``on``/``off``) follows at once.
+    """
+
+    ts: Time
+    stream: Name
+    zone: Name
+    zone_kind: DetectorZoneKind
+    state: DetectorState
+    reason: DetectorFault | None = None  # with ``fault`` only
+    occupants: int | None = Field(default=None, ge=0, le=255)
+
+
+class DetectorMessage(_Strict):
+    schema_version: Literal[1] = Field(default=1, alias="schema")
+    kind: Literal["detector"] = "detector"
+    records: list[DetectorChange] = Field(min_length=1, max_length=MAX_DETECTOR_CHANGES)
+
+
+MovementInterval = Literal[60, 300, 900]
+
+
+class TurningMovement(_Strict):
+    """Vehicles of one class that entered by one approach and left by another during one interval."""
+
+    interval_start: Time
+    interval_s: MovementInterval
+    stream: Name
+    entry: Name  # approach names as configured: "north", "east", ...
+    exit: Name
+    cls: Name
+    count: int = Field(ge=0, le=1_000_000)
+
+
+class ZoneStat(_Strict):
+    """One detector zone over one interval: vehicles that entered, share of time occupied, mean speed."""
+
+    interval_start: Time
+    interval_s: MovementInterval
+    stream: Name
+    zone: Name
+    volume: int = Field(ge=0, le=1_000_000)
+    occupancy: float = Field(ge=0.0, le=1.0)
+    mean_speed_kmh: float | None = Field(default=None, ge=0.0, le=400.0)
+
+
+class MovementsMessage(_Strict):
+    schema_version: Literal[1] = Field(default=1, alias="schema")
+    kind: Literal["movements"] = "movements"
+    movements: list[TurningMovement] = Field(default_factory=list, max_length=MAX_MOVEMENT_RECORDS)
+    zones: list[ZoneStat] = Field(default_factory=list, max_length=MAX_MOVEMENT_RECORDS)
+
+
 UplinkMessage = Annotated[
-    CountsMessage | EventsMessage | SensorsMessage | HealthMessage | AckMessage | SamplesMessage | OtaMessage,
+    CountsMessage
+    | EventsMessage
+    | SensorsMessage
+    | HealthMessage
+    | AckMessage
+    | SamplesMessage
+    | OtaMessage
+    | DetectorMessage
+    | MovementsMessage,
     Field(discriminator="kind"),
 ]
 _UPLINK: TypeAdapter[Any] = TypeAdapter(UplinkMessage)
@@ -280,7 +354,15 @@ def encode(message: BaseModel) -> bytes:
 
 
 UplinkPayload = (
-    CountsMessage | EventsMessage | SensorsMessage | HealthMessage | AckMessage | SamplesMessage | OtaMessage
+    CountsMessage
+    | EventsMessage
+    | SensorsMessage
+    | HealthMessage
+    | AckMessage
+    | SamplesMessage
+    | OtaMessage
+    | DetectorMessage
+    | MovementsMessage
 )
 
 

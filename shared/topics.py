@@ -9,7 +9,9 @@ from typing import Final, Literal, get_args
 from roadside.shared.errors import ConfigError
 
 ROOT: Final = "roadside/v1"
-UplinkKind = Literal["events", "counts", "sensors", "health", "samples", "ack", "ota", "status"]
+UplinkKind = Literal[
+    "events", "counts", "sensors", "health", "samples", "ack", "ota", "status", "detector", "movements"
+]
 UPLINK_KINDS: Final = frozenset(get_args(UplinkKind))
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -31,6 +33,12 @@ def uplink(site: str, device_id: str, kind: UplinkKind) -> str:
 def command(device_id: str) -> str:
     """Topic the hub sends commands to ``device_id`` on."""
     return f"{ROOT}/cmd/{check_name(device_id, 'device id')}"
+
+
+def signal_calls(signal_id: str) -> str:
+    """The hub's own topic of one signal's detector calls (docs/signals.md); six levels, so no
+    device topic (five) or the hub's subscription to them can match it."""
+    return f"{ROOT}/hub/signals/{check_name(signal_id, 'signal id')}/calls"
 
 
 def hub_subscription(group: str | None = "hub") -> str:
