@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -17,6 +18,15 @@ from roadside.cloud.registry.tables import ApiClientRow
 from roadside.cloud.registry.unit_of_work import UnitOfWork, audit_in
 from roadside.shared.errors import ConfigError, TransportError
 from roadside.shared.topics import check_name
+
+
+@dataclass(frozen=True, slots=True)
+class ApiClientRecord:
+    """An API client as an operator sees it (never its token)."""
+
+    client: ApiClient
+    revoked: bool
+    created_at: datetime
 
 
 class ApiClients:
@@ -75,3 +85,46 @@ class ApiClients:
         if row is None or row.revoked or not hmac.compare_digest(row.token_sha256, digest):
             return None
         return ApiClient(row.name, row.department, frozenset(row.scopes.split(",")))
+
+    def get(self, name: str) -> ApiClient | None:
+        """The active (not revoked) client of this name, or ``None``."""
+        try:
+            with self._unit.read() as session:
+                row = session.get(ApiClientRow, name)
+        except OperationalError as exc:
+            raise TransportError(f"registry database unreachable: {exc.orig}") from exc
+        if row is None or row.revoked:
+            return None
+        return ApiClient(row.name, row.department, frozenset(row.scopes.split(",")))
+
+    def list(self) -> list[ApiClientRecord]:
+        """Every client, revoked ones included, by name."""
+        try:
+            with self._unit.read() as session:
+                rows = session.scalars(select(ApiClientRow).order_by(ApiClientRow.name)).all()
+        except OperationalError as exc:
+            raise TransportError(f"registry database unreachable: {exc.orig}") from exc
+        return [
+            ApiClientRecord(
+                ApiClient(r.name, r.department, frozenset(r.scopes.split(","))),
+                r.revoked,
+                r.created_at if r.created_at.tzinfo else r.created_at.replace(tzinfo=UTC),
+            )
+            for r in rows
+        ]
+
+    def revoke(self, name: str, *, actor: str = DEFAULT_ACTOR) -> None:
+        """Revoke a client: its token stops working at once (the row stays, for the audit trail)."""
+        now = datetime.now(UTC)
+
+        def change(session: Session) -> None:
+            row = session.get(ApiClientRow, name)
+            if row is None:
+                raise ConfigError(f"API client {name!r} does not exist")
+            if row.revoked:
+                raise ConfigError(f"API client {name!r} is already revoked")
+            row.revoked = True
+            session.flush()
+            audit_in(session, actor, "apiclient.revoke", name, {}, now)
+
+        self._unit.write(change)
