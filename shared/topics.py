@@ -35,10 +35,16 @@ def command(device_id: str) -> str:
     return f"{ROOT}/cmd/{check_name(device_id, 'device id')}"
 
 
+SIGNALS_ROOT: Final = "roadside/signals/v1"
+
+
 def signal_calls(signal_id: str) -> str:
-    """The hub's own topic of one signal's detector calls (docs/signals.md); six levels, so no
-    device topic (five) or the hub's subscription to them can match it."""
-    return f"{ROOT}/hub/signals/{check_name(signal_id, 'signal id')}/calls"
+    """The hub's own topic of one signal's detector calls (docs/signals.md).
+
+    Outside ``roadside/v1/``: no device's write rule (``roadside/v1/<site>/<device>/#``)
+    can reach it, and the hubs' subscription to device topics never hears their own calls.
+    """
+    return f"{SIGNALS_ROOT}/{check_name(signal_id, 'signal id')}/calls"
 
 
 def hub_subscription(group: str | None = "hub") -> str:
