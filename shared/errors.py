@@ -20,7 +20,8 @@
     │   ├── UnsafePathError      a signed target path that would leave its folder
     │   ├── IncompatibleModelError  a model this agent cannot run (agent too old, labels, input)
     │   └── BadMetadataError     signed release metadata that is not what Roadside publishes
-    └── SchemaError              a payload that decrypts but does not validate
+    ├── SchemaError              a payload that decrypts but does not validate
+    └── AirIndexError            an air-quality index asked of values it is not defined for
 
 Adapters translate vendor exceptions into these at the boundary, always with
 ``raise ... from exc`` so the cause survives.
@@ -119,3 +120,9 @@ class BadMetadataError(IntegrityError):
     """Signed release metadata whose Roadside fields are missing or malformed."""
 
     reason = "bad_metadata"
+
+
+class AirIndexError(RoadsideError, ValueError):
+    """An air-quality index or NowCast asked of values its rules define nothing for (``roadside.shared.air``)."""
+
+    reason = "air_index"
