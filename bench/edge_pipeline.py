@@ -152,7 +152,7 @@ def _provider_settings(spec: dict[str, Any], max_batch: int) -> Any:
 
 def phase_bare(spec: dict[str, Any]) -> dict[str, Any]:
     from roadside.edge.inference.engine import OnnxSession
-    from roadside.edge.inference.yolo import letterbox_batch
+    from roadside.vision.yolo import letterbox_batch
 
     session = OnnxSession(
         Path(spec["model"]), spec["providers"], spec["threads"], _provider_settings(spec, spec["batch"])
@@ -174,8 +174,8 @@ def phase_bare(spec: dict[str, Any]) -> dict[str, Any]:
 def phase_naive(spec: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from roadside.edge.inference.yolo import decode_yolo, letterbox
     from roadside.sim.synthetic import RoadScene, SceneConfig
+    from roadside.vision.yolo import decode_yolo, letterbox
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = spec["threads"]

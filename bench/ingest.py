@@ -176,7 +176,7 @@ class NaiveIngester:
 
     def __init__(self, home: HubHome, registry: Registry, store_kind: str, target: str) -> None:
         def lookup(device_id: str, kid: str) -> PublicKeys | None:
-            found = registry.device_key(device_id, kid)
+            found = registry.devices.key(device_id, kid)
             return found[1] if found else None
 
         self.opener = HubOpener([home.hub_keys()], lookup, max_age_s=3600)

@@ -29,7 +29,6 @@ from roadside.edge.analytics.config import AnalyticsConfig, LineConfig, resolve_
 from roadside.edge.analytics.stream import StreamAnalytics
 from roadside.edge.inference.batching import BatchPolicy, DynamicBatcher
 from roadside.edge.inference.engine import OnnxDetector
-from roadside.edge.inference.yolo import Detections
 from roadside.edge.ota.shadow import FrameDetections
 from roadside.edge.outbox import Priority
 from roadside.edge.samples.uploader import SampleUploader
@@ -37,6 +36,7 @@ from roadside.edge.settings import AgentSettings
 from roadside.edge.sources import Frame, FrameSource
 from roadside.shared.queues import BoundedQueue
 from roadside.shared.schemas import CountRecord, CountsMessage, DetectionEvent, EventsMessage, encode
+from roadside.vision.yolo import Detections
 
 log = logging.getLogger(__name__)
 

@@ -166,7 +166,7 @@ def demo(
             )
             bundles.append((device_id, path))
         broker.reload_acl(acl_devices(registry))
-        token = registry.create_api_client("demo-viewer", ["read:telemetry"], "demo")
+        token = registry.api_clients.create("demo-viewer", ["read:telemetry"], "demo")
         registry.close()
         hub = Hub(HubSettings(home=workdir, broker_port=broker.port, api_port=0))
         hub.start()

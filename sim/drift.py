@@ -207,7 +207,7 @@ def _follow(hub: Hub, registry: Registry, deadline: float, console: Console) -> 
     assert hub.retrainer is not None
     shown = ""
     while time.monotonic() < deadline:
-        rollouts = registry.list_rollouts()
+        rollouts = registry.rollouts.list()
         done = [r for r in rollouts if r.status == "completed"]
         line = (
             f"samples waiting {hub.retrainer.waiting()}, dataset versions {hub.datasets.versions()}, "
@@ -223,7 +223,7 @@ def _follow(hub: Hub, registry: Registry, deadline: float, console: Console) -> 
 
 
 def _outcome(hub: Hub, registry: Registry) -> dict[str, Any]:
-    rollouts = registry.list_rollouts()
+    rollouts = registry.rollouts.list()
     completed = [r for r in rollouts if r.status == "completed"]
     rollout_seconds = None
     if completed:
@@ -232,7 +232,7 @@ def _outcome(hub: Hub, registry: Registry) -> dict[str, Any]:
     runs = hub.retrainer.runs if hub.retrainer is not None else []
     devices_on_new = 0
     if completed:
-        devices_on_new = sum(1 for d in registry.rollout_devices(completed[-1].id) if d.state == "active")
+        devices_on_new = sum(1 for d in registry.rollouts.devices(completed[-1].id) if d.state == "active")
     return {
         "rollout_seconds": rollout_seconds,
         "rolled_back": sum(1 for r in rollouts if r.status == "rolled_back"),
@@ -251,10 +251,10 @@ def _samples(hub: Hub) -> int:
 
 def _final_model(registry: Registry) -> dict[str, Any] | None:
     """Held-out scores of the newest model a rollout completed with (stored when it was published)."""
-    completed = [r for r in registry.list_rollouts() if r.status == "completed"]
+    completed = [r for r in registry.rollouts.list() if r.status == "completed"]
     if not completed:
         return None
-    record = registry.get_model("detector", completed[-1].model_version)
+    record = registry.models.get("detector", completed[-1].model_version)
     evaluation = record.metadata.get("evaluation") if record is not None else None
     conditions = evaluation.get("conditions") if isinstance(evaluation, dict) else None
     return dict(conditions) if isinstance(conditions, dict) else None

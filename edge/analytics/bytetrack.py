@@ -22,7 +22,7 @@ import numpy.typing as npt
 from roadside.edge.analytics.tracker import Track, iou_matrix
 
 if TYPE_CHECKING:  # only its fields are read; settings import this module and need no OpenCV
-    from roadside.edge.inference.yolo import Detections
+    from roadside.vision.yolo import Detections
 
 __all__ = ["ByteTracker"]
 

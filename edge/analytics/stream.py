@@ -39,8 +39,8 @@ from roadside.edge.analytics.geometry import anchor_point, crossing_fraction, po
 from roadside.edge.analytics.lines import Direction, LineCrossing, Point, crossing_direction
 from roadside.edge.analytics.rules import PedestrianInRoadwayRule, Sighting, StoppedVehicleRule, WrongWayRule
 from roadside.edge.analytics.tracker import Track, Tracker
-from roadside.edge.inference.yolo import Detections
 from roadside.shared.schemas import CountRecord, DetectionEvent
+from roadside.vision.yolo import Detections
 
 __all__ = ["AnalyticsEvent", "AnalyticsOutput", "StreamAnalytics", "VisionEventType"]
 

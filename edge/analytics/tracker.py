@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from roadside.edge.inference.yolo import Detections
+    from roadside.vision.yolo import Detections
 
 Boxes = npt.NDArray[np.float32]
 

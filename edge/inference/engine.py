@@ -38,8 +38,8 @@ from roadside.edge.inference.providers import (
     check_active,
     plan_providers,
 )
-from roadside.edge.inference.yolo import Detections, LetterboxInfo, decode_yolo, letterbox_batch
 from roadside.shared.errors import ConfigError
+from roadside.vision.yolo import Detections, LetterboxInfo, decode_yolo, letterbox_batch
 
 if TYPE_CHECKING:
     from roadside.edge.settings import ModelConfig

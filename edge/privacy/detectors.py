@@ -21,8 +21,8 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
-from roadside.edge.inference.yolo import nms
 from roadside.shared.errors import ConfigError
+from roadside.vision.yolo import nms
 
 log = logging.getLogger(__name__)
 

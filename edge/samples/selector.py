@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from roadside.edge.inference.yolo import Detections
 from roadside.shared.schemas import SampleReason
+from roadside.vision.yolo import Detections
 
 
 class BudgetPolicy(enum.Enum):

@@ -28,7 +28,6 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from roadside.edge.inference.yolo import Detections
 from roadside.edge.outbox import Outbox, Priority
 from roadside.edge.privacy import Redactor
 from roadside.edge.samples.selector import Decision, HardExampleSelector, SelectorPolicy
@@ -36,6 +35,7 @@ from roadside.edge.settings import SamplesConfig
 from roadside.edge.sources import Frame
 from roadside.shared.queues import Overflow
 from roadside.shared.schemas import MAX_SAMPLE_JPEG_B64, HardExample, LabeledBox, SamplesMessage, encode
+from roadside.vision.yolo import Detections
 
 log = logging.getLogger(__name__)
 

@@ -175,10 +175,10 @@ def test_a_duplicate_seq_is_refused_by_the_key(registry: Registry, log: AuditLog
 
 def test_registry_changes_are_audited_with_their_actor(registry: Registry) -> None:
     keys, rotated = KeyPair.generate().public(), KeyPair.generate().public()
-    registry.enroll("cam-1", "s1", keys, actor="cli:alice")
-    registry.add_key("cam-1", rotated, actor="api:traffic-ops")
-    registry.create_api_client("dashboard", ["read:telemetry"], "traffic")
-    registry.revoke("cam-1", actor="hub")
+    registry.devices.enroll("cam-1", "s1", keys, actor="cli:alice")
+    registry.devices.add_key("cam-1", rotated, actor="api:traffic-ops")
+    registry.api_clients.create("dashboard", ["read:telemetry"], "traffic")
+    registry.devices.revoke("cam-1", actor="hub")
     entries = registry.audit.entries()
     assert [(e.actor, e.action, e.subject) for e in entries] == [
         ("cli:alice", "device.enroll", "cam-1"),
@@ -192,11 +192,11 @@ def test_registry_changes_are_audited_with_their_actor(registry: Registry) -> No
 
 
 def test_a_refused_change_leaves_no_audit_entry(registry: Registry) -> None:
-    registry.enroll("cam-1", "s1", KeyPair.generate().public())
+    registry.devices.enroll("cam-1", "s1", KeyPair.generate().public())
     with pytest.raises(ConfigError):
-        registry.enroll("cam-1", "s1", KeyPair.generate().public())
+        registry.devices.enroll("cam-1", "s1", KeyPair.generate().public())
     with pytest.raises(ConfigError):
-        registry.add_key("cam-9", KeyPair.generate().public())
+        registry.devices.add_key("cam-9", KeyPair.generate().public())
     assert [e.action for e in registry.audit.entries()] == ["device.enroll"]
 
 

@@ -249,7 +249,7 @@ def test_a_reserved_name_is_refused_before_anything_is_written(setup: Setup, nam
     out = setup.home.bundles / f"{name}.json"
     with pytest.raises(ConfigError, match="reserved"):
         issue_enrollment(setup.home, setup.registry, name, SITE, BrokerAddress(host="h", port=1), out=out)
-    assert setup.registry.get_device(name) is None
+    assert setup.registry.devices.get(name) is None
     assert not out.exists()
     assert not (setup.home.device_certs / f"{name}.cert.pem").exists()
     assert setup.home.acl_file.read_text() == acl_before
@@ -266,7 +266,7 @@ def test_a_failed_enrollment_leaves_nothing_behind(setup: Setup) -> None:
     acl_before = setup.home.acl_file.read_text()
     with pytest.raises(ConfigError, match="exists"):
         issue_enrollment(setup.home, setup.registry, "pole-2", SITE, BrokerAddress(host="h", port=1), out=out)
-    assert setup.registry.get_device("pole-2") is None  # the row was rolled back
+    assert setup.registry.devices.get("pole-2") is None  # the row was rolled back
     assert out.read_text() == "someone's file"
     assert not (setup.home.device_certs / "pole-2.cert.pem").exists()
     assert setup.home.acl_file.read_text() == acl_before

@@ -114,7 +114,7 @@ def test_gate_refuses_worse_publishes_better_and_audits_force(tmp_path: Path) ->
         )
         assert forced_entry.details["reason"] == "label-order test"
         assert forced_entry.details["current"]["day"] > 0.9 > forced_entry.details["candidate"]["day"]
-        second = registry.get_model("detector", "1.1.0")
+        second = registry.models.get("detector", "1.1.0")
         assert second is not None
         assert second.parent == "1.0.0"
         assert second.metadata["evaluation"]["frames_per_condition"] == 8

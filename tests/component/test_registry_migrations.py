@@ -239,7 +239,7 @@ def test_hubs_starting_together_migrate_once(url: str) -> None:
         thread.join(15)
     try:
         assert errors == []
-        assert [r.current_revision() for r in registries] == [HEAD, HEAD]
+        assert [r.schema.current_revision() for r in registries] == [HEAD, HEAD]
     finally:
         for registry in registries:
             registry.close()

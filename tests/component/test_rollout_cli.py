@@ -19,8 +19,8 @@ def test_an_operator_creates_inspects_pauses_and_rolls_back_a_rollout(tmp_path: 
     registry = Registry(home.registry_url)
     registry.create_schema()
     for i in range(4):
-        registry.enroll(f"cam-{i}", "main-st", KeyPair.generate().public())
-    registry.publish_model("detector", "1.1.0", "c" * 64, 5_000_000)
+        registry.devices.enroll(f"cam-{i}", "main-st", KeyPair.generate().public())
+    registry.models.publish("detector", "1.1.0", "c" * 64, 5_000_000)
     registry.close()
     runner, app = CliRunner(), build()
     where = ["--home", str(home.root)]

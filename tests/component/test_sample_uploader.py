@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from roadside.edge.inference.yolo import Detections
 from roadside.edge.outbox import Outbox, Priority
 from roadside.edge.privacy import Redactor
 from roadside.edge.samples.uploader import SampleUploader
 from roadside.edge.settings import SamplesConfig
 from roadside.edge.sources import Frame
 from roadside.shared.schemas import SamplesMessage, decode_uplink
+from roadside.vision.yolo import Detections
 
 LABELS = ["car", "truck", "pedestrian", "cyclist"]
 MASK = [(0.0, 0.0), (100.0, 0.0), (100.0, 80.0), (0.0, 80.0)]

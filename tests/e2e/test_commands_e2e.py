@@ -141,7 +141,7 @@ def test_rotate_keys_round_trip(loop: Loop, hub: HubSide, tmp_path: Path) -> Non
         assert new_kid != old_kid
         # The sender registers the new key and confirms it; the device's ack of that says it switched.
         assert wait_for(lambda: hub.sender.key_in_use("dev-rot") == new_kid), hub.sender.unanswered()
-        assert loop.registry.device_key("dev-rot", new_kid) is not None
+        assert loop.registry.devices.key("dev-rot", new_kid) is not None
         assert ("dev-rot", "ack", old_kid) in hub.kids  # the offer came under the old key
 
         seen = len(hub.kids)

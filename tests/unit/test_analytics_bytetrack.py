@@ -7,7 +7,7 @@ import pytest
 
 from roadside.edge.analytics.bytetrack import ByteTracker
 from roadside.edge.analytics.tracker import Track, Tracker
-from roadside.edge.inference.yolo import Detections
+from roadside.vision.yolo import Detections
 
 Det = tuple[float, float, float, float, float, int]
 

@@ -15,7 +15,7 @@ import numpy as np
 from roadside.edge.analytics.bytetrack import ByteTracker
 from roadside.edge.analytics.config import AnalyticsConfig, LineConfig
 from roadside.edge.analytics.stream import AnalyticsEvent, StreamAnalytics
-from roadside.edge.inference.yolo import Detections
+from roadside.vision.yolo import Detections
 
 LABELS = ["car", "truck", "pedestrian", "cyclist"]
 CAR, PEDESTRIAN = 0, 2

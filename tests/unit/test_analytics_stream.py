@@ -18,7 +18,7 @@ from roadside.edge.analytics.config import (
 )
 from roadside.edge.analytics.stream import AnalyticsEvent, AnalyticsOutput, StreamAnalytics
 from roadside.edge.analytics.tracker import Track
-from roadside.edge.inference.yolo import Detections
+from roadside.vision.yolo import Detections
 
 LABELS = ["car", "truck", "pedestrian", "cyclist"]
 CAR, PEDESTRIAN = 0, 2

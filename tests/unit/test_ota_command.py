@@ -20,12 +20,12 @@ import pytest
 
 from roadside.edge.control.handler import AgentSurface, CommandHandler
 from roadside.edge.control.keys import KeyState, KeyStore
-from roadside.edge.inference.yolo import Detections
 from roadside.edge.ota.manager import OtaHost, OtaManager
 from roadside.edge.ota.updater import BootChoice, OtaResult, OtaStatus
 from roadside.edge.settings import OtaConfig
 from roadside.shared.keys import KeyPair
 from roadside.shared.schemas import Command, OtaReport
+from roadside.vision.yolo import Detections
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -7,8 +7,8 @@ from collections import deque
 import numpy as np
 import pytest
 
-from roadside.edge.inference.yolo import Detections
 from roadside.edge.ota.shadow import ShadowComparison, count_matches, p95, pairwise_iou
+from roadside.vision.yolo import Detections
 
 
 def dets(*rows: tuple[float, float, float, float, float, int]) -> Detections:

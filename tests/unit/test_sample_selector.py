@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from roadside.edge.inference.yolo import Detections
 from roadside.edge.samples import BudgetPolicy, HardExampleSelector, SelectorPolicy, Verdict
+from roadside.vision.yolo import Detections
 
 LABELS = ["car", "truck", "pedestrian", "cyclist"]
 
