@@ -126,3 +126,11 @@ class AirIndexError(RoadsideError, ValueError):
     """An air-quality index or NowCast asked of values its rules define nothing for (``roadside.shared.air``)."""
 
     reason = "air_index"
+
+
+class SignalSafetyError(RoadsideError):
+    """A signal controller's output broke a safety invariant (conflicting greens, a clearance cut short).
+
+    Never retried: the controller's runner puts every head to red and stops, as a
+    cabinet's conflict monitor puts the intersection into flash.
+    """
