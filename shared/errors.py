@@ -21,7 +21,8 @@
     │   ├── IncompatibleModelError  a model this agent cannot run (agent too old, labels, input)
     │   └── BadMetadataError     signed release metadata that is not what Roadside publishes
     ├── SchemaError              a payload that decrypts but does not validate
-    └── AirIndexError            an air-quality index asked of values it is not defined for
+    ├── AirIndexError            an air-quality index asked of values it is not defined for
+    └── SignalSafetyError        a signal controller's output broke a safety invariant; heads to red
 
 Adapters translate vendor exceptions into these at the boundary, always with
 ``raise ... from exc`` so the cause survives.
