@@ -92,24 +92,35 @@ class Hub:
     or ``start`` unwinds what came before it and re-raises.
     """
 
-    def __init__(self, settings: HubSettings) -> None:
+    def __init__(
+        self, settings: HubSettings, *, registry: Registry | None = None, store: TimeSeriesStore | None = None
+    ) -> None:
+        """``registry`` and ``store`` are the two edges a caller may pass in (a test's, or one shared
+        by several hub processes); the hub then uses them as given and leaves closing them to the
+        caller. Left out, the hub opens them from ``settings`` and closes them on ``stop``."""
         self._stack = ExitStack()
         try:
-            self._assemble(settings)
+            self._assemble(settings, registry, store)
         except BaseException:
             self._stack.close()
             raise
 
-    def _assemble(self, settings: HubSettings) -> None:
+    def _assemble(
+        self, settings: HubSettings, registry: Registry | None, store: TimeSeriesStore | None
+    ) -> None:
         close = self._stack.callback
         self.settings = settings
         self.home = HubHome(settings.home)
         self.home.require()
-        self.registry = Registry(settings.registry_url or self.home.registry_url)
-        close(self.registry.close)
+        if registry is None:
+            registry = Registry(settings.registry_url or self.home.registry_url)
+            close(registry.close)
+        self.registry = registry
         self.registry.create_schema()
-        self.store = open_store(settings.store, self.home)
-        close(self.store.close)
+        if store is None:
+            store = open_store(settings.store, self.home)
+            close(store.close)
+        self.store = store
         self.metrics_registry = CollectorRegistry()
         self.metrics = IngestMetrics(self.metrics_registry)
         self.dead_letters = DeadLetterStore(self.home.dead_letters_db)

@@ -386,3 +386,29 @@ def test_stop_mirrors_start(rig: Rig) -> None:
         assert {"ingest-writer", "registry-watch", "retention", "rollouts", "api"} <= started
     assert {t.name for t in hub_threads() - threads} == set()
     assert open_files_under(rig.home.root) - files == Counter()
+
+
+def test_a_registry_and_store_passed_in_are_used_and_left_open(rig: Rig, tmp_path: Path) -> None:
+    """The hub's two injectable edges: it writes into the given store and closes neither."""
+    store = SqliteStore(tmp_path / "given.db")
+    try:
+        with Hub(
+            HubSettings(home=rig.home.root, broker_port=rig.broker.port, api_port=-1),
+            registry=rig.registry,
+            store=store,
+        ) as hub:
+            assert hub.store is store
+            assert hub.registry is rig.registry
+            assert hub.ingest.wait_connected(10)
+            (bundle,) = rig.fleet(1)
+            device = SimulatedDevice(bundle)
+            device.connect("127.0.0.1", rig.broker.port)
+            device.publish(device.sealer.seal("counts", 1, counts_body(0, 1, 3), int(time.time() * 1000)))
+            assert device.wait_acked(1, 10)
+            device.close()
+            assert wait_until(lambda: stored(store) == 3, 15)
+        # Still open after the hub stopped: the caller owns them.
+        assert stored(store) == 3
+        assert rig.registry.devices.get(bundle.device_id) is not None
+    finally:
+        store.close()
