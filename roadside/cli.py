@@ -2,7 +2,8 @@
 
 ``agent`` comes from ``roadside[edge]`` (:mod:`roadside.edge.cli`); ``pki``, ``device``,
 ``hub``, ``broker``, ``audit``, ``rollout``, ``dataset``, ``model`` and
-``deadletters`` from ``roadside[cloud]`` (:func:`roadside.cloud.cli.register`); ``demo``
+``deadletters`` from ``roadside[cloud]`` (:func:`roadside.cloud.cli.register`); ``air``
+from the base install (:mod:`roadside.shared.air.cli`); ``demo``
 from the simulator (:mod:`roadside.sim.demo`), which needs both. A part that is not
 installed leaves a stub that says which extra to install. This is the only
 module besides ``sim`` that imports both ``edge`` and ``cloud``.
@@ -30,6 +31,9 @@ def build() -> typer.Typer:
         register(app)
     except ImportError as exc:  # the cloud extra is not installed here
         _missing(app, "hub", "cloud", exc)
+    from roadside.shared.air.cli import air_app  # the base install: no extra needed
+
+    app.add_typer(air_app, name="air", help="Air-quality indices (US EPA AQI, EAQI, CAQI).")
     try:
         from roadside.sim.demo import demo
 
