@@ -17,6 +17,11 @@ from roadside.shared.errors import AirIndexError
 
 air_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Air-quality indices.")
 
+
+@air_app.callback()
+def air() -> None:
+    """Air-quality indices (a group, so ``index`` stays a sub-command beside the ones to come)."""
+
 StandardName = Literal["us-epa", "eu-eaqi", "eu-caqi"]
 
 
