@@ -1,0 +1,138 @@
+"""Thin adapters that collect record identities for the ledger, at both ends.
+
+Outbox side: before an agent first starts, :func:`instrument_outbox` adds a
+trigger to its outbox that notes every message put (seq, kind, how many records)
+in a side table, in the same transaction as the put. So what the ledger calls
+created is exactly what the agent promised to deliver, even when the agent is
+killed a microsecond later, and it stays known after the message is acknowledged
+and deleted. A message the disk budget drops is named in the agent's log.
+
+Store side: the hub's SQLite store keeps each record under (device, seq, idx);
+its dead-letter store keeps each refused message, whose envelope header names
+the device and seq without any key.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+from bench.chaos.ledger import Ledger, RecordId
+from roadside.edge.outbox.sqlite import Outbox
+from roadside.shared.envelope import parse
+from roadside.shared.errors import RoadsideError
+
+# Messages holding a list of records; a health message is one record (index 0).
+_TRIGGER = """
+CREATE TABLE IF NOT EXISTS chaos_created (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, records INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS chaos_note_created AFTER INSERT ON outbox BEGIN
+  INSERT OR REPLACE INTO chaos_created (seq, kind, records) VALUES (
+    NEW.seq,
+    NEW.kind,
+    CASE
+      WHEN NEW.kind = 'health' THEN 1
+      WHEN NEW.kind IN ('counts', 'events', 'sensors') AND json_valid(CAST(NEW.payload AS TEXT))
+        THEN COALESCE(json_array_length(CAST(NEW.payload AS TEXT), '$.records'), 0)
+      ELSE 0
+    END);
+END;
+"""
+_DROPPED = re.compile(rb"outbox full: dropped \w+ message (\d+)")
+_RECORD_TABLES = ("counts", "events", "sensors")
+
+
+def instrument_outbox(path: Path) -> None:
+    """Create the agent's outbox as the agent would, and add the ledger's trigger to it."""
+    Outbox(path).close()
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(_TRIGGER)
+
+
+@contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def created_messages(outbox: Path) -> list[tuple[int, str, int]]:
+    """(seq, kind, records) of every message the agent ever put in ``outbox``."""
+    with _read_only(outbox) as db:
+        return [
+            (int(s), str(k), int(n)) for s, k, n in db.execute("SELECT seq, kind, records FROM chaos_created")
+        ]
+
+
+def backlog(outbox: Path) -> int:
+    """Messages still queued (not yet acknowledged by the broker)."""
+    with _read_only(outbox) as db:
+        return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+def dropped_seqs(agent_log: Path) -> set[int]:
+    """Messages the outbox's disk budget deleted unsent, as the agent logged them."""
+    if not agent_log.exists():
+        return set()
+    return {int(m.group(1)) for m in _DROPPED.finditer(agent_log.read_bytes())}
+
+
+def stored_records(telemetry_db: Path) -> Iterator[RecordId]:
+    """Every record row in the hub's SQLite store (repeats, if any could exist, included)."""
+    if not telemetry_db.exists():
+        return
+    with _read_only(telemetry_db) as db:
+        for table in _RECORD_TABLES:
+            for device, seq, idx in db.execute(f"SELECT device_id, seq, idx FROM {table}"):  # noqa: S608 (constant names)
+                yield RecordId(str(device), int(seq), int(idx))
+        for device, seq in db.execute("SELECT device_id, seq FROM health"):
+            yield RecordId(str(device), int(seq), 0)
+
+
+def stored_messages(telemetry_db: Path) -> set[tuple[str, int]]:
+    """(device, seq) of every envelope the hub committed."""
+    if not telemetry_db.exists():
+        return set()
+    with _read_only(telemetry_db) as db:
+        return {(str(d), int(s)) for d, s in db.execute("SELECT device_id, seq FROM ingested")}
+
+
+def rejected_messages(dead_letters_db: Path) -> tuple[list[tuple[str, int, str]], int]:
+    """(device, seq, reason) of each dead letter whose header parses, and how many did not."""
+    if not dead_letters_db.exists():
+        return [], 0
+    found: list[tuple[str, int, str]] = []
+    unattributed = 0
+    with _read_only(dead_letters_db) as db:
+        for reason, payload in db.execute("SELECT reason, payload FROM dead_letters"):
+            try:
+                header = parse(bytes(payload or b"")).header
+            except RoadsideError:
+                unattributed += 1
+                continue
+            found.append((header.device_id, header.seq, str(reason)))
+    return found, unattributed
+
+
+def fill_ledger(
+    ledger: Ledger, agents: dict[str, tuple[Path, Path]], telemetry_db: Path, dead_letters_db: Path
+) -> int:
+    """Collect both ends into ``ledger``; ``agents`` maps device to (outbox, agent log).
+
+    Returns how many dead letters could not be attributed to a device and seq.
+    """
+    for device, (outbox, log) in agents.items():
+        for seq, _kind, records in created_messages(outbox):
+            ledger.created(device, seq, records)
+        for seq in dropped_seqs(log):
+            ledger.dropped(device, seq)
+    for record in stored_records(telemetry_db):
+        ledger.stored(record)
+    rejected, unattributed = rejected_messages(dead_letters_db)
+    for device, seq, reason in rejected:
+        ledger.rejected(device, seq, reason)
+    return unattributed

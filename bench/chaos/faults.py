@@ -1,0 +1,162 @@
+"""Faults: each breaks one part of a running :class:`~bench.chaos.stack.Stack` and repairs it.
+
+A fault's ``inject`` returns once the system is whole again (the part restarted,
+the disk freed); the harness then times how long the system takes to catch up.
+``random`` picks the victim and how long it stays down, so a seed repeats a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.chaos.stack import Stack
+
+
+class FaultUnavailableError(RuntimeError):
+    """This machine cannot inject the fault (no root for a mount, say); the run is skipped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """What a fault did (for the log) and when it began to undo it (``time.monotonic()``):
+    recovery is timed from there, so a restart's own start-up counts."""
+
+    action: str
+    at: float
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    name: str
+    inject: Callable[[Stack, random.Random], Repair]
+    outbox_max_bytes: int = 64 * 1024 * 1024
+    agents_on_small_disk: bool = False
+    skewed_agents: bool = False
+
+
+def agent_kill(stack: Stack, rng: random.Random) -> Repair:
+    agent = rng.choice(stack.agents)
+    down_s = rng.uniform(0.0, 2.0)
+    agent.kill()
+    time.sleep(down_s)
+    at = now()
+    agent.start()
+    return Repair(f"kill -9 {agent.device_id}, down {down_s:.1f} s", at)
+
+
+def hub_kill(stack: Stack, rng: random.Random) -> Repair:
+    down_s = rng.uniform(0.0, 3.0)
+    stack.hub.kill()
+    time.sleep(down_s)
+    at = now()
+    stack.hub.start()
+    return Repair(f"kill -9 hub, down {down_s:.1f} s", at)
+
+
+def broker_kill(stack: Stack, rng: random.Random) -> Repair:
+    down_s = rng.uniform(0.5, 3.0)
+    stack.broker.kill()
+    time.sleep(down_s)
+    at = now()
+    stack.broker.start()  # same port, same persistence file (as of its last autosave)
+    return Repair(f"kill -9 mosquitto, down {down_s:.1f} s", at)
+
+
+# -- disk full ---------------------------------------------------------------------------------
+
+SMALL_DISK_BYTES = 32 * 1024 * 1024
+
+
+def mount_small_disk(where: Path, size_bytes: int = SMALL_DISK_BYTES) -> None:
+    """A tmpfs of ``size_bytes`` at ``where`` (root only): a disk that can really fill."""
+    where.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise FaultUnavailableError(f"cannot mount a small tmpfs at {where}: {result.stderr.strip()}")
+
+
+def unmount(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def filled(directory: Path) -> Iterator[None]:
+    """Fill the filesystem holding ``directory`` to the last byte; free it on leaving."""
+    ballast = directory / "ballast"
+    with ballast.open("wb") as out:
+        block = b"\0" * (1024 * 1024)
+        with contextlib.suppress(OSError):  # ENOSPC: full
+            while True:
+                out.write(block)
+                out.flush()
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 4096)
+                out.flush()
+    try:
+        yield
+    finally:
+        ballast.unlink(missing_ok=True)
+
+
+def disk_full(stack: Stack, rng: random.Random) -> Repair:
+    """The agents' disk and the hub's store disk full for a while, at once."""
+    full_s = rng.uniform(2.0, 6.0)
+    disks = {agent.outbox.parent for agent in stack.agents} | {stack.home.telemetry_db.parent}
+    with contextlib.ExitStack() as held:
+        for disk in sorted(disks):
+            held.enter_context(filled(disk))
+        time.sleep(full_s)
+        at = now()
+    return Repair(f"{len(disks)} disks full for {full_s:.1f} s", at)
+
+
+# -- clock skew --------------------------------------------------------------------------------
+
+SKEW_S = 600.0  # ten minutes
+
+
+def clock_skew(stack: Stack, rng: random.Random) -> Repair:
+    """Every agent's clock 10 minutes fast, then slow, then a jump back to true, held a few
+    seconds each (the hub's clock is this machine's)."""
+    steps = [SKEW_S, -SKEW_S, 0.0]
+    held = []
+    for offset in steps:
+        hold_s = rng.uniform(1.5, 4.0)
+        for agent in stack.agents:
+            agent.clock_offset_file.write_text(f"{offset}\n")
+        time.sleep(hold_s)
+        held.append(f"{offset:+.0f} s for {hold_s:.1f} s")
+    return Repair("agent clocks " + ", then ".join(held), now() - hold_s)
+
+
+FAULTS: dict[str, Fault] = {
+    f.name: f
+    for f in (
+        Fault("agent-kill", agent_kill),
+        Fault("hub-kill", hub_kill),
+        Fault("broker-kill", broker_kill),
+        Fault("disk-full", disk_full, agents_on_small_disk=True),
+        Fault("clock-skew", clock_skew, skewed_agents=True),
+    )
+}
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

@@ -1,0 +1,151 @@
+"""One chaos scenario: start the stack, break it ``cycles`` times, keep the books.
+
+After each repair the harness notes every message created so far and times
+how long until each is stored (or refused, or dropped by a budget): that is the
+cycle's recovery time. A message still missing after ``stuck_after_s`` is
+reported as stuck (an outbox that stopped draining, a hub that stopped
+storing) and the run goes on. At the end the agents stop cleanly (each drains
+its outbox), the hub gets its last chance to store, and the ledger balances.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.chaos.collect import (
+    created_messages,
+    dropped_seqs,
+    fill_ledger,
+    rejected_messages,
+    stored_messages,
+)
+from bench.chaos.faults import Fault, mount_small_disk, unmount
+from bench.chaos.ledger import Books, Ledger
+from bench.chaos.stack import Stack, wait_until
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    fault: str
+    cycles: int
+    seed: int
+    books: Books
+    recover_s: list[float] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    unattributed_dead_letters: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON line a benchmark prints last."""
+        b = self.books
+        return {
+            "fault": self.fault,
+            "cycles": self.cycles,
+            "seed": self.seed,
+            "created": b.created,
+            "stored": b.stored,
+            "lost": b.lost,
+            "duplicated": b.duplicated,
+            "dropped": b.dropped,
+            "rejected": b.rejected,
+            "unexplained": b.unexplained,
+            "unattributed_dead_letters": self.unattributed_dead_letters,
+            "stuck": self.stuck,
+            "recover_s_max": round(max(self.recover_s, default=0.0), 2),
+            "recover_s": [round(s, 2) for s in self.recover_s],
+            "balanced": b.balanced and not self.stuck,
+        }
+
+
+def _outstanding(stack: Stack, since: dict[str, set[int]], fresh: bool) -> dict[str, str]:
+    """Per device, what keeps the system from having caught up with ``since`` (empty: caught up).
+
+    Caught up: every message in ``since`` is stored, refused or dropped by a budget, and, when
+    ``fresh``, a message created after ``since`` is stored too (data flows end to end again).
+    """
+    stored = stored_messages(stack.home.telemetry_db)
+    refused = {(d, s) for d, s, _ in rejected_messages(stack.home.dead_letters_db)[0]}
+    behind: dict[str, str] = {}
+    for agent in stack.agents:
+        device = agent.device_id
+        before = since.get(device, set())
+        done = stored | refused | {(device, s) for s in dropped_seqs(agent.log)}
+        left = sum(1 for seq in before if (device, seq) not in done)
+        newest = max(before, default=0)
+        if left:
+            behind[device] = f"{left} messages created before the repair not stored"
+        elif fresh and not any(d == device and s > newest for d, s in stored):
+            behind[device] = "nothing created after the repair stored"
+    return behind
+
+
+def _caught_up(stack: Stack, since: dict[str, set[int]], fresh: bool, timeout_s: float) -> bool:
+    return wait_until(lambda: not _outstanding(stack, since, fresh), timeout_s, poll_s=0.25)
+
+
+def _created_so_far(stack: Stack) -> dict[str, set[int]]:
+    return {a.device_id: {seq for seq, _, _ in created_messages(a.outbox)} for a in stack.agents}
+
+
+def run(
+    fault: Fault,
+    cycles: int,
+    seed: int,
+    root: Path,
+    agents: int = 2,
+    stuck_after_s: float = 90.0,
+    gap_s: tuple[float, float] = (1.0, 4.0),
+) -> Outcome:
+    rng = random.Random(seed)
+    stack = Stack(
+        root,
+        agents,
+        outbox_max_bytes=fault.outbox_max_bytes,
+        mount=mount_small_disk if fault.agents_on_small_disk else None,
+        skewed=fault.skewed_agents,
+    )
+    outcome = Outcome(fault.name, cycles, seed, Ledger().books())
+    try:
+        stack.start()
+        if not wait_until(lambda: bool(stored_messages(stack.home.telemetry_db)), 60):
+            raise RuntimeError(f"nothing stored before the first fault:\n{stack.hub.tail()}")
+        for cycle in range(cycles):
+            time.sleep(rng.uniform(*gap_s))  # a random moment
+            repair = fault.inject(stack, rng)
+            action, repaired = repair.action, repair.at
+            since = _created_so_far(stack)
+            outcome.actions.append(action)
+            log.info("cycle %d: %s", cycle + 1, action)
+            if _caught_up(stack, since, fresh=True, timeout_s=stuck_after_s):
+                outcome.recover_s.append(time.monotonic() - repaired)
+            else:
+                outcome.recover_s.append(stuck_after_s)
+                outcome.stuck.append(
+                    f"cycle {cycle + 1} ({action}): {_outstanding(stack, since, fresh=True)}"
+                )
+        for agent in stack.agents:
+            agent.stop()  # a clean stop drains the outbox
+        final = _created_so_far(stack)
+        if not _caught_up(stack, final, fresh=False, timeout_s=stuck_after_s):
+            outcome.stuck.append(f"after the run: {_outstanding(stack, final, fresh=False)}")
+        ledger = Ledger()
+        agents_files = {a.device_id: (a.outbox, a.log) for a in stack.agents}
+        outcome.unattributed_dead_letters = fill_ledger(
+            ledger, agents_files, stack.home.telemetry_db, stack.home.dead_letters_db
+        )
+        outcome.books = ledger.books()
+        return outcome
+    finally:
+        with contextlib.suppress(Exception):
+            stack.close()
+        stack.kill_everything()
+        for where in reversed(stack.mounts):
+            unmount(where)

@@ -1,0 +1,193 @@
+"""The system under test, as real processes on this machine: Mosquitto, a hub, agents.
+
+Each part can be killed with SIGKILL and started again on the same port, home
+and outbox, which is all a fault needs. Nothing here decides when to break
+what (that is :mod:`bench.chaos.faults`) or keeps books (:mod:`bench.chaos.ledger`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.chaos.collect import instrument_outbox
+from roadside.cloud.broker.mosquitto import MosquittoBroker
+from roadside.cloud.home import HubHome, acl_devices, enroll_device, init_home
+from roadside.cloud.registry import Registry
+from roadside.shared.bundle import BrokerAddress, EnrollmentBundle, write_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+ROADSIDE = ["-c", "from roadside.cli import main; main()"]  # the ``roadside`` command, this interpreter
+SITE = "chaos"
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.1) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout_s`` passes; whether it held."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return predicate()
+
+
+class Child:
+    """One Python command (``python ARGV...``) run as a child process, its output appended to ``log``."""
+
+    def __init__(self, argv: list[str], log: Path, ready_mark: bytes | None = None) -> None:
+        self.argv = argv
+        self.log = log
+        self.ready_mark = ready_mark
+        self.process: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, ready_s: float = 60.0) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        command = [sys.executable, *self.argv]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                command,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(REPO), **self.env},
+            )
+        mark = self.ready_mark
+        if mark is not None and not wait_until(lambda: mark in self.log.read_bytes()[offset:], ready_s):
+            raise RuntimeError(f"{self.argv[2:4]} did not start:\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a power cut would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM and wait (an agent drains its outbox first); SIGKILL past ``timeout_s``."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+class ChaosAgent(Child):
+    """``roadside agent run`` on a synthetic camera, its outbox instrumented for the ledger."""
+
+    def __init__(
+        self, root: Path, bundle: EnrollmentBundle, seed: int, outbox_max_bytes: int, skewed: bool = False
+    ) -> None:
+        """``skewed``: run :mod:`bench.chaos.skewed_agent`, its clock offset by what
+        :attr:`clock_offset_file` says."""
+        root.mkdir(parents=True, exist_ok=True)
+        self.device_id = bundle.device_id
+        self.outbox = root / "outbox.db"
+        bundle_path = root / "bundle.json"
+        write_bundle(bundle, bundle_path)
+        config = root / "agent.toml"
+        config.write_text(
+            "interval_s = 1\nheartbeat_s = 1.0\n"
+            f'[outbox]\npath = "{self.outbox}"\nrecords_per_message = 5\nmax_bytes = {outbox_max_bytes}\n'
+            f'[[sources]]\ntype = "synthetic"\nname = "cam0"\nseed = {seed}\nfps = 8.0\n'
+            "width = 320\nheight = 240\nrealtime = true\n"
+        )
+        instrument_outbox(self.outbox)
+        self.clock_offset_file = root / "clock-offset-s"
+        argv = [*ROADSIDE, "agent", "run", "--bundle", str(bundle_path), "--config", str(config)]
+        if skewed:
+            argv = ["-m", "bench.chaos.skewed_agent", "--bundle", str(bundle_path), "--config", str(config)]
+            argv += ["--offset-file", str(self.clock_offset_file)]
+        super().__init__(argv, root / "agent.log", ready_mark=b"started with")
+
+
+class HubProcess(Child):
+    """``roadside hub run`` on the home, SQLite store, its API on a free port."""
+
+    def __init__(self, home: HubHome, broker_port: int, root: Path) -> None:
+        config = root / "hub.json"
+        config.write_text(
+            json.dumps(
+                {"broker_port": broker_port, "api_port": 0, "client_id": "hub-chaos", "batch_size": 50}
+            )
+        )
+        argv = [*ROADSIDE, "hub", "run", "--home", str(home.root), "--config", str(config)]
+        super().__init__(argv, root / "hub.log", ready_mark=b"hub subscribed")
+
+
+class Stack:
+    """A hub home, its broker, one hub process and ``agents`` agent processes."""
+
+    def __init__(
+        self,
+        root: Path,
+        agents: int,
+        outbox_max_bytes: int = 64 * 1024 * 1024,
+        mount: Callable[[Path], None] | None = None,
+        skewed: bool = False,
+    ) -> None:
+        """``mount`` (if given) puts a filesystem of its own under the hub home and each agent."""
+        self.root = root
+        self.mounts: list[Path] = []
+        if mount is not None:
+            self.mounts = [root / "hub", *(root / f"agent-{i}" for i in range(agents))]
+            for where in self.mounts:
+                mount(where)
+        self.home = init_home(root / "hub", ["localhost"], ["127.0.0.1"])
+        self.broker = MosquittoBroker(
+            self.home.broker_dir,
+            ca_cert_pem=self.home.ca_file.read_bytes(),
+            server=self.home.broker_server_cert(),
+        )
+        self.broker.start()
+        self.registry = Registry(self.home.registry_url)
+        self.hub = HubProcess(self.home, self.broker.port, root)
+        self.agents = [
+            ChaosAgent(
+                root / f"agent-{i}",
+                self.enroll(f"chaos-{i:02d}"),
+                seed=i + 1,
+                outbox_max_bytes=outbox_max_bytes,
+                skewed=skewed,
+            )
+            for i in range(agents)
+        ]
+
+    def enroll(self, device_id: str) -> EnrollmentBundle:
+        address = BrokerAddress(host="127.0.0.1", port=self.broker.port)
+        bundle, _ = enroll_device(self.home, self.registry, device_id, SITE, address)
+        self.broker.reload_acl(acl_devices(self.registry))
+        return bundle
+
+    def start(self) -> None:
+        self.hub.start()
+        for agent in self.agents:
+            agent.start()
+
+    def close(self) -> None:
+        """Stop the agents cleanly (each drains its outbox), then the hub and the broker."""
+        for agent in self.agents:
+            agent.stop()
+        self.hub.stop()
+        self.broker.stop()
+        self.registry.close()
+
+    def kill_everything(self) -> None:
+        for child in (*self.agents, self.hub):
+            child.kill()
+        self.broker.kill()
+        self.registry.close()
