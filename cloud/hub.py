@@ -18,6 +18,9 @@ from roadside.cloud.api.app import create_app
 from roadside.cloud.api.ratelimit import RateLimit
 from roadside.cloud.api.webhooks import WebhookDestinations, WebhookDispatcher, WebhookStore
 from roadside.cloud.broker.pki import CertFiles
+from roadside.cloud.console import install_console
+from roadside.cloud.console.links import load_or_create_key
+from roadside.cloud.console.sessions import SessionPolicy
 from roadside.cloud.dataset.store import DatasetStore
 from roadside.cloud.fleet.command_sender import CommandSender
 from roadside.cloud.fleet.live import LiveFeed
@@ -189,6 +192,11 @@ class Hub:
             revoke=self.revoke,
             device_status=self.ingest.status.get,
             rate_limit=RateLimit(per_s=settings.api_rate_per_s, burst=settings.api_rate_burst),
+        )
+        self.console = install_console(
+            self.app,
+            link_key=load_or_create_key(self.home.root),
+            policy=SessionPolicy(lifetime_s=settings.console_session_s, idle_s=settings.console_idle_s),
         )
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch_registry, name="registry-watch", daemon=True)

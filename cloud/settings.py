@@ -149,6 +149,9 @@ class HubSettings(BaseSettings):
         default=256 * 1024, ge=1024, le=256 * 1024
     )  # the broker caps at 256 KiB too
     online_after_s: float = Field(default=180.0, ge=1)
+    # The console at /ui (ADR 0013): a session ends after this long, or after this long unused.
+    console_session_s: float = Field(default=12 * 3600.0, ge=60, le=7 * 86_400)
+    console_idle_s: float = Field(default=30 * 60.0, ge=60, le=7 * 86_400)
     # The model repository (<home>/release/repository), served read-only over HTTPS with the
     # broker's certificate when it exists. repo_port 0: a free port; -1: not served by this process.
     repo_host: str = "127.0.0.1"

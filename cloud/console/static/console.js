@@ -1,0 +1,76 @@
+// The Roadside console's own script: local times, the traffic chart, the live event list.
+// No inline scripts anywhere (the Content-Security-Policy forbids them).
+(function () {
+  "use strict";
+  var timeFormat = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit"
+  });
+
+  function localTimes(root) {
+    root.querySelectorAll("time[datetime]").forEach(function (el) {
+      var when = new Date(el.getAttribute("datetime"));
+      if (!isNaN(when)) { el.textContent = timeFormat.format(when); el.title = el.getAttribute("datetime"); }
+    });
+    document.querySelectorAll("[data-tz]").forEach(function (el) {
+      el.textContent = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+    });
+  }
+
+  function drawChart() {
+    var target = document.getElementById("chart");
+    var source = document.getElementById("chart-data");
+    if (!target || !source || typeof uPlot === "undefined") { return; }
+    var data = JSON.parse(source.textContent);
+    var xs = data.t.map(function (iso) { return Date.parse(iso) / 1000; });
+    var width = Math.max(280, target.clientWidth);
+    var opts = {
+      width: width, height: 260,
+      series: [{}, { label: "crossings", stroke: "#0b5cad", fill: "rgba(11,92,173,0.12)", width: 2,
+                     paths: uPlot.paths.stepped({ align: 1 }) }],
+      axes: [{}, { label: "per bucket" }],
+      scales: { x: { time: true } }
+    };
+    var plot = new uPlot(opts, [xs, data.n], target);
+    target.dataset.points = String(xs.length);
+    target.dataset.total = String(data.n.reduce(function (a, b) { return a + b; }, 0));
+    window.addEventListener("resize", function () { plot.setSize({ width: Math.max(280, target.clientWidth), height: 260 }); });
+  }
+
+  function cell(text) { var td = document.createElement("td"); td.textContent = text == null ? "" : String(text); return td; }
+
+  function liveEvents() {
+    var state = document.getElementById("live-state");
+    var table = document.getElementById("events");
+    if (!state || !table || typeof EventSource === "undefined") { return; }
+    var body = table.tBodies[0];
+    var source = new EventSource(state.dataset.stream);
+    source.onopen = function () { state.textContent = "Live: new events appear at the top as they arrive."; };
+    source.onerror = function () { state.textContent = "Live updates paused; reconnecting…"; };
+    source.onmessage = function (message) {
+      var e = JSON.parse(message.data);
+      var row = document.createElement("tr");
+      row.className = "fresh";
+      var time = document.createElement("time");
+      time.setAttribute("datetime", e.ts);
+      var first = document.createElement("td");
+      first.appendChild(time);
+      row.appendChild(first);
+      [e.type, e.device, e.site, e.cls, e.line, e.direction,
+       e.speed_kmh == null ? "" : Math.round(e.speed_kmh),
+       e.confidence == null ? "" : e.confidence.toFixed(2)].forEach(function (v) { row.appendChild(cell(v)); });
+      body.insertBefore(row, body.firstChild);
+      while (body.rows.length > 500) { body.deleteRow(body.rows.length - 1); }
+      var none = document.getElementById("no-events");
+      if (none) { none.remove(); }
+      localTimes(row);
+    };
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    localTimes(document);
+    drawChart();
+    liveEvents();
+    document.body.dataset.ready = "true";
+  });
+  document.addEventListener("htmx:afterSwap", function (event) { localTimes(event.target); });
+})();

@@ -1,0 +1,190 @@
+"""What each console page shows, gathered from the registry, the store and the hub's hooks.
+
+The same functions and repositories the API's routes use (``device_view``,
+``tally``, ``rollout_status``, the registry's repositories, the store's
+queries), shaped for a page; no HTML here, no HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from roadside.cloud.api.deps import ApiResources
+from roadside.cloud.api.routes.devices import device_view
+from roadside.cloud.api.routes.fleet import tally
+from roadside.cloud.api.schemas import CountRow, Device, FleetCounts
+from roadside.cloud.fleet.audit import AuditEntry, ChainReport
+from roadside.cloud.registry import RolloutRecord
+from roadside.cloud.storage.base import CountQuery, EventQuery, StoredEvent
+from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.schemas import Health
+
+logger = logging.getLogger(__name__)
+
+IN_PROGRESS: Final = frozenset({"pending", "running", "paused", "rolling_back"})
+FLEET_PAGE: Final = 50
+AUDIT_SCAN: Final = 5000
+AUDIT_SHOWN: Final = 200
+WINDOWS: Final = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(hours=24),
+                  "7d": timedelta(days=7), "31d": timedelta(days=31)}  # fmt: skip
+BUCKETS: Final = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86_400}
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    fleet: FleetCounts
+    sites: list[tuple[str, FleetCounts]]
+    last_ingest_at: datetime | None
+    ingest_per_s: float | None
+    rejected: dict[str, float]
+    rollouts: list[RolloutRecord]
+
+
+def fleet_devices(resources: ApiResources, now: datetime) -> list[Device]:
+    records = resources.registry.devices.list()
+    return [device_view(r, resources.hooks, resources.settings, now) for r in records]
+
+
+def device(resources: ApiResources, device_id: str) -> Device | None:
+    """One device as the API shows it, or ``None`` if it is not enrolled."""
+    record = resources.registry.devices.get(device_id)
+    if record is None:
+        return None
+    return device_view(record, resources.hooks, resources.settings, datetime.now(UTC))
+
+
+def overview(resources: ApiResources, ingest_per_s: float | None, rejected: dict[str, float]) -> Overview:
+    now = datetime.now(UTC)
+    devices = fleet_devices(resources, now)
+    by_site: dict[str, list[Device]] = defaultdict(list)
+    for device in devices:
+        by_site[device.site].append(device)
+    seen = [d.last_seen_at for d in devices if d.last_seen_at is not None]
+    rollouts = [r for r in resources.registry.rollouts.list() if r.status in IN_PROGRESS]
+    return Overview(
+        fleet=tally(devices),
+        sites=[(site, tally(by_site[site])) for site in sorted(by_site)],
+        last_ingest_at=max(seen, default=None),
+        ingest_per_s=ingest_per_s,
+        rejected=dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
+        rollouts=rollouts,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FleetPage:
+    devices: list[tuple[Device, Health | None]]
+    sites: list[str]
+    total: int
+    page: int
+    pages: int
+
+
+def fleet_page(resources: ApiResources, site: str | None, state: str | None, page: int) -> FleetPage:
+    """One page of devices (filtered by site and online/offline/revoked) with their latest health."""
+    devices = fleet_devices(resources, datetime.now(UTC))
+    sites = sorted({d.site for d in devices})
+    chosen = [d for d in devices if (not site or d.site == site) and _in_state(d, state)]
+    pages = max(1, -(-len(chosen) // FLEET_PAGE))
+    page = min(max(page, 1), pages)
+    shown = chosen[(page - 1) * FLEET_PAGE : page * FLEET_PAGE]
+    return FleetPage(
+        [(d, latest_health(resources, d.device_id)) for d in shown], sites, len(chosen), page, pages
+    )
+
+
+def _in_state(device: Device, state: str | None) -> bool:
+    if not state:
+        return True
+    if state == "revoked":
+        return device.status == "revoked"
+    return device.status == "active" and device.online == (state == "online")
+
+
+def latest_health(resources: ApiResources, device_id: str) -> Health | None:
+    try:
+        return resources.store.latest_health(device_id)
+    except TransportError as exc:
+        logger.warning("console: no health for %s: %s", device_id, exc)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficTotals:
+    """Counts over a window: per (site, line, class, direction) for the table, per bucket for the chart."""
+
+    start: datetime
+    end: datetime
+    bucket_s: int
+    rows: list[CountRow]
+    by_group: list[tuple[tuple[str, str, str, str], int]]
+    by_bucket: list[tuple[datetime, int]]
+
+
+def traffic(resources: ApiResources, query: CountQuery) -> TrafficTotals:
+    rows = [CountRow.from_bucket(b) for b in resources.store.count_buckets(query)]
+    groups: dict[tuple[str, str, str, str], int] = defaultdict(int)
+    buckets: dict[datetime, int] = defaultdict(int)
+    for row in rows:
+        groups[(row.site, row.line, row.cls, row.direction)] += row.count
+        buckets[row.bucket_start] += row.count
+    return TrafficTotals(
+        query.start, query.end, query.bucket_s, rows, sorted(groups.items()), sorted(buckets.items())
+    )
+
+
+def recent_events(resources: ApiResources, query: EventQuery, shown: int = 100) -> list[StoredEvent]:
+    """The newest ``shown`` events of the window, newest first."""
+    events = resources.store.events(query)
+    return list(reversed(events[-shown:]))
+
+
+@dataclass(frozen=True, slots=True)
+class AuditView:
+    entries: list[AuditEntry]
+    report: ChainReport
+    head_seq: int
+    scanned: int
+
+
+def audit(resources: ApiResources, text: str) -> AuditView:
+    """The newest entries (matching ``text`` in actor, action, subject or details), and the chain's verdict."""
+    log = resources.registry.audit
+    report = log.verify()
+    head_seq, _ = log.head()
+    entries = log.entries(since_seq=max(0, head_seq - AUDIT_SCAN), limit=None)
+    needle = text.strip().lower()
+    if needle:
+        entries = [e for e in entries if needle in _searchable(e)]
+    return AuditView(list(reversed(entries))[:AUDIT_SHOWN], report, head_seq, min(head_seq, AUDIT_SCAN))
+
+
+def _searchable(entry: AuditEntry) -> str:
+    return f"{entry.actor} {entry.action} {entry.subject} {dict(entry.details)}".lower()
+
+
+def allowed_actions(status: str) -> Sequence[str]:
+    """Operator actions a rollout in ``status`` takes (as the controller's moves allow)."""
+    moves = {
+        "pending": ("pause", "abort", "rollback"),
+        "running": ("pause", "abort", "rollback"),
+        "paused": ("resume", "abort", "rollback"),
+        "completed": ("rollback",),
+    }
+    return moves.get(status, ())
+
+
+def parse_waves(text: str) -> tuple[int, ...]:
+    """``"10, 50, 100"`` → ``(10, 50, 100)``; ``ConfigError`` naming the problem otherwise."""
+    try:
+        waves = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError as exc:
+        raise ConfigError(f"waves are whole percentages separated by commas, not {text!r}") from exc
+    if not waves:
+        raise ConfigError("give at least one wave, e.g. 10, 50, 100")
+    return waves
