@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from roadside.edge.analytics.config import AnalyticsConfig, LineConfig, resolve_stream_config
+from roadside.edge.analytics.signals import CameraSignals, SignalOutput
 from roadside.edge.analytics.stream import StreamAnalytics
 from roadside.edge.inference.batching import BatchPolicy, DynamicBatcher
 from roadside.edge.inference.engine import OnnxDetector
@@ -35,7 +36,17 @@ from roadside.edge.samples.uploader import SampleUploader
 from roadside.edge.settings import AgentSettings
 from roadside.edge.sources import Frame, FrameSource
 from roadside.shared.queues import BoundedQueue
-from roadside.shared.schemas import CountRecord, CountsMessage, DetectionEvent, EventsMessage, encode
+from roadside.shared.schemas import (
+    MAX_DETECTOR_CHANGES,
+    MAX_MOVEMENT_RECORDS,
+    CountRecord,
+    CountsMessage,
+    DetectionEvent,
+    DetectorMessage,
+    EventsMessage,
+    MovementsMessage,
+    encode,
+)
 from roadside.vision.yolo import Detections
 
 log = logging.getLogger(__name__)
@@ -72,6 +83,7 @@ class StreamState:
 
     name: str
     analytics: StreamAnalytics
+    signals: CameraSignals | None = None  # detector zones for signal control, where configured
     frames: int = 0
     fps_window: list[float] = field(default_factory=list)
 
@@ -107,6 +119,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.events_emitted = 0
+        self.detector_changes_emitted = 0
         self.count_records_emitted = 0
         # Totals of what was handed to the sink, by (line, class, direction): for health and tests.
         self.counted: Counter[tuple[str, str, str]] = Counter()
@@ -164,6 +177,8 @@ class Pipeline:
         state = self.streams.pop(name, None)
         if state is not None:
             self.emit_counts(state.analytics.flush())
+            if state.signals is not None:
+                self.emit_signals(state.signals.flush())
 
     def apply_live_settings(self, settings: AgentSettings, reset_analytics: bool) -> None:
         """Adopt settings that apply live; with ``reset_analytics``, rebuild per-stream analytics."""
@@ -174,6 +189,8 @@ class Pipeline:
         def run() -> None:  # the open intervals are sent; states come back with the new lines
             for state in list(self.streams.values()):
                 self.emit_counts(state.analytics.flush())
+                if state.signals is not None:
+                    self.emit_signals(state.signals.flush())
             self.streams.clear()
 
         self.run_and_wait(run)
@@ -215,6 +232,7 @@ class Pipeline:
                 elif self._stop.is_set():
                     break
                 self._flush_events(force=False)
+                self._tick_signals()
                 self._run_tasks()
         self._close_intervals()
         self._flush_events(force=True)
@@ -242,6 +260,10 @@ class Pipeline:
                 )
             out = state.analytics.update(frame.ts, found)
             self.emit_counts(out.closed_counts)
+            if state.signals is not None:  # zone changes leave in this frame, not with the next events flush
+                self.emit_signals(
+                    state.signals.frame(frame.ts, frame.image, out.tracks, self.detector.info.labels)
+                )
             version = self.detector.info.version
             self._pending_events.extend(
                 e.to_detection_event(frame.stream, version, uuid.uuid4()) for e in out.events
@@ -254,7 +276,13 @@ class Pipeline:
             analytics = StreamAnalytics(
                 self._analytics_for(frame), frame.stream, info.labels, info.version, self.settings.interval_s
             )
-            state = StreamState(frame.stream, analytics)
+            detectors = self.settings.signals.cameras.get(frame.stream)
+            signals = (
+                CameraSignals(frame.stream, detectors, self.settings.signals.interval_s)
+                if detectors
+                else None
+            )
+            state = StreamState(frame.stream, analytics, signals)
             self.streams[frame.stream] = state
         return state
 
@@ -270,6 +298,26 @@ class Pipeline:
     def _close_intervals(self) -> None:
         for state in self.streams.values():
             self.emit_counts(state.analytics.flush())
+            if state.signals is not None:
+                self.emit_signals(state.signals.flush())
+
+    def _tick_signals(self) -> None:
+        """Between batches: a camera that stopped sending frames fails its zones (fail safe)."""
+        now = time.time()
+        for state in self.streams.values():
+            if state.signals is not None:
+                self.emit_signals(state.signals.tick(now))
+
+    def emit_signals(self, out: SignalOutput) -> None:
+        """Zone changes as one small ``detector`` message at once; closed intervals as ``movements``."""
+        for i in range(0, len(out.changes), MAX_DETECTOR_CHANGES):
+            chunk = out.changes[i : i + MAX_DETECTOR_CHANGES]
+            self.sink.put("detector", encode(DetectorMessage(records=chunk)), Priority.DETECTOR)
+            self.detector_changes_emitted += len(chunk)
+        size = MAX_MOVEMENT_RECORDS
+        for i in range(0, max(len(out.movements), len(out.zones)), size):
+            message = MovementsMessage(movements=out.movements[i : i + size], zones=out.zones[i : i + size])
+            self.sink.put("movements", encode(message), Priority.COUNTS)
 
     def emit_counts(self, records: list[CountRecord]) -> None:
         size = self.settings.outbox.records_per_message

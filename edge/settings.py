@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from roadside.edge.analytics.config import AnalyticsConfig
+from roadside.edge.analytics.detectors import SignalDetectionConfig
 from roadside.edge.privacy.redact import PrivacyConfig
 from roadside.edge.sensors.config import SensorConfig
 from roadside.shared.config import load_settings
@@ -163,6 +164,7 @@ class AgentSettings(BaseSettings):
     sensors: list[SensorConfig] = Field(default_factory=list)  # air quality, loop detectors, noise
     lines: list[CountLine] = Field(default_factory=list)  # shorthand for analytics.lines
     analytics: AnalyticsConfig = Field(default_factory=AnalyticsConfig)  # lanes, zones, speed traps, events
+    signals: SignalDetectionConfig = Field(default_factory=SignalDetectionConfig)  # detector zones per camera
     model: ModelConfig = Field(default_factory=ModelConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     ota: OtaConfig = Field(default_factory=OtaConfig)

@@ -16,7 +16,7 @@ the hub refuses messages from a clock far off anyway.
 
 Disk budget: when a new message would push the queue past ``max_bytes``, the
 policy ``DROP_LOWEST_PRIORITY_OLDEST`` deletes the oldest messages of the
-lowest priority first (hard-example samples, then health, then sensors, then counts, events, OTA reports last); each
+lowest priority first (hard-example samples, then health, then sensors, then counts, events, OTA reports, detector-zone changes last); each
 drop is counted. The rule is :func:`roadside.edge.outbox.policy.choose_drops`; this module
 only reads it the candidates and deletes what it chose. Back-pressure: ``put``
 reports how many were dropped, and ``is_congested`` tells the pipeline to shed
@@ -48,6 +48,7 @@ class Priority(enum.IntEnum):
     ACK = 3
     EVENTS = 4
     OTA = 5  # model-update reports: few, small, and a rollout waits on each one
+    DETECTOR = 6  # detector-zone changes for signal control: tiny, and a controller acts on each one
 
 
 @dataclass(frozen=True, slots=True)
