@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from roadside.cloud.cli_common import DEFAULT_HOME, HomeOption, RegistryUrlOption, actor, fail, open_registry
+from roadside.cloud.console.link_cli import ui_link
 from roadside.shared.errors import ConfigError, RoadsideError
 
 pki_app = typer.Typer(
@@ -201,6 +202,9 @@ def hub_token(
     with open_registry(home) as registry:
         registry.create_schema()
         typer.echo(registry.api_clients.create(name, scope, department, actor=actor()))
+
+
+hub_app.command("ui-link")(ui_link)
 
 
 @hub_app.command("migrate")

@@ -50,7 +50,7 @@ from roadside.cloud.console.web import (
 from roadside.cloud.fleet.live import EventFilter, FeedFullError
 from roadside.cloud.registry import SCOPES
 from roadside.cloud.release.controller import change_rollout, create_rollout, rollout_status
-from roadside.cloud.release.rollouts import RolloutSpec, parse_duration
+from roadside.cloud.release.rollouts import RolloutSpec, parse_duration, parse_waves
 from roadside.shared.errors import ConfigError, RoadsideError
 
 logger = logging.getLogger(__name__)
@@ -472,7 +472,7 @@ async def create(request: Request, operator: OperatorDep, resources: ResourcesDe
             model_version=version,
             target=form.get("target", "all").strip() or "all",
             canary=int(form.get("canary", "1") or 1),
-            waves=views.parse_waves(form.get("waves", "10,50,100")),
+            waves=parse_waves(form.get("waves", "10,50,100").replace(" ", "")),
             soak_s=parse_duration(form.get("soak", "10m").strip() or "10m"),
             min_frames=int(form.get("min_frames", "20") or 20),
         )

@@ -21,7 +21,7 @@ from roadside.cloud.api.schemas import CountRow, Device, FleetCounts
 from roadside.cloud.fleet.audit import AuditEntry, ChainReport
 from roadside.cloud.registry import RolloutRecord
 from roadside.cloud.storage.base import CountQuery, EventQuery, StoredEvent
-from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.errors import TransportError
 from roadside.shared.schemas import Health
 
 logger = logging.getLogger(__name__)
@@ -177,14 +177,3 @@ def allowed_actions(status: str) -> Sequence[str]:
         "completed": ("rollback",),
     }
     return moves.get(status, ())
-
-
-def parse_waves(text: str) -> tuple[int, ...]:
-    """``"10, 50, 100"`` → ``(10, 50, 100)``; ``ConfigError`` naming the problem otherwise."""
-    try:
-        waves = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError as exc:
-        raise ConfigError(f"waves are whole percentages separated by commas, not {text!r}") from exc
-    if not waves:
-        raise ConfigError("give at least one wave, e.g. 10, 50, 100")
-    return waves
