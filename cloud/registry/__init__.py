@@ -52,6 +52,7 @@ from roadside.cloud.registry.records import (
 )
 from roadside.cloud.registry.rollouts import Rollouts
 from roadside.cloud.registry.schema import BASELINE_REVISION, MIGRATIONS_DIR, Schema, alembic_config
+from roadside.cloud.registry.signals import SignalRecord, Signals
 from roadside.cloud.registry.tables import Base
 from roadside.cloud.registry.unit_of_work import UnitOfWork
 
@@ -75,6 +76,8 @@ __all__ = [
     "RolloutRecord",
     "Rollouts",
     "Schema",
+    "SignalRecord",
+    "Signals",
     "UnitOfWork",
     "alembic_config",
 ]
@@ -93,6 +96,7 @@ class Registry:
         self.api_clients = ApiClients(self._unit)
         self.models = ModelVersions(self._unit)
         self.rollouts = Rollouts(self._unit)
+        self.signals = Signals(self._unit)
         self.audit = AuditLog(self._unit.engine)
 
     @property

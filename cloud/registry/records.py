@@ -11,7 +11,7 @@ from typing import Any, Final
 from roadside.cloud.registry.tables import DeviceKeyRow, DeviceRow, ModelRow, RolloutDeviceRow, RolloutRow
 from roadside.shared.keys import PublicKeys, b64
 
-SCOPES: Final = frozenset({"read:telemetry", "write:devices", "write:rollouts", "admin"})
+SCOPES: Final = frozenset({"read:telemetry", "write:devices", "write:rollouts", "write:signals", "admin"})
 TOKEN_PREFIX: Final = "rs_"  # noqa: S105 - a public marker, not a secret
 MODEL_STATUSES: Final = frozenset({"draft", "published", "retired"})
 ROLLOUT_STATUSES: Final = frozenset(

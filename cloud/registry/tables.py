@@ -106,5 +106,16 @@ class RolloutDeviceRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class SignalRow(Base):
+    """A signal and its channel map (migration 0004; ``roadside.cloud.registry.signals``)."""
+
+    __tablename__ = "signals"
+    signal_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 # What the migrations build, for Alembic's autogenerate and the drift test.
 TARGET_METADATA: Final[tuple[MetaData, ...]] = (Base.metadata, audit.METADATA)
