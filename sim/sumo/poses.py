@@ -9,7 +9,7 @@ image ↔ road point pairs), in the network's own coordinates (metres, as
     {"cameras": [
       {"name": "north", "junction": "C", "approach": "n_in",
        "calibration": {"type": "pose", "x": 14.4, "y": -12.4, "height": 8.0, "heading": 352.0,
-                       "tilt": 10.5, "hfov": 70.0, "width": 640, "height_px": 480}}
+                       "tilt": 12.0, "hfov": 55.0, "width": 640, "height_px": 480}}
     ]}
 
 ``junction`` and ``approach`` are optional and only describe what the camera
@@ -133,10 +133,10 @@ def approach_cameras(
     junction: str,
     *,
     mount_height: float = 8.0,
-    hfov: float = 70.0,
+    hfov: float = 55.0,
     width: int = 640,
     height: int = 480,
-    look_ahead_m: float = 30.0,
+    look_ahead_m: float = 25.0,
 ) -> list[CameraPose]:
     """One camera per approach of ``junction``, for any network.
 
