@@ -15,9 +15,11 @@ from roadside.shared.errors import IntegrityError, SchemaError
 from roadside.shared.schemas import (
     AckMessage,
     CountsMessage,
+    DetectorMessage,
     EventsMessage,
     HardExample,
     HealthMessage,
+    MovementsMessage,
     OtaMessage,
     OtaReport,
     SamplesMessage,
@@ -91,12 +93,20 @@ class IngestCore:
 
 
 def _batch_of(origin: Origin, message: UplinkPayload) -> IngestBatch:
-    if isinstance(message, CountsMessage):
-        return IngestBatch(origin, counts=message.records)
-    if isinstance(message, EventsMessage):
-        return IngestBatch(origin, events=message.records)
-    if isinstance(message, SensorsMessage):
-        return IngestBatch(origin, sensors=message.records)
-    if isinstance(message, HealthMessage):
-        return IngestBatch(origin, health=message.health)
-    return IngestBatch(origin)  # an ack, OTA report or samples: for the listeners, not the time series
+    """The time-series records of a message; an ack, OTA report or samples carry none (listeners only)."""
+    match message:
+        case CountsMessage():
+            batch = IngestBatch(origin, counts=message.records)
+        case EventsMessage():
+            batch = IngestBatch(origin, events=message.records)
+        case SensorsMessage():
+            batch = IngestBatch(origin, sensors=message.records)
+        case HealthMessage():
+            batch = IngestBatch(origin, health=message.health)
+        case DetectorMessage():
+            batch = IngestBatch(origin, detector=message.records)
+        case MovementsMessage():
+            batch = IngestBatch(origin, movements=message.movements, zone_stats=message.zones)
+        case _:
+            batch = IngestBatch(origin)
+    return batch

@@ -15,7 +15,15 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol, runtime_checkable
 
-from roadside.shared.schemas import CountRecord, DetectionEvent, Health, SensorReading
+from roadside.shared.schemas import (
+    CountRecord,
+    DetectionEvent,
+    DetectorChange,
+    Health,
+    SensorReading,
+    TurningMovement,
+    ZoneStat,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,10 @@ class IngestBatch:
     events: Sequence[DetectionEvent] = ()
     sensors: Sequence[SensorReading] = ()
     health: Health | None = None
+    # Detection for signals (docs/signals.md): stored by stores that support it (SupportsSignals).
+    detector: Sequence[DetectorChange] = ()
+    movements: Sequence[TurningMovement] = ()
+    zone_stats: Sequence[ZoneStat] = ()
 
 
 @dataclass(frozen=True, slots=True)
