@@ -15,6 +15,7 @@ from roadside.edge.analytics.detectors import SignalDetectionConfig
 from roadside.edge.privacy.redact import PrivacyConfig
 from roadside.edge.sensors.config import SensorConfig
 from roadside.shared.config import load_settings
+from roadside.vision.calibration import CameraCalibration
 
 Point = tuple[float, float]
 
@@ -59,7 +60,58 @@ class VideoSource(_Section):
     loop: bool = False
 
 
-SourceConfig = Annotated[SyntheticSource | VideoSource, Field(discriminator="type")]
+class SumoAttach(_Section):
+    """A SUMO that another program started with ``--num-clients``: join it as TraCI client ``order``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    order: int = Field(default=1, ge=1)  # SUMO serves its clients in this order within a step
+
+
+class SumoSource(_Section):
+    """A virtual camera on a SUMO simulation (``roadside.sim.sumo``; needs the ``[sim]`` extra).
+
+    The network (``sumocfg`` or ``net``) is always named: the camera draws its roads.
+    The camera is a calibration inline (``camera``) or one of a pose file's cameras
+    (``pose_file``, ``pose_name``, which defaults to this source's name). Without
+    ``attach`` the source starts SUMO itself; with ``clients`` > 1 SUMO waits on
+    ``port`` for the others (a signal controller) before its first step.
+    """
+
+    type: Literal["sumo"] = "sumo"
+    name: str = "cam0"
+    sumocfg: Path | None = None
+    net: Path | None = None
+    routes: list[Path] = Field(default_factory=list)  # with ``net``; a sumocfg names its own
+    camera: CameraCalibration | None = None
+    pose_file: Path | None = None
+    pose_name: str | None = None
+    conditions: Literal["day", "dusk", "night", "rain", "fog"] = "day"
+    step_s: float = Field(default=0.1, gt=0, le=1.0)  # SUMO's step when this source starts it
+    fps: float = Field(default=10.0, gt=0, le=60)  # frames per simulated second, at most one per step
+    realtime: bool = True  # pace frames on the wall clock; False runs as fast as SUMO and drawing allow
+    warmup_s: float = Field(default=0.0, ge=0)  # simulated seconds to run before the first frame
+    max_frames: int | None = Field(default=None, ge=1)  # None: until the demand is over
+    seed: int = 42
+    attach: SumoAttach | None = None
+    clients: int = Field(default=1, ge=1, le=16)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    order: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> SumoSource:
+        if (self.sumocfg is None) == (self.net is None):
+            raise ValueError("give exactly one of sumocfg and net (the camera draws the network's roads)")
+        if (self.camera is None) == (self.pose_file is None):
+            raise ValueError("give exactly one of camera (a calibration) and pose_file")
+        if self.fps * self.step_s > 1.0 + 1e-9:
+            raise ValueError(f"fps {self.fps} asks for more than one frame per SUMO step of {self.step_s} s")
+        if self.attach is not None and (self.clients != 1 or self.port is not None):
+            raise ValueError("clients and port are for a SUMO this source starts; attach joins one")
+        return self
+
+
+SourceConfig = Annotated[SyntheticSource | VideoSource | SumoSource, Field(discriminator="type")]
 
 
 class CountLine(_Section):
