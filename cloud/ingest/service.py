@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from roadside.cloud.ingest.core import Accepted, IngestCore, Rejection
 from roadside.cloud.ingest.deadletter import DeadLetterStore, safe_text
 from roadside.cloud.ingest.metrics import IngestMetrics
+from roadside.cloud.ingest.seen import SeenTimes
 from roadside.cloud.storage.base import TimeSeriesStore
 from roadside.mqttlink import ConnAck, Message, MqttSession, Sent, SessionConfig, SubAck, TlsFiles
 from roadside.shared import topics
@@ -71,6 +73,7 @@ class IngestService:
         max_wait_s: float = 0.1,
         queue_size: int = 20_000,
         on_stored: Callable[[list[Accepted]], None] | None = None,
+        seen_interval_s: float = 1.0,
     ) -> None:
         self.broker = broker
         self.core = core
@@ -82,6 +85,7 @@ class IngestService:
         self.on_stored = on_stored
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
+        self.seen = SeenTimes(seen_interval_s)  # last-seen times reach the registry at most this often
         self.queue: BoundedQueue[_Delivery] = BoundedQueue(queue_size, Overflow.BLOCK)
         self.status: dict[str, str] = {}  # device id -> "online" / "offline" from the retained status
         self.stored_messages = 0
@@ -195,6 +199,7 @@ class IngestService:
             deliveries = self.queue.get_batch(self.batch_size, self.max_wait_s, first_timeout_s=0.2)
             self.metrics.queue_depth.set(self.queue.qsize())
             if not deliveries:
+                self._flush_seen()
                 continue
             try:
                 self._handle(deliveries)
@@ -202,6 +207,7 @@ class IngestService:
                 # A bug, not bad input (that is isolated per message): these stay unacknowledged
                 # and come back with the next session; the error is loud in the log.
                 log.exception("ingest writer failed on a batch of %d messages", len(deliveries))
+        self._flush_seen(every=True)
 
     def _handle(self, deliveries: list[_Delivery]) -> None:
         """Process a batch until it is durable, pausing while a store or the registry is down.
@@ -234,11 +240,9 @@ class IngestService:
             if isinstance(outcome, Rejection) and index not in batch.dead_lettered:
                 self._reject(delivery, outcome)
                 batch.dead_lettered.add(index)
-        seen: dict[str, datetime] = {}
         for outcome in accepted:
-            seen[outcome.header.device_id] = datetime.fromtimestamp(outcome.header.ts_ms / 1000, UTC)
-        if seen:
-            self.mark_seen(sorted(seen.items()))
+            self.seen.note(outcome.header.device_id, outcome.header.ts_ms)
+        self._mark_seen_due(time.monotonic())
         if self.on_stored is not None and accepted:
             self.on_stored(accepted)  # isolates its listeners per message; raises only TransportError
         # Everything each message needs is durable: only now refuse repeats of it, and ack.
@@ -250,6 +254,27 @@ class IngestService:
         self.metrics.messages.labels("accepted").inc(len(accepted))
         for delivery in batch.deliveries:
             self._client.ack(delivery.mid, delivery.qos)
+
+    def _mark_seen_due(self, now: float) -> None:
+        """Write the last-seen times that are due.
+
+        ``TransportError`` (the registry is unreachable) propagates: the batch pauses and is
+        processed again, as for any other step, and the times stay pending.
+        """
+        due = self.seen.due(now)
+        if due:
+            self.mark_seen(due)
+            self.seen.written(due, now)
+
+    def _flush_seen(self, *, every: bool = False) -> None:
+        """While idle: the times held back by the interval reach the registry within it
+        (``every``: all of them, when stopping)."""
+        if not self.seen:
+            return
+        try:
+            self._mark_seen_due(math.inf if every else time.monotonic())
+        except RoadsideError as exc:
+            log.warning("could not record when devices were last seen (retrying): %s", exc)
 
     def _accept(self, delivery: _Delivery, now_ms: int) -> Accepted | Rejection:
         """One message through the core; whatever it raises costs only that message.

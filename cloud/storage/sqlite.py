@@ -248,6 +248,35 @@ _INSERT_HEALTH = (
 )
 
 
+_INGESTED_CHUNK: Final = 500  # rows per INSERT: 2,000 parameters, far below SQLite's limit
+
+
+def _mark_ingested(
+    db: sqlite3.Connection, batches: Sequence[IngestBatch], stored_us: int
+) -> set[tuple[str, int]]:
+    """Insert every envelope's ``(device, seq)`` mark; return the marks that were new.
+
+    One multi-row ``INSERT OR IGNORE ... RETURNING`` per chunk instead of one statement per
+    envelope: the statement overhead was a seventh of the write. ``RETURNING`` names exactly
+    the rows inserted, so a redelivery (already marked) is not returned.
+    """
+    fresh: set[tuple[str, int]] = set()
+    for start in range(0, len(batches), _INGESTED_CHUNK):
+        chunk = batches[start : start + _INGESTED_CHUNK]
+        values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+        params: list[object] = []
+        for batch in chunk:
+            origin = batch.origin
+            params += (origin.device_id, origin.seq, origin.site, stored_us)
+        rows = db.execute(
+            f"INSERT OR IGNORE INTO ingested (device_id, seq, site, stored_us) VALUES {values}"  # noqa: S608 (placeholders only)
+            " RETURNING device_id, seq",
+            params,
+        ).fetchall()
+        fresh.update((device_id, seq) for device_id, seq in rows)
+    return fresh
+
+
 class SqliteStore:
     """``TimeSeriesStore`` in one SQLite file (or ``":memory:"`` for tests)."""
 
@@ -332,15 +361,13 @@ class SqliteStore:
         sensors: list[tuple[object, ...]] = []
         health: list[tuple[object, ...]] = []
         fresh = 0
+        unseen = _mark_ingested(db, batches, stored_us)
         for batch in batches:
             origin = batch.origin
             key = (origin.device_id, origin.seq)
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO ingested (device_id, seq, site, stored_us) VALUES (?, ?, ?, ?)",
-                (*key, origin.site, stored_us),
-            )
-            if cursor.rowcount == 0:
-                continue  # already committed whole by an earlier write: a redelivery
+            if key not in unseen:
+                continue  # committed whole by an earlier write (a redelivery), or earlier in this one
+            unseen.discard(key)
             fresh += 1
             site = origin.site
             counts += [

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from roadside.shared.errors import SchemaError
 from roadside.shared.limits import check_storable_time
-from roadside.shared.schemas import decode_uplink
+from roadside.shared.schemas import CountsMessage, decode_uplink
 
 
 def counts_at(when: str) -> bytes:
@@ -49,8 +49,9 @@ def storable(when: datetime) -> bool:
 )
 def test_bounds_hold_in_utc(when: str, accepted: bool) -> None:
     if accepted:
-        record = decode_uplink("counts", counts_at(when)).records[0]
-        assert record.interval_start == datetime.fromisoformat(when)
+        message = decode_uplink("counts", counts_at(when))
+        assert isinstance(message, CountsMessage)
+        assert message.records[0].interval_start == datetime.fromisoformat(when)
     else:
         with pytest.raises(SchemaError, match="interval_start"):
             decode_uplink("counts", counts_at(when))
