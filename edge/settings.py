@@ -93,6 +93,8 @@ class SumoSource(_Section):
     warmup_s: float = Field(default=0.0, ge=0)  # simulated seconds to run before the first frame
     max_frames: int | None = Field(default=None, ge=1)  # None: until the demand is over
     seed: int = 42
+    # Ground truth (image boxes, SUMO ids, classes) per frame as JSON lines, for evaluation only.
+    truth_file: Path | None = None
     attach: SumoAttach | None = None
     clients: int = Field(default=1, ge=1, le=16)
     port: int | None = Field(default=None, ge=1, le=65535)
