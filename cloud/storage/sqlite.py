@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+from roadside.cloud.storage import signals_sqlite
 from roadside.cloud.storage.base import (
     CountBucket,
     CountQuery,
@@ -45,6 +46,14 @@ from roadside.cloud.storage.base import (
     to_epoch_us,
 )
 from roadside.cloud.storage.retention import Coverage, RetentionPolicy, RetentionReport, Tier, plan_spans
+from roadside.cloud.storage.signals import (
+    ControllerEvent,
+    DetectorQuery,
+    IntervalQuery,
+    StoredDetectorChange,
+    StoredMovement,
+    StoredZoneStat,
+)
 from roadside.shared.errors import ConfigError, TransportError
 from roadside.shared.schemas import DetectionEvent, Health, SensorReading
 
@@ -318,6 +327,7 @@ class SqliteStore:
             )
         self._db.executescript(_SCHEMA)
         self._db.executescript(_RETENTION_SCHEMA)
+        self._db.executescript(signals_sqlite.SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
@@ -361,6 +371,7 @@ class SqliteStore:
         sensors: list[tuple[object, ...]] = []
         health: list[tuple[object, ...]] = []
         fresh = 0
+        fresh_batches: list[IngestBatch] = []
         unseen = _mark_ingested(db, batches, stored_us)
         for batch in batches:
             origin = batch.origin
@@ -384,6 +395,7 @@ class SqliteStore:
                 (*key, i, site, to_epoch_us(r.ts), r.sensor, r.quantity, r.value, r.unit, r.quality)
                 for i, r in enumerate(batch.sensors)
             ]
+            fresh_batches.append(batch)
             if batch.health is not None:
                 h = batch.health
                 health.append(
@@ -394,6 +406,7 @@ class SqliteStore:
         ):  # fmt: skip
             if rows:
                 db.executemany(sql, rows)
+        signals_sqlite.insert(db, fresh_batches)
         return fresh
 
     # -- reads ----------------------------------------------------------------
@@ -517,6 +530,41 @@ class SqliteStore:
         with self._connection() as db:
             rows = db.execute(_LATEST_SENSORS, params).fetchall()
         return [_reading(r) for r in rows]
+
+    # -- signal control (SupportsSignals; roadside.cloud.storage.signals_sqlite) ----
+
+    def detector_changes(self, query: DetectorQuery) -> list[StoredDetectorChange]:
+        with self._connection() as db:
+            return signals_sqlite.detector_changes(db, query)
+
+    def turning_movements(self, query: IntervalQuery) -> list[StoredMovement]:
+        with self._connection() as db:
+            return signals_sqlite.turning_movements(db, query)
+
+    def zone_statistics(self, query: IntervalQuery) -> list[StoredZoneStat]:
+        with self._connection() as db:
+            return signals_sqlite.zone_statistics(db, query)
+
+    def write_controller_events(self, signal_id: str, events: Sequence[ControllerEvent]) -> None:
+        if not events:
+            return
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                signals_sqlite.write_controller_events(db, signal_id, events)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def controller_events(
+        self, signal_id: str, start: datetime, end: datetime, limit: int
+    ) -> list[ControllerEvent]:
+        with self._connection() as db:
+            return signals_sqlite.controller_events(
+                db, signal_id, to_epoch_us(start), to_epoch_us(end), limit
+            )
 
     def recent_sequences(self, device_id: str, window: int) -> list[int]:
         """Sequence numbers stored for the device in ``(highest - window, highest]``, ascending."""
