@@ -59,6 +59,9 @@ EventType = Literal[
     "pedestrian_in_roadway",
     "sensor_threshold",
     "sensor_anomaly",
+    "sensor_dropout",  # a sensor stopped answering (edge.sensors.air.reader)
+    "air_exceedance",  # an hourly or daily mean above a configured limit (cloud.air)
+    "air_category_worsened",  # the index category at a location got worse (cloud.air)
 ]
 
 
