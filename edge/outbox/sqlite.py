@@ -112,6 +112,7 @@ class Outbox:
             self._db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()[0]
         )
         self.dropped = 0
+        self.refused_disk_full = 0  # new messages the filesystem had no room for (also in dropped)
         self.not_empty = threading.Condition(self._lock)
 
     def put(self, kind: str, payload: bytes, priority: Priority) -> int:
@@ -121,11 +122,27 @@ class Outbox:
                 f"a {len(payload)}-byte message cannot fit an outbox budget of {self._max_bytes}"
             )
         with self._lock:
-            dropped = self._make_room(len(payload))
-            self._db.execute(
-                "INSERT INTO outbox (kind, priority, payload, created_ms) VALUES (?, ?, ?, ?)",
-                (kind, int(priority), payload, int(time.time() * 1000)),
-            )
+            try:
+                dropped = self._make_room(len(payload))
+                self._db.execute(
+                    "INSERT INTO outbox (kind, priority, payload, created_ms) VALUES (?, ?, ?, ?)",
+                    (kind, int(priority), payload, int(time.time() * 1000)),
+                )
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                    raise
+                if self._db.in_transaction:  # a drop whose COMMIT found no room either
+                    self._db.execute("ROLLBACK")
+                # The filesystem is the budget now: the new message cannot be kept, and the
+                # pipeline must go on (it used to die here, issue 14). Nothing queued is lost.
+                self.dropped += 1
+                self.refused_disk_full += 1
+                log.warning(
+                    "outbox disk full: %s message not queued (%d refused so far)",
+                    kind,
+                    self.refused_disk_full,
+                )
+                return 0
             self._bytes += len(payload)
             self.not_empty.notify_all()
         return dropped
@@ -177,11 +194,17 @@ class Outbox:
         return [OutboxItem(r[0], r[1], bytes(r[2]), r[3]) for r in rows if r[0] not in skip][:limit]
 
     def ack(self, seq: int) -> None:
-        """The broker has the message: forget it."""
+        """The broker has the message: forget it (on a full disk, keep it: sent again, stored once)."""
         with self._lock:
-            row = self._db.execute(
-                "DELETE FROM outbox WHERE seq = ? RETURNING LENGTH(payload)", (seq,)
-            ).fetchone()
+            try:
+                row = self._db.execute(
+                    "DELETE FROM outbox WHERE seq = ? RETURNING LENGTH(payload)", (seq,)
+                ).fetchone()
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                    raise
+                log.warning("outbox disk full: message %s acknowledged but kept; it will be sent again", seq)
+                return
             if row is not None:
                 self._bytes -= row[0]
 
