@@ -20,7 +20,11 @@ from bench.chaos.run import run
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
-    parser.add_argument("--fault", choices=sorted(FAULTS), required=True)
+    parser.add_argument(
+        "--fault",
+        required=True,
+        help=f"one of {', '.join(FAULTS)}, or several joined by commas (run in turn)",
+    )
     parser.add_argument("--cycles", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--agents", type=int, default=2)
@@ -29,12 +33,16 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, default=None, help="keep the run's files here (default: a temp dir)"
     )
     args = parser.parse_args(argv)
+    unknown = [name for name in args.fault.split(",") if name not in FAULTS]
+    if unknown:
+        parser.error(f"unknown fault {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
+    faults = [FAULTS[name] for name in args.fault.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="chaos-") as scratch:
         root = args.workdir or Path(scratch)
         root.mkdir(parents=True, exist_ok=True)
         try:
-            outcome = run(FAULTS[args.fault], args.cycles, args.seed, root, args.agents, args.stuck_after_s)
+            outcome = run(faults, args.cycles, args.seed, root, args.agents, args.stuck_after_s)
         except FaultUnavailableError as exc:
             print(json.dumps({"fault": args.fault, "cycles": 0, "skipped": str(exc)}))
             return 0

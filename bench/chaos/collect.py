@@ -41,6 +41,7 @@ CREATE TRIGGER IF NOT EXISTS chaos_note_created AFTER INSERT ON outbox BEGIN
 END;
 """
 _DROPPED = re.compile(rb"outbox full: dropped \w+ message (\d+)")
+_NOT_QUEUED = re.compile(rb"outbox disk full: \w+ message not queued")
 _RECORD_TABLES = ("counts", "events", "sensors")
 
 
@@ -79,6 +80,12 @@ def dropped_seqs(agent_log: Path) -> set[int]:
     if not agent_log.exists():
         return set()
     return {int(m.group(1)) for m in _DROPPED.finditer(agent_log.read_bytes())}
+
+
+def not_queued(agent_log: Path) -> int:
+    """New messages the agent could not queue because its disk was full (never numbered, so
+    never in the ledger: the loss a full disk costs, counted by the agent)."""
+    return len(_NOT_QUEUED.findall(agent_log.read_bytes())) if agent_log.exists() else 0
 
 
 def stored_records(telemetry_db: Path) -> Iterator[RecordId]:

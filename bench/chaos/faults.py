@@ -73,6 +73,19 @@ def broker_kill(stack: Stack, rng: random.Random) -> Repair:
     return Repair(f"kill -9 mosquitto, down {down_s:.1f} s", at)
 
 
+def enroll_while_hub_down(stack: Stack, rng: random.Random) -> Repair:
+    """The hub down while a device is enrolled: the ACL reload (SIGHUP) comes while the broker
+    holds the hub's offline session and what it queued for it."""
+    down_s = rng.uniform(2.0, 4.0)
+    stack.hub.kill()
+    time.sleep(down_s / 2)
+    stack.enroll(f"late-{rng.randrange(1 << 30):08x}")  # registry, ACL file, SIGHUP
+    time.sleep(down_s / 2)
+    at = now()
+    stack.hub.start()
+    return Repair(f"kill -9 hub, a device enrolled while it was down {down_s:.1f} s", at)
+
+
 # -- disk full ---------------------------------------------------------------------------------
 
 SMALL_DISK_BYTES = 32 * 1024 * 1024
@@ -99,16 +112,15 @@ def unmount(where: Path) -> None:
 def filled(directory: Path) -> Iterator[None]:
     """Fill the filesystem holding ``directory`` to the last byte; free it on leaving."""
     ballast = directory / "ballast"
-    with ballast.open("wb") as out:
-        block = b"\0" * (1024 * 1024)
-        with contextlib.suppress(OSError):  # ENOSPC: full
-            while True:
-                out.write(block)
-                out.flush()
-        with contextlib.suppress(OSError):
-            while True:
-                out.write(b"\0" * 4096)
-                out.flush()
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1024 * 1024, 4096, 1):  # big blocks, then what is left, to the last byte
+            block = b"\0" * size
+            with contextlib.suppress(OSError):  # ENOSPC: full at this block size
+                while os.write(fd, block):
+                    pass
+    finally:
+        os.close(fd)
     try:
         yield
     finally:
@@ -152,6 +164,7 @@ FAULTS: dict[str, Fault] = {
         Fault("agent-kill", agent_kill),
         Fault("hub-kill", hub_kill),
         Fault("broker-kill", broker_kill),
+        Fault("enroll-while-hub-down", enroll_while_hub_down),
         Fault("disk-full", disk_full, agents_on_small_disk=True),
         Fault("clock-skew", clock_skew, skewed_agents=True),
     )

@@ -112,7 +112,8 @@ class ChaosAgent(Child):
         if skewed:
             argv = ["-m", "bench.chaos.skewed_agent", "--bundle", str(bundle_path), "--config", str(config)]
             argv += ["--offset-file", str(self.clock_offset_file)]
-        super().__init__(argv, root / "agent.log", ready_mark=b"started with")
+        # The log beside the agent's directory, not in it: a full disk there must not eat it.
+        super().__init__(argv, root.with_name(f"{root.name}.log"), ready_mark=b"started with")
 
 
 class HubProcess(Child):
