@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from roadside.edge.sensors.base import SensorSample, SensorSource
 from roadside.edge.sensors.config import (
+    AirSerialSensorConfig,
+    AlphasenseSensorConfig,
     MqttSensorConfig,
     SensorConfig,
     SerialSensorConfig,
@@ -29,6 +31,14 @@ def open_sensor_source(config: SensorConfig) -> SensorSource:
         from roadside.edge.sensors.mqtt_local import LocalMqttSensorSource
 
         return LocalMqttSensorSource(config)
+    if isinstance(config, AirSerialSensorConfig):
+        from roadside.edge.sensors.air.reader import AirSerialSource
+
+        return AirSerialSource(config)
+    if isinstance(config, AlphasenseSensorConfig):
+        from roadside.edge.sensors.air.reader import AlphasenseSource, LinuxI2CBus
+
+        return AlphasenseSource(config, LinuxI2CBus(config.i2c_bus))
     raise AssertionError(f"unregistered sensor type {config!r}")
 
 

@@ -177,6 +177,91 @@ class MqttSensorConfig(_SourceBase):
     reconnect_cap_s: float = Field(default=30.0, gt=0)
 
 
+class AirSerialSensorConfig(_SourceBase):
+    """A particle sensor on a UART sending binary frames: Plantower PMS5003/PMS7003, Nova SDS011, Sensirion SPS30.
+
+    ``period_s`` is how often the sensor reports (PMS active mode and SPS30:
+    about 1 s; SDS011: 1 s, or the working period); ``dropout_after_s`` of
+    silence (no valid frame) raises one ``sensor_dropout`` event until it
+    answers again.
+    """
+
+    type: Literal["pms5003", "pms7003", "sds011", "sps30"]
+    port: str = Field(min_length=1)  # prefer a stable udev path, /dev/serial/by-id/...
+    baudrate: int | None = Field(default=None, gt=0)  # None: the device's (9600; SPS30 115200)
+    mode: Literal["active", "passive"] = "active"  # Plantower: passive asks for a frame every period_s
+    working_period_min: int | None = Field(default=None, ge=0, le=30)  # SDS011 duty cycle; None: leave it
+    dropout_after_s: float | None = Field(default=None, gt=0)  # None: 3 × period_s, at least 5 s
+    reconnect_base_s: float = Field(default=0.5, gt=0)
+    reconnect_cap_s: float = Field(default=30.0, gt=0)
+
+    @property
+    def silence_limit_s(self) -> float:
+        return self.dropout_after_s if self.dropout_after_s is not None else max(5.0, 3 * self.period_s)
+
+
+class ElectrodeSheet(_Section):
+    """One Alphasense four-electrode sensor on the ADC, with the numbers of its calibration sheet."""
+
+    we_channel: int = Field(ge=0, le=3)
+    ae_channel: int = Field(ge=0, le=3)
+    we_electronic_zero_mv: float
+    ae_electronic_zero_mv: float
+    we_sensor_zero_mv: float = 0.0
+    ae_sensor_zero_mv: float = 0.0
+    sensitivity_mv_ppb: float  # of the target gas (O3 for an OX sensor); negative for NO2-B43F
+    no2_sensitivity_mv_ppb: float = 0.0  # OX sensors: their answer to NO2
+    algorithm: Literal[1, 2, 3, 4] = 1  # AAN 803-05; the note says which suits which sensor type
+    # The temperature factor of AAN 803 for this sensor type and algorithm, every 10 °C or so.
+    factor_celsius: list[float] = Field(min_length=1)
+    factors: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _usable(self) -> Self:
+        if self.sensitivity_mv_ppb == 0:
+            raise ValueError("sensitivity_mv_ppb cannot be 0: copy it from the calibration sheet")
+        if len(self.factor_celsius) != len(self.factors):
+            raise ValueError("give one temperature factor per temperature")
+        if self.we_channel == self.ae_channel:
+            raise ValueError("the working and auxiliary electrodes need their own ADC channels")
+        return self
+
+
+class AlphasenseSensorConfig(_SourceBase):
+    """Alphasense NO2 and OX sensors on an ISB through an ADS1115, temperature and RH from an SHT3x, over I2C."""
+
+    type: Literal["alphasense"] = "alphasense"
+    i2c_bus: int = Field(default=1, ge=0)  # /dev/i2c-<n>
+    adc_address: int = Field(default=0x48, ge=0x08, le=0x77)
+    adc_range_v: float = 4.096  # the ADS1115's full scale: 6.144, 4.096, 2.048, 1.024, 0.512 or 0.256 V
+    climate_address: int | None = Field(default=0x44, ge=0x08, le=0x77)  # SHT3x; None: fixed_celsius
+    fixed_celsius: float | None = None
+    no2: ElectrodeSheet | None = None
+    ox: ElectrodeSheet | None = None
+    dropout_after_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _something_to_read(self) -> Self:
+        if self.no2 is None and self.ox is None:
+            raise ValueError("an alphasense source needs a no2 or an ox sensor")
+        if self.ox is not None and self.ox.no2_sensitivity_mv_ppb and self.no2 is None:
+            raise ValueError("the OX sensor answers NO2 too: it needs the no2 sensor beside it")
+        if self.adc_range_v not in (6.144, 4.096, 2.048, 1.024, 0.512, 0.256):
+            raise ValueError(f"adc_range_v {self.adc_range_v} is not an ADS1115 range")
+        if self.climate_address is None and self.fixed_celsius is None:
+            raise ValueError("give climate_address (an SHT3x) or fixed_celsius for temperature compensation")
+        return self
+
+    @property
+    def silence_limit_s(self) -> float:
+        return self.dropout_after_s if self.dropout_after_s is not None else max(5.0, 3 * self.period_s)
+
+
 SensorConfig = Annotated[
-    SyntheticSensorConfig | SerialSensorConfig | MqttSensorConfig, Field(discriminator="type")
+    SyntheticSensorConfig
+    | SerialSensorConfig
+    | MqttSensorConfig
+    | AirSerialSensorConfig
+    | AlphasenseSensorConfig,
+    Field(discriminator="type"),
 ]

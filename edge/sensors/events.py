@@ -20,12 +20,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from roadside.edge.sensors.base import SourceEvent
 from roadside.edge.sensors.config import AnomalyConfig, ThresholdRule
 from roadside.shared.schemas import DetectionEvent, SensorReading
 
@@ -181,3 +182,15 @@ class AnomalyEvents:
                 model_version=self.model_version,
             )
         ]
+
+
+def dropout_event(event: SourceEvent) -> DetectionEvent:
+    """``sensor_dropout``: the sensor stopped answering; ``model_version`` names the driver that noticed."""
+    ts = datetime.fromtimestamp(event.ts, UTC)
+    return DetectionEvent(
+        event_id=uuid.uuid5(_EVENT_NAMESPACE, f"sensor_dropout|{event.sensor}|{ts.isoformat()}"),
+        ts=ts,
+        type="sensor_dropout",
+        stream=event.sensor,
+        model_version=f"driver-{event.driver}",
+    )

@@ -31,7 +31,7 @@ from functools import partial
 
 from roadside.edge.outbox import Priority
 from roadside.edge.sensors import open_sensor_source
-from roadside.edge.sensors.base import SensorSample, SensorSource
+from roadside.edge.sensors.base import SensorSample, SensorSource, SourceEvent
 from roadside.edge.sensors.config import SensorConfig
 from roadside.edge.sensors.events import (
     ROBUST_Z_VERSION,
@@ -39,6 +39,7 @@ from roadside.edge.sensors.events import (
     AnomalyScorer,
     RobustZScorer,
     ThresholdEvents,
+    dropout_event,
     rules_version,
 )
 from roadside.edge.sensors.quality import QualityChecker
@@ -108,7 +109,9 @@ class SensorPipeline:
         self._emit = emit
         self._batch_s = batch_s
         self._max_records = min(max(1, max_records), MAX_RECORDS)
-        self.samples: BoundedQueue[tuple[str, SensorSample]] = BoundedQueue(queue_size, Overflow.BLOCK)
+        self.samples: BoundedQueue[tuple[str, SensorSample | SourceEvent]] = BoundedQueue(
+            queue_size, Overflow.BLOCK
+        )
         self._put_timeout_s = put_timeout_s
         self._pending: list[SensorReading] = []
         self._last_flush = time.monotonic()
@@ -122,6 +125,7 @@ class SensorPipeline:
         self.messages_emitted = 0
         self.emit_failures = 0
         self.dropped = 0  # samples a full queue refused
+        self.source_events: Counter[str] = Counter()  # dropouts the sources reported, by kind
 
     @property
     def sources(self) -> list[SensorSource]:
@@ -188,10 +192,14 @@ class SensorPipeline:
                 self._flush()
         self._flush()
 
-    def process(self, batch: Sequence[tuple[str, SensorSample]]) -> list[DetectionEvent]:
-        """Flag and keep the readings of ``batch``; the events they raise."""
+    def process(self, batch: Sequence[tuple[str, SensorSample | SourceEvent]]) -> list[DetectionEvent]:
+        """Flag and keep the readings of ``batch``; the events they (and the sources) raise."""
         events: list[DetectionEvent] = []
         for name, sample in batch:
+            if isinstance(sample, SourceEvent):
+                self.source_events[sample.kind] += 1
+                events.append(dropout_event(sample))
+                continue
             stage = self._stages[name]
             reading = stage.quality.check(sample)
             self.readings += 1

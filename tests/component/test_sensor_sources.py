@@ -54,7 +54,8 @@ class Collector:
 
     def _run(self) -> None:
         for sample in self.source.samples():
-            self.samples.put(sample)
+            if isinstance(sample, SensorSample):  # these sources report no SourceEvent
+                self.samples.put(sample)
 
     def take(self, n: int) -> list[SensorSample]:
         return [self.samples.get(timeout=WAIT_S) for _ in range(n)]
