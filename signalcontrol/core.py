@@ -91,6 +91,7 @@ class _Ring:
     ped_elapsed: int = 0
     position: int = 0  # index in the current group's order from which phases may still run
     min_done: bool = False
+    ready: EventCode | None = None  # set once the green may end: gapped or maxed out
 
 
 @dataclass
@@ -123,6 +124,7 @@ class ActuatedController:
         self._register(present, frozenset(p for p in ped_calls if p in self._timing), events)
         for ring in self._rings:
             self._advance(ring, present, events)
+        self._terminate(events)
         self._cross_barrier(events)
         for ring in self._rings:
             if ring.interval is _Interval.IDLE:
@@ -176,6 +178,7 @@ class ActuatedController:
     ) -> None:
         phase = ring.phase
         assert phase is not None
+        ring.ready = None
         ring.since_call = 0 if phase in present else ring.since_call + 1
         self._time_ped(ring, timing, events)
         if not ring.min_done and ring.elapsed >= timing.min_green:
@@ -194,12 +197,30 @@ class ActuatedController:
             return
         maxed = ring.max_run is not None and ring.max_run >= timing.max_green
         gapped = timing.recall is not Recall.MAX and ring.since_call >= timing.passage
-        if maxed or gapped:
-            code = EventCode.PHASE_GAP_OUT if gapped and not maxed else EventCode.PHASE_MAX_OUT
-            events.append(PhaseEvent(self._tick, code, phase))
-            events.append(PhaseEvent(self._tick, EventCode.PHASE_GREEN_TERMINATION, phase))
-            events.append(PhaseEvent(self._tick, EventCode.PHASE_BEGIN_YELLOW_CLEARANCE, phase))
+        if maxed:
+            ring.ready = EventCode.PHASE_MAX_OUT
+        elif gapped:
+            ring.ready = EventCode.PHASE_GAP_OUT
+
+    def _terminate(self, events: list[PhaseEvent]) -> None:
+        """End the greens that are ready. One bound for the barrier waits until every ring can cross with
+        it (simultaneous gap-out): it keeps serving its approach instead of showing red to nobody."""
+        crossing = all(self._toward_barrier(r) for r in self._rings)
+        for ring in self._rings:
+            if ring.interval is not _Interval.GREEN or ring.ready is None or ring.phase is None:
+                continue
+            if not crossing and not self._has_next(ring):
+                continue
+            events.append(PhaseEvent(self._tick, ring.ready, ring.phase))
+            events.append(PhaseEvent(self._tick, EventCode.PHASE_GREEN_TERMINATION, ring.phase))
+            events.append(PhaseEvent(self._tick, EventCode.PHASE_BEGIN_YELLOW_CLEARANCE, ring.phase))
             self._enter(ring, _Interval.YELLOW)
+
+    def _toward_barrier(self, ring: _Ring) -> bool:
+        """Whether this ring has nothing more to serve in the group once its current phase (if any) ends."""
+        if self._has_next(ring):
+            return False
+        return ring.interval is not _Interval.GREEN or ring.ready is not None
 
     def _time_ped(self, ring: _Ring, timing: TickTiming, events: list[PhaseEvent]) -> None:
         assert ring.phase is not None
@@ -257,7 +278,7 @@ class ActuatedController:
             self._begin_walk(ring, phase, events)
 
     def _enter(self, ring: _Ring, interval: _Interval) -> None:
-        ring.interval, ring.elapsed = interval, 0
+        ring.interval, ring.elapsed, ring.ready = interval, 0, None
 
     # --- the barrier -----------------------------------------------------------------------
 
