@@ -36,6 +36,10 @@ class SignalHeads(Protocol):
 class CallSource(Protocol):
     def poll(self) -> Iterable[DetectorInput]: ...
 
+    def feed_lost(self) -> bool:
+        """Whether the source cannot vouch for its calls now (every phase is then called)."""
+        ...
+
 
 class EventSink(Protocol):
     def publish(self, events: Sequence[PhaseEvent]) -> None: ...
@@ -60,6 +64,10 @@ class ControllerRunner:
         """Read the calls, step the controller, check it, show it, report it."""
         for update in self._source.poll():
             self.calls.apply(update)
+        lost = self._source.feed_lost()
+        if lost != self.calls.feed_lost:
+            log.warning("detector feed %s", "lost: calling every phase" if lost else "back")
+            self.calls.feed_lost = lost
         step = self.controller.step(self.calls.vehicle_calls(), self.calls.ped_calls())
         try:
             self.monitor.check(step.display)

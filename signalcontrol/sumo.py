@@ -314,6 +314,9 @@ class SumoDetectors:
                 phases.add(phase)
         return phases
 
+    def feed_lost(self) -> bool:
+        return False  # SUMO's own detectors are read in the same step they change
+
     def poll(self) -> Iterator[DetectorInput]:
         """The channels that changed since the last poll."""
         current = {**self.occupied()}
