@@ -29,6 +29,7 @@ from roadside.cloud.ingest.core import Accepted, IngestCore
 from roadside.cloud.ingest.deadletter import DeadLetterStore
 from roadside.cloud.ingest.metrics import IngestMetrics
 from roadside.cloud.ingest.service import BrokerClientConfig, IngestService
+from roadside.cloud.ingest.workers import IngestWorkers
 from roadside.cloud.registry import Registry
 from roadside.cloud.release.controller import RolloutController
 from roadside.cloud.release.repository import ModelRepository
@@ -165,6 +166,7 @@ class Hub:
             batch_size=settings.batch_size,
             max_wait_s=settings.batch_wait_s,
             on_stored=self._on_stored,
+            workers=IngestWorkers(settings, settings.ingest_workers) if settings.ingest_workers else None,
         )
         self.commands = CommandSender(self.home.hub_keys(), self.registry.devices, self.ingest)
         self.rollouts = RolloutController(
@@ -303,6 +305,7 @@ class Hub:
 
     def _forget(self, device_id: str) -> None:
         self.opener.forget(device_id)
+        self.ingest.forget(device_id)
         self._sites.pop(device_id, None)
 
     def _watch_registry(self) -> None:

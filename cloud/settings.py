@@ -144,6 +144,7 @@ class HubSettings(BaseSettings):
     api_rate_burst: int = Field(default=100, ge=1)
     batch_size: int = Field(default=500, ge=1, le=10_000)
     batch_wait_s: float = Field(default=0.1, gt=0, le=5)
+    ingest_workers: int = Field(default=0, ge=0, le=64)  # 0: check and write on the writer thread
     max_message_age_s: float = Field(default=900.0, ge=10)
     max_message_bytes: int = Field(
         default=256 * 1024, ge=1024, le=256 * 1024

@@ -39,6 +39,15 @@ class Rejection:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordTally:
+    """How many records a message stored, where its records stayed in an ingest worker process."""
+
+    counts: int
+    sensors: int
+    health: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
     """An authentic, valid message: telemetry to store, or something for a listener after the write."""
 
@@ -47,6 +56,7 @@ class Accepted:
     ack: AckMessage | None = None
     ota: OtaReport | None = None  # for the rollout controller
     samples: tuple[HardExample, ...] = ()  # for the dataset inbox
+    tally: RecordTally | None = None  # set when ``batch`` carries no counts, sensors or health (workers)
 
 
 SiteLookup = Callable[[str], str | None]

@@ -30,11 +30,13 @@ from roadside.cloud.ingest.core import Accepted, IngestCore, Rejection
 from roadside.cloud.ingest.deadletter import DeadLetterStore, safe_text
 from roadside.cloud.ingest.metrics import IngestMetrics
 from roadside.cloud.ingest.seen import SeenTimes
+from roadside.cloud.ingest.workers import IngestWorkers
+from roadside.cloud.ingest.writing import write_durably
 from roadside.cloud.storage.base import TimeSeriesStore
 from roadside.mqttlink import ConnAck, Message, MqttSession, Sent, SessionConfig, SubAck, TlsFiles
 from roadside.shared import topics
 from roadside.shared.backoff import Backoff
-from roadside.shared.errors import ConfigError, RoadsideError, SchemaError, TransportError
+from roadside.shared.errors import ConfigError, RoadsideError, TransportError
 from roadside.shared.queues import BoundedQueue, Overflow
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class IngestService:
         queue_size: int = 20_000,
         on_stored: Callable[[list[Accepted]], None] | None = None,
         seen_interval_s: float = 1.0,
+        workers: IngestWorkers | None = None,
     ) -> None:
         self.broker = broker
         self.core = core
@@ -85,6 +88,8 @@ class IngestService:
         self.on_stored = on_stored
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
+        # None: check and write on the writer thread; else in these processes (cloud.ingest.workers).
+        self.workers = workers
         self.seen = SeenTimes(seen_interval_s)  # last-seen times reach the registry at most this often
         self.queue: BoundedQueue[_Delivery] = BoundedQueue(queue_size, Overflow.BLOCK)
         self.status: dict[str, str] = {}  # device id -> "online" / "offline" from the retained status
@@ -123,6 +128,8 @@ class IngestService:
         )
 
     def start(self) -> None:
+        if self.workers is not None:
+            self.workers.start()
         self._worker.start()
         self._client.connect()  # TransportError when the broker cannot be reached
         self._client.loop_start()
@@ -142,6 +149,13 @@ class IngestService:
         self._worker.join(timeout=30)
         self._client.disconnect()
         self._client.loop_stop()
+        if self.workers is not None:
+            self.workers.stop()
+
+    def forget(self, device_id: str) -> None:
+        """A device was revoked or its keys changed: drop what the ingest workers cached for it."""
+        if self.workers is not None:
+            self.workers.forget(device_id)
 
     # Session callbacks (network thread) ---------------------------------------
 
@@ -231,10 +245,7 @@ class IngestService:
             return
 
     def _process(self, batch: _Batch) -> None:
-        now_ms = int(time.time() * 1000)
-        results = [self._accept(d, now_ms) for d in batch.deliveries]
-        refused = self._write([r for r in results if isinstance(r, Accepted)])
-        results = [refused.get(id(r), r) if isinstance(r, Accepted) else r for r in results]
+        results = self._check_and_write(batch.deliveries, int(time.time() * 1000))
         accepted = [r for r in results if isinstance(r, Accepted)]
         for index, (delivery, outcome) in enumerate(zip(batch.deliveries, results, strict=True)):
             if isinstance(outcome, Rejection) and index not in batch.dead_lettered:
@@ -246,14 +257,28 @@ class IngestService:
         if self.on_stored is not None and accepted:
             self.on_stored(accepted)  # isolates its listeners per message; raises only TransportError
         # Everything each message needs is durable: only now refuse repeats of it, and ack.
+        if self.workers is not None:
+            self.workers.commit([outcome.header for outcome in accepted])
         for outcome in accepted:
-            self.core.opener.commit(outcome.header)
+            if self.workers is None:
+                self.core.opener.commit(outcome.header)
             self.metrics.lag_seconds.observe(max(0.0, time.time() - outcome.header.ts_ms / 1000))
             self._count_records(outcome)
         self.stored_messages += len(accepted)
         self.metrics.messages.labels("accepted").inc(len(accepted))
         for delivery in batch.deliveries:
             self._client.ack(delivery.mid, delivery.qos)
+
+    def _check_and_write(self, deliveries: list[_Delivery], now_ms: int) -> list[Accepted | Rejection]:
+        """Each message checked, the accepted ones durably written (here or in the workers)."""
+        if self.workers is not None:
+            started = time.perf_counter()
+            outcomes = self.workers.process([(d.topic, d.payload) for d in deliveries], now_ms)
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            return outcomes
+        results = [self._accept(d, now_ms) for d in deliveries]
+        refused = self._write([r for r in results if isinstance(r, Accepted)])
+        return [refused.get(id(r), r) if isinstance(r, Accepted) else r for r in results]
 
     def _mark_seen_due(self, now: float) -> None:
         """Write the last-seen times that are due.
@@ -306,43 +331,11 @@ class IngestService:
             self.paused = None
 
     def _write(self, accepted: list[Accepted]) -> dict[int, Rejection]:
-        """Write durably; return the messages the store refused for their own content.
-
-        Every accepted message is written, with or without records: the store's mark of
-        ``(device, seq)`` is what rebuilds the replay window after a restart, for acks,
-        OTA reports and samples as much as for telemetry. A store-wide failure (down,
-        credentials, a missing database) raises and pauses the batch.
-        """
-        if not accepted:
-            return {}
+        """Write durably (:func:`write_durably`); time the batch."""
         started = time.perf_counter()
-        try:
-            self.store.write([a.batch for a in accepted])
-        except (TransportError, ConfigError):
-            raise
-        except Exception as exc:
-            log.warning("store refused a batch (%s); writing its messages one by one", exc)
-            return self._write_each(accepted)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        return {}
-
-    def _write_each(self, accepted: list[Accepted]) -> dict[int, Rejection]:
-        refused: dict[int, Rejection] = {}
-        unexplained: list[Exception] = []
-        for result in accepted:
-            try:
-                self.store.write([result.batch])
-            except (TransportError, ConfigError):
-                raise
-            except Exception as exc:
-                if not isinstance(exc, SchemaError):
-                    unexplained.append(exc)
-                where = result.header
-                topic = f"device {where.device_id} seq {where.seq}"
-                refused[id(result)] = Rejection("store_rejected", str(exc), topic, where.device_id)
-        if unexplained and len(unexplained) == len(accepted):
-            # Every message failed, and not for its content: the store is broken, not the data.
-            raise TransportError(f"the store failed every write: {unexplained[0]!r}") from unexplained[0]
+        refused = write_durably(self.store, accepted)
+        if accepted and not refused:
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return refused
 
     def _reject(self, delivery: _Delivery, rejection: Rejection) -> None:
@@ -365,15 +358,15 @@ class IngestService:
         self.metrics.dead_letters.inc()
 
     def _count_records(self, result: Accepted) -> None:
-        batch = result.batch
+        batch, tally = result.batch, result.tally
         for kind, n in (
-            ("counts", len(batch.counts)),
+            ("counts", len(batch.counts) if tally is None else tally.counts),
             ("events", len(batch.events)),
-            ("sensors", len(batch.sensors)),
+            ("sensors", len(batch.sensors) if tally is None else tally.sensors),
         ):
             if n:
                 self.metrics.records.labels(kind).inc(n)
-        if batch.health is not None:
+        if batch.health is not None or (tally is not None and tally.health):
             self.metrics.records.labels("health").inc()
 
 
