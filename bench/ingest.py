@@ -1,6 +1,6 @@
 """Ingest throughput: the hub against a bare subscriber and a naive ingester, same broker, same load.
 
-    python -m bench.ingest --devices 50 --seconds 20 [--store sqlite|influx] [--hubs 1|2]
+    python -m bench.ingest --devices 50 --seconds 20 [--store sqlite|influx] [--hubs 1|2] [--ingest-workers N]
 
 Method. Simulated devices (real certificates, real sealed envelopes, QoS 1)
 publish for ``--seconds`` through a real Mosquitto while every consumer is
@@ -213,7 +213,7 @@ class NaiveIngester:
 
 
 def start_hub_process(
-    home: HubHome, port: int, index: int, store: StoreConfig, log_dir: Path
+    home: HubHome, port: int, index: int, store: StoreConfig, log_dir: Path, ingest_workers: int = 0
 ) -> subprocess.Popen[bytes]:
     """One hub as its own process (own GIL), subscribed and ready when this returns."""
     config = log_dir / f"hub-{index}.json"
@@ -226,6 +226,7 @@ def start_hub_process(
                 "client_id": "hub-single" if index < 0 else f"hub-{index}",
                 "group": group,
                 "store": store.model_dump(mode="json", exclude_none=True),
+                "ingest_workers": ingest_workers,
             }
         )
     )
@@ -255,13 +256,14 @@ def hub_drain(
     store_config: StoreConfig,
     workdir: Path,
     load: Callable[[], tuple[int, float]],
+    ingest_workers: int = 0,
 ) -> tuple[int, float, float, int]:
     """Start the hubs, freeze them (SIGSTOP) while the load is published, thaw them and time the drain.
 
     Returns (messages, publish seconds, drain seconds, records stored).
     """
     indices = [-1] if hubs == 1 else list(range(hubs))
-    processes = [start_hub_process(home, port, i, store_config, workdir) for i in indices]
+    processes = [start_hub_process(home, port, i, store_config, workdir, ingest_workers) for i in indices]
     store = open_bench_store(store_config, home)
     try:
         for p in processes:
@@ -322,7 +324,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return publish_load(bundles, broker.port, args.seconds, args.records)
 
         messages, publish_s, hub_s, stored = hub_drain(
-            home, broker.port, args.hubs, args.records, store_config, workdir, load
+            home, broker.port, args.hubs, args.records, store_config, workdir, load, args.ingest_workers
         )
         log.info("published %d messages in %.1f s; hub(s) drained them in %.1f s", messages, publish_s, hub_s)
         bare_s = drain(home, broker.port, "bare", messages, lambda _p: None)
@@ -335,6 +337,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "devices": args.devices,
             "store": args.store,
             "hubs": args.hubs,
+            "ingest_workers": args.ingest_workers,
             "messages": messages,
             "records_per_message": args.records,
             "hub_msgs_s": round(messages / hub_s, 1),
@@ -363,6 +366,12 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=10, help="records per message")
     parser.add_argument("--store", choices=["sqlite", "influx"], default="sqlite")
     parser.add_argument("--hubs", type=int, default=1)
+    parser.add_argument(
+        "--ingest-workers",
+        type=int,
+        default=0,
+        help="worker processes per hub that unseal, validate and write",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("roadside.cloud").setLevel(logging.WARNING)
