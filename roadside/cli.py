@@ -35,6 +35,14 @@ def build() -> typer.Typer:
 
     app.add_typer(air_app, name="air", help="Air-quality indices (US EPA AQI, EAQI, CAQI).")
     try:
+        from roadside.signalcontrol.cli import app as signal_app
+
+        app.add_typer(
+            signal_app, name="signal", help="Drive a traffic signal from Roadside's detector calls."
+        )
+    except ImportError as exc:  # the controller's extra is not installed here
+        _missing(app, "signal", "signal", exc)
+    try:
         from roadside.sim.demo import demo
 
         app.command("demo")(demo)

@@ -1,0 +1,70 @@
+"""``roadside signal run``: the actuated controller on a SUMO traffic light, fed by the hub's calls."""
+
+from __future__ import annotations
+
+import json
+import signal as os_signal
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from roadside.shared.errors import ConfigError, RoadsideError
+from roadside.shared.logs import setup_logging
+from roadside.signalcontrol.service import ControllerSettings, TimingFile, run_on_sumo
+
+
+def run(
+    signal: Annotated[
+        str, typer.Option(help="The signal's id in the hub (its channel map names the phases).")
+    ],
+    hub: Annotated[str, typer.Option(help="The hub's API, e.g. https://hub.example:8443")],
+    token_file: Annotated[
+        Path, typer.Option(help="API key with read:telemetry and write:signals, one line.")
+    ],
+    net: Annotated[Path, typer.Option(help="The SUMO .net.xml holding the traffic light.")],
+    tls: Annotated[str, typer.Option(help="The traffic light's id in SUMO.")],
+    sumo_port: Annotated[int, typer.Option(help="SUMO's TraCI port (SUMO started with --num-clients).")],
+    sumo_order: Annotated[int, typer.Option(help="This client's order in SUMO's step.")] = 2,
+    timing: Annotated[
+        Path | None, typer.Option(help='JSON: {"default": {...}, "phases": {"2": {...}}} in seconds.')
+    ] = None,
+    ca_file: Annotated[Path | None, typer.Option(help="CA bundle for the hub's TLS certificate.")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Stop after this many simulated seconds.")] = None,
+) -> None:
+    """Run the controller until SUMO ends; print a JSON summary. Exit 3 if the conflict monitor trips."""
+    setup_logging("INFO")
+    try:
+        settings = ControllerSettings(
+            signal=signal,
+            hub_url=hub,
+            token=token_file.read_text().strip(),
+            net=net,
+            tls=tls,
+            sumo_port=sumo_port,
+            sumo_order=sumo_order,
+            ca_file=ca_file,
+            timing=TimingFile.load(timing),
+            max_ticks=round(seconds * 10) if seconds is not None else None,
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file {token_file}: {exc}") from exc
+    stop = threading.Event()
+    for sig in (os_signal.SIGTERM, os_signal.SIGINT):
+        os_signal.signal(sig, lambda *_: stop.set())
+    try:
+        summary = run_on_sumo(settings, stop)
+    except RoadsideError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    body = asdict(summary)
+    body.pop("latencies_ms")
+    typer.echo(json.dumps(body, default=str))
+    if summary.tripped:
+        raise typer.Exit(3)
+
+
+app = typer.Typer(no_args_is_help=True, help="Drive a traffic signal from Roadside's detector calls.")
+app.command("run")(run)
