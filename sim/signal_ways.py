@@ -98,8 +98,11 @@ def timing_plan(phase_map: PhaseMap, timing: PhaseTiming = BENCH_TIMING) -> Timi
     return TimingPlan.standard(sorted(phase_map.phases), dict.fromkeys(phase_map.phases, timing))
 
 
-def run_way(way: str, network: Network, duration_s: float, seed: int) -> WayResult:
-    """Run SUMO ``duration_s`` one way; the figures from its tripinfo."""
+def run_way(
+    way: str, network: Network, duration_s: float, seed: int, *, until_empty_s: float = 0.0
+) -> WayResult:
+    """Run SUMO ``duration_s`` one way (then up to ``until_empty_s`` more while anyone is still on the
+    road or yet to depart); the figures from its tripinfo."""
     if way not in WAYS[:3]:
         raise ConfigError(f"unknown way {way!r}: {', '.join(WAYS[:3])} run here (roadside needs the loop)")
     folder = network.workdir / way
@@ -117,10 +120,15 @@ def run_way(way: str, network: Network, duration_s: float, seed: int) -> WayResu
         if way == "sumo_actuated":
             link.call(link.raw.trafficlight.setProgram, network.tls, "actuated")
         drive = _direct_controller(link, phase_map, channels, result) if way == "roadside_direct" else None
-        for _ in range(round(duration_s / STEP_S)):
+        steps, more = round(duration_s / STEP_S), round(until_empty_s / STEP_S)
+        while steps > 0 or (more > 0 and link.remaining() > 0):
             link.step()
             if drive is not None:
                 drive()
+            if steps > 0:
+                steps -= 1
+            else:
+                more -= 1
     result.wall_s = time.monotonic() - started
     read_tripinfo(folder / "tripinfo.xml", duration_s, result)
     return result
@@ -209,3 +217,85 @@ def _only_tls(net: Path) -> str:
     if len(ids) != 1:
         raise ConfigError(f"{net} has traffic lights {ids}: say which with --tls")
     return ids[0]
+
+
+def compare(
+    network: Network,
+    duration_s: float,
+    seed: int,
+    ways: tuple[str, ...],
+    loop: Callable[[Network, float, int], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run ``ways`` on the same network and demand; the summary the benchmark and the demo print.
+
+    ``loop`` runs the ``roadside`` way (the whole camera → hub → controller loop) and returns its
+    figures (a ``"way"`` :class:`WayResult` plus the loop's own measures); without it that way is
+    left out and its keys are ``null``.
+    """
+    results: dict[str, WayResult] = {}
+    loop_figures: dict[str, Any] = {}
+    for way in ways:
+        if way == "roadside":
+            if loop is None:
+                continue
+            loop_figures = loop(network, duration_s, seed)
+            results[way] = loop_figures.pop("way")
+        else:
+            results[way] = run_way(way, network, duration_s, seed)
+    return summarise(results, loop_figures, network, duration_s, seed)
+
+
+def summarise(
+    results: dict[str, WayResult],
+    loop_figures: dict[str, Any],
+    network: Network,
+    duration_s: float,
+    seed: int,
+) -> dict[str, Any]:
+    def per_way(attribute: str) -> dict[str, float | None]:
+        return {
+            name: (round(getattr(results[way], attribute), 3) if way in results else None)
+            for name, way in (
+                ("fixed", "fixed"),
+                ("sumo_actuated", "sumo_actuated"),
+                ("roadside_direct", "roadside_direct"),
+                ("roadside", "roadside"),
+            )
+        }
+
+    time_loss = per_way("time_loss_s")
+    controlled = [r for w, r in results.items() if w in ("roadside_direct", "roadside")]
+    return {
+        "bench": "signal",
+        "sumocfg": str(network.sumocfg),
+        "tls": network.tls,
+        "duration_s": duration_s,
+        "seed": seed,
+        "time_loss_s": time_loss,
+        "waiting_s": per_way("waiting_s"),
+        "stops": per_way("stops"),
+        "throughput_vph": per_way("throughput_vph"),
+        "ped_time_loss_s": per_way("ped_time_loss_s"),
+        "vs_fixed": _ratio(time_loss, "fixed"),
+        "vs_sumo_actuated": _ratio(time_loss, "sumo_actuated"),
+        "tmc_error_max": loop_figures.get("tmc_error_max"),
+        "presence_agreement": loop_figures.get("presence_agreement"),
+        "call_latency_p50_ms": loop_figures.get("call_latency_p50_ms"),
+        "call_latency_p95_ms": loop_figures.get("call_latency_p95_ms"),
+        "conflicting_greens": sum(r.conflicting_greens for r in controlled),
+        "ways": {w: r.as_json() for w, r in results.items()},
+        **{k: v for k, v in loop_figures.items() if k not in _LOOP_KEYS},
+    }
+
+
+_LOOP_KEYS = frozenset({"tmc_error_max", "presence_agreement", "call_latency_p50_ms", "call_latency_p95_ms"})
+
+
+def _ratio(time_loss: dict[str, float | None], base: str) -> dict[str, float | None]:
+    """Each controller's time loss relative to ``base`` (-0.3: 30 % less)."""
+    reference = time_loss.get(base)
+    return {
+        way: (round(value / reference - 1.0, 3) if value is not None and reference else None)
+        for way, value in time_loss.items()
+        if way.startswith("roadside")
+    }
