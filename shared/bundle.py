@@ -88,6 +88,8 @@ def read_bundle(path: Path) -> EnrollmentBundle:
         raw = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read enrollment bundle {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # found by fuzz/ (issue 14): it escaped as itself
+        raise ConfigError(f"{path} is not an enrollment bundle (not UTF-8 text, byte {exc.start})") from exc
     try:
         return EnrollmentBundle.model_validate(json.loads(raw)).check()
     except (ValueError, ValidationError) as exc:

@@ -18,6 +18,8 @@ def read_config_file(path: Path, what: str) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # found by fuzz/ (issue 14): it escaped as itself
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from exc
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:

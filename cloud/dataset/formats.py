@@ -256,11 +256,20 @@ def parse_coco(path: Path, known: dict[str, DatasetSample], images_dir: Path | N
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_text(path: Path) -> str:
+    """An imported file's text; ``ConfigError`` when it cannot be read or is not UTF-8 (which
+    used to escape as ``UnicodeDecodeError``: found by fuzz/, issue 14)."""
     try:
-        doc = json.loads(path.read_text())
+        return path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: not JSON: {exc.msg}") from exc
     if not isinstance(doc, dict):
@@ -294,12 +303,12 @@ def _yolo_classes(folder: Path) -> tuple[str, ...]:
     for name in ("classes.txt", "obj.names"):
         path = folder / name
         if path.is_file():
-            return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+            return tuple(line.strip() for line in _read_text(path).splitlines() if line.strip())
     data = folder / "data.yaml"
     if data.is_file():
         import yaml
 
-        names = (yaml.safe_load(data.read_text()) or {}).get("names")
+        names = (yaml.safe_load(_read_text(data)) or {}).get("names")
         if isinstance(names, dict):
             return tuple(str(names[k]) for k in sorted(names, key=int))
         if isinstance(names, list):
@@ -310,7 +319,7 @@ def _yolo_classes(folder: Path) -> tuple[str, ...]:
 
 def _yolo_boxes(path: Path, classes: Sequence[str], image: ImportedImage) -> list[LabeledBox]:
     boxes = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         at = f"{path}:{number}"
