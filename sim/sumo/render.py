@@ -641,8 +641,7 @@ class Renderer:
         # Sensor noise: one of a few noise frames made at start (drawing fresh noise per frame
         # costs more than the rest of the frame), added and subtracted with saturation.
         up, down = self._noise[int(self._rng.integers(len(self._noise)))]
-        noisy = np.asarray(cv2.subtract(cv2.add(out, up), down), dtype=np.uint8)
-        return noisy
+        return np.asarray(cv2.subtract(cv2.add(out, up), down), dtype=np.uint8)
 
     def _make_noise(self, frames: int = 6) -> list[tuple[ImageU8, ImageU8]]:
         shape = (self.camera.height, self.camera.width, 3)

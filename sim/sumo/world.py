@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 DEFAULT_STEP_S: Final = 0.1
 _CONNECT_RETRIES: Final = 100  # × 0.1 s: SUMO loads a small network in well under a second
 _SHUTDOWN_WAIT_S: Final = 10.0
+# SUMO ends by itself once its last client has closed; other clients get this long to finish
+# their step before the SUMO this world started is terminated.
+_OTHERS_GRACE_S: Final = 5.0
 
 Kind = Literal["vehicle", "person"]
 
@@ -125,10 +128,13 @@ def free_port() -> int:
 class SumoWorld:
     """A running SUMO simulation seen through TraCI. Use :meth:`start` or :meth:`attach`."""
 
-    def __init__(self, connection: Any, process: _SumoProcess | None, port: int) -> None:
+    def __init__(self, connection: Any, process: _SumoProcess | None, port: int, order: int = 1) -> None:
         self._conn = connection
         self._process = process
         self.port = port  # SUMO's TraCI port: other clients join there
+        # SUMO answers no command until every client it waits for has connected, so the order is
+        # sent with the first request (which therefore waits for the others), not at connect.
+        self._order: int | None = order
         self._statics: dict[tuple[Kind, str], tuple[str, float, float, float]] = {}
         self._closed = False
         self._lock = threading.Lock()
@@ -152,7 +158,7 @@ class SumoWorld:
         """Start headless SUMO on ``sumocfg`` (or ``net`` + ``routes``) and connect as client ``order``.
 
         With ``clients > 1`` SUMO waits for the others on ``port`` (free if not given;
-        read it back from :attr:`port`) before the first step.
+        read it back from :attr:`port`): the first request waits until they have joined.
         """
         if sumocfg is None and net is None:
             raise ConfigError("a SUMO world needs a .sumocfg or a .net.xml")
@@ -168,7 +174,10 @@ class SumoWorld:
         argv += ["--remote-port", str(port), "--num-clients", str(clients), *extra_args]
         process = _SumoProcess(argv)
         try:
-            return cls._connect(TraciEndpoint("127.0.0.1", port, order), process)
+            world = cls._connect(TraciEndpoint("127.0.0.1", port, order), process)
+            if clients == 1:
+                world.time()  # SUMO loads its inputs after listening: fail here on a broken one
+            return world
         except BaseException:
             process.stop()
             raise
@@ -193,14 +202,13 @@ class SumoWorld:
                     waitBetweenRetries=0.1,
                     proc=process.popen if process is not None else None,
                 )
-            conn.setOrder(endpoint.order)
         except (FatalTraCIError, TraCIException, OSError) as exc:
             detail = process.said() if process is not None else ""
             raise TransportError(
                 f"cannot reach SUMO over TraCI at {endpoint.host}:{endpoint.port}: {exc}{detail}"
             ) from exc
         log.info("connected to SUMO at %s:%s as client %s", endpoint.host, endpoint.port, endpoint.order)
-        return cls(conn, process, endpoint.port)
+        return cls(conn, process, endpoint.port, endpoint.order)
 
     def close(self) -> None:
         """Leave the simulation (and end SUMO if this world started it). Safe to call twice."""
@@ -211,7 +219,7 @@ class SumoWorld:
         with contextlib.suppress(Exception):  # SUMO may already be gone; closing must not fail
             self._conn.close()
         if self._process is not None:
-            self._process.stop()
+            self._process.stop(grace_s=_OTHERS_GRACE_S)
 
     def __enter__(self) -> SumoWorld:
         return self
@@ -303,6 +311,9 @@ class SumoWorld:
         if self._closed:
             raise TransportError("the SUMO world is closed")
         try:
+            if self._order is not None:
+                self._conn.setOrder(self._order)
+                self._order = None
             return fn(*args)
         except FatalTraCIError as exc:
             raise TransportError(
@@ -321,13 +332,20 @@ class _SumoProcess:
 
     def said(self) -> str:
         """SUMO's last words, if it has exited."""
-        if self.popen.poll() is None or self._log.closed:
+        if self._log.closed:
+            return ""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=2.0)  # it closed the connection: let it finish its last words
+        if self.popen.poll() is None:
             return ""
         self._log.seek(0)
         lines = self._log.read().decode(errors="replace").strip().splitlines()[-3:]
         return f" (SUMO said: {' | '.join(lines)})" if lines else ""
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 0.0) -> None:
+        if grace_s > 0:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=grace_s)
         if self.popen.poll() is None:
             self.popen.terminate()
             try:
