@@ -2,7 +2,7 @@
 
 Our own renderer (OpenCV and numpy), not ``sumo-gui`` screenshots: the GUI
 needs a display and a bird's-eye view, and gives no ground truth
-(``docs/adr/0013-own-renderer-for-sumo-cameras.md``). What is drawn:
+(``docs/adr/0017-sumo-cameras-own-renderer.md``). What is drawn:
 
 - sky above the horizon and ground below it, with the network's road surface
   (lanes, junctions, sidewalks, walking areas) from its geometry (sumolib),
