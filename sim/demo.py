@@ -132,9 +132,17 @@ def demo(
         str,
         typer.Option(
             help="live: counts on two streets. drift: fog rolls in, hard examples flow up, the hub "
-            "retrains, gates, publishes and rolls out, accuracy recovers (needs --duration)."
+            "retrains, gates, publishes and rolls out, accuracy recovers (needs --duration). "
+            "intersection: one SUMO demand under fixed-time, SUMO-actuated and Roadside-fed control "
+            "(docs/signals.md; --duration is simulated seconds)."
         ),
     ] = "live",
+    sumocfg: Annotated[
+        Path | None, typer.Option(help="intersection: another SUMO network's .sumocfg.")
+    ] = None,
+    camera_pose: Annotated[
+        Path | None, typer.Option(help="intersection: camera pose file for that network.")
+    ] = None,
 ) -> None:
     """Start broker, hub and two agents on this machine; show live counts (or run the drift scenario)."""
     setup_logging("WARNING")
@@ -144,8 +152,13 @@ def demo(
     if scenario == "drift":
         _drift(duration, home, console)
         return
+    if scenario == "intersection":
+        from roadside.sim.signal_ways import demo_intersection
+
+        demo_intersection(duration, home, sumocfg, camera_pose, console)
+        return
     if scenario != "live":
-        console.print(f"error: unknown scenario {scenario!r}; choose live or drift")
+        console.print(f"error: unknown scenario {scenario!r}; choose live, drift or intersection")
         raise typer.Exit(2)
     workdir = home or Path(tempfile.mkdtemp(prefix="roadside-demo-"))
     started = datetime.now(UTC) - timedelta(seconds=interval)
