@@ -157,19 +157,40 @@ def calibrate(
 ) -> list[Measurement]:
     """The calibrated stage: each value through the version in effect at its time, its label kept."""
     rh = _index(m for m in cleaned if m.parameter == RH and m.valid)
+    # A calibration that yields another parameter (pm25 from pm25_cf1) supersedes the sensor's own
+    # uncalibrated value of it: one calibrated pm25 per sensor and time.
+    superseded = set()
+    for m in cleaned:
+        version = book.in_effect(m.sensor, m.parameter, m.ts)
+        if version is not None and version.parameter != m.parameter:
+            superseded.add((m.sensor, version.parameter))
     out = []
     for m in cleaned:
         version = book.in_effect(m.sensor, m.parameter, m.ts)
         if version is None:
-            out.append(replace(m, stage="calibrated"))
+            if (m.sensor, m.parameter) not in superseded:
+                out.append(replace(m, stage="calibrated"))
             continue
         humidity = rh[(m.sensor, RH)].near(m.ts, match_s) if (m.sensor, RH) in rh else None
         try:
             value = apply(version.method, m.value, humidity)
         except CalibrationError:
             flags = m.flags | {"rh_missing"}
-            out.append(replace(m, stage="calibrated", flags=flags, calibration=version.label))
+            out.append(
+                replace(
+                    m, stage="calibrated", parameter=version.parameter, flags=flags, calibration=version.label
+                )
+            )
             continue
         flags = (m.flags - {"negative"}) | ({"negative"} if value < 0 else set())
-        out.append(replace(m, stage="calibrated", value=value, flags=flags, calibration=version.label))
+        out.append(
+            replace(
+                m,
+                stage="calibrated",
+                parameter=version.parameter,
+                value=value,
+                flags=flags,
+                calibration=version.label,
+            )
+        )
     return out

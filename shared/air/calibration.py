@@ -124,6 +124,11 @@ class CalibrationVersion:
     version: int
     method: Method
     valid_from: float = 0.0
+    output: str | None = None  # the parameter it yields (pm25 from pm25_cf1); None: ``quantity``
+
+    @property
+    def parameter(self) -> str:
+        return self.output or self.quantity
 
     @property
     def label(self) -> str:
@@ -133,7 +138,7 @@ class CalibrationVersion:
     def fingerprint(self) -> str:
         body = json.dumps(
             {"sensor": self.sensor, "quantity": self.quantity, "version": self.version,
-             "method": asdict(self.method), "valid_from": self.valid_from},
+             "method": asdict(self.method), "valid_from": self.valid_from, "output": self.output},
             sort_keys=True,
         )  # fmt: skip
         return hashlib.sha256(body.encode()).hexdigest()[:16]

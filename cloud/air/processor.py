@@ -1,0 +1,233 @@
+"""The hub's air job: new readings through the stages into the air store, the index, and the events.
+
+Every ``every_s`` the job reads the sensor readings of the last ``rescan_s``
+from the telemetry store (late readings from an agent's outbox arrive with
+their own, older timestamps), keeps those of configured locations, runs
+raw → cleaned → calibrated, and stores all three (a value already stored is
+never rewritten). Per location it then computes the hourly means of the last
+day, the current index, and raises
+
+* ``air_category_worsened`` when the index category goes up the scale from
+  the last one recorded, and
+* ``air_exceedance`` when a complete hourly mean is above the configured
+  limit for its parameter,
+
+each once (event ids are derived from what happened and claimed in the air
+store), through ``emit``: the hub stores them as events and offers them to
+SSE subscribers and webhooks like any other event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+from roadside.cloud.air import aggregate, indexing, stages
+from roadside.cloud.air.config import PARAMETERS, AirConfig, AirLocation
+from roadside.cloud.air.stages import Measurement
+from roadside.cloud.air.store import AirStore, sensor_id
+from roadside.cloud.storage.base import Origin, SensorQuery, StoredReading, TimeSeriesStore
+from roadside.shared.air.standards import IndexReport
+from roadside.shared.schemas import DetectionEvent
+
+log = logging.getLogger(__name__)
+
+_NAMESPACE: Final = uuid.UUID("0f6f1b7e-8a43-4f0e-b0f4-6c4c1a2e9d13")
+_PAGE: Final = 10_000
+Emit = Callable[[Origin, list[DetectionEvent]], None]
+
+
+@dataclass
+class ProcessReport:
+    """What one pass did."""
+
+    readings: int = 0
+    stored: int = 0
+    flags: Counter[str] = field(default_factory=Counter)
+    events: list[DetectionEvent] = field(default_factory=list)
+    indices: dict[str, IndexReport | indexing.NoIndex] = field(default_factory=dict)
+
+
+class AirProcessor:
+    def __init__(
+        self,
+        config: AirConfig,
+        telemetry: TimeSeriesStore,
+        air: AirStore,
+        emit: Emit,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self.air = air
+        self.emit = emit
+        self.book = config.book()
+        self._where = config.location_of()
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.passes = 0
+        self.failures = 0
+
+    # -- one pass --------------------------------------------------------------------------------
+
+    def run_once(self) -> ProcessReport:
+        now = self._clock()
+        report = ProcessReport()
+        by_location = self._raw(now - self.config.rescan_s, now, report)
+        for location in self.config.locations:
+            raws = by_location.get(location.id, [])
+            if raws:
+                self._stage(location, raws, report)
+            self._index(location, now, report)
+        self._exceedances(now, report)
+        self.passes += 1
+        return report
+
+    def _raw(
+        self, start: float, end: float, report: ProcessReport
+    ) -> dict[str, list[tuple[str, Measurement]]]:
+        out: dict[str, list[tuple[str, Measurement]]] = defaultdict(list)
+        for stored in self._read(start, end):
+            where = self._where.get((stored.device_id, stored.reading.sensor))
+            if where is None:
+                continue
+            location, sensor = where
+            r = stored.reading
+            if r.quantity not in sensor.parameters and r.quantity != "pm25_cf1":
+                continue
+            key = sensor.key  # device.sensor: unique across the fleet
+            m = stages.raw(r.ts.timestamp(), key, r.quantity, r.value, r.unit, r.quality)
+            out[location.id].append((stored.device_id, m))
+            report.readings += 1
+        return out
+
+    def _read(self, start: float, end: float) -> list[StoredReading]:
+        readings: list[StoredReading] = []
+        since = datetime.fromtimestamp(start, UTC)
+        until = datetime.fromtimestamp(end, UTC)
+        while True:
+            page = self.telemetry.sensor_series(SensorQuery(since, until, limit=_PAGE))
+            readings += page
+            if len(page) < _PAGE or page[-1].reading.ts == since:
+                return readings
+            since = page[-1].reading.ts  # the boundary's readings come twice; stored once
+
+    def _stage(
+        self, location: AirLocation, raws: list[tuple[str, Measurement]], report: ProcessReport
+    ) -> None:
+        batch = [m for _, m in raws]
+        cleaned = stages.clean(batch, self.config.rules(location))
+        calibrated = stages.calibrate(cleaned, self.book, self.config.match_s)
+        rows = [(f"{m.sensor}.{m.parameter}", location.id, m) for m in (*batch, *cleaned, *calibrated)]
+        labels = {m.calibration for m in calibrated if m.calibration}
+        versions = [v for v in self.book.versions() if v.label in labels]
+        report.stored += self.air.write(rows, versions)
+        report.flags.update(f for m in calibrated for f in m.flags)
+
+    # -- indices and events ---------------------------------------------------------------------
+
+    def hours(self, location: AirLocation, start: float, end: float) -> list[aggregate.Aggregate]:
+        """The hourly aggregates of a location's calibrated measurements (each sensor's own period)."""
+        stored = self.air.measurements(stage="calibrated", start=start, end=end, location=location.id)
+        periods = {s.key: s.period_s for s in location.sensors}
+        by_sensor: dict[str, list[Measurement]] = defaultdict(list)
+        for s in stored:
+            by_sensor[s.measurement.sensor].append(s.measurement)
+        out: list[aggregate.Aggregate] = []
+        for sensor, ms in by_sensor.items():
+            out += aggregate.hourly(ms, location.zone, periods.get(sensor, 60.0))
+        return sorted(out, key=lambda h: (h.start, h.sensor, h.parameter))
+
+    def _index(self, location: AirLocation, now: float, report: ProcessReport) -> None:
+        standard = self.config.standard
+        hours = self.hours(location, now - 25 * 3600, now)
+        result = indexing.current_index(
+            standard, hours, datetime.fromtimestamp(now, location.zone), location.zone, location.station
+        )
+        report.indices[location.id] = result
+        if not isinstance(result, IndexReport):
+            return
+        before = self.air.latest_index(location.id, standard)
+        hour = now // 3600 * 3600
+        self.air.record_index(location.id, standard, hour, result)
+        previous = before.report["category"] if before is not None else None
+        if indexing.worsened(standard, previous, result.category):
+            key = f"worsened|{location.id}|{standard}|{hour}|{result.category}"
+            self._raise(location, "air_category_worsened", key, result.responsible, now, report)
+
+    def _exceedances(self, now: float, report: ProcessReport) -> None:
+        if not self.config.limits:
+            return
+        for location in self.config.locations:
+            for h in self.hours(location, now - self.config.rescan_s, now):
+                limit = self.config.limits.get(h.parameter)
+                if limit is None or h.end.timestamp() > now or not h.counts or h.mean is None:
+                    continue
+                if h.mean > limit:
+                    key = f"exceedance|{location.id}|{h.sensor}|{h.parameter}|{h.start.timestamp()}"
+                    self._raise(location, "air_exceedance", key, h.parameter, h.end.timestamp(), report)
+
+    def _raise(
+        self, location: AirLocation, kind: str, key: str, cls: str, ts: float, report: ProcessReport
+    ) -> None:
+        event_id = uuid.uuid5(_NAMESPACE, key)
+        if not self.air.claim_events([str(event_id)]):
+            return
+        event = DetectionEvent(
+            event_id=event_id,
+            ts=datetime.fromtimestamp(ts, UTC),
+            type=kind,  # type: ignore[arg-type]  # air_category_worsened | air_exceedance
+            stream=location.id,
+            cls=cls,
+            model_version=self.config.standard,
+        )
+        report.events.append(event)
+        self.emit(Origin(f"air-{location.id}", location.site, self.air.next_sequence()), [event])
+
+    # -- as a hub service -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="air-processor", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                report = self.run_once()
+                log.debug(
+                    "air: %d readings, %d stored, %d events",
+                    report.readings,
+                    report.stored,
+                    len(report.events),
+                )
+            except Exception:
+                # A failed pass (the store away) is retried next time; rescans make up for it.
+                self.failures += 1
+                log.exception("air processing failed")
+            self._stop.wait(self.config.every_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10.0)
+
+
+def locations_by_id(config: AirConfig) -> dict[str, AirLocation]:
+    return {loc.id: loc for loc in config.locations}
+
+
+def sensors_of(location: AirLocation) -> Sequence[tuple[str, str, str]]:
+    """(sensor_id, parameter, unit) of every sensor and parameter at the location, OpenAQ's "sensors"."""
+    return [
+        (sensor_id(s.device, s.sensor, p), p, PARAMETERS.get(p, (p, ""))[1])
+        for s in location.sensors
+        for p in s.parameters
+    ]
