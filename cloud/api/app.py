@@ -42,6 +42,7 @@ from roadside.cloud.api.routes import ROUTERS
 from roadside.cloud.api.webhooks import WebhookStore
 from roadside.cloud.fleet.live import LiveFeed
 from roadside.cloud.registry import Registry
+from roadside.cloud.signals.calls import CallDispatcher, silent_dispatcher
 from roadside.cloud.storage.base import TimeSeriesStore
 from roadside.shared.version import roadside_version
 
@@ -110,6 +111,7 @@ def create_app(
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
     sse_heartbeat_s: float = 15.0,
     sse_max_duration_s: float = 3600.0,
+    signal_calls: CallDispatcher | None = None,
 ) -> FastAPI:
     """Build the API over a store and a registry the caller owns.
 
@@ -149,6 +151,8 @@ def create_app(
         webhooks=webhooks,
         hooks=FleetHooks(enroll=enroll, revoke=revoke, device_status=device_status),
         rate_limiter=TokenBuckets(rate_limit) if rate_limit is not None else None,
+        # Without the hub's dispatcher (which also publishes on MQTT), SSE clients get a private, silent feed.
+        signal_calls=signal_calls if signal_calls is not None else silent_dispatcher(registry, metrics_registry),
     )
     for router in ROUTERS:
         app.include_router(router)

@@ -23,6 +23,7 @@ from roadside.cloud.api.webhooks import WebhookStore
 from roadside.cloud.fleet.audit import AuditLog
 from roadside.cloud.fleet.live import LiveFeed
 from roadside.cloud.registry import ApiClient, Devices, Registry
+from roadside.cloud.signals.calls import CallDispatcher
 from roadside.cloud.storage.base import TimeSeriesStore
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class ApiResources:
     webhooks: WebhookStore | None = None
     hooks: FleetHooks = field(default_factory=FleetHooks)
     rate_limiter: TokenBuckets | None = None
+    signal_calls: CallDispatcher | None = None  # the detector-call stream (roadside.cloud.signals.calls)
 
 
 def get_resources(request: Request) -> ApiResources:

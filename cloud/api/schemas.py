@@ -187,6 +187,9 @@ class _WindowParams(BaseModel):
         return self.requested_window
 
 
+WindowParams = _WindowParams  # the public base of other routers' windowed parameters (signals)
+
+
 def window_problem(
     start: datetime, end: datetime, *, from_sent: bool, to_sent: bool
 ) -> tuple[str, str] | None:

@@ -122,6 +122,10 @@ class CallFeed:
             self._subscriptions.append(subscription)
         return subscription
 
+    def subscribers(self) -> int:
+        with self._lock:
+            return len(self._subscriptions)
+
     def unsubscribe(self, subscription: CallSubscription) -> None:
         with self._lock:
             if subscription in self._subscriptions:
@@ -174,6 +178,35 @@ def build_call(
         hub_sent_at=sent,
         seq=seq,
     )
+
+
+def silent_dispatcher(registry: SignalMaps, metrics_registry: CollectorRegistry) -> CallDispatcher:
+    """A dispatcher that publishes nowhere but to its SSE feed (an API built without the hub)."""
+    return CallDispatcher(lambda: maps_of(registry), None, CallFeed(), CallMetrics(metrics_registry))
+
+
+class SignalMaps(Protocol):
+    """The registry's signals (``Registry``), as far as the dispatcher reads them."""
+
+    @property
+    def signals(self) -> _SignalList: ...
+
+
+class _SignalList(Protocol):
+    def list(self) -> Sequence[_SignalRecord]: ...
+
+
+class _SignalRecord(Protocol):
+    @property
+    def signal_id(self) -> str: ...
+
+    @property
+    def channel_map(self) -> ChannelMap: ...
+
+
+def maps_of(registry: SignalMaps) -> list[tuple[str, ChannelMap]]:
+    """Every signal's id and channel map, from the registry."""
+    return [(r.signal_id, r.channel_map) for r in registry.signals.list()]
 
 
 class CallDispatcher:

@@ -44,6 +44,7 @@ from roadside.cloud.home import HubHome, enroll_device, init_home, write_acl
 from roadside.cloud.registry import Registry
 from roadside.cloud.release.controller import change_rollout, create_rollout
 from roadside.cloud.release.rollouts import RolloutSpec
+from roadside.cloud.signals.channel_map import parse_channel_map
 from roadside.cloud.storage.base import (
     EventQuery,
     IngestBatch,
@@ -81,6 +82,7 @@ class Keys:
     admin: str
     rollouts_only: str
     devices_only: str
+    signals_only: str
 
 
 @pytest.fixture
@@ -94,6 +96,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
     for _ in range(2):
         create_rollout(registry, RolloutSpec("detector", "1.0.0", "site:site-a", 1, (100,), 60.0))
     change_rollout(registry, 2, "pause")
+    registry.signals.set_map("sig-1", parse_channel_map(SIGNAL_MAP))  # every signal route has a signal
     yield registry
     registry.close()
 
@@ -193,6 +196,7 @@ def keys(registry: Registry) -> Keys:
         admin=registry.api_clients.create("ops", ["admin"]),
         rollouts_only=registry.api_clients.create("release-bot", ["write:rollouts"]),
         devices_only=registry.api_clients.create("installer", ["write:devices"]),
+        signals_only=registry.api_clients.create("signal-controller", ["write:signals"]),
     )
 
 
@@ -240,7 +244,14 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
 # Authorization: every route × missing, invalid, wrong-scope and right key ------------------------
 
 READ, WRITE_DEVICES, ADMIN, ROLLOUTS = "read:telemetry", "write:devices", "admin", "write:rollouts"
-HOLDER_SCOPES = {"reader": READ, "devices_only": WRITE_DEVICES, "rollouts_only": ROLLOUTS}
+WRITE_SIGNALS = "write:signals"
+HOLDER_SCOPES = {
+    "reader": READ,
+    "devices_only": WRITE_DEVICES,
+    "rollouts_only": ROLLOUTS,
+    "signals_only": WRITE_SIGNALS,
+}
+SIGNAL_MAP = {"channels": [{"channel": 1, "device": "cam-1", "stream": "north", "zone": "stop-1", "phase": 2}]}
 
 
 def new_public_keys(device_id: str = "cam-1", pair: KeyPair | None = None) -> dict[str, str]:
@@ -303,7 +314,19 @@ ROUTES = [
         "/v1/rollouts/2/rollback",
         json=lambda: {"reason": "test"},
     ),
-]
+    Route("GET", "/v1/signals", READ),
+    Route("GET", "/v1/signals/{signal}/channel-map", READ, "/v1/signals/sig-1/channel-map"),
+    Route("PUT", "/v1/signals/{signal}/channel-map", WRITE_SIGNALS, "/v1/signals/sig-2/channel-map",
+          json=lambda: SIGNAL_MAP),
+    Route("DELETE", "/v1/signals/{signal}/channel-map/channels/{channel}", WRITE_SIGNALS,
+          "/v1/signals/sig-1/channel-map/channels/1"),
+    Route("GET", "/v1/signals/{signal}/events", READ, "/v1/signals/sig-1/events"),
+    Route("POST", "/v1/signals/{signal}/events", WRITE_SIGNALS, "/v1/signals/sig-1/events",
+          json=lambda: {"events": [{"ts": "2025-05-01T08:00:00Z", "code": 1, "param": 2}]}),
+    Route("GET", "/v1/signals/{signal}/movements", READ, "/v1/signals/sig-1/movements"),
+    Route("GET", "/v1/signals/{signal}/zones", READ, "/v1/signals/sig-1/zones"),
+    Route("GET", "/v1/signals/{signal}/calls", READ, "/v1/signals/sig-1/calls", media_type="text/event-stream"),
+]  # fmt: skip
 
 
 def _matrix(kind: Literal["wrong", "right"]) -> list[Any]:

@@ -11,6 +11,7 @@ from roadside.cloud.api.routes import (
     fleet,
     rollouts,
     sensors,
+    signals,
     speeds,
     stream,
     system,
@@ -28,5 +29,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     sensors.router,
     webhooks.router,
     rollouts.router,
+    signals.router,
     system.router,
 )
