@@ -322,10 +322,13 @@ def _revoke(resources: ResourcesDep, operator: Operator, device_id: str, form: d
 # Traffic ------------------------------------------------------------------------------------
 
 
-def _counts_params(window: str, bucket: str, filters: dict[str, str | None]) -> CountsParams:
+def _counts_params(request: Request, window: str, bucket: str, filters: dict[str, str | None]) -> CountsParams:
+    """The API's own counts parameters (so the same checks apply): an explicit ``from``/``to`` when the
+    page was given one, else the chosen window up to the next whole minute."""
     end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - views.WINDOWS.get(window, views.WINDOWS["24h"])
-    raw = {"from": start, "to": end, "bucket": views.BUCKETS.get(bucket, 3600)}
+    explicit = {k: request.query_params[k] for k in ("from", "to") if request.query_params.get(k)}
+    raw: dict[str, Any] = {"from": start, "to": end, "bucket": views.BUCKETS.get(bucket, 3600), **explicit}
     return CountsParams.model_validate({**raw, **{k: v for k, v in filters.items() if v}})
 
 
@@ -346,7 +349,7 @@ def traffic(
     context: dict[str, Any] = {"page": "traffic", "window": window, "bucket": bucket, "filters": filters,
                                "windows": list(views.WINDOWS), "buckets": list(views.BUCKETS), "error": ""}  # fmt: skip
     try:
-        params = _counts_params(window, bucket, filters)
+        params = _counts_params(request, window, bucket, filters)
         context["view"] = views.traffic(resources, params.to_query())
         context["csv_query"] = request.url.query
     except ValidationError as exc:
@@ -367,7 +370,7 @@ def traffic_csv(
     """The same rows as ``/v1/counts?format=csv`` for the page's window and filters."""
     require(operator, READ_TELEMETRY)
     try:
-        params = _counts_params(window, bucket, _traffic_filters(request))
+        params = _counts_params(request, window, bucket, _traffic_filters(request))
     except ValidationError as exc:
         return Response(str(exc), status_code=422, media_type="text/plain")
     view = views.traffic(resources, params.to_query())

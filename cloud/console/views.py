@@ -20,7 +20,7 @@ from roadside.cloud.api.routes.fleet import tally
 from roadside.cloud.api.schemas import CountRow, Device, FleetCounts
 from roadside.cloud.fleet.audit import AuditEntry, ChainReport
 from roadside.cloud.registry import RolloutRecord
-from roadside.cloud.storage.base import CountQuery, EventQuery, StoredEvent
+from roadside.cloud.storage.base import CountQuery, EventQuery, StoredEvent, bucket_start
 from roadside.shared.errors import TransportError
 from roadside.shared.schemas import Health
 
@@ -134,8 +134,20 @@ def traffic(resources: ApiResources, query: CountQuery) -> TrafficTotals:
         groups[(row.site, row.line, row.cls, row.direction)] += row.count
         buckets[row.bucket_start] += row.count
     return TrafficTotals(
-        query.start, query.end, query.bucket_s, rows, sorted(groups.items()), sorted(buckets.items())
+        query.start, query.end, query.bucket_s, rows, sorted(groups.items()), _every_bucket(query, buckets)
     )
+
+
+def _every_bucket(query: CountQuery, counts: dict[datetime, int]) -> list[tuple[datetime, int]]:
+    """Each bucket of the window in order, empty ones as 0 (so the chart shows quiet time as quiet)."""
+    step = timedelta(seconds=query.bucket_s)
+    first = bucket_start(query.start, query.bucket_s)
+    series: list[tuple[datetime, int]] = []
+    when = first
+    while when < query.end:
+        series.append((when, counts.get(when, 0)))
+        when += step
+    return series
 
 
 def recent_events(resources: ApiResources, query: EventQuery, shown: int = 100) -> list[StoredEvent]:

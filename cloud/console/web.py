@@ -47,8 +47,9 @@ PAGE_HEADERS: Final = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    # Sign-in links carry their token in the path: never leak it to another site.
-    "Referrer-Policy": "no-referrer",
+    # Sign-in links carry their token in the path: never send it to another site (same-origin, not
+    # no-referrer: with no-referrer Chromium sends "Origin: null" on forms, which the CSRF check refuses).
+    "Referrer-Policy": "same-origin",
 }
 
 

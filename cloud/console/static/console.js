@@ -28,7 +28,7 @@
       series: [{}, { label: "crossings", stroke: "#0b5cad", fill: "rgba(11,92,173,0.12)", width: 2,
                      paths: uPlot.paths.stepped({ align: 1 }) }],
       axes: [{}, { label: "per bucket" }],
-      scales: { x: { time: true } }
+      scales: { x: { time: true, range: [Date.parse(data.from) / 1000, Date.parse(data.to) / 1000] } }
     };
     var plot = new uPlot(opts, [xs, data.n], target);
     target.dataset.points = String(xs.length);
