@@ -322,7 +322,9 @@ def _revoke(resources: ResourcesDep, operator: Operator, device_id: str, form: d
 # Traffic ------------------------------------------------------------------------------------
 
 
-def _counts_params(request: Request, window: str, bucket: str, filters: dict[str, str | None]) -> CountsParams:
+def _counts_params(
+    request: Request, window: str, bucket: str, filters: dict[str, str | None]
+) -> CountsParams:
     """The API's own counts parameters (so the same checks apply): an explicit ``from``/``to`` when the
     page was given one, else the chosen window up to the next whole minute."""
     end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)

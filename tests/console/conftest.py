@@ -129,7 +129,10 @@ def sign_in(browser: Any, rig: ConsoleRig, token: str, **context_options: Any) -
     context.set_default_timeout(20_000)
     page = context.new_page()
     page.on("pageerror", lambda error: rig.page_errors.append(f"{page.url}: {error}"))
-    page.on("console", lambda m: rig.page_errors.append(f"{page.url}: console {m.text}") if m.type == "error" else None)
+    page.on(
+        "console",
+        lambda m: rig.page_errors.append(f"{page.url}: console {m.text}") if m.type == "error" else None,
+    )
     page.goto("/ui/overview")
     page.fill("#token", token)
     page.click("button[type=submit]")
