@@ -41,6 +41,7 @@ from roadside.cloud.settings import (
     SqliteStoreConfig,
     StoreConfig,
 )
+from roadside.cloud.signals.calls import CallDispatcher, CallFeed, CallMetrics, maps_of
 from roadside.cloud.storage.base import TimeSeriesStore
 from roadside.cloud.storage.retention_job import RetentionJob, RetentionTarget
 from roadside.cloud.training.loop import RetrainLoop
@@ -169,6 +170,10 @@ class Hub:
             workers=IngestWorkers(settings, settings.ingest_workers) if settings.ingest_workers else None,
         )
         self.commands = CommandSender(self.home.hub_keys(), self.registry.devices, self.ingest)
+        # Detector calls for signal controllers: MQTT on this hub's connection, and SSE (docs/signals.md).
+        self.signal_calls = CallDispatcher(
+            partial(maps_of, self.registry), self.ingest, CallFeed(), CallMetrics(self.metrics_registry)
+        )
         self.rollouts = RolloutController(
             self.registry, self.commands, self.store.latest_health, tick_s=settings.rollout_tick_s
         )
@@ -194,6 +199,7 @@ class Hub:
             revoke=self.revoke,
             device_status=self.ingest.status.get,
             rate_limit=RateLimit(per_s=settings.api_rate_per_s, burst=settings.api_rate_burst),
+            signal_calls=self.signal_calls,
         )
         self.console = install_console(
             self.app,
@@ -256,6 +262,9 @@ class Hub:
         message or listener; the failure is counted and logged. ``TransportError`` (the
         registry is unreachable) is raised instead: ingest pauses and the batch comes again.
         """
+        detector = [r.batch for r in accepted if r.batch.detector]
+        if detector:  # first: a controller waits on these calls
+            self._listen("signals", partial(self.signal_calls.dispatch, detector))
         reports = [(r.header.device_id, r.ota) for r in accepted if r.ota is not None]
         if reports:  # one registry transaction for the batch; one per report if that fails
             one_by_one = [partial(self.rollouts.on_reports, [report]) for report in reports]

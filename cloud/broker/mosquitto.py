@@ -4,12 +4,14 @@ Devices and hubs authenticate with client certificates; Mosquitto takes the
 certificate's common name as the username (``use_identity_as_username``)
 and the ACL file written by ``render_acl`` confines each name:
 
-======  =================================  =============================================
-who     may publish                        may receive
-======  =================================  =============================================
-device  ``roadside/v1/<site>/<device>/#``  ``roadside/v1/cmd/<device>``
-hub     ``roadside/v1/cmd/#``              ``roadside/v1/#``, also via ``$share/<group>/``
-======  =================================  =============================================
+==========  =====================================  =============================================
+who         may publish                            may receive
+==========  =====================================  =============================================
+device      ``roadside/v1/<site>/<device>/#``      ``roadside/v1/cmd/<device>``
+hub         ``roadside/v1/cmd/#``,                 ``roadside/v1/#``, also via ``$share/<group>/``
+            ``roadside/signals/v1/#``
+controller  nothing                                ``roadside/signals/v1/<its signals>/calls``
+==========  =====================================  =============================================
 
 How Mosquitto 2.0 applies it (checked against 2.0.11): each PUBLISH is
 checked (MQTT 5 gets PUBACK 135 "not authorized"; the message is dropped),
@@ -50,7 +52,7 @@ import ssl
 import subprocess
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -58,7 +60,7 @@ from typing import Final, Literal, Self
 
 from roadside.cloud.broker.pki import CertificateAuthority, IssuedCert, write_private, write_public
 from roadside.shared.errors import ConfigError, TransportError
-from roadside.shared.topics import ROOT, check_name
+from roadside.shared.topics import ROOT, SIGNALS_ROOT, check_name, signal_calls
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +127,16 @@ def check_hub_identity(name: str) -> str:
 # -- pure renderers -----------------------------------------------------------
 
 
-def render_acl(devices: Iterable[AclDevice], hub_users: Iterable[str] = (HUB_IDENTITY,)) -> str:
+def render_acl(
+    devices: Iterable[AclDevice],
+    hub_users: Iterable[str] = (HUB_IDENTITY,),
+    controllers: Mapping[str, Iterable[str]] | None = None,
+) -> str:
     """The Mosquitto ``acl_file`` text confining each device and each hub process to their topics.
+
+    Hubs also write the signal-call topics (``roadside/signals/v1/<signal>/calls``, outside the
+    device tree); each of ``controllers`` (a signal controller's certificate name → the signals
+    it runs) may only read its own signals' calls.
 
     Every name is checked against the safe charset first, because a ``#``,
     ``+``, ``/`` or newline in a name would widen a rule or add one.
@@ -149,6 +159,7 @@ def render_acl(devices: Iterable[AclDevice], hub_users: Iterable[str] = (HUB_IDE
     ]
     for hub_user in hubs:
         lines += ["", f"user {hub_user}", f"topic read {ROOT}/#", f"topic write {ROOT}/cmd/#"]
+        lines.append(f"topic write {SIGNALS_ROOT}/#")
     for device_id in sorted(by_id):
         site = by_id[device_id].site
         lines += [
@@ -157,6 +168,12 @@ def render_acl(devices: Iterable[AclDevice], hub_users: Iterable[str] = (HUB_IDE
             f"topic write {ROOT}/{site}/{device_id}/#",
             f"topic read {ROOT}/cmd/{device_id}",
         ]
+    for user, signals in sorted((controllers or {}).items()):
+        check_name(user, "controller user")
+        if user in by_id or user in hubs or is_reserved_name(user):
+            raise ConfigError(f"controller {user!r} may not share a name with a device or a hub")
+        lines += ["", f"user {user}"]
+        lines += [f"topic read {signal_calls(s)}" for s in sorted(set(signals))]
     return "\n".join(lines) + "\n"
 
 

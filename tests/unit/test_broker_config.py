@@ -93,6 +93,7 @@ def test_acl_text_for_one_device() -> None:
         "user hub",
         "topic read roadside/v1/#",
         "topic write roadside/v1/cmd/#",
+        "topic write roadside/signals/v1/#",
         "user dev-a",
         "topic write roadside/v1/s1/dev-a/#",
         "topic read roadside/v1/cmd/dev-a",

@@ -301,3 +301,40 @@ def test_zone_statistics_volume_occupancy_and_speed() -> None:
     assert record.volume == 1
     assert record.occupancy == pytest.approx(2.0 / 60, abs=0.1 / 60 + 1e-9)
     assert record.mean_speed_kmh == pytest.approx(36.0, rel=0.06)
+
+
+# The call topic on the broker ----------------------------------------------------------------
+
+
+def test_only_hubs_write_signal_calls_and_controllers_read_only_their_own() -> None:
+    from paho.mqtt.client import topic_matches_sub
+
+    from roadside.cloud.broker.mosquitto import AclDevice, render_acl
+    from roadside.shared.errors import ConfigError
+    from roadside.shared.topics import parse_uplink, signal_calls
+
+    acl = render_acl([AclDevice("signals", "hub")], ["hub"], {"ctl-main": ["main-5th"]})
+    rules: dict[str, list[tuple[str, str]]] = {}
+    user = ""
+    for line in acl.splitlines():
+        if line.startswith("user "):
+            user = line.split()[1]
+        elif line.startswith("topic "):
+            _, access, pattern = line.split()
+            rules.setdefault(user, []).append((access, pattern))
+
+    def may(who: str, access: str, topic: str) -> bool:
+        return any(a == access and topic_matches_sub(p, topic) for a, p in rules.get(who, []))
+
+    topic = signal_calls("main-5th")
+    assert topic == "roadside/signals/v1/main-5th/calls"
+    assert parse_uplink(topic) is None  # never read as a device's uplink
+    assert may("hub", "write", topic)
+    assert not may(
+        "signals", "write", topic
+    )  # a device enrolled as "signals" at site "hub" cannot forge calls
+    assert may("ctl-main", "read", topic)
+    assert not may("ctl-main", "read", signal_calls("other"))
+    assert not may("ctl-main", "write", topic)
+    with pytest.raises(ConfigError, match="share a name"):
+        render_acl([AclDevice("signals", "hub")], ["hub"], {"signals": ["main-5th"]})
