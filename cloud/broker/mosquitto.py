@@ -80,6 +80,7 @@ HUB_IDENTITY: Final = "hub"
 # Files in a broker's directory that others read: who the hubs are, and which
 # process runs the broker (so enrollment and revocation can make it reload).
 HUB_IDENTITIES_FILE: Final = "hub-identities"
+SIGNAL_CONTROLLERS_FILE: Final = "signal-controllers"  # who may read which signals' calls (docs/signals.md)
 STATE_FILE: Final = "broker.json"
 ACL_FILE: Final = "mosquitto.acl"
 CRL_FILE: Final = "ca.crl.pem"
@@ -332,13 +333,37 @@ def add_hub_identity(directory: Path, name: str) -> bool:
     return True
 
 
+def read_signal_controllers(directory: Path) -> dict[str, list[str]]:
+    """Signal controllers' identities and the signals whose calls each may read (``<user> <signal>...`` lines)."""
+    path = directory / SIGNAL_CONTROLLERS_FILE
+    found: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        if line.strip():
+            user, *signals = line.split()
+            found[check_name(user, "controller user")] = sorted({check_name(x, "signal id") for x in signals})
+    return found
+
+
+def set_signal_controller(directory: Path, user: str, signals: Iterable[str]) -> None:
+    """Let ``user`` (a controller's certificate name) read these signals' calls; none: remove it (hold ``acl_lock``)."""
+    known = read_signal_controllers(directory)
+    wanted = sorted({check_name(x, "signal id") for x in signals})
+    if wanted:
+        known[check_name(user, "controller user")] = wanted
+    else:
+        known.pop(user, None)
+    text = "".join(f"{name} {' '.join(known[name])}\n" for name in sorted(known))
+    write_public(directory / SIGNAL_CONTROLLERS_FILE, text.encode())
+
+
 def write_acl_file(directory: Path, devices: Iterable[AclDevice], extra_hubs: Iterable[str] = ()) -> Path:
     """Render the ACL for ``devices`` and the directory's hub identities into ``directory`` (hold ``acl_lock``).
 
     World-readable, so that a broker running as another user (a container) can read it;
     atomic, because the broker may re-read it at any moment.
     """
-    text = render_acl(devices, [*read_hub_identities(directory), *extra_hubs])
+    hubs = [*read_hub_identities(directory), *extra_hubs]
+    text = render_acl(devices, hubs, read_signal_controllers(directory))
     path = directory / ACL_FILE
     write_public(path, text.encode())
     return path
