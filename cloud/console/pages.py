@@ -328,9 +328,9 @@ def _counts_params(
     """The API's own counts parameters (so the same checks apply): an explicit ``from``/``to`` when the
     page was given one, else the chosen window up to the next whole minute."""
     end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    start = end - views.WINDOWS.get(window, views.WINDOWS["24h"])
+    start = end - views.WINDOWS.get(window, views.WINDOWS["1h"])
     explicit = {k: request.query_params[k] for k in ("from", "to") if request.query_params.get(k)}
-    raw: dict[str, Any] = {"from": start, "to": end, "bucket": views.BUCKETS.get(bucket, 3600), **explicit}
+    raw: dict[str, Any] = {"from": start, "to": end, "bucket": views.BUCKETS.get(bucket, 300), **explicit}
     return CountsParams.model_validate({**raw, **{k: v for k, v in filters.items() if v}})
 
 
@@ -343,8 +343,8 @@ def traffic(
     request: Request,
     operator: OperatorDep,
     resources: ResourcesDep,
-    window: Annotated[str, Query(max_length=8)] = "24h",
-    bucket: Annotated[str, Query(max_length=8)] = "1h",
+    window: Annotated[str, Query(max_length=8)] = "1h",
+    bucket: Annotated[str, Query(max_length=8)] = "5m",
 ) -> Response:
     require(operator, READ_TELEMETRY)
     filters = _traffic_filters(request)
@@ -366,8 +366,8 @@ def traffic_csv(
     request: Request,
     operator: OperatorDep,
     resources: ResourcesDep,
-    window: Annotated[str, Query(max_length=8)] = "24h",
-    bucket: Annotated[str, Query(max_length=8)] = "1h",
+    window: Annotated[str, Query(max_length=8)] = "1h",
+    bucket: Annotated[str, Query(max_length=8)] = "5m",
 ) -> Response:
     """The same rows as ``/v1/counts?format=csv`` for the page's window and filters."""
     require(operator, READ_TELEMETRY)
@@ -380,7 +380,7 @@ def traffic_csv(
     writer = csv.writer(out)
     writer.writerow(["bucket_start", "device", "site", "line", "cls", "direction", "count"])
     for row in view.rows:
-        writer.writerow([row.bucket_start.isoformat().replace("+00:00", "Z"), row.device, row.site,
+        writer.writerow([row.bucket_start.isoformat().replace("+00:00", "Z"), row.device_id, row.site,
                          row.line, row.cls, row.direction, row.count])  # fmt: skip
     headers = {**PAGE_HEADERS, "Content-Disposition": 'attachment; filename="counts.csv"'}
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)

@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from roadside.cloud.api.deps import ApiResources
 from roadside.cloud.api.routes.devices import device_view
 from roadside.cloud.api.routes.fleet import tally
-from roadside.cloud.api.schemas import CountRow, Device, FleetCounts
+from roadside.cloud.api.schemas import Device, FleetCounts
 from roadside.cloud.fleet.audit import AuditEntry, ChainReport
 from roadside.cloud.registry import RolloutRecord
-from roadside.cloud.storage.base import CountQuery, EventQuery, StoredEvent, bucket_start
+from roadside.cloud.storage.base import CountBucket, CountQuery, EventQuery, StoredEvent, bucket_start
 from roadside.shared.errors import TransportError
 from roadside.shared.schemas import Health
 
@@ -121,13 +121,13 @@ class TrafficTotals:
     start: datetime
     end: datetime
     bucket_s: int
-    rows: list[CountRow]
+    rows: list[CountBucket]  # as /v1/counts returns them (one per bucket, device, line, class, direction)
     by_group: list[tuple[tuple[str, str, str, str], int]]
     by_bucket: list[tuple[datetime, int]]
 
 
 def traffic(resources: ApiResources, query: CountQuery) -> TrafficTotals:
-    rows = [CountRow.from_bucket(b) for b in resources.store.count_buckets(query)]
+    rows = resources.store.count_buckets(query)
     groups: dict[tuple[str, str, str, str], int] = defaultdict(int)
     buckets: dict[datetime, int] = defaultdict(int)
     for row in rows:
@@ -151,8 +151,19 @@ def _every_bucket(query: CountQuery, counts: dict[datetime, int]) -> list[tuple[
 
 
 def recent_events(resources: ApiResources, query: EventQuery, shown: int = 100) -> list[StoredEvent]:
-    """The newest ``shown`` events of the window, newest first."""
+    """The newest ``shown`` events of the window, newest first.
+
+    The store returns a window's *oldest* events first, up to its limit; when the limit is hit,
+    the window is narrowed towards its end (each time to an eighth) until the newest fit.
+    """
     events = resources.store.events(query)
+    for _ in range(4):
+        if len(events) < query.limit:
+            break
+        narrower = replace(query, start=query.end - (query.end - query.start) / 8)
+        if narrower.end - narrower.start < timedelta(minutes=1):
+            break
+        query, events = narrower, resources.store.events(narrower)
     return list(reversed(events[-shown:]))
 
 

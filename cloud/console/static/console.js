@@ -6,10 +6,19 @@
     year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit"
   });
 
+  function ago(when) {
+    var s = Math.max(0, Math.round((Date.now() - when.getTime()) / 1000));
+    if (s < 90) { return s + " s ago"; }
+    if (s < 5400) { return Math.round(s / 60) + " min ago"; }
+    return timeFormat.format(when);
+  }
+
   function localTimes(root) {
     root.querySelectorAll("time[datetime]").forEach(function (el) {
       var when = new Date(el.getAttribute("datetime"));
-      if (!isNaN(when)) { el.textContent = timeFormat.format(when); el.title = el.getAttribute("datetime"); }
+      if (isNaN(when)) { return; }
+      el.title = el.getAttribute("datetime");
+      el.textContent = el.hasAttribute("data-relative") ? ago(when) : timeFormat.format(when);
     });
     document.querySelectorAll("[data-tz]").forEach(function (el) {
       el.textContent = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
