@@ -27,6 +27,8 @@ from rich.live import Live
 from rich.table import Table
 
 from roadside.cloud.broker.mosquitto import MosquittoBroker
+from roadside.cloud.console.link_cli import link_url
+from roadside.cloud.console.links import issue, load_or_create_key
 from roadside.cloud.home import acl_devices, enroll_device, init_home
 from roadside.cloud.hub import Hub
 from roadside.cloud.registry import Registry
@@ -180,6 +182,7 @@ def demo(
             bundles.append((device_id, path))
         broker.reload_acl(acl_devices(registry))
         token = registry.api_clients.create("demo-viewer", ["read:telemetry"], "demo")
+        registry.api_clients.create("demo-operator", ["admin"], "demo")
         registry.close()
         hub = Hub(HubSettings(home=workdir, broker_port=broker.port, api_port=0))
         hub.start()
@@ -190,6 +193,7 @@ def demo(
                 start_agent(workdir, device_id, bundle, _agent_config(workdir, device_id, seed, interval))
             )
         console.print(f"[bold]API[/bold] {hub.api_url}  (token: {token})")
+        _print_console(console, hub.api_url, workdir)
         console.print(f"[bold]broker[/bold] mqtts://127.0.0.1:{broker.port}  state in {workdir}")
         _watch(hub.api_url, token, started, interval, duration, console)
     except KeyboardInterrupt:
@@ -202,6 +206,13 @@ def demo(
         broker.stop()
     if summary is not None and duration is not None:
         print(json.dumps(summary))
+
+
+def _print_console(console: Console, api_url: str, workdir: Path) -> None:
+    """The console's address and a one-time sign-in link for the demo's operator (an hour to use it)."""
+    sign_in = issue(load_or_create_key(workdir), "demo-operator", time.time(), ttl_s=3600)
+    console.print(f"[bold]console[/bold] {api_url}/ui  (sign in once as demo-operator within an hour:")
+    console.print(f"  {link_url(api_url, sign_in)} )", soft_wrap=True)
 
 
 def _drift(duration: float | None, home: Path | None, console: Console) -> None:
