@@ -40,6 +40,12 @@ def build() -> typer.Typer:
         app.add_typer(
             signal_app, name="signal", help="Drive a traffic signal from Roadside's detector calls."
         )
+        try:  # the channel maps live in the hub's registry
+            from roadside.cloud.signals.cli import map_app
+
+            signal_app.add_typer(map_app, name="map", help="Channel maps: detector channel <-> camera zone.")
+        except ImportError:  # no cloud extra here: `roadside signal map` is absent, `run` still works
+            pass
     except ImportError as exc:  # the controller's extra is not installed here
         _missing(app, "signal", "signal", exc)
     try:
