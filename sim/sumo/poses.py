@@ -7,9 +7,9 @@ image ↔ road point pairs), in the network's own coordinates (metres, as
 ``--offset.disable-normalization``)::
 
     {"cameras": [
-      {"name": "north", "junction": "C", "approach": "n_in",
-       "calibration": {"type": "pose", "x": 14.4, "y": -12.4, "height": 8.0, "heading": 352.0,
-                       "tilt": 12.0, "hfov": 55.0, "width": 640, "height_px": 480}}
+      {"name": "n_in", "junction": "C", "approach": "n_in",
+       "calibration": {"type": "pose", "x": -6.2, "y": -16.37, "height": 8.0, "heading": 3.32,
+                       "tilt": 8.77, "hfov": 55.0, "width": 640, "height_px": 480}}
     ]}
 
 ``junction`` and ``approach`` are optional and only describe what the camera
