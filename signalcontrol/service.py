@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import statistics
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,8 +93,22 @@ class RunSummary:
     ended_by: str = ""
 
 
-def run_on_sumo(settings: ControllerSettings, stop: threading.Event | None = None) -> RunSummary:
-    """Drive ``settings.tls`` in a running SUMO from the hub's calls; see the module docstring."""
+Observer = Callable[[int], None]
+"""Called after every tick with the tick's number (the benchmark records SUMO's own detectors)."""
+
+
+def run_on_sumo(
+    settings: ControllerSettings,
+    stop: threading.Event | None = None,
+    *,
+    link: TraciConnection | None = None,
+    observer: Observer | None = None,
+) -> RunSummary:
+    """Drive ``settings.tls`` in a running SUMO from the hub's calls; see the module docstring.
+
+    ``link``: a TraCI connection the caller already holds (and keeps: it is not closed here);
+    without it the controller joins SUMO at ``settings.sumo_port`` as client ``sumo_order``.
+    """
     stop = stop or threading.Event()
     phase_map = derive_phase_map(settings.net, settings.tls)
     plan = settings.timing.plan(phase_map.phases)
@@ -109,18 +123,22 @@ def run_on_sumo(settings: ControllerSettings, stop: threading.Event | None = Non
         )
 
     summary = RunSummary()
-    link = TraciConnection.join(settings.sumo_port, settings.sumo_order, settings.sumo_host)
+    owned = link is None
+    link = link or TraciConnection.join(settings.sumo_port, settings.sumo_order, settings.sumo_host)
     stream = HubCallStream(client, settings.signal, stale_after_s=settings.stale_after_s).start()
     poster = HubEventPoster(client, settings.signal).start()
     try:
+        # SUMO takes no command but a step until every client has set its order: step first.
+        link.step()
         heads = SumoHeads(link, phase_map)
         runner = ControllerRunner(plan, heads, stream, poster)
-        summary.ended_by = _loop(link, runner, heads, phase_map, settings, stop, summary)
+        summary.ended_by = _loop(link, runner, heads, phase_map, settings, stop, summary, observer)
         summary.events = dict(runner.event_counts)
     finally:
         stream.stop()
         poster.stop()
-        link.close()
+        if owned:
+            link.close()
     summary.calls, summary.posted = dict(stream.counts), dict(poster.counts)
     summary.latencies_ms = list(stream.latencies_ms)
     if len(summary.latencies_ms) >= 2:
@@ -137,6 +155,7 @@ def _loop(
     settings: ControllerSettings,
     stop: threading.Event,
     summary: RunSummary,
+    observer: Observer | None,
 ) -> str:
     while not stop.is_set():
         if settings.max_ticks is not None and summary.ticks >= settings.max_ticks:
@@ -154,4 +173,6 @@ def _loop(
         summary.feed_lost_ticks += int(runner.calls.feed_lost)
         if phase_map.conflicting_links(heads.shown(), runner.plan.structure):
             summary.conflicting_greens += 1  # read back from SUMO: what the road really showed
+        if observer is not None:
+            observer(summary.ticks)
     return "stopped"
