@@ -31,7 +31,8 @@ from roadside.cloud.storage.base import (
     latest_sensor_readings,
     speed_statistics,
 )
-from roadside.shared.schemas import SensorReading
+from roadside.cloud.storage.signals import ControllerEvent, DetectorQuery, IntervalQuery, SupportsSignals
+from roadside.shared.schemas import DetectorChange, DetectorState, SensorReading, TurningMovement, ZoneStat
 from tests.component.stores import STORE_KINDS, T0, batch, count, event, health, open_store
 
 pytestmark = pytest.mark.timeout(15)
@@ -248,3 +249,50 @@ def test_latest_reading_of_each_sensor(store: TimeSeriesStore) -> None:
         ("pole-1", "pm25", 5.0),
         ("pole-2", "pm25", 2.0),
     ]
+
+
+# Signal control (SupportsSignals: SQLite and InfluxDB 1.x; docs/signals.md) ------------------------
+
+
+def _signals(store: TimeSeriesStore) -> SupportsSignals:
+    if not isinstance(store, SupportsSignals):
+        pytest.skip(f"{type(store).__name__} keeps no signal data")
+    return store
+
+
+def test_detector_changes_movements_zones_and_controller_events_read_back_once(
+    store: TimeSeriesStore,
+) -> None:
+    signals = _signals(store)
+
+    def change(second: float, zone: str, state: DetectorState, **kw: Any) -> DetectorChange:
+        return DetectorChange(ts=T0 + timedelta(seconds=second), stream="north", zone=zone, zone_kind="presence",
+                              state=state, **kw)  # fmt: skip
+
+    changes = [change(0.1234, "z1", "on", occupants=2), change(0.1234, "z2", "fault", reason="dark"),
+               change(2, "z1", "off")]  # fmt: skip
+    movement = TurningMovement(interval_start=T0, interval_s=900, stream="north", entry="north", exit="east",
+                               cls="car", count=3)  # fmt: skip
+    stat = ZoneStat(interval_start=T0, interval_s=900, stream="north", zone="z1", volume=4, occupancy=0.125,
+                    mean_speed_kmh=None)  # fmt: skip
+    first = batch(1, detector=changes, movements=[movement], zone_stats=[stat])
+    store.write([first, first])  # a redelivery in the same write
+    store.write([first, batch(2, movements=[movement.model_copy(update={"count": 2})])])
+    store.write([batch(3, device="pole-2", detector=[change(1, "z9", "on")])])
+    got = signals.detector_changes(DetectorQuery(DAY.start, DAY.end, ("pole-1",)))
+    assert [(s.device_id, s.site, s.change) for s in got] == [("pole-1", "main-st", c) for c in changes]
+    assert len(signals.detector_changes(DetectorQuery(DAY.start, DAY.end, ("pole-1", "pole-2")))) == 4
+    assert len(signals.detector_changes(DetectorQuery(DAY.start, DAY.end, ("pole-1",), limit=2))) == 2
+    assert signals.detector_changes(DetectorQuery(DAY.start, DAY.end, ())) == []
+    (summed,) = signals.turning_movements(IntervalQuery(DAY.start, DAY.end, ("pole-1",)))
+    assert summed.movement == movement.model_copy(update={"count": 5})  # two envelopes of one interval
+    (zone,) = signals.zone_statistics(IntervalQuery(DAY.start, DAY.end, ("pole-1",)))
+    assert (zone.device_id, zone.stat) == ("pole-1", stat)
+    events = [ControllerEvent(T0 + timedelta(seconds=s), code, 2) for s, code in ((1.5, 1), (9, 8), (1.5, 4))]
+    signals.write_controller_events("main-5th", events)
+    signals.write_controller_events("main-5th", events[:1])  # posted twice: stored once
+    signals.write_controller_events("other", events[:1])
+    assert signals.controller_events("main-5th", DAY.start, DAY.end, 10) == sorted(events)
+    assert signals.controller_events("main-5th", DAY.start, T0 + timedelta(seconds=5), 10) == sorted(
+        events[::2]
+    )

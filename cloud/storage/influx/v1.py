@@ -22,7 +22,9 @@ from roadside.cloud.storage.base import (
     SensorQuery,
     StoredEvent,
     StoredReading,
+    to_epoch_us,
 )
+from roadside.cloud.storage.influx import signals as influx_signals
 from roadside.cloud.storage.influx.influxql import (
     count_buckets_influxql,
     events_influxql,
@@ -59,6 +61,14 @@ from roadside.cloud.storage.retention import (
     retention_policy_statements,
     rollup_select_influxql,
     tier_rp,
+)
+from roadside.cloud.storage.signals import (
+    ControllerEvent,
+    DetectorQuery,
+    IntervalQuery,
+    StoredDetectorChange,
+    StoredMovement,
+    StoredZoneStat,
 )
 from roadside.shared.errors import ConfigError, TransportError
 from roadside.shared.schemas import Health
@@ -133,6 +143,11 @@ class InfluxV1Store:
     def write(self, batches: Sequence[IngestBatch]) -> None:
         """Store every point of the batches; returns once InfluxDB has them in its WAL."""
         lines = batch_lines(batches)
+        lines += [p.to_line() for b in batches for p in influx_signals.signal_points(b)]
+        self._write_lines(lines)
+        log.debug("wrote %s points of %s envelopes to %s", len(lines), len(batches), self._database)
+
+    def _write_lines(self, lines: list[str]) -> None:
         if not lines:
             return
         self._ensure_database()
@@ -148,7 +163,6 @@ class InfluxV1Store:
                 self._ensure_database()
                 response = self._post_write(params, body)
             self._check(response, "write")
-        log.debug("wrote %s points of %s envelopes to %s", len(lines), len(batches), self._database)
 
     def _post_write(self, params: dict[str, str], body: bytes) -> httpx.Response:
         with self._http_errors("write"):
@@ -203,6 +217,56 @@ class InfluxV1Store:
         floor = int(top[0]["max"]) - window
         rows = _rows(self._query(seqs_above_influxql(device_id, floor, self._source)))
         return sorted({int(r["seq"]) for r in rows})
+
+    # -- signal control (SupportsSignals; roadside.cloud.storage.influx.signals) ----
+
+    def detector_changes(self, query: DetectorQuery) -> list[StoredDetectorChange]:
+        if query.limit <= 0 or not query.devices:
+            return []
+        rows = _rows(self._query(influx_signals.detector_influxql(query, self._source)))
+        return [
+            change
+            for _, change in sorted((influx_signals.detector_change(r) for r in rows), key=lambda x: x[0])
+        ]
+
+    def turning_movements(self, query: IntervalQuery) -> list[StoredMovement]:
+        if query.limit <= 0 or not query.devices:
+            return []
+        rows = _rows(
+            self._query(influx_signals.interval_influxql(influx_signals.MOVEMENTS, query, self._source))
+        )
+        sums: dict[tuple[Any, ...], StoredMovement] = {}
+        for row in rows:
+            one = influx_signals.movement(row)
+            m = one.movement
+            key = (m.interval_start, one.device_id, m.stream, m.entry, m.exit, m.cls, m.interval_s, one.site)
+            seen = sums.get(key)
+            # Several envelopes counted in one interval: summed, as SQLite does.
+            total = m.count + (seen.movement.count if seen is not None else 0)
+            sums[key] = replace(one, movement=m.model_copy(update={"count": total}))
+        return [sums[k] for k in sorted(sums, key=lambda k: (k[0], *k[1:6]))][: query.limit]
+
+    def zone_statistics(self, query: IntervalQuery) -> list[StoredZoneStat]:
+        if query.limit <= 0 or not query.devices:
+            return []
+        rows = _rows(
+            self._query(influx_signals.interval_influxql(influx_signals.ZONE_STATS, query, self._source))
+        )
+        stats = [influx_signals.zone_stat(r) for r in rows]
+        return sorted(stats, key=lambda s: (s.stat.interval_start, s.device_id, s.stat.stream, s.stat.zone))
+
+    def write_controller_events(self, signal_id: str, events: Sequence[ControllerEvent]) -> None:
+        self._write_lines([p.to_line() for p in influx_signals.controller_points(signal_id, events)])
+
+    def controller_events(
+        self, signal_id: str, start: datetime, end: datetime, limit: int
+    ) -> list[ControllerEvent]:
+        if limit <= 0:
+            return []
+        statement = influx_signals.controller_influxql(
+            signal_id, to_epoch_us(start), to_epoch_us(end), limit, self._source
+        )
+        return sorted(influx_signals.controller_event(r) for r in _rows(self._query(statement)))
 
     def ping(self) -> None:
         """Raise ``TransportError`` unless InfluxDB answers ``/ping``."""
