@@ -94,11 +94,13 @@ class SumoFrameSource:
         produced = 0
         step = 0
         while not self._stop.is_set() and (cfg.max_frames is None or produced < cfg.max_frames):
+            # Step before asking anything else: in a SUMO with several clients, other requests
+            # may be refused until every client has joined and set its order.
+            state = world.step()
+            step += 1
             if cfg.max_frames is None and world.expected_remaining() == 0:
                 log.info("camera %s: the SUMO demand is over", self.name)
                 return
-            state = world.step()
-            step += 1
             if step % every:
                 continue
             rendered = renderer.render(state)

@@ -252,9 +252,12 @@ class SumoWorld:
     def steps(self, count: int | None = None) -> Iterator[WorldState]:
         """``count`` steps (or until the demand is over)."""
         done = 0
-        while (count is None or done < count) and (count is not None or self.expected_remaining() > 0):
-            yield self.step()
+        while count is None or done < count:
+            state = self.step()  # first: other requests may wait until every client has joined
             done += 1
+            yield state
+            if count is None and self.expected_remaining() == 0:
+                return
 
     def state(self) -> WorldState:
         """Every road user at the current step."""
