@@ -5,7 +5,7 @@
   :meth:`~HubCallStream.poll` drains each tick. It reconnects with jittered
   backoff. The stream is **lost** (every phase called: fail safe) while the
   hub has not been heard for ``stale_after_s`` (the hub sends a heartbeat
-  comment while quiet), and for ``resync_s`` after a gap in ``seq`` or a
+  comment after 15 s of quiet by default: keep this above it), and for ``resync_s`` after a gap in ``seq`` or a
   ``: dropped N`` (a missed ``off`` only costs green time, a missed ``on``
   would strand someone). The latency from frame capture to the call's
   arrival here is kept for the benchmark.
@@ -53,7 +53,7 @@ class HubCallStream:
         client_factory: ClientFactory,
         signal: str,
         *,
-        stale_after_s: float = 5.0,
+        stale_after_s: float = 20.0,
         resync_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -116,13 +116,14 @@ class HubCallStream:
                 ):
                     response.raise_for_status()
                     backoff.reset()
-                    self._read(response.iter_lines())
+                    self.consume(response.iter_lines())
             except (httpx.HTTPError, OSError) as exc:
                 log.warning("call stream of %s: %s; reconnecting", self.signal, exc)
             self.counts["reconnects"] += 1
             self._stop.wait(backoff.next_delay())
 
-    def _read(self, lines: Iterator[str]) -> None:
+    def consume(self, lines: Iterator[str]) -> None:
+        """Take the lines of an SSE stream (calls, heartbeats, drop notices) until they end or stop()."""
         data: list[str] = []
         for line in lines:
             if self._stop.is_set():

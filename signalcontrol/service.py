@@ -74,7 +74,7 @@ class ControllerSettings:
     sumo_host: str = "127.0.0.1"
     ca_file: Path | None = None
     timing: TimingFile = field(default_factory=TimingFile)
-    stale_after_s: float = 5.0
+    stale_after_s: float = 20.0  # above the hub's SSE heartbeat (15 s by default)
     max_ticks: int | None = None
 
 

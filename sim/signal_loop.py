@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 
 from roadside.cloud.broker.mosquitto import MosquittoBroker
-from roadside.cloud.home import acl_devices, enroll_device, init_home
+from roadside.cloud.home import HubHome, acl_devices, enroll_device, init_home
 from roadside.cloud.hub import Hub
 from roadside.cloud.registry import Registry
 from roadside.cloud.settings import HubSettings
@@ -83,8 +83,22 @@ class Zone:
     lane: str | None
 
 
-def run_loop(network: Network, duration_s: float, seed: int) -> dict[str, Any]:
-    """Run the whole loop for ``duration_s`` simulated seconds; the way's figures and the loop's own."""
+@dataclass(frozen=True)
+class HubSite:
+    """A hub home and its running broker that the caller owns (a test's rig); the loop makes its own
+    otherwise."""
+
+    home: HubHome
+    broker: MosquittoBroker
+
+
+def run_loop(
+    network: Network, duration_s: float, seed: int, *, realtime: bool = True, site: HubSite | None = None
+) -> dict[str, Any]:
+    """Run the whole loop for ``duration_s`` simulated seconds; the way's figures and the loop's own.
+
+    ``realtime``: cameras pace SUMO on the wall clock (the call latency means something); without it
+    SUMO runs as fast as the cameras draw (tests)."""
     if network.camera_pose is None:
         raise ConfigError("the roadside way needs --camera-pose (the cameras that watch the junction)")
     began = time.monotonic()
@@ -94,8 +108,8 @@ def run_loop(network: Network, duration_s: float, seed: int) -> dict[str, Any]:
     channels = write_stopbar_detectors(network.net, phase_map, folder / "stopbar.add.xml", folder / "e2.xml")
     poses = load_pose_file(network.camera_pose).cameras
     zones = plan_zones(network.net, phase_map, poses)
-    with _Stack(folder) as stack:
-        token = stack.start_hub(zones)
+    with _Stack(folder, realtime) as stack:
+        token = stack.start_hub(zones, site)
         port = free_port()
         stack.start_agent(network, poses, zones, port, frames=round(duration_s * 10) + 20)
         world = stack.start_sumo(network, seed, port, clients=len(poses) + 1, order=len(poses) + 1)
@@ -273,8 +287,9 @@ def presence_agreement(
 class _Stack(contextlib.AbstractContextManager["_Stack"]):
     """Broker, hub, agent process and SUMO of one loop run; stopped in reverse on exit."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, realtime: bool) -> None:
         self.folder = folder
+        self.realtime = realtime
         self._stack = contextlib.ExitStack()
         self.api_url = ""
         self._token = ""
@@ -284,13 +299,16 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
-    def start_hub(self, zones: list[Zone]) -> str:
-        home = init_home(self.folder / "hub", ["localhost"], ["127.0.0.1"], force=True)
-        broker = MosquittoBroker(
-            home.broker_dir, ca_cert_pem=home.ca_file.read_bytes(), server=home.broker_server_cert()
-        )
-        broker.start()
-        self._stack.callback(broker.stop)
+    def start_hub(self, zones: list[Zone], site: HubSite | None) -> str:
+        if site is None:
+            home = init_home(self.folder / "hub", ["localhost"], ["127.0.0.1"], force=True)
+            broker = MosquittoBroker(
+                home.broker_dir, ca_cert_pem=home.ca_file.read_bytes(), server=home.broker_server_cert()
+            )
+            broker.start()
+            self._stack.callback(broker.stop)
+        else:
+            home, broker = site.home, site.broker
         registry = Registry(home.registry_url)
         try:
             _, self._bundle = enroll_device(
@@ -314,7 +332,7 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
             self._token = registry.api_clients.create("bench-controller", ["read:telemetry", "write:signals"])
         finally:
             registry.close()
-        hub = Hub(HubSettings(home=self.folder / "hub", broker_port=broker.port, api_port=0))
+        hub = Hub(HubSettings(home=home.root, broker_port=broker.port, api_port=0))
         hub.start()
         self._stack.callback(hub.stop)
         if not hub.wait_ready(30):
@@ -336,7 +354,7 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
                     "pose_file": str(network.camera_pose),
                     "pose_name": pose.name,
                     "fps": 10,
-                    "realtime": True,
+                    "realtime": self.realtime,
                     # A bounded run: the source then asks SUMO nothing before its first step (SUMO
                     # refuses any command but a step until every client has set its order).
                     "max_frames": frames,
