@@ -53,9 +53,16 @@ class UnitOfWork:
 
     @contextmanager
     def serialized_write(self) -> Iterator[Session]:
-        """A write transaction that this process's other serialized writes wait for."""
-        with self._lock, Session(self.writer) as session, session.begin():
-            yield session
+        """A write transaction that this process's other serialized writes wait for.
+
+        A database that cannot take the write (disk full, unreachable) raises ``TransportError``:
+        the hub's ingest writer retries those, and died of the raw error (issue 14, bench.chaos).
+        """
+        try:
+            with self._lock, Session(self.writer) as session, session.begin():
+                yield session
+        except OperationalError as exc:
+            raise TransportError(f"registry database cannot take the write: {exc.orig}") from exc
 
     def record_audit(self, actor: str, action: str, subject: str, details: Mapping[str, Any]) -> None:
         """Append an audit entry for a decision that changes no registry row (a gate verdict)."""
