@@ -156,6 +156,7 @@ class RoadGeometry:
     """
 
     polygons: list[tuple[Material, FloatArray]] = field(default_factory=list)  # each N×2
+    lamps: list[tuple[float, float]] = field(default_factory=list)  # street lamp posts, metres
 
     @classmethod
     def from_net(cls, net_file: Path) -> RoadGeometry:
@@ -183,6 +184,7 @@ class RoadGeometry:
         for edge in edges:
             if edge.getFunction() == "":
                 road.add_markings(edge)
+                road.add_lamps(edge)
         return road
 
     def add(self, material: Material, points: Sequence[FloatArray] | FloatArray) -> None:
@@ -204,6 +206,15 @@ class RoadGeometry:
             d = b - a
             n = np.array([-d[1], d[0]]) / (np.hypot(*d) or 1.0) * (width / 2.0 - 0.2)
             self.add("zebra", [a + n, b + n, b - n, a - n])
+
+    def add_lamps(self, edge: object) -> None:
+        """Lamp posts every 30 m a metre beyond the right-hand side of a normal edge."""
+        lanes = edge.getLanes()  # type: ignore[attr-defined]
+        if not lanes or all(_is_sidewalk(lane) for lane in lanes):
+            return
+        outer = lanes[0]
+        side = _offset(_xy(outer.getShape()), -(outer.getWidth() / 2.0 + 1.0))
+        self.lamps.extend((float(x), float(y)) for x, y in _every(side, _LAMP_SPACING_M))
 
     def add_markings(self, edge: object) -> None:
         """Lane lines of a normal edge: dashed between its lanes, solid at its sides, stop bars."""
@@ -268,6 +279,20 @@ def _dashes(line: FloatArray, on: float, off: float) -> list[tuple[FloatArray, F
     return out
 
 
+def _every(line: FloatArray, spacing: float) -> list[FloatArray]:
+    """Points along a polyline every ``spacing`` metres, from half a spacing in."""
+    out = []
+    next_at = spacing / 2.0
+    walked = 0.0
+    for a, b in itertools.pairwise(line):
+        length = float(np.hypot(*(b - a)))
+        while next_at <= walked + length and length > 0:
+            out.append(a + (b - a) * ((next_at - walked) / length))
+            next_at += spacing
+        walked += length
+    return out
+
+
 def _offset(line: FloatArray, distance: float) -> FloatArray:
     """The polyline shifted ``distance`` metres to its left (negative: right)."""
     if len(line) < 2:
@@ -293,15 +318,19 @@ class _Look:
     noise: float  # sensor noise sigma, grey levels
     lights_on: bool
     rain: bool
+    lamps: float  # street lamps: light added at the foot of a lamp post (0: off)
 
 
 _LOOKS: Final[dict[Conditions, _Look]] = {
-    "day": _Look(1.0, (235, 180, 120), (240, 225, 205), (225, 215, 205), 2500.0, 2.0, False, False),
-    "dusk": _Look(0.6, (120, 70, 60), (110, 150, 230), (120, 130, 160), 900.0, 4.0, True, False),
-    "night": _Look(0.22, (40, 18, 10), (70, 45, 35), (45, 35, 30), 600.0, 7.0, True, False),
-    "rain": _Look(0.62, (150, 140, 130), (175, 170, 165), (165, 160, 155), 260.0, 4.0, True, True),
-    "fog": _Look(0.8, (200, 200, 200), (210, 210, 210), (205, 205, 205), 70.0, 3.0, True, False),
+    "day": _Look(1.0, (235, 180, 120), (240, 225, 205), (225, 215, 205), 2500.0, 2.0, False, False, 0.0),
+    "dusk": _Look(0.6, (120, 70, 60), (110, 150, 230), (120, 130, 160), 900.0, 4.0, True, False, 0.3),
+    "night": _Look(0.22, (40, 18, 10), (70, 45, 35), (45, 35, 30), 600.0, 7.0, True, False, 0.55),
+    "rain": _Look(0.62, (150, 140, 130), (175, 170, 165), (165, 160, 155), 260.0, 4.0, True, True, 0.1),
+    "fog": _Look(0.8, (200, 200, 200), (210, 210, 210), (205, 205, 205), 70.0, 3.0, True, False, 0.1),
 }
+_LAMP_SPACING_M: Final = 30.0
+_LAMP_HEIGHT_M: Final = 8.0
+_LAMP_REACH_M: Final = 9.0  # the pool of light under a lamp (Gaussian sigma)
 
 _MATERIAL: Final[dict[Material, Color]] = {
     "asphalt": (78, 78, 80),
@@ -456,6 +485,7 @@ class Renderer:
         self.conditions = conditions
         self._look = _LOOKS[conditions]
         self._rng = np.random.default_rng(seed)
+        self._lamp_posts = np.asarray(road.lamps, dtype=np.float64).reshape(-1, 2)
         self._background = self._draw_background(road)
         self._noise = self._make_noise()
 
@@ -487,11 +517,64 @@ class Renderer:
         sky = np.outer(1 - t, look.sky_top) + np.outer(t, look.sky_horizon)
         image[:] = sky[:, None, :]
         below = rows > horizon
-        image[below] = np.array(_GROUND) * look.light
+        image[below] = np.array(_GROUND)
         canvas = np.ascontiguousarray(np.clip(image, 0, 255).astype(np.uint8))
         for material, polygon in road.polygons:
             self._fill_ground(canvas, polygon, _MATERIAL[material])
-        return self._haze_by_row(canvas, below)
+        lit = self._light_ground(canvas, below)
+        self._draw_lamp_heads(lit)
+        return self._haze_by_row(lit, below)
+
+    def _lighting(self, points: FloatArray) -> FloatArray:
+        """How lit road points (N×2 metres) are: daylight plus the pools of nearby street lamps."""
+        look = self._look
+        light = np.full(len(points), look.light)
+        if look.lamps <= 0 or len(self._lamp_posts) == 0:
+            return light
+        pool = np.zeros(len(points))
+        for chunk in range(0, len(self._lamp_posts), 64):  # bounded memory: points × 64 lamps at a time
+            lamps = self._lamp_posts[chunk : chunk + 64]
+            d2 = ((points[:, None, :] - lamps[None, :, :]) ** 2).sum(axis=2)
+            pool += np.exp(-d2 / (2.0 * _LAMP_REACH_M**2)).sum(axis=1)
+        return np.asarray(light + look.lamps * np.minimum(pool, 1.3), dtype=np.float64)
+
+    def _light_ground(self, canvas: ImageU8, below: npt.NDArray[np.bool_]) -> ImageU8:
+        cam = self.camera
+        rows = np.flatnonzero(below)
+        if len(rows) == 0:
+            return canvas
+        vv, uu = np.meshgrid(rows.astype(np.float64), np.arange(cam.width, dtype=np.float64), indexing="ij")
+        road = cam.image_to_road(np.column_stack([uu.ravel(), vv.ravel()]))
+        road = np.where(np.isfinite(road), road, 1e9)  # at the horizon: far from every lamp
+        factor = self._lighting(road).reshape(len(rows), cam.width)
+        out = canvas.astype(np.float64)
+        out[rows] *= factor[:, :, None]
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+    def _draw_lamp_heads(self, canvas: ImageU8) -> None:
+        """The lamps themselves, as glowing points 8 m up, when they are on."""
+        cam, look = self.camera, self._look
+        if look.lamps < 0.2 or len(self._lamp_posts) == 0:
+            return
+        heads = np.column_stack([self._lamp_posts, np.full(len(self._lamp_posts), _LAMP_HEIGHT_M)])
+        depth = cam.depth(heads)
+        uv = cam.project(heads)
+        focal = float(cam.intrinsics[0, 0])
+        for (u, v), d in zip(uv, depth, strict=True):
+            if not (
+                np.isfinite(u) and d < _DRAW_DISTANCE_M and -20 < u < cam.width + 20 and -20 < v < cam.height
+            ):
+                continue
+            radius = max(0.8, 0.2 * focal / d)
+            cv2.circle(
+                canvas,
+                _fixed_point(np.array([u, v])),
+                round(radius * _ONE),
+                (200, 235, 255),
+                -1,
+                cv2.LINE_AA,
+                _SHIFT,
+            )
 
     def _fill_ground(self, canvas: ImageU8, polygon: FloatArray, colour: Color) -> None:
         cam = self.camera
@@ -503,8 +586,7 @@ class Renderer:
         pixels = cam.project(clipped)
         if not np.all(np.isfinite(pixels)):
             return
-        lit = tuple(c * self._look.light for c in colour)
-        cv2.fillPoly(canvas, [_fixed(pixels)], lit, lineType=cv2.LINE_AA, shift=_SHIFT)
+        cv2.fillPoly(canvas, [_fixed(pixels)], colour, lineType=cv2.LINE_AA, shift=_SHIFT)
 
     def _haze_by_row(self, canvas: ImageU8, below: npt.NDArray[np.bool_]) -> ImageU8:
         """Fade the ground towards the haze colour with the distance each row looks at."""
@@ -560,6 +642,7 @@ class Renderer:
         cam, look = self.camera, self._look
         fade = 1.0 - math.exp(-depth / look.visibility_m)
         haze = np.array(look.haze) * fade
+        light = float(self._lighting(np.array([[user.x, user.y]]))[0])
         uv_all = cam.project(corners)
         for k, part in enumerate(_parts(user, shape_of(user.vclass))):
             pc, uv = corners[8 * k : 8 * k + 8], uv_all[8 * k : 8 * k + 8]
@@ -573,7 +656,7 @@ class Renderer:
                 ]
             )
             facing = np.einsum("ij,ij->i", normal, cam.centre - quads.mean(axis=1)) > 0
-            base = np.array(part.colour) * look.light * (1 - fade)
+            base = np.array(part.colour) * light * (1 - fade)
             for f in np.flatnonzero(facing):
                 kind = _FACES[f][1]
                 colour = np.clip(base * _SHADE[kind] + haze, 0, 255)
