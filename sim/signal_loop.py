@@ -93,12 +93,18 @@ class HubSite:
 
 
 def run_loop(
-    network: Network, duration_s: float, seed: int, *, realtime: bool = True, site: HubSite | None = None
+    network: Network,
+    duration_s: float,
+    seed: int,
+    *,
+    realtime: bool = True,
+    fps: float = 10.0,
+    site: HubSite | None = None,
 ) -> dict[str, Any]:
     """Run the whole loop for ``duration_s`` simulated seconds; the way's figures and the loop's own.
 
     ``realtime``: cameras pace SUMO on the wall clock (the call latency means something); without it
-    SUMO runs as fast as the cameras draw (tests)."""
+    SUMO runs as fast as the cameras draw (tests). ``fps``: frames per simulated second per camera."""
     if network.camera_pose is None:
         raise ConfigError("the roadside way needs --camera-pose (the cameras that watch the junction)")
     began = time.monotonic()
@@ -111,7 +117,7 @@ def run_loop(
     with _Stack(folder, realtime) as stack:
         token = stack.start_hub(zones, site)
         port = free_port()
-        stack.start_agent(network, poses, zones, port, frames=round(duration_s * 10) + 20)
+        stack.start_agent(network, poses, zones, port, fps, frames=round(duration_s * fps) + 20)
         world = stack.start_sumo(network, seed, port, clients=len(poses) + 1, order=len(poses) + 1)
         link = TraciConnection(world.traci)
         world.step()  # SUMO takes no other command until every client (the cameras) has set its order
@@ -341,7 +347,7 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
         return self._token
 
     def start_agent(
-        self, network: Network, poses: list[CameraPose], zones: list[Zone], port: int, frames: int
+        self, network: Network, poses: list[CameraPose], zones: list[Zone], port: int, fps: float, frames: int
     ) -> None:
         assert self._bundle is not None
         assert network.camera_pose is not None
@@ -353,7 +359,7 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
                     "sumocfg": str(network.sumocfg),
                     "pose_file": str(network.camera_pose),
                     "pose_name": pose.name,
-                    "fps": 10,
+                    "fps": fps,
                     "realtime": self.realtime,
                     # A bounded run: the source then asks SUMO nothing before its first step (SUMO
                     # refuses any command but a step until every client has set its order).
@@ -367,6 +373,9 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
                 "cameras": {
                     pose.name: {
                         "calibration": pose.calibration.model_dump(mode="json"),
+                        # SUMO steps only as fast as its slowest client: on a loaded machine a camera's
+                        # frames come further apart than a real camera's, which is not a lost camera.
+                        "health": {"lost_s": 5.0},
                         "zones": [
                             {"name": z.name, "kind": z.kind, "polygon": z.polygon, "space": "road"}
                             for z in zones

@@ -20,9 +20,9 @@ from roadside.sim.signal_ways import Network
 from roadside.sim.sumo.scenarios import build_scenario
 from tests.e2e.rig import Rig
 
-DEMAND_S = 20.0
-RUN_S = 80.0
-CLEAR_S = 40.0  # a vehicle that entered this long before the end has had time to be served and leave
+DEMAND_S = 12.0
+RUN_S = 55.0
+CLEAR_S = 30.0  # a vehicle that entered this long before the end has had time to be served and leave
 
 
 @pytest.mark.slow
@@ -31,7 +31,7 @@ def test_the_roadside_fed_controller_runs_sumo_safely_and_serves_every_vehicle(
 ) -> None:
     scenario = build_scenario("intersection", tmp_path / "scenario", seed=3, duration_s=DEMAND_S)
     network = Network(scenario.sumocfg, scenario.net, scenario.junction, scenario.poses, tmp_path / "run")
-    figures = run_loop(network, RUN_S, seed=3, realtime=False, site=HubSite(rig.home, rig.broker))
+    figures = run_loop(network, RUN_S, seed=3, realtime=False, fps=5.0, site=HubSite(rig.home, rig.broker))
     way, loop = figures["way"], figures["roadside_loop"]
     assert loop["tripped"] is None
     assert way.conflicting_greens == 0  # read back from SUMO every tick
@@ -41,6 +41,6 @@ def test_the_roadside_fed_controller_runs_sumo_safely_and_serves_every_vehicle(
     assert way.events[1] >= 2  # more than one phase came up green
     trips = ET.parse(tmp_path / "run" / "roadside" / "tripinfo.xml").getroot().iter("tripinfo")  # noqa: S314
     due = [t for t in trips if float(t.get("depart", "0")) <= RUN_S - CLEAR_S]
-    assert len(due) >= 5
+    assert len(due) >= 3
     stranded = [t.get("id") for t in due if float(t.get("arrival", "-1")) < 0]
     assert not stranded, f"vehicles never served: {stranded}"

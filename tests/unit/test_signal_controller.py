@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 import pytest
@@ -23,7 +24,11 @@ def plan_of(timing: PhaseTiming = SHORT, used: tuple[int, ...] = (1, 2, 3, 4, 5,
 
 
 def run(
-    controller: ActuatedController, monitor: ConflictMonitor, ticks: int, calls=(), peds=()
+    controller: ActuatedController,
+    monitor: ConflictMonitor,
+    ticks: int,
+    calls: Iterable[int] = (),
+    peds: Iterable[int] = (),
 ) -> list[Step]:
     steps = []
     for _ in range(ticks):
@@ -191,7 +196,7 @@ def plans(draw: st.DrawFn) -> TimingPlan:
     return TimingPlan.standard(sorted(used), {p: draw(timings) for p in used})
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plan=plans(), script=segments)
 def test_no_call_sequence_makes_the_controller_unsafe_or_strand_a_call(
     plan: TimingPlan, script: list[tuple[int, frozenset[int], frozenset[int], frozenset[int]]]
