@@ -104,7 +104,7 @@ async def forbidden(request: Request, exc: Exception) -> Response:
 
 def _safe_next(target: str | None) -> str:
     """Only a path inside the console (no other host, no scheme-relative URL)."""
-    if target and target.startswith(f"{PREFIX}/") and not target.startswith("//") and "\\" not in target:
+    if target and target.startswith(f"{PREFIX}/") and "\\" not in target and ".." not in target:
         return target
     return f"{PREFIX}/overview"
 
@@ -433,6 +433,16 @@ async def events_stream(
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         background=BackgroundTask(subscription.close),
     )
+
+
+@router.get("/air", response_class=HTMLResponse)
+def air(request: Request, operator: OperatorDep, resources: ResourcesDep) -> Response:
+    require(operator, READ_TELEMETRY)
+    try:
+        rows, error = views.air_quality(resources), ""
+    except RoadsideError as exc:
+        rows, error = [], f"The air-quality store did not answer: {exc}."
+    return render(request, "air.html", {"page": "air", "rows": rows, "error": error}, operator=operator)
 
 
 # Models and rollouts ------------------------------------------------------------------------

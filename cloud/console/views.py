@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from roadside.cloud.air.indexing import CATEGORY_ORDER
+from roadside.cloud.air.store import StoredIndex
 from roadside.cloud.api.deps import ApiResources
 from roadside.cloud.api.routes.devices import device_view
 from roadside.cloud.api.routes.fleet import tally
@@ -200,3 +202,49 @@ def allowed_actions(status: str) -> Sequence[str]:
         "completed": ("rollback",),
     }
     return moves.get(status, ())
+
+
+@dataclass(frozen=True, slots=True)
+class AirRow:
+    """One air-quality location: its latest index with its place on the category scale, and the trend."""
+
+    location_id: str
+    name: str
+    station: str
+    timezone: str
+    index: StoredIndex | None
+    level: int  # 0 (best) .. 5 on the standard's category scale; -1 without an index
+    trend: str  # "rising", "falling", "steady" or "" (too little history)
+
+
+def air_quality(resources: ApiResources, trend_hours: int = 3) -> list[AirRow] | None:
+    """Every configured location with its latest index and its trend over ``trend_hours``; ``None``
+    when the hub has no air-quality section."""
+    air = resources.air
+    if air is None:
+        return None
+    now = datetime.now(UTC)
+    rows = []
+    for location in air.locations():
+        latest = air.current_index(location)
+        history = air.index_history(location, now - timedelta(hours=trend_hours + 1), now)
+        rows.append(
+            AirRow(location.id, location.name, location.station, location.timezone, latest,
+                   _level(latest), _trend(history))
+        )  # fmt: skip
+    return rows
+
+
+def _level(index: StoredIndex | None) -> int:
+    if index is None:
+        return -1
+    scale = CATEGORY_ORDER.get(index.standard, ())  # type: ignore[call-overload]
+    category = index.report.get("category")
+    return scale.index(category) if category in scale else -1
+
+
+def _trend(history: list[StoredIndex]) -> str:
+    if len(history) < 2:
+        return ""
+    first, last = int(history[0].report["overall"]), int(history[-1].report["overall"])
+    return "rising" if last > first else "falling" if last < first else "steady"

@@ -234,6 +234,7 @@ def make_templates() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["iso"] = _isoformat
+    env.filters["epoch"] = lambda seconds: datetime.fromtimestamp(float(seconds), UTC)
     return env
 
 

@@ -1,0 +1,212 @@
+"""The console over HTTP without a browser: headers, static files, links, sessions, admin, air quality.
+
+The browser journeys are in ``tests/console``; these check what a browser
+cannot show, against the real app on a real SQLite registry and store.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from roadside.cloud.api.app import create_app
+from roadside.cloud.console import install_console
+from roadside.cloud.console.links import issue
+from roadside.cloud.console.web import ConsoleState
+from roadside.cloud.registry import Registry
+from roadside.cloud.storage.sqlite import SqliteStore
+from tests.component.air_fixtures import LOCATION, seeded_air
+
+KEY = b"k" * 32
+
+
+@dataclass
+class Console:
+    client: TestClient
+    registry: Registry
+    state: ConsoleState
+    admin: str
+    viewer: str
+
+
+def _console(tmp_path: Path, **app_options: object) -> Iterator[Console]:
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry.create_schema()
+    store = SqliteStore(tmp_path / "store.db")
+    app = create_app(store=store, registry=registry, metrics_registry=CollectorRegistry(), **app_options)  # type: ignore[arg-type]
+    state = install_console(app, link_key=KEY)
+    admin = registry.api_clients.create("ops", ["admin"])
+    viewer = registry.api_clients.create("viewer", ["read:telemetry"])
+    try:
+        with TestClient(app, base_url="http://testserver") as client:
+            yield Console(client, registry, state, admin, viewer)
+    finally:
+        store.close()
+        registry.close()
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[Console]:
+    yield from _console(tmp_path)
+
+
+def _login_csrf(client: TestClient, path: str = "/ui/login") -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', client.get(path).text)
+    assert match is not None
+    return match.group(1)
+
+
+def sign_in(client: TestClient, token: str) -> str:
+    """Sign in; returns the session's CSRF token."""
+    answer = client.post("/ui/login", data={"csrf_token": _login_csrf(client), "token": token})
+    assert answer.status_code == 200, answer.text
+    match = re.search(r'"X-CSRF-Token": "([^"]+)"', answer.text)
+    assert match is not None
+    return match.group(1)
+
+
+def test_pages_carry_strict_headers_and_assets_are_cached_by_hash(console: Console) -> None:
+    sign_in(console.client, console.admin)
+    page = console.client.get("/ui/overview")
+    assert page.headers["cache-control"] == "no-store"
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    scripts = re.findall(r'src="(/ui/static/[^"]+)"', page.text)
+    assert len(scripts) == 3
+    asset = console.client.get(scripts[0])
+    assert asset.status_code == 200
+    assert asset.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert asset.headers["content-type"].startswith("text/javascript")
+    stale = re.sub(r"/static/[0-9a-f]+/", "/static/0000000000000000/", scripts[0])
+    assert console.client.get(stale).status_code == 404
+    assert "<script>" not in page.text, "no inline script: the policy forbids it"
+
+
+def test_the_console_is_not_in_the_api_schema(console: Console) -> None:
+    paths = console.client.get("/openapi.json").json()["paths"]
+    assert not [p for p in paths if p.startswith("/ui")]
+
+
+def test_signed_out_pages_redirect_and_fragments_tell_htmx(console: Console) -> None:
+    page = console.client.get("/ui/fleet", follow_redirects=False)
+    assert page.status_code == 303
+    assert page.headers["location"] == "/ui/login?notice=expired&next=/ui/fleet"
+    fragment = console.client.get("/ui/overview/figures", headers={"HX-Request": "true"})
+    assert fragment.status_code == 401
+    assert fragment.headers["hx-redirect"].startswith("/ui/login")
+
+
+def test_sign_in_refuses_bad_tokens_and_forged_forms(console: Console) -> None:
+    csrf = _login_csrf(console.client)
+    assert console.client.post("/ui/login", data={"csrf_token": csrf, "token": "rs_nope"}).status_code == 401
+    assert (
+        console.client.post("/ui/login", data={"csrf_token": "forged", "token": console.admin}).status_code
+        == 403
+    )
+    assert "rs_session" not in console.client.cookies
+
+
+def test_next_never_leaves_the_console(console: Console) -> None:
+    for target in ("https://evil.example/", "//evil.example/ui/x", "/ui\\@evil", "/ui/../api"):
+        csrf = _login_csrf(console.client)
+        answer = console.client.post(
+            "/ui/login",
+            data={"csrf_token": csrf, "token": console.admin, "next": target},
+            follow_redirects=False,
+        )
+        assert answer.headers["location"] == "/ui/overview"
+
+
+def test_a_link_is_shown_before_it_is_spent_and_is_spent_once(console: Console) -> None:
+    token = issue(KEY, "viewer", time.time())
+    for _ in range(2):  # a preview opening the link does not spend it
+        assert "Sign in as viewer" in console.client.get(f"/ui/link/{token}").text
+    csrf = _login_csrf(console.client, f"/ui/link/{token}")
+    first = console.client.post(
+        "/ui/link", data={"csrf_token": csrf, "link_token": token}, follow_redirects=False
+    )
+    assert first.status_code == 303
+    csrf = _login_csrf(console.client, f"/ui/link/{token}")
+    again = console.client.post("/ui/link", data={"csrf_token": csrf, "link_token": token})
+    assert again.status_code == 401
+    assert "already used" in again.text
+    audit = [e.action for e in console.registry.audit.entries(limit=None)]
+    assert audit.count("console.signin") == 1
+
+
+def test_a_link_for_a_revoked_client_or_from_elsewhere_is_refused(console: Console) -> None:
+    console.registry.api_clients.revoke("viewer")
+    for token in (issue(KEY, "viewer", time.time()), issue(b"o" * 32, "ops", time.time())):
+        csrf = _login_csrf(console.client)  # each refusal draws a fresh form
+        answer = console.client.post("/ui/link", data={"csrf_token": csrf, "link_token": token})
+        assert answer.status_code == 401
+
+
+def test_revoking_a_token_ends_its_sessions_at_once(console: Console, tmp_path: Path) -> None:
+    viewer = TestClient(console.client.app, base_url="http://testserver")
+    sign_in(viewer, console.viewer)
+    assert viewer.get("/ui/overview").status_code == 200
+    csrf = sign_in(console.client, console.admin)
+    revoked = console.client.post(
+        "/ui/admin/tokens/viewer/revoke", data={"csrf_token": csrf}, follow_redirects=False
+    )
+    assert revoked.status_code == 303
+    assert viewer.get("/ui/overview", follow_redirects=False).status_code == 303
+    assert console.registry.api_clients.get("viewer") is None
+
+
+def test_a_new_token_is_shown_once_and_works(console: Console) -> None:
+    csrf = sign_in(console.client, console.admin)
+    answer = console.client.post(
+        "/ui/admin/tokens",
+        data={
+            "csrf_token": csrf,
+            "name": "signal-ops",
+            "department": "signals",
+            "scope": ["read:telemetry", "write:rollouts"],
+        },
+    )
+    token = re.search(r'data-testid="new-token">([^<]+)<', answer.text)
+    assert token is not None
+    client = console.registry.api_clients.authenticate(token.group(1))
+    assert client is not None
+    assert client.scopes == {"read:telemetry", "write:rollouts"}
+    assert token.group(1) not in console.client.get("/ui/admin").text
+    bad = console.client.post("/ui/admin/tokens", data={"csrf_token": csrf, "name": "x y", "scope": "admin"})
+    assert bad.status_code == 422
+
+
+def test_an_admin_cannot_revoke_the_client_they_are_signed_in_with(console: Console) -> None:
+    csrf = sign_in(console.client, console.admin)
+    assert console.client.post("/ui/admin/tokens/ops/revoke", data={"csrf_token": csrf}).status_code == 409
+    assert console.registry.api_clients.get("ops") is not None
+
+
+def test_actions_on_unknown_rollouts_are_404_even_with_oversized_fields(console: Console) -> None:
+    csrf = sign_in(console.client, console.admin)
+    answer = console.client.post("/ui/rollouts/999/pause", data={"csrf_token": csrf, "reason": "x" * 5000})
+    assert answer.status_code == 404
+    assert console.client.get("/ui/rollouts/999").status_code == 404
+
+
+def test_air_quality_page_without_and_with_air(console: Console, tmp_path: Path) -> None:
+    sign_in(console.client, console.viewer)
+    assert "not configured" in console.client.get("/ui/air").text
+    air, store = seeded_air(tmp_path / "air")
+    try:
+        (tmp_path / "with-air").mkdir()
+        for ready in _console(tmp_path / "with-air", air=air):
+            sign_in(ready.client, ready.viewer)
+            page = ready.client.get("/ui/air").text
+            assert LOCATION in page
+            assert re.search(r'class="aq aq-\d">(Good|Moderate)<', page)
+    finally:
+        store.close()
