@@ -26,6 +26,7 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from bench.fleet import EPOCH, SimulatedDevice, counts_body, enroll_fleet
 from roadside.cloud.broker.mosquitto import MosquittoBroker
@@ -102,8 +104,11 @@ def register_session(home: HubHome, port: int, client_id: str, topic: str) -> No
     client.loop_stop()
 
 
-def drain(home: HubHome, port: int, client_id: str, total: int, handle: Callable[[bytes], None]) -> float:
-    """Connect a consumer to its queued backlog; seconds until ``total`` messages were handled."""
+def drain(
+    home: HubHome, port: int, client_id: str, total: int, handle: Callable[[bytes], None]
+) -> tuple[float, float]:
+    """Connect a consumer to its queued backlog; seconds until ``total`` messages were handled,
+    and the CPU seconds this process spent meanwhile (the consumer is all it runs then)."""
     received = 0
     finished = threading.Event()
 
@@ -115,16 +120,28 @@ def drain(home: HubHome, port: int, client_id: str, total: int, handle: Callable
             finished.set()
 
     client = _consumer(home, port, client_id, on_message=on_message)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     client.connect()
     client.loop_start()
     finished.wait(600)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     client.disconnect()
     client.loop_stop()
     if received < total:
         log.warning("%s received %d of %d", client_id, received, total)
-    return elapsed
+    return elapsed, cpu
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds of these processes and their children (ingest workers)."""
+    total = 0.0
+    for pid in pids:
+        parent = psutil.Process(pid)
+        for process in [parent, *parent.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # a child that ended meanwhile
+                times = process.cpu_times()
+                total += times.user + times.system
+    return total
 
 
 def publish_load(bundles: list[Any], port: int, seconds: float, records: int) -> tuple[int, float]:
@@ -218,18 +235,16 @@ def start_hub_process(
     """One hub as its own process (own GIL), subscribed and ready when this returns."""
     config = log_dir / f"hub-{index}.json"
     group = "" if index < 0 else None  # -1: the single hub, plain subscription; else the shared group
-    config.write_text(
-        json.dumps(
-            {
-                "broker_port": port,
-                "api_port": 0,
-                "client_id": "hub-single" if index < 0 else f"hub-{index}",
-                "group": group,
-                "store": store.model_dump(mode="json", exclude_none=True),
-                "ingest_workers": ingest_workers,
-            }
-        )
-    )
+    settings: dict[str, Any] = {
+        "broker_port": port,
+        "api_port": 0,
+        "client_id": "hub-single" if index < 0 else f"hub-{index}",
+        "group": group,
+        "store": store.model_dump(mode="json", exclude_none=True),
+    }
+    if ingest_workers:  # only then: a hub from before ingest workers refuses the key
+        settings["ingest_workers"] = ingest_workers
+    config.write_text(json.dumps(settings))
     log_file = log_dir / f"hub-{index}.log"
     command = [sys.executable, "-c", "from roadside.cli import main; main()", "hub", "run"]
     command += ["--home", str(home.root), "--config", str(config), "--log-level", "INFO"]
@@ -257,10 +272,11 @@ def hub_drain(
     workdir: Path,
     load: Callable[[], tuple[int, float]],
     ingest_workers: int = 0,
-) -> tuple[int, float, float, int]:
+) -> tuple[int, float, float, int, float]:
     """Start the hubs, freeze them (SIGSTOP) while the load is published, thaw them and time the drain.
 
-    Returns (messages, publish seconds, drain seconds, records stored).
+    Returns (messages, publish seconds, drain seconds, records stored, the hubs' CPU seconds
+    while draining: less sensitive than the rate to what else the machine runs).
     """
     indices = [-1] if hubs == 1 else list(range(hubs))
     processes = [start_hub_process(home, port, i, store_config, workdir, ingest_workers) for i in indices]
@@ -270,6 +286,8 @@ def hub_drain(
             p.send_signal(signal.SIGSTOP)
         messages, publish_s = load()
         expected = messages * records
+        pids = [p.pid for p in processes]
+        cpu_started = cpu_seconds(pids)
         started = time.perf_counter()
         for p in processes:
             p.send_signal(signal.SIGCONT)
@@ -281,9 +299,10 @@ def hub_drain(
                 break
             time.sleep(0.05)
         drain_s = time.perf_counter() - started
+        cpu = cpu_seconds(pids) - cpu_started
         time.sleep(1.0)  # late redeliveries, if any, would show up as duplicates now
         stored = stored_records(store, messages)
-        return messages, publish_s, drain_s, stored
+        return messages, publish_s, drain_s, stored, cpu
     finally:
         for p in processes:
             p.send_signal(signal.SIGCONT)
@@ -323,15 +342,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         def load() -> tuple[int, float]:
             return publish_load(bundles, broker.port, args.seconds, args.records)
 
-        messages, publish_s, hub_s, stored = hub_drain(
+        messages, publish_s, hub_s, stored, hub_cpu = hub_drain(
             home, broker.port, args.hubs, args.records, store_config, workdir, load, args.ingest_workers
         )
         log.info("published %d messages in %.1f s; hub(s) drained them in %.1f s", messages, publish_s, hub_s)
-        bare_s = drain(home, broker.port, "bare", messages, lambda _p: None)
+        bare_s, bare_cpu = drain(home, broker.port, "bare", messages, lambda _p: None)
         naive = NaiveIngester(
             home, registry, args.store, str(workdir / "naive.db") if not influx else influx.url
         )
-        naive_s = drain(home, broker.port, "naive", messages, naive.handle)
+        naive_s, naive_cpu = drain(home, broker.port, "naive", messages, naive.handle)
         expected = messages * args.records
         return {
             "devices": args.devices,
@@ -347,6 +366,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "hub_vs_bare": round(bare_s / hub_s, 3),
             "hub_vs_naive": round(naive_s / hub_s, 2),
             "publish_msgs_s": round(messages / publish_s, 1),
+            # CPU per message (user + system, all of a consumer's processes): a busy machine
+            # slows every rate above, much less these.
+            "hub_cpu_us_per_msg": round(hub_cpu / messages * 1e6, 1),
+            "bare_cpu_us_per_msg": round(bare_cpu / messages * 1e6, 1),
+            "naive_cpu_us_per_msg": round(naive_cpu / messages * 1e6, 1),
+            "hub_vs_bare_cpu": round(bare_cpu / hub_cpu, 3),
             "lost": max(0, expected - stored),
             "duplicated": max(0, stored - expected),
         }
