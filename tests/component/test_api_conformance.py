@@ -27,7 +27,13 @@ PROBLEM = "application/problem+json"
 WINDOW_ROUTES = ["/v1/counts", "/v1/speeds", "/v1/events", "/v1/sensors", "/v1/sensors/latest"]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 # A value for each path parameter that passes its own validation, so only the method is wrong.
-PATH_VALUES = {"device_id": "cam-1", "webhook_id": "wh_0", "rollout_id": "1"}
+PATH_VALUES = {
+    "device_id": "cam-1",
+    "webhook_id": "wh_0",
+    "rollout_id": "1",
+    "signal": "sig-1",
+    "channel": "1",
+}
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security
 from fastapi.responses import StreamingResponse
@@ -66,6 +66,11 @@ router = APIRouter(
     tags=["signals"],
     responses={**problems.AUTH_RESPONSES, **problems.VALIDATION_RESPONSES},
 )
+
+
+NOT_KEPT: Final[dict[int | str, dict[str, Any]]] = {
+    501: {"model": problems.Problem, "description": "This hub's telemetry store keeps no signal data."}
+}
 
 
 def get_calls(resources: Annotated[ApiResources, Depends(get_resources)]) -> CallDispatcher:
@@ -161,7 +166,10 @@ def get_channel_map(_client: TelemetryReader, registry: RegistryDep, signal: Sig
     description="The whole map, validated whole: channels unique per kind (vehicle 1–128, pedestrian 1–32), "
     "one channel per camera zone, phases 1–16. Audited. A malformed map is refused with 422 and the reason.",
     response_model=ChannelMapDocument,
-    responses={409: {"model": problems.Problem, "description": "`expect_version` is stale."}},
+    responses={
+        **problems.BODY_RESPONSES,
+        409: {"model": problems.Problem, "description": "`expect_version` is stale."},
+    },
 )
 def put_channel_map(
     client: SignalWriter, registry: RegistryDep, calls: CallsDep, signal: SignalId, body: ChannelMapBody
@@ -331,6 +339,8 @@ _CSV_EXAMPLE: Final = (
     responses={
         200: {"content": {"application/json": {}, **export.csv_content(_CSV_EXAMPLE)}},
         404: {"model": problems.Problem, "description": "No such signal."},
+        **problems.STORE_RESPONSES,
+        **NOT_KEPT,
     },
 )
 def signal_events(
@@ -402,7 +412,12 @@ class Stored(BaseModel):
     summary="Post the controller's own events (phases, pedestrian intervals)",
     status_code=202,
     response_model=Stored,
-    responses={404: {"model": problems.Problem, "description": "No such signal."}},
+    responses={
+        **problems.BODY_RESPONSES,
+        **problems.STORE_RESPONSES,
+        **NOT_KEPT,
+        404: {"model": problems.Problem, "description": "No such signal."},
+    },
 )
 def post_signal_events(
     _client: SignalWriter, registry: RegistryDep, store: StoreDep, signal: SignalId, body: PostedEvents
@@ -462,7 +477,12 @@ def _movement_counts(
     "common 15-minute layout: one row per interval, a column per approach, class and movement "
     "(`north_car_left`), and a total.",
     response_model=MovementList,
-    responses={200: {"content": {"application/json": {}, **export.csv_content("interval_start,...\r\n")}}},
+    responses={
+        200: {"content": {"application/json": {}, **export.csv_content("interval_start,...\r\n")}},
+        404: {"model": problems.Problem, "description": "No such signal."},
+        **problems.STORE_RESPONSES,
+        **NOT_KEPT,
+    },
 )
 def signal_movements(
     _client: TelemetryReader,
@@ -506,7 +526,12 @@ class ZoneList(BaseModel):
     "/{signal}/zones",
     summary="Volume, occupancy and mean speed per detector zone and interval",
     response_model=ZoneList,
-    responses={200: {"content": {"application/json": {}, **export.csv_content("interval_start,...\r\n")}}},
+    responses={
+        200: {"content": {"application/json": {}, **export.csv_content("interval_start,...\r\n")}},
+        404: {"model": problems.Problem, "description": "No such signal."},
+        **problems.STORE_RESPONSES,
+        **NOT_KEPT,
+    },
 )
 def signal_zones(
     _client: TelemetryReader,
@@ -560,6 +585,7 @@ _SSE_EXAMPLE: Final = (
         200: {"description": "An endless `text/event-stream`.",
               "content": {EVENT_STREAM: {"schema": {"type": "string"}, "example": _SSE_EXAMPLE}}},
         404: {"model": problems.Problem, "description": "No such signal."},
+        501: {"model": problems.Problem, "description": "The call stream is not configured on this hub."},
         503: {"model": problems.Problem, "description": "The hub serves its maximum number of streams."},
     },
 )  # fmt: skip
