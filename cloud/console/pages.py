@@ -435,6 +435,14 @@ async def events_stream(
     )
 
 
+@router.get("/signals", response_class=HTMLResponse)
+def signals(request: Request, operator: OperatorDep, resources: ResourcesDep) -> Response:
+    """Each signal with its channel map (which camera zone drives which detector channel and phase)."""
+    require(operator, READ_TELEMETRY)
+    context = {"page": "signals", "signals": resources.registry.signals.list()}
+    return render(request, "signals.html", context, operator=operator)
+
+
 @router.get("/air", response_class=HTMLResponse)
 def air(request: Request, operator: OperatorDep, resources: ResourcesDep) -> Response:
     require(operator, READ_TELEMETRY)

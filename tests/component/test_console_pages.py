@@ -210,3 +210,17 @@ def test_air_quality_page_without_and_with_air(console: Console, tmp_path: Path)
             assert re.search(r'class="aq aq-\d">(Good|Moderate)<', page)
     finally:
         store.close()
+
+
+def test_signals_page_lists_each_signal_and_its_channels(console: Console) -> None:
+    from roadside.cloud.signals.channel_map import ChannelMap
+
+    sign_in(console.client, console.viewer)
+    assert "No signals yet" in console.client.get("/ui/signals").text
+    channel_map = ChannelMap.model_validate(
+        {"channels": [{"channel": 2, "device": "cam-1", "stream": "north", "zone": "stopbar-n", "phase": 2}]}
+    )
+    console.registry.signals.set_map("main-5th", channel_map, name="Main & 5th")
+    page = console.client.get("/ui/signals").text
+    assert "Main &amp; 5th" in page
+    assert "stopbar-n" in page

@@ -267,6 +267,8 @@ PAGES = (
     f"fleet/{DEVICES[0][0]}",
     "traffic",
     "events",
+    "signals",
+    "air",
     "models",
     "rollouts/1",
     "audit",
