@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,13 @@ def now() -> float:
     return time.monotonic()
 
 
+def hold(stack: Stack, seconds: float) -> float:
+    """Keep the fault in place ``seconds`` times the stack's ``hold_scale``; the time held."""
+    held = seconds * stack.hold_scale
+    time.sleep(held)
+    return held
+
+
 @dataclass(frozen=True, slots=True)
 class Fault:
     name: str
@@ -43,31 +51,29 @@ class Fault:
     outbox_max_bytes: int = 64 * 1024 * 1024
     agents_on_small_disk: bool = False
     skewed_agents: bool = False
+    hub_workers: int = 0
 
 
 def agent_kill(stack: Stack, rng: random.Random) -> Repair:
     agent = rng.choice(stack.agents)
-    down_s = rng.uniform(0.0, 2.0)
     agent.kill()
-    time.sleep(down_s)
+    down_s = hold(stack, rng.uniform(0.0, 2.0))
     at = now()
     agent.start()
     return Repair(f"kill -9 {agent.device_id}, down {down_s:.1f} s", at)
 
 
 def hub_kill(stack: Stack, rng: random.Random) -> Repair:
-    down_s = rng.uniform(0.0, 3.0)
     stack.hub.kill()
-    time.sleep(down_s)
+    down_s = hold(stack, rng.uniform(0.0, 3.0))
     at = now()
     stack.hub.start()
     return Repair(f"kill -9 hub, down {down_s:.1f} s", at)
 
 
 def broker_kill(stack: Stack, rng: random.Random) -> Repair:
-    down_s = rng.uniform(0.5, 3.0)
     stack.broker.kill()
-    time.sleep(down_s)
+    down_s = hold(stack, rng.uniform(0.5, 3.0))
     at = now()
     stack.broker.start()  # same port, same persistence file (as of its last autosave)
     return Repair(f"kill -9 mosquitto, down {down_s:.1f} s", at)
@@ -84,6 +90,16 @@ def enroll_while_hub_down(stack: Stack, rng: random.Random) -> Repair:
     at = now()
     stack.hub.start()
     return Repair(f"kill -9 hub, a device enrolled while it was down {down_s:.1f} s", at)
+
+
+def worker_kill(stack: Stack, rng: random.Random) -> Repair:
+    """SIGKILL one of the hub's ingest worker processes; the hub starts another by itself."""
+    workers = stack.hub.worker_pids()
+    if not workers:
+        raise RuntimeError(f"the hub has no ingest worker to kill:\n{stack.hub.tail()}")
+    victim = rng.choice(workers)
+    os.kill(victim, signal.SIGKILL)
+    return Repair(f"kill -9 ingest worker pid {victim}", now())
 
 
 # -- disk full ---------------------------------------------------------------------------------
@@ -129,12 +145,12 @@ def filled(directory: Path) -> Iterator[None]:
 
 def disk_full(stack: Stack, rng: random.Random) -> Repair:
     """The agents' disk and the hub's store disk full for a while, at once."""
-    full_s = rng.uniform(2.0, 6.0)
+    planned_s = rng.uniform(2.0, 6.0)
     disks = {agent.outbox.parent for agent in stack.agents} | {stack.home.telemetry_db.parent}
     with contextlib.ExitStack() as held:
         for disk in sorted(disks):
             held.enter_context(filled(disk))
-        time.sleep(full_s)
+        full_s = hold(stack, planned_s)
         at = now()
     return Repair(f"{len(disks)} disks full for {full_s:.1f} s", at)
 
@@ -150,10 +166,9 @@ def clock_skew(stack: Stack, rng: random.Random) -> Repair:
     steps = [SKEW_S, -SKEW_S, 0.0]
     held = []
     for offset in steps:
-        hold_s = rng.uniform(1.5, 4.0)
         for agent in stack.agents:
             agent.clock_offset_file.write_text(f"{offset}\n")
-        time.sleep(hold_s)
+        hold_s = hold(stack, rng.uniform(1.5, 4.0))
         held.append(f"{offset:+.0f} s for {hold_s:.1f} s")
     return Repair("agent clocks " + ", then ".join(held), now() - hold_s)
 
@@ -164,6 +179,7 @@ FAULTS: dict[str, Fault] = {
         Fault("agent-kill", agent_kill),
         Fault("hub-kill", hub_kill),
         Fault("broker-kill", broker_kill),
+        Fault("worker-kill", worker_kill, hub_workers=1),
         Fault("enroll-while-hub-down", enroll_while_hub_down),
         Fault("disk-full", disk_full, agents_on_small_disk=True),
         Fault("clock-skew", clock_skew, skewed_agents=True),

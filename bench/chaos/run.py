@@ -110,6 +110,7 @@ def run(
     agents: int = 2,
     stuck_after_s: float = 90.0,
     gap_s: tuple[float, float] = (1.0, 4.0),
+    hold_scale: float = 1.0,
 ) -> Outcome:
     """Each cycle injects each of ``faults`` in turn (one fault, or the CI's short mix)."""
     rng = random.Random(seed)
@@ -119,7 +120,9 @@ def run(
         outbox_max_bytes=min(f.outbox_max_bytes for f in faults),
         mount=mount_small_disk if any(f.agents_on_small_disk for f in faults) else None,
         skewed=any(f.skewed_agents for f in faults),
+        hub_workers=max(f.hub_workers for f in faults),
     )
+    stack.hold_scale = hold_scale
     outcome = Outcome("+".join(f.name for f in faults), cycles, seed, Ledger().books())
     try:
         stack.start()

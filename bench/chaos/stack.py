@@ -7,6 +7,7 @@ what (that is :mod:`bench.chaos.faults`) or keeps books (:mod:`bench.chaos.ledge
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -116,10 +117,26 @@ class ChaosAgent(Child):
         super().__init__(argv, root.with_name(f"{root.name}.log"), ready_mark=b"started with")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of process ``pid`` (Linux ``/proc``)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 class HubProcess(Child):
     """``roadside hub run`` on the home, SQLite store, its API on a free port."""
 
-    def __init__(self, home: HubHome, broker_port: int, root: Path) -> None:
+    def __init__(self, home: HubHome, broker_port: int, root: Path, workers: int = 0) -> None:
         config = root / "hub.json"
         config.write_text(
             json.dumps(
@@ -127,7 +144,15 @@ class HubProcess(Child):
             )
         )
         argv = [*ROADSIDE, "hub", "run", "--home", str(home.root), "--config", str(config)]
+        if workers:
+            argv += ["--workers", str(workers)]
         super().__init__(argv, root / "hub.log", ready_mark=b"hub subscribed")
+
+    def worker_pids(self) -> list[int]:
+        """The hub's ingest worker processes (multiprocessing's spawned children)."""
+        if self.process is None:
+            return []
+        return [pid for pid in child_pids(self.process.pid) if "spawn_main" in command_line(pid)]
 
 
 class Stack:
@@ -140,9 +165,11 @@ class Stack:
         outbox_max_bytes: int = 64 * 1024 * 1024,
         mount: Callable[[Path], None] | None = None,
         skewed: bool = False,
+        hub_workers: int = 0,
     ) -> None:
         """``mount`` (if given) puts a filesystem of its own under the hub home and each agent."""
         self.root = root
+        self.hold_scale = 1.0  # how long faults stay in place: 1.0 in the benchmark, less in CI
         self.mounts: list[Path] = []
         if mount is not None:
             self.mounts = [root / "hub", *(root / f"agent-{i}" for i in range(agents))]
@@ -156,7 +183,7 @@ class Stack:
         )
         self.broker.start()
         self.registry = Registry(self.home.registry_url)
-        self.hub = HubProcess(self.home, self.broker.port, root)
+        self.hub = HubProcess(self.home, self.broker.port, root, hub_workers)
         self.agents = [
             ChaosAgent(
                 root / f"agent-{i}",

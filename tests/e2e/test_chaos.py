@@ -1,0 +1,44 @@
+"""The chaos harness's short form (issue 14): one cycle of each cheap fault on one stack.
+
+One hub, one agent, a Mosquitto, all real processes: the agent killed, the
+hub killed, the broker killed, both disks full (root only: small tmpfs mounts),
+the agent's clock 10 minutes fast, slow and back. The books must balance:
+every record the agent created is stored once, or refused for a reason the
+ledger names. ``python -m bench.chaos`` runs the long form (10 cycles per fault).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bench.chaos.faults import FAULTS
+from bench.chaos.run import run
+
+pytestmark = pytest.mark.slow
+
+CHEAP = ["agent-kill", "hub-kill", "broker-kill", "disk-full", "clock-skew"]
+
+
+@pytest.mark.timeout(240)
+def test_one_cycle_of_each_cheap_fault_balances_the_books(tmp_path: Path) -> None:
+    names = CHEAP if os.geteuid() == 0 else [n for n in CHEAP if n != "disk-full"]
+    faults = [FAULTS[n] for n in names]
+    outcome = run(faults, cycles=1, seed=7, root=tmp_path, agents=1, gap_s=(0.3, 0.8), hold_scale=0.4)
+    books = outcome.books
+    report = "\n".join([*books.lines(), *outcome.actions, *outcome.stuck])
+    assert books.created > 0, report
+    assert outcome.stuck == [], report
+    assert books.lost == 0, report
+    assert books.duplicated == 0, report
+    assert books.unexplained == 0, report
+    assert outcome.unattributed_dead_letters == 0, report
+    # A clock 10 minutes fast is refused by the hub (dead-lettered, not lost); nothing else may be.
+    assert set(books.rejected) <= {
+        "stale",
+        "stale (a copy; the original stored)",
+        "replay (a copy; the original stored)",
+    }, report
+    assert len(outcome.recover_s) == len(names)
