@@ -28,6 +28,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from roadside.cloud.air.queries import AirQueries
 from roadside.cloud.api import problems
 from roadside.cloud.api.deps import (
     ApiResources,
@@ -91,6 +92,11 @@ _TAGS: Final = [
         "name": "rollouts",
         "description": "Staged model rollouts: canary, waves, gates, automatic rollback (write:rollouts).",
     },
+    {
+        "name": "air",
+        "description": "Air quality in OpenAQ's shape: locations, sensors per parameter, measurements "
+        "(raw, cleaned, calibrated, with flags), hourly and daily means with coverage, the index.",
+    },
     {"name": "system", "description": "Health check and Prometheus metrics; no authentication."},
 ]
 
@@ -112,6 +118,7 @@ def create_app(
     sse_heartbeat_s: float = 15.0,
     sse_max_duration_s: float = 3600.0,
     signal_calls: CallDispatcher | None = None,
+    air: AirQueries | None = None,
 ) -> FastAPI:
     """Build the API over a store and a registry the caller owns.
 
@@ -153,6 +160,7 @@ def create_app(
         rate_limiter=TokenBuckets(rate_limit) if rate_limit is not None else None,
         # Without the hub's dispatcher (which also publishes on MQTT), SSE clients get a private, silent feed.
         signal_calls=signal_calls if signal_calls is not None else silent_dispatcher(registry, metrics_registry),
+        air=air,
     )
     for router in ROUTERS:
         app.include_router(router)

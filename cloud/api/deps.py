@@ -17,6 +17,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from prometheus_client import CollectorRegistry
 
+from roadside.cloud.air.queries import AirQueries
 from roadside.cloud.api import problems
 from roadside.cloud.api.ratelimit import TokenBuckets, retry_after_header
 from roadside.cloud.api.webhooks import WebhookStore
@@ -80,6 +81,7 @@ class ApiResources:
     hooks: FleetHooks = field(default_factory=FleetHooks)
     rate_limiter: TokenBuckets | None = None
     signal_calls: CallDispatcher | None = None  # the detector-call stream (roadside.cloud.signals.calls)
+    air: AirQueries | None = None  # air quality (roadside.cloud.air), when the hub's settings have it
 
 
 def get_resources(request: Request) -> ApiResources:
@@ -126,6 +128,12 @@ def get_webhooks(resources: Annotated[ApiResources, Depends(get_resources)]) -> 
     return resources.webhooks
 
 
+def get_air(resources: Annotated[ApiResources, Depends(get_resources)]) -> AirQueries:
+    if resources.air is None:
+        raise problems.not_configured("Air quality is not configured on this hub (the `air` settings).")
+    return resources.air
+
+
 StoreDep = Annotated[TimeSeriesStore, Depends(get_store)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 DevicesDep = Annotated[Devices, Depends(get_devices)]
@@ -135,6 +143,7 @@ MetricsRegistryDep = Annotated[CollectorRegistry, Depends(get_metrics_registry)]
 LiveDep = Annotated[LiveFeed, Depends(get_live)]
 HooksDep = Annotated[FleetHooks, Depends(get_hooks)]
 WebhooksDep = Annotated[WebhookStore, Depends(get_webhooks)]
+AirDep = Annotated[AirQueries, Depends(get_air)]
 
 bearer_scheme = HTTPBearer(
     scheme_name="apiKey",

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import TypeAdapter
 
+from roadside.cloud.air.queries import AirQueries
 from roadside.cloud.api import export
 from roadside.cloud.api.app import create_app
 from roadside.cloud.api.ratelimit import RateLimit, TokenBuckets
@@ -67,6 +68,9 @@ from roadside.shared.schemas import (
     SensorReading,
     StreamHealth,
 )
+from tests.component.air_fixtures import LOCATION as AIR_LOCATION
+from tests.component.air_fixtures import PM_SENSOR as AIR_SENSOR
+from tests.component.air_fixtures import seeded_air
 
 PROBLEM = "application/problem+json"
 
@@ -158,6 +162,14 @@ def webhooks(tmp_path: Path) -> Iterator[WebhookStore]:
     webhooks.close()
 
 
+@pytest.fixture(scope="module")
+def air(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirQueries]:
+    """Read-only in these tests: seeded once per module."""
+    queries, air_store = seeded_air(tmp_path_factory.mktemp("air"), hours=1)
+    yield queries
+    air_store.close()
+
+
 @pytest.fixture
 def app(
     store: SqliteStore,
@@ -165,6 +177,7 @@ def app(
     metrics_registry: CollectorRegistry,
     fleet: Fleet,
     webhooks: WebhookStore,
+    air: AirQueries,
 ) -> FastAPI:
     return create_app(
         store=store,
@@ -180,6 +193,7 @@ def app(
         rate_limit=None,
         sse_heartbeat_s=0.05,
         sse_max_duration_s=0.2,
+        air=air,
     )
 
 
@@ -326,6 +340,12 @@ ROUTES = [
     Route("GET", "/v1/signals/{signal}/movements", READ, "/v1/signals/sig-1/movements"),
     Route("GET", "/v1/signals/{signal}/zones", READ, "/v1/signals/sig-1/zones"),
     Route("GET", "/v1/signals/{signal}/calls", READ, "/v1/signals/sig-1/calls", media_type="text/event-stream"),
+    Route("GET", "/v1/air/locations", READ),
+    Route("GET", "/v1/air/locations/{location_id}", READ, f"/v1/air/locations/{AIR_LOCATION}"),
+    Route("GET", "/v1/air/locations/{location_id}/index", READ, f"/v1/air/locations/{AIR_LOCATION}/index"),
+    Route("GET", "/v1/air/sensors/{sensor_id}/measurements", READ, f"/v1/air/sensors/{AIR_SENSOR}/measurements"),
+    Route("GET", "/v1/air/sensors/{sensor_id}/hours", READ, f"/v1/air/sensors/{AIR_SENSOR}/hours"),
+    Route("GET", "/v1/air/sensors/{sensor_id}/days", READ, f"/v1/air/sensors/{AIR_SENSOR}/days"),
 ]  # fmt: skip
 
 

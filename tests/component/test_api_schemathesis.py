@@ -34,6 +34,7 @@ from roadside.cloud.storage.sqlite import SqliteStore
 from roadside.shared.bundle import BrokerAddress
 from roadside.shared.keys import KeyPair
 from roadside.shared.schemas import CountRecord, DetectionEvent, SensorReading
+from tests.component.air_fixtures import seeded_air
 
 EXAMPLES_PER_MODE = 20
 
@@ -61,6 +62,7 @@ def hub_app(tmp_path: Path) -> Iterator[tuple[FastAPI, str]]:
     )
     registry.devices.enroll("cam-1", "site-a", KeyPair.generate().public())
     _seed(store)
+    air, air_store = seeded_air(tmp_path, hours=1)
 
     def enroll(device_id: str, site: str, *, actor: str) -> Mapping[str, Any]:
         bundle, _ = enroll_device(
@@ -84,9 +86,11 @@ def hub_app(tmp_path: Path) -> Iterator[tuple[FastAPI, str]]:
         rate_limit=None,
         sse_heartbeat_s=0.05,
         sse_max_duration_s=0.1,
+        air=air,
     )
     token = registry.api_clients.create("fuzzer", ["admin"])
     yield app, token
+    air_store.close()
     webhooks.close()
     store.close()
     registry.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from roadside.cloud.api.routes import (
+    air,
     counts,
     devices,
     events,
@@ -30,5 +31,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     webhooks.router,
     rollouts.router,
     signals.router,
+    air.router,
     system.router,
 )

@@ -1,0 +1,121 @@
+"""``/v1/air`` over real stores: OpenAQ's shapes, stages with flags and lineage, means with coverage, CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from roadside.cloud.api.app import create_app
+from roadside.cloud.registry import Registry
+from roadside.cloud.storage.sqlite import SqliteStore
+from tests.component.air_fixtures import LOCATION, NO2_SENSOR, PM_SENSOR, seeded_air
+
+END = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
+WINDOW = {"from": "2025-05-01T09:00:00Z", "to": "2025-05-01T12:00:00Z"}
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[tuple[TestClient, TestClient, dict[str, str]]]:
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry.create_schema()
+    store = SqliteStore(tmp_path / "telemetry.db")
+    air, air_store = seeded_air(tmp_path, END)
+    common: dict[str, Any] = {"store": store, "registry": registry, "rate_limit": None}
+    with_air = create_app(**common, metrics_registry=CollectorRegistry(), air=air)
+    without = create_app(**common, metrics_registry=CollectorRegistry())
+    token = registry.api_clients.create("portal", ["read:telemetry"])
+    with TestClient(with_air) as a, TestClient(without) as b:
+        yield a, b, {"Authorization": f"Bearer {token}"}
+    air_store.close()
+    store.close()
+    registry.close()
+
+
+def test_locations_in_openaq_shape_with_the_index(hub: tuple[TestClient, TestClient, dict[str, str]]) -> None:
+    client, _, auth = hub
+    body = client.get("/v1/air/locations", headers=auth).json()
+    (location,) = body["results"]
+    assert location["id"] == LOCATION
+    assert location["timezone"] == "America/New_York"
+    assert location["coordinates"] == {"latitude": 40.7506, "longitude": -73.9935}
+    sensors = {s["id"]: s["parameter"] for s in location["sensors"]}
+    assert sensors[PM_SENSOR] == {"name": "pm25", "units": "ug/m3", "displayName": "PM2.5"}
+    assert sensors[NO2_SENSOR]["units"] == "ppb"
+    index = location["index"]
+    assert index["standard"] == "us-epa"
+    assert index["responsible"] in ("pm25", "no2")
+    assert set(index["by_pollutant"]) == {"pm25", "no2"}
+    assert client.get(f"/v1/air/locations/{LOCATION}", headers=auth).json() == location
+    # Recorded in the hour it was computed in: 12:00-13:00.
+    later = {"from": "2025-05-01T09:00:00Z", "to": "2025-05-01T13:00:00Z"}
+    history = client.get(f"/v1/air/locations/{LOCATION}/index", headers=auth, params=later).json()
+    assert [h["overall"] for h in history["results"]] == [index["overall"]]
+
+
+def test_measurements_by_stage_with_flags_and_calibration(
+    hub: tuple[TestClient, TestClient, dict[str, str]],
+) -> None:
+    client, _, auth = hub
+    raw = client.get(f"/v1/air/sensors/{NO2_SENSOR}/measurements", headers=auth,
+                     params={**WINDOW, "stage": "cleaned", "limit": 40}).json()  # fmt: skip
+    assert raw["truncated"] is True
+    assert len(raw["results"]) == 40
+    spike = raw["results"][30]
+    assert (spike["flags"], spike["valid"], spike["stage"]) == (["spike"], False, "cleaned")
+    assert spike["period"]["datetimeFrom"]["local"].endswith("-04:00")  # New York, daylight time
+    calibrated = client.get(f"/v1/air/sensors/{PM_SENSOR}/measurements", headers=auth, params=WINDOW).json()
+    first = calibrated["results"][0]
+    assert first["calibration"] == "cam-1.pm-1/pm25_cf1/v1"
+    assert first["value"] == pytest.approx(0.524 * 12.0 - 0.0862 * 55.0 + 5.75)
+    # The raw stage of the corrected parameter is the sensor's pm25_cf1, a sensor of its own.
+    assert client.get("/v1/air/sensors/cam-1.pm-1.pm25_cf1/measurements", headers=auth).status_code == 404
+
+
+def test_hourly_and_daily_means_with_coverage(hub: tuple[TestClient, TestClient, dict[str, str]]) -> None:
+    client, _, auth = hub
+    hours = client.get(f"/v1/air/sensors/{NO2_SENSOR}/hours", headers=auth, params=WINDOW).json()["results"]
+    assert len(hours) == 3
+    assert hours[0]["coverage"]["expectedCount"] == 60
+    assert hours[0]["coverage"]["observedCount"] == 59  # the spike does not count
+    assert hours[0]["period"]["label"] == "1hour"
+    assert hours[0]["valid"] is True
+    days = client.get(f"/v1/air/sensors/{NO2_SENSOR}/days", headers=auth, params=WINDOW).json()["results"]
+    (day,) = days
+    assert day["period"]["datetimeFrom"]["local"] == "2025-05-01T00:00:00-04:00"
+    assert (day["coverage"]["expectedCount"], day["coverage"]["observedCount"], day["valid"]) == (
+        24,
+        3,
+        False,
+    )
+
+
+def test_csv_exports(hub: tuple[TestClient, TestClient, dict[str, str]]) -> None:
+    client, _, auth = hub
+    response = client.get(f"/v1/air/sensors/{PM_SENSOR}/measurements", headers=auth,
+                          params={**WINDOW, "format": "csv", "limit": 2})  # fmt: skip
+    assert response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert [r["calibration"] for r in rows] == ["cam-1.pm-1/pm25_cf1/v1"] * 2
+    hours = client.get(
+        f"/v1/air/sensors/{PM_SENSOR}/hours", headers={**auth, "Accept": "text/csv"}, params=WINDOW
+    )
+    assert next(csv.DictReader(io.StringIO(hours.text)))["expected"] == "60"
+
+
+def test_unknown_things_and_a_hub_without_air(hub: tuple[TestClient, TestClient, dict[str, str]]) -> None:
+    client, without, auth = hub
+    assert client.get("/v1/air/locations/nowhere", headers=auth).status_code == 404
+    assert client.get("/v1/air/sensors/x.y.z/hours", headers=auth).status_code == 404
+    too_long = {"from": (END - timedelta(days=40)).isoformat(), "to": END.isoformat()}
+    assert client.get(f"/v1/air/sensors/{PM_SENSOR}/hours", headers=auth, params=too_long).status_code == 422
+    response = without.get("/v1/air/locations", headers=auth)
+    assert response.status_code == 501
+    assert "air" in response.json()["detail"]
