@@ -16,6 +16,6 @@ common=(--generate-hashes --python-version 3.11 --python-platform x86_64-manylin
     --custom-compile-command "requirements/compile.sh" -o requirements/agent.lock
 # CI and development (.ci/setup): every extra but gpu, torch's dependencies without torch itself.
 "$UV" pip compile "${common[@]}" pyproject.toml requirements/build.in requirements/torch-deps.in \
-    --extra edge --extra cloud --extra train --extra dev --extra privacy \
+    --extra edge --extra cloud --extra train --extra dev --extra privacy --extra sim --extra signal \
     --excludes requirements/ci-excludes.txt \
     --custom-compile-command "requirements/compile.sh" -o requirements/ci.lock
