@@ -14,6 +14,9 @@ from typing import Protocol, Self
 import uvicorn
 from prometheus_client import CollectorRegistry, Counter
 
+from roadside.cloud.air.processor import AirProcessor, store_and_publish
+from roadside.cloud.air.queries import AirQueries
+from roadside.cloud.air.store import AirStore
 from roadside.cloud.api.app import create_app
 from roadside.cloud.api.ratelimit import RateLimit
 from roadside.cloud.api.webhooks import WebhookDestinations, WebhookDispatcher, WebhookStore
@@ -187,6 +190,7 @@ class Hub:
         close(self.webhooks.close)
         self.dispatcher = WebhookDispatcher(self.webhooks)
         self.live.add_sink(self.dispatcher.offer)
+        air_queries = self._open_air(settings)
         self.app = create_app(
             store=self.store,
             registry=self.registry,
@@ -200,6 +204,7 @@ class Hub:
             device_status=self.ingest.status.get,
             rate_limit=RateLimit(per_s=settings.api_rate_per_s, burst=settings.api_rate_burst),
             signal_calls=self.signal_calls,
+            air=air_queries,
         )
         self.console = install_console(
             self.app,
@@ -215,6 +220,16 @@ class Hub:
             self.retention = RetentionJob(self.store, retention.policy(), retention.interval_s)
         self._server: uvicorn.Server | None = None
         self.api_url = ""
+
+    def _open_air(self, settings: HubSettings) -> AirQueries | None:
+        """Air quality (docs/air-quality.md) when configured: its store, its job (run by the API process)."""
+        self.air: AirProcessor | None = None
+        if settings.air is None or not settings.air.enabled:
+            return None
+        air_store = AirStore(self.home.root / "air.db")
+        self._stack.callback(air_store.close)
+        self.air = AirProcessor(settings.air, self.store, air_store, store_and_publish(self.store, self.live))
+        return AirQueries(settings.air, air_store)
 
     def _lookup(self, device_id: str, kid: str) -> PublicKeys | None:
         found = self.registry.devices.key(device_id, kid)
@@ -362,6 +377,8 @@ class Hub:
         refresh_crl(self.home)  # a lapsed CRL would make the broker refuse every client
         # Rollouts, the model repository and retraining belong to the process that serves the API.
         self._run(self.rollouts)
+        if self.air is not None:
+            self._run(self.air)
         self._serve_repository()
         if self.settings.retrain.enabled:
             self.retrainer = RetrainLoop(

@@ -17,6 +17,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from roadside.cloud.air.config import AirConfig
 from roadside.cloud.release.rollouts import RolloutPlan
 from roadside.cloud.storage.retention import RetentionPolicy
 from roadside.shared.config import load_settings
@@ -164,6 +165,7 @@ class HubSettings(BaseSettings):
     # receiver inside the city network, ["127.0.0.0/8"] for one on the hub's machine).
     webhook_allow_networks: list[IPvAnyNetwork] = Field(default_factory=list, max_length=64)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    air: AirConfig | None = None  # air-quality locations, calibrations and rules (docs/air-quality.md)
 
 
 def load_hub_settings(path: Path | None = None, **overrides: Any) -> HubSettings:

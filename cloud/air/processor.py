@@ -33,7 +33,8 @@ from roadside.cloud.air import aggregate, indexing, stages
 from roadside.cloud.air.config import PARAMETERS, AirConfig, AirLocation
 from roadside.cloud.air.stages import Measurement
 from roadside.cloud.air.store import AirStore, sensor_id
-from roadside.cloud.storage.base import Origin, SensorQuery, StoredReading, TimeSeriesStore
+from roadside.cloud.fleet.live import LiveFeed
+from roadside.cloud.storage.base import IngestBatch, Origin, SensorQuery, StoredReading, TimeSeriesStore
 from roadside.shared.air.standards import IndexReport
 from roadside.shared.schemas import DetectionEvent
 
@@ -231,3 +232,13 @@ def sensors_of(location: AirLocation) -> Sequence[tuple[str, str, str]]:
         for s in location.sensors
         for p in s.parameters
     ]
+
+
+def store_and_publish(telemetry: TimeSeriesStore, live: LiveFeed) -> Emit:
+    """The hub's ``emit``: events are stored like a device's, then offered to SSE and webhooks."""
+
+    def emit(origin: Origin, events: list[DetectionEvent]) -> None:
+        telemetry.write([IngestBatch(origin, events=events)])
+        live.publish(origin.device_id, origin.site, events)
+
+    return emit
