@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--stuck-after-s", type=float, default=90.0)
     parser.add_argument(
+        "--hold-scale", type=float, default=1.0, help="scale how long each fault stays in place"
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="keep the run's files here (default: a temp dir)"
     )
     args = parser.parse_args(argv)
@@ -42,7 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         root = args.workdir or Path(scratch)
         root.mkdir(parents=True, exist_ok=True)
         try:
-            outcome = run(faults, args.cycles, args.seed, root, args.agents, args.stuck_after_s)
+            outcome = run(
+                faults,
+                args.cycles,
+                args.seed,
+                root,
+                args.agents,
+                args.stuck_after_s,
+                hold_scale=args.hold_scale,
+            )
         except FaultUnavailableError as exc:
             print(json.dumps({"fault": args.fault, "cycles": 0, "skipped": str(exc)}))
             return 0

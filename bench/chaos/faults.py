@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.chaos.netns import AgentLink
+from bench.chaos.proxy import LinkFaults
 from bench.chaos.stack import Stack
 
 
@@ -52,6 +54,7 @@ class Fault:
     agents_on_small_disk: bool = False
     skewed_agents: bool = False
     hub_workers: int = 0
+    netns_agents: bool = False
 
 
 def agent_kill(stack: Stack, rng: random.Random) -> Repair:
@@ -173,6 +176,85 @@ def clock_skew(stack: Stack, rng: random.Random) -> Repair:
     return Repair("agent clocks " + ", then ".join(held), now() - hold_s)
 
 
+# -- the network between agents and the broker (agents in namespaces of their own) --------------
+
+
+def _links(stack: Stack) -> list[AgentLink]:
+    links = [a.link for a in stack.agents if a.link is not None]
+    if not links:
+        raise FaultUnavailableError("the agents are not in network namespaces")
+    return links
+
+
+def partition(stack: Stack, rng: random.Random) -> Repair:
+    """Every agent's link down (veth down on both ends) for 1 to 30 s, then up."""
+    links = _links(stack)
+    for link in links:
+        link.set_up(False)
+    down_s = hold(stack, rng.uniform(1.0, 30.0))
+    at = now()
+    for link in links:
+        link.set_up(True)
+    return Repair(f"partition {down_s:.1f} s", at)
+
+
+def slow_link(stack: Stack, rng: random.Random) -> Repair:
+    """A 3G modem's bandwidth (384 kbit/s each way, tbf) for a while."""
+    links = _links(stack)
+    for link in links:
+        link.throttle("384kbit")
+    slow_s = hold(stack, rng.uniform(5.0, 20.0))
+    at = now()
+    for link in links:
+        link.throttle(None)
+    return Repair(f"384 kbit/s for {slow_s:.1f} s", at)
+
+
+@contextlib.contextmanager
+def _proxies(stack: Stack, **faults: object) -> Iterator[None]:
+    proxies = [link.proxy for link in _links(stack) if link.proxy is not None]
+    for proxy in proxies:
+        for name, value in faults.items():
+            setattr(proxy.faults, name, value)
+    try:
+        yield
+    finally:
+        for proxy in proxies:
+            proxy.faults = LinkFaults()
+
+
+def latency(stack: Stack, rng: random.Random) -> Repair:
+    """500 ms each way with 200 ms of jitter, for a while."""
+    with _proxies(stack, latency_s=0.5, jitter_s=0.2):
+        held = hold(stack, rng.uniform(5.0, 20.0))
+        at = now()
+    return Repair(f"500 +- 200 ms latency for {held:.1f} s", at)
+
+
+def loss(stack: Stack, rng: random.Random) -> Repair:
+    """5-30 % of segments lost, as TCP sees it: that share of chunks stalls for a retransmission."""
+    share = rng.uniform(0.05, 0.30)
+    with _proxies(stack, stall_probability=share):
+        held = hold(stack, rng.uniform(5.0, 20.0))
+        at = now()
+    return Repair(f"{share:.0%} loss (retransmission stalls) for {held:.1f} s", at)
+
+
+def flap(stack: Stack, rng: random.Random) -> Repair:
+    """The link goes away (every connection cut, new ones refused) and back, several times."""
+    proxies = [link.proxy for link in _links(stack) if link.proxy is not None]
+    flaps = rng.randint(3, 6)
+    for _ in range(flaps):
+        for proxy in proxies:
+            proxy.faults.down = True
+            proxy.cut()
+        hold(stack, rng.uniform(0.5, 3.0))
+        for proxy in proxies:
+            proxy.faults.down = False
+        hold(stack, rng.uniform(0.5, 3.0))
+    return Repair(f"link flapped {flaps} times", now())
+
+
 FAULTS: dict[str, Fault] = {
     f.name: f
     for f in (
@@ -183,6 +265,11 @@ FAULTS: dict[str, Fault] = {
         Fault("enroll-while-hub-down", enroll_while_hub_down),
         Fault("disk-full", disk_full, agents_on_small_disk=True),
         Fault("clock-skew", clock_skew, skewed_agents=True),
+        Fault("partition", partition, netns_agents=True),
+        Fault("slow-link", slow_link, netns_agents=True),
+        Fault("latency", latency, netns_agents=True),
+        Fault("loss", loss, netns_agents=True),
+        Fault("flap", flap, netns_agents=True),
     )
 }
 

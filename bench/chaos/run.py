@@ -27,8 +27,9 @@ from bench.chaos.collect import (
     rejected_messages,
     stored_messages,
 )
-from bench.chaos.faults import Fault, mount_small_disk, unmount
+from bench.chaos.faults import Fault, FaultUnavailableError, mount_small_disk, unmount
 from bench.chaos.ledger import Books, Ledger
+from bench.chaos.netns import NetnsUnavailableError
 from bench.chaos.stack import Stack, wait_until
 
 log = logging.getLogger(__name__)
@@ -114,14 +115,18 @@ def run(
 ) -> Outcome:
     """Each cycle injects each of ``faults`` in turn (one fault, or the CI's short mix)."""
     rng = random.Random(seed)
-    stack = Stack(
-        root,
-        agents,
-        outbox_max_bytes=min(f.outbox_max_bytes for f in faults),
-        mount=mount_small_disk if any(f.agents_on_small_disk for f in faults) else None,
-        skewed=any(f.skewed_agents for f in faults),
-        hub_workers=max(f.hub_workers for f in faults),
-    )
+    try:
+        stack = Stack(
+            root,
+            agents,
+            outbox_max_bytes=min(f.outbox_max_bytes for f in faults),
+            mount=mount_small_disk if any(f.agents_on_small_disk for f in faults) else None,
+            skewed=any(f.skewed_agents for f in faults),
+            hub_workers=max(f.hub_workers for f in faults),
+            netns=any(f.netns_agents for f in faults),
+        )
+    except NetnsUnavailableError as exc:
+        raise FaultUnavailableError(str(exc)) from exc
     stack.hold_scale = hold_scale
     outcome = Outcome("+".join(f.name for f in faults), cycles, seed, Ledger().books())
     try:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.chaos.collect import instrument_outbox
+from bench.chaos.netns import AgentLink, AgentLinks
+from bench.chaos.proxy import FaultProxy
 from roadside.cloud.broker.mosquitto import MosquittoBroker
 from roadside.cloud.home import HubHome, acl_devices, enroll_device, init_home
 from roadside.cloud.registry import Registry
@@ -47,6 +49,7 @@ class Child:
         self.ready_mark = ready_mark
         self.process: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}
+        self.prefix: list[str] = []  # e.g. ``ip netns exec NS``
 
     @property
     def alive(self) -> bool:
@@ -54,7 +57,7 @@ class Child:
 
     def start(self, ready_s: float = 60.0) -> None:
         offset = self.log.stat().st_size if self.log.exists() else 0
-        command = [sys.executable, *self.argv]
+        command = [*self.prefix, sys.executable, *self.argv]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 command,
@@ -109,6 +112,7 @@ class ChaosAgent(Child):
         )
         instrument_outbox(self.outbox)
         self.clock_offset_file = root / "clock-offset-s"
+        self.link: AgentLink | None = None  # its own network namespace, for the network faults
         argv = [*ROADSIDE, "agent", "run", "--bundle", str(bundle_path), "--config", str(config)]
         if skewed:
             argv = ["-m", "bench.chaos.skewed_agent", "--bundle", str(bundle_path), "--config", str(config)]
@@ -166,6 +170,7 @@ class Stack:
         mount: Callable[[Path], None] | None = None,
         skewed: bool = False,
         hub_workers: int = 0,
+        netns: bool = False,
     ) -> None:
         """``mount`` (if given) puts a filesystem of its own under the hub home and each agent."""
         self.root = root
@@ -175,7 +180,11 @@ class Stack:
             self.mounts = [root / "hub", *(root / f"agent-{i}" for i in range(agents))]
             for where in self.mounts:
                 mount(where)
-        self.home = init_home(root / "hub", ["localhost"], ["127.0.0.1"])
+        # Agents in namespaces reach the broker through a proxy on their veth's host address,
+        # which the broker's certificate must name.
+        self.links = AgentLinks() if netns else None
+        extra_ips = [self.links.host_ip(i) for i in range(agents)] if self.links else []
+        self.home = init_home(root / "hub", ["localhost"], ["127.0.0.1", *extra_ips])
         self.broker = MosquittoBroker(
             self.home.broker_dir,
             ca_cert_pem=self.home.ca_file.read_bytes(),
@@ -184,19 +193,30 @@ class Stack:
         self.broker.start()
         self.registry = Registry(self.home.registry_url)
         self.hub = HubProcess(self.home, self.broker.port, root, hub_workers)
-        self.agents = [
-            ChaosAgent(
-                root / f"agent-{i}",
-                self.enroll(f"chaos-{i:02d}"),
-                seed=i + 1,
-                outbox_max_bytes=outbox_max_bytes,
-                skewed=skewed,
-            )
-            for i in range(agents)
-        ]
+        try:
+            self.agents = [self._agent(i, outbox_max_bytes, skewed) for i in range(agents)]
+        except BaseException:
+            if self.links is not None:
+                self.links.close()  # no namespace outlives a failed start
+            self.broker.kill()
+            raise
 
-    def enroll(self, device_id: str) -> EnrollmentBundle:
+    def _agent(self, index: int, outbox_max_bytes: int, skewed: bool) -> ChaosAgent:
         address = BrokerAddress(host="127.0.0.1", port=self.broker.port)
+        link = None
+        if self.links is not None:
+            link = self.links.add(index)
+            link.proxy = FaultProxy((link.host_ip, 0), ("127.0.0.1", self.broker.port), seed=index)
+            address = BrokerAddress(host=link.host_ip, port=link.proxy.port)
+        bundle = self.enroll(f"chaos-{index:02d}", address)
+        agent = ChaosAgent(self.root / f"agent-{index}", bundle, index + 1, outbox_max_bytes, skewed)
+        agent.link = link
+        if link is not None:
+            agent.prefix = link.exec_prefix()
+        return agent
+
+    def enroll(self, device_id: str, address: BrokerAddress | None = None) -> EnrollmentBundle:
+        address = address or BrokerAddress(host="127.0.0.1", port=self.broker.port)
         bundle, _ = enroll_device(self.home, self.registry, device_id, SITE, address)
         self.broker.reload_acl(acl_devices(self.registry))
         return bundle
@@ -219,3 +239,5 @@ class Stack:
             child.kill()
         self.broker.kill()
         self.registry.close()
+        if self.links is not None:
+            self.links.close()
