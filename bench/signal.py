@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal as os_signal
 import sys
 import tempfile
 from pathlib import Path
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, help="keep SUMO's outputs here (default: a temp dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    # `kill` stops the run like Ctrl-C: the loop's agent, hub, broker and SUMO are stopped on the way out.
+    os_signal.signal(os_signal.SIGTERM, lambda *_: sys.exit(143))
     ways = tuple(w for w in args.ways.split(",") if w)
     unknown = set(ways) - set(WAYS)
     if unknown:
