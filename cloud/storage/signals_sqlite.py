@@ -170,3 +170,23 @@ def controller_events(
         (signal_id, start_us, end_us, limit),
     ).fetchall()
     return [ControllerEvent(from_epoch_us(t), c, p) for t, c, p in rows]
+
+
+def expire(db: sqlite3.Connection, event_from_us: int, interval_from_us: int) -> dict[str, int]:
+    """Delete what retention no longer keeps: the event log (detector changes, controller events)
+    before ``event_from_us``, movements and zone statistics (already interval summaries) before
+    ``interval_from_us``; rows deleted per table."""
+    return {
+        "detector_changes": db.execute(
+            "DELETE FROM detector_changes WHERE ts_us < ?", (event_from_us,)
+        ).rowcount,
+        "controller_events": db.execute(
+            "DELETE FROM controller_events WHERE ts_us < ?", (event_from_us,)
+        ).rowcount,
+        "movements": db.execute(
+            "DELETE FROM movements WHERE interval_start_us < ?", (interval_from_us,)
+        ).rowcount,
+        "zone_stats": db.execute(
+            "DELETE FROM zone_stats WHERE interval_start_us < ?", (interval_from_us,)
+        ).rowcount,
+    }

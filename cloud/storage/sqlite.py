@@ -631,6 +631,8 @@ class SqliteStore:
             for previous, tier in zip(row, _TIERS, strict=True)
         )
         deleted = _expire(db, raw_from, minute_from, hour_from)
+        # The signal event log is kept as long as minute rollups, its interval summaries as hourly ones.
+        deleted.update(signals_sqlite.expire(db, minute_from, hour_from))
         db.execute(
             "INSERT OR REPLACE INTO retention_state (id, raw_from_us, minute_from_us, hour_from_us, run_us)"
             " VALUES (1, ?, ?, ?, ?)",

@@ -320,3 +320,25 @@ def test_live_calls_over_sse_with_fail_safe_and_latency(
     assert [c.seq for c in calls] == [0, 1]
     assert "id: 0" in lines
     assert all(timedelta(0) <= c.hub_sent_at - c.captured_at < timedelta(seconds=30) for c in calls)
+
+
+def test_retention_keeps_the_event_log_as_long_as_minute_rollups_and_summaries_as_hourly(
+    store: SqliteStore,
+) -> None:
+    from roadside.cloud.storage.retention import RetentionPolicy
+    from roadside.cloud.storage.signals import ControllerEvent, DetectorQuery, IntervalQuery
+
+    policy = RetentionPolicy(raw_days=1, minute_days=10, hour_days=100)
+    now = T0 + timedelta(days=50)
+    movement = TurningMovement(interval_start=T0, interval_s=900, stream="north", entry="north", exit="south",
+                               cls="car", count=1)  # fmt: skip
+    store.write(
+        [IngestBatch(Origin("cam-1", "main-st", 1), detector=[change(0, "z", "on")], movements=[movement])]
+    )
+    store.write_controller_events("main-5th", [ControllerEvent(T0, 1, 2)])
+    report = store.apply_retention(policy, now)
+    assert (report.deleted["detector_changes"], report.deleted["controller_events"]) == (1, 1)
+    assert report.deleted["movements"] == 0
+    window = (T0 - timedelta(days=1), now)
+    assert store.detector_changes(DetectorQuery(*window, ("cam-1",))) == []
+    assert len(store.turning_movements(IntervalQuery(*window, ("cam-1",)))) == 1
