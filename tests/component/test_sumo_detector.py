@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("sumo", reason="the SUMO world needs Roadside's [sim] extra")
-
 from roadside.models.evaluate import evaluate_detections
 from roadside.sim.sumo.evaluate import NEAR_BOX_PX, render_scenario, score_detector
 from roadside.sim.sumo.render import DETECTOR_CLASSES

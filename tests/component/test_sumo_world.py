@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-pytest.importorskip("sumo", reason="the SUMO world needs Roadside's [sim] extra")
-
 from roadside.edge.settings import SumoAttach, SumoSource
 from roadside.edge.sources import open_source
 from roadside.shared.errors import ConfigError, TransportError
