@@ -40,11 +40,11 @@ class FrameStats:
 
 def frame_stats(image: npt.NDArray[np.uint8]) -> FrameStats:
     """A frame (H×W×3 BGR/RGB or H×W grey) reduced to what the health checks need (sub-millisecond)."""
-    grey = image.mean(axis=2, dtype=np.float32) if image.ndim == 3 else image.astype(np.float32)
-    h, w = grey.shape
+    h, w = image.shape[:2]
     rows = np.linspace(0, h - 1, min(THUMB[0], h)).astype(np.intp)
     cols = np.linspace(0, w - 1, min(THUMB[1], w)).astype(np.intp)
-    thumb = grey[np.ix_(rows, cols)]
+    sampled = image[np.ix_(rows, cols)]  # pick the pixels first: the full frame is never converted
+    thumb = sampled.mean(axis=2, dtype=np.float32) if sampled.ndim == 3 else sampled.astype(np.float32)
     detail = 0.0
     if thumb.shape[0] > 1 and thumb.shape[1] > 1:
         detail = float((np.abs(np.diff(thumb, axis=0)).mean() + np.abs(np.diff(thumb, axis=1)).mean()) / 2.0)
