@@ -111,10 +111,16 @@ class ActuatedController:
         self._group = 0
         self._demand = _Demand()
         self._tick = -1
+        self._called_at: dict[int, int] = {}
 
     @property
     def tick(self) -> int:
         return self._tick
+
+    def waiting(self) -> dict[int, int]:
+        """Phases with a call not yet served (vehicle or pedestrian), each with the tick its oldest
+        unserved call was registered: how a runner or a test sees that nobody is stranded."""
+        return {p: self._called_at.get(p, self._tick) for p in self._demand.vehicle | self._demand.ped}
 
     def step(self, calls: Iterable[int] = (), ped_calls: Iterable[int] = ()) -> Step:
         """Advance one tick with these phases called (vehicle, pedestrian); return the display."""
@@ -129,6 +135,9 @@ class ActuatedController:
         for ring in self._rings:
             if ring.interval is _Interval.IDLE:
                 self._start_next(ring, events)
+        called = self._demand.vehicle | self._demand.ped
+        for phase in [p for p in self._called_at if p not in called]:
+            del self._called_at[phase]  # served (or a non-locking call that went away)
         return Step(self._display(), tuple(events))
 
     # --- calls -----------------------------------------------------------------------------
@@ -141,6 +150,7 @@ class ActuatedController:
             wants = phase in present or timing.recall is not Recall.NONE
             if phase not in green and wants and phase not in self._demand.vehicle:
                 self._demand.vehicle.add(phase)
+                self._called_at.setdefault(phase, self._tick)
                 events.append(PhaseEvent(self._tick, EventCode.PHASE_CALL_REGISTERED, phase))
             elif not wants and not timing.locking and phase in self._demand.vehicle:
                 self._demand.vehicle.discard(phase)  # non-locking memory: the call ends with presence
@@ -149,6 +159,7 @@ class ActuatedController:
             ped_wants = phase in ped_present or timing.ped_recall
             if ped_wants and not walking and phase not in self._demand.ped:
                 self._demand.ped.add(phase)
+                self._called_at.setdefault(phase, self._tick)
                 events.append(PhaseEvent(self._tick, EventCode.PED_CALL_REGISTERED, phase))
 
     def _called(self, phase: int) -> bool:

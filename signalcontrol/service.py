@@ -90,6 +90,7 @@ class RunSummary:
     conflicting_greens: int = 0
     tripped: str | None = None
     feed_lost_ticks: int = 0
+    longest_wait_s: float = 0.0  # the longest any registered call waited for its green (or waits still)
     ended_by: str = ""
 
 
@@ -171,6 +172,10 @@ def _loop(
             return "conflict_monitor"
         summary.ticks += 1
         summary.feed_lost_ticks += int(runner.calls.feed_lost)
+        waits = runner.controller.waiting()
+        if waits:
+            oldest = runner.controller.tick - min(waits.values())
+            summary.longest_wait_s = max(summary.longest_wait_s, oldest / 10.0)
         if phase_map.conflicting_links(heads.shown(), runner.plan.structure):
             summary.conflicting_greens += 1  # read back from SUMO: what the road really showed
         if observer is not None:

@@ -153,6 +153,7 @@ def run_loop(
             "calls": dict(summary.calls),
             "events_posted": dict(summary.posted),
             "feed_lost_ticks": summary.feed_lost_ticks,
+            "longest_call_wait_s": summary.longest_wait_s,
             "ticks": summary.ticks,
             "ended_by": summary.ended_by,
             "tripped": summary.tripped,

