@@ -39,7 +39,19 @@ def test_import_contracts() -> None:
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
 
 
-FOLDERS = ("roadside", "shared", "vision", "mqttlink", "edge", "cloud", "models", "sim", "bench", "tests")
+FOLDERS = (
+    "roadside",
+    "shared",
+    "vision",
+    "mqttlink",
+    "edge",
+    "cloud",
+    "models",
+    "sim",
+    "signalcontrol",
+    "bench",
+    "tests",
+)
 PARTS = FOLDERS[1:-2]  # installed as roadside.<part>, never importable under the bare name
 
 
