@@ -261,9 +261,9 @@ class Pipeline:
             out = state.analytics.update(frame.ts, found)
             self.emit_counts(out.closed_counts)
             if state.signals is not None:  # zone changes leave in this frame, not with the next events flush
-                self.emit_signals(
-                    state.signals.frame(frame.ts, frame.image, out.tracks, self.detector.info.labels)
-                )
+                labels = self.detector.info.labels
+                arrived = time.monotonic()  # the lost-camera clock: a simulation's ts may lag the wall
+                self.emit_signals(state.signals.frame(frame.ts, frame.image, out.tracks, labels, arrived))
             version = self.detector.info.version
             self._pending_events.extend(
                 e.to_detection_event(frame.stream, version, uuid.uuid4()) for e in out.events
@@ -303,7 +303,7 @@ class Pipeline:
 
     def _tick_signals(self) -> None:
         """Between batches: a camera that stopped sending frames fails its zones (fail safe)."""
-        now = time.time()
+        now = time.monotonic()
         for state in self.streams.values():
             if state.signals is not None:
                 self.emit_signals(state.signals.tick(now))

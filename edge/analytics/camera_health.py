@@ -66,16 +66,19 @@ class CameraHealth:
         self.config = config
         self.failed: DetectorFault | None = None
         self._last_frame: float | None = None
+        self._last_arrival: float | None = None  # on the clock :meth:`tick` is given
         self._last_thumb: npt.NDArray[np.float32] | None = None
         self._unchanged_since: float | None = None
         self._dark_since: float | None = None
         self._obscured_since: float | None = None
         self._good_since: float | None = None
 
-    def frame(self, ts: float, stats: FrameStats) -> HealthChange | None:
-        """A frame came at ``ts``; a change of health, if this frame made one."""
+    def frame(self, ts: float, stats: FrameStats, arrived: float | None = None) -> HealthChange | None:
+        """A frame taken at ``ts`` came (at ``arrived`` on :meth:`tick`'s clock; ``ts`` when left out);
+        a change of health, if this frame made one."""
         c = self.config
         self._last_frame = ts
+        self._last_arrival = ts if arrived is None else arrived
         same = (
             self._last_thumb is not None
             and self._last_thumb.shape == stats.thumb.shape
@@ -124,11 +127,17 @@ class CameraHealth:
         return None
 
     def tick(self, now: float) -> HealthChange | None:
-        """On a clock (epoch seconds): the camera is lost once no frame came for ``lost_s``."""
-        if self._last_frame is None or self.failed is not None:
+        """On the clock frames' arrivals were given on: the camera is lost once none came for ``lost_s``.
+
+        A source whose timestamps are not the wall clock (a simulation running slower than
+        real time) is judged by when its frames arrive, not by what they say; the fault is
+        dated on the frames' clock, ``lost_s`` or more after the last one.
+        """
+        if self._last_frame is None or self._last_arrival is None or self.failed is not None:
             return None
-        if now - self._last_frame >= self.config.lost_s:
+        silent = now - self._last_arrival
+        if silent >= self.config.lost_s:
             self.failed = "lost"
             self._good_since = None
-            return HealthChange(now, "lost")
+            return HealthChange(self._last_frame + silent, "lost")
         return None

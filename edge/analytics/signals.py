@@ -51,9 +51,15 @@ class CameraSignals:
         self._rings = {z.name: (z, ring) for z, ring in zip(config.zones, self.zones.rings(), strict=True)}
 
     def frame(
-        self, ts: float, image: npt.NDArray[np.uint8] | None, tracks: Sequence[Track], labels: Sequence[str]
+        self,
+        ts: float,
+        image: npt.NDArray[np.uint8] | None,
+        tracks: Sequence[Track],
+        labels: Sequence[str],
+        arrived: float | None = None,
     ) -> SignalOutput:
-        """The frame taken at epoch seconds ``ts`` (``image`` None: health is not checked)."""
+        """The frame taken at epoch seconds ``ts`` (``image`` None: health is not checked), handled at
+        ``arrived`` on the clock :meth:`tick` is given (``ts`` when left out)."""
         out = SignalOutput()
         occupants = [
             Occupant(
@@ -65,7 +71,7 @@ class CameraSignals:
         ]
         changes: list[ZoneChange] = []
         if image is not None:
-            health = self.health.frame(ts, frame_stats(image))
+            health = self.health.frame(ts, frame_stats(image), arrived)
             if health is not None:
                 changes += self.zones.fail(ts, health.reason) if health.reason else self.zones.restore(ts)
         changes += self.zones.update(ts, occupants)
@@ -86,11 +92,11 @@ class CameraSignals:
         }
 
     def tick(self, now: float) -> SignalOutput:
-        """Between frames, on a clock: a camera that stopped sending is failed (fail safe)."""
+        """Between frames, on the clock of ``arrived``: a camera that stopped sending is failed (fail safe)."""
         lost = self.health.tick(now)
         if lost is None or lost.reason is None:
             return SignalOutput()
-        return SignalOutput(changes=[self._wire(c) for c in self.zones.fail(now, lost.reason)])
+        return SignalOutput(changes=[self._wire(c) for c in self.zones.fail(lost.ts, lost.reason)])
 
     def flush(self) -> SignalOutput:
         """Close the open intervals now (shutdown)."""

@@ -183,6 +183,19 @@ def test_frozen_dark_obscured_and_lost_cameras_fail_and_restore() -> None:
     assert h.tick(T0 + 5) is None  # reported once
 
 
+def test_lost_is_judged_by_when_frames_arrive_not_by_their_timestamps() -> None:
+    # A simulation slower than real time: its frames say 0.1 s apart but arrive 0.5 s apart.
+    rng = np.random.default_rng(3)
+    h = CameraHealth(HEALTH)
+    for i in range(10):
+        assert h.frame(T0 + i * 0.1, frame_stats(scene(rng)), arrived=5000.0 + i * 0.5) is None
+        assert h.tick(5000.0 + i * 0.5 + 0.4) is None  # never lost while frames keep coming
+    lost = h.tick(5004.5 + 1.5)
+    assert lost is not None
+    assert lost.reason == "lost"
+    assert lost.ts == pytest.approx(T0 + 0.9 + 1.5)  # dated on the frames' clock
+
+
 def test_a_camera_fault_reaches_the_wire_with_a_constant_call_and_restoration() -> None:
     rng = np.random.default_rng(2)
     signals = CameraSignals("cam-north", CameraDetectors(zones=[STOP], health=HEALTH), 60)
