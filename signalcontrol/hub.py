@@ -71,7 +71,8 @@ class HubCallStream:
         self._last_seq: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"signal-calls-{signal}", daemon=True)
-        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # frame capture → here
+        self.hub_legs_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)  # frame capture → hub sent it
         self.counts: dict[str, int] = {
             "calls": 0,
             "dropped_here": 0,
@@ -151,6 +152,7 @@ class HubCallStream:
             self._distrust(f"seq jumped from {self._last_seq} to {call.seq}")
         self._last_seq = call.seq
         self.latencies_ms.append((self._wall() - call.captured_at.timestamp()) * 1000.0)
+        self.hub_legs_ms.append((call.hub_sent_at - call.captured_at).total_seconds() * 1000.0)
         update = DetectorInput(
             channel=call.channel,
             phase=call.phase,

@@ -87,6 +87,8 @@ class RunSummary:
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     latencies_ms: list[float] = field(default_factory=list)
+    hub_leg_p50_ms: float | None = None  # of the above, frame capture → the hub sending the call
+    hub_leg_p95_ms: float | None = None
     conflicting_greens: int = 0
     tripped: str | None = None
     feed_lost_ticks: int = 0
@@ -142,10 +144,15 @@ def run_on_sumo(
             link.close()
     summary.calls, summary.posted = dict(stream.counts), dict(poster.counts)
     summary.latencies_ms = list(stream.latencies_ms)
-    if len(summary.latencies_ms) >= 2:
-        cuts = statistics.quantiles(summary.latencies_ms, n=20)
-        summary.latency_p50_ms, summary.latency_p95_ms = statistics.median(summary.latencies_ms), cuts[18]
+    summary.latency_p50_ms, summary.latency_p95_ms = _p50_p95(summary.latencies_ms)
+    summary.hub_leg_p50_ms, summary.hub_leg_p95_ms = _p50_p95(list(stream.hub_legs_ms))
     return summary
+
+
+def _p50_p95(samples: list[float]) -> tuple[float | None, float | None]:
+    if len(samples) < 2:
+        return None, None
+    return statistics.median(samples), statistics.quantiles(samples, n=20)[18]
 
 
 def _loop(

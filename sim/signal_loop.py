@@ -154,6 +154,8 @@ def run_loop(
             "events_posted": dict(summary.posted),
             "feed_lost_ticks": summary.feed_lost_ticks,
             "longest_call_wait_s": summary.longest_wait_s,
+            "hub_leg_p50_ms": _round(summary.hub_leg_p50_ms),
+            "hub_leg_p95_ms": _round(summary.hub_leg_p95_ms),
             "ticks": summary.ticks,
             "ended_by": summary.ended_by,
             "tripped": summary.tripped,
