@@ -229,7 +229,7 @@ class Hub:
         air_store = AirStore(self.home.root / "air.db")
         self._stack.callback(air_store.close)
         self.air = AirProcessor(settings.air, self.store, air_store, store_and_publish(self.store, self.live))
-        return AirQueries(settings.air, air_store)
+        return AirQueries(settings.air, air_store, self.store)
 
     def _lookup(self, device_id: str, kid: str) -> PublicKeys | None:
         found = self.registry.devices.key(device_id, kid)

@@ -77,6 +77,7 @@ class AirLocation(_Section):
     station: Literal["traffic", "background"] = "traffic"
     sensors: list[AirSensor] = Field(min_length=1, max_length=64)
     pairs: list[AirPair] = Field(default_factory=list)
+    road_length_km: float = Field(default=0.1, gt=0, le=100)  # the segment its traffic counts stand for
 
     @field_validator("timezone")
     @classmethod
@@ -127,6 +128,9 @@ class AirConfig(_Section):
     match_s: float = Field(default=90.0, gt=0, le=3600)
     # Hourly means above these (in the parameter's unit) raise air_exceedance events.
     limits: dict[Name, float] = Field(default_factory=dict)
+    # g per vehicle-km by pollutant and counted class ({"nox": {"car": ..., "truck": ...}}), for the
+    # city's fleet (EMEP/EEA Guidebook 1.A.3.b, or HBEFA/COPERT); none ship (docs/air-quality.md).
+    emission_factors: dict[Name, dict[Name, float]] = Field(default_factory=dict)
     every_s: float = Field(default=60.0, gt=0, le=3600)  # how often the hub processes new readings
     rescan_s: float = Field(default=3 * 3600.0, ge=60, le=7 * 86_400)  # late readings up to this old
 

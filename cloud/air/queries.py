@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from roadside.cloud.air import aggregate
+from roadside.cloud.air import aggregate, traffic
 from roadside.cloud.air.config import PARAMETERS, AirConfig, AirLocation, AirSensor
 from roadside.cloud.air.stages import Stage
 from roadside.cloud.air.store import AirStore, StoredIndex, StoredMeasurement, sensor_id
+from roadside.cloud.storage.base import CountQuery, TimeSeriesStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +25,10 @@ class SensorInfo:
 
 
 class AirQueries:
-    def __init__(self, config: AirConfig, store: AirStore) -> None:
+    def __init__(self, config: AirConfig, store: AirStore, telemetry: TimeSeriesStore | None = None) -> None:
         self.config = config
         self.store = store
+        self.telemetry = telemetry  # counts for the traffic link
         self._locations = {loc.id: loc for loc in config.locations}
         self._sensors: dict[str, SensorInfo] = {}
         for loc in config.locations:
@@ -76,3 +78,40 @@ class AirQueries:
 
     def index_history(self, location: AirLocation, start: datetime, end: datetime) -> list[StoredIndex]:
         return self.store.index_history(location.id, self.config.standard, start.timestamp(), end.timestamp())
+
+    def traffic(self, location: AirLocation, start: datetime, end: datetime) -> list[traffic.TrafficHour]:
+        """Hourly counts by class at the location's site beside its hourly NO2 and PM2.5 means."""
+        zone = location.zone
+        first = aggregate.local_hour(start.timestamp(), zone)
+        starts = []
+        at = first
+        while at < end:
+            starts.append(at)
+            at = datetime.fromtimestamp(at.timestamp() + 3600, zone)
+        counts: list[tuple[datetime, str, int]] = []
+        if self.telemetry is not None:
+            query = CountQuery(first, end, bucket_s=3600, site=location.site)
+            for b in self.telemetry.count_buckets(query):
+                counts.append((aggregate.local_hour(b.bucket_start.timestamp(), zone), b.cls, b.count))
+        means: dict[str, dict[datetime, float]] = {}
+        for parameter in ("no2", "pm25"):
+            ids = [
+                sensor_id(s.device, s.sensor, parameter)
+                for s in location.sensors
+                if parameter in s.parameters
+            ]
+            if not ids:
+                continue
+            stored = self.store.measurements(
+                stage="calibrated", start=first.timestamp(), end=end.timestamp(), sensor_ids=ids
+            )
+            by_start: dict[datetime, list[float]] = {}
+            periods = {s.key: s.period_s for s in location.sensors}
+            ms = [x.measurement for x in stored]
+            for sensor in {m.sensor for m in ms}:
+                own = [m for m in ms if m.sensor == sensor]
+                for h in aggregate.hourly(own, zone, periods.get(sensor, 60.0)):
+                    if h.counts and h.mean is not None:
+                        by_start.setdefault(h.start, []).append(h.mean)
+            means[parameter] = {k: sum(v) / len(v) for k, v in by_start.items()}
+        return traffic.hours_together(counts, means, starts)

@@ -147,6 +147,29 @@ class Means(_Out):
     results: list[Mean]
 
 
+class TrafficHourOut(_Out):
+    start: datetime
+    counts: dict[str, int] = Field(description="Vehicles counted by class in the hour (all lines, the site).")
+    total: int
+    no2: float | None = Field(description="The location's NO2 hourly mean (ppb), `null` without a valid one.")
+    pm25: float | None = Field(description="The location's PM2.5 hourly mean (µg/m³), `null` without one.")
+
+
+class TrafficAndAir(_Out):
+    location: str
+    start: datetime
+    end: datetime
+    hours: list[TrafficHourOut]
+    correlation: dict[str, float | None] = Field(
+        description="Pearson's r between the hourly total count and each pollutant (≥ 3 hours with both)."
+    )
+    emissions_g: dict[str, float] | None = Field(
+        description="Grams emitted by the counted vehicles on `road_length_km` by the configured "
+        "per-class factors; `null` where none are configured."
+    )
+    road_length_km: float
+
+
 class IndexHistory(_Out):
     location: str
     standard: str

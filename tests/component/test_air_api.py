@@ -13,9 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from roadside.cloud.air.queries import AirQueries
 from roadside.cloud.api.app import create_app
 from roadside.cloud.registry import Registry
+from roadside.cloud.storage.base import IngestBatch, Origin
 from roadside.cloud.storage.sqlite import SqliteStore
+from roadside.shared.schemas import CountRecord
 from tests.component.air_fixtures import LOCATION, NO2_SENSOR, PM_SENSOR, seeded_air
 
 END = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
@@ -119,3 +122,38 @@ def test_unknown_things_and_a_hub_without_air(hub: tuple[TestClient, TestClient,
     response = without.get("/v1/air/locations", headers=auth)
     assert response.status_code == 501
     assert "air" in response.json()["detail"]
+
+
+def test_traffic_beside_the_air_with_correlation_and_emissions(tmp_path: Path) -> None:
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry.create_schema()
+    store = SqliteStore(tmp_path / "telemetry.db")
+    seeded, air_store = seeded_air(tmp_path, END)
+    try:
+        # Counts at the location's site: more cars in the hours the seeded NO2 is higher.
+        counts = [
+            CountRecord(interval_start=END - timedelta(hours=3 - h, minutes=-m), interval_s=60, line="north",
+                        cls=cls, direction="in", count=n * (h + 1), model_version="det-1")
+            for h in range(3) for m in range(0, 60, 15) for cls, n in (("car", 10), ("truck", 1))
+        ]  # fmt: skip
+        store.write([IngestBatch(Origin("cam-1", "site-a", 1), counts=counts)])
+        config = seeded.config.model_copy(update={"emission_factors": {"nox": {"car": 0.3, "truck": 4.0}}})
+        app = create_app(store=store, registry=registry, metrics_registry=CollectorRegistry(), rate_limit=None,
+                         air=AirQueries(config, air_store, store))  # fmt: skip
+        token = registry.api_clients.create("portal", ["read:telemetry"])
+        with TestClient(app) as client:
+            body = client.get(
+                f"/v1/air/locations/{LOCATION}/traffic",
+                params=WINDOW,
+                headers={"Authorization": f"Bearer {token}"},
+            ).json()
+    finally:
+        air_store.close()
+        store.close()
+        registry.close()
+    assert [h["total"] for h in body["hours"]] == [44, 88, 132]  # 4 × (10 + 1) × hour
+    assert body["hours"][0]["counts"] == {"car": 40, "truck": 4}
+    assert all(h["no2"] is not None and h["pm25"] is not None for h in body["hours"])
+    assert set(body["correlation"]) == {"no2", "pm25"}
+    # (240 cars × 0.3 + 24 trucks × 4.0) g/km × 0.1 km
+    assert body["emissions_g"] == {"nox": pytest.approx((240 * 0.3 + 24 * 4.0) * 0.1)}

@@ -343,6 +343,7 @@ ROUTES = [
     Route("GET", "/v1/air/locations", READ),
     Route("GET", "/v1/air/locations/{location_id}", READ, f"/v1/air/locations/{AIR_LOCATION}"),
     Route("GET", "/v1/air/locations/{location_id}/index", READ, f"/v1/air/locations/{AIR_LOCATION}/index"),
+    Route("GET", "/v1/air/locations/{location_id}/traffic", READ, f"/v1/air/locations/{AIR_LOCATION}/traffic"),
     Route("GET", "/v1/air/sensors/{sensor_id}/measurements", READ, f"/v1/air/sensors/{AIR_SENSOR}/measurements"),
     Route("GET", "/v1/air/sensors/{sensor_id}/hours", READ, f"/v1/air/sensors/{AIR_SENSOR}/hours"),
     Route("GET", "/v1/air/sensors/{sensor_id}/days", READ, f"/v1/air/sensors/{AIR_SENSOR}/days"),

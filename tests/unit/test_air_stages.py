@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from roadside.cloud.air import aggregate, indexing, stages
 from roadside.cloud.air.stages import ChannelPair, CleaningRules, Measurement
+from roadside.cloud.air.traffic import TrafficHour, emissions, pearson
 from roadside.shared.air.calibration import (
     CalibrationBook,
     CalibrationError,
@@ -242,3 +243,22 @@ def test_category_worsening() -> None:
     assert not indexing.worsened("us-epa", "Moderate", "Good")
     assert not indexing.worsened("us-epa", None, "Hazardous")  # a first index
     assert indexing.worsened("eu-caqi", "Low", "High")
+
+
+# -- traffic and air --------------------------------------------------------------------------------
+
+
+def test_pearson_by_hand() -> None:
+    assert pearson([(1.0, 2.0), (2.0, 4.0), (3.0, 6.0)]) == pytest.approx(1.0)
+    assert pearson([(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]) == pytest.approx(-1.0)
+    # x = 1, 2, 3, 4; y = 1, 3, 2, 4: sxy = 4, sxx = syy = 5 → r = 0.8.
+    assert pearson([(1.0, 1.0), (2.0, 3.0), (3.0, 2.0), (4.0, 4.0)]) == pytest.approx(0.8)
+    assert pearson([(1.0, 5.0), (2.0, 5.0), (3.0, 5.0)]) is None  # a constant series
+    assert pearson([(1.0, 1.0), (2.0, 2.0)]) is None
+
+
+def test_emission_estimate_by_hand() -> None:
+    t = datetime(2025, 5, 1, 8, tzinfo=UTC)
+    hours = [TrafficHour(t, {"car": 100, "truck": 10}, {}), TrafficHour(t, {"car": 50, "bus": 2}, {})]
+    factors = {"nox": {"car": 0.3, "truck": 4.0}}  # g/vehicle-km; buses have none here
+    assert emissions(hours, factors, 0.2) == {"nox": pytest.approx((150 * 0.3 + 10 * 4.0) * 0.2)}

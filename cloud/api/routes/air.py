@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
+from roadside.cloud.air import traffic
 from roadside.cloud.air.config import AirLocation
 from roadside.cloud.air.queries import AirQueries, SensorInfo
 from roadside.cloud.api import air_schemas as s
@@ -119,6 +120,40 @@ def get_index_history(
         end=end,
         results=[s.Index.of(i) for i in history],
     )
+
+
+@router.get(
+    "/locations/{location_id}/traffic",
+    summary="Traffic and air together",
+    description="Per local hour in `[from, to)`: the vehicles counted at the location's site by class "
+    "beside its NO2 and PM2.5 hourly means; Pearson's r between the totals and each pollutant; and an "
+    "emission estimate from the counts where per-class emission factors are configured.",
+    response_model=s.TrafficAndAir,
+    responses=_NOT_FOUND,
+)
+def get_traffic(
+    _client: TelemetryReader,
+    air: AirDep,
+    location_id: LocationPath,
+    params: Annotated[s.HistoryParams, Query()],
+) -> s.TrafficAndAir:
+    location = _location(air, location_id)
+    start, end = params.window
+    hours = air.traffic(location, start, end)
+    factors = air.config.emission_factors
+    return s.TrafficAndAir(
+        location=location.id,
+        start=start,
+        end=end,
+        hours=[
+            s.TrafficHourOut(start=h.start, counts=h.counts, total=h.total, no2=h.pollutants.get("no2"),
+                             pm25=h.pollutants.get("pm25"))
+            for h in hours
+        ],
+        correlation=traffic.correlations(hours),
+        emissions_g=traffic.emissions(hours, factors, location.road_length_km) if factors else None,
+        road_length_km=location.road_length_km,
+    )  # fmt: skip
 
 
 @router.get(
