@@ -14,9 +14,12 @@ the device and seq without any key.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
-from collections.abc import Iterator
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -100,6 +103,23 @@ def stored_records(telemetry_db: Path) -> Iterator[RecordId]:
             yield RecordId(str(device), int(seq), 0)
 
 
+def influx_ingest_marks(url: str, database: str) -> list[tuple[str, int, int]]:
+    """(device, seq, records) of every envelope an InfluxDB 1.x store holds: its ``ingest``
+    measurement keeps one mark per envelope with the number of points written for it."""
+    query = urllib.parse.urlencode({"db": database, "q": 'SELECT "device", "seq", "records" FROM "ingest"'})
+    try:
+        with urllib.request.urlopen(f"{url}/query?{query}", timeout=10) as response:  # noqa: S310 (our URL)
+            body = json.load(response)
+    except (OSError, ValueError):
+        return []  # the store is down: nothing seen now
+    marks: list[tuple[str, int, int]] = []
+    for result in body.get("results", []):
+        for series in result.get("series", []):
+            for _time, device, seq, records in series.get("values", []):
+                marks.append((str(device), int(seq), int(records)))
+    return marks
+
+
 def stored_messages(telemetry_db: Path) -> set[tuple[str, int]]:
     """(device, seq) of every envelope the hub committed."""
     if not telemetry_db.exists():
@@ -126,9 +146,10 @@ def rejected_messages(dead_letters_db: Path) -> tuple[list[tuple[str, int, str]]
 
 
 def fill_ledger(
-    ledger: Ledger, agents: dict[str, tuple[Path, Path]], telemetry_db: Path, dead_letters_db: Path
+    ledger: Ledger, agents: dict[str, tuple[Path, Path]], stored: Iterable[RecordId], dead_letters_db: Path
 ) -> int:
-    """Collect both ends into ``ledger``; ``agents`` maps device to (outbox, agent log).
+    """Collect both ends into ``ledger``; ``agents`` maps device to (outbox, agent log),
+    ``stored`` is every record the store holds.
 
     Returns how many dead letters could not be attributed to a device and seq.
     """
@@ -137,7 +158,7 @@ def fill_ledger(
             ledger.created(device, seq, records)
         for seq in dropped_seqs(log):
             ledger.dropped(device, seq)
-    for record in stored_records(telemetry_db):
+    for record in stored:
         ledger.stored(record)
     rejected, unattributed = rejected_messages(dead_letters_db)
     for device, seq, reason in rejected:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.chaos.netns import AgentLink
 from bench.chaos.proxy import LinkFaults
-from bench.chaos.stack import Stack
+from bench.chaos.stack import Stack, child_pids, command_line
 
 
 class FaultUnavailableError(RuntimeError):
@@ -55,6 +55,7 @@ class Fault:
     skewed_agents: bool = False
     hub_workers: int = 0
     netns_agents: bool = False
+    influx_store: bool = False  # the hub stores into an InfluxDB 1.x of its own
 
 
 def agent_kill(stack: Stack, rng: random.Random) -> Repair:
@@ -93,6 +94,21 @@ def enroll_while_hub_down(stack: Stack, rng: random.Random) -> Repair:
     at = now()
     stack.hub.start()
     return Repair(f"kill -9 hub, a device enrolled while it was down {down_s:.1f} s", at)
+
+
+def influx_kill(stack: Stack, rng: random.Random) -> Repair:
+    """SIGKILL the hub's InfluxDB 1.x, restart it on the same ports and data after 1-10 s."""
+    influx = stack.influx
+    if influx is None:
+        raise FaultUnavailableError("the hub is not storing into InfluxDB")
+    victims = [p for p in child_pids(os.getpid()) if "influxd" in command_line(p)]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    influx.stop()  # reaps it
+    down_s = hold(stack, rng.uniform(1.0, 10.0))
+    at = now()
+    influx.start()
+    return Repair(f"kill -9 influxd, down {down_s:.1f} s", at)
 
 
 def worker_kill(stack: Stack, rng: random.Random) -> Repair:
@@ -262,6 +278,7 @@ FAULTS: dict[str, Fault] = {
         Fault("hub-kill", hub_kill),
         Fault("broker-kill", broker_kill),
         Fault("worker-kill", worker_kill, hub_workers=1),
+        Fault("influx-kill", influx_kill, influx_store=True),
         Fault("enroll-while-hub-down", enroll_while_hub_down),
         Fault("disk-full", disk_full, agents_on_small_disk=True),
         Fault("clock-skew", clock_skew, skewed_agents=True),

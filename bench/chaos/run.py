@@ -25,7 +25,6 @@ from bench.chaos.collect import (
     fill_ledger,
     not_queued,
     rejected_messages,
-    stored_messages,
 )
 from bench.chaos.faults import Fault, FaultUnavailableError, mount_small_disk, unmount
 from bench.chaos.ledger import Books, Ledger
@@ -78,7 +77,7 @@ def _outstanding(stack: Stack, since: dict[str, set[int]], fresh: bool) -> dict[
     Caught up: every message in ``since`` is stored, refused or dropped by a budget, and, when
     ``fresh``, a message created after ``since`` is stored too (data flows end to end again).
     """
-    stored = stored_messages(stack.home.telemetry_db)
+    stored = stack.stored_messages()
     refused = {(d, s) for d, s, _ in rejected_messages(stack.home.dead_letters_db)[0]}
     behind: dict[str, str] = {}
     for agent in stack.agents:
@@ -124,6 +123,7 @@ def run(
             skewed=any(f.skewed_agents for f in faults),
             hub_workers=max(f.hub_workers for f in faults),
             netns=any(f.netns_agents for f in faults),
+            influx=any(f.influx_store for f in faults),
         )
     except NetnsUnavailableError as exc:
         raise FaultUnavailableError(str(exc)) from exc
@@ -131,7 +131,7 @@ def run(
     outcome = Outcome("+".join(f.name for f in faults), cycles, seed, Ledger().books())
     try:
         stack.start()
-        if not wait_until(lambda: bool(stored_messages(stack.home.telemetry_db)), 60):
+        if not wait_until(lambda: bool(stack.stored_messages()), 60):
             raise RuntimeError(f"nothing stored before the first fault:\n{stack.hub.tail()}")
         for cycle, fault in ((c, f) for c in range(cycles) for f in faults):
             time.sleep(rng.uniform(*gap_s))  # a random moment
@@ -155,7 +155,7 @@ def run(
         ledger = Ledger()
         agents_files = {a.device_id: (a.outbox, a.log) for a in stack.agents}
         outcome.unattributed_dead_letters = fill_ledger(
-            ledger, agents_files, stack.home.telemetry_db, stack.home.dead_letters_db
+            ledger, agents_files, stack.stored_records(), stack.home.dead_letters_db
         )
         outcome.books = ledger.books()
         outcome.not_queued_disk_full = sum(not_queued(a.log) for a in stack.agents)

@@ -14,10 +14,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.chaos.collect import instrument_outbox
+from bench.chaos.collect import influx_ingest_marks, instrument_outbox, stored_messages, stored_records
+from bench.chaos.ledger import RecordId
 from bench.chaos.netns import AgentLink, AgentLinks
 from bench.chaos.proxy import FaultProxy
 from roadside.cloud.broker.mosquitto import MosquittoBroker
@@ -25,9 +27,13 @@ from roadside.cloud.home import HubHome, acl_devices, enroll_device, init_home
 from roadside.cloud.registry import Registry
 from roadside.shared.bundle import BrokerAddress, EnrollmentBundle, write_bundle
 
+if TYPE_CHECKING:
+    from tests.component.influxd import InfluxServer
+
 REPO = Path(__file__).resolve().parents[2]
 ROADSIDE = ["-c", "from roadside.cli import main; main()"]  # the ``roadside`` command, this interpreter
 SITE = "chaos"
+INFLUX_DATABASE = "roadside"
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.1) -> bool:
@@ -140,13 +146,19 @@ def command_line(pid: int) -> str:
 class HubProcess(Child):
     """``roadside hub run`` on the home, SQLite store, its API on a free port."""
 
-    def __init__(self, home: HubHome, broker_port: int, root: Path, workers: int = 0) -> None:
+    def __init__(
+        self, home: HubHome, broker_port: int, root: Path, workers: int = 0, influx_url: str | None = None
+    ) -> None:
         config = root / "hub.json"
-        config.write_text(
-            json.dumps(
-                {"broker_port": broker_port, "api_port": 0, "client_id": "hub-chaos", "batch_size": 50}
-            )
-        )
+        settings: dict[str, object] = {
+            "broker_port": broker_port,
+            "api_port": 0,
+            "client_id": "hub-chaos",
+            "batch_size": 50,
+        }
+        if influx_url is not None:
+            settings["store"] = {"type": "influx_v1", "url": influx_url, "database": INFLUX_DATABASE}
+        config.write_text(json.dumps(settings))
         argv = [*ROADSIDE, "hub", "run", "--home", str(home.root), "--config", str(config)]
         if workers:
             argv += ["--workers", str(workers)]
@@ -171,6 +183,7 @@ class Stack:
         skewed: bool = False,
         hub_workers: int = 0,
         netns: bool = False,
+        influx: bool = False,
     ) -> None:
         """``mount`` (if given) puts a filesystem of its own under the hub home and each agent."""
         self.root = root
@@ -192,7 +205,14 @@ class Stack:
         )
         self.broker.start()
         self.registry = Registry(self.home.registry_url)
-        self.hub = HubProcess(self.home, self.broker.port, root, hub_workers)
+        self.influx: InfluxServer | None = None
+        if influx:
+            from tests.component.influxd import InfluxServer  # the tests' throwaway influxd starter
+
+            self.influx = InfluxServer(root)
+            self.influx.__enter__()
+        influx_url = self.influx.url if self.influx else None
+        self.hub = HubProcess(self.home, self.broker.port, root, hub_workers, influx_url)
         try:
             self.agents = [self._agent(i, outbox_max_bytes, skewed) for i in range(agents)]
         except BaseException:
@@ -221,6 +241,21 @@ class Stack:
         self.broker.reload_acl(acl_devices(self.registry))
         return bundle
 
+    def stored_messages(self) -> set[tuple[str, int]]:
+        """(device, seq) of every envelope the hub's store holds."""
+        if self.influx is not None:
+            return {(d, s) for d, s, _ in influx_ingest_marks(self.influx.url, INFLUX_DATABASE)}
+        return stored_messages(self.home.telemetry_db)
+
+    def stored_records(self) -> Iterator[RecordId]:
+        """Every record the hub's store holds, by identity."""
+        if self.influx is None:
+            yield from stored_records(self.home.telemetry_db)
+            return
+        for device, seq, records in influx_ingest_marks(self.influx.url, INFLUX_DATABASE):
+            for idx in range(records):
+                yield RecordId(device, seq, idx)
+
     def start(self) -> None:
         self.hub.start()
         for agent in self.agents:
@@ -233,11 +268,15 @@ class Stack:
         self.hub.stop()
         self.broker.stop()
         self.registry.close()
+        if self.influx is not None:
+            self.influx.stop()
 
     def kill_everything(self) -> None:
         for child in (*self.agents, self.hub):
             child.kill()
         self.broker.kill()
         self.registry.close()
+        if self.influx is not None:
+            self.influx.stop()
         if self.links is not None:
             self.links.close()
