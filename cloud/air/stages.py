@@ -11,8 +11,9 @@ flag                       when                                                 
 ``spike``                  a short robust-z excursion (agent)                     yes
 ``dropout``                the first reading after a gap (agent)                  no
 ``negative``               below zero (a sensor's noise around zero)              no
-``rh_high``                a particle reading while the sensor's own RH is above  yes
-                           ``rh_max`` (hygroscopic growth inflates it)
+``rh_high``                a particle reading while the RH is above ``rh_max``    yes
+                           (hygroscopic growth inflates it): the sensor's own RH,
+                           else the nearest RH at the location
 ``channel_disagreement``   two sensors paired at a location differ by at least   yes
                            ``abs_tolerance`` *and* ``rel_tolerance`` (Barkjohn
                            et al. 2021's A/B channel rule: 5 µg/m³ and 70 %)
@@ -109,6 +110,25 @@ class _Series:
         return None if best is None else best[1]
 
 
+def _humidity(series: dict[tuple[str, str], _Series], sensor: str, ts: float, within: float) -> float | None:
+    """RH at ``ts``: the sensor's own, else the nearest of any sensor in the batch (one location's)."""
+    own = series.get((sensor, RH))
+    value = own.near(ts, within) if own else None
+    if value is not None:
+        return value
+    nearest: tuple[float, float] | None = None
+    for (_, parameter), other in series.items():
+        if parameter != RH:
+            continue
+        found = other.near(ts, within)
+        if found is not None:
+            i = bisect.bisect_left(other.ts, ts)
+            gap = min(abs(other.ts[j] - ts) for j in (i - 1, i) if 0 <= j < len(other.ts))
+            if nearest is None or gap < nearest[0]:
+                nearest = (gap, found)
+    return None if nearest is None else nearest[1]
+
+
 def _index(measurements: Iterable[Measurement]) -> dict[tuple[str, str], _Series]:
     series: dict[tuple[str, str], _Series] = defaultdict(_Series)
     for m in sorted(measurements, key=lambda m: m.ts):
@@ -138,8 +158,7 @@ def clean(batch: Sequence[Measurement], rules: CleaningRules) -> list[Measuremen
         if m.value < 0 and "out_of_range" not in flags:
             flags.add("negative")
         if m.parameter in rules.rh_sensitive:
-            rh = series.get((m.sensor, RH))
-            near = rh.near(m.ts, rules.match_s) if rh else None
+            near = _humidity(series, m.sensor, m.ts, rules.match_s)
             if near is not None and near > rules.rh_max:
                 flags.add("rh_high")
         partner = partners.get((m.sensor, m.parameter))
@@ -171,7 +190,7 @@ def calibrate(
             if (m.sensor, m.parameter) not in superseded:
                 out.append(replace(m, stage="calibrated"))
             continue
-        humidity = rh[(m.sensor, RH)].near(m.ts, match_s) if (m.sensor, RH) in rh else None
+        humidity = _humidity(rh, m.sensor, m.ts, match_s)
         try:
             value = apply(version.method, m.value, humidity)
         except CalibrationError:

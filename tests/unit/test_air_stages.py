@@ -108,7 +108,7 @@ def test_cleaning_flags_each_rule() -> None:
     cleaned = stages.clean(batch, rules)
     flags = [sorted(c.flags) for c in cleaned]
     assert flags[0] == ["channel_disagreement", "rh_high"]
-    assert flags[1] == ["channel_disagreement"]
+    assert flags[1] == ["channel_disagreement", "rh_high"]  # pa-b has no RH of its own: pa-a's counts
     assert flags[2] == flags[3] == []
     assert flags[6] == ["negative"]
     assert flags[7] == ["out_of_range"]  # not also "negative" or anything else
@@ -262,3 +262,14 @@ def test_emission_estimate_by_hand() -> None:
     hours = [TrafficHour(t, {"car": 100, "truck": 10}, {}), TrafficHour(t, {"car": 50, "bus": 2}, {})]
     factors = {"nox": {"car": 0.3, "truck": 4.0}}  # g/vehicle-km; buses have none here
     assert emissions(hours, factors, 0.2) == {"nox": pytest.approx((150 * 0.3 + 10 * 4.0) * 0.2)}
+
+
+def test_rh_from_another_sensor_at_the_location_when_the_sensor_has_none() -> None:
+    book = CalibrationBook.of([CalibrationVersion("pm", "pm25_cf1", 1, EpaPm25(), 0.0)])
+    batch = [m(0, "pm", "pm25_cf1", 20.0), m(30, "board", "rh", 97.0), m(300, "board", "rh", 60.0),
+             m(290, "pm", "pm25_cf1", 20.0)]  # fmt: skip
+    cleaned = stages.clean(batch, CleaningRules())
+    assert "rh_high" in cleaned[0].flags  # the board's 97 % thirty seconds later
+    calibrated = stages.calibrate(cleaned, book)
+    assert calibrated[0].value == pytest.approx(barkjohn_2022(20.0, 97.0))
+    assert calibrated[3].value == pytest.approx(barkjohn_2022(20.0, 60.0))  # the nearer board reading
