@@ -13,6 +13,7 @@ from roadside.edge.sensors.config import (
     MqttSensorConfig,
     SensorConfig,
     SerialSensorConfig,
+    Sht3xSensorConfig,
     SyntheticSensorConfig,
 )
 
@@ -39,6 +40,10 @@ def open_sensor_source(config: SensorConfig) -> SensorSource:
         from roadside.edge.sensors.air.reader import AlphasenseSource, LinuxI2CBus
 
         return AlphasenseSource(config, LinuxI2CBus(config.i2c_bus))
+    if isinstance(config, Sht3xSensorConfig):
+        from roadside.edge.sensors.air.reader import LinuxI2CBus, Sht3xSource
+
+        return Sht3xSource(config, LinuxI2CBus(config.i2c_bus))
     raise AssertionError(f"unregistered sensor type {config!r}")
 
 

@@ -257,11 +257,25 @@ class AlphasenseSensorConfig(_SourceBase):
         return self.dropout_after_s if self.dropout_after_s is not None else max(5.0, 3 * self.period_s)
 
 
+class Sht3xSensorConfig(_SourceBase):
+    """Temperature and RH from a Sensirion SHT3x on I2C, beside particle sensors that have no RH."""
+
+    type: Literal["sht3x"] = "sht3x"
+    i2c_bus: int = Field(default=1, ge=0)  # /dev/i2c-<n>
+    address: int = Field(default=0x44, ge=0x08, le=0x77)  # 0x45 with ADDR high
+    dropout_after_s: float | None = Field(default=None, gt=0)
+
+    @property
+    def silence_limit_s(self) -> float:
+        return self.dropout_after_s if self.dropout_after_s is not None else max(5.0, 3 * self.period_s)
+
+
 SensorConfig = Annotated[
     SyntheticSensorConfig
     | SerialSensorConfig
     | MqttSensorConfig
     | AirSerialSensorConfig
-    | AlphasenseSensorConfig,
+    | AlphasenseSensorConfig
+    | Sht3xSensorConfig,
     Field(discriminator="type"),
 ]

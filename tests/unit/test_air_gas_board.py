@@ -9,9 +9,9 @@ from collections.abc import Callable
 import pytest
 
 from roadside.edge.sensors.air import alphasense, climate
-from roadside.edge.sensors.air.reader import AlphasenseSource
+from roadside.edge.sensors.air.reader import AlphasenseSource, Sht3xSource
 from roadside.edge.sensors.base import SensorSample, SourceEvent
-from roadside.edge.sensors.config import AlphasenseSensorConfig
+from roadside.edge.sensors.config import AlphasenseSensorConfig, Sht3xSensorConfig
 
 
 class FakeBus:
@@ -133,3 +133,16 @@ def test_the_config_refuses_an_ox_sensor_without_its_no2_partner() -> None:
         _config(adc_range_v=3.3)
     with pytest.raises(ValueError, match="own ADC channels"):
         _config(no2={**SHEET, "we_channel": 1, "ae_channel": 1})
+
+
+def test_a_standalone_sht3x_gives_temperature_and_rh() -> None:
+    config = Sht3xSensorConfig(name="climate-1", period_s=0.01, dropout_after_s=0.05)
+    bus = FakeBus({}, celsius=31.5, rh=88.0)
+    source = Sht3xSource(config, bus, sleep=_no_sleep)
+    values = {r.quantity: r.value for r in source.read_once()}
+    assert values == {"temperature": pytest.approx(31.5, abs=0.01), "rh": pytest.approx(88.0, abs=0.01)}
+    stream = source.samples()
+    first = next(stream)
+    assert isinstance(first, SensorSample)
+    assert (first.sensor, first.unit) == ("climate-1", "degC")
+    source.close()

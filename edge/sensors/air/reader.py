@@ -18,14 +18,20 @@ import logging
 import os
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from roadside.edge.sensors.air import alphasense, climate, plantower, sds011, sps30
 from roadside.edge.sensors.air.framing import FrameError, FrameStats, Reading
 from roadside.edge.sensors.base import SensorSample, SourceEvent
-from roadside.edge.sensors.config import AirSerialSensorConfig, AlphasenseSensorConfig, ElectrodeSheet
+from roadside.edge.sensors.config import (
+    AirSerialSensorConfig,
+    AlphasenseSensorConfig,
+    ElectrodeSheet,
+    Sht3xSensorConfig,
+)
 from roadside.shared.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -237,67 +243,32 @@ def _sheet(sheet: ElectrodeSheet) -> alphasense.ElectrodeCalibration:
     )
 
 
-class AlphasenseSource:
-    """The NO2/OX board: every ``period_s`` reads the SHT3x and the ADC channels, converts to ppb.
+class PolledI2CSource(ABC):
+    """Reads one set of values every ``period_s`` over I2C; a failed read is counted, silence is a dropout."""
 
-    Alongside the gases it reports the electrode voltages (``no2_we_mv``, ...)
-    and temperature and RH, so the hub can recalibrate from raw values.
-    """
+    driver = "i2c"
 
     def __init__(
         self,
-        config: AlphasenseSensorConfig,
+        name: str,
+        period_s: float,
+        silence_limit_s: float,
         bus: I2CBus,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.name = config.name
-        self.config = config
+        self.name = name
+        self.period_s = period_s
         self.bus = bus
         self.stats = FrameStats()
-        self.silence = Silence(config.silence_limit_s, monotonic())
-        self._no2 = _sheet(config.no2) if config.no2 else None
-        self._ox = _sheet(config.ox) if config.ox else None
+        self.silence = Silence(silence_limit_s, monotonic())
         self._clock, self._monotonic, self._sleep = clock, monotonic, sleep
         self._stop = threading.Event()
 
-    def millivolts(self, channel: int) -> float:
-        """One single-shot conversion of ``channel``."""
-        address, fsr = self.config.adc_address, self.config.adc_range_v
-        word = alphasense.ads1115_config(channel, fsr)
-        self.bus.write(address, bytes([alphasense.REG_CONFIG]) + word.to_bytes(2, "big"))
-        self._sleep(0.01)  # 128 SPS: one conversion takes 7.8 ms
-        self.bus.write(address, bytes([alphasense.REG_CONVERSION]))
-        return alphasense.ads1115_millivolts(self.bus.read(address, 2), fsr)
-
-    def climate(self) -> list[Reading]:
-        if self.config.climate_address is None:
-            assert self.config.fixed_celsius is not None  # the config's validator
-            return [Reading("temperature", self.config.fixed_celsius, "degC")]
-        self.bus.write(self.config.climate_address, climate.MEASURE_HIGH)
-        self._sleep(climate.MEASURE_WAIT_S)
-        return climate.decode_measurement(self.bus.read(self.config.climate_address, 6))
-
+    @abstractmethod
     def read_once(self) -> list[Reading]:
-        """One set of readings; :class:`FrameError` (SHT3x CRC) or ``OSError`` (bus) if it fails."""
-        out = self.climate()
-        celsius = out[0].value
-        no2_ppb = None
-        for gas, cal, sheet in (("no2", self._no2, self.config.no2), ("o3", self._ox, self.config.ox)):
-            if cal is None or sheet is None:
-                continue
-            we, ae = self.millivolts(sheet.we_channel), self.millivolts(sheet.ae_channel)
-            ppb = alphasense.gas_ppb(cal, we, ae, celsius, no2_ppb)
-            if gas == "no2":
-                no2_ppb = ppb
-            prefix = "no2" if gas == "no2" else "ox"
-            out += [
-                Reading(gas, ppb, "ppb"),
-                Reading(f"{prefix}_we_mv", we, "mV"),
-                Reading(f"{prefix}_ae_mv", ae, "mV"),
-            ]
-        return out
+        """One set of readings; ``FrameError`` (a CRC) or ``OSError`` (the bus) when it fails."""
 
     def samples(self) -> Iterator[SensorSample | SourceEvent]:
         while not self._stop.is_set():
@@ -319,8 +290,80 @@ class AlphasenseSource:
                     yield SensorSample(ts, self.name, r.quantity, r.value, r.unit)
             quiet = self.silence.check(self._monotonic())
             if quiet is not None:
-                yield SourceEvent(self._clock(), self.name, "dropout", quiet, "alphasense")
-            self._stop.wait(max(0.0, self.config.period_s - (self._monotonic() - started)))
+                log.warning("sensor %s: no valid reading for %.1f s: dropout", self.name, quiet)
+                yield SourceEvent(self._clock(), self.name, "dropout", quiet, self.driver)
+            self._stop.wait(max(0.0, self.period_s - (self._monotonic() - started)))
 
     def close(self) -> None:
         self._stop.set()
+
+
+def read_sht3x(bus: I2CBus, address: int, sleep: Callable[[float], None]) -> list[Reading]:
+    """One high-repeatability single-shot measurement of an SHT3x."""
+    bus.write(address, climate.MEASURE_HIGH)
+    sleep(climate.MEASURE_WAIT_S)
+    return climate.decode_measurement(bus.read(address, 6))
+
+
+class Sht3xSource(PolledI2CSource):
+    """Temperature and RH from a Sensirion SHT3x, beside particle sensors that report no RH."""
+
+    driver = "sht3x"
+
+    def __init__(self, config: Sht3xSensorConfig, bus: I2CBus, **edges: Any) -> None:
+        super().__init__(config.name, config.period_s, config.silence_limit_s, bus, **edges)
+        self.address = config.address
+
+    def read_once(self) -> list[Reading]:
+        return read_sht3x(self.bus, self.address, self._sleep)
+
+
+class AlphasenseSource(PolledI2CSource):
+    """The NO2/OX board: every ``period_s`` reads the SHT3x and the ADC channels, converts to ppb.
+
+    Alongside the gases it reports the electrode voltages (``no2_we_mv``, ...)
+    and temperature and RH, so the hub can recalibrate from raw values.
+    """
+
+    driver = "alphasense"
+
+    def __init__(self, config: AlphasenseSensorConfig, bus: I2CBus, **edges: Any) -> None:
+        super().__init__(config.name, config.period_s, config.silence_limit_s, bus, **edges)
+        self.config = config
+        self._no2 = _sheet(config.no2) if config.no2 else None
+        self._ox = _sheet(config.ox) if config.ox else None
+
+    def millivolts(self, channel: int) -> float:
+        """One single-shot conversion of ``channel``."""
+        address, fsr = self.config.adc_address, self.config.adc_range_v
+        word = alphasense.ads1115_config(channel, fsr)
+        self.bus.write(address, bytes([alphasense.REG_CONFIG]) + word.to_bytes(2, "big"))
+        self._sleep(0.01)  # 128 SPS: one conversion takes 7.8 ms
+        self.bus.write(address, bytes([alphasense.REG_CONVERSION]))
+        return alphasense.ads1115_millivolts(self.bus.read(address, 2), fsr)
+
+    def climate(self) -> list[Reading]:
+        if self.config.climate_address is None:
+            assert self.config.fixed_celsius is not None  # the config's validator
+            return [Reading("temperature", self.config.fixed_celsius, "degC")]
+        return read_sht3x(self.bus, self.config.climate_address, self._sleep)
+
+    def read_once(self) -> list[Reading]:
+        """One set of readings; :class:`FrameError` (SHT3x CRC) or ``OSError`` (bus) if it fails."""
+        out = self.climate()
+        celsius = out[0].value
+        no2_ppb = None
+        for gas, cal, sheet in (("no2", self._no2, self.config.no2), ("o3", self._ox, self.config.ox)):
+            if cal is None or sheet is None:
+                continue
+            we, ae = self.millivolts(sheet.we_channel), self.millivolts(sheet.ae_channel)
+            ppb = alphasense.gas_ppb(cal, we, ae, celsius, no2_ppb)
+            if gas == "no2":
+                no2_ppb = ppb
+            prefix = "no2" if gas == "no2" else "ox"
+            out += [
+                Reading(gas, ppb, "ppb"),
+                Reading(f"{prefix}_we_mv", we, "mV"),
+                Reading(f"{prefix}_ae_mv", ae, "mV"),
+            ]
+        return out
