@@ -122,6 +122,25 @@ def _table(rows: list[dict[str, Any]], devices: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _scenario(
+    scenario: str,
+    duration: float | None,
+    home: Path | None,
+    sumocfg: Path | None,
+    camera_pose: Path | None,
+    console: Console,
+) -> None:
+    """The scenarios that live in modules of their own (SUMO's and air quality's imports stay out of the rest)."""
+    if scenario == "intersection":
+        from roadside.sim.signal_ways import demo_intersection
+
+        demo_intersection(duration, home, sumocfg, camera_pose, console)
+    else:
+        from roadside.sim.air_demo import demo_air
+
+        demo_air(duration, home, console)
+
+
 def demo(
     duration: Annotated[
         float | None, typer.Option(help="Run this many seconds, then print a JSON summary.")
@@ -136,7 +155,8 @@ def demo(
             help="live: counts on two streets. drift: fog rolls in, hard examples flow up, the hub "
             "retrains, gates, publishes and rolls out, accuracy recovers (needs --duration). "
             "intersection: one SUMO demand under fixed-time, SUMO-actuated and Roadside-fed control "
-            "(docs/signals.md; --duration is simulated seconds)."
+            "(docs/signals.md; --duration is simulated seconds). air: two poles' air sensors and "
+            "traffic, calibration, an NO2 exceedance, the index and the traffic link (docs/air-quality.md)."
         ),
     ] = "live",
     sumocfg: Annotated[
@@ -154,13 +174,11 @@ def demo(
     if scenario == "drift":
         _drift(duration, home, console)
         return
-    if scenario == "intersection":
-        from roadside.sim.signal_ways import demo_intersection
-
-        demo_intersection(duration, home, sumocfg, camera_pose, console)
+    if scenario in ("intersection", "air"):
+        _scenario(scenario, duration, home, sumocfg, camera_pose, console)
         return
     if scenario != "live":
-        console.print(f"error: unknown scenario {scenario!r}; choose live, drift or intersection")
+        console.print(f"error: unknown scenario {scenario!r}; choose live, drift, intersection or air")
         raise typer.Exit(2)
     workdir = home or Path(tempfile.mkdtemp(prefix="roadside-demo-"))
     started = datetime.now(UTC) - timedelta(seconds=interval)

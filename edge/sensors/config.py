@@ -28,6 +28,15 @@ DEFAULT_RANGES: Final[dict[str, tuple[float, float]]] = {
     "no2": (0.0, 1000.0),  # electrochemical cells: 0-500 ppb, about 0-950 ug/m3
     "occupancy": (0.0, 100.0),
     "noise": (20.0, 140.0),  # class 1 sound level meters
+    # The air-quality drivers' quantities (edge.sensors.air): a PMS5003 reports 0-1000 ug/m3
+    # (0-500 effective), an SPS30 0-1000; RH and temperature as the SHT3x can report them.
+    "pm1": (0.0, 1000.0),
+    "pm25_cf1": (0.0, 1000.0),
+    "pm4": (0.0, 1000.0),
+    "pm10": (0.0, 1000.0),
+    "rh": (0.0, 100.0),
+    "temperature": (-40.0, 125.0),
+    "o3": (0.0, 1000.0),  # ppb: an OX-B431's range is 0-20 ppm, but street ozone stays below 200 ppb
 }
 
 # The smallest deviation scale the spike check trusts, near the sensor's
