@@ -112,7 +112,8 @@ def influx_kill(stack: Stack, rng: random.Random) -> Repair:
 
 
 def worker_kill(stack: Stack, rng: random.Random) -> Repair:
-    """SIGKILL one of the hub's ingest worker processes; the hub starts another by itself."""
+    """SIGKILL one of the hub's ingest worker processes (``ingest_workers``); the hub starts
+    another by itself and retries its batch."""
     workers = stack.hub.worker_pids()
     if not workers:
         raise RuntimeError(f"the hub has no ingest worker to kill:\n{stack.hub.tail()}")
@@ -277,7 +278,7 @@ FAULTS: dict[str, Fault] = {
         Fault("agent-kill", agent_kill),
         Fault("hub-kill", hub_kill),
         Fault("broker-kill", broker_kill),
-        Fault("worker-kill", worker_kill, hub_workers=1),
+        Fault("worker-kill", worker_kill, hub_workers=2),
         Fault("influx-kill", influx_kill, influx_store=True),
         Fault("enroll-while-hub-down", enroll_while_hub_down),
         Fault("disk-full", disk_full, agents_on_small_disk=True),

@@ -156,12 +156,12 @@ class HubProcess(Child):
             "client_id": "hub-chaos",
             "batch_size": 50,
         }
+        if workers:
+            settings["ingest_workers"] = workers  # spawned processes the hub supervises
         if influx_url is not None:
             settings["store"] = {"type": "influx_v1", "url": influx_url, "database": INFLUX_DATABASE}
         config.write_text(json.dumps(settings))
         argv = [*ROADSIDE, "hub", "run", "--home", str(home.root), "--config", str(config)]
-        if workers:
-            argv += ["--workers", str(workers)]
         super().__init__(argv, root / "hub.log", ready_mark=b"hub subscribed")
 
     def worker_pids(self) -> list[int]:
