@@ -173,5 +173,15 @@ class AirConfig(_Section):
             rel_tolerance=self.rel_tolerance,
         )
 
+    def served(self, sensor: AirSensor) -> frozenset[str]:
+        """What the API lists as the sensor's own sensors: its parameters and its calibrations' inputs."""
+        return frozenset(
+            {*sensor.parameters, *(c.quantity for c in self.calibrations if c.sensor == sensor.key)}
+        )
+
+    def inputs(self, sensor: AirSensor) -> frozenset[str]:
+        """The quantities the hub keeps of a sensor: what it serves, and RH (the EPA correction needs it)."""
+        return self.served(sensor) | {"rh"}
+
     def location_of(self) -> dict[tuple[str, str], tuple[AirLocation, AirSensor]]:
         return {(s.device, s.sensor): (loc, s) for loc in self.locations for s in loc.sensors}

@@ -34,7 +34,7 @@ from roadside.cloud.air.aggregate import COMPLETENESS, Aggregate, local_hour, ro
 from roadside.shared.air import nowcast
 from roadside.shared.air.epa import Averaging, Pollutant
 from roadside.shared.air.europe import Station
-from roadside.shared.air.standards import IndexReport, Standard, compute
+from roadside.shared.air.standards import IndexReport, Standard, compute, supported
 from roadside.shared.errors import AirIndexError
 
 POLLUTANTS: Final[frozenset[str]] = frozenset({"pm25", "pm10", "o3", "no2", "so2", "co"})
@@ -103,6 +103,18 @@ def current_index(
 def _report(
     standard: Standard, values: Mapping[Pollutant, float], averaging: Averaging | None, station: Station
 ) -> IndexReport | NoIndex:
+    # A pollutant the standard has no index for (CO in the EAQI), or whose value this period
+    # defines none for (1-hour SO2 above 304 ppb), leaves the others' index standing.
+    usable: dict[Pollutant, float] = {}
+    for p, v in values.items():
+        if p not in supported(standard):
+            continue
+        try:
+            compute(standard, {p: v}, averaging, station)
+        except AirIndexError:
+            continue
+        usable[p] = v
+    values = usable
     if not values:
         return NoIndex("no parameter has the data its rule needs")
     try:

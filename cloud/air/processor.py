@@ -71,6 +71,8 @@ class AirProcessor:
         self.emit = emit
         self.book = config.book()
         self._where = config.location_of()
+        # Per sensor: its parameters, what its calibrations read, and RH (the EPA correction needs it).
+        self._wanted = {sensor.key: config.inputs(sensor) for _, sensor in self._where.values()}
         self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,7 +104,7 @@ class AirProcessor:
                 continue
             location, sensor = where
             r = stored.reading
-            if r.quantity not in sensor.parameters and r.quantity != "pm25_cf1":
+            if r.quantity not in self._wanted[sensor.key]:
                 continue
             key = sensor.key  # device.sensor: unique across the fleet
             m = stages.raw(r.ts.timestamp(), key, r.quantity, r.value, r.unit, r.quality)

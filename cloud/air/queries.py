@@ -33,7 +33,7 @@ class AirQueries:
         self._sensors: dict[str, SensorInfo] = {}
         for loc in config.locations:
             for s in loc.sensors:
-                for p in s.parameters:
+                for p in sorted(config.served(s)):
                     display, units = PARAMETERS.get(p, (p, ""))
                     sid = sensor_id(s.device, s.sensor, p)
                     self._sensors[sid] = SensorInfo(sid, loc, s, p, units, display)

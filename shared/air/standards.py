@@ -71,6 +71,11 @@ class IndexReport:
         return out
 
 
+def supported(standard: Standard) -> frozenset[Pollutant]:
+    """The pollutants ``standard`` has an index for."""
+    return frozenset(_DEFAULTS[standard])
+
+
 def defined_periods(
     standard: Standard, station: europe.Station = "traffic"
 ) -> set[tuple[Pollutant, Averaging]]:

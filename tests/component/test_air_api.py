@@ -78,8 +78,11 @@ def test_measurements_by_stage_with_flags_and_calibration(
     first = calibrated["results"][0]
     assert first["calibration"] == "cam-1.pm-1/pm25_cf1/v1"
     assert first["value"] == pytest.approx(0.524 * 12.0 - 0.0862 * 55.0 + 5.75)
-    # The raw stage of the corrected parameter is the sensor's pm25_cf1, a sensor of its own.
-    assert client.get("/v1/air/sensors/cam-1.pm-1.pm25_cf1/measurements", headers=auth).status_code == 404
+    # The corrected parameter's input, the sensor's CF=1 PM2.5, is a sensor of its own: raw as reported.
+    cf1 = client.get("/v1/air/sensors/cam-1.pm-1.pm25_cf1/measurements", headers=auth,
+                     params={**WINDOW, "stage": "raw"}).json()  # fmt: skip
+    assert cf1["results"][0]["value"] == 12.0
+    assert cf1["sensor"]["parameter"]["name"] == "pm25_cf1"
 
 
 def test_hourly_and_daily_means_with_coverage(hub: tuple[TestClient, TestClient, dict[str, str]]) -> None:

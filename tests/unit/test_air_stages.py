@@ -273,3 +273,16 @@ def test_rh_from_another_sensor_at_the_location_when_the_sensor_has_none() -> No
     calibrated = stages.calibrate(cleaned, book)
     assert calibrated[0].value == pytest.approx(barkjohn_2022(20.0, 97.0))
     assert calibrated[3].value == pytest.approx(barkjohn_2022(20.0, 60.0))  # the nearer board reading
+
+
+def test_an_undefined_or_unsupported_pollutant_leaves_the_others_index() -> None:
+    zone = ZoneInfo("UTC")
+    hours = _hours("pm25", [36.0] * 12) + _hours("so2", [400.0, 400.0]) + _hours("co", [1.0] * 8)
+    epa_now = indexing.current_index("us-epa", hours, NOW, zone)
+    assert isinstance(epa_now, IndexReport)
+    assert set(epa_now.by_pollutant) == {"pm25", "co"}  # 1-hour SO2 above 304 ppb defines no AQI
+    eu = indexing.current_index(
+        "eu-eaqi", _hours("pm25", [20.0] * 24) + _hours("no2", [30.0]) + _hours("co", [1.0] * 8), NOW, zone
+    )
+    assert isinstance(eu, IndexReport)
+    assert set(eu.by_pollutant) == {"pm25", "no2"}  # the EAQI has no CO
