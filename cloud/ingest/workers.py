@@ -27,19 +27,22 @@ hub's one busy thread more than it saved.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import multiprocessing
 import multiprocessing.connection
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any, Final
 
 from roadside.cloud.home import HubHome
 from roadside.cloud.ingest.core import Accepted, IngestCore, RecordTally, Rejection
 from roadside.cloud.ingest.writing import write_durably
 from roadside.cloud.registry import Registry
-from roadside.cloud.settings import HubSettings
+from roadside.cloud.settings import HubSettings, SqliteStoreConfig, StoreConfig
 from roadside.cloud.storage.base import IngestBatch, Origin
 from roadside.shared.envelope import REPLAY_WINDOW_SIZE, Header, HubOpener, ReplayWindow
 from roadside.shared.errors import ConfigError, TransportError
@@ -261,6 +264,7 @@ class _Worker:
         self.home = HubHome(settings.home)
         self.registry = Registry(settings.registry_url or self.home.registry_url)
         self.store = open_store(settings.store, self.home)
+        self._sqlite_turn = _sqlite_turn(settings.store, self.home)
         self._sites: dict[str, str] = {}
         self.opener = HubOpener(
             [self.home.hub_keys()],
@@ -312,7 +316,8 @@ class _Worker:
     def _batch(self, messages: list[tuple[str, bytes]], now_ms: int) -> tuple[Any, ...]:
         try:
             results = [self._accept(topic, payload, now_ms) for topic, payload in messages]
-            refused = write_durably(self.store, [r for r in results if isinstance(r, Accepted)])
+            with self._sqlite_turn():
+                refused = write_durably(self.store, [r for r in results if isinstance(r, Accepted)])
         except (TransportError, ConfigError) as exc:
             return ("paused", str(exc))
         return ("done", [_outcome(i, refused.get(id(r), r)) for i, r in enumerate(results)])
@@ -329,3 +334,28 @@ class _Worker:
     def close(self) -> None:
         self.store.close()
         self.registry.close()
+
+
+def _sqlite_turn(config: StoreConfig, home: HubHome) -> Callable[[], AbstractContextManager[object]]:
+    """Workers writing one SQLite file take turns on a lock file first.
+
+    SQLite alone is correct with several writers, but one that finds the file locked
+    sleeps in steps of up to 100 ms before it tries again; ``flock`` wakes the next writer
+    as soon as the last one is done, and the kernel releases it if a worker is killed.
+    Other stores take concurrent writes: no turn.
+    """
+    if not isinstance(config, SqliteStoreConfig):
+        return contextlib.nullcontext
+    database = Path(config.path or home.telemetry_db)
+    lock_file = database.with_name(database.name + ".writer-lock")
+
+    @contextlib.contextmanager
+    def turn() -> Iterator[object]:
+        with lock_file.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield handle
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    return turn
