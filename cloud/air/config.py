@@ -132,7 +132,9 @@ class AirConfig(_Section):
     # city's fleet (EMEP/EEA Guidebook 1.A.3.b, or HBEFA/COPERT); none ship (docs/air-quality.md).
     emission_factors: dict[Name, dict[Name, float]] = Field(default_factory=dict)
     every_s: float = Field(default=60.0, gt=0, le=3600)  # how often the hub processes new readings
-    rescan_s: float = Field(default=3 * 3600.0, ge=60, le=7 * 86_400)  # late readings up to this old
+    late_s: float = Field(default=300.0, ge=0, le=86_400)  # each pass re-reads this much before the last
+    rescan_s: float = Field(default=3 * 3600.0, ge=60, le=7 * 86_400)  # late readings up to this old...
+    deep_every_s: float = Field(default=3600.0, ge=60, le=86_400)  # ...are looked for this often
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -1,8 +1,11 @@
 """The hub's air job: new readings through the stages into the air store, the index, and the events.
 
-Every ``every_s`` the job reads the sensor readings of the last ``rescan_s``
-from the telemetry store (late readings from an agent's outbox arrive with
-their own, older timestamps), keeps those of configured locations, runs
+Every ``every_s`` the job reads the sensor readings since its last pass
+(``late_s`` more, for readings an agent's outbox delivers a little late with
+their own, older timestamps) from the telemetry store, and the last
+``rescan_s`` on its first pass and every ``deep_every_s`` (readings held
+back longer, and those stored by other hub processes while this one was
+down). It keeps the readings of configured locations, runs
 raw → cleaned → calibrated, and stores all three (a value already stored is
 never rewritten). Per location it then computes the hourly means of the last
 day, the current index, and raises
@@ -78,19 +81,34 @@ class AirProcessor:
         self._thread: threading.Thread | None = None
         self.passes = 0
         self.failures = 0
+        self._last_end: float | None = None
+        self._last_deep: float | None = None
 
     # -- one pass --------------------------------------------------------------------------------
+
+    def window_start(self, now: float) -> tuple[float, bool]:
+        """Where a pass at ``now`` starts reading, and whether it is a deep one: ``late_s`` before the
+        last pass ended, or ``rescan_s`` back on the first pass and every ``deep_every_s`` (readings
+        an outbox held back for longer)."""
+        deep = self._last_deep is None or now - self._last_deep >= self.config.deep_every_s
+        if deep or self._last_end is None:
+            return now - self.config.rescan_s, True
+        return min(self._last_end, now) - self.config.late_s, False
 
     def run_once(self) -> ProcessReport:
         now = self._clock()
         report = ProcessReport()
-        by_location = self._raw(now - self.config.rescan_s, now, report)
+        start, deep = self.window_start(now)
+        if deep:
+            self._last_deep = now
+        by_location = self._raw(start, now, report)
         for location in self.config.locations:
             raws = by_location.get(location.id, [])
             if raws:
                 self._stage(location, raws, report)
             self._index(location, now, report)
-        self._exceedances(now, report)
+        self._exceedances(start, now, report)
+        self._last_end = now
         self.passes += 1
         return report
 
@@ -166,11 +184,12 @@ class AirProcessor:
             key = f"worsened|{location.id}|{standard}|{hour}|{result.category}"
             self._raise(location, "air_category_worsened", key, result.responsible, now, report)
 
-    def _exceedances(self, now: float, report: ProcessReport) -> None:
+    def _exceedances(self, start: float, now: float, report: ProcessReport) -> None:
         if not self.config.limits:
             return
         for location in self.config.locations:
-            for h in self.hours(location, now - self.config.rescan_s, now):
+            first = aggregate.local_hour(start, location.zone).timestamp()  # whole hours the window touches
+            for h in self.hours(location, first, now):
                 limit = self.config.limits.get(h.parameter)
                 if limit is None or h.end.timestamp() > now or not h.counts or h.mean is None:
                     continue

@@ -172,3 +172,25 @@ def test_config_refuses_unknown_sensors_and_zones() -> None:
             {"locations": [{"id": "x", "name": "x", "site": "s", "timezone": "Mars/Olympus",
                             "sensors": [{"device": "d", "sensor": "s"}]}]}
         )  # fmt: skip
+
+
+def test_passes_read_since_the_last_one_and_rescan_deep_now_and_then(
+    stores: tuple[SqliteStore, AirStore],
+) -> None:
+    telemetry, air = stores
+    now = [START.timestamp() + 10 * 3600]
+    processor = AirProcessor(
+        _config(late_s=300, deep_every_s=3600), telemetry, air, Emitted(), clock=lambda: now[0]
+    )
+    assert processor.window_start(now[0]) == (now[0] - 6 * 3600, True)  # the first pass looks back rescan_s
+    processor.run_once()
+    now[0] += 60
+    assert processor.window_start(now[0]) == (now[0] - 60 - 300, False)  # since the last pass, late_s more
+    processor.run_once()
+    # A reading its outbox held back for an hour is found by the next deep rescan.
+    late = _readings(datetime.fromtimestamp(now[0], UTC) - timedelta(minutes=70), 1, 10.0, 10.0)
+    telemetry.write([IngestBatch(Origin("cam-1", "site-a", 9), sensors=late)])
+    now[0] += 60
+    assert processor.run_once().readings == 0
+    now[0] += 3600
+    assert processor.run_once().readings >= 4
