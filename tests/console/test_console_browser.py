@@ -258,6 +258,14 @@ def test_an_expired_session_returns_to_sign_in(browser: Any, console_rig: Consol
     page.fill("#token", console_rig.admin_token)
     page.click("button[type=submit]")
     page.wait_for_url(re.compile(r"/ui/fleet$"))
+    # A page left open: its next live refresh finds the session gone and goes to sign in by itself.
+    page.goto("/ui/overview")
+    sessions.policy = SessionPolicy(lifetime_s=1.0, idle_s=1.0)
+    try:
+        page.wait_for_url(re.compile(r"/ui/login"), timeout=15_000)
+    finally:
+        sessions.policy = kept
+    assert "session ended" in page.inner_text(".notice")
     page.context.close()
 
 
