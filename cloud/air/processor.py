@@ -83,6 +83,7 @@ class AirProcessor:
         self.failures = 0
         self._last_end: float | None = None
         self._last_deep: float | None = None
+        self._hours: dict[str, list[aggregate.Aggregate]] = {}  # per location, the last pass's day
 
     # -- one pass --------------------------------------------------------------------------------
 
@@ -106,7 +107,7 @@ class AirProcessor:
             raws = by_location.get(location.id, [])
             if raws:
                 self._stage(location, raws, report)
-            self._index(location, now, report)
+            self._index(location, start, now, report)
         self._exceedances(start, now, report)
         self._last_end = now
         self.passes += 1
@@ -167,9 +168,9 @@ class AirProcessor:
             out += aggregate.hourly(ms, location.zone, periods.get(sensor, 60.0))
         return sorted(out, key=lambda h: (h.start, h.sensor, h.parameter))
 
-    def _index(self, location: AirLocation, now: float, report: ProcessReport) -> None:
+    def _index(self, location: AirLocation, start: float, now: float, report: ProcessReport) -> None:
         standard = self.config.standard
-        hours = self.hours(location, now - 25 * 3600, now)
+        hours = self._day_of_hours(location, start, now)
         result = indexing.current_index(
             standard, hours, datetime.fromtimestamp(now, location.zone), location.zone, location.station
         )
@@ -183,6 +184,18 @@ class AirProcessor:
         if indexing.worsened(standard, previous, result.category):
             key = f"worsened|{location.id}|{standard}|{hour}|{result.category}"
             self._raise(location, "air_category_worsened", key, result.responsible, now, report)
+
+    def _day_of_hours(self, location: AirLocation, start: float, now: float) -> list[aggregate.Aggregate]:
+        """The last 25 hours' aggregates: hours before this pass's window from the last pass, the rest
+        recomputed from the store (a pass reads what it could have changed, not a day per location)."""
+        since = now - 25 * 3600
+        fresh_from = since
+        if location.id in self._hours:
+            fresh_from = max(since, aggregate.local_hour(start, location.zone).timestamp())
+        kept = [h for h in self._hours.get(location.id, []) if since <= h.start.timestamp() < fresh_from]
+        hours = kept + self.hours(location, fresh_from, now)
+        self._hours[location.id] = hours
+        return hours
 
     def _exceedances(self, start: float, now: float, report: ProcessReport) -> None:
         if not self.config.limits:

@@ -192,5 +192,18 @@ def test_passes_read_since_the_last_one_and_rescan_deep_now_and_then(
     telemetry.write([IngestBatch(Origin("cam-1", "site-a", 9), sensors=late)])
     now[0] += 60
     assert processor.run_once().readings == 0
+    # Two hours more, and the deep pass an hour later finds them and the held-back reading.
+    telemetry.write([IngestBatch(Origin("cam-1", "site-a", 10), sensors=_readings(
+        datetime.fromtimestamp(now[0], UTC), 120, 30.0, 60.0))])  # fmt: skip
     now[0] += 3600
     assert processor.run_once().readings >= 4
+    # A pass that reuses the last pass's hours gives the index a pass from scratch gives.
+    now[0] += 60
+    incremental = processor.run_once().indices["main-5th"]
+    fresh = (
+        AirProcessor(_config(), telemetry, air, Emitted(), clock=lambda: now[0])
+        .run_once()
+        .indices["main-5th"]
+    )
+    assert isinstance(incremental, IndexReport)
+    assert incremental == fresh
