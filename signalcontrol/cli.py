@@ -36,26 +36,14 @@ def run(
 ) -> None:
     """Run the controller until SUMO ends; print a JSON summary. Exit 3 if the conflict monitor trips."""
     setup_logging("INFO")
-    try:
-        settings = ControllerSettings(
-            signal=signal,
-            hub_url=hub,
-            token=token_file.read_text().strip(),
-            net=net,
-            tls=tls,
-            sumo_port=sumo_port,
-            sumo_order=sumo_order,
-            ca_file=ca_file,
-            timing=TimingFile.load(timing),
-            max_ticks=round(seconds * 10) if seconds is not None else None,
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot read the token file {token_file}: {exc}") from exc
     stop = threading.Event()
     for sig in (os_signal.SIGTERM, os_signal.SIGINT):
         os_signal.signal(sig, lambda *_: stop.set())
     try:
-        summary = run_on_sumo(settings, stop)
+        summary = run_on_sumo(
+            _settings(signal, hub, token_file, net, tls, sumo_port, sumo_order, timing, ca_file, seconds),
+            stop,
+        )
     except RoadsideError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -66,5 +54,42 @@ def run(
         raise typer.Exit(3)
 
 
+def _settings(
+    signal: str,
+    hub: str,
+    token_file: Path,
+    net: Path,
+    tls: str,
+    sumo_port: int,
+    sumo_order: int,
+    timing: Path | None,
+    ca_file: Path | None,
+    seconds: float | None,
+) -> ControllerSettings:
+    try:
+        token = token_file.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file {token_file}: {exc.strerror}") from exc
+    if not token:
+        raise ConfigError(f"the token file {token_file} is empty: put the API key with write:signals in it")
+    return ControllerSettings(
+        signal=signal,
+        hub_url=hub,
+        token=token,
+        net=net,
+        tls=tls,
+        sumo_port=sumo_port,
+        sumo_order=sumo_order,
+        ca_file=ca_file,
+        timing=TimingFile.load(timing),
+        max_ticks=round(seconds * 10) if seconds is not None else None,
+    )
+
+
 app = typer.Typer(no_args_is_help=True, help="Drive a traffic signal from Roadside's detector calls.")
 app.command("run")(run)
+
+
+@app.callback()
+def signal_group() -> None:
+    """Drive a traffic signal from Roadside's detector calls (a group, so ``run`` keeps its name)."""

@@ -56,3 +56,38 @@ def test_a_network_without_the_traffic_light_is_refused(short_scenario: Network,
         derive_phase_map(short_scenario.net, "nope")
     with pytest.raises(ConfigError, match="no program"):
         write_actuated_program(short_scenario.net, "nope", tmp_path / "a.add.xml")
+
+
+def _signal_run(tmp_path: Path, net: Path, *extra: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from roadside.signalcontrol.cli import app
+
+    args = ["run", "--signal", "s1", "--hub", "http://127.0.0.1:9", "--net", str(net), "--tls", "C"]
+    args += ["--sumo-port", "9", *extra]
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, result.output
+
+
+def test_signal_run_refuses_a_missing_token_file_and_unsafe_or_malformed_timing(
+    short_scenario: Network, tmp_path: Path
+) -> None:
+    code, said = _signal_run(tmp_path, short_scenario.net, "--token-file", str(tmp_path / "nope.key"))
+    assert code == 2
+    assert "cannot read the token file" in said
+    token = tmp_path / "c.key"
+    token.write_text("rs_test\n")
+    unsafe = tmp_path / "unsafe.json"
+    unsafe.write_text('{"default": {"yellow": 2.0}}')
+    code, said = _signal_run(
+        tmp_path, short_scenario.net, "--token-file", str(token), "--timing", str(unsafe)
+    )
+    assert code == 2
+    assert "yellow below 3 s" in said
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text('{"default": {}, "rings": 2}')
+    code, said = _signal_run(
+        tmp_path, short_scenario.net, "--token-file", str(token), "--timing", str(malformed)
+    )
+    assert code == 2
+    assert "controller timing file" in said
