@@ -289,6 +289,8 @@ class Hub:
             if batch.events:
                 origin = batch.origin
                 self._listen("live", partial(self.live.publish, origin.device_id, origin.site, batch.events))
+            if batch.sensors and self.air is not None:
+                self._listen("air", partial(self.air.note_stored, batch.sensors))
             self._listen("keys", partial(self.commands.note_key, header.device_id, header.kid))
             if result.ack is not None:
                 self._listen(

@@ -39,7 +39,7 @@ from roadside.cloud.air.store import AirStore, sensor_id
 from roadside.cloud.fleet.live import LiveFeed
 from roadside.cloud.storage.base import IngestBatch, Origin, SensorQuery, StoredReading, TimeSeriesStore
 from roadside.shared.air.standards import IndexReport
-from roadside.shared.schemas import DetectionEvent
+from roadside.shared.schemas import DetectionEvent, SensorReading
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +84,40 @@ class AirProcessor:
         self._last_end: float | None = None
         self._last_deep: float | None = None
         self._hours: dict[str, list[aggregate.Aggregate]] = {}  # per location, the last pass's day
+        self._pending_since: float | None = None  # the oldest reading ingest stored since the last pass
+        self._pending_lock = threading.RLock()
 
     # -- one pass --------------------------------------------------------------------------------
 
+    def note_stored(self, readings: Sequence[SensorReading]) -> None:
+        """Ingest stored ``readings`` (the hub's listener): the next pass reads back to the oldest of
+        them, so an agent's outbox backlog is staged at once, not at the next deep rescan."""
+        if not readings:
+            return
+        oldest = min(r.ts.timestamp() for r in readings)
+        with self._pending_lock:
+            self._pending_since = oldest if self._pending_since is None else min(self._pending_since, oldest)
+
     def window_start(self, now: float) -> tuple[float, bool]:
         """Where a pass at ``now`` starts reading, and whether it is a deep one: ``late_s`` before the
-        last pass ended, or ``rescan_s`` back on the first pass and every ``deep_every_s`` (readings
-        an outbox held back for longer)."""
+        last pass ended (or the oldest reading stored since, when older), or ``rescan_s`` back on the
+        first pass and every ``deep_every_s`` (readings stored by other hub processes)."""
         deep = self._last_deep is None or now - self._last_deep >= self.config.deep_every_s
         if deep or self._last_end is None:
             return now - self.config.rescan_s, True
-        return min(self._last_end, now) - self.config.late_s, False
+        start = min(self._last_end, now) - self.config.late_s
+        with self._pending_lock:
+            pending = self._pending_since
+        if pending is not None:
+            start = max(now - self.config.rescan_s, min(start, pending))
+        return start, False
 
     def run_once(self) -> ProcessReport:
         now = self._clock()
         report = ProcessReport()
-        start, deep = self.window_start(now)
+        with self._pending_lock:
+            start, deep = self.window_start(now)
+            self._pending_since = None  # what was noted before now is read by this pass
         if deep:
             self._last_deep = now
         by_location = self._raw(start, now, report)

@@ -192,6 +192,10 @@ def test_passes_read_since_the_last_one_and_rescan_deep_now_and_then(
     telemetry.write([IngestBatch(Origin("cam-1", "site-a", 9), sensors=late)])
     now[0] += 60
     assert processor.run_once().readings == 0
+    # Told by ingest (the hub's listener), the next pass reads back to it at once.
+    processor.note_stored(late)
+    now[0] += 60
+    assert processor.run_once().readings >= 4
     # Two hours more, and the deep pass an hour later finds them and the held-back reading.
     telemetry.write([IngestBatch(Origin("cam-1", "site-a", 10), sensors=_readings(
         datetime.fromtimestamp(now[0], UTC), 120, 30.0, 60.0))])  # fmt: skip
