@@ -22,6 +22,7 @@ air_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Air-qual
 def air() -> None:
     """Air-quality indices (a group, so ``index`` stays a sub-command beside the ones to come)."""
 
+
 StandardName = Literal["us-epa", "eu-eaqi", "eu-caqi"]
 
 
