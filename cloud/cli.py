@@ -165,7 +165,13 @@ def hub_run(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    # A worker that dies is started again under its client id: the broker holds its persistent
+    # session and what it queued there, which only that id collects (found by bench.chaos).
+    while not stop.wait(1.0):
+        for i, child in enumerate(children):
+            if child.poll() is not None:
+                typer.echo(f"ingest worker {i + 1} exited ({child.returncode}); starting it again", err=True)
+                children[i] = _start_worker(home, config, log_level, settings.client_id, i + 1)
     for child in children:
         child.terminate()
     hub.stop()

@@ -55,6 +55,7 @@ class Fault:
     skewed_agents: bool = False
     hub_workers: int = 0
     netns_agents: bool = False
+    hub_processes: int = 0  # hub run --workers
     influx_store: bool = False  # the hub stores into an InfluxDB 1.x of its own
 
 
@@ -109,6 +110,17 @@ def influx_kill(stack: Stack, rng: random.Random) -> Repair:
     at = now()
     influx.start()
     return Repair(f"kill -9 influxd, down {down_s:.1f} s", at)
+
+
+def hub_process_kill(stack: Stack, rng: random.Random) -> Repair:
+    """SIGKILL one of ``hub run --workers 1``'s ingest-only hub processes; ``hub run`` starts it
+    again (it did not: what the broker queued for its session waited for it)."""
+    victims = stack.hub.extra_process_pids()
+    if not victims:
+        raise RuntimeError(f"hub run has no ingest-only process to kill:\n{stack.hub.tail()}")
+    victim = rng.choice(victims)
+    os.kill(victim, signal.SIGKILL)
+    return Repair(f"kill -9 ingest-only hub process pid {victim}", now())
 
 
 def worker_kill(stack: Stack, rng: random.Random) -> Repair:
@@ -279,6 +291,7 @@ FAULTS: dict[str, Fault] = {
         Fault("hub-kill", hub_kill),
         Fault("broker-kill", broker_kill),
         Fault("worker-kill", worker_kill, hub_workers=2),
+        Fault("hub-process-kill", hub_process_kill, hub_processes=1),
         Fault("influx-kill", influx_kill, influx_store=True),
         Fault("enroll-while-hub-down", enroll_while_hub_down),
         Fault("disk-full", disk_full, agents_on_small_disk=True),

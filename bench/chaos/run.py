@@ -124,6 +124,7 @@ def run(
             hub_workers=max(f.hub_workers for f in faults),
             netns=any(f.netns_agents for f in faults),
             influx=any(f.influx_store for f in faults),
+            hub_processes=max(f.hub_processes for f in faults),
         )
     except NetnsUnavailableError as exc:
         raise FaultUnavailableError(str(exc)) from exc

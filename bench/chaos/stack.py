@@ -147,7 +147,13 @@ class HubProcess(Child):
     """``roadside hub run`` on the home, SQLite store, its API on a free port."""
 
     def __init__(
-        self, home: HubHome, broker_port: int, root: Path, workers: int = 0, influx_url: str | None = None
+        self,
+        home: HubHome,
+        broker_port: int,
+        root: Path,
+        workers: int = 0,
+        influx_url: str | None = None,
+        extra_processes: int = 0,
     ) -> None:
         config = root / "hub.json"
         settings: dict[str, object] = {
@@ -162,7 +168,15 @@ class HubProcess(Child):
             settings["store"] = {"type": "influx_v1", "url": influx_url, "database": INFLUX_DATABASE}
         config.write_text(json.dumps(settings))
         argv = [*ROADSIDE, "hub", "run", "--home", str(home.root), "--config", str(config)]
+        if extra_processes:  # ingest-only hub processes, hub run's own children
+            argv += ["--workers", str(extra_processes)]
         super().__init__(argv, root / "hub.log", ready_mark=b"hub subscribed")
+
+    def extra_process_pids(self) -> list[int]:
+        """``hub run --workers``' ingest-only hub processes."""
+        if self.process is None:
+            return []
+        return [pid for pid in child_pids(self.process.pid) if "--client-id" in command_line(pid)]
 
     def worker_pids(self) -> list[int]:
         """The hub's ingest worker processes (multiprocessing's spawned children)."""
@@ -184,6 +198,7 @@ class Stack:
         hub_workers: int = 0,
         netns: bool = False,
         influx: bool = False,
+        hub_processes: int = 0,
     ) -> None:
         """``mount`` (if given) puts a filesystem of its own under the hub home and each agent."""
         self.root = root
@@ -212,7 +227,7 @@ class Stack:
             self.influx = InfluxServer(root)
             self.influx.__enter__()
         influx_url = self.influx.url if self.influx else None
-        self.hub = HubProcess(self.home, self.broker.port, root, hub_workers, influx_url)
+        self.hub = HubProcess(self.home, self.broker.port, root, hub_workers, influx_url, hub_processes)
         try:
             self.agents = [self._agent(i, outbox_max_bytes, skewed) for i in range(agents)]
         except BaseException:
