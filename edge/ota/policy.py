@@ -167,7 +167,8 @@ def check_target_path(path: str, name: str) -> OtaRefusal | None:
 def parse_target(path: str, length: int, hashes: Mapping[str, str], custom: Any) -> ModelTarget | OtaRefusal:
     """Read a model target's TUF length and sha256 and Roadside's custom fields, strictly."""
     sha256 = hashes.get("sha256", "")
-    if not _SHA256_RE.fullmatch(sha256):
+    # Not a string at all (found by fuzz/, issue 14): refused like a malformed hash, not a TypeError.
+    if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
         problem: str | None = "no sha256 hash"
     elif not isinstance(custom, dict):
         problem = "no Roadside fields"

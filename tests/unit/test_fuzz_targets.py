@@ -14,6 +14,7 @@ import pytest
 from fuzz.__main__ import REGRESSIONS
 from fuzz.targets import TARGETS, mutations
 from roadside.cloud.dataset.formats import parse_coco, parse_yolo
+from roadside.edge.ota.policy import OtaRefusal, parse_target
 from roadside.shared.bundle import read_bundle
 from roadside.shared.config import read_config_file
 from roadside.shared.errors import ConfigError
@@ -86,3 +87,11 @@ def test_a_yolo_classes_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) 
     (tmp_path / "img0.txt").write_bytes(labels)
     with pytest.raises(ConfigError, match="not UTF-8"):
         parse_yolo(tmp_path, {}, tmp_path)
+
+
+def test_a_tuf_target_whose_sha256_is_not_a_string_is_refused() -> None:
+    """fuzz/regressions/tuf-target/sha256-not-a-string: ``_SHA256_RE.fullmatch(17)`` raised TypeError."""
+    entry = json.loads((REGRESSIONS / "tuf-target" / "sha256-not-a-string").read_bytes())
+    result = parse_target(entry["path"], entry["length"], entry["hashes"], entry.get("custom"))
+    assert isinstance(result, OtaRefusal)
+    assert "no sha256 hash" in result.detail
