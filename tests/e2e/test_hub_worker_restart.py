@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_killed_ingest_worker_is_restarted_and_collects_its_share(rig: Rig, tmp_path: Path) -> None:
     bundles = rig.fleet(2)
-    per_device = 40
+    per_device = 15
     expected = len(bundles) * per_device * RECORDS
     log = tmp_path / "hub.log"
     config = tmp_path / "hub.json"
