@@ -258,7 +258,7 @@ def start_hub_process(
 
 
 def open_bench_store(config: StoreConfig, home: HubHome) -> TimeSeriesStore:
-    from roadside.cloud.hub import open_store
+    from roadside.cloud.storage.adapters import open_store
 
     return open_store(config, home)
 

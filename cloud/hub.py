@@ -37,14 +37,9 @@ from roadside.cloud.registry import Registry
 from roadside.cloud.release.controller import RolloutController
 from roadside.cloud.release.repository import ModelRepository
 from roadside.cloud.release.server import RepositoryServer, TimestampRefresher
-from roadside.cloud.settings import (
-    HubSettings,
-    InfluxV1StoreConfig,
-    InfluxV2StoreConfig,
-    SqliteStoreConfig,
-    StoreConfig,
-)
+from roadside.cloud.settings import HubSettings
 from roadside.cloud.signals.calls import CallDispatcher, CallFeed, CallMetrics, maps_of
+from roadside.cloud.storage.adapters import open_store
 from roadside.cloud.storage.base import TimeSeriesStore
 from roadside.cloud.storage.retention_job import RetentionJob, RetentionTarget
 from roadside.cloud.training.loop import RetrainLoop
@@ -56,31 +51,6 @@ from roadside.shared.schemas import HardExample
 from roadside.shared.version import roadside_version
 
 log = logging.getLogger(__name__)
-
-
-def open_store(config: StoreConfig, home: HubHome) -> TimeSeriesStore:
-    """The registered adapter for ``config.type``."""
-    if isinstance(config, SqliteStoreConfig):
-        from roadside.cloud.storage.sqlite import SqliteStore
-
-        return SqliteStore(config.path or home.telemetry_db)
-    if isinstance(config, InfluxV1StoreConfig):
-        from roadside.cloud.storage.influx import InfluxV1Store
-
-        password = config.password.get_secret_value() if config.password else None
-        return InfluxV1Store(
-            config.url,
-            config.database,
-            username=config.username,
-            password=password,
-            retention_policy=config.retention_policy,
-            create_database=config.create_database,
-        )
-    if isinstance(config, InfluxV2StoreConfig):
-        from roadside.cloud.storage.influx import InfluxV2Store
-
-        return InfluxV2Store(config.url, config.token.get_secret_value(), config.org, config.bucket)
-    raise AssertionError(f"unregistered store type {config!r}")
 
 
 class _Service(Protocol):

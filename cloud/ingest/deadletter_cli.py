@@ -143,11 +143,11 @@ def _redrive(
 ) -> dict[str, object]:
     from roadside.cloud.dataset.store import DatasetStore
     from roadside.cloud.home import HubHome
-    from roadside.cloud.hub import open_store
     from roadside.cloud.ingest.core import Accepted, IngestCore
     from roadside.cloud.ingest.redrive import Redriver
     from roadside.cloud.registry import Registry
     from roadside.cloud.settings import load_hub_settings
+    from roadside.cloud.storage.adapters import open_store
     from roadside.shared.envelope import HubOpener
 
     settings = load_hub_settings(config, home=home)

@@ -43,6 +43,7 @@ from roadside.cloud.ingest.core import Accepted, IngestCore, RecordTally, Reject
 from roadside.cloud.ingest.writing import write_durably
 from roadside.cloud.registry import Registry
 from roadside.cloud.settings import HubSettings, SqliteStoreConfig, StoreConfig
+from roadside.cloud.storage.adapters import open_store
 from roadside.cloud.storage.base import IngestBatch, Origin
 from roadside.shared.envelope import REPLAY_WINDOW_SIZE, Header, HubOpener, ReplayWindow
 from roadside.shared.errors import ConfigError, TransportError
@@ -259,8 +260,6 @@ def _worker_main(
 
 class _Worker:
     def __init__(self, settings: HubSettings, index: int, count: int) -> None:
-        from roadside.cloud.hub import open_store
-
         self.home = HubHome(settings.home)
         self.registry = Registry(settings.registry_url or self.home.registry_url)
         self.store = open_store(settings.store, self.home)
