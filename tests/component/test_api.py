@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -89,9 +90,20 @@ class Keys:
     signals_only: str
 
 
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+@dataclass(frozen=True)
+class Template:
+    """A seeded registry database, hub home and API keys, built once per module; each test
+    gets copies (a migrated registry and a CA take seconds, copying them milliseconds)."""
+
+    registry_db: Path
+    home: Path
+    keys: Keys
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
+    root = tmp_path_factory.mktemp("api-template")
+    registry = Registry(f"sqlite:///{root / 'registry.db'}")
     registry.create_schema()
     for device_id, site in [("cam-1", "site-a"), ("cam-2", "site-a"), ("cam-3", "site-b")]:
         registry.devices.enroll(device_id, site, KeyPair.generate().public())
@@ -101,6 +113,25 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
         create_rollout(registry, RolloutSpec("detector", "1.0.0", "site:site-a", 1, (100,), 60.0))
     change_rollout(registry, 2, "pause")
     registry.signals.set_map("sig-1", parse_channel_map(SIGNAL_MAP))  # every signal route has a signal
+    keys = Keys(
+        reader=registry.api_clients.create("dashboard", ["read:telemetry"], department="traffic"),
+        admin=registry.api_clients.create("ops", ["admin"]),
+        rollouts_only=registry.api_clients.create("release-bot", ["write:rollouts"]),
+        devices_only=registry.api_clients.create("installer", ["write:devices"]),
+        signals_only=registry.api_clients.create("signal-controller", ["write:signals"]),
+    )
+    registry.close()
+    home = init_home(root / "home", ["localhost"], ["127.0.0.1"])
+    return Template(root / "registry.db", home.root, keys)
+
+
+@pytest.fixture
+def registry(tmp_path: Path, template: Template) -> Iterator[Registry]:
+    for suffix in ("", "-wal", "-shm"):
+        source = template.registry_db.with_name(template.registry_db.name + suffix)
+        if source.exists():
+            shutil.copyfile(source, tmp_path / ("registry.db" + suffix))
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
     yield registry
     registry.close()
 
@@ -118,8 +149,9 @@ def metrics_registry() -> CollectorRegistry:
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> HubHome:
-    return init_home(tmp_path / "home", ["localhost"], ["127.0.0.1"])
+def home(tmp_path: Path, template: Template) -> HubHome:
+    shutil.copytree(template.home, tmp_path / "home", symlinks=True)
+    return HubHome(tmp_path / "home")
 
 
 @dataclass
@@ -204,14 +236,10 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def keys(registry: Registry) -> Keys:
-    return Keys(
-        reader=registry.api_clients.create("dashboard", ["read:telemetry"], department="traffic"),
-        admin=registry.api_clients.create("ops", ["admin"]),
-        rollouts_only=registry.api_clients.create("release-bot", ["write:rollouts"]),
-        devices_only=registry.api_clients.create("installer", ["write:devices"]),
-        signals_only=registry.api_clients.create("signal-controller", ["write:signals"]),
-    )
+def keys(template: Template, registry: Registry) -> Keys:
+    """The template's API keys, in this test's copy of its registry."""
+    del registry
+    return template.keys
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -265,7 +293,9 @@ HOLDER_SCOPES = {
     "rollouts_only": ROLLOUTS,
     "signals_only": WRITE_SIGNALS,
 }
-SIGNAL_MAP = {"channels": [{"channel": 1, "device": "cam-1", "stream": "north", "zone": "stop-1", "phase": 2}]}
+SIGNAL_MAP = {
+    "channels": [{"channel": 1, "device": "cam-1", "stream": "north", "zone": "stop-1", "phase": 2}]
+}
 
 
 def new_public_keys(device_id: str = "cam-1", pair: KeyPair | None = None) -> dict[str, str]:
