@@ -57,6 +57,7 @@ class Fault:
     netns_agents: bool = False
     hub_processes: int = 0  # hub run --workers
     influx_store: bool = False  # the hub stores into an InfluxDB 1.x of its own
+    postgres_registry: bool = False  # the registry is a PostgreSQL cluster of its own
 
 
 def agent_kill(stack: Stack, rng: random.Random) -> Repair:
@@ -121,6 +122,27 @@ def hub_process_kill(stack: Stack, rng: random.Random) -> Repair:
     victim = rng.choice(victims)
     os.kill(victim, signal.SIGKILL)
     return Repair(f"kill -9 ingest-only hub process pid {victim}", now())
+
+
+def postgres_kill(stack: Stack, rng: random.Random) -> Repair:
+    """SIGKILL the registry's PostgreSQL (the postmaster), restart it on the same data after 1-10 s."""
+    postgres = stack.postgres
+    if postgres is None:
+        raise FaultUnavailableError("the registry is not on PostgreSQL")
+    victims = [p for p in child_pids(os.getpid()) if "postgres" in command_line(p)]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    down_s = hold(stack, rng.uniform(1.0, 10.0))
+    at = now()
+    for attempt in range(20):  # its orphaned backends let go of shared memory within moments
+        try:
+            postgres.start()
+            break
+        except RuntimeError:
+            if attempt == 19:
+                raise
+            time.sleep(0.5)
+    return Repair(f"kill -9 postgres, down {down_s:.1f} s", at)
 
 
 def worker_kill(stack: Stack, rng: random.Random) -> Repair:
@@ -293,6 +315,7 @@ FAULTS: dict[str, Fault] = {
         Fault("worker-kill", worker_kill, hub_workers=2),
         Fault("hub-process-kill", hub_process_kill, hub_processes=1),
         Fault("influx-kill", influx_kill, influx_store=True),
+        Fault("postgres-kill", postgres_kill, postgres_registry=True),
         Fault("enroll-while-hub-down", enroll_while_hub_down),
         Fault("disk-full", disk_full, agents_on_small_disk=True),
         Fault("clock-skew", clock_skew, skewed_agents=True),

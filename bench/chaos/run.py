@@ -125,6 +125,7 @@ def run(
             netns=any(f.netns_agents for f in faults),
             influx=any(f.influx_store for f in faults),
             hub_processes=max(f.hub_processes for f in faults),
+            postgres=any(f.postgres_registry for f in faults),
         )
     except NetnsUnavailableError as exc:
         raise FaultUnavailableError(str(exc)) from exc

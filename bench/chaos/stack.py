@@ -29,6 +29,7 @@ from roadside.shared.bundle import BrokerAddress, EnrollmentBundle, write_bundle
 
 if TYPE_CHECKING:
     from tests.component.influxd import InfluxServer
+    from tests.component.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
 ROADSIDE = ["-c", "from roadside.cli import main; main()"]  # the ``roadside`` command, this interpreter
@@ -154,6 +155,7 @@ class HubProcess(Child):
         workers: int = 0,
         influx_url: str | None = None,
         extra_processes: int = 0,
+        registry_url: str | None = None,
     ) -> None:
         config = root / "hub.json"
         settings: dict[str, object] = {
@@ -162,6 +164,8 @@ class HubProcess(Child):
             "client_id": "hub-chaos",
             "batch_size": 50,
         }
+        if registry_url is not None:
+            settings["registry_url"] = registry_url
         if workers:
             settings["ingest_workers"] = workers  # spawned processes the hub supervises
         if influx_url is not None:
@@ -199,6 +203,7 @@ class Stack:
         netns: bool = False,
         influx: bool = False,
         hub_processes: int = 0,
+        postgres: bool = False,
     ) -> None:
         """``mount`` (if given) puts a filesystem of its own under the hub home and each agent."""
         self.root = root
@@ -219,7 +224,17 @@ class Stack:
             server=self.home.broker_server_cert(),
         )
         self.broker.start()
-        self.registry = Registry(self.home.registry_url)
+        self.postgres: PostgresServer | None = None
+        registry_url = None
+        if postgres:
+            from tests.component.postgres import PostgresServer  # the tests' throwaway cluster
+
+            self.postgres = PostgresServer(root)
+            self.postgres.__enter__()
+            registry_url = self.postgres.create_database("registry")
+        self.registry = Registry(registry_url or self.home.registry_url)
+        if registry_url is not None:
+            self.registry.create_schema()
         self.influx: InfluxServer | None = None
         if influx:
             from tests.component.influxd import InfluxServer  # the tests' throwaway influxd starter
@@ -227,7 +242,9 @@ class Stack:
             self.influx = InfluxServer(root)
             self.influx.__enter__()
         influx_url = self.influx.url if self.influx else None
-        self.hub = HubProcess(self.home, self.broker.port, root, hub_workers, influx_url, hub_processes)
+        self.hub = HubProcess(
+            self.home, self.broker.port, root, hub_workers, influx_url, hub_processes, registry_url
+        )
         try:
             self.agents = [self._agent(i, outbox_max_bytes, skewed) for i in range(agents)]
         except BaseException:
@@ -293,5 +310,7 @@ class Stack:
         self.registry.close()
         if self.influx is not None:
             self.influx.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
         if self.links is not None:
             self.links.close()
