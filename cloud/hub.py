@@ -307,10 +307,10 @@ class Hub:
     def _watch_registry(self) -> None:
         """Revocations made elsewhere (the CLI, another hub) take effect here within seconds."""
         while not self._stopping.wait(self.settings.registry_refresh_s):
-            # Devices connect with clean sessions: a command published while one was
-            # offline is lost to it, so unanswered commands go out again.
-            self.commands.resend_unacked(older_than_s=30.0)
             try:
+                # Devices connect with clean sessions: a command published while one was
+                # offline is lost to it, so unanswered commands go out again.
+                self.commands.resend_unacked(older_than_s=30.0)
                 devices = self.registry.devices.list()
             except RoadsideError as exc:
                 log.warning("registry unreachable: %s", exc)

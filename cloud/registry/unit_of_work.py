@@ -42,9 +42,15 @@ class UnitOfWork:
     def engine(self) -> Engine:
         return self._engine
 
-    def read(self) -> Session:
-        """A session for reading (use it as a context manager)."""
-        return Session(self._engine)
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reading. A database that cannot be reached raises ``TransportError``
+        (the hub's registry watcher died of the raw error when PostgreSQL went away: issue 14)."""
+        try:
+            with Session(self._engine) as session:
+                yield session
+        except OperationalError as exc:
+            raise TransportError(f"registry database unreachable: {exc.orig}") from exc
 
     def write(self, change: Callable[[Session], _T]) -> _T:
         """Run ``change`` in one write transaction (which also holds the audit entry)."""

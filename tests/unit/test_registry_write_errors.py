@@ -10,6 +10,7 @@ SQLite's ``max_page_count`` makes the database full without a small filesystem.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from roadside.cloud.registry import Registry
 from roadside.cloud.registry.unit_of_work import UnitOfWork
 from roadside.shared.errors import TransportError
 
@@ -48,3 +50,19 @@ def test_a_full_registry_database_is_a_transport_error(tmp_path: Path) -> None:
     with unit.serialized_write() as session:  # the lock was released: a small write goes through
         session.execute(text("DELETE FROM filler"))
     unit.close()
+
+
+def test_an_unreachable_registry_database_is_a_transport_error_on_reads() -> None:
+    """Found by bench.chaos postgres-kill: ``devices.list()`` raised psycopg's OperationalError
+    through SQLAlchemy while PostgreSQL was down, and the hub's registry watcher (revocations
+    made elsewhere, command resends) died of it. Reads now raise ``TransportError``, which the
+    watcher logs and retries."""
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    registry = Registry(f"postgresql+psycopg://nobody@127.0.0.1:{port}/registry?connect_timeout=2")
+    try:
+        with pytest.raises(TransportError, match="registry database unreachable"):
+            registry.devices.list()
+    finally:
+        registry.close()
