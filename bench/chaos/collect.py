@@ -91,6 +91,17 @@ def not_queued(agent_log: Path) -> int:
     return len(_NOT_QUEUED.findall(agent_log.read_bytes())) if agent_log.exists() else 0
 
 
+_THREAD_DIED = re.compile(rb"Exception in thread ([\w.-]+)")
+
+
+def dead_threads(log: Path) -> list[str]:
+    """Threads a process's log shows dying of an uncaught exception (Python's own report):
+    a part that stopped working while its process stayed up."""
+    if not log.exists():
+        return []
+    return [m.group(1).decode() for m in _THREAD_DIED.finditer(log.read_bytes())]
+
+
 def stored_records(telemetry_db: Path) -> Iterator[RecordId]:
     """Every record row in the hub's SQLite store (repeats, if any could exist, included)."""
     if not telemetry_db.exists():

@@ -4,7 +4,8 @@ After each repair the harness notes every message created so far and times
 how long until each is stored (or refused, or dropped by a budget): that is the
 cycle's recovery time. A message still missing after ``stuck_after_s`` is
 reported as stuck (an outbox that stopped draining, a hub that stopped
-storing) and the run goes on. At the end the agents stop cleanly (each drains
+storing) and the run goes on; so is any thread a process's log shows dying of
+an uncaught exception (a part that stopped while its process stayed up). At the end the agents stop cleanly (each drains
 its outbox), the hub gets its last chance to store, and the ledger balances.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from bench.chaos.collect import (
     created_messages,
+    dead_threads,
     dropped_seqs,
     fill_ledger,
     not_queued,
@@ -160,6 +162,8 @@ def run(
             ledger, agents_files, stack.stored_records(), stack.home.dead_letters_db
         )
         outcome.books = ledger.books()
+        for name, log_file in [("hub", stack.hub.log), *((a.device_id, a.log) for a in stack.agents)]:
+            outcome.stuck += [f"{name}: thread {t} died (see {log_file})" for t in dead_threads(log_file)]
         outcome.not_queued_disk_full = sum(not_queued(a.log) for a in stack.agents)
         return outcome
     finally:
