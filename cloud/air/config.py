@@ -8,12 +8,14 @@ old number is refused when the hub starts.
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime
 from typing import Annotated, Final, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from roadside.cloud.air.factors import DEFAULT_EMISSION_FACTORS
 from roadside.cloud.air.stages import ChannelPair, CleaningRules
 from roadside.shared.air.calibration import (
     CalibrationBook,
@@ -129,8 +131,11 @@ class AirConfig(_Section):
     # Hourly means above these (in the parameter's unit) raise air_exceedance events.
     limits: dict[Name, float] = Field(default_factory=dict)
     # g per vehicle-km by pollutant and counted class ({"nox": {"car": ..., "truck": ...}}), for the
-    # city's fleet (EMEP/EEA Guidebook 1.A.3.b, or HBEFA/COPERT); none ship (docs/air-quality.md).
-    emission_factors: dict[Name, dict[Name, float]] = Field(default_factory=dict)
+    # city's fleet (EMEP/EEA Guidebook 1.A.3.b, or HBEFA/COPERT); the default is SUMO's HBEFA 4 model
+    # over our intersection's fleet (cloud/air/factors.py, docs/air-quality.md); {} turns estimates off.
+    emission_factors: dict[Name, dict[Name, float]] = Field(
+        default_factory=lambda: copy.deepcopy(DEFAULT_EMISSION_FACTORS)
+    )
     every_s: float = Field(default=60.0, gt=0, le=3600)  # how often the hub processes new readings
     late_s: float = Field(default=300.0, ge=0, le=86_400)  # each pass re-reads this much before the last
     rescan_s: float = Field(default=3 * 3600.0, ge=60, le=7 * 86_400)  # late readings up to this old...
