@@ -98,12 +98,18 @@ def enroll_while_hub_down(stack: Stack, rng: random.Random) -> Repair:
     return Repair(f"kill -9 hub, a device enrolled while it was down {down_s:.1f} s", at)
 
 
+def _program(pid: int) -> str:
+    """The name of the program process ``pid`` runs (not a word anywhere in its arguments: a
+    work directory named after the fault matched once, and the agent was killed instead)."""
+    return Path(command_line(pid).split(" ", 1)[0]).name
+
+
 def influx_kill(stack: Stack, rng: random.Random) -> Repair:
     """SIGKILL the hub's InfluxDB 1.x, restart it on the same ports and data after 1-10 s."""
     influx = stack.influx
     if influx is None:
         raise FaultUnavailableError("the hub is not storing into InfluxDB")
-    victims = [p for p in child_pids(os.getpid()) if "influxd" in command_line(p)]
+    victims = [p for p in child_pids(os.getpid()) if _program(p) == "influxd"]
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     influx.stop()  # reaps it
@@ -129,7 +135,7 @@ def postgres_kill(stack: Stack, rng: random.Random) -> Repair:
     postgres = stack.postgres
     if postgres is None:
         raise FaultUnavailableError("the registry is not on PostgreSQL")
-    victims = [p for p in child_pids(os.getpid()) if "postgres" in command_line(p)]
+    victims = [p for p in child_pids(os.getpid()) if _program(p) == "postgres"]
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     down_s = hold(stack, rng.uniform(1.0, 10.0))
