@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
 from roadside.cloud.api.deps import ADMIN, READ_TELEMETRY, WRITE_DEVICES, WRITE_ROLLOUTS
-from roadside.cloud.api.routes.stream import EVENT_STREAM, _messages
+from roadside.cloud.api.routes.stream import EVENT_STREAM, event_messages
 from roadside.cloud.api.schemas import CountsParams, EventsParams
 from roadside.cloud.api.webhooks import masked_url
 from roadside.cloud.console import views
@@ -375,11 +375,11 @@ def traffic_csv(
         params = _counts_params(request, window, bucket, _traffic_filters(request))
     except ValidationError as exc:
         return Response(str(exc), status_code=422, media_type="text/plain")
-    view = views.traffic(resources, params.to_query())
+    rows = resources.store.count_buckets(params.to_query())  # per device, as /v1/counts
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["bucket_start", "device", "site", "line", "cls", "direction", "count"])
-    for row in view.rows:
+    for row in rows:
         writer.writerow([row.bucket_start.isoformat().replace("+00:00", "Z"), row.device_id, row.site,
                          row.line, row.cls, row.direction, row.count])  # fmt: skip
     headers = {**PAGE_HEADERS, "Content-Disposition": 'attachment; filename="counts.csv"'}
@@ -428,7 +428,7 @@ async def events_stream(
         return Response("too many live streams; reload in a minute", status_code=503, media_type="text/plain")
     settings = resources.settings
     return StreamingResponse(
-        _messages(subscription, settings.sse_heartbeat_s, settings.sse_max_duration_s),
+        event_messages(subscription, settings.sse_heartbeat_s, settings.sse_max_duration_s),
         media_type=EVENT_STREAM,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         background=BackgroundTask(subscription.close),

@@ -123,13 +123,15 @@ class TrafficTotals:
     start: datetime
     end: datetime
     bucket_s: int
-    rows: list[CountBucket]  # as /v1/counts returns them (one per bucket, device, line, class, direction)
+    rows: list[CountBucket]  # per bucket, site, line, class and direction: the devices summed by the store
     by_group: list[tuple[tuple[str, str, str, str], int]]
     by_bucket: list[tuple[datetime, int]]
 
 
 def traffic(resources: ApiResources, query: CountQuery) -> TrafficTotals:
-    rows = resources.store.count_buckets(query)
+    """The page's totals. The store sums the devices (``per_device=False``): for an hour of 1,000
+    devices it returns a site's share of the rows, not one per device (docs/console.md, Measured)."""
+    rows = resources.store.count_buckets(replace(query, per_device=False))
     groups: dict[tuple[str, str, str, str], int] = defaultdict(int)
     buckets: dict[datetime, int] = defaultdict(int)
     for row in rows:

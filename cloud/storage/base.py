@@ -50,9 +50,14 @@ class IngestBatch:
     zone_stats: Sequence[ZoneStat] = ()
 
 
+# ``CountBucket.device_id`` of a bucket summed over every device of its site (``per_device=False``).
+ALL_DEVICES: Final = ""
+
+
 @dataclass(frozen=True, slots=True)
 class CountBucket:
-    """Counts summed over one time bucket for one (device, line, class, direction)."""
+    """Counts summed over one time bucket for one (device, line, class, direction), or for one
+    (site, line, class, direction) with ``device_id == ALL_DEVICES`` when the query was not per device."""
 
     bucket_start: datetime
     device_id: str
@@ -82,6 +87,10 @@ class CountQuery:
     """Counts whose ``interval_start`` falls in ``[start, end)``, summed per UTC bucket of ``bucket_s``.
 
     Buckets are aligned to the Unix epoch: ``floor(epoch / bucket_s) * bucket_s``.
+
+    ``per_device=False`` sums the devices of each site together: one bucket per (bucket, site,
+    line, class, direction), its ``device_id`` ``ALL_DEVICES``. A caller that only wants totals
+    (the console's traffic page) gets as many times fewer rows as a site has devices.
     """
 
     start: datetime
@@ -92,6 +101,7 @@ class CountQuery:
     line: str | None = None
     cls: str | None = None
     direction: str | None = None
+    per_device: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +152,8 @@ class TimeSeriesStore(Protocol):
         """Store the batches durably; return only once they would survive a crash."""
 
     def count_buckets(self, query: CountQuery) -> list[CountBucket]:
-        """Counts summed per bucket, ordered by bucket start then device, line, class, direction."""
+        """Counts summed per bucket, ordered by bucket start then device, line, class, direction
+        (then site, which only separates the sites' buckets when ``query.per_device`` is false)."""
 
     def events(self, query: EventQuery) -> list[StoredEvent]:
         """Events in the window, oldest first, at most ``query.limit``."""

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from roadside.cloud.storage import signals_sqlite
 from roadside.cloud.storage.base import (
+    ALL_DEVICES,
     CountBucket,
     CountQuery,
     EventKey,
@@ -142,9 +143,10 @@ CREATE INDEX IF NOT EXISTS health_latest ON health (device_id, ts_us);
 
 # Optional filters are ``(:x IS NULL OR column = :x)``: the SQL stays a constant, nothing is spliced in.
 # The bucket is a floor division that also holds before 1970 (SQLite's % keeps the dividend's sign).
-_COUNT_BUCKETS = """
+# Two constants: per device, and summed over each site's devices (``CountQuery.per_device``).
+_COUNT_BUCKETS_SQL = """
 SELECT interval_start_us - ((interval_start_us % :bucket) + :bucket) % :bucket AS bucket_us,
-       device_id, site, line, cls, direction, SUM(count)
+       {device} AS device, site, line, cls, direction, SUM(count)
 FROM counts
 WHERE interval_start_us >= :start AND interval_start_us < :end
   AND (:device_id IS NULL OR device_id = :device_id)
@@ -152,9 +154,13 @@ WHERE interval_start_us >= :start AND interval_start_us < :end
   AND (:line IS NULL OR line = :line)
   AND (:cls IS NULL OR cls = :cls)
   AND (:direction IS NULL OR direction = :direction)
-GROUP BY bucket_us, device_id, site, line, cls, direction
-ORDER BY bucket_us, device_id, line, cls, direction, site
+GROUP BY bucket_us, device, site, line, cls, direction
+ORDER BY bucket_us, device, line, cls, direction, site
 """
+_COUNT_BUCKETS: Final = {
+    True: _COUNT_BUCKETS_SQL.format(device="device_id"),
+    False: _COUNT_BUCKETS_SQL.format(device=f"'{ALL_DEVICES}'"),
+}
 
 _EVENTS = """
 SELECT device_id, site, model_version, ts_us, event_id, type, stream, cls, track_id, line, direction,
@@ -412,7 +418,8 @@ class SqliteStore:
     # -- reads ----------------------------------------------------------------
 
     def count_buckets(self, query: CountQuery) -> list[CountBucket]:
-        """Counts summed per bucket, ordered by bucket start then device, line, class, direction."""
+        """Counts summed per bucket, ordered by bucket start then device, line, class, direction;
+        summed over each site's devices when ``query.per_device`` is false."""
         if query.bucket_s <= 0:
             raise ValueError(f"bucket_s must be positive, not {query.bucket_s}")
         params = {
@@ -875,21 +882,25 @@ _COUNT_FILTERS = """(:device_id IS NULL OR device_id = :device_id)
 
 # count_buckets once retention has run: each tier over its own part of the window, summed per
 # bucket (a query bucket may straddle a tier boundary). An empty part has start = end.
-_TIERED_COUNT_BUCKETS = f"""
-SELECT bucket_us, device_id, site, line, cls, direction, SUM(n) FROM (
-  SELECT {_floor_sql("interval_start_us", ":bucket")} AS bucket_us, device_id, site, line, cls, direction,
-         count AS n
+_TIERED_COUNT_BUCKETS_SQL = f"""
+SELECT bucket_us, device, site, line, cls, direction, SUM(n) FROM (
+  SELECT {_floor_sql("interval_start_us", ":bucket")} AS bucket_us, {{device}} AS device, site, line, cls,
+         direction, count AS n
   FROM counts WHERE interval_start_us >= :raw_start AND interval_start_us < :raw_end AND {_COUNT_FILTERS}
   UNION ALL
-  SELECT {_floor_sql("bucket_us", ":bucket")}, device_id, site, line, cls, direction, count
+  SELECT {_floor_sql("bucket_us", ":bucket")}, {{device}}, site, line, cls, direction, count
   FROM counts_1m WHERE bucket_us >= :minute_start AND bucket_us < :minute_end AND {_COUNT_FILTERS}
   UNION ALL
-  SELECT {_floor_sql("bucket_us", ":bucket")}, device_id, site, line, cls, direction, count
+  SELECT {_floor_sql("bucket_us", ":bucket")}, {{device}}, site, line, cls, direction, count
   FROM counts_1h WHERE bucket_us >= :hour_start AND bucket_us < :hour_end AND {_COUNT_FILTERS}
 )
-GROUP BY bucket_us, device_id, site, line, cls, direction
-ORDER BY bucket_us, device_id, line, cls, direction, site
+GROUP BY bucket_us, device, site, line, cls, direction
+ORDER BY bucket_us, device, line, cls, direction, site
 """  # noqa: S608 (constants only; values are bound parameters)
+_TIERED_COUNT_BUCKETS: Final = {
+    True: _TIERED_COUNT_BUCKETS_SQL.format(device="device_id"),
+    False: _TIERED_COUNT_BUCKETS_SQL.format(device=f"'{ALL_DEVICES}'"),
+}
 
 
 def _coverage(db: sqlite3.Connection) -> Coverage | None:
@@ -901,7 +912,7 @@ def _count_rows(db: sqlite3.Connection, query: CountQuery, params: dict[str, Any
     """Raw rows while the window lies inside the raw tier; else each tier's part of it."""
     coverage = _coverage(db)
     if coverage is None or query.start >= coverage.raw_from:
-        return db.execute(_COUNT_BUCKETS, params).fetchall()
+        return db.execute(_COUNT_BUCKETS[query.per_device], params).fetchall()
     parts = dict.fromkeys(("raw", "minute", "hour"), (0, 0))
     for span in plan_spans(query.start, query.end, coverage):
         parts[span.tier] = (to_epoch_us(span.start), to_epoch_us(span.end))
@@ -911,7 +922,7 @@ def _count_rows(db: sqlite3.Connection, query: CountQuery, params: dict[str, Any
     parts["raw"] = (to_epoch_us(query.start), to_epoch_us(query.end))
     for tier, (start, end) in parts.items():
         params[f"{tier}_start"], params[f"{tier}_end"] = start, end
-    return db.execute(_TIERED_COUNT_BUCKETS, params).fetchall()
+    return db.execute(_TIERED_COUNT_BUCKETS[query.per_device], params).fetchall()
 
 
 def _roll_up(db: sqlite3.Connection, now_us: int, watermark_us: int) -> dict[str, int]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from roadside.cloud.storage.base import CountBucket, CountQuery, IngestBatch, Origin, to_epoch_us
+from roadside.cloud.storage.base import ALL_DEVICES, CountBucket, CountQuery, IngestBatch, Origin, to_epoch_us
 from roadside.cloud.storage.influx import InfluxV1Store
 from roadside.cloud.storage.retention import ROLLUPS, RetentionPolicy, floor_time
 from roadside.shared.errors import SchemaError
@@ -176,6 +177,10 @@ def test_rollups_filled_by_the_continuous_queries_read_back_past_raw_retention(
     # Two days on the raw points are past raw_days: the window is read from counts_1m.
     monkeypatch.setattr(store, "_retention_now", lambda: now + 2 * DAY)
     assert store.count_buckets(window) == hourly(written)
+    per_site = store.count_buckets(replace(window, per_device=False))
+    assert {b.device_id for b in per_site} == {ALL_DEVICES}
+    assert sum(b.count for b in per_site) == sum(n for *_, n in written)
+    assert len(per_site) < len(hourly(written))
     # Five days on, past minute_days too: from counts_1h.
     monkeypatch.setattr(store, "_retention_now", lambda: now + 5 * DAY)
     assert store.count_buckets(window) == hourly(written)

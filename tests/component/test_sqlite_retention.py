@@ -8,13 +8,14 @@ import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from roadside.cloud.storage.base import CountBucket, CountQuery, IngestBatch, Origin, to_epoch_us
+from roadside.cloud.storage.base import ALL_DEVICES, CountBucket, CountQuery, IngestBatch, Origin, to_epoch_us
 from roadside.cloud.storage.retention import Coverage, RetentionPolicy, floor_time
 from roadside.cloud.storage.retention_job import RetentionJob
 from roadside.cloud.storage.sqlite import SqliteStore
@@ -151,6 +152,14 @@ def test_totals_stay_exact_across_the_raw_minute_and_hour_tiers(store: SqliteSto
     assert total(store) == sum(n for *_, n in rows)
     only = CountQuery(window.start, window.end, bucket_s=3600, device_id="pole-2", cls="truck")
     assert store.count_buckets(only) == expected(rows, 3600, device="pole-2", cls="truck")
+    # Summed over the devices (the console's totals), from every tier alike.
+    summed: Counter[tuple[datetime, str]] = Counter()
+    for b in expected(rows, 3600):
+        summed[(b.bucket_start, b.cls)] += b.count
+    assert store.count_buckets(replace(window, per_device=False)) == [
+        CountBucket(t, ALL_DEVICES, "main-st", "stop-bar", cls, "in", n)
+        for (t, cls), n in sorted(summed.items())
+    ]
     # Inside the minute tier minutes stay exact too.
     minutes = CountQuery(MINUTE_FROM, RAW_FROM, bucket_s=60)
     assert store.count_buckets(minutes) == expected([r for r in rows if MINUTE_FROM <= r[0] < RAW_FROM], 60)

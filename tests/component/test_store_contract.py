@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from roadside.cloud.storage.base import (
+    ALL_DEVICES,
     CountBucket,
     CountQuery,
     EventQuery,
@@ -135,6 +136,36 @@ def test_count_filters(store: TimeSeriesStore) -> None:
     assert total(line="south") == 4
     assert total(direction="out") == 8
     assert total(device_id="pole-1", cls="car", direction="in", line="north") == 1
+
+
+def test_counts_summed_over_devices_equal_the_per_device_rows_summed(store: TimeSeriesStore) -> None:
+    store.write(
+        [
+            batch(1, counts=[count(0, 2), count(0, 3, direction="out"), count(61, 4), count(5, 1, cls="truck")]),
+            batch(1, device="pole-2", counts=[count(1, 10), count(62, 5), count(3, 6, line="south")]),
+            batch(1, device="pole-3", site="elm-st", counts=[count(0, 7), count(2, 8, cls="truck")]),
+        ]
+    )  # fmt: skip
+
+    def summed(**filters: Any) -> list[CountBucket]:
+        """The per-device answer summed by hand, in the order the store promises."""
+        totals: dict[tuple[Any, ...], int] = {}
+        for b in store.count_buckets(CountQuery(DAY.start, DAY.end, **filters)):
+            key = (b.bucket_start, b.line, b.cls, b.direction, b.site)
+            totals[key] = totals.get(key, 0) + b.count
+        return [
+            CountBucket(t, ALL_DEVICES, site, line, cls, d, n)
+            for (t, line, cls, d, site), n in sorted(totals.items())
+        ]
+
+    everything = store.count_buckets(CountQuery(DAY.start, DAY.end, per_device=False))
+    assert everything == summed()
+    assert CountBucket(T0, ALL_DEVICES, "main-st", "north", "car", "in", 12) in everything  # two devices
+    assert len(everything) < len(store.count_buckets(DAY))
+    for filters in ({"site": "main-st"}, {"cls": "truck"}, {"device_id": "pole-2"}, {"line": "south"},
+                    {"direction": "out"}, {"bucket_s": 900}, {"site": "nowhere"}):  # fmt: skip
+        per_site = CountQuery(DAY.start, DAY.end, per_device=False, **filters)
+        assert store.count_buckets(per_site) == summed(**filters)
 
 
 def test_bucket_width_must_be_positive(store: TimeSeriesStore) -> None:

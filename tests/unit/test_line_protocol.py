@@ -334,6 +334,17 @@ def test_count_query_groups_by_epoch_buckets_without_empty_rows() -> None:
     )
 
 
+def test_count_query_summed_over_devices_groups_without_the_device() -> None:
+    q = CountQuery(T0, T0 + timedelta(hours=2), bucket_s=900, site="main-st", per_device=False)
+    assert influx.count_buckets_influxql(q, _plain).endswith(
+        """ AND "site" = 'main-st' GROUP BY time(900s), "site", "line", "cls", "direction" fill(none)"""
+    )
+    assert (
+        '  |> group(columns: ["site", "line", "cls", "direction"])\n'
+        in influx.count_buckets_flux(q, "rs").text
+    )
+
+
 def test_event_query_orders_by_time_and_limits() -> None:
     q = EventQuery(T0, T0 + timedelta(hours=1), type="wrong_way", limit=7)
     text = influx.events_influxql(q, _plain)

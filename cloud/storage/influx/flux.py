@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from roadside.cloud.storage.base import CountQuery, EventQuery, SensorQuery, to_epoch_us
-from roadside.cloud.storage.influx.line_protocol import COUNT_GROUPS, COUNTS, EVENTS, HEALTH, INGEST, SENSORS
+from roadside.cloud.storage.influx.line_protocol import COUNTS, EVENTS, HEALTH, INGEST, SENSORS
+from roadside.cloud.storage.influx.rows import count_groups
 from roadside.shared.errors import TransportError
 
 
@@ -58,7 +59,7 @@ def count_buckets_flux(query: CountQuery, bucket: str, measurement: str = COUNTS
         cls=query.cls,
         direction=query.direction,
     )
-    groups = ", ".join(f'"{g}"' for g in COUNT_GROUPS)
+    groups = ", ".join(f'"{g}"' for g in count_groups(query))
     text = (
         head
         + f'  |> filter(fn: (r) => r._measurement == "{measurement}" and r._field == "count"{filters})\n'

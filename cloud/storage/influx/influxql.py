@@ -7,7 +7,8 @@ from collections.abc import Callable
 from datetime import datetime
 
 from roadside.cloud.storage.base import CountQuery, EventQuery, SensorQuery, to_epoch_us
-from roadside.cloud.storage.influx.line_protocol import COUNT_GROUPS, COUNTS, EVENTS, HEALTH, INGEST, SENSORS
+from roadside.cloud.storage.influx.line_protocol import COUNTS, EVENTS, HEALTH, INGEST, SENSORS
+from roadside.cloud.storage.influx.rows import count_groups
 
 
 def quote_ident(name: str) -> str:
@@ -46,7 +47,7 @@ def count_buckets_influxql(query: CountQuery, source: Callable[[str], str]) -> s
         cls=query.cls,
         direction=query.direction,
     )
-    groups = ", ".join(quote_ident(g) for g in COUNT_GROUPS)
+    groups = ", ".join(quote_ident(g) for g in count_groups(query))
     tail = f" GROUP BY time({int(query.bucket_s)}s), {groups} fill(none)"
     return _select('sum("count") AS "count"', source(COUNTS), where, tail)
 

@@ -6,15 +6,29 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from roadside.cloud.storage.base import CountBucket, StoredEvent, StoredReading, from_epoch_us
+from roadside.cloud.storage.base import (
+    ALL_DEVICES,
+    CountBucket,
+    CountQuery,
+    StoredEvent,
+    StoredReading,
+    from_epoch_us,
+)
+from roadside.cloud.storage.influx.line_protocol import COUNT_GROUPS
 from roadside.shared.errors import ConfigError, RoadsideError, SchemaError, TransportError
 from roadside.shared.schemas import DetectionEvent, SensorReading
 
 
+def count_groups(query: CountQuery) -> tuple[str, ...]:
+    """The tags a count query groups by: without the device when the query sums devices together."""
+    return COUNT_GROUPS if query.per_device else tuple(g for g in COUNT_GROUPS if g != "device")
+
+
 def count_bucket(row: Mapping[str, Any], bucket_ns: int) -> CountBucket:
+    """A bucket from a row grouped by :func:`count_groups` (no ``device`` when summed over devices)."""
     return CountBucket(
         from_epoch_us(bucket_ns // 1000),
-        str(row["device"]),
+        str(row["device"]) if "device" in row else ALL_DEVICES,
         str(row.get("site") or ""),
         str(row["line"]),
         str(row["cls"]),
