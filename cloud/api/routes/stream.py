@@ -79,7 +79,7 @@ async def stream_events(
             "too-many-streams", "Too many streams", "The hub serves its maximum number of live streams.", 30
         ) from exc
     return StreamingResponse(
-        _messages(subscription, settings.sse_heartbeat_s, settings.sse_max_duration_s),
+        event_messages(subscription, settings.sse_heartbeat_s, settings.sse_max_duration_s),
         media_type=EVENT_STREAM,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         # If the body never starts (the client left at once), the subscription still goes.
@@ -92,9 +92,13 @@ def message(live: LiveEvent) -> str:
     return f"id: {live.event.event_id}\ndata: {Event.from_stored(live).model_dump_json()}\n\n"
 
 
-async def _messages(
+async def event_messages(
     subscription: Subscription, heartbeat_s: float, max_duration_s: float
 ) -> AsyncIterator[str]:
+    """The SSE text of a live-event subscription: a heartbeat while quiet, ends after ``max_duration_s``.
+
+    Also what the console's live page streams.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_duration_s
     with subscription:
@@ -108,3 +112,6 @@ async def _messages(
             elif not dropped:
                 yield ": heartbeat\n\n"
         yield ": stream ends; reconnect\n\n"
+
+
+_messages = event_messages  # the name callers used before it was public
