@@ -71,7 +71,7 @@ class Weather:
     mixing_height_m: float = 800.0
     stability: Stability = "D"
     sigma_y0_m: float = 3.0  # initial spread by the vehicles' wake (assumed)
-    sigma_z0_m: float = 1.5
+    sigma_z0_m: float = 3.0
 
     def __post_init__(self) -> None:
         if not self.wind_speed_ms >= MIN_WIND_MS:
