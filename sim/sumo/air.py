@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 from xml.etree import ElementTree as ET
 
-from roadside.cloud.air.traffic import TrafficHour, emissions
+from roadside.cloud.air.traffic import TrafficHour, emissions, pearson
 from roadside.shared.errors import ConfigError
 from roadside.sim.dispersion import PointSource, Weather, concentration, no2_from_nox
 from roadside.sim.sumo.poses import load_pose_file
@@ -68,6 +68,7 @@ class AirSettings:
     warmup_s: float = 120.0  # simulated seconds before the window: the legs fill with traffic
     window_s: float = 600.0
     sample_s: float = 1.0  # emission-output period
+    slice_s: float = 60.0  # the time series' step (the plume crosses 100 m in under a minute at 2 m/s)
     cell_m: float = 5.0
     sensor_height_m: float = 3.0
     weather: Weather = field(default_factory=Weather)
@@ -77,8 +78,8 @@ class AirSettings:
     no2_primary_fraction: float = 0.25  # share of NOx emitted as NO2
 
     def __post_init__(self) -> None:
-        if self.warmup_s < 0 or self.window_s <= 0 or self.sample_s <= 0 or self.cell_m <= 0:
-            raise ConfigError("warm-up must be ≥ 0; window, sample period and cell size positive")
+        if min(self.window_s, self.sample_s, self.cell_m, self.slice_s) <= 0 or self.warmup_s < 0:
+            raise ConfigError("warm-up must be ≥ 0; window, sample period, slice and cell size positive")
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,27 @@ class TripTotals:
 
 @dataclass(frozen=True)
 class SumoEmissions:
-    """SUMO's emissions in one window."""
+    """SUMO's emissions in one window (and in its consecutive slices, for a time series)."""
 
     window_s: float
     mass_g: dict[str, dict[str, float]]  # pollutant → SUMO vehicle class → grams
     cells: dict[tuple[int, int], dict[str, float]]  # cell (ix, iy) → pollutant → grams
     cell_m: float
     counted: dict[str, int]  # SUMO vehicle class → vehicles that entered an exit edge
+    slices: tuple[SumoEmissions, ...] = ()
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.mass: dict[str, dict[str, float]] = {p: defaultdict(float) for p in POLLUTANTS}
+        self.cells: dict[tuple[int, int], dict[str, float]] = defaultdict(
+            lambda: dict.fromkeys(POLLUTANTS, 0.0)
+        )
+        self.counted: dict[str, int] = defaultdict(int)
+
+    def done(self, window_s: float, cell_m: float, slices: tuple[SumoEmissions, ...] = ()) -> SumoEmissions:
+        mass = {p: dict(by) for p, by in self.mass.items()}
+        return SumoEmissions(window_s, mass, dict(self.cells), cell_m, dict(self.counted), slices)
 
 
 def run_sumo_emissions(scenario: Scenario, workdir: Path, settings: AirSettings) -> tuple[Path, Path]:
@@ -145,11 +160,17 @@ def read_emission_output(
     end_s: float,
     sample_s: float,
     cell_m: float,
+    slice_s: float | None = None,
 ) -> SumoEmissions:
-    """Mass by class and by cell, and exit-edge entries by class, for samples in ``[start_s, end_s)``."""
-    mass: dict[str, dict[str, float]] = {p: defaultdict(float) for p in POLLUTANTS}
-    cells: dict[tuple[int, int], dict[str, float]] = defaultdict(lambda: dict.fromkeys(POLLUTANTS, 0.0))
-    counted: dict[str, int] = defaultdict(int)
+    """Mass by class and by cell, and exit-edge entries by class, for samples in ``[start_s, end_s)``.
+
+    A vehicle counts where its first sample on an exit edge falls (one that
+    entered before the window is not counted in it). With ``slice_s``, the
+    same again for each consecutive ``slice_s`` of the window.
+    """
+    whole = _Tally()
+    n_slices = math.ceil((end_s - start_s) / slice_s - 1e-9) if slice_s else 0
+    parts = [_Tally() for _ in range(n_slices)]
     exited: set[str] = set()
     time = -math.inf
     for event, el in ET.iterparse(path, events=("start", "end")):  # noqa: S314 - SUMO's output of this run
@@ -160,26 +181,33 @@ def read_emission_output(
         if el.tag == "timestep":
             time = float(el.get("time", "0"))
             continue
-        if el.tag != "vehicle" or not start_s <= time < end_s:
+        if el.tag != "vehicle" or time >= end_s:
             continue
         vid = el.get("id", "")
-        vclass = vclasses.get(el.get("type", ""), "passenger")
-        edge = el.get("lane", "").rpartition("_")[0]
-        if edge in exits and vid not in exited:
+        entered = el.get("lane", "").rpartition("_")[0] in exits and vid not in exited
+        if entered:
             exited.add(vid)
-            counted[vclass] += 1
+        if time < start_s:
+            continue
+        tallies = [whole]
+        if slice_s:
+            tallies.append(parts[min(int((time - start_s) // slice_s), n_slices - 1)])
+        vclass = vclasses.get(el.get("type", ""), "passenger")
         cell = (math.floor(float(el.get("x", "0")) / cell_m), math.floor(float(el.get("y", "0")) / cell_m))
-        for ours, theirs in POLLUTANTS.items():
-            grams = float(el.get(theirs, "0")) * sample_s / _MG_PER_G  # mg/s × s
-            mass[ours][vclass] += grams
-            cells[cell][ours] += grams
-    return SumoEmissions(
-        end_s - start_s,
-        {p: dict(by) for p, by in mass.items()},
-        dict(cells),
-        cell_m,
-        dict(counted),
+        grams = {
+            ours: float(el.get(theirs, "0")) * sample_s / _MG_PER_G for ours, theirs in POLLUTANTS.items()
+        }
+        for tally in tallies:
+            if entered:
+                tally.counted[vclass] += 1
+            for p, g in grams.items():  # mg/s × s, in g
+                tally.mass[p][vclass] += g
+                tally.cells[cell][p] += g
+    last = end_s - start_s - (n_slices - 1) * slice_s if slice_s else 0.0
+    slices = tuple(
+        part.done(slice_s if i < n_slices - 1 else last, cell_m) for i, part in enumerate(parts) if slice_s
     )
+    return whole.done(end_s - start_s, cell_m, slices)
 
 
 def read_tripinfo(path: Path, vclasses: Mapping[str, str]) -> dict[str, TripTotals]:
@@ -264,6 +292,36 @@ def pole_concentrations(
     return out
 
 
+def _by_detector_class(counted: Mapping[str, int]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for vclass, n in counted.items():
+        cls = detector_class(vclass)
+        if cls is not None:
+            counts[cls] += n
+    return dict(counts)
+
+
+def _series(
+    sumo: SumoEmissions, poles: Mapping[str, tuple[float, float]], settings: AirSettings
+) -> dict[str, Any]:
+    """Per slice: vehicles counted and each pole's NO2 and PM2.5; Pearson's r of counts with NO2."""
+    totals = [sum(_by_detector_class(s.counted).values()) for s in sumo.slices]
+    at = [pole_concentrations(s, poles, settings) for s in sumo.slices]
+    no2 = {name: [row[name]["no2_ppb"] for row in at] for name in poles}
+    return {
+        "slice_s": settings.slice_s,
+        "counts": totals,
+        "no2_ppb": no2,
+        "pm25_ug_m3": {name: [row[name]["pm25_ug_m3"] for row in at] for name in poles},
+        "counts_no2_correlation": {
+            name: None
+            if (r := pearson(list(zip(map(float, totals), v, strict=True)))) is None
+            else round(r, 3)
+            for name, v in no2.items()
+        },
+    }
+
+
 def _poles(scenario: Scenario) -> dict[str, tuple[float, float]]:
     poles = {}
     for cam in load_pose_file(scenario.poses).cameras:
@@ -294,12 +352,10 @@ def air_scenario(
         end_s=settings.warmup_s + settings.window_s,
         sample_s=settings.sample_s,
         cell_m=settings.cell_m,
+        slice_s=settings.slice_s,
     )
-    counts: dict[str, int] = defaultdict(int)
-    for vclass, n in sumo.counted.items():
-        cls = detector_class(vclass)
-        if cls is not None:
-            counts[cls] += n
+    counts = _by_detector_class(sumo.counted)
+    poles = _poles(scenario)
     length = road_length_km(scenario)
     hour = TrafficHour(datetime.fromtimestamp(0, UTC), dict(counts), {})
     estimate = emissions([hour], factors, length)
@@ -329,7 +385,8 @@ def air_scenario(
             "mixing_height_m": settings.weather.mixing_height_m,
         },
         "background_ug_m3": dict(settings.background_ug_m3),
-        "poles": pole_concentrations(sumo, _poles(scenario), settings),
+        "poles": pole_concentrations(sumo, poles, settings),
+        "series": _series(sumo, poles, settings),
         "trips": {
             c: {"trips": t.trips, "km": round(t.km, 3)}
             for c, t in sorted(read_tripinfo(trip_file, vclasses).items())

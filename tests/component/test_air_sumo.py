@@ -18,7 +18,7 @@ pytest.importorskip("sumo")
 
 def test_a_short_run_emits_disperses_and_compares(tmp_path: Path) -> None:
     scenario = build_scenario("intersection", tmp_path / "world", seed=42, duration_s=150.0)
-    settings = AirSettings(warmup_s=60.0, window_s=90.0, weather=Weather(wind_from_deg=225.0))
+    settings = AirSettings(warmup_s=60.0, window_s=90.0, slice_s=30.0, weather=Weather(wind_from_deg=225.0))
     out = air_scenario(scenario, tmp_path / "run", DEFAULT_EMISSION_FACTORS, settings)
 
     assert out["counts_source"] == "sumo"
@@ -39,6 +39,11 @@ def test_a_short_run_emits_disperses_and_compares(tmp_path: Path) -> None:
         assert row["pm25_ug_m3"] >= bg["pm25"]
         assert row["no2_ppb"] == pytest.approx(row["no2_ug_m3"] * 24.055 / 46.005, abs=0.02)
     assert max(row["nox_ug_m3"] for row in out["poles"].values()) > bg["nox"] + 1.0
+    series = out["series"]
+    assert len(series["counts"]) == 3  # 90 s in 30 s slices
+    assert sum(series["counts"]) == sum(out["counts"].values())  # each vehicle counted in one slice
+    assert all(len(v) == 3 for v in series["no2_ppb"].values())
+    assert set(series["counts_no2_correlation"]) == set(out["poles"])
 
 
 def test_a_window_past_the_scenario_is_refused(tmp_path: Path) -> None:

@@ -155,3 +155,22 @@ def test_the_emission_output_gives_mass_cells_and_exit_counts_in_the_window(tmp_
     assert sum(c["pm25"] for c in got.cells.values()) == pytest.approx(1.0)
     assert got.cells[(0, -3)]["nox"] == pytest.approx(2.0)  # x 1, y -12 → cell (0, -3)
     assert math.isclose(sum(c["co2"] for c in got.cells.values()), 30.0)
+
+
+def test_a_vehicle_that_exited_before_the_window_is_not_counted_and_slices_add_up(tmp_path: Path) -> None:
+    path = tmp_path / "emissions.xml"
+    path.write_text(EMISSIONS)
+    got = read_emission_output(
+        path,
+        {"car1": "passenger", "lorry": "truck"},
+        frozenset({"s_out", "e_out"}),
+        start_s=11.0,
+        end_s=13.0,
+        sample_s=1.0,
+        cell_m=5.0,
+        slice_s=1.0,
+    )
+    assert got.counted == {"truck": 1}  # "a" reached s_out at 10 s, before the window
+    assert [s.counted for s in got.slices] == [{"truck": 1}, {}]
+    assert [s.window_s for s in got.slices] == [1.0, 1.0]
+    assert sum(s.mass_g["nox"]["truck"] for s in got.slices) == pytest.approx(got.mass_g["nox"]["truck"])
