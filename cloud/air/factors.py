@@ -12,7 +12,8 @@ detector class's mass over its finished trips' distance. Reproduce with
 Per **detector** class, as the hub counts: ``truck`` is trucks, trailers and
 buses weighted by distance; ``cyclist`` is motorcycles and bicycles (about
 half and half here, so the factor moves with that share). NOx is
-NO2-equivalent mass; ``pm25`` is SUMO's ``PMx``. These stand for a Euro-4/
+NO2-equivalent mass; ``pm10`` is SUMO's ``PMx``, which for HBEFA 4 is PM10
+from exhaust and wear together (SUMO's HBEFA4 page). These stand for a Euro-4/
 Euro-VI fleet in urban stop-and-go: replace them with the city's own fleet
 (EMEP/EEA Guidebook 1.A.3.b, HBEFA, COPERT) in ``air.emission_factors``.
 """
@@ -30,6 +31,6 @@ DEFAULT_EMISSION_FACTORS_SOURCE: Final = (
 
 DEFAULT_EMISSION_FACTORS: Final[dict[str, dict[str, float]]] = {
     "nox": {"car": 0.1083, "cyclist": 0.1093, "truck": 0.509},
-    "pm25": {"car": 0.0206, "cyclist": 0.0257, "truck": 0.2351},
+    "pm10": {"car": 0.0206, "cyclist": 0.0257, "truck": 0.2351},
     "co2": {"car": 309.5, "cyclist": 99.4, "truck": 1322.2},
 }

@@ -35,7 +35,7 @@ from xml.etree import ElementTree as ET
 
 from roadside.cloud.air.traffic import TrafficHour, emissions, pearson
 from roadside.shared.errors import ConfigError
-from roadside.sim.dispersion import PointSource, Weather, concentration, no2_from_nox
+from roadside.sim.dispersion import NO2_PPB_PER_UG_M3, PointSource, Weather, concentration, no2_from_nox
 from roadside.sim.sumo.poses import load_pose_file
 from roadside.sim.sumo.render import detector_class
 from roadside.sim.sumo.scenarios import Scenario
@@ -56,8 +56,8 @@ __all__ = [
 ]
 
 # Roadside's pollutant name → SUMO's attribute (emission-output) and tripinfo's ``<name>_abs``.
-# SUMO's NOx is NO2-equivalent mass; its PMx is exhaust particles, taken as PM2.5 (see the docs).
-POLLUTANTS: Final[dict[str, str]] = {"nox": "NOx", "pm25": "PMx", "co2": "CO2"}
+# SUMO's NOx is NO2-equivalent mass; its HBEFA 4 PMx is PM10, exhaust and non-exhaust (SUMO's docs).
+POLLUTANTS: Final[dict[str, str]] = {"nox": "NOx", "pm10": "PMx", "co2": "CO2"}
 _MG_PER_G: Final = 1000.0
 
 
@@ -73,11 +73,14 @@ class AirSettings:
     sensor_height_m: float = 3.0
     weather: Weather = field(default_factory=Weather)
     background_ug_m3: Mapping[str, float] = field(
-        default_factory=lambda: {"nox": 30.0, "no2": 20.0, "pm25": 8.0}
+        default_factory=lambda: {"nox": 30.0, "no2": 20.0, "pm10": 15.0, "pm25": 8.0}
     )
     no2_primary_fraction: float = 0.25  # share of NOx emitted as NO2
+    pm25_share: float = 1.0  # of the traffic's PM10 that is PM2.5: 1 is an upper bound (wear is coarser)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.pm25_share <= 1.0:
+            raise ConfigError(f"pm25_share {self.pm25_share}: a share of PM10, between 0 and 1")
         if min(self.window_s, self.sample_s, self.cell_m, self.slice_s) <= 0 or self.warmup_s < 0:
             raise ConfigError("warm-up must be ≥ 0; window, sample period, slice and cell size positive")
 
@@ -267,28 +270,35 @@ def road_length_km(scenario: Scenario) -> float:
 def pole_concentrations(
     sumo: SumoEmissions, poles: Mapping[str, tuple[float, float]], settings: AirSettings
 ) -> dict[str, dict[str, float]]:
-    """Window-mean NOx, NO2 (µg/m³ and ppb) and PM2.5 (µg/m³) at each pole, background included."""
-    from roadside.sim.dispersion import NO2_PPB_PER_UG_M3
+    """Window-mean NOx, NO2 (µg/m³ and ppb), PM10 and PM2.5 (µg/m³) at each pole, background included.
 
+    NOx and PM10 (SUMO's PMx) are dispersed; NO2 is the background plus the
+    primary share of the NOx increment, PM2.5 the background plus
+    ``pm25_share`` of the PM10 increment.
+    """
     half = sumo.cell_m / 2.0
-    out: dict[str, dict[str, float]] = {}
     bg = settings.background_ug_m3
-    for pollutant in ("nox", "pm25"):
+    added: dict[str, dict[str, float]] = {name: {} for name in poles}
+    for pollutant in ("nox", "pm10"):
         sources = [
             PointSource(ix * sumo.cell_m + half, iy * sumo.cell_m + half, g[pollutant] * 1e6 / sumo.window_s)
             for (ix, iy), g in sumo.cells.items()
             if g[pollutant] > 0
         ]  # µg/s, so concentrations come out in µg/m³
         for name, (x, y) in poles.items():
-            c = concentration(
-                sources, (x, y, settings.sensor_height_m), settings.weather, bg.get(pollutant, 0.0)
+            added[name][pollutant] = concentration(
+                sources, (x, y, settings.sensor_height_m), settings.weather
             )
-            out.setdefault(name, {})[f"{pollutant}_ug_m3"] = round(c, 2)
-    for row in out.values():
-        increment = row["nox_ug_m3"] - bg.get("nox", 0.0)
-        no2 = no2_from_nox(increment, settings.no2_primary_fraction, bg.get("no2", 0.0))
-        row["no2_ug_m3"] = round(no2, 2)
-        row["no2_ppb"] = round(no2 * NO2_PPB_PER_UG_M3, 2)
+    out: dict[str, dict[str, float]] = {}
+    for name, inc in added.items():
+        no2 = no2_from_nox(inc["nox"], settings.no2_primary_fraction, bg.get("no2", 0.0))
+        out[name] = {
+            "nox_ug_m3": round(bg.get("nox", 0.0) + inc["nox"], 2),
+            "no2_ug_m3": round(no2, 2),
+            "no2_ppb": round(no2 * NO2_PPB_PER_UG_M3, 2),
+            "pm10_ug_m3": round(bg.get("pm10", 0.0) + inc["pm10"], 2),
+            "pm25_ug_m3": round(bg.get("pm25", 0.0) + settings.pm25_share * inc["pm10"], 2),
+        }
     return out
 
 

@@ -22,7 +22,7 @@ def test_a_short_run_emits_disperses_and_compares(tmp_path: Path) -> None:
     out = air_scenario(scenario, tmp_path / "run", DEFAULT_EMISSION_FACTORS, settings)
 
     assert out["counts_source"] == "sumo"
-    for p in ("nox", "pm25", "co2"):
+    for p in ("nox", "pm10", "co2"):
         assert out["sumo_total_g"][p] > 0
         assert out["sumo_g"][p]["passenger"] > 0
         assert out["hub_estimate_g"][p] > 0
@@ -36,7 +36,8 @@ def test_a_short_run_emits_disperses_and_compares(tmp_path: Path) -> None:
     assert set(out["poles"]) == {"n_in", "e_in", "s_in", "w_in"}  # the camera poses' positions
     for row in out["poles"].values():
         assert row["nox_ug_m3"] >= bg["nox"]
-        assert row["pm25_ug_m3"] >= bg["pm25"]
+        assert row["pm10_ug_m3"] >= bg["pm10"]
+        assert bg["pm25"] <= row["pm25_ug_m3"] <= bg["pm25"] + row["pm10_ug_m3"] - bg["pm10"] + 0.02
         assert row["no2_ppb"] == pytest.approx(row["no2_ug_m3"] * 24.055 / 46.005, abs=0.02)
     assert max(row["nox_ug_m3"] for row in out["poles"].values()) > bg["nox"] + 1.0
     series = out["series"]

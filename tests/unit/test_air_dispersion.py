@@ -99,11 +99,11 @@ def test_no2_is_the_background_plus_the_primary_share() -> None:
 
 def test_factors_are_mass_over_distance_by_detector_class() -> None:
     trips = {
-        "passenger": TripTotals(10, 3.0, {"nox": 0.3, "pm25": 0.06, "co2": 900.0}),
-        "truck": TripTotals(1, 0.3, {"nox": 0.15, "pm25": 0.03, "co2": 300.0}),
-        "bus": TripTotals(1, 0.3, {"nox": 0.45, "pm25": 0.09, "co2": 600.0}),
-        "bicycle": TripTotals(2, 0.6, {"nox": 0.0, "pm25": 0.0, "co2": 0.0}),
-        "motorcycle": TripTotals(2, 0.6, {"nox": 0.12, "pm25": 0.0, "co2": 60.0}),
+        "passenger": TripTotals(10, 3.0, {"nox": 0.3, "pm10": 0.06, "co2": 900.0}),
+        "truck": TripTotals(1, 0.3, {"nox": 0.15, "pm10": 0.03, "co2": 300.0}),
+        "bus": TripTotals(1, 0.3, {"nox": 0.45, "pm10": 0.09, "co2": 600.0}),
+        "bicycle": TripTotals(2, 0.6, {"nox": 0.0, "pm10": 0.0, "co2": 0.0}),
+        "motorcycle": TripTotals(2, 0.6, {"nox": 0.12, "pm10": 0.0, "co2": 60.0}),
     }
     f = factors_from_trips(trips)
     assert f["nox"] == pytest.approx({"car": 0.1, "truck": 1.0, "cyclist": 0.1})  # (0.15+0.45)/0.6
@@ -152,7 +152,7 @@ def test_the_emission_output_gives_mass_cells_and_exit_counts_in_the_window(tmp_
     assert got.window_s == 2.0
     assert got.mass_g["nox"] == pytest.approx({"passenger": 4.0, "truck": 8.0})  # mg/s × 1 s, in g
     assert got.counted == {"passenger": 1, "truck": 1}  # each once, on its first exit-edge sample
-    assert sum(c["pm25"] for c in got.cells.values()) == pytest.approx(1.0)
+    assert sum(c["pm10"] for c in got.cells.values()) == pytest.approx(1.0)
     assert got.cells[(0, -3)]["nox"] == pytest.approx(2.0)  # x 1, y -12 → cell (0, -3)
     assert math.isclose(sum(c["co2"] for c in got.cells.values()), 30.0)
 
