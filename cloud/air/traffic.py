@@ -9,9 +9,10 @@ layer's daily cycle and background pollution move with the time of day too.
 
 The emission estimate is ``Σ count(class) × factor(pollutant, class) ×
 length`` in grams, with ``factor`` in g per vehicle-km for the fleet of the
-city and ``length`` the road segment the counts stand for. Roadside ships
-no default factors (``docs/air-quality.md`` says why and where to take
-them from); without them there is no estimate.
+city and ``length`` the road segment the counts stand for. The default
+factors (:mod:`roadside.cloud.air.factors`) come from SUMO's HBEFA 4 model
+over a simulated fleet (``docs/air-quality.md``); without factors there is
+no estimate.
 """
 
 from __future__ import annotations

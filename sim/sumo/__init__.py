@@ -13,6 +13,8 @@
   through a calibrated camera (:mod:`roadside.vision.calibration`), with ground truth.
 - :mod:`roadside.sim.sumo.source`: the ``sumo`` camera of the edge agent, registered
   through the ``roadside.sources`` entry point.
+- :mod:`roadside.sim.sumo.air`: SUMO's emissions dispersed to the poles
+  (:mod:`roadside.sim.dispersion`) and compared with the hub's estimate from the counts.
 
 Needs the ``[sim]`` extra. See ``docs/sumo.md``.
 """
