@@ -28,8 +28,8 @@ from roadside.sim.sumo.air import (
     factors_from_trips,
     read_tripinfo,
     run_sumo_emissions,
+    vehicle_classes,
 )
-from roadside.sim.sumo.air import _vclasses as vclasses_of
 from roadside.sim.sumo.scenarios import build_scenario
 
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if derive:
             _, trips_file = run_sumo_emissions(scenario, Path(tmp) / "run", settings)
-            trips = read_tripinfo(trips_file, vclasses_of(scenario.routes))
+            trips = read_tripinfo(trips_file, vehicle_classes(scenario.routes))
             factors = factors_from_trips(trips)
             out = {
                 "seed": seed,

@@ -53,6 +53,7 @@ __all__ = [
     "read_tripinfo",
     "road_length_km",
     "run_sumo_emissions",
+    "vehicle_classes",
 ]
 
 # Roadside's pollutant name → SUMO's attribute (emission-output) and tripinfo's ``<name>_abs``.
@@ -145,7 +146,7 @@ def run_sumo_emissions(scenario: Scenario, workdir: Path, settings: AirSettings)
     return emission, trips
 
 
-def _vclasses(routes: Path) -> dict[str, str]:
+def vehicle_classes(routes: Path) -> dict[str, str]:
     """vType id → vClass, from the routes file (a type without a vClass is a passenger car, as in SUMO)."""
     out = {}
     for _, el in ET.iterparse(routes):  # noqa: S314 - our scenario's own file
@@ -352,7 +353,7 @@ def air_scenario(
     """Run ``scenario`` with emissions and compare; one JSON-ready dict (``bench.air_sumo`` prints it)."""
     settings = settings or AirSettings()
     emission_file, trip_file = run_sumo_emissions(scenario, workdir, settings)
-    vclasses = _vclasses(scenario.routes)
+    vclasses = vehicle_classes(scenario.routes)
     exits = frozenset(m.exit for m in scenario.movements)
     sumo = read_emission_output(
         emission_file,
