@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -53,3 +54,14 @@ def test_a_window_past_the_scenario_is_refused(tmp_path: Path) -> None:
         air_scenario(
             scenario, tmp_path / "run", DEFAULT_EMISSION_FACTORS, AirSettings(warmup_s=30, window_s=60)
         )
+
+
+def test_the_benchmark_prints_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.air_sumo import main
+
+    main(["--warmup", "30", "--window", "60", "--wind-from", "45"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    out = json.loads(last)
+    assert out["counts_source"] == "sumo"
+    assert set(out["relative_error"]) == {"nox", "pm10", "co2"}
+    assert out["weather"]["wind_from_deg"] == 45.0
