@@ -2,6 +2,7 @@
 
     python -m bench.signal [--duration 900] [--seed 42] [--ways fixed,sumo_actuated,roadside_direct,roadside]
                            [--sumocfg PATH --camera-pose FILE [--tls ID]] [--workdir DIR]
+                           [--tmc-only | --no-tmc] [--tmc-duration S] [--junction-pose FILE] [--model ONNX]
 
 Without ``--sumocfg`` it generates Roadside's ``intersection`` scenario
 (:mod:`roadside.sim.sumo.scenarios`) at ``--seed`` for ``--duration``
@@ -16,6 +17,17 @@ per way, ``tmc_error_max``, ``presence_agreement``,
 ``call_latency_p95_ms`` and ``conflicting_greens``. Targets (issue 11):
 roadside time loss ≥ 15 % below fixed and within 10 % of sumo_actuated;
 TMC within 5 %; presence agreement ≥ 95 %; call latency p95 ≤ 300 ms.
+
+Turning-movement counts (:mod:`roadside.sim.sumo.tmc`) need a camera that
+sees an entrance and its exit: one high camera over the junction box (the
+first camera of ``--junction-pose``; by default the scenario's, or
+:func:`roadside.sim.sumo.poses.junction_camera` for another network). Its
+frames run through the agent's detector (``--model``, the shipped one by
+default), tracker and movement counter, and again with the frames'
+ground-truth boxes as detections (the counting and geometry alone); each is
+compared per movement with SUMO's route-based truth. ``tmc_error_max`` is
+the detector's figure (largest relative error over movements with at least
+20 true vehicles), ``tmc`` holds both breakdowns.
 """
 
 from __future__ import annotations
@@ -31,16 +43,51 @@ from typing import Any
 
 from roadside.shared.errors import RoadsideError
 from roadside.sim.signal_ways import WAYS, Network, compare
+from roadside.sim.sumo.poses import junction_camera, load_pose_file
 from roadside.sim.sumo.scenarios import build_scenario
+from roadside.sim.sumo.tmc import count_movements, onnx_detector
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "detector.onnx"
 
 
 def network_of(args: argparse.Namespace, workdir: Path) -> Network:
     if args.sumocfg is not None:
         return Network.of(args.sumocfg, args.tls, args.camera_pose, workdir)
     scenario = build_scenario("intersection", workdir / "scenario", seed=args.seed, duration_s=args.duration)
+    if args.junction_pose is None:
+        args.junction_pose = scenario.junction_poses
     return Network(
         scenario.sumocfg, scenario.net, scenario.junction, args.camera_pose or scenario.poses, workdir
     )
+
+
+_TMC_WARMUP_S = 60.0
+
+
+def turning_movements(network: Network, args: argparse.Namespace) -> dict[str, Any]:
+    """Turning-movement counts from the junction camera, by the detector and by truth boxes, against SUMO."""
+    junction = args.junction or network.tls
+    if args.junction_pose is not None:
+        pose = load_pose_file(args.junction_pose).cameras[0]
+    else:
+        pose = junction_camera(network.net, junction)
+    # The demand ends at --duration: count after the warm-up, up to then.
+    duration = args.tmc_duration or max(args.duration - _TMC_WARMUP_S, 10.0)
+    common: dict[str, Any] = {"duration_s": duration, "warmup_s": _TMC_WARMUP_S, "seed": args.seed}
+    out: dict[str, Any] = {"camera": pose.model_dump(mode="json", exclude_none=True)}
+    model = args.model or DEFAULT_MODEL
+    detector = count_movements(
+        network.sumocfg,
+        network.net,
+        junction,
+        pose,
+        detect=onnx_detector(model),
+        detections=model.name,
+        **common,
+    )
+    out["detector"] = detector.as_dict()
+    out["truth_boxes"] = count_movements(network.sumocfg, network.net, junction, pose, **common).as_dict()
+    return out
 
 
 def loop_runner() -> Any:
@@ -64,11 +111,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--camera-pose", type=Path)
     parser.add_argument("--tls", help="the traffic light (default: the network's only one)")
     parser.add_argument("--workdir", type=Path, help="keep SUMO's outputs here (default: a temp dir)")
+    parser.add_argument("--tmc-only", action="store_true", help="only the turning-movement counts")
+    parser.add_argument("--no-tmc", action="store_true", help="no turning-movement counts")
+    parser.add_argument(
+        "--tmc-duration",
+        type=float,
+        help="simulated seconds counted after a 60 s warm-up (default: --duration less 60)",
+    )
+    parser.add_argument(
+        "--junction-pose", type=Path, help="pose file: its first camera sees the whole junction"
+    )
+    parser.add_argument("--junction", help="the junction counted (default: --tls)")
+    parser.add_argument("--model", type=Path, help="ONNX detector for the counts (default: the shipped one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     # `kill` stops the run like Ctrl-C: the loop's agent, hub, broker and SUMO are stopped on the way out.
     os_signal.signal(os_signal.SIGTERM, lambda *_: sys.exit(143))
-    ways = tuple(w for w in args.ways.split(",") if w)
+    ways = () if args.tmc_only else tuple(w for w in args.ways.split(",") if w)
     unknown = set(ways) - set(WAYS)
     if unknown:
         parser.error(f"unknown ways {sorted(unknown)}; choose from {', '.join(WAYS)}")
@@ -78,6 +137,11 @@ def main(argv: list[str] | None = None) -> None:
         summary = compare(
             network, args.duration, args.seed, ways, loop_runner() if "roadside" in ways else None
         )
+        if not args.no_tmc:
+            tmc = turning_movements(network, args)
+            summary["tmc_error_max"] = tmc["detector"]["tmc_error_max"]
+            summary["tmc_error_max_truth_boxes"] = tmc["truth_boxes"]["tmc_error_max"]
+            summary["tmc"] = tmc
     except RoadsideError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
@@ -87,6 +151,11 @@ def main(argv: list[str] | None = None) -> None:
             f"stops {figures['stops']:.2f}  throughput {figures['throughput_vph']:.0f} veh/h  "
             f"conflicting greens {figures['conflicting_greens']}"
         )
+    for source in ("detector", "truth_boxes"):
+        for m in summary.get("tmc", {}).get(source, {}).get("movements", []):
+            print(
+                f"tmc {source:11s} {m['entry']:>6s} -> {m['exit']:6s} truth {m['truth']:4d}  counted {m['counted']:4d}"
+            )
     print(f"outputs in {workdir}", file=sys.stderr)
     print(json.dumps(summary))
 

@@ -13,7 +13,9 @@ Both are built with ``netconvert`` from node and edge lists and routed with
 ``duarouter`` at a fixed seed, without coordinate normalisation, so network
 metres are the coordinates written here (junction centre at 0, 0). Each
 scenario also writes a camera pose file covering every approach
-(:func:`roadside.sim.sumo.poses.approach_cameras`). Generation takes well
+(:func:`roadside.sim.sumo.poses.approach_cameras`) and one holding a single
+high camera over the whole junction box, every entrance and exit in view, for
+turning-movement counts (:func:`roadside.sim.sumo.poses.junction_camera`). Generation takes well
 under a second and the same seed gives identical files.
 """
 
@@ -26,7 +28,7 @@ from typing import Final, Literal
 from xml.etree import ElementTree as ET
 
 from roadside.shared.errors import ConfigError
-from roadside.sim.sumo.poses import approach_cameras, write_pose_file
+from roadside.sim.sumo.poses import approach_cameras, junction_camera, write_pose_file
 from roadside.sim.sumo.tools import run_tool, strip_generator_comment
 
 __all__ = [
@@ -80,6 +82,7 @@ class Scenario:
     movements: tuple[Movement, ...]
     seed: int
     duration_s: float
+    junction_poses: Path  # camera pose file, one camera over the whole junction (turning movements)
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,11 @@ def build_scenario(
     _write_sumocfg(sumocfg, net, routes, seed, duration_s)
     poses = folder / f"{name}.cameras.json"
     write_pose_file(poses, approach_cameras(net, "C"))
-    return Scenario(name, folder, sumocfg, net, routes, poses, "C", tuple(movements), seed, duration_s)
+    junction_poses = folder / f"{name}.junction.cameras.json"
+    write_pose_file(junction_poses, [junction_camera(net, "C")])
+    return Scenario(
+        name, folder, sumocfg, net, routes, poses, "C", tuple(movements), seed, duration_s, junction_poses
+    )
 
 
 def turn_of(entry_direction: tuple[float, float], exit_direction: tuple[float, float]) -> str:
