@@ -179,7 +179,8 @@ class IndexHistory(_Out):
 
 
 def _when(moment: datetime, zone: tzinfo) -> When:
-    return When(utc=moment, local=moment.astimezone(zone))
+    # Hours and days are cut in local time: their bounds arrive with the zone's offset.
+    return When(utc=moment.astimezone(UTC), local=moment.astimezone(zone))
 
 
 def measurement(info: SensorInfo, stored: StoredMeasurement) -> Measurement:

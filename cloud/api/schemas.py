@@ -103,8 +103,18 @@ def _restore_plus(value: object) -> object:
 _ISO_DATE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
+# `from` defaults to a day before `to`, and air quality's local hours and days reach a day past the
+# window: times nearer the ends of Python's calendar (years 1 and 9999) would overflow, a 500.
+EARLIEST_TIME: Final = datetime(1, 1, 3, tzinfo=UTC)
+LATEST_TIME: Final = datetime(9999, 12, 29, tzinfo=UTC)
+
+
 def _as_utc(value: datetime | None) -> datetime | None:
-    return value.astimezone(UTC) if value is not None else None
+    if value is None:
+        return None
+    if not EARLIEST_TIME <= value <= LATEST_TIME:
+        raise ValueError(f"must be between {EARLIEST_TIME.date()} and {LATEST_TIME.date()} (UTC)")
+    return value.astimezone(UTC)
 
 
 QueryTime = Annotated[AwareDatetime | None, BeforeValidator(_restore_plus)]

@@ -93,6 +93,11 @@ def test_hourly_and_daily_means_with_coverage(hub: tuple[TestClient, TestClient,
     assert hours[0]["coverage"]["observedCount"] == 59  # the spike does not count
     assert hours[0]["period"]["label"] == "1hour"
     assert hours[0]["valid"] is True
+    # Cut in local hours, the bounds are still served in UTC beside the local time.
+    assert hours[0]["period"]["datetimeFrom"] == {
+        "utc": "2025-05-01T09:00:00Z",
+        "local": "2025-05-01T05:00:00-04:00",
+    }
     days = client.get(f"/v1/air/sensors/{NO2_SENSOR}/days", headers=auth, params=WINDOW).json()["results"]
     (day,) = days
     assert day["period"]["datetimeFrom"]["local"] == "2025-05-01T00:00:00-04:00"
@@ -122,6 +127,11 @@ def test_unknown_things_and_a_hub_without_air(hub: tuple[TestClient, TestClient,
     assert client.get("/v1/air/sensors/x.y.z/hours", headers=auth).status_code == 404
     too_long = {"from": (END - timedelta(days=40)).isoformat(), "to": END.isoformat()}
     assert client.get(f"/v1/air/sensors/{PM_SENSOR}/hours", headers=auth, params=too_long).status_code == 422
+    # Local hours and days near the ends of Python's calendar would overflow: a 422, not a 500.
+    for path in (f"/v1/air/sensors/{PM_SENSOR}/days", f"/v1/air/locations/{LOCATION}/traffic"):
+        for edge in ({"from": "0001-01-01T00:00:00Z", "to": "0001-01-02T00:00:00Z"},
+                     {"from": "9999-12-30T00:00:00Z", "to": "9999-12-31T00:00:00Z"}):  # fmt: skip
+            assert client.get(path, headers=auth, params=edge).status_code == 422, (path, edge)
     response = without.get("/v1/air/locations", headers=auth)
     assert response.status_code == 501
     assert "air" in response.json()["detail"]

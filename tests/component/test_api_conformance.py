@@ -33,6 +33,8 @@ PATH_VALUES = {
     "rollout_id": "1",
     "signal": "sig-1",
     "channel": "1",
+    "location_id": "main-5th",
+    "sensor_id": "cam-1.pm-1.pm25",
 }
 
 
@@ -116,6 +118,22 @@ def test_window_problems_name_only_parameters_the_client_sent(
 
     assert [p["name"] for p in body["invalid_params"]] == named
     assert set(named) <= set(sent)
+
+
+def test_times_at_the_ends_of_the_calendar_are_named_problems_not_server_errors(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    # A default `from` a day before `to`, or a +14:00 offset, would have overflowed Python's dates (a 500).
+    cases = [
+        ({"from": "0001-01-01T00:00:00+14:00", "to": "0001-01-01T12:00:00Z"}, ["from", "to"]),
+        ({"from": "9999-12-30T00:00:00Z", "to": "9999-12-31T00:00:00Z"}, ["from", "to"]),
+        ({"to": "0001-01-02T00:00:00Z"}, ["to"]),
+    ]
+    for route in WINDOW_ROUTES:
+        for sent, named in cases:
+            body = problem(client.get(route, params=sent, headers=auth), 422)
+            assert [p["name"] for p in body["invalid_params"]] == named, (route, sent)
+            assert "0001-01-03 and 9999-12-29" in body["invalid_params"][0]["reason"]
 
 
 def test_a_cursor_problem_names_the_cursor(client: TestClient, auth: dict[str, str]) -> None:

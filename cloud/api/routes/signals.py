@@ -14,11 +14,11 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, cast
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, Security
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
 from starlette.background import BackgroundTask
 
 from roadside.cloud.api import export, problems
@@ -71,6 +71,31 @@ router = APIRouter(
 NOT_KEPT: Final[dict[int | str, dict[str, Any]]] = {
     501: {"model": problems.Problem, "description": "This hub's telemetry store keeps no signal data."}
 }
+
+# Examples: the signal at Main St & 5th Ave (docs/signals.md), its northbound stop-bar zones on
+# detector channels 5 and 6 calling phase 2, and a pedestrian push-button zone calling phase 4.
+_CHANNELS_EXAMPLE: Final[list[dict[str, Any]]] = [
+    {"channel": 5, "kind": "vehicle", "device": "cam-0042", "stream": "cam-north", "zone": "nb-stop-1",
+     "phase": 2, "approach": "south", "lane": 1},
+    {"channel": 6, "kind": "vehicle", "device": "cam-0042", "stream": "cam-north", "zone": "nb-stop-2",
+     "phase": 2, "approach": "south", "lane": 2},
+    {"channel": 2, "kind": "pedestrian", "device": "cam-0042", "stream": "cam-north", "zone": "ped-ne",
+     "phase": 4, "approach": None, "lane": None},
+]  # fmt: skip
+_MAP_EXAMPLE: Final[dict[str, Any]] = {
+    "signal": "main-5th",
+    "name": "Main St & 5th Ave",
+    "version": 3,
+    "updated_at": "2026-11-30T14:02:11Z",
+    "channels": _CHANNELS_EXAMPLE,
+}
+
+
+def _answer(example: dict[str, Any], csv_example: str | None = None) -> dict[int | str, dict[str, Any]]:
+    content: dict[str, Any] = {"application/json": {"example": example}}
+    if csv_example is not None:
+        content.update(export.csv_content(csv_example))
+    return {200: {"content": content}}
 
 
 def get_calls(resources: Annotated[ApiResources, Depends(get_resources)]) -> CallDispatcher:
@@ -133,13 +158,38 @@ class ChannelMapDocument(BaseModel):
 class ChannelMapBody(ChannelMap):
     """A whole channel map; replaces the signal's map (creates the signal if new)."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            # JSON data typed loosely (Any) for the response examples; pydantic's JsonValue here.
+            "examples": [
+                {
+                    "name": "Main St & 5th Ave",
+                    "expect_version": 3,
+                    "channels": cast("list[JsonValue]", _CHANNELS_EXAMPLE),
+                }
+            ]
+        },
+    )
+
     name: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")
     expect_version: int | None = Field(
         default=None, ge=0, description="Refuse if the map is no longer at this version."
     )
 
 
-@router.get("", summary="Signals and their channel maps' versions", response_model=SignalList)
+@router.get(
+    "",
+    summary="Signals and their channel maps' versions",
+    description="Every signal the hub has a channel map for, ordered by id: its name, the map's `version` "
+    "(send it back as `expect_version` when replacing the map) and how many channels it has.",
+    response_model=SignalList,
+    responses=_answer(
+        {"signals": [{"signal": "main-5th", "name": "Main St & 5th Ave", "version": 3, "channels": 3,
+                      "updated_at": "2026-11-30T14:02:11Z"}]}
+    ),
+)  # fmt: skip
 def list_signals(_client: TelemetryReader, registry: RegistryDep) -> SignalList:
     return SignalList(
         signals=[
@@ -153,8 +203,11 @@ def list_signals(_client: TelemetryReader, registry: RegistryDep) -> SignalList:
 @router.get(
     "/{signal}/channel-map",
     summary="A signal's channel map",
+    description="The signal's detector channels, each tied to the camera zone that drives it (device, "
+    "stream, zone) and, where set, the phase it calls and its approach and lane. `version` counts the "
+    "changes.",
     response_model=ChannelMapDocument,
-    responses={404: {"model": problems.Problem, "description": "No such signal."}},
+    responses={**_answer(_MAP_EXAMPLE), 404: {"model": problems.Problem, "description": "No such signal."}},
 )
 def get_channel_map(_client: TelemetryReader, registry: RegistryDep, signal: SignalId) -> ChannelMapDocument:
     return ChannelMapDocument.of(_signal(registry, signal))
@@ -167,6 +220,7 @@ def get_channel_map(_client: TelemetryReader, registry: RegistryDep, signal: Sig
     "one channel per camera zone, phases 1–16. Audited. A malformed map is refused with 422 and the reason.",
     response_model=ChannelMapDocument,
     responses={
+        **_answer({**_MAP_EXAMPLE, "version": 4, "updated_at": "2026-12-05T07:12:40Z"}),
         **problems.BODY_RESPONSES,
         409: {"model": problems.Problem, "description": "`expect_version` is stale."},
     },
@@ -188,16 +242,27 @@ def put_channel_map(
 @router.delete(
     "/{signal}/channel-map/channels/{channel}",
     summary="Remove one channel from a signal's map",
+    description="Removes the detector channel of this number and `kind` (vehicle unless asked) and returns "
+    "the map, one version on; the call stream stops sending the channel. Audited. A channel the map "
+    "lacks is refused with 404 naming the channels it has; a map changed meanwhile, with 409.",
     response_model=ChannelMapDocument,
-    responses={404: {"model": problems.Problem, "description": "No such signal or channel."}},
-)
+    responses={
+        **_answer({**_MAP_EXAMPLE, "version": 4, "updated_at": "2026-12-05T07:12:40Z",
+                   "channels": [c for c in _CHANNELS_EXAMPLE if c["channel"] != 6]}),
+        404: {"model": problems.Problem, "description": "No such signal or channel."},
+        409: {"model": problems.Problem, "description": "The map changed while this request ran."},
+    },
+)  # fmt: skip
 def delete_channel(
     client: SignalWriter,
     registry: RegistryDep,
     calls: CallsDep,
     signal: SignalId,
-    channel: Annotated[int, Path(ge=1, le=128)],
-    kind: Annotated[Literal["vehicle", "pedestrian"], Query()] = "vehicle",
+    channel: Annotated[int, Path(ge=1, le=128, description="The detector channel's number.")],
+    kind: Annotated[
+        Literal["vehicle", "pedestrian"],
+        Query(description="Which numbering: vehicle or pedestrian detectors."),
+    ] = "vehicle",
 ) -> ChannelMapDocument:
     record = _signal(registry, signal)
     try:
@@ -274,8 +339,8 @@ class AtspmEvent(BaseModel):
 
 class AtspmPage(BaseModel):
     signal: str
-    start: datetime = Field(serialization_alias="from")
-    end: datetime = Field(serialization_alias="to")
+    start: datetime = Field(validation_alias=AliasChoices("from", "start"), serialization_alias="from")
+    end: datetime = Field(validation_alias=AliasChoices("to", "end"), serialization_alias="to")
     limit: int
     truncated: bool
     next_cursor: str | None
@@ -320,11 +385,27 @@ def atspm_page(
         fetch = min(fetch * 2, MAX_SIGNAL_ROWS)
 
 
+# Phase 2 turns green (code 1, posted by the controller), then channel 5's zone is occupied (82) and
+# cleared (81) by a vehicle.
 _CSV_EXAMPLE: Final = (
     "SignalID,Timestamp,EventCode,EventParam\r\n"
+    "main-5th,2026-12-05 07:29:45.0,1,2\r\n"
     "main-5th,2026-12-05 07:30:00.1,82,5\r\n"
     "main-5th,2026-12-05 07:30:02.4,81,5\r\n"
 )
+_EVENTS_EXAMPLE: Final[dict[str, Any]] = {
+    "signal": "main-5th",
+    "from": "2026-12-05T07:00:00Z",
+    "to": "2026-12-05T08:00:00Z",
+    "limit": 1000,
+    "truncated": False,
+    "next_cursor": None,
+    "events": [
+        {"SignalID": "main-5th", "Timestamp": "2026-12-05 07:29:45.0", "EventCode": 1, "EventParam": 2},
+        {"SignalID": "main-5th", "Timestamp": "2026-12-05 07:30:00.1", "EventCode": 82, "EventParam": 5},
+        {"SignalID": "main-5th", "Timestamp": "2026-12-05 07:30:02.4", "EventCode": 81, "EventParam": 5},
+    ],
+}
 
 
 @router.get(
@@ -337,7 +418,7 @@ _CSV_EXAMPLE: Final = (
     response_model=AtspmPage,
     response_model_by_alias=True,
     responses={
-        200: {"content": {"application/json": {}, **export.csv_content(_CSV_EXAMPLE)}},
+        **_answer(_EVENTS_EXAMPLE, _CSV_EXAMPLE),
         404: {"model": problems.Problem, "description": "No such signal."},
         **problems.STORE_RESPONSES,
         **NOT_KEPT,
@@ -398,7 +479,21 @@ class PostedEvent(BaseModel):
 
 
 class PostedEvents(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Phase 2's green, yellow and red clearance as the controller logged them.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        {"ts": "2026-12-05T07:29:45.000Z", "code": 1, "param": 2},
+                        {"ts": "2026-12-05T07:30:21.300Z", "code": 8, "param": 2},
+                        {"ts": "2026-12-05T07:30:25.300Z", "code": 10, "param": 2},
+                    ]
+                }
+            ]
+        },
+    )
 
     events: list[PostedEvent] = Field(min_length=1, max_length=MAX_POSTED_EVENTS)
 
@@ -410,9 +505,13 @@ class Stored(BaseModel):
 @router.post(
     "/{signal}/events",
     summary="Post the controller's own events (phases, pedestrian intervals)",
+    description="Up to 1000 Indiana-coded controller events (phase greens, yellows, reds, pedestrian "
+    "intervals, calls) for the signal's ATSPM log, where `GET .../events` merges them with the rows "
+    "Roadside's detectors write. Detector codes 81–92 are refused with 422: those are Roadside's own.",
     status_code=202,
     response_model=Stored,
     responses={
+        202: {"content": {"application/json": {"example": {"stored": 3}}}},
         **problems.BODY_RESPONSES,
         **problems.STORE_RESPONSES,
         **NOT_KEPT,
@@ -470,6 +569,27 @@ def _movement_counts(
     )  # fmt: skip
 
 
+# A quarter hour of the south approach: 152 cars and 6 trucks (left to west, through to north, right to east).
+_MOVEMENTS_EXAMPLE: Final[dict[str, Any]] = {
+    "signal": "main-5th",
+    "movements": [
+        {"interval_start": "2026-12-05T07:30:00Z", "interval_s": 900, "approach": "south", "exit": "west",
+         "movement": "left", "cls": "car", "count": 23},
+        {"interval_start": "2026-12-05T07:30:00Z", "interval_s": 900, "approach": "south", "exit": "north",
+         "movement": "through", "cls": "car", "count": 112},
+        {"interval_start": "2026-12-05T07:30:00Z", "interval_s": 900, "approach": "south", "exit": "east",
+         "movement": "right", "cls": "car", "count": 17},
+        {"interval_start": "2026-12-05T07:30:00Z", "interval_s": 900, "approach": "south", "exit": "north",
+         "movement": "through", "cls": "truck", "count": 6},
+    ],
+}  # fmt: skip
+_MOVEMENTS_CSV: Final = (
+    "interval_start,interval_minutes,south_car_left,south_car_through,south_car_right,south_car_u_turn,"
+    "south_truck_left,south_truck_through,south_truck_right,south_truck_u_turn,total\r\n"
+    "2026-12-05T07:30:00Z,15,23,112,17,0,0,6,0,0,158\r\n"
+)
+
+
 @router.get(
     "/{signal}/movements",
     summary="Turning-movement counts (approach × movement × class)",
@@ -478,7 +598,7 @@ def _movement_counts(
     "(`north_car_left`), and a total.",
     response_model=MovementList,
     responses={
-        200: {"content": {"application/json": {}, **export.csv_content("interval_start,...\r\n")}},
+        **_answer(_MOVEMENTS_EXAMPLE, _MOVEMENTS_CSV),
         404: {"model": problems.Problem, "description": "No such signal."},
         **problems.STORE_RESPONSES,
         **NOT_KEPT,
@@ -522,12 +642,33 @@ class ZoneList(BaseModel):
     zones: list[ZoneRow]
 
 
+_ZONES_EXAMPLE: Final[dict[str, Any]] = {
+    "signal": "main-5th",
+    "zones": [
+        {"interval_start": "2026-12-05T07:30:00Z", "interval_s": 900, "channel": 5, "kind": "vehicle", "phase": 2,
+         "device": "cam-0042", "stream": "cam-north", "zone": "nb-stop-1", "volume": 118, "occupancy": 0.31,
+         "mean_speed_kmh": None},
+        {"interval_start": "2026-12-05T07:30:00Z", "interval_s": 900, "channel": 6, "kind": "vehicle", "phase": 2,
+         "device": "cam-0042", "stream": "cam-north", "zone": "nb-stop-2", "volume": 97, "occupancy": 0.24,
+         "mean_speed_kmh": None},
+    ],
+}  # fmt: skip
+_ZONES_CSV: Final = (
+    "interval_start,interval_s,channel,kind,phase,device,stream,zone,volume,occupancy,mean_speed_kmh\r\n"
+    "2026-12-05T07:30:00Z,900,5,vehicle,2,cam-0042,cam-north,nb-stop-1,118,0.31,\r\n"
+    "2026-12-05T07:30:00Z,900,6,vehicle,2,cam-0042,cam-north,nb-stop-2,97,0.24,\r\n"
+)
+
+
 @router.get(
     "/{signal}/zones",
     summary="Volume, occupancy and mean speed per detector zone and interval",
+    description="For each zone the channel map names, per `interval` in `[from, to)` (at most 7 days): "
+    "the vehicles counted, the fraction of the interval the zone was occupied, and the mean speed where "
+    "the camera measures it. `format=csv` or `Accept: text/csv` gives one row per zone and interval.",
     response_model=ZoneList,
     responses={
-        200: {"content": {"application/json": {}, **export.csv_content("interval_start,...\r\n")}},
+        **_answer(_ZONES_EXAMPLE, _ZONES_CSV),
         404: {"model": problems.Problem, "description": "No such signal."},
         **problems.STORE_RESPONSES,
         **NOT_KEPT,
