@@ -1,60 +1,28 @@
 """Ingest worker processes (``ingest_workers``): every record stored exactly once, even when a
-worker is SIGKILLed mid-batch; bad messages are still rejected and dead-lettered, costing no other."""
+worker or the hub is SIGKILLed mid-batch; bad messages are still rejected and dead-lettered."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from bench.fleet import SimulatedDevice, counts_body
 from roadside.cloud.hub import Hub
-from roadside.cloud.ingest.workers import shard_of
 from roadside.cloud.settings import HubSettings
+from roadside.cloud.storage.sqlite import SqliteStore
 from tests.e2e.rig import Rig
 from tests.e2e.test_hub_resilience import RECORDS, publish, stored, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def test_a_worker_killed_mid_ingest_loses_nothing_and_stores_nothing_twice(rig: Rig) -> None:
-    bundles = rig.fleet(4)
-    per_device = 100
-    expected = len(bundles) * per_device * RECORDS
-    settings = HubSettings(
-        home=rig.home.root,
-        broker_port=rig.broker.port,
-        api_port=-1,
-        client_id="hub-workers",
-        batch_size=40,
-        ingest_workers=2,
-    )
-    hub = Hub(settings)
-    hub.start()
-    try:
-        assert hub.wait_ready(30)
-        workers = hub.ingest.workers
-        assert workers is not None
-        owners = sorted({shard_of(b.device_id, 2) for b in bundles})
-        killed = [workers.pids[w] for w in owners]
-        publisher = threading.Thread(target=publish, args=(bundles, rig.broker.port, per_device, 0.003))
-        publisher.start()
-        assert wait_until(lambda: stored(hub.store) > expected // 5, 60)
-        for pid in killed:  # every worker that owns a device, while batches are in flight
-            assert pid is not None
-            os.kill(pid, signal.SIGKILL)
-            time.sleep(0.3)
-        publisher.join()
-        assert wait_until(lambda: stored(hub.store) >= expected, 90), (stored(hub.store), expected)
-        time.sleep(1.0)  # a late duplicate would land now
-        assert stored(hub.store) == expected
-        assert all(workers.pids[w] not in killed for w in owners)  # each was started again
-        assert hub.ingest.paused is None
-    finally:
-        hub.stop()
 
 
 def test_bad_messages_are_dead_lettered_by_way_of_a_worker_and_cost_no_other(rig: Rig) -> None:
@@ -85,3 +53,59 @@ def test_bad_messages_are_dead_lettered_by_way_of_a_worker_and_cost_no_other(rig
         assert [hub.dead_letters.count(r) for r in ("bad_tag", "schema", "replay")] == [1, 1, 1]
     finally:
         hub.stop()
+
+
+def test_a_killed_worker_then_the_killed_hub_lose_nothing_and_store_nothing_twice(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """SIGKILL of a worker mid-batch (the hub restarts it and retries), then of the hub itself
+    (its workers exit with it; the broker redelivers to the next hub): every record once."""
+    bundles = rig.fleet(3)
+    per_device = 150
+    expected = len(bundles) * per_device * RECORDS
+    config = tmp_path / "hub.json"
+    config.write_text(
+        json.dumps(
+            {
+                "broker_port": rig.broker.port,
+                "api_port": -1,
+                "client_id": "hub-killable-w",
+                "batch_size": 40,
+                "ingest_workers": 2,
+            }
+        )
+    )
+    log = tmp_path / "hub.log"
+    hub = _hub_process(rig, config, log)
+    store = SqliteStore(rig.home.telemetry_db)
+    try:
+        workers = psutil.Process(hub.pid).children(recursive=True)
+        assert len(workers) >= 2
+        publisher = threading.Thread(target=publish, args=(bundles, rig.broker.port, per_device, 0.003))
+        publisher.start()
+        assert wait_until(lambda: stored(store) > expected // 5, 60), log.read_text()[-3000:]
+        for worker in workers:  # mid-batch, or between two; each that owns a device is started again
+            os.kill(worker.pid, signal.SIGKILL)
+        assert wait_until(lambda: stored(store) > expected // 2, 60), log.read_text()[-3000:]
+        workers = psutil.Process(hub.pid).children(recursive=True)  # with the one started again
+        os.kill(hub.pid, signal.SIGKILL)  # mid-ingest: batches written but not acknowledged
+        hub.wait()
+        assert wait_until(lambda: not any(w.is_running() and w.status() != "zombie" for w in workers), 30)
+        publisher.join()
+        hub = _hub_process(rig, config, log)
+        assert wait_until(lambda: stored(store) >= expected, 90), (stored(store), expected)
+        time.sleep(1.0)  # any late redelivery would land now
+        assert stored(store) == expected
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        hub.wait(timeout=60)
+        store.close()
+
+
+def _hub_process(rig: Rig, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-c", "from roadside.cli import main; main()", "hub", "run"]
+    command += ["--home", str(rig.home.root), "--config", str(config)]
+    offset = log.stat().st_size if log.exists() else 0
+    process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    assert wait_until(lambda: b"hub subscribed" in log.read_bytes()[offset:], 60), log.read_text()[-3000:]
+    return process
