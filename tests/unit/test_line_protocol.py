@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from influxdb_client.client.flux_table import FluxRecord, FluxTable, TableList
 
 from roadside.cloud.storage import influx
-from roadside.cloud.storage.base import CountQuery, EventQuery, IngestBatch, Origin
+from roadside.cloud.storage.base import ALL_DEVICES, CountBucket, CountQuery, EventQuery, IngestBatch, Origin
 from roadside.cloud.storage.influx import (
     InfluxV2Store,
     LinePoint,
@@ -491,6 +491,31 @@ def test_v2_maps_flux_rows_to_count_buckets(v2_store: InfluxV2Store) -> None:
         (T0 + timedelta(hours=1), "d2", 4),
     ]
     assert fake.calls[0][1]["tag_device"] == "d1"
+
+
+def test_v2_maps_rows_summed_over_devices(v2_store: InfluxV2Store) -> None:
+    # Grouped without the device, the rows Flux returns carry no device column.
+    rows = [
+        {
+            "_time": T0 + timedelta(hours=1),
+            "_value": 4,
+            "site": "s",
+            "line": "n",
+            "cls": "car",
+            "direction": "in",
+        },
+        {"_time": T0, "_value": 9, "site": "t", "line": "n", "cls": "car", "direction": "in"},
+        {"_time": T0, "_value": 2, "site": "s", "line": "n", "cls": "car", "direction": "in"},
+    ]
+    fake = _FakeQueryApi(rows)
+    v2_store._reader = fake  # type: ignore[assignment]
+    buckets = v2_store.count_buckets(CountQuery(T0, T0 + timedelta(hours=2), per_device=False))
+    assert buckets == [
+        CountBucket(T0, ALL_DEVICES, "s", "n", "car", "in", 2),
+        CountBucket(T0, ALL_DEVICES, "t", "n", "car", "in", 9),
+        CountBucket(T0 + timedelta(hours=1), ALL_DEVICES, "s", "n", "car", "in", 4),
+    ]
+    assert '"device"' not in fake.calls[0][0]
 
 
 def test_v2_maps_pivoted_rows_to_events(v2_store: InfluxV2Store) -> None:
