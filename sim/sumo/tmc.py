@@ -28,6 +28,7 @@ import numpy as np
 
 from roadside.edge.analytics.config import TrackerConfig
 from roadside.edge.analytics.detectors import ApproachConfig, CameraDetectors
+from roadside.edge.analytics.geometry import Anchor
 from roadside.edge.analytics.signals import CameraSignals
 from roadside.shared.errors import ConfigError
 from roadside.sim.sumo.poses import CameraPose, JunctionLeg, junction_legs
@@ -181,11 +182,16 @@ def count_movements(
     depth: float = 20.0,
     inset: float = 2.0,
     side: float = 2.0,
+    anchor: Anchor = "centroid",
 ) -> TmcResult:
     """Run SUMO for ``warmup_s + duration_s`` and count the junction's movements through ``pose``'s camera.
 
-    ``detect`` None: the frames' ground-truth boxes are the detections. ``ConfigError`` if a leg of
-    the junction is not in the camera's view.
+    ``detect`` None: the frames' ground-truth boxes are the detections. ``anchor``: the camera's
+    anchor point; ``centroid`` by default, because from a high, steep camera the box's middle lies
+    close over the vehicle, while its bottom middle falls a metre or two towards the camera, off the
+    lanes near the mast and into a neighbouring leg at the junction's near corner (on the
+    intersection, 300 s: centroid 159 of 159 vehicles counted, largest movement error 3.8 %).
+    ``ConfigError`` if a leg of the junction is not in the camera's view.
     """
     if duration_s <= 0 or fps <= 0 or fps > 10:
         raise ConfigError("count_movements needs a positive duration and 0 < fps <= 10 (one frame per step)")
@@ -193,6 +199,7 @@ def count_movements(
     camera = Camera.from_calibration(pose.calibration)
     config = CameraDetectors(
         calibration=pose.calibration,
+        anchor=anchor,
         approaches=[ApproachConfig(name=leg.name, polygon=list(leg.polygon), space="road") for leg in legs],
     )
     _check_in_view(camera, legs, pose.name)
