@@ -74,6 +74,7 @@ class MovementFigure:
 @dataclass
 class TmcResult:
     detections: str  # "truth boxes" or the detector's file name
+    anchor: str  # the point of a box that places it on the road
     frames: int
     window_s: tuple[float, float]  # simulated seconds the frames cover
     movements: list[MovementFigure] = field(default_factory=list)
@@ -87,6 +88,7 @@ class TmcResult:
     def as_dict(self) -> dict[str, Any]:
         return {
             "detections": self.detections,
+            "anchor": self.anchor,
             "frames": self.frames,
             "window_s": list(self.window_s),
             "tmc_error_max": self.error_max(),
@@ -235,6 +237,7 @@ def count_movements(
     pairs = sorted(set(counted) | set(truth.counted))
     return TmcResult(
         detections=detections,
+        anchor=anchor,
         frames=frames,
         window_s=(round(start, 1), round(end, 1)),
         movements=[MovementFigure(a, b, truth.counted[(a, b)], counted[(a, b)]) for a, b in pairs],

@@ -48,9 +48,10 @@ def test_turning_movement_counts_match_route_truth(scenario: Scenario) -> None:
     # No phantom movement: every pair the camera counted was driven, never by more than one too many.
     for pair, n in counted.items():
         assert n <= truth.get(pair, 0) + 1, f"{pair}: counted {n}, truth {truth.get(pair, 0)}"
-    # Occlusion behind a bus or truck may hide a vehicle on its whole way through; little else may.
+    # All 17 vehicles of this minute are counted right on the build machine; one may be hidden behind
+    # a bus for its whole way through on another SUMO release's demand.
     missed = sum(abs(counted.get(p, 0) - truth.get(p, 0)) for p in set(truth) | set(counted))
-    assert missed <= max(2, round(0.1 * total)), result.as_dict()
+    assert missed <= 1, result.as_dict()
     assert sum(result.by_class.values()) == sum(counted.values())
 
 
