@@ -159,7 +159,9 @@ def create_app(
         hooks=FleetHooks(enroll=enroll, revoke=revoke, device_status=device_status),
         rate_limiter=TokenBuckets(rate_limit) if rate_limit is not None else None,
         # Without the hub's dispatcher (which also publishes on MQTT), SSE clients get a private, silent feed.
-        signal_calls=signal_calls if signal_calls is not None else silent_dispatcher(registry, metrics_registry),
+        signal_calls=signal_calls
+        if signal_calls is not None
+        else silent_dispatcher(registry, metrics_registry),
         air=air,
     )
     for router in ROUTERS:

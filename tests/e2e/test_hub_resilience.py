@@ -223,7 +223,9 @@ def test_revocation_from_the_cli_reaches_a_running_hub_within_seconds(rig: Rig) 
         assert hub.wait_ready(10)
         publish(bundles, rig.broker.port, 2)
         assert wait_until(lambda: hub.ingest.stored_messages == 2, 20)
-        Registry(rig.home.registry_url).devices.revoke(bundles[0].device_id)  # what `roadside device revoke` does
+        Registry(rig.home.registry_url).devices.revoke(
+            bundles[0].device_id
+        )  # what `roadside device revoke` does
         time.sleep(1.0)
         device = SimulatedDevice(bundles[0])
         device.connect("127.0.0.1", rig.broker.port)
