@@ -30,6 +30,7 @@ from roadside.cloud.fleet.live import LiveFeed
 from roadside.cloud.home import HubHome, hub_identity, issue_enrollment, refresh_crl, revoke_device
 from roadside.cloud.ingest.core import Accepted, IngestCore
 from roadside.cloud.ingest.deadletter import DeadLetterStore
+from roadside.cloud.ingest.directory import DeviceDirectory
 from roadside.cloud.ingest.metrics import IngestMetrics
 from roadside.cloud.ingest.service import BrokerClientConfig, IngestService
 from roadside.cloud.ingest.workers import IngestWorkers
@@ -46,7 +47,6 @@ from roadside.cloud.training.loop import RetrainLoop
 from roadside.shared.bundle import BrokerAddress
 from roadside.shared.envelope import REPLAY_WINDOW_SIZE, HubOpener
 from roadside.shared.errors import ConfigError, RoadsideError, TransportError
-from roadside.shared.keys import PublicKeys
 from roadside.shared.schemas import HardExample
 from roadside.shared.version import roadside_version
 
@@ -112,10 +112,10 @@ class Hub:
             ["result"],
             registry=self.metrics_registry,
         )
-        self._sites: dict[str, str] = {}
+        self.directory = DeviceDirectory(self.registry.devices)
         self.opener = HubOpener(
             [self.home.hub_keys()],
-            self._lookup,
+            self.directory.key,
             max_age_s=settings.max_message_age_s,
             max_bytes=settings.max_message_bytes,
         )
@@ -132,7 +132,7 @@ class Hub:
         )
         self.ingest = IngestService(
             broker,
-            IngestCore(self.opener, self._site_of),
+            IngestCore(self.opener, self.directory.site_of),
             self.store,
             self.dead_letters,
             self.metrics,
@@ -200,20 +200,6 @@ class Hub:
         self._stack.callback(air_store.close)
         self.air = AirProcessor(settings.air, self.store, air_store, store_and_publish(self.store, self.live))
         return AirQueries(settings.air, air_store, self.store)
-
-    def _lookup(self, device_id: str, kid: str) -> PublicKeys | None:
-        found = self.registry.devices.key(device_id, kid)
-        if found is None:
-            return None
-        self._sites[device_id] = found[0]
-        return found[1]
-
-    def _site_of(self, device_id: str) -> str | None:
-        site = self._sites.get(device_id)
-        if site is None:
-            device = self.registry.devices.get(device_id)
-            site = device.site if device is not None else None
-        return site
 
     def _restore_replay_windows(self) -> None:
         """Rebuild each device's replay window from what the store already holds."""
@@ -302,7 +288,7 @@ class Hub:
     def _forget(self, device_id: str) -> None:
         self.opener.forget(device_id)
         self.ingest.forget(device_id)
-        self._sites.pop(device_id, None)
+        self.directory.forget(device_id)
 
     def _watch_registry(self) -> None:
         """Revocations made elsewhere (the CLI, another hub) take effect here within seconds."""
@@ -316,7 +302,7 @@ class Hub:
                 log.warning("registry unreachable: %s", exc)
                 continue
             for device in devices:
-                if device.status != "active" and device.device_id in self._sites:
+                if device.status != "active" and self.directory.knows(device.device_id):
                     log.info("device %s is %s: refusing it from now on", device.device_id, device.status)
                     self._forget(device.device_id)
                 if device.last_seen_at is not None:

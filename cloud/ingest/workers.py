@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from roadside.cloud.home import HubHome
 from roadside.cloud.ingest.core import Accepted, IngestCore, RecordTally, Rejection
+from roadside.cloud.ingest.directory import DeviceDirectory
 from roadside.cloud.ingest.writing import write_durably
 from roadside.cloud.registry import Registry
 from roadside.cloud.settings import HubSettings, SqliteStoreConfig, StoreConfig
@@ -47,7 +48,6 @@ from roadside.cloud.storage.adapters import open_store
 from roadside.cloud.storage.base import IngestBatch, Origin
 from roadside.shared.envelope import REPLAY_WINDOW_SIZE, Header, HubOpener, ReplayWindow
 from roadside.shared.errors import ConfigError, TransportError
-from roadside.shared.keys import PublicKeys
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +264,10 @@ class _Worker:
         self.registry = Registry(settings.registry_url or self.home.registry_url)
         self.store = open_store(settings.store, self.home)
         self._sqlite_turn = _sqlite_turn(settings.store, self.home)
-        self._sites: dict[str, str] = {}
+        self.directory = DeviceDirectory(self.registry.devices)
         self.opener = HubOpener(
             [self.home.hub_keys()],
-            self._lookup,
+            self.directory.key,
             max_age_s=settings.max_message_age_s,
             max_bytes=settings.max_message_bytes,
         )
@@ -275,21 +275,7 @@ class _Worker:
             if shard_of(device.device_id, count) == index:
                 stored = self.store.recent_sequences(device.device_id, REPLAY_WINDOW_SIZE)
                 self.opener.restore(device.device_id, stored)
-        self.core = IngestCore(self.opener, self._site_of)
-
-    def _lookup(self, device_id: str, kid: str) -> PublicKeys | None:
-        found = self.registry.devices.key(device_id, kid)
-        if found is None:
-            return None
-        self._sites[device_id] = found[0]
-        return found[1]
-
-    def _site_of(self, device_id: str) -> str | None:
-        site = self._sites.get(device_id)
-        if site is None:
-            device = self.registry.devices.get(device_id)
-            site = device.site if device is not None else None
-        return site
+        self.core = IngestCore(self.opener, self.directory.site_of)
 
     def serve(self, pipe: multiprocessing.connection.Connection) -> None:
         while True:
@@ -310,7 +296,7 @@ class _Worker:
                     self.opener.windows.setdefault(device_id, ReplayWindow()).commit(seq)
             elif message[0] == "forget":
                 self.opener.forget(message[1])
-                self._sites.pop(message[1], None)
+                self.directory.forget(message[1])
 
     def _batch(self, messages: list[tuple[str, bytes]], now_ms: int) -> tuple[Any, ...]:
         try:
