@@ -12,6 +12,9 @@ one write transaction per change with its audit entry):
 ``api_clients``     :class:`ApiClients`: tokens and scopes
 ``models``          :class:`ModelVersions`: published model versions
 ``rollouts``        :class:`Rollouts`: rollouts and their devices' progress
+``signals``         :class:`Signals`: signals and their channel maps
+``alert_acks``      :class:`AlertAcks`: acknowledged alerts (audited)
+``console_sessions`` :class:`ConsoleSessions`: console sessions by digest
 ``audit``           :class:`roadside.cloud.fleet.audit.AuditLog`: the hash-chained log
 ``schema``          :class:`Schema`: the Alembic migrations in ``cloud/migrations``
 ==================  =====================================================
@@ -35,7 +38,9 @@ from sqlalchemy.engine import Engine
 
 from roadside.cloud.fleet import audit
 from roadside.cloud.fleet.audit import AuditLog
+from roadside.cloud.registry.alert_acks import AlertAck, AlertAcks
 from roadside.cloud.registry.api_clients import ApiClients
+from roadside.cloud.registry.console_sessions import ConsoleSessions, StoredSession
 from roadside.cloud.registry.devices import Devices
 from roadside.cloud.registry.model_versions import ModelVersions
 from roadside.cloud.registry.records import (
@@ -65,8 +70,11 @@ __all__ = [
     "SCOPES",
     "TARGET_METADATA",
     "TOKEN_PREFIX",
+    "AlertAck",
+    "AlertAcks",
     "ApiClient",
     "ApiClients",
+    "ConsoleSessions",
     "DeviceRecord",
     "Devices",
     "ModelRecord",
@@ -78,6 +86,7 @@ __all__ = [
     "Schema",
     "SignalRecord",
     "Signals",
+    "StoredSession",
     "UnitOfWork",
     "alembic_config",
 ]
@@ -97,6 +106,8 @@ class Registry:
         self.models = ModelVersions(self._unit)
         self.rollouts = Rollouts(self._unit)
         self.signals = Signals(self._unit)
+        self.alert_acks = AlertAcks(self._unit)
+        self.console_sessions = ConsoleSessions(self._unit)
         self.audit = AuditLog(self._unit.engine)
 
     @property

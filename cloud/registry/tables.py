@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Integer,
@@ -115,6 +116,27 @@ class SignalRow(Base):
     version: Mapped[int] = mapped_column(Integer)
     channels: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AlertAckRow(Base):
+    """An operator's acknowledgement of one alert occurrence (migration 0005; ``registry.alerts``)."""
+
+    __tablename__ = "alert_acks"
+    alert_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    acknowledged_by: Mapped[str] = mapped_column(String(128))
+    acknowledged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    note: Mapped[str] = mapped_column(String(512))
+
+
+class ConsoleSessionRow(Base):
+    """A console session by the SHA-256 of its cookie (migration 0005; ``registry.console_sessions``)."""
+
+    __tablename__ = "console_sessions"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_name: Mapped[str] = mapped_column(String(64), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[float] = mapped_column(Float)
+    last_used_at: Mapped[float] = mapped_column(Float, index=True)
 
 
 # What the migrations build, for Alembic's autogenerate and the drift test.

@@ -40,7 +40,16 @@ pytestmark = pytest.mark.timeout(20)
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 TABLES_0001 = {"devices", "device_keys", "api_clients"}
-TABLES_HEAD = TABLES_0001 | {"models", "rollouts", "audit_log", "audit_head", "rollout_devices", "signals"}
+TABLES_HEAD = TABLES_0001 | {
+    "models",
+    "rollouts",
+    "audit_log",
+    "audit_head",
+    "rollout_devices",
+    "signals",
+    "alert_acks",
+    "console_sessions",
+}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +78,7 @@ def tables(registry: Registry) -> set[str]:
 
 
 def test_an_empty_database_upgrades_to_head(registry: Registry) -> None:
-    assert HEAD == "0004"
+    assert HEAD == "0005"
     assert registry.schema.current_revision() is None
     registry.create_schema()
     assert registry.schema.current_revision() == HEAD
