@@ -274,6 +274,53 @@ class SupportsLatestSensors(Protocol):
         """The newest reading per (device, sensor, quantity), ordered by device, sensor, quantity."""
 
 
+@dataclass(frozen=True, slots=True)
+class HealthQuery:
+    """One device's health reports with ``ts`` in ``[start, end)``, oldest first.
+
+    ``step_s`` thins them: at most one report per step (the latest of each, steps aligned to the
+    epoch as count buckets are); 0 keeps every report. When more than ``limit`` remain, the newest
+    ``limit`` are returned (a chart of a window ending now needs its end).
+    """
+
+    device_id: str
+    start: datetime
+    end: datetime
+    step_s: int = 0
+    limit: int = 2000
+
+
+@runtime_checkable
+class SupportsHealthHistory(Protocol):
+    def health_history(self, query: HealthQuery) -> list[Health]:
+        """The device's reports in the window, thinned and bounded as ``query`` says, oldest first."""
+
+    def latest_health_many(self, device_ids: Sequence[str]) -> dict[str, Health]:
+        """The latest report of each device that sent one (one round trip where the store can)."""
+
+
+def latest_health_many(store: TimeSeriesStore, device_ids: Sequence[str]) -> dict[str, Health]:
+    """The latest health of each device, natively when the store can, else one query per device."""
+    if isinstance(store, SupportsHealthHistory):
+        return store.latest_health_many(device_ids)
+    found = {device_id: store.latest_health(device_id) for device_id in device_ids}
+    return {device_id: health for device_id, health in found.items() if health is not None}
+
+
+def thin_health(reports: Sequence[Health], query: HealthQuery) -> list[Health]:
+    """``query``'s rule applied to reports in time order: the latest per step, the newest ``limit``.
+    (Stores that cannot thin in their query language call this; the contract tests hold every store to it.)"""
+    kept: dict[int, Health] = {}
+    for report in reports:
+        us = to_epoch_us(report.ts)
+        if not to_epoch_us(query.start) <= us < to_epoch_us(query.end):
+            continue
+        key = us // (query.step_s * 1_000_000) if query.step_s > 0 else len(kept)
+        kept[key] = report
+    ordered = list(kept.values())
+    return ordered[-query.limit :] if query.limit > 0 else []
+
+
 def bucket_start(when: datetime, bucket_s: int) -> datetime:
     """``when`` floored to a whole multiple of ``bucket_s`` since the Unix epoch (UTC)."""
     bucket_us = bucket_s * 1_000_000

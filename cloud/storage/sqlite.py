@@ -36,6 +36,7 @@ from roadside.cloud.storage.base import (
     CountQuery,
     EventKey,
     EventQuery,
+    HealthQuery,
     IngestBatch,
     LatestSensorQuery,
     SensorQuery,
@@ -484,6 +485,41 @@ class SqliteStore:
                 (device_id,),
             ).fetchone()
         return None if row is None else Health.model_validate_json(row[0])
+
+    def health_history(self, query: HealthQuery) -> list[Health]:
+        """SupportsHealthHistory: the latest report per step (SQLite's bare column beside MAX picks
+        that row), the newest ``limit`` of them, oldest first."""
+        if query.limit <= 0:
+            return []
+        start_us, end_us = to_epoch_us(query.start), to_epoch_us(query.end)
+        if query.step_s > 0:
+            step_us = query.step_s * 1_000_000
+            sql = (
+                "SELECT report, MAX(ts_us) FROM health"  # noqa: S608 (constants and an int)
+                " WHERE device_id = ? AND ts_us >= ? AND ts_us < ?"
+                f" GROUP BY {_floor_sql('ts_us', str(step_us))} ORDER BY 2 DESC LIMIT ?"
+            )
+        else:
+            sql = (
+                "SELECT report, ts_us FROM health WHERE device_id = ? AND ts_us >= ? AND ts_us < ?"
+                " ORDER BY ts_us DESC, seq DESC LIMIT ?"
+            )
+        with self._connection() as db:
+            rows = db.execute(sql, (query.device_id, start_us, end_us, query.limit)).fetchall()
+        return [Health.model_validate_json(r[0]) for r in reversed(rows)]
+
+    def latest_health_many(self, device_ids: Sequence[str]) -> dict[str, Health]:
+        """SupportsHealthHistory: each device's latest report, one indexed lookup each under one lock."""
+        found: dict[str, str] = {}
+        with self._connection() as db:
+            for device_id in device_ids:
+                row = db.execute(
+                    "SELECT report FROM health WHERE device_id = ? ORDER BY ts_us DESC, seq DESC LIMIT 1",
+                    (device_id,),
+                ).fetchone()
+                if row is not None:
+                    found[device_id] = row[0]
+        return {device_id: Health.model_validate_json(report) for device_id, report in found.items()}
 
     # -- API queries (SupportsSpeedSamples, SupportsEventKeyset, SupportsLatestSensors) ---------
 

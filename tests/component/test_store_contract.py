@@ -12,6 +12,7 @@ A new store joins by adding its kind to ``STORE_KINDS`` and ``open_store``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,15 @@ from roadside.cloud.storage.base import (
     CountBucket,
     CountQuery,
     EventQuery,
+    HealthQuery,
     LatestSensorQuery,
     SensorQuery,
     SpeedQuery,
+    SupportsHealthHistory,
     TimeSeriesStore,
     event_key,
     events_page,
+    latest_health_many,
     latest_sensor_readings,
     speed_statistics,
 )
@@ -210,6 +214,24 @@ def test_latest_health_is_the_newest_report_whatever_the_arrival_order(store: Ti
     store.write([batch(1, health=health(0)), batch(3, health=newest), batch(2, health=health(30))])
     store.write([batch(4, device="pole-2", health=health(90))])
     assert store.latest_health("pole-1") == newest
+
+
+def test_health_history_in_the_window_thinned_per_step_and_bounded(store: TimeSeriesStore) -> None:
+    assert isinstance(store, SupportsHealthHistory)
+    reports = [health(30 * i, outbox_backlog=i) for i in range(10)]  # every 30 s for 5 minutes
+    store.write([batch(i + 1, health=h) for i, h in reversed(list(enumerate(reports)))])  # any order
+    store.write([batch(1, device="pole-2", health=health(45, outbox_backlog=99))])
+    window = HealthQuery("pole-1", T0 + timedelta(seconds=30), T0 + timedelta(seconds=270))
+    assert store.health_history(window) == reports[1:9]  # [from, to): 30 s in, 270 s out
+    # One per minute, the latest of each: 0:30 (the rest of minute 0 is outside), 1:30, 2:30, 3:30, 4:00.
+    per_minute = store.health_history(replace(window, step_s=60))
+    assert [h.outbox_backlog for h in per_minute] == [1, 3, 5, 7, 8]
+    assert store.health_history(replace(window, limit=3)) == reports[6:9]  # the newest three
+    assert store.health_history(replace(window, limit=0)) == []
+    assert store.health_history(replace(window, device_id="pole-3")) == []
+    latest = store.latest_health_many(["pole-1", "pole-2", "pole-3"])
+    assert latest == {"pole-1": reports[-1], "pole-2": health(45, outbox_backlog=99)}
+    assert latest_health_many(store, ["pole-2"]) == {"pole-2": health(45, outbox_backlog=99)}
 
 
 def test_recent_sequences_are_within_the_window_of_the_highest(store: TimeSeriesStore) -> None:

@@ -417,6 +417,26 @@ def test_event_flux_pivots_fields_sorts_and_limits() -> None:
     )
 
 
+def test_health_history_flux_takes_the_last_report_per_step_newest_first() -> None:
+    from roadside.cloud.storage.base import HealthQuery
+    from roadside.cloud.storage.influx.flux import health_history_flux
+
+    flux = health_history_flux(HealthQuery("d1", T0, T0 + timedelta(hours=1), step_s=60, limit=7), "b")
+    assert (
+        'r._measurement == "health" and r._field == "report" and r["device"] == params.tag_device'
+        in flux.text
+    )
+    assert flux.text.endswith(
+        "  |> group()\n"
+        "  |> aggregateWindow(every: 60s, fn: last, createEmpty: false)\n"
+        '  |> sort(columns: ["_time"], desc: true)\n'
+        "  |> limit(n: 7)"
+    )
+    every = health_history_flux(HealthQuery("d1", T0, T0 + timedelta(hours=1)), "b")
+    assert "aggregateWindow" not in every.text
+    assert every.params["tag_device"] == "d1"
+
+
 def test_sequence_flux_reads_the_ingest_marks() -> None:
     flux = influx.seqs_above_flux("d1", 100, "b")
     assert "range(start: 1970-01-01T00:00:00Z)" in flux.text

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from roadside.cloud.storage.base import CountQuery, EventQuery, SensorQuery, to_epoch_us
+from roadside.cloud.storage.base import CountQuery, EventQuery, HealthQuery, SensorQuery, to_epoch_us
 from roadside.cloud.storage.influx.line_protocol import COUNTS, EVENTS, HEALTH, INGEST, SENSORS
 from roadside.cloud.storage.influx.rows import count_groups
 from roadside.shared.errors import TransportError
@@ -105,6 +105,27 @@ def latest_health_flux(device_id: str, bucket: str) -> FluxQuery:
         + "  |> group()\n"
         + '  |> sort(columns: ["_time"], desc: true)\n'
         + "  |> limit(n: 1)"
+    )
+    return FluxQuery(text, params)
+
+
+def health_history_flux(query: HealthQuery, bucket: str) -> FluxQuery:
+    """The device's reports in the window, newest first, at most ``limit``; with a step, the last
+    report of each step (``aggregateWindow`` aligns its windows to the epoch)."""
+    head, params = _flux_head(bucket, query.start, query.end)
+    filters = _flux_filters(params, device=query.device_id)
+    thin = (
+        f"  |> aggregateWindow(every: {int(query.step_s)}s, fn: last, createEmpty: false)\n"
+        if query.step_s > 0
+        else ""
+    )
+    text = (
+        head
+        + f'  |> filter(fn: (r) => r._measurement == "{HEALTH}" and r._field == "report"{filters})\n'
+        + "  |> group()\n"
+        + thin
+        + '  |> sort(columns: ["_time"], desc: true)\n'
+        + f"  |> limit(n: {int(query.limit)})"
     )
     return FluxQuery(text, params)
 

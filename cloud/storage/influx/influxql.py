@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from roadside.cloud.storage.base import CountQuery, EventQuery, SensorQuery, to_epoch_us
+from roadside.cloud.storage.base import CountQuery, EventQuery, HealthQuery, SensorQuery, to_epoch_us
 from roadside.cloud.storage.influx.line_protocol import COUNTS, EVENTS, HEALTH, INGEST, SENSORS
 from roadside.cloud.storage.influx.rows import count_groups
 
@@ -73,6 +73,16 @@ def sensor_series_influxql(query: SensorQuery, source: Callable[[str], str]) -> 
 
 def latest_health_influxql(device_id: str, source: Callable[[str], str]) -> str:
     return _select('last("report")', source(HEALTH), f'"device" = {quote_literal(device_id)}')
+
+
+def health_history_influxql(query: HealthQuery, source: Callable[[str], str]) -> str:
+    """The device's reports in the window, newest first, at most ``limit``; with a step, the last
+    report of each epoch-aligned step (``fill(none)``: quiet steps give no row)."""
+    where = _where(query.start, query.end, device=query.device_id)
+    if query.step_s > 0:
+        tail = f" GROUP BY time({int(query.step_s)}s) fill(none) ORDER BY time DESC LIMIT {int(query.limit)}"
+        return _select('last("report") AS "report"', source(HEALTH), where, tail)
+    return _select('"report"', source(HEALTH), where, f" ORDER BY time DESC LIMIT {int(query.limit)}")
 
 
 def highest_seq_influxql(device_id: str, source: Callable[[str], str]) -> str:

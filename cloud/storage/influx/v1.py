@@ -18,16 +18,19 @@ from roadside.cloud.storage.base import (
     CountBucket,
     CountQuery,
     EventQuery,
+    HealthQuery,
     IngestBatch,
     SensorQuery,
     StoredEvent,
     StoredReading,
+    thin_health,
     to_epoch_us,
 )
 from roadside.cloud.storage.influx import signals as influx_signals
 from roadside.cloud.storage.influx.influxql import (
     count_buckets_influxql,
     events_influxql,
+    health_history_influxql,
     highest_seq_influxql,
     latest_health_influxql,
     quote_ident,
@@ -206,6 +209,22 @@ class InfluxV1Store:
         """The device's health report with the latest ``ts``, or ``None``."""
         rows = list(_rows(self._query(latest_health_influxql(device_id, self._source))))
         return Health.model_validate_json(rows[0]["last"]) if rows else None
+
+    def health_history(self, query: HealthQuery) -> list[Health]:
+        """SupportsHealthHistory: thinned by the query itself (the last report per step), newest
+        ``limit`` first; put in time order and held to :func:`thin_health`'s rule here."""
+        if query.limit <= 0:
+            return []
+        rows = list(_rows(self._query(health_history_influxql(query, self._source))))
+        reports = sorted(
+            (Health.model_validate_json(r["report"]) for r in rows if r["report"]), key=lambda h: h.ts
+        )
+        return thin_health(reports, query)
+
+    def latest_health_many(self, device_ids: Sequence[str]) -> dict[str, Health]:
+        """SupportsHealthHistory: one query per device (InfluxDB has no cheaper way to ask)."""
+        found = {device_id: self.latest_health(device_id) for device_id in device_ids}
+        return {device_id: health for device_id, health in found.items() if health is not None}
 
     def recent_sequences(self, device_id: str, window: int) -> list[int]:
         """Sequence numbers stored for the device in ``(highest - window, highest]``, ascending."""

@@ -32,16 +32,19 @@ from roadside.cloud.storage.base import (
     CountBucket,
     CountQuery,
     EventQuery,
+    HealthQuery,
     IngestBatch,
     SensorQuery,
     StoredEvent,
     StoredReading,
+    thin_health,
 )
 from roadside.cloud.storage.influx.flux import (
     FluxQuery,
     count_buckets_flux,
     events_flux,
     flux_time_ns,
+    health_history_flux,
     highest_seq_flux,
     latest_health_flux,
     sensor_series_flux,
@@ -146,6 +149,22 @@ class InfluxV2Store:
         """The device's health report with the latest ``ts``, or ``None``."""
         rows = self._records(latest_health_flux(device_id, self._bucket))
         return Health.model_validate_json(rows[0]["_value"]) if rows else None
+
+    def health_history(self, query: HealthQuery) -> list[Health]:
+        """SupportsHealthHistory: thinned by the query itself (the last report per step), newest
+        ``limit`` first; put in time order and held to :func:`thin_health`'s rule here."""
+        if query.limit <= 0:
+            return []
+        rows = self._records(health_history_flux(query, self._bucket))
+        reports = sorted(
+            (Health.model_validate_json(r["_value"]) for r in rows if r["_value"]), key=lambda h: h.ts
+        )
+        return thin_health(reports, query)
+
+    def latest_health_many(self, device_ids: Sequence[str]) -> dict[str, Health]:
+        """SupportsHealthHistory: one query per device (InfluxDB has no cheaper way to ask)."""
+        found = {device_id: self.latest_health(device_id) for device_id in device_ids}
+        return {device_id: health for device_id, health in found.items() if health is not None}
 
     def recent_sequences(self, device_id: str, window: int) -> list[int]:
         """Sequence numbers stored for the device in ``(highest - window, highest]``, ascending."""
