@@ -2,7 +2,11 @@
 
 The repository is static files, so a threaded ``http.server`` is enough:
 GET and HEAD only, no directory listings, no writes, paths confined to the
-repository by the standard library's ``translate_path``. TLS uses a server
+repository by the standard library's ``translate_path``. It speaks HTTP/1.1
+with persistent connections (ADR 0017): a device's install (root probe,
+timestamp, index, model) is one TLS handshake, not four; a 404 keeps the
+connection too, since every update check probes for the next root and gets
+one. An idle connection is closed after ``IDLE_TIMEOUT_S``. TLS uses a server
 certificate from :class:`roadside.cloud.broker.pki.CertificateAuthority` (``issue_server``);
 devices pin the Roadside CA. TUF does not need TLS for integrity (every byte
 is checked against signed metadata), but TLS keeps what a device fetches, and
@@ -17,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import ssl
 import threading
 from functools import partial
@@ -31,11 +36,31 @@ from roadside.shared.errors import ConfigError, RoadsideError
 log = logging.getLogger(__name__)
 
 _MUTABLE: Final = frozenset({"timestamp.json", "root.json"})
+IDLE_TIMEOUT_S: Final = 15.0  # a kept-alive connection nobody uses holds a thread until then
+_COPY_CHUNK: Final = 256 * 1024
 
 
 class _ReadOnlyHandler(SimpleHTTPRequestHandler):
     server_version = "roadside-release"
     sys_version = ""  # do not advertise the Python version
+    protocol_version = "HTTP/1.1"  # keep-alive: every response below carries a Content-Length
+    timeout = IDLE_TIMEOUT_S  # socket timeout of the connection's thread, idle keep-alive included
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        if code != 404:
+            super().send_error(code, message, explain)  # the stdlib's: closes the connection
+            return
+        # Not found is a normal answer here (the next root's probe): say it briefly, keep the connection.
+        body = b"Not found\n"
+        self.send_response(code, message)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        shutil.copyfileobj(source, outputfile, _COPY_CHUNK)  # fewer, larger TLS writes than 64 KiB
 
     def send_head(self) -> io.BytesIO | BinaryIO | None:
         # Dot files (the repository's lock file, editors' leftovers) are not part of the repository.
@@ -58,6 +83,17 @@ class _ReadOnlyHandler(SimpleHTTPRequestHandler):
         log.debug("release server: " + format, *args)  # noqa: G003 - format is the stdlib's %-template
 
 
+class _CountingServer(ThreadingHTTPServer):
+    """Counts the connections it accepts (keep-alive shows as few connections for many requests)."""
+
+    accepted = 0
+
+    def get_request(self) -> tuple[Any, Any]:
+        request = super().get_request()
+        self.accepted += 1  # accept() runs on the serving thread only
+        return request
+
+
 class RepositoryServer:
     """Serves ``directory`` (a repository's root: ``metadata/`` and ``targets/``) on ``host:port``.
 
@@ -72,7 +108,7 @@ class RepositoryServer:
             raise ConfigError(f"{directory} is not a model repository (no metadata/ folder)")
         handler = partial(_ReadOnlyHandler, directory=str(directory))
         try:
-            self._httpd = ThreadingHTTPServer((host, port), handler)
+            self._httpd = _CountingServer((host, port), handler)
         except OSError as exc:
             raise ConfigError(f"cannot serve the model repository on {host}:{port}: {exc.strerror}") from exc
         self._httpd.daemon_threads = True
@@ -94,6 +130,11 @@ class RepositoryServer:
         text = host.decode() if isinstance(host, bytes) else host
         shown = f"[{text}]" if ":" in text else text
         return f"{self._scheme}://{shown}:{port}"
+
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted since start (each is one TLS handshake with ``tls``)."""
+        return self._httpd.accepted
 
     def start(self) -> None:
         # A short poll keeps stop() quick; the cost is a wake-up every 0.1 s while idle.

@@ -142,7 +142,9 @@ class CappedFetcher(FetcherInterface):
     A declared ``Content-Length`` over the cap is refused before the body is
     read; an undeclared or lying one is cut off at the first chunk past the
     cap. ``ca_file`` pins the CA for HTTPS (the Roadside CA); redirects are
-    not followed.
+    not followed. One connection is kept alive between requests (HTTP/1.1)
+    while every body is read to its end; :meth:`close` drops it, which the
+    updater does after each check, so an idle device holds no connection.
     """
 
     def __init__(
@@ -171,7 +173,7 @@ class CappedFetcher(FetcherInterface):
         except urllib3.exceptions.HTTPError as exc:
             raise tuf_errors.DownloadError(f"cannot fetch {url}: {exc}") from exc
         if response.status >= 400:
-            response.close()
+            _finish(response)
             raise tuf_errors.DownloadHTTPError(f"HTTP {response.status} for {url}", response.status)
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
@@ -182,7 +184,7 @@ class CappedFetcher(FetcherInterface):
         return self._chunks(url, response)
 
     def _chunks(self, url: str, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-        received = 0
+        received, complete = 0, False
         try:
             for chunk in response.stream(self._chunk_size):
                 received += len(chunk)
@@ -191,11 +193,34 @@ class CappedFetcher(FetcherInterface):
                         f"{url} passed the {self.max_bytes}-byte cap"
                     )
                 yield chunk
+            complete = True
         except urllib3.exceptions.HTTPError as exc:
             raise tuf_errors.DownloadError(f"download of {url} broke off: {exc}") from exc
         finally:
-            # Closing (not releasing) drops a connection whose body was not read to the end.
-            response.close()
+            if complete:
+                response.release_conn()  # read to the end: the connection serves the next request
+            else:
+                response.close()  # a body not read to its end: the connection cannot be reused
+
+    def close(self) -> None:
+        """Drop the kept-alive connection (the next request opens a new one)."""
+        self._pool.clear()
+
+
+_ERROR_BODY_MAX: Final = 64 * 1024
+
+
+def _finish(response: urllib3.BaseHTTPResponse) -> None:
+    """After an error status: read a short declared body to keep the connection, else drop it."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) <= _ERROR_BODY_MAX:
+        try:
+            response.drain_conn()
+            response.release_conn()
+            return
+        except urllib3.exceptions.HTTPError:
+            pass
+    response.close()
 
 
 class ModelUpdater:
@@ -248,6 +273,13 @@ class ModelUpdater:
         logged); the running model is untouched. Raises ``TransportError``
         when the repository cannot be reached.
         """
+        try:
+            return self._check_and_stage(name, version)
+        finally:
+            if isinstance(self._fetcher, CappedFetcher):
+                self._fetcher.close()  # one connection per check, none held between them
+
+    def _check_and_stage(self, name: str, version: str | None) -> OtaResult:
         target: ModelTarget | None = None
         try:
             updater = self._tuf_updater()
@@ -306,7 +338,10 @@ class ModelUpdater:
     def _download_bytes(self, updater: Updater, info: TargetFile) -> bytes:
         scratch = self._metadata_dir.parent / "downloads"
         scratch.mkdir(parents=True, exist_ok=True)
-        return _download_target(updater, info, scratch / "index.json").read_bytes()
+        # The index changes only with a publish: a copy whose length and hash the signed entry names is it.
+        cached = updater.find_cached_target(info, str(scratch / "index.json"))
+        path = Path(cached) if cached is not None else _download_target(updater, info, scratch / "index.json")
+        return path.read_bytes()
 
     def _stage(self, updater: Updater, info: TargetFile, target: ModelTarget) -> None:
         folder = self._models / "staging" / target.name

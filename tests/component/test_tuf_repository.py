@@ -7,6 +7,7 @@ that the OTA component tests (``test_ota_refusals``, ``test_ota_install``) share
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import stat
@@ -430,6 +431,46 @@ def test_https_with_a_roadside_ca_certificate(release: ReleaseHarness, tmp_path:
         )  # fmt: skip
         result = device.check_and_stage("detector")
         assert (result.status, result.version) == ("staged", published.version)
+
+
+def test_one_kept_alive_tls_connection_per_install(release: ReleaseHarness, tmp_path: Path) -> None:
+    """Root probe (a 404), timestamp, snapshot, targets, index and model: one TLS handshake."""
+    ca = CertificateAuthority.create("Release test CA")
+    files = write_issued(
+        tmp_path / "tls", "release", ca.issue_server("release", ["localhost"], ["127.0.0.1"])
+    )
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.cert_pem)
+    release.publish("1.0.0")
+    with RepositoryServer(release.repo_dir, tls=files) as server:
+        device = ModelUpdater(
+            tmp_path / "tls-device", server.url, release.first_root, AGENT_VERSION, 1 << 20,
+            fetcher=CappedFetcher(1 << 20, ca_file=ca_file),
+        )  # fmt: skip
+        assert device.check_and_stage("detector").status == "staged"
+        assert server.connections_accepted == 1
+        assert device.activate("1.0.0", name="detector").status == "installed"
+        # The connection is dropped after each check: the next one opens its own.
+        assert device.check_and_stage("detector").status == "up_to_date"
+        assert server.connections_accepted == 2
+
+
+def test_a_not_found_keeps_the_connection(release: ReleaseHarness) -> None:
+    host, port = release.server.url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        connection.request("GET", "/metadata/2.root.json")  # what every update check probes for
+        missing = connection.getresponse()
+        assert (missing.status, missing.version) == (404, 11)
+        missing.read()
+        assert not missing.will_close
+        connection.request("GET", "/metadata/timestamp.json")
+        found = connection.getresponse()
+        assert found.status == 200
+        assert isinstance(Metadata.from_bytes(found.read()).signed, Timestamp)
+    finally:
+        connection.close()
+    assert release.server.connections_accepted == 1
 
 
 def test_ngclient_reads_the_repository_directly(release: ReleaseHarness, tmp_path: Path) -> None:
