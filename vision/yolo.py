@@ -252,15 +252,22 @@ def decode_yolo(
         top = np.argpartition(-scores[candidates], max_candidates - 1)[:max_candidates]
         candidates = candidates[top]
     cx, cy, w, h = out[0, candidates], out[1, candidates], out[2, candidates], out[3, candidates]
-    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
-    cand_scores = scores[candidates].astype(np.float32)
-    cand_classes = class_ids[candidates].astype(np.int64)
-    if info is not None:
-        # Clip before NMS, so kept boxes stay apart by the threshold as delivered.
-        boxes = info.to_original(boxes)
-    # A box with no area (degenerate output, or clipped to nothing at the border) is not a detection,
-    # and NMS cannot compare it: two identical empty boxes would both survive.
-    solid = np.flatnonzero((boxes[:, 2] - boxes[:, 0] > 1e-3) & (boxes[:, 3] - boxes[:, 1] > 1e-3))
+    # A broken model can put inf/NaN or 1e38 in its box columns: such a box is dropped below, without
+    # numpy's overflow warnings on the way (they would flood the agent's log once per frame).
+    with np.errstate(over="ignore", invalid="ignore"):
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
+        cand_scores = scores[candidates].astype(np.float32)
+        cand_classes = class_ids[candidates].astype(np.int64)
+        if info is not None:
+            # Clip before NMS, so kept boxes stay apart by the threshold as delivered.
+            boxes = info.to_original(boxes)
+        # A box with no area (degenerate output, or clipped to nothing at the border) is not a
+        # detection, and NMS cannot compare it: two identical empty boxes would both survive.
+        solid = np.flatnonzero(
+            np.isfinite(boxes).all(axis=1)
+            & (boxes[:, 2] - boxes[:, 0] > 1e-3)
+            & (boxes[:, 3] - boxes[:, 1] > 1e-3)
+        )
     if solid.size < len(boxes):
         boxes, cand_scores, cand_classes = boxes[solid], cand_scores[solid], cand_classes[solid]
     keep = nms(boxes, cand_scores, iou_threshold, None if class_agnostic else cand_classes)

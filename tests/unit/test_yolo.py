@@ -285,3 +285,21 @@ def test_boxes_without_area_are_not_detections() -> None:
     det = decode_yolo(_output(rows, nc=3), 0.0, 0.5, info, max_detections=40, num_classes=3)
     assert len(det) == 1
     assert det.class_ids.tolist() == [0]
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("letterboxed", [False, True])
+def test_non_finite_and_overflowing_boxes_are_dropped_quietly(letterboxed: bool) -> None:
+    # Found by the fuzz target: 3e38 widths overflowed float32 and numpy warned on every frame.
+    rows = [
+        (np.inf, 10.0, 20.0, 20.0, 0, 0.9),
+        (10.0, np.nan, 20.0, 20.0, 0, 0.9),
+        (3e38, 3e38, 3e38, 3e38, 1, 0.9),
+        (-3e38, 0.0, 3e38, 3e38, 1, 0.9),
+        (100.0, 100.0, 40.0, 30.0, 0, 0.8),
+    ]
+    info = letterbox(np.zeros((480, 640, 3), dtype=np.uint8), (320, 320))[1] if letterboxed else None
+    det = decode_yolo(_output(rows, nc=2), 0.25, 0.5, info, num_classes=2)
+    assert len(det) == 1
+    assert np.isfinite(det.boxes).all()
+    assert det.scores.tolist() == pytest.approx([0.8])
