@@ -43,6 +43,7 @@ from roadside.cloud.storage.base import (
     CountQuery,
     EventKey,
     EventQuery,
+    HealthQuery,
     LatestSensorQuery,
     SensorQuery,
     SpeedBucket,
@@ -64,6 +65,8 @@ MAX_BUCKETS: Final = 20_000
 MAX_EVENTS: Final = 1000
 MAX_READINGS: Final = 10_000
 MAX_DEVICES: Final = 10_000
+MAX_HEALTH_REPORTS: Final = 10_000
+HEALTH_STEPS: Final = 1000  # a longer window than an hour is thinned to about this many reports
 
 # ASCII digits only (``\d`` would take any script's), as many as BUCKET_PATTERN says.
 _DURATION = re.compile(r"^\s*([0-9]{1,9})\s*([smhd]?)\s*$", re.IGNORECASE)
@@ -672,6 +675,43 @@ class SpeedSeries(BaseModel):
     rows: list[SpeedRow] = Field(
         description="Non-empty buckets, ordered by bucket start, then device, line, class."
     )
+
+
+class HealthHistoryParams(_WindowParams):
+    step: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_BUCKET_S,
+        description="Keep at most one report per this many seconds (the latest of each step, steps "
+        "aligned to the epoch); 0 keeps every report. Default: 0 for a window of an hour or less, else "
+        f"the window divided into {HEALTH_STEPS} steps (rounded up to a whole second).",
+    )
+    limit: int = Field(
+        default=2000,
+        ge=1,
+        le=MAX_HEALTH_REPORTS,
+        description="At most this many reports: the newest of the window.",
+    )
+
+    @property
+    def step_s(self) -> int:
+        if self.step is not None:
+            return self.step
+        start, end = self.window
+        seconds = (end - start).total_seconds()
+        return 0 if seconds <= 3600 else -(-int(seconds) // HEALTH_STEPS)
+
+    def to_query(self, device_id: str) -> HealthQuery:
+        start, end = self.window
+        return HealthQuery(device_id, start, end, step_s=self.step_s, limit=self.limit)
+
+
+class HealthHistory(BaseModel):
+    device: str
+    start: datetime = Field(validation_alias=_FROM, serialization_alias="from")
+    end: datetime = Field(validation_alias=_TO, serialization_alias="to")
+    step_s: int = Field(description="The step the reports were thinned to; 0: every report.")
+    reports: list[Health] = Field(description="The device's health reports in the window, oldest first.")
 
 
 class SensorValue(BaseModel):

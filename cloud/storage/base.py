@@ -307,6 +307,15 @@ def latest_health_many(store: TimeSeriesStore, device_ids: Sequence[str]) -> dic
     return {device_id: health for device_id, health in found.items() if health is not None}
 
 
+def health_history(store: TimeSeriesStore, query: HealthQuery) -> list[Health]:
+    """The device's health history, natively when the store keeps one, else its latest report
+    when that falls in the window (all a store with only ``latest_health`` can say)."""
+    if isinstance(store, SupportsHealthHistory):
+        return store.health_history(query)
+    latest = store.latest_health(query.device_id)
+    return thin_health([latest] if latest is not None else [], query)
+
+
 def thin_health(reports: Sequence[Health], query: HealthQuery) -> list[Health]:
     """``query``'s rule applied to reports in time order: the latest per step, the newest ``limit``.
     (Stores that cannot thin in their query language call this; the contract tests hold every store to it.)"""

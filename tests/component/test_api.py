@@ -324,6 +324,7 @@ class Route:
 ROUTES = [
     Route("GET", "/v1/devices", READ),
     Route("GET", "/v1/devices/{device_id}", READ, "/v1/devices/cam-1"),
+    Route("GET", "/v1/devices/{device_id}/health", READ, "/v1/devices/cam-1/health"),
     Route("POST", "/v1/devices", WRITE_DEVICES, json=lambda: {"device_id": "cam-new", "site": "site-a"}),
     Route("POST", "/v1/devices/{device_id}/revoke", WRITE_DEVICES, "/v1/devices/cam-2/revoke"),
     Route(
@@ -526,6 +527,42 @@ def test_device_detail_carries_the_latest_health(client: TestClient, keys: Keys,
     assert detail.health is not None
     assert detail.health.model_version == "det-2"
     assert client.get("/v1/devices/cam-2", headers=bearer(keys.reader)).json()["health"] is None
+
+
+def test_device_health_history_is_the_window_oldest_first_thinned_on_request(
+    client: TestClient, keys: Keys, store: SqliteStore
+) -> None:
+    def health(minute: int) -> Health:
+        return Health(ts=T0 + timedelta(minutes=minute), uptime_s=60.0 * minute, model_version="det-1",
+                      provider="CPUExecutionProvider", outbox_backlog=minute, cpu_percent=10.0 + minute)  # fmt: skip
+
+    store.write([IngestBatch(Origin("cam-1", "site-a", m + 1), health=health(m)) for m in range(6)])
+    window = {"from": "2025-05-01T08:01:00Z", "to": "2025-05-01T08:05:00Z"}
+    response = client.get("/v1/devices/cam-1/health", params=window, headers=bearer(keys.reader))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["device"], body["from"], body["step_s"]) == ("cam-1", "2025-05-01T08:01:00Z", 0)
+    assert [r["outbox_backlog"] for r in body["reports"]] == [1, 2, 3, 4]
+    thinned = client.get(
+        "/v1/devices/cam-1/health", params={**window, "step": 120}, headers=bearer(keys.reader)
+    )
+    assert [r["outbox_backlog"] for r in thinned.json()["reports"]] == [
+        1,
+        3,
+        4,
+    ]  # the latest of 0-2, 2-4, 4-6
+    newest = client.get(
+        "/v1/devices/cam-1/health", params={**window, "limit": 2}, headers=bearer(keys.reader)
+    )
+    assert [r["outbox_backlog"] for r in newest.json()["reports"]] == [3, 4]
+    assert (
+        client.get("/v1/devices/cam-2/health", params=window, headers=bearer(keys.reader)).json()["reports"]
+        == []
+    )
+    assert_problem(client.get("/v1/devices/cam-99/health", headers=bearer(keys.reader)), 404)
+    assert_problem(
+        client.get("/v1/devices/cam-1/health", params={"step": -1}, headers=bearer(keys.reader)), 422
+    )
 
 
 def test_unknown_device_is_a_404_problem(client: TestClient, keys: Keys) -> None:
@@ -902,7 +939,8 @@ def test_enrolling_by_api_returns_the_bundle_once_and_audits_the_client(
     bundle = EnrollmentBundle.model_validate(response.json()).check()
     assert (bundle.device_id, bundle.site, bundle.broker) == ("cam-9", "site-c", BROKER)
     assert bundle.keypair().public().kid == registry.devices.active_keys("cam-9")[0].kid
-    assert "cam-9" in home.acl_file.read_text()
+    # The broker's ACL patterns let the new name in: the file does not change (ADR 0022).
+    assert "cam-9" not in home.acl_file.read_text()
     entry = registry.audit.entries()[-1]
     assert (entry.actor, entry.action, entry.subject) == ("api:installer", "device.enroll", "cam-9")
 
@@ -933,7 +971,7 @@ def test_revoking_refuses_the_device_regenerates_the_acl_and_audits(
 ) -> None:
     kid = registry.devices.active_keys("cam-2")[0].kid
     write_acl(home, registry)
-    assert "cam-2" in home.acl_file.read_text()
+    assert "user cam-2" not in home.acl_file.read_text()  # devices have patterns, not rules
 
     response = client.post("/v1/devices/cam-2/revoke", headers=bearer(keys.devices_only))
 
@@ -941,7 +979,7 @@ def test_revoking_refuses_the_device_regenerates_the_acl_and_audits(
     assert response.json()["status"] == "revoked"
     assert fleet.revoked == [("cam-2", "api:installer")]
     assert registry.devices.key("cam-2", kid) is None
-    assert "cam-2" not in home.acl_file.read_text()
+    assert "user cam-2\ntopic deny #\n" in home.acl_file.read_text()  # before any pattern
     entry = registry.audit.entries()[-1]
     assert (entry.actor, entry.action, entry.subject) == ("api:installer", "device.revoke", "cam-2")
     # Again: nothing more happens.

@@ -24,7 +24,14 @@ from roadside.cloud.registry import Registry
 from roadside.cloud.storage.sqlite import SqliteStore
 
 PROBLEM = "application/problem+json"
-WINDOW_ROUTES = ["/v1/counts", "/v1/speeds", "/v1/events", "/v1/sensors", "/v1/sensors/latest"]
+WINDOW_ROUTES = [
+    "/v1/counts",
+    "/v1/speeds",
+    "/v1/events",
+    "/v1/sensors",
+    "/v1/sensors/latest",
+    "/v1/devices/cam-1/health",
+]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 # A value for each path parameter that passes its own validation, so only the method is wrong.
 PATH_VALUES = {
@@ -174,7 +181,7 @@ def _string_schema(parameter: dict[str, Any]) -> dict[str, Any]:
 def test_openapi_declares_window_cursor_and_bucket_rules(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     for route in WINDOW_ROUTES:
-        parameters = _parameters(spec, route)
+        parameters = _parameters(spec, route.replace("cam-1", "{device_id}"))
         assert "31 days" in parameters["from"]["description"], route
         assert "31 days" in parameters["to"]["description"], route
         assert "after `from`" in parameters["to"]["description"], route
@@ -189,6 +196,9 @@ def test_openapi_declares_window_cursor_and_bucket_rules(client: TestClient) -> 
     assert not re.search(bucket["pattern"], "1234567890s")  # parse_bucket reads at most 9 digits
     assert re.search(bucket["pattern"], "15m")
     assert "20000" in bucket["description"] or "20 000" in bucket["description"]
+    health = _parameters(spec, "/v1/devices/{device_id}/health")
+    assert (health["step"]["schema"]["anyOf"][0]["minimum"], health["limit"]["schema"]["maximum"]) == (0, 10_000)
+    assert "reports" in spec["components"]["schemas"]["HealthHistory"]["required"]
 
 
 def test_a_repeated_query_parameter_is_named_as_sent(client: TestClient, auth: dict[str, str]) -> None:

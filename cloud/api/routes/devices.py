@@ -31,8 +31,11 @@ from roadside.cloud.api.schemas import (
     DeviceList,
     DeviceName,
     EnrollRequest,
+    HealthHistory,
+    HealthHistoryParams,
 )
 from roadside.cloud.registry import DeviceRecord, Devices
+from roadside.cloud.storage.base import health_history
 from roadside.shared.bundle import EnrollmentBundle
 from roadside.shared.errors import BadSignatureError, ConfigError
 from roadside.shared.keys import PublicKeys, key_registration_message, unb64
@@ -191,6 +194,46 @@ def get_device(
 ) -> DeviceDetail:
     device = device_view(_enrolled(devices, device_id), hooks, settings, datetime.now(UTC))
     return DeviceDetail(**device.model_dump(), health=store.latest_health(device_id))
+
+
+@router.get(
+    "/{device_id}/health",
+    summary="A device's health history",
+    description="The health reports the device sent in `[from, to)` (the last 24 hours by default, at "
+    "most 31 days), oldest first: CPU, memory, temperature, per-stream FPS and state, inference latency, "
+    "outbox depth. Over a longer window than an hour they are thinned to the latest report per `step` "
+    "(about 1,000 steps by default). Reports are kept as long as the store's raw tier (retention, "
+    "docs/operations.md); the latest is kept beyond it.",
+    response_model=HealthHistory,
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "device": "cam-0042",
+                        "from": "2025-05-01T09:15:00Z",
+                        "to": "2025-05-01T10:15:00Z",
+                        "step_s": 0,
+                        "reports": [_HEALTH_EXAMPLE],
+                    }
+                }
+            }
+        },
+        **_NOT_FOUND,
+        **problems.STORE_RESPONSES,
+    },
+)
+def get_device_health(
+    _client: TelemetryReader,
+    devices: DevicesDep,
+    store: StoreDep,
+    device_id: Annotated[DeviceName, Path(description="The device id.")],
+    params: Annotated[HealthHistoryParams, Query()],
+) -> HealthHistory:
+    _enrolled(devices, device_id)
+    start, end = params.window
+    reports = health_history(store, params.to_query(device_id))
+    return HealthHistory(device=device_id, start=start, end=end, step_s=params.step_s, reports=reports)
 
 
 @router.post(
