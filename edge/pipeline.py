@@ -115,7 +115,6 @@ class Pipeline:
         self._tasks: list[PipelineTask] = []
         self._tasks_lock = threading.Lock()
         self._pending_events: list[DetectionEvent] = []
-        self._last_event_flush = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.events_emitted = 0
@@ -231,11 +230,11 @@ class Pipeline:
                     self._process(batch)
                 elif self._stop.is_set():
                     break
-                self._flush_events(force=False)
+                self._flush_events()
                 self._tick_signals()
                 self._run_tasks()
         self._close_intervals()
-        self._flush_events(force=True)
+        self._flush_events()
 
     def _process(self, batch: list[Frame]) -> None:
         images = [f.image for f in batch]
@@ -327,13 +326,16 @@ class Pipeline:
         for r in records:
             self.counted[(r.line, r.cls, r.direction)] += r.count
 
-    def _flush_events(self, force: bool) -> None:
-        due = time.monotonic() - self._last_event_flush >= 1.0
-        if not self._pending_events or not (force or due):
+    def _flush_events(self) -> None:
+        """The events of the batch just processed, as one ``events`` message (split past
+        ``records_per_message``): they leave with the frames they were found in, as zone
+        changes do. A once-a-second flush used to hold each event up to a second, the
+        largest wait between a frame and the hub's API (``bench.latency``,
+        docs/performance.md); a batch finds few events, so messages stay few."""
+        if not self._pending_events:
             return
         size = self.settings.outbox.records_per_message
         events, self._pending_events = self._pending_events, []
         for i in range(0, len(events), size):
             self.sink.put("events", encode(EventsMessage(records=events[i : i + size])), Priority.EVENTS)
         self.events_emitted += len(events)
-        self._last_event_flush = time.monotonic()
