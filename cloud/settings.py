@@ -144,7 +144,10 @@ class HubSettings(BaseSettings):
     api_rate_per_s: float = Field(default=20.0, gt=0)  # per API client, token bucket
     api_rate_burst: int = Field(default=100, ge=1)
     batch_size: int = Field(default=500, ge=1, le=10_000)
-    batch_wait_s: float = Field(default=0.1, gt=0, le=5)
+    # How long a micro-batch's first message waits for company. Short: under load the queue fills
+    # the batch anyway (it grows while the last one is written); when quiet, a longer wait was
+    # all of an event's time in the hub (0.1 s before; bench.latency, docs/performance.md).
+    batch_wait_s: float = Field(default=0.005, gt=0, le=5)
     ingest_workers: int = Field(default=0, ge=0, le=64)  # 0: check and write on the writer thread
     max_message_age_s: float = Field(default=900.0, ge=10)
     max_message_bytes: int = Field(
