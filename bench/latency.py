@@ -18,8 +18,10 @@ the frame it was detected in, as the agent's camera stamped it
 process runs on this one machine's clock. A tap on the broker (a hub
 identity of its own, opening the envelopes with the hub's key, never
 committing a replay window) also notes when each event's message passed the
-broker, which splits the path into the agent's part (capture → broker) and
-the hub's (broker → API/SSE/webhook).
+broker (``broker_*``) and the envelope's own timestamp, when the agent's
+uplink sealed it for sending (``sealed_*``). That splits the path: capture →
+sealed is the agent's pipeline and outbox, sealed → broker the link, and
+``hub_*`` (broker → API/SSE/webhook, event by event) the hub's share.
 
 After ``--seconds`` the agents are stopped (SIGTERM: they send what they
 hold) and the bench waits until every event stored is seen on all three
@@ -68,6 +70,8 @@ log = logging.getLogger("bench.latency")
 
 PATHS: Final = ("event_api", "sse", "webhook")
 BROKER: Final = "broker"
+SEALED: Final = "sealed"  # the envelope's own timestamp: when the agent's uplink sealed it
+TAPPED: Final = (SEALED, BROKER)
 TAP_ID: Final = "hub-latency-tap"
 _API_URL: Final = re.compile(r"hub API on (http://[0-9.]+:[0-9]+)")
 
@@ -100,8 +104,8 @@ class Sightings:
     """When each event was first seen on each path; thread-safe."""
 
     captured: dict[str, float] = field(default_factory=dict)  # event id -> capture time (epoch s)
-    seen: dict[str, dict[str, float]] = field(default_factory=lambda: {p: {} for p in (*PATHS, BROKER)})
-    duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*PATHS, BROKER), 0))
+    seen: dict[str, dict[str, float]] = field(default_factory=lambda: {p: {} for p in (*PATHS, *TAPPED)})
+    duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*PATHS, *TAPPED), 0))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note(self, path: str, event: dict[str, Any], at: float) -> None:
@@ -134,7 +138,7 @@ class Sightings:
         """Latency figures per path over the stored events, and what each path missed."""
         out: dict[str, Any] = {"stored": len(stored)}
         with self.lock:
-            for path in (*PATHS, BROKER):
+            for path in (*PATHS, *TAPPED):
                 seen = self.seen[path]
                 latencies = [(seen[e] - self.captured[e]) * 1000.0 for e in stored if e in seen]
                 out.update(summary(path, latencies))
@@ -405,6 +409,7 @@ class BrokerTap:
         opened = self.opener.open(message.payload, int(at * 1000))
         for event in json.loads(opened.plaintext)["records"]:
             self.sightings.note(BROKER, event, at)
+            self.sightings.note(SEALED, event, opened.header.ts_ms / 1000.0)
 
     def __enter__(self) -> BrokerTap:
         self.session.connect()
