@@ -264,6 +264,7 @@ def device_page(
     resources: ResourcesDep,
     device_id: Annotated[str, Path(max_length=64)],
     notice: str | None = None,
+    window: Annotated[str, Query(max_length=8)] = "24h",
 ) -> Response:
     require(operator, READ_TELEMETRY)
     device = views.device(resources, device_id)
@@ -271,10 +272,24 @@ def device_page(
         return render(
             request, "not_found.html", {"what": f"device {device_id}"}, operator=operator, status_code=404
         )
-    health = views.latest_health(resources, device_id)
-    context = {"page": "fleet", "device": device, "health": health, "notice": _notice(notice),
-               "can_revoke": operator.can(WRITE_DEVICES) and device.status == "active"}  # fmt: skip
+    context = {"page": "fleet", "device": device, "notice": _notice(notice),
+               "can_revoke": operator.can(WRITE_DEVICES) and device.status == "active",
+               **_health_context(resources, device_id, window)}  # fmt: skip
     return render(request, "device.html", context, operator=operator)
+
+
+def _health_context(resources: ResourcesDep, device_id: str, window: str) -> dict[str, Any]:
+    """The device page's latest health and its history over ``window`` (a chart per quantity)."""
+    window = window if window in views.HEALTH_WINDOWS else "24h"
+    context: dict[str, Any] = {"health": views.latest_health(resources, device_id), "window": window,
+                               "health_windows": list(views.HEALTH_WINDOWS), "history": None, "history_error": ""}  # fmt: skip
+    try:
+        context["history"] = views.health_series(resources, device_id, window)
+    except RoadsideError as exc:
+        context["history_error"] = (
+            f"The store did not answer: {exc}. Try a shorter window or again in a minute."
+        )
+    return context
 
 
 @router.post("/fleet/{device_id}/revoke", response_class=HTMLResponse)
@@ -294,8 +309,8 @@ async def revoke_device(
             return render(
                 request, "not_found.html", {"what": f"device {device_id}"}, operator=operator, status_code=404
             )
-        context = {"page": "fleet", "device": device, "health": views.latest_health(resources, device_id),
-                   "error": error, "can_revoke": device.status == "active"}  # fmt: skip
+        context = {"page": "fleet", "device": device, "error": error, "can_revoke": device.status == "active",
+                   **_health_context(resources, device_id, "24h")}  # fmt: skip
         return render(request, "device.html", context, operator=operator, status_code=422)
     return redirect(f"{PREFIX}/fleet/{device_id}?notice=revoked")
 

@@ -22,7 +22,15 @@ from roadside.cloud.api.routes.fleet import tally
 from roadside.cloud.api.schemas import Device, FleetCounts
 from roadside.cloud.fleet.audit import AuditEntry, ChainReport
 from roadside.cloud.registry import RolloutRecord
-from roadside.cloud.storage.base import CountBucket, CountQuery, EventQuery, StoredEvent, bucket_start
+from roadside.cloud.storage.base import (
+    CountBucket,
+    CountQuery,
+    EventQuery,
+    HealthQuery,
+    StoredEvent,
+    bucket_start,
+    health_history,
+)
 from roadside.shared.errors import TransportError
 from roadside.shared.schemas import Health
 
@@ -114,6 +122,59 @@ def latest_health(resources: ApiResources, device_id: str) -> Health | None:
     except TransportError as exc:
         logger.warning("console: no health for %s: %s", device_id, exc)
         return None
+
+
+HEALTH_WINDOWS: Final = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(hours=24),
+                         "7d": timedelta(days=7)}  # fmt: skip
+HEALTH_POINTS: Final = 300  # a chart's width in reports: longer windows are thinned to about this many
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSeries:
+    """A device's health over a window, one list per quantity (``None`` where a report lacks it)."""
+
+    start: datetime
+    end: datetime
+    step_s: int
+    times: list[datetime]
+    series: list[tuple[str, str, list[float | None]]]  # (label, unit, values)
+
+    def chart_data(self) -> dict[str, object]:
+        return {"from": _iso(self.start), "to": _iso(self.end), "t": [_iso(t) for t in self.times],
+                "series": [{"label": label, "unit": unit, "values": values} for label, unit, values in self.series]}  # fmt: skip
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _fps(report: Health) -> float | None:
+    """Frames per second over every stream of the report (what the device processes in all)."""
+    return round(sum(s.fps for s in report.streams.values()), 2) if report.streams else None
+
+
+def health_series(resources: ApiResources, device_id: str, window: str) -> HealthSeries:
+    """The device's health over ``window`` (a key of :data:`HEALTH_WINDOWS`), thinned for a chart."""
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    span = HEALTH_WINDOWS.get(window, HEALTH_WINDOWS["24h"])
+    step_s = 0 if span <= timedelta(hours=1) else -(-int(span.total_seconds()) // HEALTH_POINTS)
+    reports = health_history(
+        resources.store, HealthQuery(device_id, end - span, end, step_s=step_s, limit=2000)
+    )
+    return HealthSeries(
+        end - span,
+        end,
+        step_s,
+        [r.ts for r in reports],
+        [
+            ("CPU", "%", [r.cpu_percent for r in reports]),
+            ("Memory", "MB", [r.rss_mb for r in reports]),
+            ("Temperature", "°C", [r.temperature_c for r in reports]),
+            ("Frames per second", "fps", [_fps(r) for r in reports]),
+            ("Inference p95", "ms", [r.inference_p95_ms for r in reports]),
+            ("Outbox", "messages", [float(r.outbox_backlog) for r in reports]),
+        ],
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,14 @@ cannot show, against the real app on a real SQLite registry and store.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -21,7 +24,10 @@ from roadside.cloud.console import install_console
 from roadside.cloud.console.links import issue
 from roadside.cloud.console.web import ConsoleState
 from roadside.cloud.registry import Registry
+from roadside.cloud.storage.base import IngestBatch, Origin
 from roadside.cloud.storage.sqlite import SqliteStore
+from roadside.shared.keys import KeyPair
+from roadside.shared.schemas import Health, StreamHealth
 from tests.component.air_fixtures import LOCATION, seeded_air
 
 KEY = b"k" * 32
@@ -34,6 +40,7 @@ class Console:
     state: ConsoleState
     admin: str
     viewer: str
+    store: SqliteStore
 
 
 def _console(tmp_path: Path, **app_options: object) -> Iterator[Console]:
@@ -46,7 +53,7 @@ def _console(tmp_path: Path, **app_options: object) -> Iterator[Console]:
     viewer = registry.api_clients.create("viewer", ["read:telemetry"])
     try:
         with TestClient(app, base_url="http://testserver") as client:
-            yield Console(client, registry, state, admin, viewer)
+            yield Console(client, registry, state, admin, viewer, store)
     finally:
         store.close()
         registry.close()
@@ -224,3 +231,35 @@ def test_signals_page_lists_each_signal_and_its_channels(console: Console) -> No
     page = console.client.get("/ui/signals").text
     assert "Main &amp; 5th" in page
     assert "stopbar-n" in page
+
+
+def _health(at: datetime, **values: Any) -> Health:
+    fields: dict[str, Any] = {"ts": at, "uptime_s": 60.0, "model_version": "det-1", "provider": "CPUExecutionProvider",
+                              "outbox_backlog": 0, **values}  # fmt: skip
+    return Health(**fields)
+
+
+def test_the_device_page_charts_its_health_history(console: Console) -> None:
+    console.registry.devices.enroll("cam-1", "main-st", KeyPair.generate().public())
+    sign_in(console.client, console.viewer)
+    assert "No health reports in this window" in console.client.get("/ui/fleet/cam-1").text
+    now = datetime.now(UTC).replace(microsecond=0)
+    reports = [_health(now - timedelta(minutes=50 - 10 * i), cpu_percent=20.0 + i, outbox_backlog=i,
+                       streams={"north": StreamHealth(fps=10.0, dropped_frames=0),
+                                "south": StreamHealth(fps=5.5, dropped_frames=0)})
+               for i in range(5)]  # fmt: skip
+    console.store.write(
+        [IngestBatch(Origin("cam-1", "main-st", i + 1), health=h) for i, h in enumerate(reports)]
+    )
+    page = console.client.get("/ui/fleet/cam-1", params={"window": "1h"})
+    assert 'data-points="5"' in page.text
+    data = json.loads(re.search(r'id="health-data">(.*?)</script>', page.text, re.S).group(1))  # type: ignore[union-attr]
+    series = {s["label"]: s["values"] for s in data["series"]}
+    assert series["CPU"] == [20.0, 21.0, 22.0, 23.0, 24.0]
+    assert series["Outbox"] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert series["Frames per second"] == [15.5] * 5  # every stream of the device together
+    assert series["Temperature"] == [None] * 5  # not reported: a gap, not a zero
+    assert data["t"][0] == reports[0].ts.isoformat()
+    # An unknown window falls back to a day; the 6 h window thins to the latest report per 72 s step.
+    assert 'data-points="5"' in console.client.get("/ui/fleet/cam-1", params={"window": "bogus"}).text
+    assert "the latest of every 72 s" in console.client.get("/ui/fleet/cam-1", params={"window": "6h"}).text

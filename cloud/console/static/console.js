@@ -45,6 +45,41 @@
     window.addEventListener("resize", function () { plot.setSize({ width: Math.max(280, target.clientWidth), height: 260 }); });
   }
 
+  // The device page: one small chart per health quantity (their units differ), gaps where a report lacks one.
+  function drawHealth() {
+    var target = document.getElementById("health-charts");
+    var source = document.getElementById("health-data");
+    if (!target || !source || typeof uPlot === "undefined") { return; }
+    var data = JSON.parse(source.textContent);
+    var xs = data.t.map(function (iso) { return Date.parse(iso) / 1000; });
+    var range = [Date.parse(data.from) / 1000, Date.parse(data.to) / 1000];
+    var plots = [];
+    data.series.forEach(function (s) {
+      var box = document.createElement("figure");
+      box.className = "small-chart";
+      var caption = document.createElement("figcaption");
+      var known = s.values.filter(function (v) { return v != null; });
+      caption.textContent = s.label + " (" + s.unit + ")" +
+        (known.length ? ": latest " + known[known.length - 1] : ": not reported");
+      box.setAttribute("role", "img");
+      box.setAttribute("aria-label", caption.textContent);
+      box.appendChild(caption);
+      target.appendChild(box);
+      if (!known.length) { return; }
+      var opts = {
+        width: Math.max(260, box.clientWidth), height: 140, legend: { show: false },
+        series: [{}, { label: s.label, stroke: "#0b5cad", width: 2, spanGaps: false }],
+        axes: [{}, { size: 50 }],
+        scales: { x: { time: true, range: range } }
+      };
+      plots.push([box, new uPlot(opts, [xs, s.values], box)]);
+    });
+    target.dataset.charts = String(plots.length);
+    window.addEventListener("resize", function () {
+      plots.forEach(function (p) { p[1].setSize({ width: Math.max(260, p[0].clientWidth), height: 140 }); });
+    });
+  }
+
   function cell(text) { var td = document.createElement("td"); td.textContent = text == null ? "" : String(text); return td; }
 
   function liveEvents() {
@@ -78,6 +113,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
     drawChart();
+    drawHealth();
     liveEvents();
     document.body.dataset.ready = "true";
   });
