@@ -21,23 +21,30 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
+from roadside.shared.errors import ConfigError
 from roadside.sim.synthetic import CLASSES, SceneConfig, SceneFrame, render_dataset
 from roadside.vision.yolo import Detections, decode_yolo, letterbox_batch
 
 __all__ = [
     "CONDITIONS",
+    "SUMO_CONDITIONS",
     "TRAIN_SEED_LIMIT",
     "EvalReport",
     "HeldoutCondition",
     "average_precision",
     "evaluate_detections",
+    "evaluate_images",
     "evaluate_model",
     "heldout_frames",
+    "known_conditions",
     "match_detections",
+    "parse_conditions",
+    "sumo_heldout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +70,12 @@ CONDITIONS: dict[str, HeldoutCondition] = {
     "rain": HeldoutCondition(light=0.8, seed=9_003, rain=0.9),
     "fog": HeldoutCondition(light=1.0, seed=9_004, fog=0.6),
 }
+# Fixed forever too: condition → (scenario, SUMO seed, rendering conditions). Needs the sim extra.
+SUMO_CONDITIONS: dict[str, tuple[str, int, str]] = {
+    "sumo-day": ("intersection", 42, "day"),
+    "sumo-night": ("intersection", 42, "night"),
+}
+SUMO_HELDOUT_SEED = 42
 OPERATING_CONF = 0.25
 EVAL_CONF = 0.001  # keep low-score detections so the PR curve reaches high recall
 EVAL_NMS_IOU = 0.45  # decode_yolo's default, so operating figures match a default agent
@@ -95,6 +108,66 @@ def heldout_frames(condition: str = "day", n: int = 160) -> list[SceneFrame]:
         ) from None
     config = SceneConfig(light=c.light, rain=c.rain, fog=c.fog, spawn_rate=1.2, seed=c.seed)
     return render_dataset(n, config, stride=9, scenes=8)
+
+
+def known_conditions() -> tuple[str, ...]:
+    """Every held-out condition a model can be scored on: the synthetic scene's, then SUMO's."""
+    return (*CONDITIONS, *SUMO_CONDITIONS)
+
+
+def parse_conditions(spec: str) -> tuple[str, ...]:
+    """``"synthetic"``, ``"sumo"``, ``"all"`` or a comma list of condition names; unknown names refused."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        group = {"synthetic": tuple(CONDITIONS), "sumo": tuple(SUMO_CONDITIONS), "all": known_conditions()}
+        chosen = group.get(part, (part,))
+        for name in chosen:
+            if name not in known_conditions():
+                raise ConfigError(
+                    f"unknown held-out condition {name!r}; known: synthetic, sumo, all, "
+                    + ", ".join(known_conditions())
+                )
+            if name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def sumo_heldout(
+    condition: str, n: int = 160
+) -> tuple[list[npt.NDArray[np.uint8]], list[tuple[FloatArray, npt.NDArray[np.int64]]]]:
+    """The fixed held-out SUMO frames of ``condition`` (a key of :data:`SUMO_CONDITIONS`) and their truth.
+
+    ``n`` frames shared over the scenario's five cameras (four approaches and the
+    junction), one every 2 simulated seconds after a minute of warm-up.
+    """
+    import tempfile
+
+    from roadside.sim.sumo.evaluate import render_scenario
+    from roadside.sim.sumo.render import DETECTOR_CLASSES, Conditions
+    from roadside.sim.sumo.scenarios import build_scenario
+    from roadside.sim.sumo.source import frame_truth
+
+    try:
+        scenario_name, seed, rendering = SUMO_CONDITIONS[condition]
+    except KeyError:
+        raise ConfigError(
+            f"unknown SUMO held-out condition {condition!r}; known: {', '.join(SUMO_CONDITIONS)}"
+        ) from None
+    with tempfile.TemporaryDirectory(prefix="roadside-heldout-") as tmp:
+        scenario = build_scenario(scenario_name, Path(tmp), seed=seed, duration_s=900)
+        cameras = 5 if scenario_name == "intersection" else 4
+        rendered = render_scenario(
+            scenario, cast("Conditions", rendering), frames_per_camera=-(-n // cameras), junction=True
+        )[:n]
+    images, truths = [], []
+    for frame in rendered:
+        pairs = frame_truth(frame.truth)
+        images.append(frame.image)
+        truths.append((
+            np.array([box for _, box in pairs], dtype=np.float64).reshape(-1, 4),
+            np.array([DETECTOR_CLASSES.index(label) for label, _ in pairs], dtype=np.int64),
+        ))  # fmt: skip
+    return images, truths
 
 
 def average_precision(recall: FloatArray, precision: FloatArray) -> float:
@@ -206,10 +279,26 @@ def evaluate_model(
     operating_conf: float = OPERATING_CONF,
 ) -> EvalReport:
     """Run ``predict`` (NCHW float32 → ``[B, 4+nc, N]``) over frames and score it."""
+    truths = [_truth(f) for f in frames]
+    return evaluate_images(
+        predict, [f.image for f in frames], truths, imgsz, batch_size, class_names, operating_conf
+    )
+
+
+def evaluate_images(
+    predict: Predictor,
+    images: Sequence[npt.NDArray[np.uint8]],
+    truths: Sequence[tuple[FloatArray, npt.NDArray[np.int64]]],
+    imgsz: tuple[int, int] = (320, 320),
+    batch_size: int = 8,
+    class_names: Sequence[str] = CLASSES,
+    operating_conf: float = OPERATING_CONF,
+) -> EvalReport:
+    """Run ``predict`` over BGR images and score it against their truth (boxes, class ids)."""
     detections: list[Detections] = []
-    for start in range(0, len(frames), batch_size):
-        chunk = frames[start : start + batch_size]
-        batch, infos = letterbox_batch([f.image for f in chunk], imgsz)
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        batch, infos = letterbox_batch(list(chunk), imgsz)
         outputs = predict(batch)
         detections.extend(
             decode_yolo(
@@ -221,7 +310,6 @@ def evaluate_model(
             )
             for i in range(len(chunk))
         )
-    truths = [_truth(f) for f in frames]
     return evaluate_detections(detections, truths, class_names, operating_conf=operating_conf)
 
 
@@ -231,14 +319,18 @@ def evaluate_onnx(
     frames: int = 160,
     operating_conf: float = OPERATING_CONF,
 ) -> dict[str, EvalReport]:
-    """Evaluate an ONNX file on the held-out sets of ``conditions``."""
+    """Evaluate an ONNX file on the held-out sets of ``conditions`` (synthetic or SUMO)."""
     from .export import onnx_predictor  # keeps onnxruntime out of the metrics
 
     predict = onnx_predictor(model_path)
-    return {
-        c: evaluate_model(predict, heldout_frames(c, frames), operating_conf=operating_conf)
-        for c in conditions
-    }
+    reports = {}
+    for c in conditions:
+        if c in SUMO_CONDITIONS:
+            images, truths = sumo_heldout(c, frames)
+            reports[c] = evaluate_images(predict, images, truths, operating_conf=operating_conf)
+        else:
+            reports[c] = evaluate_model(predict, heldout_frames(c, frames), operating_conf=operating_conf)
+    return reports
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -246,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/detector.onnx"))
     parser.add_argument("--frames", type=int, default=160, help="frames per condition")
-    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
+    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(known_conditions()))
     parser.add_argument("--conf", type=float, default=OPERATING_CONF, help="operating threshold")
     parser.add_argument("--json", type=Path, help="also write the reports here")
     args = parser.parse_args(argv)

@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 EvalFramesOption = Annotated[int, typer.Option(min=8, help="Held-out frames per condition.")]
+ConditionsOption = Annotated[
+    str,
+    typer.Option(
+        help="Held-out conditions: synthetic, sumo (SUMO's cameras; the sim extra), all, or a comma list "
+        "(day,dusk,night,rain,fog,sumo-day,sumo-night)."
+    ),
+]
 
 model_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Retrain, gate and publish models.")
 repo_app = typer.Typer(no_args_is_help=True, add_completion=False, help="The hub's TUF model repository.")
@@ -190,11 +197,13 @@ def train(
     int8: Annotated[bool, typer.Option(help="Also write and evaluate an INT8 variant.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     eval_frames: EvalFramesOption = 160,
+    conditions: ConditionsOption = "synthetic",
     as_json: JsonOption = False,
 ) -> None:
     """Fine-tune a published detector on a dataset version; export, evaluate and write its model card."""
     from roadside.cloud.home import HubHome
     from roadside.models.card import DatasetRef
+    from roadside.models.evaluate import parse_conditions
     from roadside.models.finetune import FinetuneConfig, samples_from_manifest
     from roadside.models.retrain import RetrainRequest, retrain
     from roadside.shared.dataset import load_manifest
@@ -203,6 +212,7 @@ def train(
     with _errors():
         if steps is not None and seconds is not None:
             raise ConfigError("give --steps or --seconds, not both")
+        heldout = parse_conditions(conditions)
         name, ds_version = _split(dataset, "--dataset")
         folder = dataset_dir or hub.datasets_dir(name)
         manifest = load_manifest(folder, int(ds_version) if ds_version and ds_version.isdigit() else None)
@@ -227,6 +237,7 @@ def train(
             fp16=fp16,
             int8=int8,
             eval_frames=eval_frames,
+            conditions=heldout,
         )
         torch_device = _pick_device(device)
         with _distributed(torch_device) as rank:
@@ -263,11 +274,13 @@ def publish(
     min_gain: Annotated[float, typer.Option(help="Mean mAP@0.5 gain required.")] = 0.01,
     min_agent_version: Annotated[str, typer.Option(help="Oldest agent that can run it.")] = "0.1.0",
     eval_frames: EvalFramesOption = 160,
+    conditions: ConditionsOption = "synthetic",
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a candidate against the published model; sign and record it only if it is better."""
     from roadside.cloud.home import HubHome
     from roadside.cloud.release.publishing import publish_candidate
+    from roadside.models.evaluate import parse_conditions
 
     hub = HubHome(home)
     with _errors(), _registry(hub) as registry:
@@ -284,6 +297,7 @@ def publish(
             min_gain=min_gain,
             min_agent_version=min_agent_version,
             eval_frames=eval_frames,
+            conditions=parse_conditions(conditions),
         )
     decision = outcome.decision
     if outcome.record is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -68,27 +68,55 @@ def published_file(home: HubHome, record: ModelRecord) -> Path:
     return path
 
 
-def evaluation_summary(path: Path, frames: int) -> dict[str, Any]:
-    """Scores on every fixed held-out condition (needs the train extra: the scene renderer)."""
+def evaluation_summary(path: Path, frames: int, conditions: Sequence[str] | None = None) -> dict[str, Any]:
+    """Scores on the fixed held-out conditions, every synthetic one by default (needs the train extra).
+
+    SUMO's conditions (``sumo-day``, ``sumo-night``) also need the sim extra.
+    """
     from roadside.models.card import summarise
     from roadside.models.evaluate import CONDITIONS, evaluate_onnx
 
-    return summarise(evaluate_onnx(path, tuple(CONDITIONS), frames), frames)
+    return summarise(evaluate_onnx(path, tuple(conditions or CONDITIONS), frames), frames)
 
 
-def current_summary(home: HubHome, record: ModelRecord, frames: int) -> dict[str, Any]:
-    """The published model's stored held-out summary if it was taken the same way, else a fresh one."""
+def current_summary(
+    home: HubHome, record: ModelRecord, frames: int, conditions: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The published model's stored held-out summary if it was taken the same way, else a fresh one.
+
+    Fresh on ``conditions`` (the candidate's) and those it was judged on before when the
+    stored scores lack any of them, so a candidate judged on SUMO's frames is compared with
+    the published model on those too, and one not judged there is refused (the gate's
+    "not evaluated on").
+    """
     from roadside.models.evaluate import CONDITIONS
 
+    wanted = set(conditions or CONDITIONS)
     stored = record.metadata.get("evaluation")
-    if (
+    comparable = (
         isinstance(stored, Mapping)
         and stored.get("frames_per_condition") == frames
-        and set(stored.get("conditions", {})) >= set(CONDITIONS)
-    ):
+        and isinstance(stored.get("conditions"), Mapping)
+    )
+    if not comparable:
+        log.info("evaluating the published %s %s (no comparable stored scores)", record.name, record.version)
+        return evaluation_summary(published_file(home, record), frames, sorted(wanted, key=_condition_order))
+    assert isinstance(stored, Mapping)
+    have = dict(stored["conditions"])
+    # Where it was judged stays a bar: a candidate not scored there is refused by the gate.
+    missing = sorted(wanted - set(have), key=_condition_order)
+    if not missing:
         return dict(stored)
-    log.info("evaluating the published %s %s (no comparable stored scores)", record.name, record.version)
-    return evaluation_summary(published_file(home, record), frames)
+    log.info("evaluating the published %s %s on %s", record.name, record.version, ", ".join(missing))
+    fresh = evaluation_summary(published_file(home, record), frames, missing)
+    return {**stored, "conditions": {**have, **fresh["conditions"]}}
+
+
+def _condition_order(name: str) -> tuple[int, str]:
+    from roadside.models.evaluate import known_conditions
+
+    known = known_conditions()
+    return (known.index(name), name) if name in known else (len(known), name)
 
 
 def lineage_of(path: Path) -> dict[str, Any]:
@@ -118,11 +146,14 @@ def publish_candidate(
     min_agent_version: str = "0.1.0",
     eval_frames: int = 160,
     candidate_summary: Mapping[str, Any] | None = None,
+    conditions: Sequence[str] | None = None,
 ) -> PublishOutcome:
     """Gate and publish ``path`` as ``name`` ``version``; a refusal returns an outcome without a record.
 
     ``candidate_summary`` may carry the candidate's scores when they were just
-    taken the same way (the retraining loop's card); otherwise they are taken here.
+    taken the same way (the retraining loop's card); otherwise they are taken here,
+    on ``conditions`` (every synthetic one by default). The published model is
+    compared on the candidate's conditions.
     """
     if force and not (reason and reason.strip()):
         raise ConfigError("a forced publish needs a reason: say why the gate is overridden (it is audited)")
@@ -132,9 +163,12 @@ def publish_candidate(
         )
     current = latest_published(registry, name)
     candidate = (
-        dict(candidate_summary) if candidate_summary is not None else evaluation_summary(path, eval_frames)
+        dict(candidate_summary)
+        if candidate_summary is not None
+        else evaluation_summary(path, eval_frames, conditions)
     )
-    current_scores = current_summary(home, current, eval_frames) if current else None
+    judged_on = list(candidate.get("conditions", {})) or None
+    current_scores = current_summary(home, current, eval_frames, judged_on) if current else None
     decision = publish_decision(
         scores_from_summary(candidate),
         scores_from_summary(current_scores) if current_scores else None,

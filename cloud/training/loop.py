@@ -171,6 +171,7 @@ class RetrainLoop:
             return None
         waiting = snapshot.waiting
         from roadside.models.card import DatasetRef, ParentRef
+        from roadside.models.evaluate import CONDITIONS
         from roadside.models.finetune import FinetuneConfig, samples_from_manifest
         from roadside.models.retrain import RetrainRequest, file_sha256, retrain
 
@@ -193,6 +194,10 @@ class RetrainLoop:
             if policy.finetune_seconds
             else FinetuneConfig()
         )
+        # Scored where the published model was (SUMO's frames too, if it was released for them),
+        # so the gate compares like with like.
+        judged = current.metadata.get("evaluation")
+        judged_on: tuple[str, ...] = tuple(judged.get("conditions", {})) if isinstance(judged, dict) else ()
         request = RetrainRequest(
             parent_path=parent_path,
             parent=ParentRef(
@@ -204,6 +209,7 @@ class RetrainLoop:
             version=version,
             finetune=finetune,
             eval_frames=policy.eval_frames,
+            conditions=judged_on or tuple(CONDITIONS),
         )
         started = time.monotonic()
         card = retrain(request, frames)

@@ -48,10 +48,16 @@ def render_scenario(
     frames_per_camera: int,
     every_s: float = 2.0,
     warmup_s: float = 60.0,
+    junction: bool = False,
 ) -> list[RenderedFrame]:
-    """Frames from every camera of ``scenario``, one each ``every_s`` simulated seconds after a warm-up."""
+    """Frames from every camera of ``scenario``, one each ``every_s`` simulated seconds after a warm-up.
+
+    ``junction`` adds the scenario's junction camera (the high one over the whole
+    junction, for turning movements) to its approach cameras.
+    """
     road = RoadGeometry.from_net(scenario.net)
-    cameras = [Camera.from_calibration(c.calibration) for c in load_pose_file(scenario.poses).cameras]
+    pose_files = [scenario.poses, scenario.junction_poses] if junction else [scenario.poses]
+    cameras = [Camera.from_calibration(c.calibration) for f in pose_files for c in load_pose_file(f).cameras]
     renderers = [Renderer(cam, road, conditions, seed=k) for k, cam in enumerate(cameras)]
     every = max(1, round(every_s / 0.1))
     frames: list[RenderedFrame] = []
