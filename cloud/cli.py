@@ -263,7 +263,7 @@ def broker_run(
 ) -> None:
     """Run Mosquitto with mutual TLS, the CA's CRL and the ACL generated from the registry."""
     from roadside.cloud.broker.mosquitto import MosquittoBroker
-    from roadside.cloud.home import HubHome, acl_devices
+    from roadside.cloud.home import HubHome, acl_devices, revoked_devices
 
     hub_home = HubHome(home)
     with open_registry(home) as registry:
@@ -273,6 +273,7 @@ def broker_run(
             ca_cert_pem=hub_home.ca_file.read_bytes(),
             server=hub_home.broker_server_cert(),
             devices=acl_devices(registry),
+            revoked=revoked_devices(registry),
             port=port or None,
             crl_pem=hub_home.ca().crl_pem(),
         )

@@ -39,6 +39,7 @@ from roadside.cloud.broker.mosquitto import (
     add_hub_identity,
     check_device_name,
     check_hub_identity,
+    read_signal_controllers,
     reload_running,
     running_broker,
     take_over_session,
@@ -203,14 +204,16 @@ def issue_enrollment(
     repo_url: str | None = None,
     out: Path | None = None,
 ) -> EnrollmentBundle:
-    """Issue a device's certificate and keys, register it and add it to the broker ACL, all or nothing.
+    """Issue a device's certificate and keys and register it, all or nothing.
 
-    Names are checked before anything is made: a hub's name (``hub``, ``hub-*``) or an id
-    already enrolled (revoked ones included) is refused. The registry row commits only once
-    the device's certificate record, the bundle file (with ``out``) and the ACL are written;
-    if any of them fails, nothing is left behind. A broker run from this home reloads its
-    ACL before this returns. Without ``out`` the bundle (it holds the device's private
-    keys) is only returned, never written.
+    Names are checked before anything is made: a hub's or a signal controller's name, or an
+    id already enrolled (revoked ones included) is refused. The registry row commits only
+    once the device's certificate record and the bundle file (with ``out``) are written; if
+    either fails, nothing is left behind. The broker ACL does not change: its patterns give
+    every certificate name its own device topics, so the broker is not reloaded (a reload
+    would drop the offline sessions of certificate-named clients, the hub's among them, with
+    what the broker queued for them: ADR 0022). Without ``out`` the bundle (it holds the
+    device's private keys) is only returned, never written.
 
     ``repo_url`` is where devices reach the model repository this hub serves;
     with it, and a repository in the home, the bundle carries the repository's
@@ -247,17 +250,16 @@ def issue_enrollment(
                 raise ConfigError(f"{out} exists; move it away or pick another --out")
             write_bundle(bundle, out)
             written.append(out)
-        write_acl_file(home.broker_dir, [*acl_devices(registry), AclDevice(device_id, site)])
 
-    with acl_lock(home.broker_dir):
+    with acl_lock(home.broker_dir):  # a controller added meanwhile could take the name
+        if device_id in read_signal_controllers(home.broker_dir):
+            raise ConfigError(f"{device_id!r} is a signal controller's name; pick another device id")
         try:
             registry.devices.enroll(device_id, site, keys.public(), actor=actor, before_commit=write_files)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
-            write_acl_file(home.broker_dir, acl_devices(registry))  # the ACL as the registry has it
             raise
-    reload_broker(home)
     return bundle
 
 
@@ -289,10 +291,19 @@ def acl_devices(registry: Registry) -> list[AclDevice]:
     return [AclDevice(d.device_id, d.site) for d in registry.devices.list() if d.status == "active"]
 
 
+def revoked_devices(registry: Registry) -> list[str]:
+    """The devices the broker ACL denies everything (its patterns would let their names in)."""
+    return [d.device_id for d in registry.devices.list() if d.status == "revoked"]
+
+
 def write_acl(home: HubHome, registry: Registry) -> Path:
-    """The broker ACL generated from the registry: each device confined to its own topics."""
+    """The broker ACL generated from the registry: devices by pattern, revoked ones denied."""
     with acl_lock(home.broker_dir):
-        return write_acl_file(home.broker_dir, acl_devices(registry))
+        return _write_acl_locked(home, registry)
+
+
+def _write_acl_locked(home: HubHome, registry: Registry) -> Path:
+    return write_acl_file(home.broker_dir, acl_devices(registry), revoked=revoked_devices(registry))
 
 
 def reload_broker(home: HubHome, timeout_s: float = 10.0) -> bool:
@@ -335,7 +346,7 @@ def hub_identity(home: HubHome, registry: Registry, client_id: str) -> CertFiles
             write_issued(home.hub_certs, client_id, home.ca().issue_client(client_id))
         added = add_hub_identity(home.broker_dir, client_id)
         if added:
-            write_acl_file(home.broker_dir, acl_devices(registry))
+            _write_acl_locked(home, registry)
     if added:
         log.info("hub identity %s added to the broker ACL", client_id)
         reload_broker(home)

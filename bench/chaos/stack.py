@@ -23,7 +23,7 @@ from bench.chaos.ledger import RecordId
 from bench.chaos.netns import AgentLink, AgentLinks
 from bench.chaos.proxy import FaultProxy
 from roadside.cloud.broker.mosquitto import MosquittoBroker
-from roadside.cloud.home import HubHome, acl_devices, enroll_device, init_home
+from roadside.cloud.home import HubHome, enroll_device, init_home
 from roadside.cloud.registry import Registry
 from roadside.shared.bundle import BrokerAddress, EnrollmentBundle, write_bundle
 
@@ -268,9 +268,10 @@ class Stack:
         return agent
 
     def enroll(self, device_id: str, address: BrokerAddress | None = None) -> EnrollmentBundle:
+        """Enroll as ``roadside device enroll`` does: the broker's ACL patterns let the new name
+        in, so nothing is reloaded (a reload used to drop the hub's offline session, ADR 0022)."""
         address = address or BrokerAddress(host="127.0.0.1", port=self.broker.port)
         bundle, _ = enroll_device(self.home, self.registry, device_id, SITE, address)
-        self.broker.reload_acl(acl_devices(self.registry))
         return bundle
 
     def stored_messages(self) -> set[tuple[str, int]]:

@@ -2,7 +2,13 @@
 
 Devices and hubs authenticate with client certificates; Mosquitto takes the
 certificate's common name as the username (``use_identity_as_username``)
-and the ACL file written by ``render_acl`` confines each name:
+and the ACL file written by ``render_acl`` confines each name. Devices have
+no rule of their own: ``pattern`` lines on the certificate name (``%u``) give
+every name the CA issued its own device topics, so enrolling a device changes
+no file and needs no reload (ADR 0022: a reload makes Mosquitto 2.0 drop the
+offline persistent sessions of certificate-named clients, the hub's among
+them, with what it queued for them). Hubs, controllers and revoked devices
+are named, each with a ``deny`` that takes the patterns' rights away:
 
 ==========  =====================================  =============================================
 who         may publish                            may receive
@@ -11,7 +17,13 @@ device      ``roadside/v1/<site>/<device>/#``      ``roadside/v1/cmd/<device>``
 hub         ``roadside/v1/cmd/#``,                 ``roadside/v1/#``, also via ``$share/<group>/``
             ``roadside/signals/v1/#``
 controller  nothing                                ``roadside/signals/v1/<its signals>/calls``
+revoked     nothing                                nothing
 ==========  =====================================  =============================================
+
+A device may publish under another site than its own (the pattern cannot know
+its site): the hub refuses such a message (``topic_mismatch``), as it refuses a
+name the registry does not know (``unknown_key``). The CA issues certificates
+only to enrolled devices, hubs and controllers.
 
 How Mosquitto 2.0 applies it (checked against 2.0.11): each PUBLISH is
 checked (MQTT 5 gets PUBACK 135 "not authorized"; the message is dropped),
@@ -132,17 +144,53 @@ def render_acl(
     devices: Iterable[AclDevice],
     hub_users: Iterable[str] = (HUB_IDENTITY,),
     controllers: Mapping[str, Iterable[str]] | None = None,
+    revoked: Iterable[str] = (),
 ) -> str:
     """The Mosquitto ``acl_file`` text confining each device and each hub process to their topics.
 
+    Devices get no rule each: three ``pattern`` lines on the certificate name (``%u``)
+    confine every name to ``roadside/v1/<any site>/<name>/<kind>`` and its own command topic, so
+    the file does not change when a device is enrolled. ``devices`` (the enrolled ones) are
+    only checked: no hub, controller or revoked name may be one of them. Each of ``revoked``
+    gets ``deny #``, which Mosquitto checks before any pattern.
+
     Hubs also write the signal-call topics (``roadside/signals/v1/<signal>/calls``, outside the
     device tree); each of ``controllers`` (a signal controller's certificate name → the signals
-    it runs) may only read its own signals' calls.
+    it runs) may only read its own signals' calls, and nothing of the device tree.
 
     Every name is checked against the safe charset first, because a ``#``,
     ``+``, ``/`` or newline in a name would widen a rule or add one.
     """
     hubs = sorted({check_name(user, "hub user") for user in hub_users})
+    by_id = _checked_devices(devices, hubs)
+    gone = sorted({check_name(name, "revoked device id") for name in revoked})
+    for name in gone:
+        if name in by_id or name in hubs or is_reserved_name(name):
+            raise ConfigError(f"revoked device {name!r} is also an enrolled device or a hub")
+    lines = [
+        "# Roadside broker ACL, written by roadside.cloud.broker.mosquitto.render_acl; edits are overwritten.",
+        "# Every rule needs a username (%u, or a 'user' line), so anonymous clients get nothing.",
+        "",
+        "# Every device, by its certificate name: no rule per device, so enrolling one needs no reload.",
+        f"pattern deny {ROOT}/cmd/%u/+/#",
+        f"pattern write {ROOT}/+/%u/+/#",  # a kind below the name: never the bare command topic
+        f"pattern read {ROOT}/cmd/%u",
+    ]
+    for hub_user in hubs:
+        lines += ["", f"user {hub_user}", f"topic deny {ROOT}/+/{hub_user}/#"]  # no device rights
+        lines += [f"topic read {ROOT}/#", f"topic write {ROOT}/cmd/#", f"topic write {SIGNALS_ROOT}/#"]
+    for name in gone:
+        lines += ["", f"user {name}", "topic deny #"]
+    for user, signals in sorted((controllers or {}).items()):
+        check_name(user, "controller user")
+        if user in by_id or user in hubs or user in gone or is_reserved_name(user):
+            raise ConfigError(f"controller {user!r} may not share a name with a device or a hub")
+        lines += ["", f"user {user}", f"topic deny {ROOT}/#"]
+        lines += [f"topic read {signal_calls(s)}" for s in sorted(set(signals))]
+    return "\n".join(lines) + "\n"
+
+
+def _checked_devices(devices: Iterable[AclDevice], hubs: list[str]) -> dict[str, AclDevice]:
     by_id: dict[str, AclDevice] = {}
     for device in devices:
         check_name(device.device_id, "device id")
@@ -154,28 +202,7 @@ def render_acl(
             raise ConfigError(
                 f"device {device.device_id!r} is listed at two sites ({seen.site!r}, {device.site!r})"
             )
-    lines = [
-        "# Roadside broker ACL, written by roadside.cloud.broker.mosquitto.render_acl; edits are overwritten.",
-        "# No rule precedes the first 'user' line, so anonymous clients get nothing.",
-    ]
-    for hub_user in hubs:
-        lines += ["", f"user {hub_user}", f"topic read {ROOT}/#", f"topic write {ROOT}/cmd/#"]
-        lines.append(f"topic write {SIGNALS_ROOT}/#")
-    for device_id in sorted(by_id):
-        site = by_id[device_id].site
-        lines += [
-            "",
-            f"user {device_id}",
-            f"topic write {ROOT}/{site}/{device_id}/#",
-            f"topic read {ROOT}/cmd/{device_id}",
-        ]
-    for user, signals in sorted((controllers or {}).items()):
-        check_name(user, "controller user")
-        if user in by_id or user in hubs or is_reserved_name(user):
-            raise ConfigError(f"controller {user!r} may not share a name with a device or a hub")
-        lines += ["", f"user {user}"]
-        lines += [f"topic read {signal_calls(s)}" for s in sorted(set(signals))]
-    return "\n".join(lines) + "\n"
+    return by_id
 
 
 def render_config(
@@ -356,14 +383,19 @@ def set_signal_controller(directory: Path, user: str, signals: Iterable[str]) ->
     write_public(directory / SIGNAL_CONTROLLERS_FILE, text.encode())
 
 
-def write_acl_file(directory: Path, devices: Iterable[AclDevice], extra_hubs: Iterable[str] = ()) -> Path:
-    """Render the ACL for ``devices`` and the directory's hub identities into ``directory`` (hold ``acl_lock``).
+def write_acl_file(
+    directory: Path,
+    devices: Iterable[AclDevice],
+    extra_hubs: Iterable[str] = (),
+    revoked: Iterable[str] = (),
+) -> Path:
+    """Render the ACL (``render_acl``) with the directory's hub identities into ``directory`` (hold ``acl_lock``).
 
     World-readable, so that a broker running as another user (a container) can read it;
     atomic, because the broker may re-read it at any moment.
     """
     hubs = [*read_hub_identities(directory), *extra_hubs]
-    text = render_acl(devices, hubs, read_signal_controllers(directory))
+    text = render_acl(devices, hubs, read_signal_controllers(directory), revoked)
     path = directory / ACL_FILE
     write_public(path, text.encode())
     return path
@@ -541,6 +573,7 @@ class MosquittoBroker:
         ca_cert_pem: bytes,
         server: IssuedCert,
         devices: Iterable[AclDevice] = (),
+        revoked: Iterable[str] = (),
         hub_user: str = "hub",
         host: str = "127.0.0.1",
         port: int | None = None,
@@ -555,13 +588,14 @@ class MosquittoBroker:
         self._ca_cert_pem = ca_cert_pem
         self._server = server
         self._devices = list(devices)
+        self._revoked = list(revoked)
         self._hub_user = hub_user
         self._crl_pem = crl_pem
         self._executable = executable
         self._start_timeout_s = start_timeout_s
         self._max_packet_size = max_packet_size
         self._process: subprocess.Popen[bytes] | None = None
-        render_acl(self._devices, [hub_user])  # fail now, not in the broker, on a bad name
+        render_acl(self._devices, [hub_user], revoked=self._revoked)  # fail now, not in the broker
 
     @classmethod
     def for_ca(
@@ -700,14 +734,20 @@ class MosquittoBroker:
             process.kill()
             process.wait()
 
-    def reload_acl(self, devices: Iterable[AclDevice], timeout_s: float = 5.0) -> None:
-        """Replace the device list, rewrite the ACL file and make Mosquitto reload it.
+    def reload_acl(
+        self, devices: Iterable[AclDevice], timeout_s: float = 5.0, *, revoked: Iterable[str] = ()
+    ) -> None:
+        """Replace the device and revoked lists, rewrite the ACL file and make Mosquitto reload it.
 
         Returns once Mosquitto has reloaded. Connected clients keep their
         connection, but each later publish and delivery is checked against
         the new rules (Mosquitto checks ACLs per message, not per session).
+        A newly enrolled device needs none of this (the ACL's patterns cover
+        it); a revoked one does, and the reload costs every offline
+        certificate-named session what the broker queued for it.
         """
         self._devices = list(devices)
+        self._revoked = list(revoked)
         self._write_acl()
         self._reload(timeout_s)
         log.info("mosquitto reloaded its ACL: %d devices", len(self._devices))
@@ -718,8 +758,8 @@ class MosquittoBroker:
         The broker must have been made with a CRL (``crl_pem`` or ``use_crl``):
         adding the ``crlfile`` setting needs a restart. A client already
         connected with a revoked certificate stays connected and may still
-        publish (checked with Mosquitto 2.0.11): also drop the device from the
-        ACL (``reload_acl``) to cut it off at once.
+        publish (checked with Mosquitto 2.0.11): also deny the device in the
+        ACL (``reload_acl(revoked=...)``) to cut it off at once.
         """
         if self._crl_pem is None:
             raise ConfigError("this broker was started without a CRL; create it with crl_pem=...")
@@ -753,7 +793,7 @@ class MosquittoBroker:
         # Hub identities others added to this directory (a hub process with its own
         # certificate) stay in the ACL whatever device list this broker was given.
         with acl_lock(self.workdir):
-            write_acl_file(self.workdir, self._devices, [self._hub_user])
+            write_acl_file(self.workdir, self._devices, [self._hub_user], self._revoked)
 
     def _write_config(self) -> None:
         text = render_config(

@@ -32,7 +32,7 @@ import queue
 import ssl
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,10 +227,10 @@ class BrokerHarness:
             self._certs[key] = (issued, files)
         return self._certs[key]
 
-    def allow(self, devices: list[AclDevice]) -> None:
-        """Make ``devices`` the whole fleet the ACL lets in, and reload the broker."""
+    def allow(self, devices: list[AclDevice], revoked: Iterable[str] = ()) -> None:
+        """Make ``devices`` the fleet and ``revoked`` the names the ACL denies; reload the broker."""
         self.devices = list(devices)
-        self.broker.reload_acl(self.devices)
+        self.broker.reload_acl(self.devices, revoked=revoked)
 
     def client(
         self,

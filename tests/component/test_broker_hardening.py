@@ -67,11 +67,9 @@ class Setup:
     reload: object  # a callable: make this broker re-read its ACL and CRL
 
     def enroll(self, device_id: str) -> EnrollmentBundle:
+        """Enroll as the CLI and the API do: no broker reload (the ACL's patterns let it in)."""
         address = BrokerAddress(host="127.0.0.1", port=self.port)
-        bundle = issue_enrollment(self.home, self.registry, device_id, SITE, address)
-        assert callable(self.reload)
-        self.reload()
-        return bundle
+        return issue_enrollment(self.home, self.registry, device_id, SITE, address)
 
     def client(
         self, cert: Path, key: Path, client_id: str, *, clean_start: bool = True, expiry_s: int = 0
@@ -293,6 +291,33 @@ def test_device_enrolled_while_the_broker_runs_may_publish_at_once(setup: Setup,
     assert device.wait_connected()
     assert device.publish(topics.uplink(SITE, "pole-1", "counts"), b"1") == SUCCESS
     assert hub.next_message().payload == b"1"
+
+
+def test_enrolling_keeps_what_the_broker_queued_for_the_offline_hub(setup: Setup, tmp_path: Path) -> None:
+    # Regression (issue 14, enroll-while-hub-down): enrollment made Mosquitto reload its ACL,
+    # and Mosquitto 2.0 dropped the offline sessions of certificate-named clients on a reload,
+    # with what it had queued for them: the hub's, while the hub was down.
+    hub_files = hub_identity(setup.home, setup.registry, "hub")
+    subscription = topics.hub_subscription(setup.home.hub_group())
+    hub = setup.client(hub_files.cert, hub_files.key, "hub", clean_start=False, expiry_s=300)
+    assert hub.wait_connected()
+    assert hub.subscribe(subscription) == 1
+    hub.close()
+    device = setup.device(setup.enroll("pole-1"), tmp_path)
+    assert device.wait_connected()
+    topic = topics.uplink(SITE, "pole-1", "counts")
+    for payload in (b"1", b"2", b"3"):
+        assert device.publish(topic, payload) == SUCCESS  # the broker holds them for the hub now
+    acl_before = setup.home.acl_file.read_text()
+
+    newcomer = setup.device(setup.enroll("pole-2"), tmp_path)  # while the hub is down
+
+    assert setup.home.acl_file.read_text() == acl_before
+    assert newcomer.wait_connected()
+    assert newcomer.publish(topics.uplink(SITE, "pole-2", "counts"), b"4") == SUCCESS
+    hub = setup.client(hub_files.cert, hub_files.key, "hub", clean_start=False, expiry_s=300)
+    assert hub.wait_connected()
+    assert [hub.next_message().payload for _ in range(4)] == [b"1", b"2", b"3", b"4"]
 
 
 def _cli() -> typer.Typer:

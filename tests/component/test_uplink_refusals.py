@@ -1,5 +1,5 @@
 """The agent's uplink against a real Mosquitto: a broker that refuses the device's messages
-(its ACL does not list the device yet), and the TLS key paho needs, which must not stay on disk."""
+(its ACL denies the device), and the TLS key paho needs, which must not stay on disk."""
 
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ MESSAGES = 5
 
 @pytest.fixture
 def broker_devices(site: str) -> list[AclDevice]:
-    """The ACL lets ``dev-b`` in, not ``dev-a``: ``dev-a`` connects (its certificate is good) and
-    every message it publishes is refused with PUBACK 135, not authorised."""
+    """The fleet the broker starts with: ``dev-b``."""
     return [AclDevice("dev-b", site)]
 
 
@@ -68,6 +67,9 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 def test_a_refused_device_backs_off_logs_once_and_delivers_once_the_acl_allows_it(
     broker: BrokerHarness, site: str, tmp_path: Path, outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The ACL denies dev-a (as it does a revoked device): it connects (its certificate is good)
+    # and every message it publishes is refused with PUBACK 135, not authorised.
+    broker.allow(broker.devices, revoked=["dev-a"])
     hub = broker.connect("hub")
     hub.subscribe("$share/hub/roadside/v1/#")
     for i in range(MESSAGES):
@@ -108,7 +110,7 @@ def test_a_refused_device_backs_off_logs_once_and_delivers_once_the_acl_allows_i
         assert "Not authorized" in doctor.detail
         assert "ACL" in doctor.fix
 
-        broker.allow([AclDevice("dev-a", site), AclDevice("dev-b", site)])  # SIGHUP: ACL reloaded
+        broker.allow([AclDevice("dev-a", site), AclDevice("dev-b", site)])  # SIGHUP: no longer denied
         assert wait_until(lambda: outbox.backlog() == 0), (uplink.published, uplink.refused)
         payloads = {hub.next_message().payload for _ in range(MESSAGES)}
         assert len(payloads) == MESSAGES

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.fleet import EPOCH, SimulatedDevice, counts_body
-from roadside.cloud.home import HubHome, acl_devices
+from roadside.cloud.home import HubHome, acl_devices, revoked_devices
 from roadside.cloud.hub import Hub
 from roadside.cloud.registry import Registry
 from roadside.cloud.settings import HubSettings, InfluxV1StoreConfig
@@ -193,8 +193,8 @@ def test_revoked_device_is_refused_by_the_hub_at_once_and_by_the_broker(rig: Rig
         assert device.wait_acked(1, 10)
         assert device.refused == 1  # PUBACK 135, not authorised: the broker already knows
 
-        # A reload from the registry changes nothing: the ACL already lacks it.
-        rig.broker.reload_acl(acl_devices(rig.registry))
+        # A reload from the registry changes nothing: the ACL already denies it.
+        rig.broker.reload_acl(acl_devices(rig.registry), revoked=revoked_devices(rig.registry))
         device.publish(device.sealer.seal("counts", 7, counts_body(0, 7, RECORDS), int(time.time() * 1000)))
         assert device.wait_acked(2, 10)
         assert device.refused == 2

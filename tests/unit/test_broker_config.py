@@ -26,10 +26,13 @@ A = AclDevice("dev-a", "s1")
 B = AclDevice("dev-b", "s1")
 C = AclDevice("dev-c", "s2")
 
+Rule = tuple[str, str]  # (access, filter)
 
-def _rules(acl: str) -> dict[str, list[tuple[str, str]]]:
-    """user -> [(access, filter)], read the way Mosquitto reads the file."""
-    rules: dict[str, list[tuple[str, str]]] = {}
+
+def _rules(acl: str) -> tuple[dict[str, list[Rule]], list[Rule]]:
+    """(user -> rules, patterns), read the way Mosquitto 2.0 reads the file (security_default.c)."""
+    users: dict[str, list[Rule]] = {}
+    patterns: list[Rule] = []
     user = ""
     for line in acl.splitlines():
         if not line or line.startswith("#"):
@@ -37,18 +40,41 @@ def _rules(acl: str) -> dict[str, list[tuple[str, str]]]:
         keyword, rest = line.split(" ", 1)
         if keyword == "user":
             user = rest
-            rules.setdefault(user, [])
+            users.setdefault(user, [])
+            continue
+        access, topic_filter = rest.split(" ", 1)
+        assert access in ("read", "write", "readwrite", "deny"), line
+        if keyword == "pattern":
+            patterns.append((access, topic_filter))
         else:
             assert keyword == "topic", line
-            access, topic_filter = rest.split(" ", 1)
-            rules.setdefault(user, []).append((access, topic_filter))
-    return rules
+            assert user, f"a rule before the first user line applies to anonymous clients: {line}"
+            users[user].append((access, topic_filter))
+    return users, patterns
+
+
+def _decide(rules: list[Rule], access: str, topic: str) -> bool | None:
+    # Deny rules first, then the first rule that grants; None: no rule decided.
+    ordered = [r for r in rules if r[0] == "deny"] + [r for r in rules if r[0] != "deny"]
+    for granted, topic_filter in ordered:
+        if topic.startswith("$") and not topic_filter.startswith("$"):
+            continue
+        if topic_matches_sub(topic_filter, topic):
+            if granted == "deny":
+                return False
+            if granted in (access, "readwrite"):
+                return True
+    return None
 
 
 def _may(acl: str, user: str, access: str, topic: str) -> bool:
-    return any(
-        a in (access, "readwrite") and topic_matches_sub(f, topic) for a, f in _rules(acl).get(user, [])
-    )
+    """Whether Mosquitto lets the client with certificate name ``user`` ``access`` ``topic``."""
+    users, patterns = _rules(acl)
+    own = _decide(users.get(user, []), access, topic)
+    if own is not None:
+        return own
+    mine = [(a, f.replace("%u", user).replace("%c", user)) for a, f in patterns]
+    return bool(_decide(mine, access, topic))
 
 
 def test_devices_write_only_their_own_subtree() -> None:
@@ -56,9 +82,15 @@ def test_devices_write_only_their_own_subtree() -> None:
     assert _may(acl, "dev-a", "write", "roadside/v1/s1/dev-a/events")
     assert _may(acl, "dev-a", "write", "roadside/v1/s1/dev-a/status")
     assert not _may(acl, "dev-a", "write", "roadside/v1/s1/dev-b/events")
-    assert not _may(acl, "dev-a", "write", "roadside/v1/s2/dev-a/events")
     assert not _may(acl, "dev-a", "write", "roadside/v1/cmd/dev-a")
+    assert not _may(acl, "dev-a", "write", "roadside/v1/cmd/dev-a/events")  # never the command tree
+    assert not _may(acl, "dev-a", "write", "roadside/signals/v1/x/calls")
     assert not _may(acl, "dev-a", "read", "roadside/v1/s1/dev-a/events")
+
+
+def test_the_pattern_cannot_know_a_devices_site() -> None:
+    # Another site under its own name passes the broker; the hub refuses it (topic_mismatch).
+    assert _may(render_acl([A]), "dev-a", "write", "roadside/v1/s2/dev-a/events")
 
 
 def test_devices_read_only_their_own_commands() -> None:
@@ -68,39 +100,74 @@ def test_devices_read_only_their_own_commands() -> None:
     assert _may(acl, "dev-c", "read", "roadside/v1/cmd/dev-c")
 
 
+def test_a_new_device_needs_no_change_to_the_file() -> None:
+    # Enrolling writes nothing and reloads nothing: a reload drops offline sessions (ADR 0022).
+    assert render_acl([A]) == render_acl([A, B, C]) == render_acl([])
+    assert _may(render_acl([]), "dev-new", "write", "roadside/v1/s9/dev-new/counts")
+
+
 def test_hub_reads_every_uplink_and_writes_commands() -> None:
     acl = render_acl([A, C], ["hub", "hub-w1"])
     assert _may(acl, "hub-w1", "read", "roadside/v1/s2/dev-c/counts")
     assert _may(acl, "hub", "read", "roadside/v1/s2/dev-c/counts")
     assert _may(acl, "hub", "write", "roadside/v1/cmd/dev-a")
     assert not _may(acl, "hub", "write", "roadside/v1/s1/dev-a/events")
+    assert not _may(acl, "hub", "write", "roadside/v1/s1/hub/events")  # no device rights of its own
+    assert not _may(acl, "hub-w1", "write", "roadside/v1/s1/hub-w1/events")
     assert not _may(acl, "hub", "read", "$SYS/broker/uptime")
 
 
-def test_nothing_is_granted_before_the_first_user_line() -> None:
-    # Rules above any "user" line would apply to anonymous clients.
-    assert "" not in _rules(render_acl([A]))
+def test_a_revoked_device_may_do_nothing() -> None:
+    acl = render_acl([B], revoked=["dev-a"])
+    assert not _may(acl, "dev-a", "write", "roadside/v1/s1/dev-a/events")
+    assert not _may(acl, "dev-a", "read", "roadside/v1/cmd/dev-a")
+    assert _may(acl, "dev-b", "write", "roadside/v1/s1/dev-b/events")
 
 
-def test_acl_is_deterministic_and_lists_a_repeated_device_once() -> None:
-    assert render_acl([B, A, A]) == render_acl([A, B])
-    assert render_acl([A]).count("user dev-a") == 1
+def test_a_revoked_name_cannot_be_an_enrolled_device_or_a_hub() -> None:
+    with pytest.raises(ConfigError, match="revoked device"):
+        render_acl([A], revoked=["dev-a"])
+    with pytest.raises(ConfigError, match="revoked device"):
+        render_acl([], revoked=["hub-2"])
+    with pytest.raises(ConfigError, match="revoked device id"):
+        render_acl([], revoked=["dev/#"])
 
 
-def test_acl_text_for_one_device() -> None:
-    body = [line for line in render_acl([A]).splitlines() if line and not line.startswith("#")]
+def test_anonymous_clients_get_nothing() -> None:
+    # Every pattern names %u (skipped without a username); every topic rule follows a user line.
+    users, patterns = _rules(render_acl([A], controllers={"ctl": ["s-1"]}, revoked=["dev-x"]))
+    assert "" not in users
+    assert all("%u" in topic_filter for _, topic_filter in patterns)
+
+
+def test_acl_is_deterministic() -> None:
+    assert render_acl([B, A, A], ["hub-2", "hub"], revoked=["x", "y"]) == render_acl(
+        [A, B], ["hub", "hub-2"], revoked=["y", "x", "x"]
+    )
+    assert render_acl([A], revoked=["x", "x"]).count("user x") == 1
+
+
+def test_acl_text() -> None:
+    body = [
+        line
+        for line in render_acl([A], revoked=["dev-old"]).splitlines()
+        if line and not line.startswith("#")
+    ]
     assert body == [
+        "pattern deny roadside/v1/cmd/%u/+/#",
+        "pattern write roadside/v1/+/%u/+/#",
+        "pattern read roadside/v1/cmd/%u",
         "user hub",
+        "topic deny roadside/v1/+/hub/#",
         "topic read roadside/v1/#",
         "topic write roadside/v1/cmd/#",
         "topic write roadside/signals/v1/#",
-        "user dev-a",
-        "topic write roadside/v1/s1/dev-a/#",
-        "topic read roadside/v1/cmd/dev-a",
+        "user dev-old",
+        "topic deny #",
     ]
 
 
-UNSAFE = ["", "a/b", "a#", "+", "#", "a b", "dev\nuser hub", "dev\rx", "x" * 65, "café", "$SYS"]
+UNSAFE = ["", "a/b", "a#", "+", "#", "a b", "dev\nuser hub", "dev\rx", "x" * 65, "café", "$SYS", "%u", "a%c"]
 
 
 @pytest.mark.parametrize("name", UNSAFE)
@@ -131,7 +198,9 @@ def test_a_device_cannot_take_a_hub_name(name: str) -> None:
 @pytest.mark.parametrize("name", ["hubcap-7", "pole-hub", "dev-a"])
 def test_names_that_only_contain_hub_are_devices(name: str) -> None:
     assert check_device_name(name) == name
-    assert f"user {name}" in render_acl([AclDevice(name, "s1")])
+    acl = render_acl([AclDevice(name, "s1")])
+    assert _may(acl, name, "write", f"roadside/v1/s1/{name}/counts")
+    assert not _may(acl, name, "read", "roadside/v1/s1/dev-b/counts")
 
 
 @pytest.mark.parametrize("name", ["hub", "hub-1", "hub-w3"])
@@ -151,18 +220,18 @@ def test_a_device_at_two_sites_is_refused() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(device_id=st.text(max_size=70), site=st.text(max_size=70))
-def test_any_accepted_name_adds_exactly_one_confined_user(device_id: str, site: str) -> None:
+@given(device_id=st.text(max_size=70), other=st.text(max_size=70), site=st.text(max_size=70))
+def test_any_accepted_name_is_confined_to_its_own_topics(device_id: str, other: str, site: str) -> None:
     try:
-        acl = render_acl([AclDevice(device_id, site)])
+        acl = render_acl([AclDevice(device_id, site), AclDevice(other, site)])
     except ConfigError:
         return
-    rules = _rules(acl)
-    assert set(rules) == {"hub", device_id}
-    assert rules[device_id] == [
-        ("write", f"roadside/v1/{site}/{device_id}/#"),
-        ("read", f"roadside/v1/cmd/{device_id}"),
-    ]
+    assert _may(acl, device_id, "write", f"roadside/v1/{site}/{device_id}/counts")
+    assert _may(acl, device_id, "read", f"roadside/v1/cmd/{device_id}")
+    if other != device_id:
+        assert not _may(acl, device_id, "write", f"roadside/v1/{site}/{other}/counts")
+        assert not _may(acl, device_id, "read", f"roadside/v1/cmd/{other}")
+        assert not _may(acl, device_id, "read", f"roadside/v1/{site}/{other}/counts")
 
 
 # -- mosquitto.conf -------------------------------------------------------------

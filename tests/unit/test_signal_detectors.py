@@ -335,9 +335,18 @@ def test_only_hubs_write_signal_calls_and_controllers_read_only_their_own() -> N
         elif line.startswith("topic "):
             _, access, pattern = line.split()
             rules.setdefault(user, []).append((access, pattern))
+        elif line.startswith("pattern "):  # every certificate name's own device topics
+            _, access, pattern = line.split()
+            rules.setdefault("%u", []).append((access, pattern))
 
     def may(who: str, access: str, topic: str) -> bool:
-        return any(a == access and topic_matches_sub(p, topic) for a, p in rules.get(who, []))
+        own = [(a, p) for a, p in rules.get(who, [])]
+        mine = [(a, p.replace("%u", who)) for a, p in rules.get("%u", [])]
+        for found in (own, mine):  # a user's rules first, then the patterns; deny before grants
+            for a, p in sorted(found, key=lambda rule: rule[0] != "deny"):
+                if topic_matches_sub(p, topic) and a in ("deny", access):
+                    return a == access
+        return False
 
     topic = signal_calls("main-5th")
     assert topic == "roadside/signals/v1/main-5th/calls"
@@ -349,5 +358,6 @@ def test_only_hubs_write_signal_calls_and_controllers_read_only_their_own() -> N
     assert may("ctl-main", "read", topic)
     assert not may("ctl-main", "read", signal_calls("other"))
     assert not may("ctl-main", "write", topic)
+    assert not may("ctl-main", "write", "roadside/v1/hub/ctl-main/counts")  # no device rights either
     with pytest.raises(ConfigError, match="share a name"):
         render_acl([AclDevice("signals", "hub")], ["hub"], {"signals": ["main-5th"]})
