@@ -70,6 +70,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self
 
+from roadside.cloud.broker.limits import raise_open_files
 from roadside.cloud.broker.pki import CertificateAuthority, IssuedCert, write_private, write_public
 from roadside.shared.errors import ConfigError, TransportError
 from roadside.shared.topics import ROOT, SIGNALS_ROOT, check_name, signal_calls
@@ -826,6 +827,7 @@ class MosquittoBroker:
                 # owner stops the broker last, after the clients that use it.
                 start_new_session=True,
             )
+        raise_open_files(self._process.pid)  # a file per connected device (cloud.broker.limits)
         try:
             self._wait_ready(log_offset)
         except BaseException:
