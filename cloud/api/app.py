@@ -39,8 +39,10 @@ from roadside.cloud.api.deps import (
     RevokeDevice,
 )
 from roadside.cloud.api.ratelimit import RateLimit, TokenBuckets
+from roadside.cloud.api.rejections import RejectionWindow
 from roadside.cloud.api.routes import ROUTERS
 from roadside.cloud.api.webhooks import WebhookStore
+from roadside.cloud.fleet.alerts import AlertPolicy
 from roadside.cloud.fleet.live import LiveFeed
 from roadside.cloud.registry import Registry
 from roadside.cloud.signals.calls import CallDispatcher, silent_dispatcher
@@ -87,6 +89,7 @@ _TAGS: Final = [
     {"name": "speeds", "description": "Count, mean and 85th percentile speed per time bucket."},
     {"name": "events", "description": "Detection events such as wrong-way or stopped vehicles; live stream."},
     {"name": "sensors", "description": "Sensor readings: series and latest values."},
+    {"name": "alerts", "description": "Open alerts derived from the hub's state, and their acknowledgement."},
     {"name": "webhooks", "description": "Signed HTTP callbacks for events as they arrive (admin)."},
     {
         "name": "rollouts",
@@ -119,6 +122,7 @@ def create_app(
     sse_max_duration_s: float = 3600.0,
     signal_calls: CallDispatcher | None = None,
     air: AirQueries | None = None,
+    alert_policy: AlertPolicy | None = None,
 ) -> FastAPI:
     """Build the API over a store and a registry the caller owns.
 
@@ -163,6 +167,8 @@ def create_app(
         if signal_calls is not None
         else silent_dispatcher(registry, metrics_registry),
         air=air,
+        alert_policy=alert_policy or AlertPolicy(),
+        rejections=RejectionWindow(metrics_registry, (alert_policy or AlertPolicy()).rejections_window_s),
     )
     for router in ROUTERS:
         app.include_router(router)

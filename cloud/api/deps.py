@@ -20,7 +20,9 @@ from prometheus_client import CollectorRegistry
 from roadside.cloud.air.queries import AirQueries
 from roadside.cloud.api import problems
 from roadside.cloud.api.ratelimit import TokenBuckets, retry_after_header
+from roadside.cloud.api.rejections import RejectionWindow
 from roadside.cloud.api.webhooks import WebhookStore
+from roadside.cloud.fleet.alerts import AlertPolicy
 from roadside.cloud.fleet.audit import AuditLog
 from roadside.cloud.fleet.live import LiveFeed
 from roadside.cloud.registry import ApiClient, Devices, Registry
@@ -82,6 +84,8 @@ class ApiResources:
     rate_limiter: TokenBuckets | None = None
     signal_calls: CallDispatcher | None = None  # the detector-call stream (roadside.cloud.signals.calls)
     air: AirQueries | None = None  # air quality (roadside.cloud.air), when the hub's settings have it
+    alert_policy: AlertPolicy = field(default_factory=AlertPolicy)  # when state becomes an alert
+    rejections: RejectionWindow | None = None  # ingest rejections of the last minutes, for the alerts
 
 
 def get_resources(request: Request) -> ApiResources:

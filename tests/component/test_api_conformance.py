@@ -42,6 +42,7 @@ PATH_VALUES = {
     "channel": "1",
     "location_id": "main-5th",
     "sensor_id": "cam-1.pm-1.pm25",
+    "alert_id": "device_offline:cam-1:0",
 }
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from roadside.cloud.api.routes import (
     air,
+    alerts,
     counts,
     devices,
     events,
@@ -23,6 +24,7 @@ from roadside.cloud.api.routes import (
 ROUTERS: tuple[APIRouter, ...] = (
     devices.router,
     fleet.router,
+    alerts.router,
     counts.router,
     speeds.router,
     stream.router,
