@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
+from roadside.cloud.api.alerting import hub_alerts
 from roadside.cloud.api.deps import ADMIN, READ_TELEMETRY, WRITE_DEVICES, WRITE_ROLLOUTS
 from roadside.cloud.api.routes.stream import EVENT_STREAM, event_messages
 from roadside.cloud.api.schemas import CountsParams, EventsParams
@@ -68,6 +69,8 @@ NOTICES: Final = {
     "rollback": "Rolling back: every device the rollout reached returns to its previous model.",
     "token-revoked": "API client revoked; its sessions have ended.",
     "webhook-deleted": "Webhook deleted.",
+    "alert-ack": "Alert acknowledged. It stays listed until its cause goes.",
+    "alert-closed": "That alert has closed meanwhile (its cause went); nothing to acknowledge.",
 }
 MAX_FORM_FIELD: Final = 512
 
@@ -217,24 +220,46 @@ async def logout(request: Request, operator: OperatorDep, console: ConsoleDep) -
 # Overview -----------------------------------------------------------------------------------
 
 
-def _overview_context(request: Request, resources: ResourcesDep) -> dict[str, Any]:
+def _overview_context(request: Request, resources: ResourcesDep, operator: Operator) -> dict[str, Any]:
     rate = get_console(request).ingest_rate
     per_s = rate.per_s() if rate else None
     rejected = rate.rejected_by_reason() if rate else {}
-    return {"view": views.overview(resources, per_s, rejected)}
+    return {"view": views.overview(resources, per_s, rejected), "alerts_shown": views.ALERTS_SHOWN,
+            "can_ack": operator.can(WRITE_DEVICES)}  # fmt: skip
 
 
 @router.get("/overview", response_class=HTMLResponse)
-def overview(request: Request, operator: OperatorDep, resources: ResourcesDep) -> Response:
+def overview(
+    request: Request, operator: OperatorDep, resources: ResourcesDep, notice: str | None = None
+) -> Response:
     require(operator, READ_TELEMETRY)
-    context = _overview_context(request, resources)
-    return render(request, "overview.html", {"page": "overview", **context}, operator=operator)
+    context = _overview_context(request, resources, operator)
+    return render(request, "overview.html", {"page": "overview", "notice": _notice(notice), **context},
+                  operator=operator)  # fmt: skip
 
 
 @router.get("/overview/figures", response_class=HTMLResponse)
 def overview_figures(request: Request, operator: OperatorDep, resources: ResourcesDep) -> Response:
     require(operator, READ_TELEMETRY)
-    return render(request, "_overview_figures.html", _overview_context(request, resources), operator=operator)
+    return render(
+        request, "_overview_figures.html", _overview_context(request, resources, operator), operator=operator
+    )
+
+
+@router.post("/alerts/ack", response_class=HTMLResponse)
+async def acknowledge_alert(request: Request, operator: OperatorDep, resources: ResourcesDep) -> Response:
+    """Acknowledge an open alert (``write:devices``, as the API's): audited as ``alert.ack``."""
+    form = await _form(request)
+    check_csrf(request, operator, form)
+    require(operator, WRITE_DEVICES)
+    alert_id = form.get("alert_id", "")
+    if not any(a.id == alert_id for a in hub_alerts(resources)):
+        return redirect(f"{PREFIX}/overview?notice=alert-closed")
+    resources.registry.alert_acks.acknowledge(
+        alert_id, actor=operator.actor, note=form.get("note", "").strip()
+    )
+    logger.info("console: alert %s acknowledged by %s", alert_id, operator.client.name)
+    return redirect(f"{PREFIX}/overview?notice=alert-ack")
 
 
 # Fleet --------------------------------------------------------------------------------------

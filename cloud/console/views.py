@@ -16,10 +16,12 @@ from typing import Final
 
 from roadside.cloud.air.indexing import CATEGORY_ORDER
 from roadside.cloud.air.store import StoredIndex
+from roadside.cloud.api.alerting import hub_alerts
 from roadside.cloud.api.deps import ApiResources
 from roadside.cloud.api.routes.devices import device_view
 from roadside.cloud.api.routes.fleet import tally
 from roadside.cloud.api.schemas import Device, FleetCounts
+from roadside.cloud.fleet.alerts import Alert
 from roadside.cloud.fleet.audit import AuditEntry, ChainReport
 from roadside.cloud.registry import RolloutRecord
 from roadside.cloud.storage.base import (
@@ -40,6 +42,7 @@ IN_PROGRESS: Final = frozenset({"pending", "running", "paused", "rolling_back"})
 FLEET_PAGE: Final = 50
 AUDIT_SCAN: Final = 5000
 AUDIT_SHOWN: Final = 200
+ALERTS_SHOWN: Final = 20
 WINDOWS: Final = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(hours=24),
                   "7d": timedelta(days=7), "31d": timedelta(days=31)}  # fmt: skip
 BUCKETS: Final = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86_400}
@@ -53,6 +56,11 @@ class Overview:
     ingest_per_s: float | None
     rejected: dict[str, float]
     rollouts: list[RolloutRecord]
+    alerts: list[Alert]
+
+    @property
+    def open_alerts(self) -> int:
+        return sum(not a.acknowledged for a in self.alerts)
 
 
 def fleet_devices(resources: ApiResources, now: datetime) -> list[Device]:
@@ -83,6 +91,7 @@ def overview(resources: ApiResources, ingest_per_s: float | None, rejected: dict
         ingest_per_s=ingest_per_s,
         rejected=dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
         rollouts=rollouts,
+        alerts=hub_alerts(resources, devices=devices, now=now),
     )
 
 

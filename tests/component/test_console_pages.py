@@ -19,10 +19,12 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from roadside.cloud.api.alerting import hub_alerts
 from roadside.cloud.api.app import create_app
 from roadside.cloud.console import install_console
 from roadside.cloud.console.links import issue
 from roadside.cloud.console.web import ConsoleState
+from roadside.cloud.fleet.alerts import AlertPolicy
 from roadside.cloud.registry import Registry
 from roadside.cloud.storage.base import IngestBatch, Origin
 from roadside.cloud.storage.sqlite import SqliteStore
@@ -263,3 +265,34 @@ def test_the_device_page_charts_its_health_history(console: Console) -> None:
     # An unknown window falls back to a day; the 6 h window thins to the latest report per 72 s step.
     assert 'data-points="5"' in console.client.get("/ui/fleet/cam-1", params={"window": "bogus"}).text
     assert "the latest of every 72 s" in console.client.get("/ui/fleet/cam-1", params={"window": "6h"}).text
+
+
+def test_the_overview_lists_open_alerts_and_an_operator_acknowledges_one(tmp_path: Path) -> None:
+    opened = _console(tmp_path, alert_policy=AlertPolicy(offline_after_s=0.001))
+    console = next(opened)
+    console.registry.devices.enroll("cam-1", "main-st", KeyPair.generate().public())
+    csrf = sign_in(console.client, console.viewer)
+    page = console.client.get("/ui/overview").text
+    assert '<span class="figure" data-testid="alerts-open">1</span>' in page
+    assert "cam-1 never reported since enrollment" in page
+    assert "Acknowledge</button>" not in page  # a viewer may not
+    (alert,) = hub_alerts(console.client.app.state.resources)  # type: ignore[attr-defined]
+    refused = console.client.post("/ui/alerts/ack", data={"csrf_token": csrf, "alert_id": alert.id})
+    assert refused.status_code == 403
+    console.client.cookies.clear()
+    csrf = sign_in(console.client, console.admin)
+    assert (
+        console.client.post("/ui/alerts/ack", data={"alert_id": alert.id}).status_code == 403
+    )  # no CSRF token
+    done = console.client.post("/ui/alerts/ack", data={"csrf_token": csrf, "alert_id": alert.id})
+    assert "Alert acknowledged" in done.text
+    assert "by console:ops" in done.text
+    assert '<span class="figure" data-testid="alerts-open">0</span>' in done.text
+    assert [e.subject for e in console.registry.audit.entries(limit=None) if e.action == "alert.ack"] == [
+        alert.id
+    ]
+    gone = console.client.post(
+        "/ui/alerts/ack", data={"csrf_token": csrf, "alert_id": "device_offline:cam-9:1"}
+    )
+    assert "has closed meanwhile" in gone.text
+    opened.close()
