@@ -255,6 +255,16 @@ def test_movements_and_zone_statistics(
         ("north", "left", "car"): 2,
         ("east", "right", "truck"): 1,
     }
+    # The bin length comes as a query string: ?interval=300 bins by 5 minutes, 301 is refused.
+    body = client.get("/v1/signals/main-5th/movements", params={**WINDOW, "interval": "300"},
+                      headers=auth(tokens["reader"])).json()  # fmt: skip
+    binned = {(m["interval_start"], m["approach"], m["movement"]): m["count"] for m in body["movements"]}
+    assert binned[("2026-12-05T07:30:00Z", "north", "through")] == 7
+    assert binned[("2026-12-05T07:35:00Z", "north", "through")] == 3
+    refused = client.get("/v1/signals/main-5th/movements", params={**WINDOW, "interval": "301"},
+                         headers=auth(tokens["reader"]))  # fmt: skip
+    assert refused.status_code == 422
+    assert "interval" in refused.text
     response = client.get("/v1/signals/main-5th/movements", params={**WINDOW, "format": "csv"},
                           headers=auth(tokens["reader"]))  # fmt: skip
     [row] = list(csv.DictReader(io.StringIO(response.text)))

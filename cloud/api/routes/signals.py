@@ -534,6 +534,12 @@ class MovementParams(WindowParams):
     interval: Literal[60, 300, 900, 3600] = Field(default=900, description="Bin length in seconds.")
     format: export.ExportFormat | None = Field(default=None, description="`csv`: one row per interval.")
 
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _interval_from_query(cls, value: object) -> object:
+        # A query string gives "60"; a Literal of ints takes no string, so ?interval=60 was a 422.
+        return int(value) if isinstance(value, str) and value.isdigit() else value
+
     def _problem_within(self, start: datetime, end: datetime) -> tuple[str, str] | None:
         if end - start > timedelta(days=7):
             return "from", "turning movements are served for at most 7 days at a time"
