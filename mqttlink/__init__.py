@@ -14,6 +14,7 @@ own: ``shared`` imports no network library, and ``edge`` and ``cloud`` must
 not import each other.
 """
 
+from roadside.mqttlink.lean import LeanSent, LeanSession
 from roadside.mqttlink.session import (
     ConnAck,
     Delivery,
@@ -32,6 +33,8 @@ from roadside.mqttlink.tls import context_from_pem
 __all__ = [
     "ConnAck",
     "Delivery",
+    "LeanSent",
+    "LeanSession",
     "Message",
     "MqttSession",
     "PubAck",

@@ -131,6 +131,9 @@ class SessionConfig:
     max_queued: int | None = None  # 0: unlimited, paho's default
     manual_ack: bool = False  # QoS 1 messages are acknowledged by :meth:`MqttSession.ack`
     reconnect_delay_s: tuple[int, int] | None = None  # (min, max): paho's loop thread reconnects
+    # MQTT 5: how many unacknowledged QoS 1 messages the broker may send us at once. Unset, Mosquitto
+    # sends at most its max_inflight_messages (20): a hub acknowledging per batch got batches of 20.
+    receive_maximum: int | None = None
 
 
 class MqttSession:
@@ -282,10 +285,13 @@ def _set_tls(client: mqtt.Client, config: SessionConfig) -> None:
 
 
 def _connect_properties(config: SessionConfig) -> Properties | None:
-    if config.session_expiry_s is None:
+    if config.session_expiry_s is None and config.receive_maximum is None:
         return None
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    properties.SessionExpiryInterval = config.session_expiry_s
+    if config.session_expiry_s is not None:
+        properties.SessionExpiryInterval = config.session_expiry_s
+    if config.receive_maximum is not None:
+        properties.ReceiveMaximum = config.receive_maximum
     return properties
 
 

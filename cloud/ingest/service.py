@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from roadside.cloud.ingest.core import Accepted, IngestCore, Rejection
 from roadside.cloud.ingest.deadletter import DeadLetterStore, safe_text
@@ -33,7 +34,16 @@ from roadside.cloud.ingest.seen import SeenTimes
 from roadside.cloud.ingest.workers import IngestWorkers
 from roadside.cloud.ingest.writing import write_durably
 from roadside.cloud.storage.base import TimeSeriesStore
-from roadside.mqttlink import ConnAck, Message, MqttSession, Sent, SessionConfig, SubAck, TlsFiles
+from roadside.mqttlink import (
+    ConnAck,
+    LeanSession,
+    Message,
+    MqttSession,
+    Sent,
+    SessionConfig,
+    SubAck,
+    TlsFiles,
+)
 from roadside.shared import topics
 from roadside.shared.backoff import Backoff
 from roadside.shared.errors import ConfigError, RoadsideError, TransportError
@@ -52,6 +62,8 @@ class BrokerClientConfig:
     client_id: str = "hub"  # the CN of the certificate it connects with: the broker enforces it
     group: str | None = "hub"  # None: a plain subscription (one hub only)
     session_expiry_s: int = 3600  # the broker keeps our unacknowledged messages this long
+    # "lean": bulk reads and one write per batch of PUBACKs (mqttlink.lean, ADR 0022); "paho": MqttSession.
+    mqtt_client: Literal["lean", "paho"] = "lean"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +118,7 @@ class IngestService:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def _new_client(self) -> MqttSession:
+    def _new_client(self) -> LeanSession | MqttSession:
         broker = self.broker
         config = SessionConfig(
             broker.host,
@@ -118,8 +130,18 @@ class IngestService:
             tls=TlsFiles(broker.ca_file, broker.cert_file, broker.key_file),
             manual_ack=True,
             reconnect_delay_s=(1, 5),
+            # Two batches unacknowledged at once: one being written, the next filling the queue.
+            receive_maximum=min(65535, 2 * self.batch_size),
         )
-        return MqttSession(
+        if broker.mqtt_client == "paho":
+            return MqttSession(
+                config,
+                on_connect=self._on_connect,
+                on_disconnect=self._on_disconnect,
+                on_message=self._on_message,
+                on_subscribe=self._on_subscribe,
+            )
+        return LeanSession(
             config,
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,
@@ -159,7 +181,7 @@ class IngestService:
 
     # Session callbacks (network thread) ---------------------------------------
 
-    def _on_connect(self, session: MqttSession, ack: ConnAck) -> None:
+    def _on_connect(self, session: LeanSession | MqttSession, ack: ConnAck) -> None:
         if not ack.ok:
             log.error("broker refused the hub: %s", ack.reason)
             return
@@ -266,8 +288,16 @@ class IngestService:
             self._count_records(outcome)
         self.stored_messages += len(accepted)
         self.metrics.messages.labels("accepted").inc(len(accepted))
-        for delivery in batch.deliveries:
-            self._client.ack(delivery.mid, delivery.qos)
+        self._ack([delivery for delivery in batch.deliveries if delivery.qos])
+
+    def _ack(self, deliveries: list[_Delivery]) -> None:
+        """Acknowledge durably handled QoS 1 messages: in one write on the lean session."""
+        client = self._client
+        if isinstance(client, LeanSession):
+            client.ack_many([delivery.mid for delivery in deliveries])
+            return
+        for delivery in deliveries:
+            client.ack(delivery.mid, delivery.qos)
 
     def _check_and_write(self, deliveries: list[_Delivery], now_ms: int) -> list[Accepted | Rejection]:
         """Each message checked, the accepted ones durably written (here or in the workers)."""
