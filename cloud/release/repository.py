@@ -10,7 +10,14 @@ the hub writes still sees one coherent state)::
     <repo>/metadata/<N>.snapshot.json               which targets version is current
     <repo>/metadata/timestamp.json                  which snapshot is current; re-signed hourly
     <repo>/targets/models/<name>/<version>/<sha256>.<file>.onnx
+    <repo>/targets/models/<name>/<version>/<sha256>.model.zst          the model, zstd-compressed
+    <repo>/targets/models/<name>/<version>/<sha256>.patch-<base>.zst   a delta from the previous version
     <repo>/targets/models/<name>/<sha256>.index.json   the versions of <name> and the latest
+
+The compressed file and the patch (:mod:`roadside.cloud.release.encodings`,
+ADR 0018) are targets of their own; the model target lists them under
+``transfers``. A device may fetch one of them instead of the model, and checks
+what it rebuilds against the model target's hash.
 
 A model target carries Roadside's fields in TUF's ``custom`` slot (name,
 model_version, opset, input_shape, labels, min_agent_version) beside TUF's own
@@ -45,6 +52,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from roadside.cloud.broker.pki import write_public
 from roadside.cloud.release import keys
+from roadside.cloud.release.encodings import EncodedForm, encoded_forms
 from roadside.shared.errors import ConfigError
 from roadside.shared.topics import check_name
 
@@ -340,7 +348,9 @@ class ModelRepository:
                     f"model {manifest.name} {manifest.version} is not above the newest ({newest}); "
                     "devices refuse rollbacks"
                 )
-            target = self._add(path, data, manifest.custom(min_agent_version))
+            previous = max(existing, key=lambda m: version_key(m.version), default=None)
+            forms = encoded_forms(data, self._bases(previous))
+            target = self._add(path, data, manifest.custom(min_agent_version), forms)
             published = _published(target, self.targets().version)
         self._record(
             actor, "release.add_target", {"path": path, "sha256": published.sha256, "length": len(data)}
@@ -360,13 +370,41 @@ class ModelRepository:
         )
         return target
 
-    def _add(self, path: str, data: bytes, custom: Mapping[str, Any]) -> TargetFile:
+    def _add(
+        self, path: str, data: bytes, custom: Mapping[str, Any], forms: Sequence[EncodedForm] = ()
+    ) -> TargetFile:
+        """Store and sign ``data`` as ``path``, with its encoded ``forms`` beside it, in one targets version."""
+        folder = path.rpartition("/")[0]
+        derived = []
+        for form in forms:
+            encoded = TargetFile.from_data(f"{folder}/{form.filename}", form.data, ["sha256"])
+            encoded.unrecognized_fields["custom"] = form.custom(path)
+            self._store(encoded, form.data)
+            derived.append(encoded)
         target = TargetFile.from_data(path, data, ["sha256"])
         target.unrecognized_fields["custom"] = dict(custom)
+        if forms:
+            target.unrecognized_fields["custom"]["transfers"] = [form.transfer(folder) for form in forms]
         self._store(target, data)
-        self._commit(target)
-        log.info("signed target %s (%d bytes)", path, target.length)
+        self._commit(target, derived)
+        log.info(
+            "signed target %s (%d bytes; %s)",
+            path,
+            target.length,
+            ", ".join(f"{t.path.rpartition('/')[2]} {t.length} bytes" for t in derived) or "no other forms",
+        )
         return target
+
+    def _bases(self, previous: PublishedModel | None) -> dict[str, bytes]:
+        """The file of ``previous`` by its sha256, to build a patch from; none if it is not stored here."""
+        if previous is None:
+            return {}
+        folder, _, name = previous.target_path.rpartition("/")
+        try:
+            data = (self.targets_dir / folder / f"{previous.sha256}.{name}").read_bytes()
+        except OSError:
+            return {}  # served from elsewhere (record_target): no patch
+        return {previous.sha256: data} if hashlib.sha256(data).hexdigest() == previous.sha256 else {}
 
     def record_target(self, target: TargetFile, *, actor: str = DEFAULT_ACTOR) -> None:
         """Sign in a target whose file is served from elsewhere (a CDN, a bucket): metadata only."""
@@ -500,8 +538,10 @@ class ModelRepository:
         if not destination.exists():
             write_public(destination, data)
 
-    def _commit(self, target: TargetFile) -> None:
+    def _commit(self, target: TargetFile, derived: Sequence[TargetFile] = ()) -> None:
         targets = self._next(self.targets(), self._expiry.targets)
+        for encoded in derived:
+            targets.targets[encoded.path] = encoded
         targets.targets[target.path] = target
         name = target.custom.get("name") if isinstance(target.custom, dict) else None
         version = target.custom.get("model_version") if isinstance(target.custom, dict) else None

@@ -12,6 +12,11 @@ rest, over plain values: is a signed target one *this* agent may install?
 - it needs no newer agent, keeps the labels the configuration relies on, and
   takes the input shape the configuration feeds.
 
+It also plans how to fetch an accepted model (:func:`plan_transfers`): a
+signed patch from a model the device holds, else the signed compressed file,
+else the model file itself (ADR 0018). A malformed or unknown form is skipped,
+never a refusal: the model file is always there to fall back to.
+
 It also turns python-tuf's exceptions into refusals with a stable ``reason``
 (the same word as the matching :mod:`roadside.shared.errors` class), so every refusal
 is counted and reported the same way.
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -98,6 +103,20 @@ class AgentProfile:
     max_opset: int | None = None  # the newest opset the runtime supports; None: any
 
 
+ZSTD: Final = "zstd"
+ZSTD_PATCH: Final = "zstd-patch"
+ENCODINGS: Final = frozenset({ZSTD, ZSTD_PATCH})
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """A signed encoded form of a model target (``transfers`` in its fields): where, how, from what."""
+
+    path: str
+    encoding: str  # one of ENCODINGS
+    base_sha256: str | None = None  # a patch: the sha256 of the model it applies to
+
+
 @dataclass(frozen=True, slots=True)
 class ModelTarget:
     """A model file as signed in the repository's targets metadata."""
@@ -111,6 +130,7 @@ class ModelTarget:
     input_shape: tuple[Dim, ...]
     labels: tuple[str, ...]
     min_agent_version: str
+    transfers: tuple[Transfer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +206,48 @@ def parse_target(path: str, length: int, hashes: Mapping[str, str], custom: Any)
         input_shape=tuple(custom["input_shape"]),
         labels=tuple(custom["labels"]),
         min_agent_version=custom["min_agent_version"],
+        transfers=parse_transfers(custom.get("transfers"), path),
     )
+
+
+def parse_transfers(entries: Any, model_path: str) -> tuple[Transfer, ...]:
+    """The well-formed entries of a model target's ``transfers``; the rest are left out.
+
+    Well-formed: a known encoding, a plain file in the model's own folder, and
+    for a patch a sha256 of its base. Leaving an entry out costs only bytes.
+    """
+    if not isinstance(entries, list):
+        return ()
+    folder = model_path.rpartition("/")[0]
+    found = []
+    for entry in entries[:16]:
+        if not isinstance(entry, dict):
+            continue
+        path, encoding, base = entry.get("path"), entry.get("encoding"), entry.get("base_sha256")
+        if not isinstance(path, str) or encoding not in ENCODINGS:
+            continue
+        directory, _, filename = path.rpartition("/")
+        if directory != folder or not _SEGMENT_RE.fullmatch(filename) or path == model_path:
+            continue
+        if encoding == ZSTD_PATCH and not (isinstance(base, str) and _SHA256_RE.fullmatch(base)):
+            continue
+        found.append(Transfer(path, encoding, base if encoding == ZSTD_PATCH else None))
+    return tuple(found)
+
+
+def plan_transfers(target: ModelTarget, held: Collection[str]) -> list[Transfer]:
+    """The forms to try before the model file, best first: patches from a model in ``held`` (sha256s), then zstd."""
+    patches = [t for t in target.transfers if t.encoding == ZSTD_PATCH and t.base_sha256 in held]
+    return patches[:1] + [t for t in target.transfers if t.encoding == ZSTD][:1]
+
+
+def form_problem(transfer: Transfer, custom: Any, target: ModelTarget) -> str | None:
+    """What is wrong with the signed target of ``transfer`` (its own fields must name the model), or None."""
+    if not isinstance(custom, dict) or custom.get("encoding_of") != target.path:
+        return f"{transfer.path} does not say it encodes {target.path}"
+    if custom.get("encoding") != transfer.encoding or custom.get("base_sha256") != transfer.base_sha256:
+        return f"{transfer.path} is signed as another encoding or base than the model lists"
+    return None
 
 
 def _custom_problem(custom: Mapping[str, Any]) -> str | None:

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -38,18 +39,22 @@ from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
+from roadside.edge.ota.decoding import decode_into
 from roadside.edge.ota.policy import (
     INDEX_MAX_BYTES,
     AgentProfile,
     Dim,
     ModelTarget,
     OtaRefusal,
+    Transfer,
     Verdict,
     check_target_path,
     decide,
+    form_problem,
     index_path,
     parse_index,
     parse_target,
+    plan_transfers,
     refusal_for,
 )
 from roadside.shared.errors import (
@@ -84,6 +89,10 @@ class OtaResult:
     version: str | None
     reason: str | None = None  # for REFUSED: a shared.errors reason, e.g. "rollback"
     detail: str = ""
+    # For STAGED: how the bytes came ("zstd-patch", "zstd", "full"; "" when staged earlier), and
+    # the forms that failed first and were fallen back from, with why.
+    transfer: str = ""
+    fallbacks: tuple[str, ...] = ()
 
     @classmethod
     def refused(cls, name: str, version: str | None, refusal: OtaRefusal) -> OtaResult:
@@ -263,6 +272,8 @@ class ModelUpdater:
         self._metadata_dir = state_dir / "ota" / "metadata"
         self._models = state_dir / "models"
         self._pointer = self._models / "current"
+        self._last_transfer: tuple[str, tuple[str, ...]] = ("", ())
+        self.form_failures: Counter[str] = Counter()  # by encoding: each fell back to the next form
 
     # Checking and staging ----------------------------------------------------
 
@@ -303,8 +314,9 @@ class ModelUpdater:
             return self._refuse(name, target.version if target else version, refusal)
         except _Refused as refused:
             return self._refuse(name, target.version if target else version, refused.refusal)
-        log.info("staged model %s %s", name, target.version)
-        return OtaResult(OtaStatus.STAGED, name, target.version)
+        transfer, fallbacks = self._last_transfer
+        log.info("staged model %s %s (%s)", name, target.version, transfer or "staged earlier")
+        return OtaResult(OtaStatus.STAGED, name, target.version, transfer=transfer, fallbacks=fallbacks)
 
     def _resolve(
         self, updater: Updater, name: str, version: str | None
@@ -348,10 +360,11 @@ class ModelUpdater:
         folder.mkdir(parents=True, exist_ok=True)
         staged = folder / f"{target.version}.onnx"
         record = InstalledModel(target.name, target.version, "", target.sha256, target.length)
+        self._last_transfer = ("", ())
         if staged.exists() and _verifies(staged, record):
             return  # staged earlier and still intact
         part = folder / f"{target.version}.part"
-        _download_target(updater, info, part)
+        self._last_transfer = self._fetch_model(updater, info, target, part, record)
         self._checkpoint("downloaded")
         with part.open("rb") as handle:
             if not _verifies_handle(handle, record):
@@ -364,6 +377,62 @@ class ModelUpdater:
         os.replace(part, staged)
         _fsync_dir(folder)
         self._checkpoint("staged")
+
+    def _fetch_model(
+        self, updater: Updater, info: TargetFile, target: ModelTarget, part: Path, record: InstalledModel
+    ) -> tuple[str, tuple[str, ...]]:
+        """Bring the model's bytes to ``part``: a patch, else the compressed file, else the model itself.
+
+        A form that is missing, unsigned, mislabelled, tampered, undecodable or
+        rebuilds to other bytes than the model target's hash is counted, logged
+        and fallen back from. Returns the form used and the failures before it.
+        """
+        held = {r.sha256: r for _source, r in self._slots()}
+        failures: list[str] = []
+        for transfer in plan_transfers(target, held):
+            try:
+                self._fetch_form(updater, transfer, target, part, held)
+                if _verifies(part, record):
+                    return transfer.encoding, tuple(failures)
+                raise _FormFailed(f"{transfer.path} rebuilds to bytes that fail {target.path}'s hash")
+            except _FormFailed as failed:
+                part.unlink(missing_ok=True)
+                self.form_failures[transfer.encoding] += 1
+                failures.append(f"{transfer.encoding}: {failed}")
+                log.warning("model %s %s: %s; falling back", target.name, target.version, failed)
+        _download_target(updater, info, part)
+        return "full", tuple(failures)
+
+    def _fetch_form(
+        self,
+        updater: Updater,
+        transfer: Transfer,
+        target: ModelTarget,
+        part: Path,
+        held: dict[str, InstalledModel],
+    ) -> None:
+        """Download the signed form (ngclient checks its own length and hash) and decode it into ``part``."""
+        form = updater.get_targetinfo(transfer.path)
+        if form is None:
+            raise _FormFailed(f"{transfer.path} is not a signed target")
+        if (problem := form_problem(transfer, form.custom, target)) is not None:
+            raise _FormFailed(problem)
+        if form.length > self._agent.max_bytes:
+            raise _FormFailed(f"{transfer.path} is {form.length} bytes, over the cap")
+        base = None
+        if transfer.base_sha256 is not None:
+            base = _read_verified(self._models / held[transfer.base_sha256].file, transfer.base_sha256)
+            if base is None:
+                raise _FormFailed(f"the model {transfer.path} applies to no longer verifies on this device")
+        payload = part.with_name(f"{part.stem}.{transfer.encoding}")
+        try:
+            updater.download_target(form, filepath=str(payload))
+            with part.open("wb") as out:
+                decode_into(transfer.encoding, payload, out, target.length, base)
+        except (tuf_errors.DownloadError, tuf_errors.RepositoryError, TamperedTargetError) as exc:
+            raise _FormFailed(f"{transfer.path}: {exc}") from exc
+        finally:
+            payload.unlink(missing_ok=True)
 
     def staged_model(self, name: str, version: str) -> Path | None:
         """The verified file ``check_and_stage`` left for ``version`` (to load it before ``activate``)."""
@@ -554,6 +623,18 @@ def _download_target(updater: Updater, info: TargetFile, destination: Path) -> P
         refusal = refusal_for(exc, downloading_target=True)
         assert refusal is not None  # both are refusals by construction
         raise _Refused(refusal) from exc
+
+
+class _FormFailed(Exception):  # noqa: N818 - a control-flow signal inside _fetch_model, never escapes
+    pass
+
+
+def _read_verified(path: Path, sha256: str) -> bytes | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == sha256 else None
 
 
 class _Refused(Exception):  # noqa: N818 - a control-flow signal inside check_and_stage, never escapes

@@ -67,12 +67,24 @@ def _resign(path: Path, signer: CryptoSigner, *, bump: bool = False) -> None:
 
 def test_tampered_target_bytes(release: ReleaseHarness, device: ModelUpdater) -> None:
     published = release.publish("2.0.0")
-    served = release.served(published)
-    data = bytearray(served.read_bytes())
-    data[100] ^= 0xFF
-    served.write_bytes(bytes(data))
+    # The model and its compressed and patch forms (ADR 0018): the device falls back from each
+    # form to the model file, and refuses that.
+    targets = release.repo.targets().targets
+    forms = [targets[t["path"]] for t in published.custom["transfers"]]
+    assert forms, "the release publishes its forms"
+    for served in [release.served(published)] + [
+        release.repo_dir
+        / "targets"
+        / f"{f.path.rpartition('/')[0]}/{f.hashes['sha256']}.{f.path.rpartition('/')[2]}"
+        for f in forms
+    ]:
+        data = bytearray(served.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        served.write_bytes(bytes(data))
 
-    assert_refused(device.check_and_stage("detector"), "tampered_target", "does not match expected hash")
+    result = device.check_and_stage("detector")
+    assert_refused(result, "tampered_target", "does not match expected hash")
+    assert sum(device.form_failures.values()) == len(forms)
     assert_still_running(release, device)
 
 

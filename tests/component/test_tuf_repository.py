@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.exceptions import DownloadLengthMismatchError
@@ -47,6 +48,24 @@ DETECTOR = Path(__file__).resolve().parents[2] / "models" / "detector.onnx"
 LABELS = ("car", "truck", "pedestrian", "cyclist")
 SHAPE: tuple[int | str, ...] = ("batch", 3, 320, 320)
 AGENT_VERSION = "0.1.0"
+
+
+def _weights(size: int, seed: int) -> bytes:
+    """Float32 weights as a trained model holds them: noisy mantissas, barely compressible."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 0.05, size // 4).astype(np.float32).tobytes()
+
+
+FINE_TUNE_BASE = _weights(256 * 1024, 7)
+
+
+def fine_tuned(base: bytes, share: float = 0.2) -> bytes:
+    """``base`` with its last ``share`` of weights nudged: the head-only fine-tune of a frozen backbone."""
+    weights = np.frombuffer(base, dtype=np.float32).copy()
+    start = int(len(weights) * (1 - share))
+    rng = np.random.default_rng(11)
+    weights[start:] += rng.normal(0, 0.001, len(weights) - start).astype(np.float32)
+    return weights.tobytes()
 
 
 class Clock:
@@ -251,8 +270,47 @@ def test_a_model_target_carries_hash_size_and_roadside_fields(release: ReleaseHa
         "input_shape": ["batch", 3, 320, 320],
         "labels": list(LABELS),
         "min_agent_version": "0.1.0",
+        # The first version has nothing to patch from: only the compressed form.
+        "transfers": [{"path": "models/detector/1.0.0/model.zst", "encoding": "zstd"}],
     }
     assert release.served(published).read_bytes() == data
+
+
+def test_each_version_is_published_compressed_and_as_a_patch_from_the_previous(
+    release: ReleaseHarness,
+) -> None:
+    """Both are signed targets of their own, and decode to the model's bytes."""
+    import zstandard
+
+    first = release.publish("1.0.0", data=FINE_TUNE_BASE)
+    second = release.publish("2.0.0", data=fine_tuned(FINE_TUNE_BASE))
+    targets = release.repo.targets().targets
+    patch_path = f"models/detector/2.0.0/patch-{first.sha256[:16]}.zst"
+    assert second.custom["transfers"] == [
+        {"path": "models/detector/2.0.0/model.zst", "encoding": "zstd"},
+        {"path": patch_path, "encoding": "zstd-patch", "base_sha256": first.sha256},
+    ]
+    compressed, patch = targets["models/detector/2.0.0/model.zst"], targets[patch_path]
+    assert compressed.custom == {"encoding_of": second.target_path, "encoding": "zstd"}
+    assert patch.custom == {
+        "encoding_of": second.target_path,
+        "encoding": "zstd-patch",
+        "base_sha256": first.sha256,
+    }
+    assert "model_version" not in patch.custom, "a form is not a version in the index"
+    assert [m.version for m in release.repo.models("detector")] == ["1.0.0", "2.0.0"]
+    data = fine_tuned(FINE_TUNE_BASE)
+    assert patch.length < len(data) // 4 < compressed.length
+    base = zstandard.ZstdCompressionDict(FINE_TUNE_BASE, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    served_patch = (
+        release.repo_dir
+        / "targets"
+        / f"models/detector/2.0.0/{patch.hashes['sha256']}.{patch_path.rsplit('/', 1)[1]}"
+    )
+    decoded = zstandard.ZstdDecompressor(dict_data=base, max_window_size=1 << 27).decompress(
+        served_patch.read_bytes()
+    )
+    assert decoded == data
 
 
 def test_publishing_bumps_targets_snapshot_timestamp_consistently(release: ReleaseHarness) -> None:

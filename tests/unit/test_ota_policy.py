@@ -16,12 +16,15 @@ from roadside.edge.ota.policy import (
     ModelIndex,
     ModelTarget,
     OtaRefusal,
+    Transfer,
     Verdict,
     check_target_path,
     compare_versions,
     decide,
+    form_problem,
     parse_index,
     parse_target,
+    plan_transfers,
     refusal_for,
     shapes_compatible,
 )
@@ -296,3 +299,64 @@ def test_a_refusal_names_its_error_class() -> None:
     assert isinstance(error, BadSignatureError)
     assert error.reason == "bad_signature"
     assert type(OtaRefusal("something_new", "").error()) is IntegrityError
+
+
+# -- transfers (ADR 0018) --------------------------------------------------------
+
+BASE_SHA = "cd" * 32
+PATCH = {
+    "path": "models/detector/2.0.0/patch-cdcdcdcdcdcdcdcd.zst",
+    "encoding": "zstd-patch",
+    "base_sha256": BASE_SHA,
+}
+ZST = {"path": "models/detector/2.0.0/model.zst", "encoding": "zstd"}
+
+
+def with_transfers(entries: object) -> ModelTarget:
+    parsed = parse_target(PATH, 1_700_000, {"sha256": SHA}, {**CUSTOM, "transfers": entries})
+    assert isinstance(parsed, ModelTarget)
+    return parsed
+
+
+def test_a_patch_from_a_held_model_comes_first_then_the_compressed_file() -> None:
+    parsed = with_transfers([ZST, PATCH])
+    assert plan_transfers(parsed, {BASE_SHA}) == [
+        Transfer(PATCH["path"], "zstd-patch", BASE_SHA),
+        Transfer(ZST["path"], "zstd"),
+    ]
+    assert plan_transfers(parsed, {"ef" * 32}) == [Transfer(ZST["path"], "zstd")]
+    assert plan_transfers(target(), {BASE_SHA}) == [], "an older release lists no forms: the model file"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {**ZST, "encoding": "brotli"},
+        {**ZST, "path": "models/detector/1.0.0/model.zst"},  # another version's folder
+        {**ZST, "path": "models/other/2.0.0/model.zst"},
+        {**ZST, "path": "models/detector/2.0.0/../../x.zst"},
+        {**ZST, "path": PATH},  # the model itself
+        {**PATCH, "base_sha256": "not-a-hash"},
+        {"encoding": "zstd"},
+        "models/detector/2.0.0/model.zst",
+    ],
+)
+def test_malformed_transfers_are_left_out_not_refused(entry: object) -> None:
+    parsed = with_transfers([entry])
+    assert parsed.transfers == ()
+    assert decide(parsed, name="detector", running_version="1.0.0", agent=AGENT) is Verdict.INSTALL
+
+
+def test_transfers_that_are_not_a_list_are_ignored() -> None:
+    assert with_transfers({"path": ZST["path"]}).transfers == ()
+
+
+def test_a_form_must_be_signed_as_what_the_model_lists() -> None:
+    parsed = with_transfers([PATCH])
+    (patch,) = parsed.transfers
+    signed = {"encoding_of": PATH, "encoding": "zstd-patch", "base_sha256": BASE_SHA}
+    assert form_problem(patch, signed, parsed) is None
+    assert form_problem(patch, {**signed, "encoding_of": "models/detector/1.0.0/detector.onnx"}, parsed)
+    assert form_problem(patch, {**signed, "base_sha256": "ef" * 32}, parsed)
+    assert form_problem(patch, {**signed, "encoding": "zstd"}, parsed)
+    assert form_problem(patch, None, parsed)
