@@ -162,25 +162,72 @@ class ReplayWindow:
     records it. They are separate so a receiver commits only once the message is
     durably stored: a message that was checked but not stored (the store was
     down) is still accepted when the broker delivers it again.
+
+    The window is a ring of ``size`` bits (number ``n`` at bit ``n % size``), so
+    a sender costs ``size / 8`` bytes (8 KiB) however long it sends. It was a set
+    of the numbers, pruned only past twice the window: up to 9 MB per device,
+    which a hub's memory grew by with every message of every device for weeks
+    (``bench.soak``, issue 14).
     """
 
     size: int = REPLAY_WINDOW_SIZE
     highest: int = -1
-    seen: set[int] = field(default_factory=set)
+    _ring: bytearray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ValueError(f"a replay window needs a positive size, got {self.size}")
+        self._ring = bytearray((self.size + 7) // 8)
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the window's bits take."""
+        return len(self._ring)
+
+    def __len__(self) -> int:
+        """How many numbers inside the window were accepted."""
+        return int.from_bytes(self._ring).bit_count()
+
+    def _has(self, seq: int) -> bool:
+        slot = seq % self.size
+        return bool(self._ring[slot >> 3] & (1 << (slot & 7)))
 
     def check(self, seq: int) -> None:
-        if seq in self.seen:
+        behind = self.highest - seq
+        if 0 <= behind < self.size and self._has(seq):
             raise ReplayError(f"sequence number {seq} was already accepted")
-        if self.highest >= 0 and seq <= self.highest - self.size:
+        if self.highest >= 0 and behind >= self.size:
             raise ReplayError(f"sequence number {seq} is older than the replay window")
 
     def commit(self, seq: int) -> None:
-        self.seen.add(seq)
         if seq > self.highest:
+            if self.highest < 0 or seq - self.highest >= self.size:
+                self._ring[:] = bytes(len(self._ring))  # nothing behind is inside the new window
+            else:  # the slots passed over held numbers that are now behind the window
+                self._clear(self.highest + 1, seq - self.highest - 1)
             self.highest = seq
-            floor = seq - self.size
-            if len(self.seen) > self.size * 2:
-                self.seen = {s for s in self.seen if s > floor}
+        elif self.highest - seq >= self.size:
+            return
+        slot = seq % self.size
+        self._ring[slot >> 3] |= 1 << (slot & 7)
+
+    def _clear(self, first: int, count: int) -> None:
+        """Clear the slots of ``count`` numbers from ``first`` (fewer than ``size``)."""
+        slot = first % self.size
+        while count:
+            run = min(count, self.size - slot)  # up to the ring's end, then from its start
+            end = slot + run
+            while slot < end and slot & 7:
+                self._ring[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
+                slot += 1
+            whole = (end - slot) >> 3
+            self._ring[slot >> 3 : (slot >> 3) + whole] = bytes(whole)
+            slot += whole << 3
+            while slot < end:
+                self._ring[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
+                slot += 1
+            count -= run
+            slot = 0
 
 
 class DeviceSealer:
