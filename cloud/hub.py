@@ -180,6 +180,7 @@ class Hub:
             self.app,
             link_key=load_or_create_key(self.home.root),
             policy=SessionPolicy(lifetime_s=settings.console_session_s, idle_s=settings.console_idle_s),
+            samples=self.datasets,
         )
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch_registry, name="registry-watch", daemon=True)

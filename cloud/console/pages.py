@@ -394,11 +394,29 @@ def traffic(
         params = _counts_params(request, window, bucket, filters)
         context["view"] = views.traffic(resources, params.to_query())
         context["csv_query"] = request.url.query
+        context["speeds"] = views.traffic_speeds(resources, params.to_query())
+        context["sample"] = views.newest_sample(
+            resources, get_console(request).samples, params.device, params.site
+        )
     except ValidationError as exc:
         context["error"] = "; ".join(str(e["msg"]) for e in exc.errors())
     except RoadsideError as exc:
         context["error"] = f"The store did not answer: {exc}. Try a shorter window or again in a minute."
     return render(request, "traffic.html", context, operator=operator)
+
+
+@router.get("/samples/{sha256}.jpg")
+def sample_image(
+    request: Request, operator: OperatorDep, sha256: Annotated[str, Path(pattern="^[0-9a-f]{64}$")]
+) -> Response:
+    """A sample image a device uploaded: redacted on the device (the hub refuses any other)."""
+    require(operator, READ_TELEMETRY)
+    samples = get_console(request).samples
+    data = samples.image(sha256) if samples is not None else None
+    if data is None:
+        return Response("no such sample image", status_code=404, media_type="text/plain")
+    headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    return Response(data, media_type="image/jpeg", headers=headers)
 
 
 @router.get("/traffic.csv")

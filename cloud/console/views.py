@@ -8,11 +8,12 @@ queries), shaped for a page; no HTML here, no HTTP.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from roadside.cloud.air.indexing import CATEGORY_ORDER
 from roadside.cloud.air.store import StoredIndex
@@ -21,20 +22,28 @@ from roadside.cloud.api.deps import ApiResources
 from roadside.cloud.api.routes.devices import device_view
 from roadside.cloud.api.routes.fleet import tally
 from roadside.cloud.api.schemas import Device, FleetCounts
+from roadside.cloud.console.web import SampleImages
 from roadside.cloud.fleet.alerts import Alert
 from roadside.cloud.fleet.audit import AuditEntry, ChainReport
 from roadside.cloud.registry import RolloutRecord
 from roadside.cloud.storage.base import (
+    SPEED_PERCENTILE,
     CountBucket,
     CountQuery,
     EventQuery,
     HealthQuery,
+    SpeedQuery,
     StoredEvent,
     bucket_start,
     health_history,
+    nearest_rank,
+    speed_samples,
 )
 from roadside.shared.errors import TransportError
 from roadside.shared.schemas import Health
+
+if TYPE_CHECKING:  # the dataset package imports OpenCV; the console only names its record type
+    from roadside.cloud.dataset.trust import InboxEntry
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +219,56 @@ def traffic(resources: ApiResources, query: CountQuery) -> TrafficTotals:
     return TrafficTotals(
         query.start, query.end, query.bucket_s, rows, sorted(groups.items()), _every_bucket(query, buckets)
     )
+
+
+TRAFFIC_SPEED_SAMPLES: Final = 50_000  # measured speeds a page reads at most (the API allows more)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeedRow:
+    site: str
+    line: str
+    cls: str
+    count: int
+    mean_kmh: float
+    p85_kmh: float
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSpeeds:
+    rows: list[SpeedRow]
+    complete: bool  # False: more than TRAFFIC_SPEED_SAMPLES speeds in the window; nothing computed
+
+
+def traffic_speeds(resources: ApiResources, query: CountQuery) -> TrafficSpeeds:
+    """Speeds per (site, line, class) over the whole window, from the events that carry one
+    (devices together: a mean and an 85th percentile over every vehicle measured there)."""
+    span_s = max(1, int((query.end - query.start).total_seconds()))
+    samples = speed_samples(resources.store, SpeedQuery(query.start, query.end, span_s, query.device_id, query.site,
+                            query.line, query.cls, query.direction, max_samples=TRAFFIC_SPEED_SAMPLES))  # fmt: skip
+    if samples is None:
+        return TrafficSpeeds([], complete=False)
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for sample in samples:
+        groups[(sample.site, sample.line or "", sample.cls or "")].append(sample.speed_kmh)
+    rows = [SpeedRow(site, line, cls, len(v), round(math.fsum(v) / len(v), 1), nearest_rank(sorted(v), SPEED_PERCENTILE))
+            for (site, line, cls), v in sorted(groups.items())]  # fmt: skip
+    return TrafficSpeeds(rows, complete=True)
+
+
+def newest_sample(
+    resources: ApiResources, samples: SampleImages | None, device: str | None, site: str | None
+) -> InboxEntry | None:
+    """The newest redacted sample image from the devices the traffic page's filters select."""
+    if samples is None:
+        return None
+    wanted: list[str] | None = None
+    if device:
+        wanted = [device]
+    elif site:
+        wanted = [d.device_id for d in resources.registry.devices.list(site)]
+    found = samples.newest_images(wanted, 1)
+    return found[0] if found else None
 
 
 def _every_bucket(query: CountQuery, counts: dict[datetime, int]) -> list[tuple[datetime, int]]:

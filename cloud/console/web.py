@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final, Protocol
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -28,6 +28,9 @@ from roadside.cloud.console.assets import Assets
 from roadside.cloud.console.links import SpentLinks
 from roadside.cloud.console.sessions import Session, SessionPolicy, SessionStore
 from roadside.cloud.registry import ApiClient
+
+if TYPE_CHECKING:  # the dataset package imports OpenCV; the console only names its record type
+    from roadside.cloud.dataset.trust import InboxEntry
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,16 @@ def _samples(metrics: CollectorRegistry, name: str) -> dict[str, float]:
     return out
 
 
+class SampleImages(Protocol):
+    """Where the hub keeps the redacted sample images devices upload (``cloud.dataset.DatasetStore``)."""
+
+    def newest_images(
+        self, device_ids: Collection[str] | None = None, limit: int = 1
+    ) -> list[InboxEntry]: ...
+
+    def image(self, sha256: str) -> bytes | None: ...
+
+
 @dataclass(slots=True)
 class ConsoleState:
     sessions: SessionStore
@@ -101,6 +114,7 @@ class ConsoleState:
     spent_links: SpentLinks = field(default_factory=SpentLinks)
     ingest_rate: IngestRate | None = None
     clock: Callable[[], float] = time.time
+    samples: SampleImages | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,10 +258,12 @@ def install_console(
     link_key: bytes | None = None,
     policy: SessionPolicy | None = None,
     clock: Callable[[], float] = time.time,
+    samples: SampleImages | None = None,
 ) -> ConsoleState:
     """Mount the console at ``/ui`` on an app made by ``create_app``; returns its state.
 
-    ``link_key`` signs one-time sign-in links (``None``: only token sign-in).
+    ``link_key`` signs one-time sign-in links (``None``: only token sign-in). ``samples`` is where
+    the traffic page finds its redacted thumbnail (``None``: no thumbnails).
     """
     from roadside.cloud.console import pages
 
@@ -260,6 +276,7 @@ def install_console(
         link_key=link_key,
         ingest_rate=IngestRate(resources.metrics_registry),
         clock=clock,
+        samples=samples,
     )
     app.state.console = state
     app.include_router(pages.router)

@@ -60,6 +60,8 @@ from roadside.shared.schemas import HardExample
 
 log = logging.getLogger(__name__)
 
+MAX_DEVICE_FILTER: Final = 1000  # devices named in one newest_images query (SQLite's variable limit)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -308,6 +310,34 @@ class DatasetStore:
             InboxEntry(seq, device, DatasetSample.model_validate_json(raw), review)
             for seq, device, raw, review in rows
         ]
+
+    def newest_images(self, device_ids: Collection[str] | None = None, limit: int = 1) -> list[InboxEntry]:
+        """The newest samples received (in a version or not), of ``device_ids`` when given, newest first.
+
+        Every one was redacted on its device (``add`` refuses the rest), so the console may show it.
+        """
+        if device_ids is not None and not device_ids:
+            return []
+        where, params = "", ()  # type: tuple[str, tuple[str, ...]]
+        if device_ids is not None:
+            ids = tuple(sorted(device_ids))[:MAX_DEVICE_FILTER]
+            where, params = f" WHERE device_id IN ({','.join('?' * len(ids))})", ids
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT seq, device_id, sample FROM inbox{where} ORDER BY seq DESC LIMIT ?",  # noqa: S608 (placeholders only)
+                (*params, limit),
+            ).fetchall()
+        return [InboxEntry(seq, device, DatasetSample.model_validate_json(raw)) for seq, device, raw in rows]
+
+    def image(self, sha256: str) -> bytes | None:
+        """The stored image with this SHA-256 (``None`` for an unknown or malformed hash)."""
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            return None
+        path = self.objects / f"{sha256}.jpg"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
 
     def selection(self) -> Selection:
         """What ``commit`` would take now, and what it would leave waiting and why."""

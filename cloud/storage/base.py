@@ -358,13 +358,20 @@ def aggregate_speeds(samples: Iterable[SpeedSample]) -> list[SpeedBucket]:
     return sorted(buckets, key=lambda b: (b.bucket_start, b.device_id, b.line or "", b.cls or "", b.site))
 
 
-def speed_statistics(store: TimeSeriesStore, query: SpeedQuery) -> SpeedStatistics:
-    """Speed statistics from the store's own sampler, or from its events."""
+def speed_samples(store: TimeSeriesStore, query: SpeedQuery) -> list[SpeedSample] | None:
+    """The measured speeds of the window from the store's own sampler, or from its events;
+    ``None`` when more than ``query.max_samples`` match."""
     if isinstance(store, SupportsSpeedSamples):
         samples: list[SpeedSample] | None = store.speed_samples(query)
     else:
         samples = _speed_samples_from_events(store, query)
-    if samples is None or len(samples) > query.max_samples:
+    return None if samples is None or len(samples) > query.max_samples else samples
+
+
+def speed_statistics(store: TimeSeriesStore, query: SpeedQuery) -> SpeedStatistics:
+    """Speed statistics from the store's own sampler, or from its events."""
+    samples = speed_samples(store, query)
+    if samples is None:
         return SpeedStatistics([], complete=False)
     return SpeedStatistics(aggregate_speeds(samples), complete=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,7 @@ from roadside.cloud.registry import Registry
 from roadside.cloud.storage.base import IngestBatch, Origin
 from roadside.cloud.storage.sqlite import SqliteStore
 from roadside.shared.keys import KeyPair
-from roadside.shared.schemas import Health, StreamHealth
+from roadside.shared.schemas import CountRecord, DetectionEvent, Health, StreamHealth
 from tests.component.air_fixtures import LOCATION, seeded_air
 
 KEY = b"k" * 32
@@ -296,3 +297,66 @@ def test_the_overview_lists_open_alerts_and_an_operator_acknowledges_one(tmp_pat
     )
     assert "has closed meanwhile" in gone.text
     opened.close()
+
+
+def test_the_traffic_page_shows_speeds_per_site_line_and_class_and_the_newest_redacted_sample(
+    tmp_path: Path,
+) -> None:
+    from roadside.cloud.dataset.store import DatasetStore
+    from tests.unit.test_dataset_store import example, jpeg
+
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry.create_schema()
+    store = SqliteStore(tmp_path / "store.db")
+    samples = DatasetStore(tmp_path / "dataset")
+    app = create_app(store=store, registry=registry, metrics_registry=CollectorRegistry())
+    install_console(app, samples=samples)
+    for device_id, site in (("cam-1", "main-st"), ("cam-2", "main-st"), ("cam-3", "park")):
+        registry.devices.enroll(device_id, site, KeyPair.generate().public())
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+
+    def crossing(device: str, site: str, seq: int, speed: float | None, cls: str = "car") -> IngestBatch:
+        event = DetectionEvent(event_id=uuid.uuid4(), ts=now, type="line_crossing", stream="cam0", cls=cls,
+                               line="north", direction="in", track_id=seq, confidence=0.8, speed_kmh=speed,
+                               model_version="det-1")  # fmt: skip
+        count = CountRecord(interval_start=now.replace(second=0), interval_s=60, line="north", cls=cls,
+                            direction="in", count=1, model_version="det-1")  # fmt: skip
+        return IngestBatch(Origin(device, site, seq), counts=[count], events=[event])
+
+    # main-st's cars: 30, 40, 50 (two devices together), one without a speed; park's bus: 20.
+    store.write([crossing("cam-1", "main-st", 1, 30.0), crossing("cam-2", "main-st", 2, 40.0),
+                 crossing("cam-1", "main-st", 3, 50.0), crossing("cam-2", "main-st", 4, None),
+                 crossing("cam-3", "park", 5, 20.0, "bus")])  # fmt: skip
+    samples.add("cam-1", [example(1)])
+    samples.add("cam-3", [example(2)])
+    token = registry.api_clients.create("viewer", ["read:telemetry"])
+    try:
+        with TestClient(app, base_url="http://testserver") as client:
+            sign_in(client, token)
+            page = client.get("/ui/traffic").text
+            speeds = re.search(r'<table id="speeds">.*?</table>', page, re.S).group(0)  # type: ignore[union-attr]
+            cells = [
+                re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in re.findall(r"<tr><td.*?</tr>", speeds)
+            ]
+            assert cells == [
+                ["main-st", "north", "car", "3", "40.0", "50.0"],
+                ["park", "north", "bus", "1", "20.0", "20.0"],
+            ]
+            # The newest sample of all, then of a site and of a device; the image itself, only signed in.
+            newest = re.search(r'<img src="(/ui/samples/[0-9a-f]{64}\.jpg)"[^>]*alt="([^"]+)"', page)
+            assert newest is not None
+            assert "from cam-3" in newest.group(2)
+            image = client.get(newest.group(1))
+            assert image.headers["content-type"] == "image/jpeg"
+            assert image.content == jpeg(2)
+            main_st = client.get("/ui/traffic", params={"site": "main-st"}).text
+            assert "from cam-1" in main_st
+            assert "Newest sample image" not in client.get("/ui/traffic", params={"device": "cam-2"}).text
+            assert client.get("/ui/samples/" + "0" * 64 + ".jpg").status_code == 404
+            assert client.get("/ui/samples/nothex.jpg").status_code == 422
+            client.cookies.clear()
+            assert client.get(newest.group(1), follow_redirects=False).status_code == 303
+    finally:
+        samples.close()
+        store.close()
+        registry.close()
