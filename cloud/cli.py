@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -147,6 +148,7 @@ def hub_run(
     ] = 0,
     api_port: Annotated[int | None, typer.Option(help="Override the API port (-1: no API).")] = None,
     client_id: Annotated[str | None, typer.Option(help="Override the MQTT client id.")] = None,
+    parent_pid: Annotated[int, typer.Option(hidden=True)] = 0,
 ) -> None:
     """Run ingest and the API until SIGTERM or Ctrl-C."""
     from roadside.cloud.hub import Hub
@@ -168,6 +170,11 @@ def hub_run(
     # A worker that dies is started again under its client id: the broker holds its persistent
     # session and what it queued there, which only that id collects (found by bench.chaos).
     while not stop.wait(1.0):
+        if parent_pid and os.getppid() != parent_pid:
+            # The `hub run --workers` that started this worker was killed (SIGKILL sends no signal on):
+            # a worker left running would hold its share of the uplink in a session nobody restarts.
+            typer.echo("the hub that started this ingest worker is gone; stopping", err=True)
+            break
         for i, child in enumerate(children):
             if child.poll() is not None:
                 typer.echo(f"ingest worker {i + 1} exited ({child.returncode}); starting it again", err=True)
@@ -193,6 +200,7 @@ def _start_worker(
         str(home),
     ]
     command += ["--log-level", log_level, "--api-port", "-1", "--client-id", f"{client_id}-w{index}"]
+    command += ["--parent-pid", str(os.getpid())]
     command += ["--config", str(config)] if config else []
     return subprocess.Popen(command)
 

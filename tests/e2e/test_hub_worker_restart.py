@@ -51,3 +51,33 @@ def test_a_killed_ingest_worker_is_restarted_and_collects_its_share(rig: Rig, tm
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
         store.close()
+
+
+@pytest.mark.timeout(120)
+def test_ingest_workers_stop_when_their_hub_is_killed(rig: Rig, tmp_path: Path) -> None:
+    """SIGKILL of ``hub run --workers`` sends nothing on: the workers notice their parent is gone and stop."""
+    log = tmp_path / "hub.log"
+    config = tmp_path / "hub.json"
+    config.write_text(json.dumps({"broker_port": rig.broker.port, "api_port": 0, "client_id": "hub-main"}))
+    command = [sys.executable, "-c", "from roadside.cli import main; main()", "hub", "run", "--workers", "2"]
+    command += ["--home", str(rig.home.root), "--config", str(config)]
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        assert wait_until(lambda: log.read_bytes().count(b"hub subscribed") >= 3, 60), log.read_text()[-3000:]
+        workers = [p for p in child_pids(process.pid) if "--client-id" in command_line(p)]
+        assert len(workers) == 2
+        process.kill()
+        process.wait(timeout=10)
+        assert wait_until(lambda: not any(_alive(p) for p in workers), 30), log.read_text()[-3000:]
+        assert log.read_bytes().count(b"the hub that started this ingest worker is gone") == 2
+    finally:
+        for pid in child_pids(process.pid) if process.poll() is None else []:
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
