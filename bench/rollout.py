@@ -73,6 +73,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -138,14 +139,25 @@ def _cache_dir() -> Path:
     return Path(root) / "roadside" / "bench"
 
 
-def bench_model(version: str = NEW_VERSION, cache_dir: Path | None = None) -> Path:
+Variant = Literal["base", "fine-tune", "new-model"]
+# A fine-tune on new site data retrains the fuse layer and both heads over a frozen backbone: these
+# hold 21 % of the weights. Each of their weights moves by 1 % of its tensor's spread.
+FINE_TUNED_MODULES: Final = ("fuse", "box_head", "cls_head")
+FINE_TUNE_STEP: Final = 0.01
+
+
+def bench_model(version: str = NEW_VERSION, cache_dir: Path | None = None, variant: Variant = "base") -> Path:
     """A ~5 MB detector export (random weights, the real layout and metadata), built once and cached.
 
-    The cache key covers the model and export code, the widths and ``version``.
+    ``base`` is the model the fleet runs; ``fine-tune`` is ``base`` with the fuse
+    layer and the heads retrained over the frozen backbone (its weights nudged:
+    :data:`FINE_TUNED_MODULES`); ``new-model`` has every weight new (another
+    seed): what a retrain from scratch or a new architecture sends. The cache
+    key covers the model and export code, the widths, the variant and ``version``.
     """
     sources = b"".join((_ROOT / "models" / f).read_bytes() for f in ("detector.py", "export.py"))
-    digest = hashlib.sha256(sources + f"{MODEL_WIDTHS}/{version}".encode()).hexdigest()[:12]
-    path = (cache_dir or _cache_dir()) / f"rollout-{MODEL_NAME}-{version}-{digest}.onnx"
+    digest = hashlib.sha256(sources + f"{MODEL_WIDTHS}/{variant}/{version}".encode()).hexdigest()[:12]
+    path = (cache_dir or _cache_dir()) / f"rollout-{MODEL_NAME}-{variant}-{version}-{digest}.onnx"
     if path.is_file():
         return path
     import torch  # only to build the file the first time
@@ -154,8 +166,11 @@ def bench_model(version: str = NEW_VERSION, cache_dir: Path | None = None) -> Pa
     from roadside.models.export import ExportParityError, check_parity, export_onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(int(digest, 16) % 2**31)
+    seed_of = hashlib.sha256(f"{MODEL_WIDTHS}/{'new-model' if variant == 'new-model' else 'base'}".encode())
+    torch.manual_seed(int(seed_of.hexdigest()[:12], 16) % 2**31)
     model = RoadsideDetector(len(LABELS), MODEL_WIDTHS).eval()
+    if variant == "fine-tune":
+        _fine_tune(model, torch.Generator().manual_seed(int(digest, 16) % 2**31))
     inputs = np.random.default_rng(0).random((2, *INPUT_SHAPE[1:]), dtype=np.float32)
     partial_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # renamed once checked
     try:
@@ -166,6 +181,23 @@ def bench_model(version: str = NEW_VERSION, cache_dir: Path | None = None) -> Pa
     os.replace(partial_path, path)
     log.info("built the bench model %s (%d bytes)", path, path.stat().st_size)
     return path
+
+
+def _fine_tune(model: Any, generator: Any) -> None:
+    """Nudge the weights of the retrained modules, as a head-only fine-tune leaves them."""
+    import torch
+
+    with torch.no_grad():
+        for name in FINE_TUNED_MODULES:
+            for tensor in [*getattr(model, name).parameters(), *getattr(model, name).buffers()]:
+                if not tensor.is_floating_point():
+                    continue  # BatchNorm's step counter
+                spread = float(tensor.std()) if tensor.numel() > 1 else 0.0
+                step = torch.randn(tensor.shape, generator=generator) * FINE_TUNE_STEP * (spread or 0.01)
+                if tensor.dim() == 1 and bool((tensor > 0).all()):
+                    tensor.mul_(1 + step.abs())  # a running variance stays positive
+                else:
+                    tensor.add_(step)
 
 
 def init_repository(home: HubHome, offline: Path) -> ModelRepository:
@@ -429,6 +461,7 @@ class SimulatedOtaAgent:
         )
         self.running_version = SHIPPED_VERSION  # kept here: asking boot() re-hashes the model each time
         self.times = AgentTimes()
+        self.transfer = ""  # how the first install's bytes came: zstd-patch, zstd or full
         self.subscribed = threading.Event()
         self._seq = 0
         self._lock = threading.Lock()  # one command at a time: ngclient assumes one user of its cache
@@ -525,6 +558,8 @@ class SimulatedOtaAgent:
             return
         if first:
             self.times.staged = time.monotonic()
+        if first:
+            self.transfer = staged.transfer or str(staged.status)
         if staged.status is OtaStatus.STAGED or staged.status is OtaStatus.UP_TO_DATE:
             staged = self.updater.activate(args.version, name=args.name)
         if staged.status in (OtaStatus.INSTALLED, OtaStatus.UP_TO_DATE):
@@ -768,6 +803,8 @@ def wave_times(
                 "active": len(active),
                 "seconds": round(last - first, 2) if first is not None and last is not None else None,
                 "done_at_s": round(last - started, 2) if last is not None else None,
+                # From the wave's first command reaching a device to its last: the hub's sending.
+                "commands_spread_s": round(max(commanded) - min(commanded), 2) if commanded else None,
             }
         )
     return out
@@ -817,6 +854,7 @@ def staged_rollout(
         for name in ("queued", "stage", "activate", "to_hub")
         if (value := percentile([p[name] for p in phases], 50)) is not None
     }
+    downloaded = sum(agent.fetcher.received for agent in fleet.agents)
     return {
         "rollout_id": record.id,
         "seconds_to_all": round(last_active - started, 2) if settled and last_active else None,
@@ -830,7 +868,10 @@ def staged_rollout(
         "phase_p50_s": phase_p50,
         "hub_after_write_s": round(reports.handling_s, 2),
         "hub_batches": reports.batches,
-        "bytes_downloaded": sum(agent.fetcher.received for agent in fleet.agents),
+        "bytes_downloaded": downloaded,
+        "bytes_per_agent": round(downloaded / len(fleet.agents)),
+        "transfers": dict(Counter(agent.transfer for agent in fleet.agents if agent.transfer)),
+        "form_failures": sum(sum(agent.updater.form_failures.values()) for agent in fleet.agents),
     }
 
 
@@ -887,10 +928,10 @@ def _start_fleet(
     registry = Registry(home.registry_url)
     stack.callback(registry.close)
     repository = init_repository(home, workdir / "offline")
-    _publish(repository, registry, SHIPPED_MODEL, RUNNING_VERSION, workdir / "build")
-    published = _publish(
-        repository, registry, bench_model(NEW_VERSION, args.cache), NEW_VERSION, workdir / "build"
-    )
+    running = bench_model(RUNNING_VERSION, args.cache, "base")
+    _publish(repository, registry, running, RUNNING_VERSION, workdir / "build")
+    update = bench_model(NEW_VERSION, args.cache, args.update)
+    published = _publish(repository, registry, update, NEW_VERSION, workdir / "build")
     broker = MosquittoBroker(
         home.broker_dir, ca_cert_pem=home.ca_file.read_bytes(), server=home.broker_server_cert()
     )
@@ -937,6 +978,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "active_on_new": active_on_new,
             **rollout,
             "model_bytes": published.length,
+            "update": args.update,
+            "bytes_vs_model": round(rollout["bytes_per_agent"] / published.length, 3),
             "workers": args.workers,
             "dropped_connections": fleet.links.dropped,
             "setup_s": round(setup_s, 1),
@@ -960,6 +1003,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every device")
     parser.add_argument("--cache", type=Path, default=None, help="where the generated model is kept")
     parser.add_argument("--no-rollback", action="store_true", help="skip timing a rollback afterwards")
+    parser.add_argument(
+        "--update",
+        choices=("fine-tune", "new-model"),
+        default="fine-tune",
+        help="the new version: the running model fine-tuned (heads retrained), or all weights new",
+    )
     args = parser.parse_args(argv)
     if args.agents < 1 or args.workers < 1:
         parser.error("--agents and --workers must be at least 1")

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 CONTROLLER_ACTOR: Final = "rollout-controller"
 _IN_FLIGHT: Final = frozenset({"commanded", "staging", "shadow", "active"})
+_SETTLED: Final = frozenset({"active", "refused", "failed"})  # no longer installing
 
 
 class CommandSink(Protocol):
@@ -379,35 +380,47 @@ class RolloutController:
     def _command_installs(
         self, record: RolloutRecord, spec: RolloutSpec, wave: list[RolloutDeviceRecord]
     ) -> None:
+        """Mark the wave's pending devices commanded (one transaction), then send each its command.
+
+        One transaction for the wave, not one per device: a 750-device wave
+        otherwise spent 0.1 s a device here before its last device heard of
+        it, holding the registry's write lock against the reports (issue 15).
+        """
         args = install_args(spec, record.id)
-        for device in wave:
-            if device.state != "pending":
-                continue
-            baseline = self.health_of(device.device_id)
+        pending = [device.device_id for device in wave if device.state == "pending"]
+        if not pending:
+            return
+        changes = []
+        for device_id in pending:
+            baseline = self.health_of(device_id)
             body = baseline.model_dump(mode="json") if baseline is not None else None
-            self.registry.rollouts.update_device(
-                record.id,
-                device.device_id,
-                _set(state="commanded", baseline=body, detail=""),
-            )
+            changes.append((record.id, device_id, _set(state="commanded", baseline=body, detail="")))
+        self.registry.rollouts.update_devices(changes)
+        failed = []
+        for device_id in pending:
             try:
-                self.commands.send(device.device_id, "ota", args)
+                self.commands.send(device_id, "ota", args)
             except ConfigError as exc:
-                log.warning("rollout %d: cannot command %s: %s", record.id, device.device_id, exc)
-                self.registry.rollouts.update_device(
-                    record.id, device.device_id, _set(state="failed", detail=str(exc))
-                )
+                log.warning("rollout %d: cannot command %s: %s", record.id, device_id, exc)
+                failed.append((record.id, device_id, _set(state="failed", detail=str(exc))))
+        if failed:
+            self.registry.rollouts.update_devices(failed)
 
     def _judge(
         self, record: RolloutRecord, spec: RolloutSpec, wave: list[RolloutDeviceRecord]
     ) -> WaveVerdict:
         started = record.wave_started_at or record.updated_at
-        progress = [self._progress(device, spec) for device in wave]
+        # Health is judged only once no device is installing (evaluate_wave waits until then):
+        # looking it up for every active device on every report was most of a busy tick.
+        settled = all(device.state in _SETTLED for device in wave)
+        progress = [self._progress(device, spec, with_health=settled) for device in wave]
         return evaluate_wave(progress, spec.gates, wave_started=started, soak_s=spec.soak_s, now=self.clock())
 
-    def _progress(self, device: RolloutDeviceRecord, spec: RolloutSpec) -> DeviceProgress:
+    def _progress(
+        self, device: RolloutDeviceRecord, spec: RolloutSpec, *, with_health: bool = True
+    ) -> DeviceProgress:
         health: Health | None = None
-        if device.state == "active":
+        if device.state == "active" and with_health:
             latest = self.health_of(device.device_id)
             # Only a report made on the new model, after the switch, says how the device runs now.
             if (
@@ -423,7 +436,7 @@ class RolloutController:
             device.updated_at,
             device.detail,
             ShadowStats.model_validate(device.shadow) if device.shadow is not None else None,
-            Health.model_validate(device.baseline) if device.baseline is not None else None,
+            Health.model_validate(device.baseline) if device.baseline is not None and with_health else None,
             health,
         )
 
