@@ -33,6 +33,7 @@ the detector's figure (largest relative error over movements with at least
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import signal as os_signal
@@ -43,16 +44,25 @@ from typing import Any
 
 from roadside.shared.errors import RoadsideError
 from roadside.sim.signal_ways import WAYS, Network, compare
-from roadside.sim.sumo.poses import junction_camera, load_pose_file
+from roadside.sim.sumo.poses import junction_camera, load_pose_file, write_pose_file
 from roadside.sim.sumo.scenarios import build_scenario
 from roadside.sim.sumo.tmc import count_movements, onnx_detector
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "detector.onnx"
+_MODELS = Path(__file__).resolve().parents[1] / "models"
+# The detector released for SUMO's cameras (docs/sumo.md) where the checkout has it, else the shipped one.
+SUMO_MODEL = _MODELS / "detector_sumo.onnx"
+DEFAULT_MODEL = SUMO_MODEL if SUMO_MODEL.is_file() else _MODELS / "detector.onnx"
+DEFAULT_CONF = 0.35
 
 
 def network_of(args: argparse.Namespace, workdir: Path) -> Network:
     if args.sumocfg is not None:
-        return Network.of(args.sumocfg, args.tls, args.camera_pose, workdir)
+        network = Network.of(args.sumocfg, args.tls, args.camera_pose, workdir)
+        if args.junction_pose is None and not args.no_tmc:
+            args.junction_pose = workdir / "junction.cameras.json"
+            workdir.mkdir(parents=True, exist_ok=True)
+            write_pose_file(args.junction_pose, [junction_camera(network.net, args.junction or network.tls)])
+        return network
     scenario = build_scenario("intersection", workdir / "scenario", seed=args.seed, duration_s=args.duration)
     if args.junction_pose is None:
         args.junction_pose = scenario.junction_poses
@@ -81,7 +91,7 @@ def turning_movements(network: Network, args: argparse.Namespace) -> dict[str, A
         network.net,
         junction,
         pose,
-        detect=onnx_detector(model),
+        detect=onnx_detector(model, conf=args.conf),
         detections=model.name,
         **common,
     )
@@ -90,14 +100,21 @@ def turning_movements(network: Network, args: argparse.Namespace) -> dict[str, A
     return out
 
 
-def loop_runner() -> Any:
-    """The whole-loop way, if this checkout has it (it needs the hub, the agent and the SUMO camera)."""
+def loop_runner(args: argparse.Namespace) -> Any:
+    """The whole-loop way, if this checkout has it (it needs the hub, the agent and the SUMO camera).
+
+    Its agent runs ``--model`` at ``--conf``; the junction camera joins it unless ``--no-tmc``."""
     try:
         from roadside.sim.signal_loop import run_loop
     except ImportError as exc:
         print(f"the roadside way is not available here: {exc}", file=sys.stderr)
         return None
-    return run_loop
+    return functools.partial(
+        run_loop,
+        model=args.model or DEFAULT_MODEL,
+        conf_threshold=args.conf,
+        junction_pose=None if args.no_tmc else args.junction_pose,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,6 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tmc-only", action="store_true", help="only the turning-movement counts")
     parser.add_argument("--no-tmc", action="store_true", help="no turning-movement counts")
     parser.add_argument(
+        "--no-tmc-pass",
+        action="store_true",
+        help="no separate turning-movement pass (the whole loop's junction camera still counts)",
+    )
+    parser.add_argument(
         "--tmc-duration",
         type=float,
         help="simulated seconds counted after a 60 s warm-up (default: --duration less 60)",
@@ -122,7 +144,12 @@ def main(argv: list[str] | None = None) -> None:
         "--junction-pose", type=Path, help="pose file: its first camera sees the whole junction"
     )
     parser.add_argument("--junction", help="the junction counted (default: --tls)")
-    parser.add_argument("--model", type=Path, help="ONNX detector for the counts (default: the shipped one)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="ONNX detector of the loop's agent and the counts (default: models/detector_sumo.onnx)",
+    )
+    parser.add_argument("--conf", type=float, default=DEFAULT_CONF, help="its confidence threshold")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     # `kill` stops the run like Ctrl-C: the loop's agent, hub, broker and SUMO are stopped on the way out.
@@ -135,10 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         network = network_of(args, workdir)
         summary = compare(
-            network, args.duration, args.seed, ways, loop_runner() if "roadside" in ways else None
+            network, args.duration, args.seed, ways, loop_runner(args) if "roadside" in ways else None
         )
-        if not args.no_tmc:
+        if not args.no_tmc and not args.no_tmc_pass:
             tmc = turning_movements(network, args)
+            if summary.get("tmc_error_max") is not None:  # the whole loop's own count, through the hub
+                summary["tmc_error_max_loop"] = summary["tmc_error_max"]
             summary["tmc_error_max"] = tmc["detector"]["tmc_error_max"]
             summary["tmc_error_max_truth_boxes"] = tmc["truth_boxes"]["tmc_error_max"]
             summary["tmc"] = tmc

@@ -16,11 +16,20 @@ crossing. Each zone goes to the camera that sees most of it; the channel
 map ties it to the phase :func:`~roadside.signalcontrol.sumo.derive_phase_map`
 gives its lane or crossing.
 
+With a junction camera (``junction_pose``: one high camera over the whole
+junction, :func:`roadside.sim.sumo.poses.junction_camera`), the agent also
+counts turning movements: the camera gets one movement approach per junction
+leg (:func:`roadside.sim.sumo.poses.junction_legs`) and a short count zone on
+every approach lane (channels without a phase: they call nobody, they put the
+camera in the channel map, whose streams the hub's ``/movements`` reads).
+
 Measured here, besides SUMO's tripinfo: the call latency from frame capture
-to the call reaching the controller (wall clock), and zone presence
+to the call reaching the controller (wall clock), zone presence
 agreement: every controller tick, SUMO's E2 state of each stop-bar lane
 against the zone's state from the ATSPM log (82/81 with their frame
-timestamps).
+timestamps), and, with a junction camera, the turning-movement counts the
+hub serves against SUMO's (vehicles seen on an entry edge and later on an
+exit edge of the junction, read over TraCI every tick).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import itertools
 import json
 import logging
 import math
+import sqlite3
 import subprocess
 import sys
 import time
@@ -49,6 +59,7 @@ from roadside.cloud.hub import Hub
 from roadside.cloud.registry import Registry
 from roadside.cloud.settings import HubSettings
 from roadside.cloud.signals.channel_map import Channel, ChannelMap
+from roadside.edge.outbox.sqlite import Outbox
 from roadside.shared.bundle import BrokerAddress
 from roadside.shared.errors import ConfigError, RoadsideError
 from roadside.signalcontrol.links import PhaseMap
@@ -61,7 +72,8 @@ from roadside.signalcontrol.sumo import (
     write_stopbar_detectors,
 )
 from roadside.sim.signal_ways import BENCH_TIMING, Network, WayResult, read_tripinfo, sumo_outputs
-from roadside.sim.sumo.poses import CameraPose, load_pose_file
+from roadside.sim.sumo.poses import CameraPose, JunctionLeg, junction_legs, load_pose_file, write_pose_file
+from roadside.sim.sumo.tmc import MIN_VEHICLES, MovementFigure
 from roadside.sim.sumo.world import SumoWorld, free_port
 from roadside.vision.calibration import Camera
 
@@ -70,16 +82,21 @@ log = logging.getLogger(__name__)
 SIGNAL_ID = "bench-signal"
 DEVICE_ID = "sig-cams"
 _AGENT_READY_S = 120.0
+JUNCTION_CAMERA = "junction"
+_COUNT_ZONE_M = 10.0  # the junction camera's count zones: the last metres of each approach lane
+# Presence zones go off one frame after their last occupant left (a loop card's delay timer set to
+# one frame): a vehicle the detector misses in a single frame does not drop and re-place its call.
+PRESENCE_OFF_DELAY_S = 0.1
 
 
 @dataclass(frozen=True)
 class Zone:
     camera: str
     name: str
-    kind: str  # presence | pedestrian
+    kind: str  # presence | pedestrian | count
     polygon: list[tuple[float, float]]
     channel: int
-    phase: int
+    phase: int | None  # None: a count zone, which calls no phase
     lane: str | None
 
 
@@ -100,11 +117,18 @@ def run_loop(
     realtime: bool = True,
     fps: float = 10.0,
     site: HubSite | None = None,
+    model: Path | None = None,
+    conf_threshold: float | None = None,
+    junction_pose: Path | None = None,
+    junction_fps: float = 5.0,
 ) -> dict[str, Any]:
     """Run the whole loop for ``duration_s`` simulated seconds; the way's figures and the loop's own.
 
     ``realtime``: cameras pace SUMO on the wall clock (the call latency means something); without it
-    SUMO runs as fast as the cameras draw (tests). ``fps``: frames per simulated second per camera."""
+    SUMO runs as fast as the cameras draw (tests). ``fps``: frames per simulated second per camera.
+    ``model``: the agent's detector (its own default when None) and ``conf_threshold`` its confidence.
+    ``junction_pose``: a pose file whose first camera sees the whole junction; it joins the loop at
+    ``junction_fps`` and its turning movements are judged against SUMO's."""
     if network.camera_pose is None:
         raise ConfigError("the roadside way needs --camera-pose (the cameras that watch the junction)")
     began = time.monotonic()
@@ -114,14 +138,23 @@ def run_loop(
     channels = write_stopbar_detectors(network.net, phase_map, folder / "stopbar.add.xml", folder / "e2.xml")
     poses = load_pose_file(network.camera_pose).cameras
     zones = plan_zones(network.net, phase_map, poses)
+    junction: _JunctionCamera | None = None
+    if junction_pose is not None:
+        junction = _junction_camera(network, phase_map, junction_pose, zones, junction_fps)
+        zones += junction.zones
+    cameras = [*poses, junction.pose] if junction is not None else poses
     with _Stack(folder, realtime) as stack:
         token = stack.start_hub(zones, site)
         port = free_port()
-        stack.start_agent(network, poses, zones, port, fps, frames=round(duration_s * fps) + 20)
-        world = stack.start_sumo(network, seed, port, clients=len(poses) + 1, order=len(poses) + 1)
+        stack.start_agent(
+            network, cameras, zones, port, fps, duration_s,
+            model=model, conf_threshold=conf_threshold, junction=junction,
+        )  # fmt: skip
+        world = stack.start_sumo(network, seed, port, clients=len(cameras) + 1, order=len(cameras) + 1)
         link = TraciConnection(world.traci)
         world.step()  # SUMO takes no other command until every client (the cameras) has set its order
         detectors = SumoDetectors(link, phase_map, channels)
+        truth = _EdgeTruth(world.traci, junction.legs) if junction is not None else None
         e2: list[tuple[float, dict[int, bool]]] = []
         settings = ControllerSettings(
             signal=SIGNAL_ID,
@@ -134,11 +167,20 @@ def run_loop(
             max_ticks=round(duration_s * 10),
         )
         started = datetime.now(UTC)
-        summary = run_on_sumo(
-            settings, link=link, observer=lambda _t: e2.append((time.time(), detectors.occupied()))
-        )
+
+        def observe(_tick: int) -> None:
+            e2.append((time.time(), detectors.occupied()))
+            if truth is not None:
+                truth.observe()
+
+        summary = run_on_sumo(settings, link=link, observer=observe)
         world.close()
         agreement = presence_agreement(e2, stack.detector_events(started), zones)
+        tmc = None
+        if truth is not None:
+            time.sleep(2.0)  # the agent closes its last movement interval when its frames end
+            tmc = movement_figures(stack.movements(started), truth.counted)
+        agent_leg = stack.agent_leg_ms()
     result = WayResult("roadside", wall_s=round(time.monotonic() - began, 1))
     read_tripinfo(folder / "tripinfo.xml", duration_s, result)
     result.conflicting_greens = summary.conflicting_greens
@@ -148,7 +190,7 @@ def run_loop(
         "presence_agreement": agreement,
         "call_latency_p50_ms": _round(summary.latency_p50_ms),
         "call_latency_p95_ms": _round(summary.latency_p95_ms),
-        "tmc_error_max": None,
+        "tmc_error_max": tmc_error_max(tmc) if tmc is not None else None,
         "roadside_loop": {
             "calls": dict(summary.calls),
             "events_posted": dict(summary.posted),
@@ -156,11 +198,101 @@ def run_loop(
             "longest_call_wait_s": summary.longest_wait_s,
             "hub_leg_p50_ms": _round(summary.hub_leg_p50_ms),
             "hub_leg_p95_ms": _round(summary.hub_leg_p95_ms),
+            # capture → the agent's outbox (detection, tracking, zones, the durable put): the rest of
+            # the hub leg is the uplink, the broker and the hub's ingest and store
+            "agent_leg_p50_ms": agent_leg[0],
+            "agent_leg_p95_ms": agent_leg[1],
             "ticks": summary.ticks,
             "ended_by": summary.ended_by,
             "tripped": summary.tripped,
             "zones": len(zones),
+            "tmc": None
+            if tmc is None
+            else {
+                "truth_total": sum(m.truth for m in tmc),
+                "counted_total": sum(m.counted for m in tmc),
+                "min_vehicles": MIN_VEHICLES,
+                "movements": [m.as_dict() for m in tmc],
+            },
         },
+    }
+
+
+# --- the junction camera and its turning movements -------------------------------------------
+
+
+@dataclass(frozen=True)
+class _JunctionCamera:
+    pose: CameraPose
+    legs: list[JunctionLeg]
+    zones: list[Zone]
+    fps: float
+
+
+def _junction_camera(
+    network: Network, phase_map: PhaseMap, pose_file: Path, zones: list[Zone], fps: float
+) -> _JunctionCamera:
+    """The junction camera (renamed ``junction``), its legs, and a count zone per approach lane."""
+    import sumolib
+
+    pose = load_pose_file(pose_file).cameras[0].model_copy(update={"name": JUNCTION_CAMERA})
+    legs = junction_legs(network.net, network.tls)
+    with contextlib.redirect_stderr(io.StringIO()):
+        net = sumolib.net.readNet(str(network.net), withInternal=True)
+    channel = max((z.channel for z in zones if z.kind != "pedestrian"), default=0)
+    counts = []
+    for lane_id in sorted(lane for lanes in phase_map.approaches.values() for lane in lanes):
+        channel += 1
+        polygon = _lane_end(net.getLane(lane_id), _COUNT_ZONE_M)
+        counts.append(Zone(JUNCTION_CAMERA, f"count-{lane_id}", "count", polygon, channel, None, lane_id))
+    return _JunctionCamera(pose, legs, counts, fps)
+
+
+class _EdgeTruth:
+    """SUMO's turning movements: a vehicle seen on an entry edge of a leg and later on an exit edge.
+
+    Read over the controller's TraCI connection each tick, eight small requests (one per edge)."""
+
+    def __init__(self, traci: Any, legs: list[JunctionLeg]) -> None:
+        self._traci = traci
+        self._entries = {e: leg.name for leg in legs for e in leg.entries}
+        self._exits = {e: leg.name for leg in legs for e in leg.exits}
+        self._entered: dict[str, str] = {}  # vehicle → its entry leg
+        self.counted: dict[tuple[str, str], int] = {}
+
+    def observe(self) -> None:
+        for edge, leg in self._entries.items():
+            for vehicle in self._traci.edge.getLastStepVehicleIDs(edge):
+                self._entered.setdefault(vehicle, leg)
+        for edge, leg in self._exits.items():
+            for vehicle in self._traci.edge.getLastStepVehicleIDs(edge):
+                entry = self._entered.pop(vehicle, None)
+                if entry is not None:
+                    self.counted[(entry, leg)] = self.counted.get((entry, leg), 0) + 1
+
+
+def movement_figures(
+    counted: dict[tuple[str, str], int], truth: dict[tuple[str, str], int]
+) -> list[MovementFigure]:
+    """Per movement (entry leg → exit leg, all classes): SUMO's count and the hub's."""
+    pairs = sorted(set(counted) | set(truth))
+    return [MovementFigure(a, b, truth.get((a, b), 0), counted.get((a, b), 0)) for a, b in pairs]
+
+
+def tmc_error_max(figures: list[MovementFigure]) -> float | None:
+    """Largest relative error over movements with at least ``MIN_VEHICLES`` true vehicles."""
+    judged = [abs(m.error) for m in figures if m.truth >= MIN_VEHICLES and m.error is not None]
+    return round(max(judged), 4) if judged else None
+
+
+def _movement_config(junction: _JunctionCamera) -> dict[str, Any]:
+    # A high, steep camera: the box's centroid lies over the vehicle (roadside.sim.sumo.tmc).
+    return {
+        "anchor": "centroid",
+        "approaches": [
+            {"name": leg.name, "polygon": [list(p) for p in leg.polygon], "space": "road"}
+            for leg in junction.legs
+        ],
     }
 
 
@@ -350,27 +482,48 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
         return self._token
 
     def start_agent(
-        self, network: Network, poses: list[CameraPose], zones: list[Zone], port: int, fps: float, frames: int
+        self,
+        network: Network,
+        poses: list[CameraPose],
+        zones: list[Zone],
+        port: int,
+        fps: float,
+        duration_s: float,
+        *,
+        model: Path | None = None,
+        conf_threshold: float | None = None,
+        junction: _JunctionCamera | None = None,
     ) -> None:
         assert self._bundle is not None
         assert network.camera_pose is not None
+        pose_file = self.folder / "agent" / "cameras.json"
+        pose_file.parent.mkdir(parents=True, exist_ok=True)
+        write_pose_file(pose_file, poses)
+        legs = {} if junction is None else {junction.pose.name: junction}
+        rates = {pose.name: (legs[pose.name].fps if pose.name in legs else fps) for pose in poses}
+        model_config: dict[str, Any] = {}
+        if model is not None:
+            model_config["path"] = str(model)
+        if conf_threshold is not None:
+            model_config["conf_threshold"] = conf_threshold
         config = {
             "sources": [
                 {
                     "type": "sumo",
                     "name": pose.name,
                     "sumocfg": str(network.sumocfg),
-                    "pose_file": str(network.camera_pose),
+                    "pose_file": str(pose_file),
                     "pose_name": pose.name,
-                    "fps": fps,
+                    "fps": rates[pose.name],
                     "realtime": self.realtime,
                     # A bounded run: the source then asks SUMO nothing before its first step (SUMO
                     # refuses any command but a step until every client has set its order).
-                    "max_frames": frames,
+                    "max_frames": round(duration_s * rates[pose.name]) + 20,
                     "attach": {"host": "127.0.0.1", "port": port, "order": order},
                 }
                 for order, pose in enumerate(poses, start=1)
             ],
+            **({"model": model_config} if model_config else {}),
             "signals": {
                 "interval_s": 60,
                 "cameras": {
@@ -380,10 +533,17 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
                         # frames come further apart than a real camera's, which is not a lost camera.
                         "health": {"lost_s": 5.0},
                         "zones": [
-                            {"name": z.name, "kind": z.kind, "polygon": z.polygon, "space": "road"}
+                            {
+                                "name": z.name,
+                                "kind": z.kind,
+                                "polygon": z.polygon,
+                                "space": "road",
+                                **({"off_delay_s": PRESENCE_OFF_DELAY_S} if z.kind == "presence" else {}),
+                            }
                             for z in zones
                             if z.camera == pose.name
                         ],
+                        **(_movement_config(legs[pose.name]) if pose.name in legs else {}),
                     }
                     for pose in poses
                 },
@@ -395,12 +555,42 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
         }
         path = self.folder / "agent" / "agent.json"
         path.parent.mkdir(parents=True, exist_ok=True)
+        _instrument_outbox(self.folder / "agent" / "outbox.db")
         path.write_text(json.dumps(config, indent=2))
         log_file = (self.folder / "agent" / "agent.log").open("wb")
         command = [sys.executable, "-c", "from roadside.cli import main; main()", "agent", "run"]
         command += ["--bundle", str(self._bundle), "--config", str(path)]
         agent = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self._stack.callback(_stop_process, agent, log_file)
+
+    def agent_leg_ms(self) -> tuple[float | None, float | None]:
+        """p50 and p95 of capture → outbox over the agent's detector changes (the outbox's ledger)."""
+        ages = sorted(
+            created_ms - _unix(record["ts"]) * 1000.0
+            for created_ms, payload in _detector_ledger(self.folder / "agent" / "outbox.db")
+            for record in json.loads(payload).get("records", [])
+        )
+        if not ages:
+            return None, None
+        return _round(ages[len(ages) // 2]), _round(ages[min(len(ages) - 1, int(len(ages) * 0.95))])
+
+    def movements(self, since: datetime) -> dict[tuple[str, str], int]:
+        """The turning movements the hub serves for the signal since ``since``, summed per (entry, exit)."""
+        params: dict[str, str | int] = {
+            "from": since.replace(second=0, microsecond=0).isoformat(),
+            "to": (datetime.now(UTC) + timedelta(minutes=2)).isoformat(),
+            "interval": 60,
+        }
+        with httpx.Client(
+            base_url=self.api_url, headers={"Authorization": f"Bearer {self._token}"}, timeout=30
+        ) as c:
+            response = c.get(f"/v1/signals/{SIGNAL_ID}/movements", params=params)
+            response.raise_for_status()
+            counted: dict[tuple[str, str], int] = {}
+            for row in response.json()["movements"]:
+                key = (str(row["approach"]), str(row["exit"]))
+                counted[key] = counted.get(key, 0) + int(row["count"])
+            return counted
 
     def start_sumo(self, network: Network, seed: int, port: int, clients: int, order: int) -> SumoWorld:
         extra = sumo_outputs(self.folder, self.folder / "stopbar.add.xml")
@@ -448,6 +638,29 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
                 if not cursor:
                     return rows
                 params["cursor"] = cursor
+
+
+# The outbox forgets a message once the broker has it; this ledger keeps each detector message's
+# put time and body (as bench/chaos does for its counts, ADR 0019).
+_LEDGER = """
+CREATE TABLE IF NOT EXISTS loop_detector (seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, payload BLOB);
+CREATE TRIGGER IF NOT EXISTS loop_note_detector AFTER INSERT ON outbox WHEN NEW.kind = 'detector' BEGIN
+  INSERT OR REPLACE INTO loop_detector (seq, created_ms, payload) VALUES (NEW.seq, NEW.created_ms, NEW.payload);
+END;
+"""
+
+
+def _instrument_outbox(path: Path) -> None:
+    Outbox(path).close()  # created as the agent creates it
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(_LEDGER)
+
+
+def _detector_ledger(path: Path) -> list[tuple[int, bytes]]:
+    if not path.is_file():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+        return [(int(c), bytes(p)) for c, p in db.execute("SELECT created_ms, payload FROM loop_detector")]
 
 
 def _unix(text: str) -> float:

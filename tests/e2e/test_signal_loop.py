@@ -18,6 +18,7 @@ from roadside.sim.signal_ways import Network
 from roadside.sim.sumo.scenarios import build_scenario
 from tests.e2e.rig import Rig
 
+MODELS = Path(__file__).resolve().parents[2] / "models"
 DEMAND_S = 12.0
 RUN_S = 45.0
 # The longest a registered call may wait at the bench's timing: the other side of the barrier runs to
@@ -31,7 +32,11 @@ def test_the_roadside_fed_controller_runs_sumo_through_broker_and_hub_safely(
 ) -> None:
     scenario = build_scenario("intersection", tmp_path / "scenario", seed=3, duration_s=DEMAND_S)
     network = Network(scenario.sumocfg, scenario.net, scenario.junction, scenario.poses, tmp_path / "run")
-    figures = run_loop(network, RUN_S, seed=3, realtime=True, fps=10.0, site=HubSite(rig.home, rig.broker))
+    sumo_model = MODELS / "detector_sumo.onnx"
+    figures = run_loop(
+        network, RUN_S, seed=3, realtime=True, fps=10.0, site=HubSite(rig.home, rig.broker),
+        model=sumo_model if sumo_model.is_file() else None, junction_pose=scenario.junction_poses,
+    )  # fmt: skip
     way, loop = figures["way"], figures["roadside_loop"]
     assert loop["tripped"] is None
     assert way.conflicting_greens == 0  # read back from SUMO every tick
@@ -42,3 +47,10 @@ def test_the_roadside_fed_controller_runs_sumo_through_broker_and_hub_safely(
     assert way.events[1] >= 1  # a phase came up green on the cameras' calls
     # every call the cameras placed was served in time (vehicles no zone saw cannot be: docs/signals.md)
     assert loop["longest_call_wait_s"] <= CALL_BOUND_S
+    # The junction camera joined the loop: SUMO's own turning movements were followed over TraCI,
+    # and its count zones (no phase: they call nobody) put it in the channel map for /movements.
+    tmc = loop["tmc"]
+    assert tmc is not None
+    assert tmc["truth_total"] >= 1
+    if sumo_model.is_file():  # the shipped detector barely sees vehicles from the junction mast
+        assert tmc["counted_total"] >= 1, tmc
