@@ -40,6 +40,13 @@ from roadside.shared.queues import BoundedQueue, Overflow
 from roadside.shared.schemas import OtaMessage, OtaReport, encode
 
 CommandSink = Callable[[bytes], None]
+
+
+def frame_bytes(frame: Frame) -> int:
+    """What a queued frame holds: its pixels (the rest is a few hundred bytes)."""
+    return int(frame.image.nbytes)
+
+
 UplinkFactory = Callable[[EnrollmentBundle, Outbox, CommandSink], Uplink]
 
 
@@ -68,7 +75,10 @@ def build_agent(
     samples = SampleUploader(settings.samples, outbox) if settings.samples.enabled else None
     sensors = SensorPipeline(settings.sensors, outbox.put, max_records=settings.outbox.records_per_message)
     frames: BoundedQueue[Frame] = BoundedQueue(
-        settings.frame_queue * max(1, len(settings.sources)), frame_overflow
+        settings.frame_queue * max(1, len(settings.sources)),
+        frame_overflow,
+        max_bytes=settings.frame_queue_bytes,
+        size=frame_bytes,
     )
     ledger = FrameLedger(frames)
     pipeline = Pipeline(
@@ -138,6 +148,7 @@ def _mqtt_uplink(settings: AgentSettings) -> UplinkFactory:
             outbox,
             on_command,
             settings.outbox.max_inflight,
+            max_inflight_bytes=settings.outbox.max_inflight_bytes,
             scratch_dir=tls_scratch_dir(settings.outbox.path),
             status_file=uplink_status_path(settings.outbox.path),
         )

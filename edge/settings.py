@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from roadside.edge.analytics.config import AnalyticsConfig
 from roadside.edge.analytics.detectors import SignalDetectionConfig
-from roadside.edge.privacy.redact import PrivacyConfig
+from roadside.edge.privacy.config import PrivacyConfig
 from roadside.edge.sensors.config import SensorConfig
 from roadside.shared.config import load_settings
 from roadside.vision.calibration import CameraCalibration
@@ -142,12 +142,16 @@ class ModelConfig(_Section):
     trt_cache_path: Path | None = Path("/var/lib/roadside/trt-cache")
     fp16: bool = True  # TensorRT only; the self-test refuses an engine that gives NaN
     strict: bool = False  # refuse to start unless the first provider listed is the one in use
+    # Caps the CPU arena all of the agent's sessions share (ADR 0023); 0: no cap. Too small a cap
+    # fails the start-up self-test at the largest batch, with a message that says so.
+    cpu_arena_max_bytes: int = Field(default=0, ge=0)
 
 
 class OutboxConfig(_Section):
     path: Path = Path("/var/lib/roadside/outbox.db")
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     max_inflight: int = Field(default=64, ge=1, le=1024)
+    max_inflight_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)  # payload bytes awaiting PUBACK
     records_per_message: int = Field(default=200, ge=1, le=2000)
 
 
@@ -166,6 +170,8 @@ class SamplesConfig(_Section):
     jpeg_quality: int = Field(default=85, ge=10, le=100)  # the first quality tried
     jpeg_quality_floor: int = Field(default=50, ge=10, le=100)  # below this, downscale instead
     queue: int = Field(default=4, ge=1, le=64)  # selected frames waiting for redaction and encoding
+    # ... and their image bytes: four 1080p frames are 25 MB; past this the oldest is dropped (counted).
+    queue_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="after")
@@ -225,7 +231,10 @@ class AgentSettings(BaseSettings):
     samples: SamplesConfig = Field(default_factory=SamplesConfig)  # hard examples for retraining
     interval_s: int = Field(default=60, ge=1, le=3600)
     heartbeat_s: float = Field(default=30.0, ge=1.0)
-    frame_queue: int = Field(default=8, ge=1, le=256)
+    frame_queue: int = Field(default=8, ge=1, le=256)  # frames per stream waiting for the pipeline
+    # ... and all streams' frames together, in bytes: 8 frames x 4 streams is 29 MB at 640x480 but
+    # 200 MB at 1080p. Past either bound the oldest frame is dropped (counted per stream).
+    frame_queue_bytes: int = Field(default=48 * 1024 * 1024, ge=1024 * 1024)
     metrics_port: int = Field(default=0, ge=0, le=65535)  # Prometheus /metrics on 127.0.0.1; 0: off
     # Envelope keys made by a rotate_keys command (0600, atomic). None: beside the bundle.
     keys_path: Path | None = None

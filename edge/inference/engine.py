@@ -50,6 +50,54 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "detector.onnx"
 
 FloatArray = npt.NDArray[np.float32]
 
+# The process's one CPU arena (ADR 0023): every session (the detector, an OTA candidate in its
+# shadow test, the face model) allocates from it instead of growing an arena of its own.
+_ARENA_EXTEND_SAME_AS_REQUESTED = 1  # grow by what a run asks for, not to the next power of two
+_ARENA_CHUNK_BYTES = 1024 * 1024
+_arena_lock = threading.Lock()
+_arena_runtimes: dict[int, int] = {}  # id(runtime module) -> the cap it was registered with
+
+
+def cpu_session_options(runtime: Any = None, intra_op_threads: int = 1, arena_max_bytes: int = 0) -> Any:
+    """Session options for this process's sessions: one shared, capped CPU arena, no memory patterns.
+
+    Memory patterns pre-plan one block per input shape seen (batch 1, then each batch size the
+    batcher forms), on top of the arena that already reuses its buffers: resident memory for a
+    saving of a few allocations a run. ``arena_max_bytes`` (0: no cap) caps the shared arena;
+    the first session of the process sets it.
+    """
+    rt = runtime if runtime is not None else ort
+    options = rt.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1  # one model runs one graph at a time
+    options.enable_mem_pattern = False
+    if _shared_arena(rt, arena_max_bytes):
+        options.add_session_config_entry("session.use_env_allocators", "1")
+    return options
+
+
+def _shared_arena(rt: Any, max_bytes: int) -> bool:
+    """Register the shared CPU arena in onnxruntime's (process-wide) environment, once."""
+    if not hasattr(rt, "create_and_register_allocator"):
+        return False  # a test's fake runtime: it has no environment to share
+    with _arena_lock:
+        if id(rt) in _arena_runtimes:
+            if max_bytes and _arena_runtimes[id(rt)] != max_bytes:
+                log.warning("the shared CPU arena keeps its first cap, %d bytes", _arena_runtimes[id(rt)])
+            return True
+        info = rt.OrtMemoryInfo("Cpu", rt.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, rt.OrtMemType.DEFAULT)
+        config = rt.OrtArenaCfg(
+            {
+                "max_mem": max_bytes,
+                "arena_extend_strategy": _ARENA_EXTEND_SAME_AS_REQUESTED,
+                "initial_chunk_size_bytes": _ARENA_CHUNK_BYTES,
+                "max_dead_bytes_per_chunk": _ARENA_CHUNK_BYTES,
+            }
+        )
+        rt.create_and_register_allocator(info, config)
+        _arena_runtimes[id(rt)] = max_bytes
+    return True
+
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
@@ -153,6 +201,7 @@ class OnnxSession:
             raise ConfigError(f"model file {path} does not exist; set model.path to an ONNX file")
         self.path = path
         self._rt = runtime if runtime is not None else ort
+        self._arena_max_bytes = (settings or ProviderSettings()).cpu_arena_max_bytes
         plan = self._plan(providers, settings or ProviderSettings(), input_size)
         started = time.perf_counter()
         self.session = self._open(plan.usable, plan.options, intra_op_threads)
@@ -227,9 +276,7 @@ class OnnxSession:
             ) from exc
 
     def _open(self, usable: Sequence[str], options: Sequence[dict[str, str]], threads: int) -> Any:
-        session_options = self._rt.SessionOptions()
-        session_options.intra_op_num_threads = threads
-        session_options.inter_op_num_threads = 1  # one model runs one graph at a time
+        session_options = cpu_session_options(self._rt, threads, self._arena_max_bytes)
         session_options.graph_optimization_level = self._rt.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             return self._rt.InferenceSession(
@@ -375,7 +422,14 @@ class OnnxDetector:
         sizes = sorted({1, self._max_batch})
         out = np.zeros((0, 0, 0), dtype=np.float32)
         for size in sizes:
-            out = self.infer(np.zeros((size, 3, h, w), dtype=self._session.input_dtype), record=False)
+            blank = np.zeros((size, 3, h, w), dtype=self._session.input_dtype)
+            try:
+                out = self.infer(blank, record=False)
+            except Exception as exc:  # onnxruntime raises its own untyped errors
+                raise ConfigError(
+                    f"model {self.info.path.name} failed its self-test at batch {size} ({exc}); "
+                    "if model.cpu_arena_max_bytes is set, raise it"
+                ) from exc
             if out.ndim != 3 or out.shape[0] != size or min(out.shape[1:]) <= 4:
                 raise ConfigError(
                     f"model output shape {out.shape} for a batch of {size} is not the YOLO layout "
@@ -476,6 +530,7 @@ def provider_settings(config: ModelConfig, streams: int = 1) -> ProviderSettings
         trt_cache_path=config.trt_cache_path,
         trt_fp16=config.fp16,
         max_batch=config.max_batch or max(1, streams),
+        cpu_arena_max_bytes=config.cpu_arena_max_bytes,
     )
 
 
@@ -486,6 +541,7 @@ __all__ = [
     "OnnxDetector",
     "OnnxSession",
     "PreparedBatch",
+    "cpu_session_options",
     "engine_cache_dir",
     "file_version",
     "labels_from_metadata",

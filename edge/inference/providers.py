@@ -59,6 +59,7 @@ class ProviderSettings:
     trt_fp16: bool = True
     trt_workspace_bytes: int = 2 * 1024**3
     cuda_mem_limit_bytes: int | None = None
+    cpu_arena_max_bytes: int = 0  # the process's shared CPU arena; 0: no cap (it holds what runs need)
     max_batch: int = 1  # the largest batch the TensorRT optimisation profile must cover
 
 

@@ -183,15 +183,37 @@ class Outbox:
             raise
         self._db.execute("COMMIT")
 
-    def pending(self, limit: int, exclude: Iterable[int] = ()) -> list[OutboxItem]:
-        """The oldest messages not in ``exclude`` (already in flight), in sequence order."""
+    def pending(
+        self, limit: int, exclude: Iterable[int] = (), max_bytes: int | None = None
+    ) -> list[OutboxItem]:
+        """The oldest messages not in ``exclude`` (already in flight), in sequence order.
+
+        ``max_bytes``: stop before the message whose payload would pass it (in order: the
+        first is always returned, so one large message cannot stall the queue). Only the
+        payloads returned are read into memory.
+        """
         skip = set(exclude)
         with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, kind, payload, created_ms FROM outbox ORDER BY seq LIMIT ?",
-                (limit + len(skip),),
+            heads = self._db.execute(
+                "SELECT seq, LENGTH(payload) FROM outbox ORDER BY seq LIMIT ?", (limit + len(skip),)
             ).fetchall()
-        return [OutboxItem(r[0], r[1], bytes(r[2]), r[3]) for r in rows if r[0] not in skip][:limit]
+            chosen: list[int] = []
+            total = 0
+            for seq, size in heads:
+                if seq in skip:
+                    continue
+                if len(chosen) >= limit or (chosen and max_bytes is not None and total + size > max_bytes):
+                    break
+                chosen.append(seq)
+                total += size
+            if not chosen:
+                return []
+            rows = self._db.execute(
+                "SELECT seq, kind, payload, created_ms FROM outbox WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                (chosen[0], chosen[-1]),
+            ).fetchall()
+        wanted = set(chosen)
+        return [OutboxItem(r[0], r[1], bytes(r[2]), r[3]) for r in rows if r[0] in wanted]
 
     def ack(self, seq: int) -> None:
         """The broker has the message: forget it (on a full disk, keep it: sent again, stored once)."""

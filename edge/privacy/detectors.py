@@ -21,6 +21,7 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
+from roadside.edge.inference.engine import cpu_session_options
 from roadside.shared.errors import ConfigError
 from roadside.vision.yolo import nms
 
@@ -51,9 +52,8 @@ class FaceDetector:
         for value in (*model.graph.input[:1], *model.graph.output):
             dims = value.type.tensor_type.shape.dim
             dims[0].dim_param, dims[2].dim_param, dims[3].dim_param = "N", "H", "W"
-        options = ort.SessionOptions()
+        options = cpu_session_options(ort, intra_op_threads=1)  # the agent's shared CPU arena
         options.log_severity_level = 3  # the file carries initialisers as inputs; ORT warns for each
-        options.intra_op_num_threads = 1
         self._session = ort.InferenceSession(
             model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )

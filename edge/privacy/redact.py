@@ -12,24 +12,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
 
+from roadside.edge.privacy.config import Polygon, PrivacyConfig
 from roadside.edge.privacy.detectors import FaceDetector, PlateDetector
 
 log = logging.getLogger(__name__)
 
-Polygon = list[tuple[float, float]]
-
-
-class PrivacyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    images_leave_device: bool = False  # the default: only metadata leaves
-    blur_faces: bool = True
-    blur_plates: bool = True
-    face_threshold: float = Field(default=0.4, gt=0, lt=1)
-    masks: list[Polygon] = Field(default_factory=list)  # filled solid, e.g. windows of homes
-    margin: float = Field(default=0.15, ge=0, le=1)  # grow each box by this fraction: blur a little wide
+__all__ = ["Polygon", "PrivacyConfig", "RedactionReport", "Redactor", "blur_boxes", "fill_polygons"]
 
 
 @dataclass(frozen=True, slots=True)

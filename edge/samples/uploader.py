@@ -23,19 +23,22 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from roadside.edge.outbox import Outbox, Priority
-from roadside.edge.privacy import Redactor
 from roadside.edge.samples.selector import Decision, HardExampleSelector, SelectorPolicy
 from roadside.edge.settings import SamplesConfig
 from roadside.edge.sources import Frame
 from roadside.shared.queues import Overflow
 from roadside.shared.schemas import MAX_SAMPLE_JPEG_B64, HardExample, LabeledBox, SamplesMessage, encode
 from roadside.vision.yolo import Detections
+
+if TYPE_CHECKING:
+    from roadside.edge.privacy.redact import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +142,10 @@ class SampleUploader:
                 rare_class_share=config.rare_class_share,
             )
         )
-        self._redactor_factory = redactor_factory or (lambda: Redactor(config.privacy))
+        self._redactor_factory = redactor_factory or (lambda: _load_redactor(config))
         self._lock = threading.Lock()  # the selector's bucket: decided here, settled by the worker
         self._jobs: deque[object] = deque()
+        self._queued_bytes = 0  # image bytes of the jobs waiting: the queue's second bound
         self._ready = threading.Condition()
         self.stats: Counter[str] = Counter()  # selected, sent, dropped_queue, not_redacted, ...
         self._thread: threading.Thread | None = None
@@ -163,14 +167,27 @@ class SampleUploader:
             return decision
         self.stats["selected"] += 1
         job = _Job(frame, found, tuple(labels), model_version, decision)
+        size = frame.image.nbytes
         with self._ready:
-            if len(self._jobs) >= self.config.queue:
-                oldest = self._jobs.popleft()
-                assert isinstance(oldest, _Job)
+            # Bounded in frames and in bytes: the oldest waiting frame makes room (counted).
+            while self._jobs and (
+                len(self._jobs) >= self.config.queue or self._queued_bytes + size > self.config.queue_bytes
+            ):
+                oldest = self._jobs[0]
+                if not isinstance(oldest, _Job):
+                    break  # the stop sentinel: never dropped
+                self._jobs.popleft()
+                self._queued_bytes -= oldest.frame.image.nbytes
                 self._give_back(oldest, "dropped_queue")
             self._jobs.append(job)
+            self._queued_bytes += size
             self._ready.notify()
         return decision
+
+    @property
+    def queued_bytes(self) -> int:
+        """Image bytes waiting for the worker."""
+        return self._queued_bytes
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -195,6 +212,8 @@ class SampleUploader:
                 while not self._jobs:
                     self._ready.wait()
                 job = self._jobs.popleft()
+                if isinstance(job, _Job):
+                    self._queued_bytes -= job.frame.image.nbytes
             if job is _STOP:
                 return
             assert isinstance(job, _Job)
@@ -205,6 +224,8 @@ class SampleUploader:
                 self._give_back(job, "failed")
 
     def _build_redactor(self) -> Redactor | None:
+        # Here, on the worker, at its start: the face and plate models are loaded only by an
+        # agent whose samples (images) may leave the device, never at import or by default.
         try:
             return self._redactor_factory()
         except Exception as exc:  # fail closed: any reason the redactor cannot run means no images
@@ -270,3 +291,10 @@ class SampleUploader:
         self.stats[why] += 1
         with self._lock:
             self.selector.refund(job.decision.reserved_bytes)
+
+
+def _load_redactor(config: SamplesConfig) -> Redactor:
+    """The redactor and its models, imported on first use (they cost ``onnx`` and a session)."""
+    from roadside.edge.privacy.redact import Redactor
+
+    return Redactor(config.privacy)

@@ -77,6 +77,7 @@ class MqttUplink:
         on_command: CommandHandler,
         max_inflight: int = 64,
         keepalive_s: int = 30,
+        max_inflight_bytes: int = 8 * 1024 * 1024,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         *,
         scratch_dir: Path,
@@ -90,6 +91,9 @@ class MqttUplink:
         self.outbox = outbox
         self.on_command = on_command
         self.max_inflight = max_inflight
+        # Sealed copies of in-flight messages sit in paho's buffers until their PUBACK: bounded
+        # in bytes as well as in count (64 hard-example messages would be 15 MB).
+        self.max_inflight_bytes = max_inflight_bytes
         self.keepalive_s = keepalive_s
         self._clock_ms = clock_ms
         self._sealer = DeviceSealer(bundle.device_id, bundle.keypair(), bundle.hub_public())
@@ -104,6 +108,7 @@ class MqttUplink:
         self._status_topic = topics.uplink(bundle.site, bundle.device_id, "status")
         self._command_topic = topics.command(bundle.device_id)
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq; the uplink thread's alone
+        self._inflight_bytes: dict[int, int] = {}  # paho mid -> payload bytes; same thread
         self._acks: queue.SimpleQueue[PubAck] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._connected = threading.Event()
@@ -219,6 +224,7 @@ class MqttUplink:
         session.loop_stop()
         self._settle_acks()  # acks that arrived before the connection closed still count
         self._inflight.clear()  # the outbox still holds the rest; the next session resends
+        self._inflight_bytes.clear()
 
     def _fill(self, session: MqttSession) -> bool:
         """Publish pending messages up to the in-flight limit; False when nothing was sent."""
@@ -228,8 +234,12 @@ class MqttUplink:
                 return False  # held after a refusal: the session loop waits
             time.sleep(0.005)
             return True
+        room_bytes = self.max_inflight_bytes - sum(self._inflight_bytes.values())
+        if room_bytes <= 0:
+            time.sleep(0.005)  # the window is full in bytes: wait for PUBACKs
+            return True
         busy = set(self._inflight.values())
-        items = self.outbox.pending(room, exclude=busy)
+        items = self.outbox.pending(room, exclude=busy, max_bytes=room_bytes)
         for item in items:
             topic = topics.uplink(self.bundle.site, self.bundle.device_id, item.kind)  # type: ignore[arg-type]
             wire = self._sealer.seal(item.kind, item.seq, item.payload, self._clock_ms())
@@ -238,6 +248,7 @@ class MqttUplink:
                 return False
             # Its PUBACK may already be queued; it is settled only after this, on this thread.
             self._inflight[sent.mid] = item.seq
+            self._inflight_bytes[sent.mid] = len(item.payload)
             self.published += 1
         return bool(items)
 
@@ -273,6 +284,7 @@ class MqttUplink:
 
     def _settle(self, ack: PubAck) -> None:
         seq = self._inflight.pop(ack.mid, None)
+        self._inflight_bytes.pop(ack.mid, None)
         if seq is None:
             return  # a status message, or a publish from a session we already abandoned
         if ack.delivery is Delivery.REFUSED:
