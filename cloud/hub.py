@@ -23,6 +23,7 @@ from roadside.cloud.api.webhooks import WebhookDestinations, WebhookDispatcher, 
 from roadside.cloud.broker.pki import CertFiles
 from roadside.cloud.console import install_console
 from roadside.cloud.console.links import load_or_create_key
+from roadside.cloud.console.registry_sessions import RegistrySessions
 from roadside.cloud.console.sessions import SessionPolicy
 from roadside.cloud.dataset.store import DatasetStore
 from roadside.cloud.fleet.command_sender import CommandSender
@@ -181,6 +182,7 @@ class Hub:
             link_key=load_or_create_key(self.home.root),
             policy=SessionPolicy(lifetime_s=settings.console_session_s, idle_s=settings.console_idle_s),
             samples=self.datasets,
+            session_backend=RegistrySessions(self.registry.console_sessions),
         )
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch_registry, name="registry-watch", daemon=True)

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from roadside.cloud.api.deps import ApiResources, get_resources
 from roadside.cloud.console.assets import Assets
 from roadside.cloud.console.links import SpentLinks
-from roadside.cloud.console.sessions import Session, SessionPolicy, SessionStore
+from roadside.cloud.console.sessions import Session, SessionBackend, SessionPolicy, SessionStore
 from roadside.cloud.registry import ApiClient
 
 if TYPE_CHECKING:  # the dataset package imports OpenCV; the console only names its record type
@@ -39,6 +39,8 @@ SESSION_COOKIE: Final = "rs_session"
 LOGIN_CSRF_COOKIE: Final = "rs_login_csrf"
 CSRF_HEADER: Final = "x-csrf-token"
 CSRF_FIELD: Final = "csrf_token"
+# A session kept elsewhere records its last use to the minute (to a tenth of a short idle timeout).
+REGISTRY_TOUCH_S: Final = 60.0
 TEMPLATES_DIR: Final = Path(__file__).parent / "templates"
 # No inline script or style anywhere: every script is a hashed file from /ui/static.
 CONTENT_SECURITY_POLICY: Final = (
@@ -259,18 +261,28 @@ def install_console(
     policy: SessionPolicy | None = None,
     clock: Callable[[], float] = time.time,
     samples: SampleImages | None = None,
+    session_backend: SessionBackend | None = None,
 ) -> ConsoleState:
     """Mount the console at ``/ui`` on an app made by ``create_app``; returns its state.
 
     ``link_key`` signs one-time sign-in links (``None``: only token sign-in). ``samples`` is where
-    the traffic page finds its redacted thumbnail (``None``: no thumbnails).
+    the traffic page finds its redacted thumbnail (``None``: no thumbnails). ``session_backend``
+    keeps the sessions (``None``: this process's memory; the hub passes the registry's, whose
+    last-use times are written at most once a minute per session).
     """
     from roadside.cloud.console import pages
 
     resources = app.state.resources
     assert isinstance(resources, ApiResources)
     state = ConsoleState(
-        sessions=SessionStore(policy, clock=clock),
+        sessions=SessionStore(
+            policy,
+            clock=clock,
+            backend=session_backend,
+            touch_every_s=min(REGISTRY_TOUCH_S, (policy or SessionPolicy()).idle_s / 10)
+            if session_backend
+            else 0.0,
+        ),
         assets=Assets(),
         templates=make_templates(),
         link_key=link_key,

@@ -360,3 +360,40 @@ def test_the_traffic_page_shows_speeds_per_site_line_and_class_and_the_newest_re
         samples.close()
         store.close()
         registry.close()
+
+
+def test_sessions_in_the_registry_survive_a_restart_and_are_shared_by_hubs(tmp_path: Path) -> None:
+    from roadside.cloud.console.registry_sessions import RegistrySessions
+
+    registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry.create_schema()
+    store = SqliteStore(tmp_path / "store.db")
+    token = registry.api_clients.create("ops", ["admin"])
+
+    def hub() -> TestClient:
+        app = create_app(store=store, registry=registry, metrics_registry=CollectorRegistry())
+        install_console(app, session_backend=RegistrySessions(registry.console_sessions))
+        return TestClient(app, base_url="http://testserver")
+
+    try:
+        with hub() as first:
+            csrf = sign_in(first, token)
+            cookie = first.cookies["rs_session"]
+        assert registry.console_sessions.count() == 1
+        # The row holds the cookie's digest, never the cookie.
+        with registry.engine.connect() as db:
+            (digest,) = db.exec_driver_sql("SELECT digest FROM console_sessions").one()
+        assert digest != cookie
+        assert len(digest) == 64
+        with hub() as second, hub() as third:  # "restarted", and a second hub beside it
+            second.cookies.set("rs_session", cookie)
+            third.cookies.set("rs_session", cookie)
+            assert second.get("/ui/overview").status_code == 200
+            assert third.get("/ui/audit").status_code == 200
+            signed_out = third.post("/ui/logout", data={"csrf_token": csrf}, follow_redirects=False)
+            assert signed_out.status_code == 303
+            assert second.get("/ui/overview", follow_redirects=False).status_code == 303  # ended everywhere
+        assert registry.console_sessions.count() == 0
+    finally:
+        store.close()
+        registry.close()

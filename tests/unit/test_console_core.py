@@ -184,3 +184,39 @@ def _sha_bytes(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def test_a_session_kept_elsewhere_records_its_last_use_at_most_once_a_step() -> None:
+    from roadside.cloud.console.sessions import MemorySessions
+
+    now = [1000.0]
+    writes: list[float] = []
+
+    class CountingSessions(MemorySessions):
+        def touch(self, digest: str, last_used_at: float) -> None:
+            writes.append(last_used_at)
+            super().touch(digest, last_used_at)
+
+    store = SessionStore(SessionPolicy(lifetime_s=3600, idle_s=600), clock=lambda: now[0],
+                         backend=CountingSessions(), touch_every_s=60)  # fmt: skip
+    session_id, _ = store.open("ops")
+    for step in (10, 20, 30, 50, 70):  # seconds after sign-in
+        now[0] = 1000.0 + step
+        touched = store.touch(session_id)
+        assert touched is not None
+        assert touched.last_used_at == now[0]
+    assert writes == [1070.0]  # 60 s after the last write, not on every page
+    now[0] = 1070.0 + 600
+    assert store.touch(session_id) is None  # idle past the timeout: ended and forgotten
+    assert len(store) == 0
+
+
+def test_opening_a_session_drops_idle_ones_first() -> None:
+    now = [0.0]
+    store = SessionStore(SessionPolicy(lifetime_s=3600, idle_s=60), clock=lambda: now[0], max_sessions=10)
+    stale, _ = store.open("ops")
+    now[0] = 61.0
+    fresh, _ = store.open("ops")
+    assert len(store) == 1
+    assert store.touch(stale) is None
+    assert store.touch(fresh) is not None
