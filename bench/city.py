@@ -298,7 +298,7 @@ class City:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     nofile = raise_fd_limit()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-city-"))
+    workdir = Path(tempfile.mkdtemp(prefix="bench-city-", dir=args.workdir))
     city = City(args, workdir)
     load_start = psutil.getloadavg()
     try:
@@ -389,6 +389,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-s", type=float, default=120.0)
     p.add_argument("--settle-s", type=float, default=300.0, help="for the hub to store the last messages")
     p.add_argument("--keep", action="store_true", help="keep the devices' bundles (private keys) afterwards")
+    p.add_argument("--workdir", type=Path, default=None, help="where the run's directory is made")
     return p
 
 

@@ -389,7 +389,7 @@ def plot(samples: list[dict[str, Any]], path: Path, title: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    root = Path(tempfile.mkdtemp(prefix="bench-soak-", dir=args.workdir))
     soak = Soak(args, root)
     load_before = psutil.getloadavg()
     try:
@@ -448,6 +448,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--real-interval-s", type=int, default=10)
     p.add_argument("--settle-s", type=float, default=120.0, help="for the hub to store the last messages")
     p.add_argument("--plot", type=Path, default=None, help="write the PNG here")
+    p.add_argument("--workdir", type=Path, default=None, help="where the run's directory is made")
     return p
 
 
