@@ -21,11 +21,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.timeout(280)
 def test_a_one_minute_soak_stores_everything_it_made(tmp_path: Path) -> None:
-    args = soak.parser().parse_args(
-        ["--agents", "5", "--real-agents", "1", "--minutes", "1", "--sample-s", "10", "--warmup-min", "0.2"]
-        + ["--counts-every-s", "2", "--health-every-s", "5", "--events-per-hour", "600"]
-        + ["--workdir", str(tmp_path)]
-    )
+    options = "--agents 5 --real-agents 1 --minutes 1 --sample-s 10 --warmup-min 0.2 --counts-every-s 2"
+    options += " --health-every-s 5 --events-per-hour 600"
+    args = soak.parser().parse_args([*options.split(), "--workdir", str(tmp_path)])
     result = soak.run(args)
     assert result["created"] > 0, result
     assert (result["lost"], result["unexplained"], result["rejected"]) == (0, 0, {}), result
@@ -36,11 +34,9 @@ def test_a_one_minute_soak_stores_everything_it_made(tmp_path: Path) -> None:
 @pytest.mark.timeout(280)
 def test_a_small_city_connects_every_device_and_loses_nothing(tmp_path: Path) -> None:
     devices = 200
-    args = city.parser().parse_args(
-        ["--devices", str(devices), "--procs", "1", "--minutes", "0.3", "--counts-every-s", "5"]
-        + ["--health-every-s", "5", "--events-per-hour", "360", "--canary", "5", "--waves", "50,100"]
-        + ["--rollout-timeout-s", "150", "--settle-s", "60", "--workdir", str(tmp_path)]
-    )
+    options = f"--devices {devices} --procs 1 --minutes 0.3 --counts-every-s 5 --health-every-s 5"
+    options += " --events-per-hour 360 --canary 5 --waves 50,100 --rollout-timeout-s 150 --settle-s 60"
+    args = city.parser().parse_args([*options.split(), "--workdir", str(tmp_path)])
     result = city.run(args)
     assert result["connected"] == devices, result
     assert result["created"] > devices, result
