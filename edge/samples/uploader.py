@@ -149,6 +149,9 @@ class SampleUploader:
         self._ready = threading.Condition()
         self.stats: Counter[str] = Counter()  # selected, sent, dropped_queue, not_redacted, ...
         self._thread: threading.Thread | None = None
+        # Set by the worker once it has tried to build the redactor (None: it could not).
+        self.redactor: Redactor | None = None
+        self.redactor_tried = threading.Event()
 
     # -- pipeline thread -------------------------------------------------------------
 
@@ -206,7 +209,8 @@ class SampleUploader:
     # -- the samples thread ----------------------------------------------------------
 
     def _run(self) -> None:
-        redactor = self._build_redactor()
+        redactor = self.redactor = self._build_redactor()
+        self.redactor_tried.set()
         while True:
             with self._ready:
                 while not self._jobs:
