@@ -8,6 +8,7 @@ with ``console:<client name>`` as the actor.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hmac
 import io
@@ -23,6 +24,7 @@ from starlette.background import BackgroundTask
 
 from roadside.cloud.api.alerting import hub_alerts
 from roadside.cloud.api.deps import ADMIN, READ_TELEMETRY, WRITE_DEVICES, WRITE_ROLLOUTS
+from roadside.cloud.api.routes.signals import call_messages
 from roadside.cloud.api.routes.stream import EVENT_STREAM, event_messages
 from roadside.cloud.api.schemas import CountsParams, EventsParams
 from roadside.cloud.api.webhooks import masked_url
@@ -52,6 +54,9 @@ from roadside.cloud.fleet.live import EventFilter, FeedFullError
 from roadside.cloud.registry import SCOPES
 from roadside.cloud.release.controller import change_rollout, create_rollout, rollout_status
 from roadside.cloud.release.rollouts import RolloutSpec, parse_duration, parse_waves
+from roadside.cloud.signals.calls import FeedFullError as CallFeedFullError
+from roadside.cloud.signals.phases import phase_states
+from roadside.cloud.storage.signals import SupportsSignals
 from roadside.shared.errors import ConfigError, RoadsideError
 
 logger = logging.getLogger(__name__)
@@ -499,6 +504,75 @@ def signals(request: Request, operator: OperatorDep, resources: ResourcesDep) ->
     require(operator, READ_TELEMETRY)
     context = {"page": "signals", "signals": resources.registry.signals.list()}
     return render(request, "signals.html", context, operator=operator)
+
+
+PHASE_LOOKBACK: Final = timedelta(minutes=10)  # a phase not heard of for longer is not shown
+
+
+def _phases_context(resources: ResourcesDep, signal_id: str) -> dict[str, Any]:
+    store = resources.store
+    if not isinstance(store, SupportsSignals):
+        return {"phases": [], "phases_note": "This hub's store keeps no controller events."}
+    now = datetime.now(UTC)
+    try:
+        events = store.controller_events(signal_id, now - PHASE_LOOKBACK, now + timedelta(seconds=5), 5000)
+    except RoadsideError as exc:
+        return {"phases": [], "phases_note": f"The store did not answer: {exc}."}
+    return {"phases": phase_states(events), "phases_note": ""}
+
+
+@router.get("/signals/{signal_id}", response_class=HTMLResponse)
+def signal_page(
+    request: Request,
+    operator: OperatorDep,
+    resources: ResourcesDep,
+    signal_id: Annotated[str, Path(max_length=64)],
+) -> Response:
+    """One signal: its channels with their live calls (SSE) and its phases (from the controller's events)."""
+    require(operator, READ_TELEMETRY)
+    record = resources.registry.signals.get(signal_id)
+    if record is None:
+        return render(
+            request, "not_found.html", {"what": f"signal {signal_id}"}, operator=operator, status_code=404
+        )
+    context = {"page": "signals", "sig": record, "live": resources.signal_calls is not None,
+               **_phases_context(resources, signal_id)}  # fmt: skip
+    return render(request, "signal.html", context, operator=operator)
+
+
+@router.get("/signals/{signal_id}/phases", response_class=HTMLResponse)
+def signal_phases(
+    request: Request,
+    operator: OperatorDep,
+    resources: ResourcesDep,
+    signal_id: Annotated[str, Path(max_length=64)],
+) -> Response:
+    require(operator, READ_TELEMETRY)
+    return render(request, "_signal_phases.html", _phases_context(resources, signal_id), operator=operator)
+
+
+@router.get("/signals/{signal_id}/calls")
+async def signal_calls_stream(
+    operator: OperatorDep, resources: ResourcesDep, signal_id: Annotated[str, Path(max_length=64)]
+) -> Response:
+    """The API's live call stream of one signal (same messages), for a signed-in browser."""
+    require(operator, READ_TELEMETRY)
+    dispatcher = resources.signal_calls
+    if dispatcher is None or await asyncio.to_thread(resources.registry.signals.get, signal_id) is None:
+        return Response(
+            "no such signal, or no call stream on this hub", status_code=404, media_type="text/plain"
+        )
+    try:
+        subscription = dispatcher.feed.subscribe(signal_id)
+    except CallFeedFullError:
+        return Response("too many live streams; reload in a minute", status_code=503, media_type="text/plain")
+    settings = resources.settings
+    return StreamingResponse(
+        call_messages(subscription, settings.sse_heartbeat_s, settings.sse_max_duration_s),
+        media_type=EVENT_STREAM,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(subscription.close),
+    )
 
 
 @router.get("/air", response_class=HTMLResponse)

@@ -234,6 +234,51 @@ def test_signals_page_lists_each_signal_and_its_channels(console: Console) -> No
     page = console.client.get("/ui/signals").text
     assert "Main &amp; 5th" in page
     assert "stopbar-n" in page
+    assert 'href="/ui/signals/main-5th"' in page
+    assert console.client.get("/ui/signals/elsewhere").status_code == 404
+
+
+def test_a_signal_page_streams_its_calls_and_shows_its_phases(tmp_path: Path) -> None:
+    from roadside.cloud.signals.calls import build_call
+    from roadside.cloud.signals.channel_map import ChannelMap
+    from roadside.cloud.storage.signals import ControllerEvent
+    from roadside.shared.schemas import DetectorChange
+
+    opened = _console(tmp_path, sse_max_duration_s=1.0)
+    console = next(opened)
+    channel_map = ChannelMap.model_validate(
+        {"channels": [{"channel": 2, "device": "cam-1", "stream": "north", "zone": "stopbar-n", "phase": 2}]}
+    )
+    console.registry.signals.set_map("main-5th", channel_map, name="Main & 5th")
+    sign_in(console.client, console.viewer)
+    page = console.client.get("/ui/signals/main-5th").text
+    assert '<tr data-channel="2">' in page
+    assert 'data-stream="/ui/signals/main-5th/calls"' in page
+    assert "No phase events in the last 10 minutes" in page
+    now = datetime.now(UTC) - timedelta(seconds=30)
+    console.store.write_controller_events("main-5th", [
+        ControllerEvent(now, 1, 2), ControllerEvent(now + timedelta(seconds=20), 8, 2),  # phase 2: green, yellow
+        ControllerEvent(now, 1, 4), ControllerEvent(now + timedelta(seconds=1), 43, 4),  # phase 4: green, called
+    ])  # fmt: skip
+    phases = console.client.get("/ui/signals/main-5th/phases").text
+    rows = re.findall(
+        r'<tr data-phase="(\d)">.*?class="signal-light ([a-z-]+)".*?<td>(yes|no)</td></tr>', phases, re.S
+    )
+    assert rows == [("2", "yellow", "no"), ("4", "green", "yes")]
+    feed = console.client.app.state.resources.signal_calls.feed  # type: ignore[attr-defined]
+    change = DetectorChange(ts=now, stream="north", zone="stopbar-n", zone_kind="presence", state="on")
+    call = build_call("main-5th", channel_map.channels[0], "cam-1", change, datetime.now(UTC), 7)
+    with console.client.stream("GET", "/ui/signals/main-5th/calls") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        deadline = time.monotonic() + 5
+        while feed.subscribers() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        feed.offer("main-5th", [call])
+        body = "".join(stream.iter_text())
+    assert "event: call" in body
+    assert '"channel":2' in body
+    assert '"called":true' in body
+    opened.close()
 
 
 def _health(at: datetime, **values: Any) -> Health:

@@ -745,14 +745,14 @@ async def signal_calls(
     except FeedFullError as exc:
         raise problems.unavailable("too-many-streams", "Too many streams", str(exc), 30) from exc
     return StreamingResponse(
-        _messages(subscription, settings.sse_heartbeat_s, settings.sse_max_duration_s),
+        call_messages(subscription, settings.sse_heartbeat_s, settings.sse_max_duration_s),
         media_type=EVENT_STREAM,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         background=BackgroundTask(subscription.close),
     )
 
 
-async def _messages(
+async def call_messages(
     subscription: CallSubscription, heartbeat_s: float, max_duration_s: float
 ) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()

@@ -110,11 +110,38 @@
     };
   }
 
+  // The signal page: each channel's call as the hub sends it (SSE "call" events, the API's stream).
+  function liveCalls() {
+    var state = document.getElementById("calls-state");
+    var table = document.getElementById("channels");
+    if (!state || !table || typeof EventSource === "undefined") { return; }
+    var source = new EventSource(state.dataset.stream);
+    source.onopen = function () { state.textContent = "Live: calls appear as the hub sends them."; };
+    source.onerror = function () { state.textContent = "Live calls paused; reconnecting…"; };
+    source.addEventListener("call", function (message) {
+      var c = JSON.parse(message.data);
+      var row = table.querySelector('tr[data-channel="' + c.channel + '"]');
+      if (!row) { return; }
+      var call = row.querySelector(".call");
+      call.textContent = (c.called ? "called" : "no call") + " (" + c.state + ")";
+      call.className = "call " + (c.called ? "called" : "idle");
+      var time = document.createElement("time");
+      time.setAttribute("datetime", c.captured_at);
+      time.setAttribute("data-relative", "");
+      var when = row.querySelector(".when");
+      when.textContent = "";
+      when.appendChild(time);
+      localTimes(row);
+      row.dataset.calls = String(Number(row.dataset.calls || 0) + 1);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     localTimes(document);
     drawChart();
     drawHealth();
     liveEvents();
+    liveCalls();
     document.body.dataset.ready = "true";
   });
   document.addEventListener("htmx:afterSwap", function (event) { localTimes(event.target); });
