@@ -10,7 +10,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,7 +46,7 @@ class Console:
     store: SqliteStore
 
 
-def _console(tmp_path: Path, **app_options: object) -> Iterator[Console]:
+def _console(tmp_path: Path, **app_options: object) -> Generator[Console]:
     registry = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
     registry.create_schema()
     store = SqliteStore(tmp_path / "store.db")
