@@ -1,6 +1,6 @@
 """A lean MQTT 5 client session for the hub's ingest: bulk reads, batched acknowledgements.
 
-Why not paho here (docs/adr/0022-lean-mqtt-session-for-ingest.md): profiled while
+Why not paho here (docs/adr/0025-lean-mqtt-session-for-ingest.md): profiled while
 the hub drained a backlog, paho's network thread took about a third of the hub's
 CPU. It reads each packet with three or more TLS reads (the fixed header byte by
 byte), asks the TLS socket for pending bytes after each, builds a ``Properties``

@@ -62,7 +62,7 @@ class BrokerClientConfig:
     client_id: str = "hub"  # the CN of the certificate it connects with: the broker enforces it
     group: str | None = "hub"  # None: a plain subscription (one hub only)
     session_expiry_s: int = 3600  # the broker keeps our unacknowledged messages this long
-    # "lean": bulk reads and one write per batch of PUBACKs (mqttlink.lean, ADR 0022); "paho": MqttSession.
+    # "lean": bulk reads and one write per batch of PUBACKs (mqttlink.lean, ADR 0025); "paho": MqttSession.
     mqtt_client: Literal["lean", "paho"] = "lean"
 
 
