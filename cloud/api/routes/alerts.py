@@ -70,6 +70,9 @@ class AckRequest(BaseModel):
     )
 
 
+_NO_NOTE: Final = AckRequest()
+
+
 @router.get(
     "",
     summary="Open alerts",
@@ -118,15 +121,13 @@ def acknowledge_alert(
     client: DeviceWriter,
     request: Request,
     alert_id: Annotated[str, Path(min_length=1, max_length=MAX_ALERT_ID, description="The alert's `id`.")],
-    body: Annotated[AckRequest | None, Body()] = None,
+    body: Annotated[AckRequest, Body()] = _NO_NOTE,
 ) -> AlertView:
     resources = get_resources(request)
     alert = next((a for a in hub_alerts(resources) if a.id == alert_id), None)
     if alert is None:
         raise problems.not_found("open alert", alert_id)
-    ack = resources.registry.alert_acks.acknowledge(
-        alert_id, actor=actor(client), note=body.note if body else ""
-    )
+    ack = resources.registry.alert_acks.acknowledge(alert_id, actor=actor(client), note=body.note)
     logger.info("alert %s acknowledged by %s", alert_id, client.name)
     return AlertView.of(alert).model_copy(
         update={"acknowledged_by": ack.acknowledged_by, "acknowledged_at": ack.acknowledged_at}
