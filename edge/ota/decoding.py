@@ -10,8 +10,9 @@ the device that imports ``zstandard``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Final
 
 import zstandard
 
@@ -24,9 +25,9 @@ _CHUNK: Final = 1024 * 1024
 
 
 def decode_into(
-    encoding: str, payload: Path, out: BinaryIO, max_bytes: int, base: bytes | None = None
+    encoding: str, payload: Path, write: Callable[[bytes], object], max_bytes: int, base: bytes | None = None
 ) -> int:
-    """Write what ``payload`` encodes to ``out``; returns the bytes written.
+    """Pass what ``payload`` encodes to ``write``, chunk by chunk; returns the bytes written.
 
     Raises :class:`TamperedTargetError` for an undecodable frame, output past
     ``max_bytes``, a patch without its base or an unknown encoding.
@@ -51,7 +52,7 @@ def decode_into(
                 written += len(chunk)
                 if written > max_bytes:
                     raise TamperedTargetError(f"{payload.name} decodes past the model's {max_bytes} bytes")
-                out.write(chunk)
+                write(chunk)
     except zstandard.ZstdError as exc:
         raise TamperedTargetError(f"{payload.name} does not decode: {exc}") from exc
     return written

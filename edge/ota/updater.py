@@ -373,7 +373,8 @@ class ModelUpdater:
                     OtaRefusal(TamperedTargetError.reason, f"{part} changed on disk after download")
                 )
             os.fsync(handle.fileno())
-        _write_json(folder / f"{target.version}.json", record.to_json())
+        # One folder fsync for both renames (the sidecar's and the model's): the one below.
+        _write_json(folder / f"{target.version}.json", record.to_json(), sync_dir=False)
         os.replace(part, staged)
         _fsync_dir(folder)
         self._checkpoint("staged")
@@ -391,8 +392,7 @@ class ModelUpdater:
         failures: list[str] = []
         for transfer in plan_transfers(target, held):
             try:
-                self._fetch_form(updater, transfer, target, part, held)
-                if _verifies(part, record):
+                if self._fetch_form(updater, transfer, target, part, held) == (record.sha256, record.length):
                     return transfer.encoding, tuple(failures)
                 raise _FormFailed(f"{transfer.path} rebuilds to bytes that fail {target.path}'s hash")
             except _FormFailed as failed:
@@ -410,8 +410,11 @@ class ModelUpdater:
         target: ModelTarget,
         part: Path,
         held: dict[str, InstalledModel],
-    ) -> None:
-        """Download the signed form (ngclient checks its own length and hash) and decode it into ``part``."""
+    ) -> tuple[str, int]:
+        """Download the signed form (ngclient checks its own length and hash) and decode it into ``part``.
+
+        Returns the sha256 and length of what it wrote, hashed as it streams.
+        """
         form = updater.get_targetinfo(transfer.path)
         if form is None:
             raise _FormFailed(f"{transfer.path} is not a signed target")
@@ -425,14 +428,21 @@ class ModelUpdater:
             if base is None:
                 raise _FormFailed(f"the model {transfer.path} applies to no longer verifies on this device")
         payload = part.with_name(f"{part.stem}.{transfer.encoding}")
+        digest = hashlib.sha256()
         try:
             updater.download_target(form, filepath=str(payload))
             with part.open("wb") as out:
-                decode_into(transfer.encoding, payload, out, target.length, base)
+
+                def write(chunk: bytes) -> None:
+                    digest.update(chunk)
+                    out.write(chunk)
+
+                length = decode_into(transfer.encoding, payload, write, target.length, base)
         except (tuf_errors.DownloadError, tuf_errors.RepositoryError, TamperedTargetError) as exc:
             raise _FormFailed(f"{transfer.path}: {exc}") from exc
         finally:
             payload.unlink(missing_ok=True)
+        return digest.hexdigest(), length
 
     def staged_model(self, name: str, version: str) -> Path | None:
         """The verified file ``check_and_stage`` left for ``version`` (to load it before ``activate``)."""
@@ -660,15 +670,19 @@ def _verifies_handle(handle: BinaryIO, record: InstalledModel) -> bool:
     return length == record.length and digest.hexdigest() == record.sha256
 
 
-def _write_json(path: Path, body: dict[str, Any]) -> None:
-    """Replace ``path`` atomically and durably: temp file, fsync, rename, fsync the folder."""
+def _write_json(path: Path, body: dict[str, Any], *, sync_dir: bool = True) -> None:
+    """Replace ``path`` atomically and durably: temp file, fsync, rename, fsync the folder.
+
+    ``sync_dir=False`` leaves the folder's fsync to the caller, who renames more into it.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as handle:
         handle.write(json.dumps(body, sort_keys=True).encode())
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -24,18 +24,18 @@ def payload(tmp_path: Path, data: bytes) -> Path:
 
 def test_a_patch_and_a_compressed_file_rebuild_the_model(tmp_path: Path) -> None:
     out = io.BytesIO()
-    assert decode_into("zstd-patch", payload(tmp_path, make_patch(BASE, NEW)), out, len(NEW), BASE) == len(
-        NEW
-    )
+    assert decode_into(
+        "zstd-patch", payload(tmp_path, make_patch(BASE, NEW)), out.write, len(NEW), BASE
+    ) == len(NEW)
     assert out.getvalue() == NEW
     out = io.BytesIO()
-    decode_into("zstd", payload(tmp_path, compress(NEW)), out, len(NEW))
+    decode_into("zstd", payload(tmp_path, compress(NEW)), out.write, len(NEW))
     assert out.getvalue() == NEW
 
 
 def test_output_past_the_signed_length_is_cut_off(tmp_path: Path) -> None:
     with pytest.raises(TamperedTargetError, match="past the model"):
-        decode_into("zstd", payload(tmp_path, compress(NEW + b"x")), io.BytesIO(), len(NEW))
+        decode_into("zstd", payload(tmp_path, compress(NEW + b"x")), io.BytesIO().write, len(NEW))
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ def test_undecodable_forms_are_tampered(
     tmp_path: Path, encoding: str, data: bytes, base: bytes | None, why: str
 ) -> None:
     with pytest.raises(TamperedTargetError, match=why):
-        decode_into(encoding, payload(tmp_path, data), io.BytesIO(), 1 << 20, base)
+        decode_into(encoding, payload(tmp_path, data), io.BytesIO().write, 1 << 20, base)
 
 
 def test_forms_that_save_nothing_are_not_published() -> None:
