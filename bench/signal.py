@@ -42,6 +42,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from roadside.edge.analytics.config import TrackerConfig
 from roadside.shared.errors import RoadsideError
 from roadside.sim.signal_ways import WAYS, Network, compare
 from roadside.sim.sumo.poses import junction_camera, load_pose_file, write_pose_file
@@ -85,13 +86,17 @@ def turning_movements(network: Network, args: argparse.Namespace) -> dict[str, A
     duration = args.tmc_duration or max(args.duration - _TMC_WARMUP_S, 10.0)
     common: dict[str, Any] = {"duration_s": duration, "warmup_s": _TMC_WARMUP_S, "seed": args.seed}
     out: dict[str, Any] = {"camera": pose.model_dump(mode="json", exclude_none=True)}
+    from roadside.sim.signal_loop import LOW_SCORE, tracker_settings
+
     model = args.model or DEFAULT_MODEL
     detector = count_movements(
         network.sumocfg,
         network.net,
         junction,
         pose,
-        detect=onnx_detector(model, conf=args.conf),
+        # As the loop's agent runs it: boxes down to LOW_SCORE, tracks started at --conf.
+        detect=onnx_detector(model, conf=min(LOW_SCORE, args.conf)),
+        tracker=TrackerConfig.model_validate(tracker_settings(args.conf)),
         detections=model.name,
         **common,
     )

@@ -87,6 +87,16 @@ _COUNT_ZONE_M = 10.0  # the junction camera's count zones: the last metres of ea
 # Presence zones go off one frame after their last occupant left (a loop card's delay timer set to
 # one frame): a vehicle the detector misses in a single frame does not drop and re-place its call.
 PRESENCE_OFF_DELAY_S = 0.1
+LOW_SCORE = 0.2  # the weakest box the agent keeps: it may carry on a track, never start one
+
+
+def tracker_settings(conf_threshold: float) -> dict[str, float]:
+    """The agent's tracker for a detector used at ``conf_threshold``: tracks start there, live on lower."""
+    return {
+        "high_score": conf_threshold,
+        "new_track_score": conf_threshold,
+        "low_score": min(LOW_SCORE, conf_threshold),
+    }
 
 
 @dataclass(frozen=True)
@@ -502,10 +512,16 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
         legs = {} if junction is None else {junction.pose.name: junction}
         rates = {pose.name: (legs[pose.name].fps if pose.name in legs else fps) for pose in poses}
         model_config: dict[str, Any] = {}
+        tracker: dict[str, Any] = {}
         if model is not None:
             model_config["path"] = str(model)
         if conf_threshold is not None:
-            model_config["conf_threshold"] = conf_threshold
+            # The detector keeps boxes down to LOW_SCORE; a track starts at ``conf_threshold`` and the
+            # weaker boxes only carry on tracks already there (ByteTrack's second association), so a
+            # vehicle that scores low for a frame keeps its call. The tracker's own default (0.5)
+            # would start no track from a detector whose true boxes score 0.35-0.5.
+            model_config["conf_threshold"] = min(LOW_SCORE, conf_threshold)
+            tracker = tracker_settings(conf_threshold)
         config = {
             "sources": [
                 {
@@ -524,6 +540,7 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
                 for order, pose in enumerate(poses, start=1)
             ],
             **({"model": model_config} if model_config else {}),
+            **({"analytics": {"tracker": tracker}} if tracker else {}),
             "signals": {
                 "interval_s": 60,
                 "cameras": {
