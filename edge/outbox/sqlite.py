@@ -114,6 +114,7 @@ class Outbox:
         self.dropped = 0
         self.refused_disk_full = 0  # new messages the filesystem had no room for (also in dropped)
         self.not_empty = threading.Condition(self._lock)
+        self._puts = 0  # messages stored so far: lets a waiter tell whether one came since it looked
 
     def put(self, kind: str, payload: bytes, priority: Priority) -> int:
         """Store one message durably; return how many older messages the budget forced out."""
@@ -144,6 +145,7 @@ class Outbox:
                 )
                 return 0
             self._bytes += len(payload)
+            self._puts += 1
             self.not_empty.notify_all()
         return dropped
 
@@ -241,9 +243,19 @@ class Outbox:
     def is_congested(self, fraction: float = 0.9) -> bool:
         return self._bytes >= self._max_bytes * fraction
 
-    def wait(self, timeout: float) -> None:
-        """Block until something is put or ``timeout`` passes."""
+    @property
+    def puts(self) -> int:
+        """How many messages were stored so far (read it before :meth:`pending`, pass it to :meth:`wait`)."""
         with self._lock:
+            return self._puts
+
+    def wait(self, timeout: float, seen: int | None = None) -> None:
+        """Block until something is put or ``timeout`` passes. With ``seen`` (:attr:`puts` as read
+        before the caller last looked at the queue), return at once when a put came since: one that
+        landed between that look and this wait would otherwise wait out the whole timeout."""
+        with self._lock:
+            if seen is not None and self._puts != seen:
+                return
             self.not_empty.wait(timeout)
 
     def close(self) -> None:

@@ -211,8 +211,9 @@ class MqttUplink:
             if time.monotonic() < self._hold_until:
                 self._stop.wait(0.2)
                 continue
+            seen = self.outbox.puts  # before _fill looks: a put while it publishes ends the wait at once
             if not self._fill(session):
-                self.outbox.wait(0.02 if self._inflight else 0.2)
+                self.outbox.wait(0.02 if self._inflight else 0.2, seen)
         if self._stop.is_set() and self.connected:
             session.publish(
                 self._status_topic, json.dumps({"state": "offline"}), qos=1, retain=True

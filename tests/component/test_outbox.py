@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 from roadside.edge.outbox import Outbox, Priority, QueuedMessage, choose_drops
@@ -35,6 +36,21 @@ def test_pending_skips_in_flight(tmp_path: Path) -> None:
         assert box.put("events", b"e", Priority.EVENTS) == 0  # nothing had to be dropped
     first = box.pending(3)
     assert [i.seq for i in box.pending(3, exclude={first[0].seq})] == [first[1].seq, first[2].seq]
+
+
+def test_a_put_after_the_waiter_looked_ends_its_wait(tmp_path: Path) -> None:
+    """The uplink reads ``puts``, looks at the queue, then waits: a put in between must not be
+    left waiting for the timeout (it held an event up to 0.2 s)."""
+    outbox = Outbox(tmp_path / "o.db")
+    seen = outbox.puts
+    assert outbox.pending(10) == []  # the waiter looks: nothing yet
+    outbox.put("events", b"e", Priority.EVENTS)  # ... and a message lands before it waits
+    waiter = threading.Thread(target=outbox.wait, args=(600.0, seen))
+    waiter.start()
+    waiter.join(30)
+    assert not waiter.is_alive(), "the wait should end at once: a message came after the look"
+    assert outbox.puts == seen + 1
+    outbox.close()
 
 
 def test_budget_drops_lowest_priority_oldest_first(tmp_path: Path) -> None:
