@@ -285,8 +285,9 @@ _ORT = """
 import json, sys
 from pathlib import Path
 import numpy as np
+from roadside.edge.inference.batching import BatchPolicy
 from roadside.edge.inference.engine import OnnxDetector
-from roadside.edge.inference.providers import ProviderSettings
+from roadside.edge.settings import ModelConfig
 
 def rss():
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -294,15 +295,15 @@ def rss():
             return float(line.split()[1]) / 1024.0
 
 spec = json.loads(sys.argv[1])
+config = ModelConfig(path=Path(spec["model"]), trt_cache_path=None)
 before = rss()
-detector = OnnxDetector(
-    Path(spec["model"]), ["CPUExecutionProvider"], provider_settings=ProviderSettings(max_batch=spec["streams"])
-)
+detector = OnnxDetector.from_config(config, spec["streams"])
 loaded = rss()
-images = [np.zeros((480, 640, 3), np.uint8) for _ in range(spec["streams"])]
+batch = BatchPolicy.for_streams(spec["streams"], None, config.max_wait_ms, detector.info.active_provider).max_batch
+images = [np.zeros((480, 640, 3), np.uint8) for _ in range(batch)]
 for _ in range(5):
     detector.detect(images)
-print(json.dumps({"session_load_mb": round(loaded - before, 1), "session_after_runs_mb": round(rss() - before, 1)}))
+print(json.dumps({"session_load_mb": round(loaded - before, 1), "session_after_runs_mb": round(rss() - before, 1), "batch": batch}))
 """
 
 

@@ -61,6 +61,9 @@ class ProviderSettings:
     cuda_mem_limit_bytes: int | None = None
     cpu_arena_max_bytes: int = 0  # the process's shared CPU arena; 0: no cap (it holds what runs need)
     max_batch: int = 1  # the largest batch the TensorRT optimisation profile must cover
+    # max_batch is the stream count, not configured: on the CPU the batcher then forms single
+    # frames (BatchPolicy.for_streams), so the self-test need not grow the arena for a batch.
+    batch_is_streams: bool = False
 
 
 @dataclass(frozen=True, slots=True)
