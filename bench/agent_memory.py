@@ -1,10 +1,11 @@
 """Agent memory: the real ``roadside agent run`` process, a baseline tree against this one, RSS sampled.
 
     python -m bench.agent_memory [--model shipped|yolo-class|PATH] [--streams 2] [--fps 10]
-        [--seconds 30] [--warmup 10] [--rounds 2] [--baseline REV]
+        [--seconds 30] [--warmup 10] [--rounds 2] [--baseline REV] [--after REV]
 
 The baseline is a ``git worktree`` of ``--baseline`` (default ``HEAD``);
-"after" is this checkout. Each round starts both agents one after the other
+"after" is this checkout, or a worktree of ``--after`` (immune to edits made
+while it runs). Each round starts both agents one after the other
 (alternating, so drift in the shared box's load hits both), each as the
 product runs it: ``roadside agent run --bundle B --config C`` in a fresh
 interpreter whose ``PYTHONPATH`` is that tree, with synthetic cameras paced
@@ -374,13 +375,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     try:
-        with _worktree(args.baseline) as (before_tree, commit), _Loop(workdir) as loop:
+        with (
+            _worktree(args.baseline) as (before_tree, commit),
+            _worktree(args.after) if args.after else contextlib.nullcontext((REPO, "working tree")) as (
+                after_tree,
+                after_commit,
+            ),
+            _Loop(workdir) as loop,
+        ):
             if loop.broker is None:
                 raise SystemExit(
                     "bench.agent_memory needs Mosquitto: the agent's uplink is part of what it holds"
                 )
             spec["bundle"] = loop.bundles["bench-agent"]
-            trees = {"before": before_tree, "after": REPO}
+            trees = {"before": before_tree, "after": after_tree}
             where = {label: _which_tree(tree) for label, tree in trees.items()}
             for r in range(args.rounds):
                 order = ("before", "after") if r % 2 == 0 else ("after", "before")
@@ -392,13 +400,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ort = {label: _ort_phase(tree, spec, workdir) for label, tree in trees.items()}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return summarise(args, model, commit, where, runs, traced, ort)
+    return summarise(args, model, {"before": commit, "after": after_commit}, where, runs, traced, ort)
 
 
 def summarise(
     args: argparse.Namespace,
     model: Path,
-    commit: str,
+    commits: dict[str, str],
     where: dict[str, str],
     runs: dict[str, list[dict[str, Any]]],
     traced: dict[str, dict[str, Any]],
@@ -420,7 +428,7 @@ def summarise(
         "fps_per_stream": args.fps,
         "seconds": args.seconds,
         "rounds": args.rounds,
-        "baseline": commit,
+        "commits": commits,
         "trees": where,
         "rss_mb_before": {
             "peak": median("before", "rss_peak_mb"),
@@ -456,6 +464,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds of running before the window")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--baseline", default="HEAD", help="git revision to compare against")
+    parser.add_argument("--after", help="git revision to measure (default: this working tree)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     print(json.dumps(run(args)))
