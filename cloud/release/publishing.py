@@ -11,6 +11,7 @@ records it with its scores, verdict and lineage.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -131,6 +132,35 @@ def lineage_of(path: Path) -> dict[str, Any]:
     return {"lineage": lineage} if isinstance(lineage, dict) else {}
 
 
+def card_summary(path: Path, frames: int, conditions: Sequence[str] | None) -> dict[str, Any] | None:
+    """The candidate's held-out scores from the card.json beside it, if they were taken the same way.
+
+    Only when the card names this very file (its sha256), the same frames per condition
+    and every condition asked for: ``roadside model train`` has just scored it, and scoring
+    seven held-out sets again costs minutes on a CPU box.
+    """
+    from roadside.models.evaluate import CONDITIONS
+
+    card = path.parent / "card.json"
+    if not card.is_file():
+        return None
+    try:
+        variants = json.loads(card.read_text())["variants"]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        evaluation = next(v["evaluation"] for v in variants if v["sha256"] == digest)
+    except (ValueError, KeyError, TypeError, StopIteration, OSError):
+        return None
+    wanted = set(conditions or CONDITIONS)
+    if (
+        not isinstance(evaluation, dict)
+        or evaluation.get("frames_per_condition") != frames
+        or not isinstance(evaluation.get("conditions"), dict)
+        or not wanted <= set(evaluation["conditions"])
+    ):
+        return None
+    return {**evaluation, "conditions": {c: v for c, v in evaluation["conditions"].items() if c in wanted}}
+
+
 def publish_candidate(
     home: HubHome,
     registry: Registry,
@@ -151,7 +181,8 @@ def publish_candidate(
     """Gate and publish ``path`` as ``name`` ``version``; a refusal returns an outcome without a record.
 
     ``candidate_summary`` may carry the candidate's scores when they were just
-    taken the same way (the retraining loop's card); otherwise they are taken here,
+    taken the same way (the retraining loop's card); otherwise they come from the
+    card.json beside the file when it scored this file the same way, or are taken here,
     on ``conditions`` (every synthetic one by default). The published model is
     compared on the candidate's conditions.
     """
@@ -162,6 +193,10 @@ def publish_candidate(
             f"no model repository in {home.root}; run `roadside model repo init --home {home.root}`"
         )
     current = latest_published(registry, name)
+    if candidate_summary is None:
+        candidate_summary = card_summary(path, eval_frames, conditions)
+        if candidate_summary is not None:
+            log.info("taking %s's held-out scores from its model card (same file, same frames)", path.name)
     candidate = (
         dict(candidate_summary)
         if candidate_summary is not None
