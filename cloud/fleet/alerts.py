@@ -24,8 +24,8 @@ kind                   open while                                               
 
 An alert's ``id`` names one *occurrence* (kind, subject and when it began), so an
 operator's acknowledgement hides that occurrence only; the next outage of the same
-device is a new alert. Rejection spikes have no durable start: their occurrence is
-the clock hour they were seen in.
+device is a new alert. A rollout fails once: its id is the rollout's. Rejection
+spikes have no durable start: their occurrence is the clock hour they were seen in.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def rollout_alerts(state: HubState, policy: AlertPolicy) -> list[Alert]:
         reason = f": {rollout.reason}" if rollout.reason else ""
         alerts.append(
             Alert(
-                id=f"rollout_failed:{rollout.id}:{_epoch(rollout.updated_at)}",
+                id=f"rollout_failed:{rollout.id}",  # a rollout fails once; rolling back -> rolled back keeps it
                 kind="rollout_failed",
                 severity="critical",
                 subject=str(rollout.id),

@@ -269,6 +269,74 @@ def test_an_expired_session_returns_to_sign_in(browser: Any, console_rig: Consol
     page.context.close()
 
 
+SIGNAL = "main-st-1"
+
+
+def test_alerts_device_health_history_and_a_signal_live(admin_page: Any, console_rig: ConsoleRig) -> None:
+    """A rolled-back rollout is an alert on the overview, acknowledged there; a device page charts its
+    health reports; a signal page shows a call as the hub sends it, and the controller's phases."""
+    from roadside.cloud.signals.calls import build_call
+    from roadside.cloud.signals.channel_map import ChannelMap
+    from roadside.shared.schemas import DetectorChange
+
+    page = admin_page
+    with console_rig.api() as api:
+        created = api.post("/v1/rollouts", json={"model": f"{MODEL[0]}:{MODEL[1]}", "target": f"site:{SPARE[1]}",
+                                                 "waves": [100]})  # fmt: skip
+        assert created.status_code == 201, created.text
+        rollout_id = created.json()["id"]
+        assert (
+            api.post(f"/v1/rollouts/{rollout_id}/rollback", json={"reason": "gate: fps fell"}).status_code
+            == 200
+        )
+        channels = {
+            "channels": [
+                {"channel": 1, "device": DEVICES[0][0], "stream": "cam0", "zone": "stop-n", "phase": 2}
+            ]
+        }
+        assert api.put(f"/v1/signals/{SIGNAL}/channel-map", json=channels).status_code in (200, 201)
+        now = datetime.now(UTC)
+        phases = [
+            {"ts": now.isoformat(), "code": 1, "param": 2},
+            {"ts": now.isoformat(), "code": 11, "param": 4},
+        ]
+        assert api.post(f"/v1/signals/{SIGNAL}/events", json={"events": phases}).status_code == 202
+    page.goto("/ui/overview")
+    row = page.locator(f"tr[data-alert='rollout_failed:{rollout_id}']")
+    assert "gate: fps fell" in row.inner_text()
+    row.get_by_role("button", name=re.compile("^Acknowledge")).click()
+    page.wait_for_url(re.compile(r"notice=alert-ack"))
+    assert (
+        "by console:ops-admin" in page.locator(f"tr[data-alert='rollout_failed:{rollout_id}']").inner_text()
+    )
+    _shot(page, console_rig, "journey-alert-acknowledged")
+
+    # The agents report health every 2 s: the page charts what arrived since they started.
+    page.goto(f"/ui/fleet/{DEVICES[0][0]}?window=1h")
+    def charted() -> bool:
+        page.reload()
+        charts = page.locator("#health-charts")
+        return charts.count() > 0 and int(charts.get_attribute("data-points") or 0) >= 2
+
+    wait_for(charted, 30, "two health reports on the device page")
+    page.wait_for_selector("body[data-ready=true]")
+    assert int(page.get_attribute("#health-charts", "data-charts") or 0) >= 3  # CPU, memory, FPS at least
+    _shot(page, console_rig, "journey-device-health")
+
+    page.goto(f"/ui/signals/{SIGNAL}")
+    page.wait_for_selector("#calls-state:has-text('Live')")
+    assert page.locator("tr[data-phase='2'] .signal-light").inner_text() == "green"
+    channel_map = ChannelMap.model_validate(channels)
+    change = DetectorChange(
+        ts=datetime.now(UTC), stream="cam0", zone="stop-n", zone_kind="presence", state="on"
+    )
+    call = build_call(SIGNAL, channel_map.channels[0], DEVICES[0][0], change, datetime.now(UTC), 1)
+    console_rig.hub.signal_calls.feed.offer(SIGNAL, [call])
+    page.wait_for_selector("tr[data-channel='1'] .call.called")
+    assert page.locator("tr[data-channel='1'] .call").inner_text() == "called (on)"
+    _shot(page, console_rig, "journey-signal-live")
+
+
 PAGES = (
     "overview",
     "fleet",
@@ -276,6 +344,7 @@ PAGES = (
     "traffic",
     "events",
     "signals",
+    f"signals/{SIGNAL}",
     "air",
     "models",
     "rollouts/1",

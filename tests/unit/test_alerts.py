@@ -108,6 +108,8 @@ def test_rolled_back_rollouts_alert_for_a_day_and_come_first() -> None:
     assert alerts[0].severity == "critical"
     assert "gate fps" in alerts[0].summary
     assert "is rolling back" in alerts[1].summary
+    rolled = HubState(NOW, rollouts=[rollout(2, "rolled_back", NOW)])  # the rollback finished: same alert
+    assert open_alerts(rolled)[0].id == alerts[1].id == "rollout_failed:2"
 
 
 def test_air_exceedance_since_the_run_of_bad_hours_began() -> None:
