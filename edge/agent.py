@@ -189,7 +189,8 @@ class Agent:
             self.supervisor.start()
             stack.callback(self.supervisor.stop)
             if self.ota is not None:
-                stack.callback(self.ota.stop)  # an install not yet switched is abandoned; its file stays
+                stack.callback(self.ota.stop)  # an install not yet switched is journaled; its file stays
+                self.ota.resume()  # the install a crash or a stop interrupted, if any
             self.intake.start()
             stack.callback(self.intake.stop)
             self._stack = stack.pop_all()

@@ -5,6 +5,8 @@ Protocol (docs/protocol.md, "Model updates (ota)")::
     install  ack "accepted" at once; then on the thread ``ota-install``:
              staging → (refused | failed) or shadow → (failed) or active [with ShadowStats]
              (already running that version: active at once, without a shadow)
+             The command is kept in a journal until its last report: an agent killed or
+             stopped mid-install takes the install up again when it starts (``resume``).
     rollback ack with the outcome; the previous detector, still loaded, runs from the next batch:
              rolled_back (version: the model rolled back from; running_version: what runs now)
 
@@ -19,6 +21,7 @@ crash at any point boots a model that verifies.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +31,7 @@ from typing import Final, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ValidationError
 
 from roadside.edge.control.handler import Outcome
 from roadside.edge.ota.shadow import FrameDetections, ShadowComparison
@@ -148,9 +152,16 @@ class OtaManager(Generic[D]):
     """Handles ``ota`` commands; :meth:`observe` is the pipeline's shadow hook."""
 
     def __init__(
-        self, updater: Updater, host: OtaHost[D], config: OtaConfig, shipped_path: Path | None = None
+        self,
+        updater: Updater,
+        host: OtaHost[D],
+        config: OtaConfig,
+        shipped_path: Path | None = None,
+        journal: Path | None = None,
     ) -> None:
+        """``journal``: where the install in progress is kept (None: nowhere, a restart forgets it)."""
         self.updater = updater
+        self.journal = journal
         self.host = host
         self.config = config
         self.shipped_path = shipped_path  # the model the agent was installed with: rollback's last stop
@@ -191,6 +202,50 @@ class OtaManager(Generic[D]):
             if job.thread is not None:
                 job.thread.join(timeout_s)
 
+    def resume(self) -> bool:
+        """Take up the install a crash, a power cut or a stop interrupted; whether there was one.
+
+        The hub had its "accepted" ack and waits for reports: without this the device stayed
+        silent until the rollout's install timeout rolled the whole rollout back (found by
+        ``bench.chaos --fault rollout-interrupt``). A rollback command that comes meanwhile
+        cancels it as it cancels any install.
+        """
+        if self.journal is None or not self.journal.is_file():
+            return False
+        try:
+            args = OtaCommandArgs.model_validate_json(self.journal.read_bytes())
+        except (OSError, ValidationError) as exc:
+            log.warning("install journal %s unreadable, discarded: %s", self.journal, exc)
+            self._forget()
+            return False
+        log.warning(
+            "resuming the install of %s %s (rollout %s) that a restart interrupted",
+            args.name, args.version, args.rollout_id,
+        )  # fmt: skip
+        outcome = self._start_install(args)
+        if not outcome.ok:
+            log.warning("install not resumed: %s", outcome.detail)
+            self._forget()
+        return outcome.ok
+
+    def _remember(self, args: OtaCommandArgs) -> None:
+        if self.journal is None:
+            return
+        try:  # atomic: a crash leaves the old journal or the new one, never half of one
+            self.journal.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.journal.with_name(self.journal.name + ".part")
+            partial.write_text(args.model_dump_json())
+            os.replace(partial, self.journal)
+        except OSError as exc:  # a full disk: the install goes on, only its restart is not covered
+            log.warning("could not journal the install of %s %s: %s", args.name, args.version, exc)
+
+    def _forget(self) -> None:
+        if self.journal is not None:
+            try:
+                self.journal.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("could not clear the install journal %s: %s", self.journal, exc)
+
     @property
     def installing(self) -> tuple[str, str] | None:
         with self._lock:
@@ -211,15 +266,18 @@ class OtaManager(Generic[D]):
             job = _Install(args, args.name, args.version)
             job.thread = threading.Thread(target=self._install, args=(job,), name="ota-install", daemon=True)
             self._job = job
+            self._remember(args)
         job.thread.start()
         return Outcome(True, "accepted")
 
     # Installing (the ota-install thread) ------------------------------------------------
 
     def _install(self, job: _Install) -> None:
+        resume_later = False
         try:
             self._run_install(job)
         except _Stopped:
+            resume_later = self._stopping.is_set()  # the agent stops (not a rollback): next start
             log.info("install of %s %s stopped", job.name, job.version)
         except Exception as exc:  # a bug must not leave the hub waiting for a report forever
             log.exception("install of %s %s failed", job.name, job.version)
@@ -229,6 +287,8 @@ class OtaManager(Generic[D]):
             with self._lock:
                 if self._job is job:
                     self._job = None
+                    if not resume_later:
+                        self._forget()  # its last report went out (or a rollback took over)
 
     def _run_install(self, job: _Install) -> None:
         if self.host.current().info.version == job.version:
@@ -433,6 +493,11 @@ def repo_anchor(settings: AgentSettings, bundle: EnrollmentBundle) -> RepoAnchor
     if bundled is None:
         raise ConfigError("ota.repo_url is set but no trusted root: set ota.trusted_root to its root.json")
     return RepoAnchor(url, bundled.root_json.encode(), bundle.ca_cert_pem.encode())
+
+
+def install_journal(settings: AgentSettings) -> Path:
+    """Where the agent keeps the ``ota`` install in progress (beside its TUF metadata and models)."""
+    return (settings.ota.state_dir or settings.outbox.path.parent) / "ota" / "install.json"
 
 
 def make_updater(

@@ -12,6 +12,10 @@ shadow         the verified file staged, pointer untouched        shipped (old)
 moved          the file in ``installed/``, pointer untouched      shipped (old)
 swapped        the pointer names the new model (not yet running)  1.1.0 (new)
 =============  =================================================  ==================
+
+The install the kill interrupted is then taken up again (the agent journals the
+command until its last report, issue 14): it ends ``active`` on 1.1.0, where a
+short shadow lets it.
 """
 
 from __future__ import annotations
@@ -93,21 +97,29 @@ def kill(agent: subprocess.Popen[bytes]) -> None:
     agent.wait(10)
 
 
-def restart_and_check(kr: KillRig, expected: str) -> None:
-    counted_before = kr.rig.counted_with(kr.device, expected)
+def restart_and_check(kr: KillRig, expected: str, resumed: str | None = None) -> None:
+    """The restart boots ``expected``; with ``resumed``, the interrupted install then ends active on it."""
+    final = resumed or expected
+    counted_before = kr.rig.counted_with(kr.device, final)
     health_seen = len(kr.rig.health)
+    reports_seen = len(kr.rig.states(kr.device))
     second = kr.start()
     try:
         latest = [v for d, v in kr.rig.health[health_seen:] if d == kr.device]
-        assert latest[-1] == expected, kr.tail()  # the booted version, named in health
-        assert wait_for(lambda: kr.rig.counted_with(kr.device, expected) > counted_before, 60), kr.tail()
+        assert latest[0] == expected, kr.tail()  # the booted version, named in its first health
+        if resumed is not None:  # taken up again, not left for the hub's install timeout
+            assert wait_for(lambda: "active" in kr.rig.states(kr.device, resumed)[reports_seen:], 90), (
+                kr.tail()
+            )
+            assert kr.logged("resuming the install of detector 1.1.0") or expected == resumed, kr.tail()
+        assert wait_for(lambda: kr.rig.counted_with(kr.device, final) > counted_before, 60), kr.tail()
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(60)
     version, source, digest = kr.booted()
-    assert version == expected
-    wanted = kr.rig.sha256(expected) if expected != SHIPPED_VERSION else _sha256(DEFAULT_MODEL)
-    assert (source, digest) == ("shipped" if expected == SHIPPED_VERSION else "active", wanted)
+    assert version == final
+    wanted = kr.rig.sha256(final) if final != SHIPPED_VERSION else _sha256(DEFAULT_MODEL)
+    assert (source, digest) == ("shipped" if final == SHIPPED_VERSION else "active", wanted)
 
 
 def _sha256(path: Path) -> str:
@@ -134,7 +146,7 @@ def test_kill_9_at_a_durable_step_boots_a_verified_model(
         kill(first)
     if step == "downloaded":
         assert list((kr.state / "models" / "staging").rglob("*.part")), "killed mid-download"
-    restart_and_check(kr, expected)
+    restart_and_check(kr, expected, resumed="1.1.0")
 
 
 def test_kill_9_during_shadow_boots_the_old_model(loop: Loop, rig: OtaRig, tmp_path: Path) -> None:
@@ -150,4 +162,6 @@ def test_kill_9_during_shadow_boots_the_old_model(loop: Loop, rig: OtaRig, tmp_p
     finally:
         kill(first)
     assert (kr.state / "models" / "staging" / "detector" / "1.1.0.onnx").is_file()
+    shadows = kr.rig.states(kr.device, "1.1.0").count("shadow")
     restart_and_check(kr, SHIPPED_VERSION)
+    assert kr.rig.states(kr.device, "1.1.0").count("shadow") > shadows  # its shadow test began again
