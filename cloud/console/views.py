@@ -166,6 +166,10 @@ def _iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="seconds")
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def _fps(report: Health) -> float | None:
     """Frames per second over every stream of the report (what the device processes in all)."""
     return round(sum(s.fps for s in report.streams.values()), 2) if report.streams else None
@@ -185,11 +189,11 @@ def health_series(resources: ApiResources, device_id: str, window: str) -> Healt
         step_s,
         [r.ts for r in reports],
         [
-            ("CPU", "%", [r.cpu_percent for r in reports]),
-            ("Memory", "MB", [r.rss_mb for r in reports]),
-            ("Temperature", "°C", [r.temperature_c for r in reports]),
+            ("CPU", "%", [_round(r.cpu_percent) for r in reports]),
+            ("Memory", "MB", [_round(r.rss_mb) for r in reports]),
+            ("Temperature", "°C", [_round(r.temperature_c) for r in reports]),
             ("Frames per second", "fps", [_fps(r) for r in reports]),
-            ("Inference p95", "ms", [r.inference_p95_ms for r in reports]),
+            ("Inference p95", "ms", [_round(r.inference_p95_ms) for r in reports]),
             ("Outbox", "messages", [float(r.outbox_backlog) for r in reports]),
         ],
     )

@@ -60,7 +60,7 @@
       var caption = document.createElement("figcaption");
       var known = s.values.filter(function (v) { return v != null; });
       caption.textContent = s.label + " (" + s.unit + ")" +
-        (known.length ? ": latest " + known[known.length - 1] : ": not reported");
+        (known.length ? ": latest " + Number(known[known.length - 1].toPrecision(4)) : ": not reported");
       box.setAttribute("role", "img");
       box.setAttribute("aria-label", caption.textContent);
       box.appendChild(caption);
