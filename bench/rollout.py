@@ -963,9 +963,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "%d agents connected and running %s; set-up took %.1f s", args.agents, RUNNING_VERSION, setup_s
         )
         url = f"{hub.repo_url}/{served_path(published)}"
+        cpu = time.process_time()  # the whole process: hub, repository server and agents share it
         naive = naive_baseline(fleet, url, published.sha256, fleet.agents[0].ca_file)
+        naive["cpu_s"] = round(time.process_time() - cpu, 2)
         log.info("naive baseline: %s", naive)
+        cpu = time.process_time()
         rollout = staged_rollout(hub, fleet, reports, args)
+        rollout["cpu_s"] = round(time.process_time() - cpu, 2)
         log.info("rollout: %s", rollout)
         active_on_new = sum(fleet.each(lambda agent: agent.boots_version() == NEW_VERSION))
         rollout_id = rollout.pop("rollout_id")

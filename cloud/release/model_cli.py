@@ -311,8 +311,23 @@ def publish(
     if outcome.forced:
         typer.echo(f"WARNING: publishing despite the gate ({decision.reason}); audited", err=True)
     record = outcome.record
-    result = {"published": f"{record.name} {record.version}", "sha256": record.sha256, **decision.as_dict()}
+    result = {
+        "published": f"{record.name} {record.version}",
+        "sha256": record.sha256,
+        "transfers": _transfers(record.metadata),
+        **decision.as_dict(),
+    }
     typer.echo(json.dumps(result) if as_json else f"published {name} {version}: {decision.reason}")
+
+
+def _transfers(metadata: Mapping[str, Any]) -> list[str]:
+    """The forms signed beside the model (``zstd``, ``zstd-patch``; ADR 0018), as the release listed them."""
+    entries = metadata.get("transfers")
+    return (
+        [str(t.get("encoding")) for t in entries if isinstance(t, Mapping)]
+        if isinstance(entries, list)
+        else []
+    )
 
 
 @model_app.command("list")
@@ -338,6 +353,7 @@ def list_models(
             "sha256": m.sha256,
             "created_at": m.created_at.isoformat(),
             "map50": {c: v.get("map50") for c, v in conditions.items()},
+            "transfers": _transfers(m.metadata),
         })  # fmt: skip
     if as_json:
         typer.echo(json.dumps(rows))

@@ -3,8 +3,8 @@
 It runs ``bench.rollout.main`` (the code behind ``python -m bench.rollout
 --agents 200``) with six agents, so the benchmark cannot rot unnoticed: real
 Mosquitto with mutual TLS, the hub's rollout controller, TUF verification on
-every agent, the naive baseline and a rollback. The ~5 MB model is generated once and
-cached under ``~/.cache/roadside/bench``.
+every agent, the naive baseline and a rollback. The ~5 MB model and its fine-tune are
+generated once and cached under ``~/.cache/roadside/bench``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ KEYS = {
     "command_to_active_p95_s",
     "phase_p50_s",
     "bytes_downloaded",
+    "bytes_per_agent",
+    "bytes_vs_model",
+    "transfers",
     "model_bytes",
     "baseline_naive",
     "vs_naive",
@@ -63,8 +66,14 @@ def test_every_agent_ends_active_on_the_new_model(capsys: pytest.CaptureFixture[
     assert 0 < result["command_to_active_p50_s"] <= result["command_to_active_p95_s"]
     assert set(result["phase_p50_s"]) == {"queued", "stage", "activate", "to_hub"}
     assert 0 < result["seconds_to_all"] <= result["seconds_to_completed"]
-    # Every agent fetched the whole model through TUF, plus its metadata.
-    assert result["bytes_downloaded"] > AGENTS * result["model_bytes"] > AGENTS * 4_000_000
+    # The update is a fine-tune of the model the fleet runs: every agent fetched the signed patch
+    # (ADR 0018) and its metadata through TUF, under half the model.
+    assert result["update"] == "fine-tune"
+    assert result["transfers"] == {"zstd-patch": AGENTS}
+    assert result["form_failures"] == 0
+    assert result["model_bytes"] > 4_000_000
+    assert 0 < result["bytes_per_agent"] < 0.5 * result["model_bytes"]
+    assert abs(result["bytes_downloaded"] - AGENTS * result["bytes_per_agent"]) <= AGENTS
     naive = result["baseline_naive"]
     assert (naive["failed"], naive["bytes_downloaded"]) == (0, AGENTS * result["model_bytes"])
     assert naive["seconds_to_all"] > 0
