@@ -1,4 +1,4 @@
-"""The compressed and delta forms of a model, published beside it as TUF targets of their own (ADR 0018).
+"""The compressed and delta forms of a model, published beside it as TUF targets of their own (ADR 0027).
 
 For every model the repository signs, it also signs:
 

@@ -321,7 +321,7 @@ def publish(
 
 
 def _transfers(metadata: Mapping[str, Any]) -> list[str]:
-    """The forms signed beside the model (``zstd``, ``zstd-patch``; ADR 0018), as the release listed them."""
+    """The forms signed beside the model (``zstd``, ``zstd-patch``; ADR 0027), as the release listed them."""
     entries = metadata.get("transfers")
     return (
         [str(t.get("encoding")) for t in entries if isinstance(t, Mapping)]

@@ -15,7 +15,7 @@ the hub writes still sees one coherent state)::
     <repo>/targets/models/<name>/<sha256>.index.json   the versions of <name> and the latest
 
 The compressed file and the patch (:mod:`roadside.cloud.release.encodings`,
-ADR 0018) are targets of their own; the model target lists them under
+ADR 0027) are targets of their own; the model target lists them under
 ``transfers``. A device may fetch one of them instead of the model, and checks
 what it rebuilds against the model target's hash.
 

@@ -3,7 +3,7 @@
 The repository is static files, so a threaded ``http.server`` is enough:
 GET and HEAD only, no directory listings, no writes, paths confined to the
 repository by the standard library's ``translate_path``. It speaks HTTP/1.1
-with persistent connections (ADR 0017): a device's install (root probe,
+with persistent connections (ADR 0027): a device's install (root probe,
 timestamp, index, model) is one TLS handshake, not four; a 404 keeps the
 connection too, since every update check probes for the next root and gets
 one. An idle connection is closed after ``IDLE_TIMEOUT_S``. TLS uses a server

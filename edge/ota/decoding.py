@@ -1,4 +1,4 @@
-"""Rebuilding a model from its compressed file or from a patch and the model the device holds (ADR 0018).
+"""Rebuilding a model from its compressed file or from a patch and the model the device holds (ADR 0027).
 
 The forms are made by ``roadside.cloud.release.encodings``: one zstd frame,
 for a patch compressed with the base model as a raw-content dictionary. The

@@ -14,7 +14,7 @@ rest, over plain values: is a signed target one *this* agent may install?
 
 It also plans how to fetch an accepted model (:func:`plan_transfers`): a
 signed patch from a model the device holds, else the signed compressed file,
-else the model file itself (ADR 0018). A malformed or unknown form is skipped,
+else the model file itself (ADR 0027). A malformed or unknown form is skipped,
 never a refusal: the model file is always there to fall back to.
 
 It also turns python-tuf's exceptions into refusals with a stable ``reason``

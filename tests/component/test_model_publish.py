@@ -128,7 +128,7 @@ def test_gate_refuses_worse_publishes_better_and_audits_force(tmp_path: Path) ->
     assert [r["version"] for r in rows] == ["1.0.0", "1.1.0", "1.2.0"]
     assert rows[1]["map50"]["day"] > 0.9
     # Each release is also signed compressed and, past the first, as a patch from the one before
-    # (ADR 0018): 1.2.0 is 1.1.0 with its class rows swapped, a patch of a few hundred bytes.
+    # (ADR 0027): 1.2.0 is 1.1.0 with its class rows swapped, a patch of a few hundred bytes.
     assert verdict["transfers"] == rows[1]["transfers"]
     assert rows[0]["transfers"] == ["zstd"]
     assert rows[2]["transfers"] == ["zstd", "zstd-patch"]

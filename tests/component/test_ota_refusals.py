@@ -67,7 +67,7 @@ def _resign(path: Path, signer: CryptoSigner, *, bump: bool = False) -> None:
 
 def test_tampered_target_bytes(release: ReleaseHarness, device: ModelUpdater) -> None:
     published = release.publish("2.0.0")
-    # The model and its compressed and patch forms (ADR 0018): the device falls back from each
+    # The model and its compressed and patch forms (ADR 0027): the device falls back from each
     # form to the model file, and refuses that.
     targets = release.repo.targets().targets
     forms = [targets[t["path"]] for t in published.custom["transfers"]]

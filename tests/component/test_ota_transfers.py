@@ -1,4 +1,4 @@
-"""Compressed and patch downloads, and the fall back to the model file on every failure (ADR 0018).
+"""Compressed and patch downloads, and the fall back to the model file on every failure (ADR 0027).
 
 Real TUF metadata signed by the repository, served over HTTPS (the Roadside
 CA) on loopback. Each failing case plays one fault on the next release and the

@@ -67,7 +67,7 @@ def test_every_agent_ends_active_on_the_new_model(capsys: pytest.CaptureFixture[
     assert set(result["phase_p50_s"]) == {"queued", "stage", "activate", "to_hub"}
     assert 0 < result["seconds_to_all"] <= result["seconds_to_completed"]
     # The update is a fine-tune of the model the fleet runs: every agent fetched the signed patch
-    # (ADR 0018) and its metadata through TUF, under half the model.
+    # (ADR 0027) and its metadata through TUF, under half the model.
     assert result["update"] == "fine-tune"
     assert result["transfers"] == {"zstd-patch": AGENTS}
     assert result["form_failures"] == 0

@@ -1,4 +1,4 @@
-"""Rebuilding a model from its zstd forms: the output cap and undecodable frames (ADR 0018)."""
+"""Rebuilding a model from its zstd forms: the output cap and undecodable frames (ADR 0027)."""
 
 from __future__ import annotations
 

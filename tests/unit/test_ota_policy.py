@@ -301,7 +301,7 @@ def test_a_refusal_names_its_error_class() -> None:
     assert type(OtaRefusal("something_new", "").error()) is IntegrityError
 
 
-# -- transfers (ADR 0018) --------------------------------------------------------
+# -- transfers (ADR 0027) --------------------------------------------------------
 
 BASE_SHA = "cd" * 32
 PATCH = {
