@@ -509,16 +509,18 @@ class SqliteStore:
         return [Health.model_validate_json(r[0]) for r in reversed(rows)]
 
     def latest_health_many(self, device_ids: Sequence[str]) -> dict[str, Health]:
-        """SupportsHealthHistory: each device's latest report, one indexed lookup each under one lock."""
+        """SupportsHealthHistory: each device's latest report, one indexed lookup each, the lock taken
+        per hundred devices (ingest writes wait at most that long, not for a whole fleet's lookups)."""
         found: dict[str, str] = {}
-        with self._connection() as db:
-            for device_id in device_ids:
-                row = db.execute(
-                    "SELECT report FROM health WHERE device_id = ? ORDER BY ts_us DESC, seq DESC LIMIT 1",
-                    (device_id,),
-                ).fetchone()
-                if row is not None:
-                    found[device_id] = row[0]
+        for start in range(0, len(device_ids), 100):
+            with self._connection() as db:
+                for device_id in device_ids[start : start + 100]:
+                    row = db.execute(
+                        "SELECT report FROM health WHERE device_id = ? ORDER BY ts_us DESC, seq DESC LIMIT 1",
+                        (device_id,),
+                    ).fetchone()
+                    if row is not None:
+                        found[device_id] = row[0]
         return {device_id: Health.model_validate_json(report) for device_id, report in found.items()}
 
     # -- API queries (SupportsSpeedSamples, SupportsEventKeyset, SupportsLatestSensors) ---------
