@@ -163,6 +163,7 @@ class Rollouts:
         now = datetime.now(UTC)
 
         def change(session: Session) -> builtins.list[RolloutDeviceRecord | None]:
+            _load_rows(session, changes)  # one query, not one per change: get() then finds them loaded
             results: builtins.list[RolloutDeviceRecord | None] = []
             for rollout_id, device_id, advance in changes:
                 row = session.get(RolloutDeviceRow, (rollout_id, device_id))
@@ -176,8 +177,27 @@ class Rollouts:
                     setattr(row, name, value[:1024] if name == "detail" else value)
                 if fields:
                     row.updated_at = now
-                session.flush()
+                # No flush per row: a later change of the same device reads this row object, and
+                # the commit writes them all.
                 results.append(rollout_device_record(row))
             return results
 
         return self._unit.write(change)
+
+
+_LOAD_CHUNK = 500  # bound parameters per IN list, well under SQLite's limit
+
+
+def _load_rows(session: Session, changes: Sequence[tuple[int, str, object]]) -> None:
+    """Load the rows ``changes`` touch into the session, one query per rollout (and chunk)."""
+    wanted: dict[int, builtins.list[str]] = {}
+    for rollout_id, device_id, _ in changes:
+        wanted.setdefault(rollout_id, []).append(device_id)
+    for rollout_id, device_ids in wanted.items():
+        unique = sorted(set(device_ids))
+        for start in range(0, len(unique), _LOAD_CHUNK):
+            chunk = unique[start : start + _LOAD_CHUNK]
+            query = select(RolloutDeviceRow).where(
+                RolloutDeviceRow.rollout_id == rollout_id, RolloutDeviceRow.device_id.in_(chunk)
+            )
+            session.scalars(query).all()

@@ -23,6 +23,7 @@ from roadside.cloud.release.controller import (
     change_rollout,
     create_rollout,
     record_report,
+    record_reports,
     rollout_status,
 )
 from roadside.cloud.release.rollouts import GateThresholds, RolloutSpec
@@ -320,3 +321,24 @@ def test_create_refuses_unpublished_models_and_empty_targets(registry: Registry)
         create_rollout(registry, spec(target="site:east"))
     with pytest.raises(ConfigError, match="not active"):
         create_rollout(registry, spec(target="devices:dev1,ghost"))
+
+
+def test_one_batch_of_reports_moves_each_device_in_order(registry: Registry) -> None:
+    """A batch may hold a device's staging, shadow and active reports together, and other devices'."""
+    sink, clock = Sink(), Clock()
+    rollouts = controller(registry, sink, clock)
+    record = rollouts.create(spec(canary=2, waves=(100,)))
+    rollouts.tick()
+    commanded = [device_id for device_id, _ in sink.take()]
+    assert len(commanded) == 2
+    first, second = commanded
+    batch = [
+        (first, report(record.id, "staging")),
+        (second, report(record.id, "staging")),
+        (first, report(record.id, "shadow")),
+        (first, report(record.id, "active", shadow())),
+        ("dev9", report(record.id, "active", shadow())),  # not in the rollout: ignored, costs no other
+    ]
+    assert record_reports(registry, batch) == 4
+    states = {d.device_id: d.state for d in rollout_status(registry, record.id).devices}
+    assert (states[first], states[second]) == ("active", "staging")
