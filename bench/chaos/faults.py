@@ -16,10 +16,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.chaos.netns import AgentLink
 from bench.chaos.proxy import LinkFaults
 from bench.chaos.stack import Stack, child_pids, command_line
+
+if TYPE_CHECKING:
+    from bench.chaos.release import ChaosRelease
 
 
 class FaultUnavailableError(RuntimeError):
@@ -58,6 +62,7 @@ class Fault:
     hub_processes: int = 0  # hub run --workers
     influx_store: bool = False  # the hub stores into an InfluxDB 1.x of its own
     postgres_registry: bool = False  # the registry is a PostgreSQL cluster of its own
+    model_repository: bool = False  # a model repository with a server process; agents take updates
 
 
 def agent_kill(stack: Stack, rng: random.Random) -> Repair:
@@ -312,6 +317,66 @@ def flap(stack: Stack, rng: random.Random) -> Repair:
     return Repair(f"link flapped {flaps} times", now())
 
 
+# -- OTA rollouts --------------------------------------------------------------------------------
+
+
+def _release(stack: Stack) -> ChaosRelease:
+    if stack.release is None:
+        raise FaultUnavailableError("the stack has no model repository")
+    return stack.release
+
+
+def _kill_repository(stack: Stack, rng: random.Random) -> Repair:
+    server = _release(stack).server
+    server.kill()
+    down_s = hold(stack, rng.uniform(1.0, 10.0))
+    at = now()
+    server.start()  # same port, same files
+    return Repair(f"kill -9 the model repository server, down {down_s:.1f} s", at)
+
+
+def repo_kill(stack: Stack, rng: random.Random) -> Repair:
+    """Start a rollout; at a random moment of it (downloads, shadow, the next wave) SIGKILL the
+    model repository server and start it again on the same port after 1-10 s."""
+    release = _release(stack)
+    started = release.start_rollout()
+    time.sleep(rng.uniform(0.0, 3.0) * stack.hold_scale)
+    where = release.where(started)
+    repair = _kill_repository(stack, rng)
+    return Repair(f"rollout {started.rollout_id} ({started.version}, {where}): {repair.action}", repair.at)
+
+
+# What interrupts a rollout, in turn (cycle 1 the first): each other fault this stack can inject.
+INTERRUPTIONS = (
+    "agent-kill",
+    "hub-kill",
+    "broker-kill",
+    "repo-kill",
+    "partition",
+    "disk-full",
+    "clock-skew",
+    "flap",
+    "loss",
+    "latency",
+)
+
+
+def rollout_interrupt(stack: Stack, rng: random.Random) -> Repair:
+    """Start a rollout and break something else at a random moment of it: each of
+    :data:`INTERRUPTIONS` in turn, one per rollout."""
+    release = _release(stack)
+    started = release.start_rollout()
+    name = INTERRUPTIONS[(len(release.rollouts) - 1) % len(INTERRUPTIONS)]
+    time.sleep(rng.uniform(0.0, 3.0) * stack.hold_scale)
+    where = release.where(started)
+    inject = _kill_repository if name == "repo-kill" else FAULTS[name].inject
+    repair = inject(stack, rng)
+    return Repair(
+        f"rollout {started.rollout_id} ({started.version}, {where}) interrupted by {name}: {repair.action}",
+        repair.at,
+    )
+
+
 FAULTS: dict[str, Fault] = {
     f.name: f
     for f in (
@@ -330,6 +395,16 @@ FAULTS: dict[str, Fault] = {
         Fault("latency", latency, netns_agents=True),
         Fault("loss", loss, netns_agents=True),
         Fault("flap", flap, netns_agents=True),
+        Fault("repo-kill", repo_kill, model_repository=True),
+        # Every interruption needs its part of the stack: namespaces, small disks, skewable clocks.
+        Fault(
+            "rollout-interrupt",
+            rollout_interrupt,
+            model_repository=True,
+            agents_on_small_disk=True,
+            skewed_agents=True,
+            netns_agents=True,
+        ),
     )
 }
 

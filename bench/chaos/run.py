@@ -49,6 +49,7 @@ class Outcome:
     actions: list[str] = field(default_factory=list)
     unattributed_dead_letters: int = 0
     not_queued_disk_full: int = 0
+    rollouts: list[dict[str, Any]] = field(default_factory=list)  # what became of each OTA rollout
 
     def summary(self) -> dict[str, Any]:
         """The JSON line a benchmark prints last."""
@@ -69,6 +70,7 @@ class Outcome:
             "stuck": self.stuck,
             "recover_s_max": round(max(self.recover_s, default=0.0), 2),
             "recover_s": [round(s, 2) for s in self.recover_s],
+            **({"rollouts": self.rollouts} if self.rollouts else {}),
             "balanced": b.balanced and not self.stuck,
         }
 
@@ -77,7 +79,8 @@ def _outstanding(stack: Stack, since: dict[str, set[int]], fresh: bool) -> dict[
     """Per device, what keeps the system from having caught up with ``since`` (empty: caught up).
 
     Caught up: every message in ``since`` is stored, refused or dropped by a budget, and, when
-    ``fresh``, a message created after ``since`` is stored too (data flows end to end again).
+    ``fresh``, a message created after ``since`` is stored too (data flows end to end again),
+    and every OTA rollout the harness started has settled on every device.
     """
     stored = stack.stored_messages()
     refused = {(d, s) for d, s, _ in rejected_messages(stack.home.dead_letters_db)[0]}
@@ -93,6 +96,8 @@ def _outstanding(stack: Stack, since: dict[str, set[int]], fresh: bool) -> dict[
             behind[device] = f"{left} messages created before the repair not stored"
         elif fresh and not any((device, s) in stored for s in traffic):
             behind[device] = "no counts or events created after the repair stored"
+    if fresh and stack.release is not None:
+        behind.update(stack.release.outstanding())
     return behind
 
 
@@ -128,6 +133,7 @@ def run(
             influx=any(f.influx_store for f in faults),
             hub_processes=max(f.hub_processes for f in faults),
             postgres=any(f.postgres_registry for f in faults),
+            repository=any(f.model_repository for f in faults),
         )
     except NetnsUnavailableError as exc:
         raise FaultUnavailableError(str(exc)) from exc
@@ -165,6 +171,8 @@ def run(
         for name, log_file in [("hub", stack.hub.log), *((a.device_id, a.log) for a in stack.agents)]:
             outcome.stuck += [f"{name}: thread {t} died (see {log_file})" for t in dead_threads(log_file)]
         outcome.not_queued_disk_full = sum(not_queued(a.log) for a in stack.agents)
+        if stack.release is not None:
+            outcome.rollouts = stack.release.books()
         return outcome
     finally:
         with contextlib.suppress(Exception):

@@ -22,12 +22,13 @@ from bench.chaos.collect import influx_ingest_marks, instrument_outbox, stored_m
 from bench.chaos.ledger import RecordId
 from bench.chaos.netns import AgentLink, AgentLinks
 from bench.chaos.proxy import FaultProxy
-from roadside.cloud.broker.mosquitto import MosquittoBroker
+from roadside.cloud.broker.mosquitto import MosquittoBroker, free_loopback_port
 from roadside.cloud.home import HubHome, enroll_device, init_home
 from roadside.cloud.registry import Registry
 from roadside.shared.bundle import BrokerAddress, EnrollmentBundle, write_bundle
 
 if TYPE_CHECKING:
+    from bench.chaos.release import ChaosRelease
     from tests.component.influxd import InfluxServer
     from tests.component.postgres import PostgresServer
 
@@ -101,10 +102,17 @@ class ChaosAgent(Child):
     """``roadside agent run`` on a synthetic camera, its outbox instrumented for the ledger."""
 
     def __init__(
-        self, root: Path, bundle: EnrollmentBundle, seed: int, outbox_max_bytes: int, skewed: bool = False
+        self,
+        root: Path,
+        bundle: EnrollmentBundle,
+        seed: int,
+        outbox_max_bytes: int,
+        skewed: bool = False,
+        ota: bool = False,
     ) -> None:
         """``skewed``: run :mod:`bench.chaos.skewed_agent`, its clock offset by what
-        :attr:`clock_offset_file` says."""
+        :attr:`clock_offset_file` says. ``ota``: take model updates (the bundle names the
+        repository), shadowing every batch and retrying a silent repository every 0.5 s."""
         root.mkdir(parents=True, exist_ok=True)
         self.device_id = bundle.device_id
         self.outbox = root / "outbox.db"
@@ -116,6 +124,7 @@ class ChaosAgent(Child):
             f'[outbox]\npath = "{self.outbox}"\nrecords_per_message = 5\nmax_bytes = {outbox_max_bytes}\n'
             f'[[sources]]\ntype = "synthetic"\nname = "cam0"\nseed = {seed}\nfps = 8.0\n'
             "width = 320\nheight = 240\nrealtime = true\n"
+            + ("[ota]\nshadow_every = 1\nretry_base_s = 0.5\nshadow_grace_s = 60\n" if ota else "")
         )
         instrument_outbox(self.outbox)
         self.clock_offset_file = root / "clock-offset-s"
@@ -163,6 +172,7 @@ class HubProcess(Child):
             "api_port": 0,
             "client_id": "hub-chaos",
             "batch_size": 50,
+            "repo_port": -1,  # the model repository has a process of its own (repo-kill)
         }
         if registry_url is not None:
             settings["registry_url"] = registry_url
@@ -204,8 +214,10 @@ class Stack:
         influx: bool = False,
         hub_processes: int = 0,
         postgres: bool = False,
+        repository: bool = False,
     ) -> None:
-        """``mount`` (if given) puts a filesystem of its own under the hub home and each agent."""
+        """``mount`` (if given) puts a filesystem of its own under the hub home and each agent;
+        ``repository``: a model repository served by a process of its own, agents taking updates."""
         self.root = root
         self.hold_scale = 1.0  # how long faults stay in place: 1.0 in the benchmark, less in CI
         self.mounts: list[Path] = []
@@ -235,6 +247,15 @@ class Stack:
         self.registry = Registry(registry_url or self.home.registry_url)
         if registry_url is not None:
             self.registry.create_schema()
+        self.release: ChaosRelease | None = None
+        if repository:
+            from bench.chaos.release import ChaosRelease  # it runs its server as a Child of this module
+
+            # Agents in namespaces reach it on their veth's host address; the others on loopback.
+            host = "0.0.0.0" if self.links else "127.0.0.1"  # noqa: S104 - a test machine's harness
+            self.release = ChaosRelease(
+                root / "release", self.home, self.registry, host, free_loopback_port()
+            )
         self.influx: InfluxServer | None = None
         if influx:
             from tests.component.influxd import InfluxServer  # the tests' throwaway influxd starter
@@ -261,7 +282,10 @@ class Stack:
             link.proxy = FaultProxy((link.host_ip, 0), ("127.0.0.1", self.broker.port), seed=index)
             address = BrokerAddress(host=link.host_ip, port=link.proxy.port)
         bundle = self.enroll(f"chaos-{index:02d}", address)
-        agent = ChaosAgent(self.root / f"agent-{index}", bundle, index + 1, outbox_max_bytes, skewed)
+        if self.release is not None:
+            bundle = self.release.anchor(bundle, link.host_ip if link is not None else "127.0.0.1")
+        ota = self.release is not None
+        agent = ChaosAgent(self.root / f"agent-{index}", bundle, index + 1, outbox_max_bytes, skewed, ota)
         agent.link = link
         if link is not None:
             agent.prefix = link.exec_prefix()
@@ -290,6 +314,8 @@ class Stack:
                 yield RecordId(device, seq, idx)
 
     def start(self) -> None:
+        if self.release is not None:
+            self.release.server.start()
         self.hub.start()
         for agent in self.agents:
             agent.start()
@@ -299,13 +325,15 @@ class Stack:
         for agent in self.agents:
             agent.stop()
         self.hub.stop()
+        if self.release is not None:
+            self.release.server.stop()
         self.broker.stop()
         self.registry.close()
         if self.influx is not None:
             self.influx.stop()
 
     def kill_everything(self) -> None:
-        for child in (*self.agents, self.hub):
+        for child in (*self.agents, self.hub, *([self.release.server] if self.release else [])):
             child.kill()
         self.broker.kill()
         self.registry.close()

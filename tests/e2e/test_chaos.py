@@ -45,3 +45,26 @@ def test_one_cycle_of_each_cheap_fault_balances_the_books(tmp_path: Path) -> Non
         "replay (a copy; the original stored)",
     }, report
     assert len(outcome.recover_s) == len(names)
+
+
+@pytest.mark.timeout(360)
+def test_a_rollout_interrupted_by_a_repository_kill_and_a_hub_kill_ends_on_every_device(
+    tmp_path: Path,
+) -> None:
+    # repo-kill: a rollout, the model repository server SIGKILLed and restarted during it.
+    # rollout-interrupt's first turn after it (root only: its stack has namespaces and small
+    # disks): the next rollout, the hub SIGKILLed during it. Each must end on every device.
+    root = os.geteuid() == 0 and shutil.which("ip")
+    faults = [FAULTS["repo-kill"], *([FAULTS["rollout-interrupt"]] if root else [])]
+    outcome = run(faults, cycles=1, seed=5, root=tmp_path, agents=1, gap_s=(0.3, 0.8), hold_scale=0.3)
+    books = outcome.books
+    report = "\n".join([*books.lines(), *outcome.actions, *outcome.stuck, *map(str, outcome.rollouts)])
+    assert books.created > 0, report
+    assert outcome.stuck == [], report  # stuck includes a rollout or a device that did not settle
+    assert books.lost == 0, report
+    assert books.duplicated == 0, report
+    assert books.unexplained == 0, report
+    assert len(outcome.rollouts) == len(faults), report
+    for rollout in outcome.rollouts:
+        assert rollout["status"] in ("completed", "rolled_back"), report
+        assert rollout["reason"], report
