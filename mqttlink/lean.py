@@ -171,8 +171,9 @@ def parse_properties(buf: bytes | bytearray | memoryview, pos: int, end: int) ->
     return found
 
 
-def parse_publish(first: int, body: bytes | bytearray | memoryview) -> Message:
-    """A PUBLISH's fixed-header byte and body (after the remaining length) as a :class:`Message`."""
+def parse_publish(first: int, body: bytes | bytearray | memoryview, tag: int = 0) -> Message:
+    """A PUBLISH's fixed-header byte and body (after the remaining length) as a :class:`Message`;
+    a QoS 1 message's ``mid`` is its packet id plus ``tag``."""
     qos = (first >> 1) & 0x03
     if qos > 1:
         raise ProtocolError(f"QoS {qos} was not subscribed for")
@@ -181,7 +182,7 @@ def parse_publish(first: int, body: bytes | bytearray | memoryview) -> Message:
     pos = topic_end
     mid = 0
     if qos:
-        mid = (body[pos] << 8) | body[pos + 1]
+        mid = tag + ((body[pos] << 8) | body[pos + 1])
         pos += 2
     props = decode_varint(body, pos)
     if props is None or props[1] + props[0] > len(body):
@@ -242,6 +243,11 @@ class LeanSession:
         self._out = bytearray()  # bytes for the network thread to send (guarded by _lock)
         self._inflight: dict[int, _Outgoing] = {}  # our QoS 1 publishes awaiting PUBACK (guarded)
         self._subscriptions: dict[int, int] = {}  # SUBSCRIBE mid -> topics in it
+        # Received messages carry ``generation << 16 | packet id`` as their ``mid``: an ack is sent
+        # only on the connection the message came in on. On a later connection the same packet id
+        # may name another message (a session the broker did not keep, or an id freed by the ack
+        # of a redelivered copy); what was not acknowledged comes again there with a new tag.
+        self._generation = 0
         self._receive_max = 65535  # the broker's Receive Maximum: our QoS 1 publishes in flight at most
         self._on_wire = 0
         self._keepalive_s = config.keepalive_s  # the broker may set another (Server Keep Alive)
@@ -340,11 +346,20 @@ class LeanSession:
     def ack(self, mid: int, qos: int) -> None:
         """Acknowledge one received message (QoS 1) once it is durably handled."""
         if qos == 1:
-            self._send(_PUBACK.pack(PUBACK, 2, mid))
+            self.ack_many((mid,))
 
     def ack_many(self, mids: Iterable[int]) -> None:
-        """Acknowledge a batch of received QoS 1 messages in one write."""
-        self._send(pubacks(mids))
+        """Acknowledge a batch of received QoS 1 messages in one write.
+
+        ``mids`` are the ``Message.mid`` tags this session handed out; those of an earlier
+        connection are left out (the broker sends those messages again on this one).
+        """
+        with self._lock:
+            generation = self._generation
+            valid = [mid & 0xFFFF for mid in mids if mid >> 16 == generation]
+            if valid and self._connected:
+                self._out += pubacks(valid)
+        self._wake()
 
     # The network thread ------------------------------------------------------------
 
@@ -457,6 +472,7 @@ class LeanSession:
         """Handle every complete packet in ``buf``; return the incomplete rest."""
         pos, end = 0, len(buf)
         on_message = self._on_message
+        tag = self._generation << 16
         while pos < end:
             header = decode_varint(buf, pos + 1)
             if header is None:
@@ -467,13 +483,14 @@ class LeanSession:
                 break
             first = buf[pos]
             if first & 0xF0 == PUBLISH:
-                message = parse_publish(first, memoryview(buf)[start:stop])
+                message = parse_publish(first, memoryview(buf)[start:stop], tag)
                 if on_message is not None:
                     on_message(message)
                 elif message.qos:
-                    self._send(_PUBACK.pack(PUBACK, 2, message.mid))
+                    self.ack_many((message.mid,))
             else:
                 self._control(first, buf[start:stop])
+                tag = self._generation << 16  # a CONNACK starts a generation: what follows is its
             pos = stop
         return buf[pos:]
 
@@ -504,6 +521,7 @@ class LeanSession:
             self._keepalive_s = found.get(0x13, self.config.keepalive_s)
             with self._lock:
                 self._connected = True
+                self._generation += 1
                 self._receive_max = found.get(0x21, 65535) or 65535
                 # QoS 1 messages not yet acknowledged go again (DUP when sent before).
                 self._on_wire = 0

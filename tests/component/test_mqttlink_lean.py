@@ -190,6 +190,48 @@ def test_the_receive_maximum_lets_more_than_20_messages_wait_for_their_ack(
             _stop(hub)
 
 
+def test_acks_of_a_session_the_broker_did_not_keep_are_not_sent(broker: BrokerHarness, site: str) -> None:
+    """A clean session reuses packet ids: a late ack of the old connection's message must not
+    acknowledge the new message that now has its id (that one would be lost on a crash)."""
+    hub_seen, device_seen = _Recorder(), _Recorder()
+
+    def on_connect(session: LeanSession, ack: ConnAck) -> None:
+        hub_seen.on_connect(session, ack)
+        session.subscribe(topics.hub_subscription("hub"))
+
+    config = replace(_config(broker, "hub"), manual_ack=True, receive_maximum=1, reconnect_delay_s=(0, 0))
+    hub = LeanSession(config, on_connect=on_connect, on_message=hub_seen.messages.put,
+                      on_disconnect=lambda _r: hub_seen.disconnected.set(),
+                      on_subscribe=lambda ack: hub_seen.subscribed.put(ack.ok))  # fmt: skip
+    hub.connect()
+    hub.loop_start()
+    dev = _device(broker, "dev-a", device_seen)
+    topic = topics.uplink(site, "dev-a", "counts")
+    try:
+        assert hub_seen.subscribed.get(timeout=TIMEOUT_S)
+        dev.publish(topic, b"A")
+        (first,) = hub_seen.drain(1)
+        hub_seen.connected.clear()
+        assert hub._sock is not None
+        hub._sock.shutdown(socket.SHUT_RDWR)  # the connection drops; the session reconnects, clean
+        assert hub_seen.disconnected.wait(TIMEOUT_S)
+        assert hub_seen.connected.wait(TIMEOUT_S)
+        assert hub_seen.subscribed.get(timeout=TIMEOUT_S)
+        dev.publish(topic, b"B")
+        dev.publish(topic, b"C")
+        (second,) = hub_seen.drain(1)
+        assert second.payload == b"B"
+        assert (second.mid & 0xFFFF, second.mid != first.mid) == (first.mid & 0xFFFF, True)  # same packet id
+        hub.ack_many([first.mid])  # late, from the lost connection: must not acknowledge B
+        with pytest.raises(queue.Empty):  # B unacknowledged: C waits (Receive Maximum 1)
+            hub_seen.messages.get(timeout=1.0)
+        hub.ack_many([second.mid])
+        assert hub_seen.drain(1)[0].payload == b"C"
+    finally:
+        _stop(dev)
+        _stop(hub)
+
+
 def test_an_unreachable_broker_is_a_transport_error() -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
