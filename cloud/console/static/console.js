@@ -54,7 +54,9 @@
     var xs = data.t.map(function (iso) { return Date.parse(iso) / 1000; });
     var range = [Date.parse(data.from) / 1000, Date.parse(data.to) / 1000];
     var plots = [];
-    data.series.forEach(function (s) {
+    var reported = function (s) { return s.values.some(function (v) { return v != null; }); };
+    // Quantities the device reports first; the ones it cannot read (no chart) after them.
+    data.series.filter(reported).concat(data.series.filter(function (s) { return !reported(s); })).forEach(function (s) {
       var box = document.createElement("figure");
       box.className = "small-chart";
       var caption = document.createElement("figcaption");
