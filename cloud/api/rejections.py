@@ -27,11 +27,12 @@ def _rejected_totals(metrics: CollectorRegistry) -> dict[str, float]:
 
 
 class RejectionWindow:
-    """Rejections per reason over the last ``window_s``, from the counters sampled at each look.
+    """Rejections per reason over about the last ``window_s``, from the counters sampled at each look.
 
-    The first sample is taken when the app is built (the counters' state then), so a spike is
-    seen from the first look on; the answer covers at most ``window_s`` (less until the app
-    has run that long). Bounded: samples older than the window, bar one, are dropped.
+    The first sample is taken when the app is built (the counters' state then), so a burst is
+    seen from the first look on. The base of each answer is the newest sample at least
+    ``window_s`` old (the first one until the app has run that long): when looks are sparse the
+    answer covers a little more than the window, never less. Bounded: older samples are dropped.
     """
 
     def __init__(

@@ -138,3 +138,24 @@ def test_a_policy_refuses_nonsense_thresholds() -> None:
         AlertPolicy(offline_after_s=0)
     with pytest.raises(ValueError, match="at least 1"):
         AlertPolicy(rejections_spike=0)
+
+
+def test_rejections_over_the_window_come_from_the_ingest_counters() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from roadside.cloud.api.rejections import RejectionWindow
+    from roadside.cloud.ingest.metrics import IngestMetrics
+
+    metrics = CollectorRegistry()
+    ingest = IngestMetrics(metrics)
+    ingest.rejected.labels("bad_tag").inc(3)  # before the window's first sample: not counted
+    now = [0.0]
+    window = RejectionWindow(metrics, window_s=300, clock=lambda: now[0])
+    ingest.rejected.labels("bad_tag").inc(25)
+    ingest.rejected.labels("stale").inc(2)
+    now[0] = 100.0
+    assert window.recent() == {"bad_tag": 25.0, "stale": 2.0}
+    now[0] = 450.0  # the samples at 0 and 100 are older than the window; 100 stays as the base
+    ingest.rejected.labels("stale").inc(1)
+    assert window.recent() == {"stale": 1.0}
+    assert kinds(HubState(NOW, rejections=window.recent())) == []
