@@ -366,8 +366,11 @@ class ModelUpdater:
         part = folder / f"{target.version}.part"
         self._last_transfer = self._fetch_model(updater, info, target, part, record)
         self._checkpoint("downloaded")
+        # A form was hashed as it was written; the model file, by ngclient in a temporary file
+        # before the copy, so it is read back once. activate() hashes either again before the switch.
+        rehash = self._last_transfer[0] == "full"
         with part.open("rb") as handle:
-            if not _verifies_handle(handle, record):
+            if rehash and not _verifies_handle(handle, record):
                 part.unlink(missing_ok=True)
                 raise _Refused(
                     OtaRefusal(TamperedTargetError.reason, f"{part} changed on disk after download")
@@ -424,9 +427,11 @@ class ModelUpdater:
             raise _FormFailed(f"{transfer.path} is {form.length} bytes, over the cap")
         base = None
         if transfer.base_sha256 is not None:
-            base = _read_verified(self._models / held[transfer.base_sha256].file, transfer.base_sha256)
-            if base is None:
-                raise _FormFailed(f"the model {transfer.path} applies to no longer verifies on this device")
+            # Not re-hashed here: a base that changed on disk rebuilds bytes that fail the model's hash.
+            try:
+                base = (self._models / held[transfer.base_sha256].file).read_bytes()
+            except OSError as exc:
+                raise _FormFailed(f"the model {transfer.path} applies to cannot be read: {exc}") from exc
         payload = part.with_name(f"{part.stem}.{transfer.encoding}")
         digest = hashlib.sha256()
         try:
@@ -637,14 +642,6 @@ def _download_target(updater: Updater, info: TargetFile, destination: Path) -> P
 
 class _FormFailed(Exception):  # noqa: N818 - a control-flow signal inside _fetch_model, never escapes
     pass
-
-
-def _read_verified(path: Path, sha256: str) -> bytes | None:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    return data if hashlib.sha256(data).hexdigest() == sha256 else None
 
 
 class _Refused(Exception):  # noqa: N818 - a control-flow signal inside check_and_stage, never escapes
