@@ -24,12 +24,12 @@ from starlette.background import BackgroundTask
 
 from roadside.cloud.api.alerting import hub_alerts
 from roadside.cloud.api.deps import ADMIN, READ_TELEMETRY, WRITE_DEVICES, WRITE_ROLLOUTS
-from roadside.cloud.api.routes.signals import call_messages
 from roadside.cloud.api.routes.stream import EVENT_STREAM, event_messages
 from roadside.cloud.api.schemas import CountsParams, EventsParams
 from roadside.cloud.api.webhooks import masked_url
 from roadside.cloud.console import views
 from roadside.cloud.console.links import LinkError, LinkGrant, verify
+from roadside.cloud.console.live import signal_messages
 from roadside.cloud.console.web import (
     CSRF_FIELD,
     LOGIN_CSRF_COOKIE,
@@ -55,7 +55,7 @@ from roadside.cloud.registry import SCOPES
 from roadside.cloud.release.controller import change_rollout, create_rollout, rollout_status
 from roadside.cloud.release.rollouts import RolloutSpec, parse_duration, parse_waves
 from roadside.cloud.signals.calls import FeedFullError as CallFeedFullError
-from roadside.cloud.signals.phases import phase_states
+from roadside.cloud.signals.phases import PhaseState, phase_states
 from roadside.cloud.storage.signals import SupportsSignals
 from roadside.shared.errors import ConfigError, RoadsideError
 
@@ -509,16 +509,22 @@ def signals(request: Request, operator: OperatorDep, resources: ResourcesDep) ->
 PHASE_LOOKBACK: Final = timedelta(minutes=10)  # a phase not heard of for longer is not shown
 
 
+def _phases(store: SupportsSignals, signal_id: str) -> list[PhaseState]:
+    """Each phase's interval from the controller's events of the last ten minutes."""
+    now = datetime.now(UTC)
+    return phase_states(
+        store.controller_events(signal_id, now - PHASE_LOOKBACK, now + timedelta(seconds=5), 5000)
+    )
+
+
 def _phases_context(resources: ResourcesDep, signal_id: str) -> dict[str, Any]:
     store = resources.store
     if not isinstance(store, SupportsSignals):
         return {"phases": [], "phases_note": "This hub's store keeps no controller events."}
-    now = datetime.now(UTC)
     try:
-        events = store.controller_events(signal_id, now - PHASE_LOOKBACK, now + timedelta(seconds=5), 5000)
+        return {"phases": _phases(store, signal_id), "phases_note": ""}
     except RoadsideError as exc:
         return {"phases": [], "phases_note": f"The store did not answer: {exc}."}
-    return {"phases": phase_states(events), "phases_note": ""}
 
 
 @router.get("/signals/{signal_id}", response_class=HTMLResponse)
@@ -540,22 +546,11 @@ def signal_page(
     return render(request, "signal.html", context, operator=operator)
 
 
-@router.get("/signals/{signal_id}/phases", response_class=HTMLResponse)
-def signal_phases(
-    request: Request,
-    operator: OperatorDep,
-    resources: ResourcesDep,
-    signal_id: Annotated[str, Path(max_length=64)],
-) -> Response:
-    require(operator, READ_TELEMETRY)
-    return render(request, "_signal_phases.html", _phases_context(resources, signal_id), operator=operator)
-
-
 @router.get("/signals/{signal_id}/calls")
 async def signal_calls_stream(
     operator: OperatorDep, resources: ResourcesDep, signal_id: Annotated[str, Path(max_length=64)]
 ) -> Response:
-    """The API's live call stream of one signal (same messages), for a signed-in browser."""
+    """The signal's calls (the API's call stream, same messages) and its phases when they change."""
     require(operator, READ_TELEMETRY)
     dispatcher = resources.signal_calls
     if dispatcher is None or await asyncio.to_thread(resources.registry.signals.get, signal_id) is None:
@@ -566,9 +561,17 @@ async def signal_calls_stream(
         subscription = dispatcher.feed.subscribe(signal_id)
     except CallFeedFullError:
         return Response("too many live streams; reload in a minute", status_code=503, media_type="text/plain")
-    settings = resources.settings
+    settings, store = resources.settings, resources.store
+
+    def phases() -> list[PhaseState] | None:
+        try:
+            return _phases(store, signal_id) if isinstance(store, SupportsSignals) else []
+        except RoadsideError as exc:  # the page keeps what it showed; calls go on
+            logger.warning("console: phases of %s unreadable: %s", signal_id, exc)
+            return None
+
     return StreamingResponse(
-        call_messages(subscription, settings.sse_heartbeat_s, settings.sse_max_duration_s),
+        signal_messages(subscription, phases, settings.sse_heartbeat_s, settings.sse_max_duration_s),
         media_type=EVENT_STREAM,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         background=BackgroundTask(subscription.close),

@@ -260,7 +260,7 @@ def test_a_signal_page_streams_its_calls_and_shows_its_phases(tmp_path: Path) ->
         ControllerEvent(now, 1, 2), ControllerEvent(now + timedelta(seconds=20), 8, 2),  # phase 2: green, yellow
         ControllerEvent(now, 1, 4), ControllerEvent(now + timedelta(seconds=1), 43, 4),  # phase 4: green, called
     ])  # fmt: skip
-    phases = console.client.get("/ui/signals/main-5th/phases").text
+    phases = console.client.get("/ui/signals/main-5th").text
     rows = re.findall(
         r'<tr data-phase="(\d)">.*?class="signal-light ([a-z-]+)".*?<td>(yes|no)</td></tr>', phases, re.S
     )
@@ -278,6 +278,12 @@ def test_a_signal_page_streams_its_calls_and_shows_its_phases(tmp_path: Path) ->
     assert "event: call" in body
     assert '"channel":2' in body
     assert '"called":true' in body
+    # The phases come on the same stream, once (they did not change while it ran).
+    (sent,) = re.findall(r"event: phases\ndata: (.*)\n", body)
+    assert [(p["phase"], p["interval"], p["called"]) for p in json.loads(sent)] == [
+        (2, "yellow", False),
+        (4, "green", True),
+    ]
     opened.close()
 
 

@@ -313,6 +313,7 @@ def test_alerts_device_health_history_and_a_signal_live(admin_page: Any, console
 
     # The agents report health every 2 s: the page charts what arrived since they started.
     page.goto(f"/ui/fleet/{DEVICES[0][0]}?window=1h")
+
     def charted() -> bool:
         page.reload()
         charts = page.locator("#health-charts")
@@ -334,6 +335,11 @@ def test_alerts_device_health_history_and_a_signal_live(admin_page: Any, console
     console_rig.hub.signal_calls.feed.offer(SIGNAL, [call])
     page.wait_for_selector("tr[data-channel='1'] .call.called")
     assert page.locator("tr[data-channel='1'] .call").inner_text() == "called (on)"
+    # The controller moves phase 2 to yellow: the page shows it from the same stream, without a reload.
+    with console_rig.api() as api:
+        yellow = [{"ts": datetime.now(UTC).isoformat(), "code": 8, "param": 2}]
+        assert api.post(f"/v1/signals/{SIGNAL}/events", json={"events": yellow}).status_code == 202
+    page.wait_for_selector("tr[data-phase='2'] .signal-light.yellow")
     _shot(page, console_rig, "journey-signal-live")
 
 

@@ -136,6 +136,50 @@
       localTimes(row);
       row.dataset.calls = String(Number(row.dataset.calls || 0) + 1);
     });
+    source.addEventListener("phases", function (message) { showPhases(JSON.parse(message.data)); });
+  }
+
+  // Every phase's interval, as the signal's stream sends them when they change.
+  function showPhases(phases) {
+    var box = document.getElementById("phases");
+    if (!box) { return; }
+    box.textContent = "";
+    if (!phases.length) {
+      var none = document.createElement("p");
+      none.className = "empty";
+      none.textContent = "No phase events in the last 10 minutes.";
+      box.appendChild(none);
+      return;
+    }
+    var wrap = document.createElement("div");
+    wrap.className = "scroll";
+    wrap.tabIndex = 0;
+    var table = document.createElement("table");
+    table.id = "phase-table";
+    var head = table.createTHead().insertRow();
+    ["Phase", "Interval", "Since", "Call registered"].forEach(function (label) {
+      var th = document.createElement("th");
+      th.scope = "col";
+      th.textContent = label;
+      head.appendChild(th);
+    });
+    var body = table.createTBody();
+    phases.forEach(function (p) {
+      var row = body.insertRow();
+      row.dataset.phase = String(p.phase);
+      row.insertCell().textContent = String(p.phase);
+      var light = document.createElement("span");
+      light.className = "signal-light " + p.interval.replace(/ /g, "-");
+      light.textContent = p.interval;
+      row.insertCell().appendChild(light);
+      var time = document.createElement("time");
+      time.setAttribute("datetime", p.since);
+      row.insertCell().appendChild(time);
+      row.insertCell().textContent = p.called ? "yes" : "no";
+    });
+    wrap.appendChild(table);
+    box.appendChild(wrap);
+    localTimes(box);
   }
 
   document.addEventListener("DOMContentLoaded", function () {
