@@ -7,8 +7,9 @@ as ``roadside rollout create`` does. What the harness then demands of it
 (:meth:`ChaosRelease.outstanding`): the rollout reaches a final state and so
 does every device in it, and each agent runs what the books say:
 
-- ``completed``: every device ``active``, its latest health report (by
-  envelope ``seq``, not by its clock) naming the new version;
+- ``completed``: every device ``active`` and, for the newest rollout, its
+  latest health report (by envelope ``seq``, not by its clock) naming the new
+  version;
 - ``rolled_back`` or ``aborted``, with a reason: every device ``pending``
   (never commanded), ``refused``, ``failed`` or ``rolled_back`` (it confirmed),
   none of them reporting the rolled-back version.
@@ -102,7 +103,12 @@ class ChaosRelease:
         release_model(
             self.repository, self.registry, path, name=MODEL, min_agent_version="0.1.0", version=version
         )
-        gates = GateThresholds(install_timeout_s=60, health_wait_s=20)
+        # The behaviour gates are tested elsewhere (tests/e2e/test_rollout_e2e.py); on this shared,
+        # loaded machine an agent's FPS and latency swing by half between two health reports (a
+        # restart, a neighbour's benchmark), and a rollback for that would hide what a fault did.
+        gates = GateThresholds(
+            install_timeout_s=60, health_wait_s=20, min_fps_ratio=0.2, max_latency_ratio=5.0
+        )
         spec = RolloutSpec(
             MODEL, version, "all", canary=1, waves=(100,), soak_s=3.0, min_frames=4, gates=gates
         )
@@ -137,10 +143,11 @@ class ChaosRelease:
         if record.status != "completed" and not record.reason:
             return f"{record.status} without a reason"
         running = self.running_versions()
+        newest = started == self.rollouts[-1]  # a later rollout may have replaced what this one installed
         for device in devices:
             now_running = running.get(device.device_id, "?")
             if record.status == "completed":
-                if device.state != "active" or now_running != started.version:
+                if device.state != "active" or (newest and now_running != started.version):
                     return f"completed, but {device.device_id} is {device.state} running {now_running}"
             elif device.state not in SETTLED_WITHOUT or now_running == started.version:
                 return f"{record.status}, but {device.device_id} is {device.state} running {now_running}"

@@ -112,7 +112,8 @@ class ChaosAgent(Child):
     ) -> None:
         """``skewed``: run :mod:`bench.chaos.skewed_agent`, its clock offset by what
         :attr:`clock_offset_file` says. ``ota``: take model updates (the bundle names the
-        repository), shadowing every batch and retrying a silent repository every 0.5 s."""
+        repository), shadowing every batch; a silent repository is retried as in production
+        (4 times, 2 s doubling)."""
         root.mkdir(parents=True, exist_ok=True)
         self.device_id = bundle.device_id
         self.outbox = root / "outbox.db"
@@ -124,7 +125,7 @@ class ChaosAgent(Child):
             f'[outbox]\npath = "{self.outbox}"\nrecords_per_message = 5\nmax_bytes = {outbox_max_bytes}\n'
             f'[[sources]]\ntype = "synthetic"\nname = "cam0"\nseed = {seed}\nfps = 8.0\n'
             "width = 320\nheight = 240\nrealtime = true\n"
-            + ("[ota]\nshadow_every = 1\nretry_base_s = 0.5\nshadow_grace_s = 60\n" if ota else "")
+            + ("[ota]\nshadow_every = 1\nshadow_grace_s = 60\n" if ota else "")
         )
         instrument_outbox(self.outbox)
         self.clock_offset_file = root / "clock-offset-s"
