@@ -76,6 +76,7 @@ def dump(*_):
             key = name.split("site-packages/", 1)[1].split("/", 1)[0]
         elif name.startswith(root):
             parts = name[len(root):].strip("/").split("/")
+            parts = parts[1:] if parts[0] == "roadside" and len(parts) > 1 else parts  # the symlinks
             key = "roadside." + parts[0].removesuffix(".py")
         elif "/lib/python" in name:
             key = "stdlib"
