@@ -85,6 +85,18 @@ def test_malformed_or_foreign_calls_are_refused_and_counted_without_costing_the_
     assert [i.channel for i in s.poll()] == [5]
 
 
+def test_a_channel_with_no_phase_keeps_the_sequence_and_calls_nobody() -> None:
+    clock = Clock()
+    s = stream(clock)
+    # A count zone mapped without a phase sits between two stop-bar calls in the stream.
+    s.consume(sse(call(1), call(2, channel=17, phase=None, zone_kind="count"), call(3)))
+    assert [i.channel for i in s.poll()] == [5, 5]
+    assert s.counts["unphased"] == 1
+    assert s.counts["refused"] == 0
+    assert s.counts["gaps"] == 0
+    assert not s.feed_lost()  # its seq was in order: no gap, no recall of every phase
+
+
 def test_a_seq_gap_or_dropped_calls_call_every_phase_for_the_resync_time() -> None:
     clock = Clock()
     s = stream(clock)
