@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.edge_pipeline import _Loop, _model_path
+from bench.edge_pipeline import BrokerLoop, model_path
 
 log = logging.getLogger("bench.agent_memory")
 
@@ -374,7 +374,7 @@ def _worktree(rev: str) -> Iterator[tuple[Path, str]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    model = _model_path(None if args.model == "shipped" else args.model)
+    model = model_path(None if args.model == "shipped" else args.model)
     workdir = Path(tempfile.mkdtemp(prefix="bench-agent-memory-"))
     spec: dict[str, Any] = {
         "model": str(model),
@@ -391,7 +391,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 after_tree,
                 after_commit,
             ),
-            _Loop(workdir) as loop,
+            BrokerLoop(workdir) as loop,
         ):
             if loop.broker is None:
                 raise SystemExit(

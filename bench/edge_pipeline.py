@@ -376,7 +376,7 @@ def _run_phase(phase: str, spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _model_path(arg: str | None) -> Path:
+def model_path(arg: str | None) -> Path:
     if arg is None:
         from roadside.edge.inference.engine import DEFAULT_MODEL
 
@@ -421,7 +421,7 @@ def _describe(
     }
 
 
-class _Loop:
+class BrokerLoop:
     """The broker and enrolled identities the phases publish to; Mosquitto missing: in-memory sink."""
 
     def __init__(self, workdir: Path) -> None:
@@ -429,7 +429,7 @@ class _Loop:
         self.broker: Any = None
         self.bundles: dict[str, str] = {}
 
-    def __enter__(self) -> _Loop:
+    def __enter__(self) -> BrokerLoop:
         from roadside.cloud.broker.mosquitto import MosquittoBroker
         from roadside.cloud.home import acl_devices, enroll_device, init_home
         from roadside.cloud.registry import Registry
@@ -469,7 +469,7 @@ class _Loop:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    model = _model_path(args.model)
+    model = model_path(args.model)
     workdir = Path(tempfile.mkdtemp(prefix="bench-edge-"))
     spec: dict[str, Any] = {
         "model": str(model),
@@ -484,7 +484,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     rounds: dict[str, list[dict[str, Any]]] = defaultdict(list)
     try:
-        with _Loop(workdir) as loop:
+        with BrokerLoop(workdir) as loop:
             spec["agent_bundle"] = loop.bundles["bench-agent"]
             spec["naive_bundle"] = loop.bundles["bench-naive"] if loop.broker is not None else None
             for r in range(args.rounds):
