@@ -69,18 +69,9 @@ def test_tampered_target_bytes(release: ReleaseHarness, device: ModelUpdater) ->
     published = release.publish("2.0.0")
     # The model and its compressed and patch forms (ADR 0027): the device falls back from each
     # form to the model file, and refuses that.
-    targets = release.repo.targets().targets
-    forms = [targets[t["path"]] for t in published.custom["transfers"]]
+    forms = release.served_forms(published)
     assert forms, "the release publishes its forms"
-    for served in [release.served(published)] + [
-        release.repo_dir
-        / "targets"
-        / f"{f.path.rpartition('/')[0]}/{f.hashes['sha256']}.{f.path.rpartition('/')[2]}"
-        for f in forms
-    ]:
-        data = bytearray(served.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        served.write_bytes(bytes(data))
+    release.tamper(published)
 
     result = device.check_and_stage("detector")
     assert_refused(result, "tampered_target", "does not match expected hash")

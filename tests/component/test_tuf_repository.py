@@ -136,6 +136,23 @@ class ReleaseHarness:
         folder, _, name = published.target_path.rpartition("/")
         return self.repo_dir / "targets" / folder / f"{published.sha256}.{name}"
 
+    def served_forms(self, published: PublishedModel) -> list[Path]:
+        """The hash-named files of the model's compressed and patch forms (ADR 0027)."""
+        targets = self.repo.targets().targets
+        found = []
+        for transfer in published.custom.get("transfers", []):
+            entry = targets[transfer["path"]]
+            folder, _, name = entry.path.rpartition("/")
+            found.append(self.repo_dir / "targets" / folder / f"{entry.hashes['sha256']}.{name}")
+        return found
+
+    def tamper(self, published: PublishedModel) -> None:
+        """Flip a byte in the middle of every file the release serves for the model."""
+        for served in [self.served(published), *self.served_forms(published)]:
+            data = bytearray(served.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            served.write_bytes(bytes(data))
+
     def metadata(self, name: str) -> Path:
         return self.repo_dir / "metadata" / name
 

@@ -90,10 +90,7 @@ def test_a_tampered_update_is_refused_and_the_old_model_keeps_running(
 ) -> None:
     bundle = rig.with_anchor(loop.enroll("dev-tamper"))
     published = rig.publish("1.2.0")
-    served = rig.release.served(published)
-    data = bytearray(served.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    served.write_bytes(bytes(data))
+    rig.release.tamper(published)  # the model and its compressed and patch forms (ADR 0027)
     agent = agent_with_ota(tmp_path, bundle)
     try:
         running = agent.detector
