@@ -224,7 +224,7 @@ def parse_transfers(entries: Any, model_path: str) -> tuple[Transfer, ...]:
         if not isinstance(entry, dict):
             continue
         path, encoding, base = entry.get("path"), entry.get("encoding"), entry.get("base_sha256")
-        if not isinstance(path, str) or encoding not in ENCODINGS:
+        if not isinstance(path, str) or not isinstance(encoding, str) or encoding not in ENCODINGS:
             continue
         directory, _, filename = path.rpartition("/")
         if directory != folder or not _SEGMENT_RE.fullmatch(filename) or path == model_path:

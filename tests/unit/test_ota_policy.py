@@ -338,6 +338,8 @@ def test_a_patch_from_a_held_model_comes_first_then_the_compressed_file() -> Non
         {**ZST, "path": PATH},  # the model itself
         {**PATCH, "base_sha256": "not-a-hash"},
         {"encoding": "zstd"},
+        {**ZST, "encoding": ["zstd"]},  # unhashable: left out, not a TypeError
+        {**PATCH, "base_sha256": ["cd"]},
         "models/detector/2.0.0/model.zst",
     ],
 )
