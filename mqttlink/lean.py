@@ -272,6 +272,9 @@ class LeanSession:
         config = self.config
         try:
             raw = socket.create_connection((config.host, config.port), timeout=10)
+        except OSError as exc:  # refused or unresolvable
+            raise TransportError(f"cannot reach the broker at {config.host}:{config.port}: {exc}") from exc
+        try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock: socket.socket = (
                 self._tls.wrap_socket(raw, server_hostname=config.host) if self._tls is not None else raw
@@ -285,7 +288,8 @@ class LeanSession:
                     config.receive_maximum,
                 )
             )
-        except OSError as exc:  # refused, unresolvable, or a TLS handshake that failed
+        except OSError as exc:  # a TLS handshake that failed, or the connection dropped at once
+            raw.close()
             raise TransportError(f"cannot reach the broker at {config.host}:{config.port}: {exc}") from exc
         sock.setblocking(False)
         self._last_sent = time.monotonic()
@@ -383,7 +387,7 @@ class LeanSession:
         """The next packet id, 1..65535, skipping those still in flight (call with ``_lock``)."""
         for _ in range(65535):
             self._next_mid = self._next_mid % 65535 + 1
-            if self._next_mid not in self._inflight:
+            if self._next_mid not in self._inflight and self._next_mid not in self._subscriptions:
                 return self._next_mid
         raise TransportError("65535 messages are in flight: no packet id is free")
 
