@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fuzz.targets import TARGETS
+from fuzz.targets import SCRATCH_ENV, TARGETS, scratch_root
 
 REGRESSIONS = Path(__file__).parent / "regressions"
 _STAT = re.compile(r"stat::(\w+):\s+(\d+)")
@@ -32,7 +33,10 @@ def seed_corpus(name: str, corpus: Path) -> None:
 
 def fuzz_one(name: str, runs: int, max_time_s: int, artifacts: Path) -> dict[str, object]:
     artifacts.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as scratch,
+        tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-", dir=scratch_root()) as files,
+    ):
         corpus = Path(scratch) / "corpus"
         seed_corpus(name, corpus)
         args = [
@@ -49,6 +53,7 @@ def fuzz_one(name: str, runs: int, max_time_s: int, artifacts: Path) -> dict[str
             capture_output=True,
             text=True,
             check=False,
+            env={**os.environ, SCRATCH_ENV: files},  # the targets' files, reused per input, in RAM
         )
     stats = {k: int(v) for k, v in _STAT.findall(result.stderr)}
     crashes = sorted(str(p) for p in artifacts.glob(f"{name}-*"))

@@ -6,9 +6,12 @@ documented; any other exception propagates and is a crash.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
+import os
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,16 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zstandard
 
 from roadside.cloud.dataset.formats import parse_coco, parse_yolo
 from roadside.cloud.settings import HubSettings
-from roadside.edge.ota.policy import OtaRefusal, parse_target
+from roadside.edge.ota.decoding import decode_into
+from roadside.edge.ota.policy import ZSTD, ZSTD_PATCH, OtaRefusal, parse_target
+from roadside.edge.sensors.air import alphasense, climate, plantower, sds011, sps30
+from roadside.edge.sensors.air.framing import FrameError
 from roadside.edge.settings import AgentSettings
+from roadside.mqttlink.lean import LeanSession, encode_varint
+from roadside.mqttlink.session import Message, SessionConfig
 from roadside.shared import schemas
 from roadside.shared.bundle import read_bundle
 from roadside.shared.config import load_settings
 from roadside.shared.envelope import DeviceSealer, HubOpener, parse
-from roadside.shared.errors import RoadsideError
+from roadside.shared.errors import RoadsideError, TamperedTargetError, TransportError
 from roadside.shared.keys import KeyPair, PublicKeys
 from roadside.vision.yolo import decode_yolo
 
@@ -36,6 +45,41 @@ class Target:
     name: str
     run: Callable[[bytes], None]
     seeds: Callable[[], list[bytes]]
+
+
+# -- scratch files --------------------------------------------------------------------------------
+#
+# The parsers that take a path get one folder per process, reused for every input, in RAM
+# (/dev/shm) where there is one: a temporary folder per input made those targets 20x slower.
+# ``python -m fuzz`` makes the folder and names it in ROADSIDE_FUZZ_SCRATCH (and removes it);
+# in process (the tests) one is made on first use and removed at exit.
+
+SCRATCH_ENV = "ROADSIDE_FUZZ_SCRATCH"
+_scratch: list[Path] = []
+
+
+def scratch_root() -> str | None:
+    """Where scratch folders go: /dev/shm when this machine has it."""
+    return "/dev/shm" if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None  # noqa: S108
+
+
+def scratch() -> Path:
+    if not _scratch:
+        named = os.environ.get(SCRATCH_ENV)
+        if named:
+            _scratch.append(Path(named))
+        else:
+            made = Path(tempfile.mkdtemp(prefix="fuzz-scratch-", dir=scratch_root()))
+            atexit.register(shutil.rmtree, made, True)
+            _scratch.append(made)
+    return _scratch[0]
+
+
+def _folder(name: str) -> Path:
+    """An empty-at-first folder for one target, reused for every input."""
+    folder = scratch() / name
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 # -- envelope ------------------------------------------------------------------------------
@@ -139,22 +183,21 @@ def _yolo_seeds() -> list[bytes]:
 
 
 def dataset_coco(data: bytes) -> None:
-    with tempfile.TemporaryDirectory(prefix="fuzz-coco-") as scratch:
-        path = Path(scratch) / "labels.json"
-        path.write_bytes(data)
-        with contextlib.suppress(RoadsideError):
-            parse_coco(path, {}, Path(scratch))
+    folder = _folder("coco")
+    path = folder / "labels.json"
+    path.write_bytes(data)
+    with contextlib.suppress(RoadsideError):
+        parse_coco(path, {}, folder)
 
 
 def dataset_yolo(data: bytes) -> None:
     """The first line is classes.txt (names split on ``|``), the rest one image's label file."""
     classes, _, labels = data.partition(b"\n")
-    with tempfile.TemporaryDirectory(prefix="fuzz-yolo-") as scratch:
-        folder = Path(scratch)
-        (folder / "classes.txt").write_bytes(classes.replace(b"|", b"\n"))
-        (folder / "img0.txt").write_bytes(labels)
-        with contextlib.suppress(RoadsideError):
-            parse_yolo(folder, {}, folder)
+    folder = _folder("yolo")
+    (folder / "classes.txt").write_bytes(classes.replace(b"|", b"\n"))
+    (folder / "img0.txt").write_bytes(labels)
+    with contextlib.suppress(RoadsideError):
+        parse_yolo(folder, {}, folder)
 
 
 def _coco_seeds() -> list[bytes]:
@@ -179,12 +222,12 @@ def config_file(data: bytes) -> None:
         return
     model: type[AgentSettings] | type[HubSettings] = AgentSettings if data[0] & 1 else HubSettings
     suffix = ".toml" if data[0] & 2 else ".json"
-    with tempfile.TemporaryDirectory(prefix="fuzz-config-") as scratch:
-        path = Path(scratch) / f"config{suffix}"
-        path.write_bytes(data[1:])
-        overrides: dict[str, Any] = {"home": Path(scratch)} if model is HubSettings else {}
-        with contextlib.suppress(RoadsideError):
-            load_settings(model, path, "fuzzed config", overrides)
+    folder = _folder("config")
+    path = folder / f"config{suffix}"
+    path.write_bytes(data[1:])
+    overrides: dict[str, Any] = {"home": folder} if model is HubSettings else {}
+    with contextlib.suppress(RoadsideError):
+        load_settings(model, path, "fuzzed config", overrides)
 
 
 def _config_seeds() -> list[bytes]:
@@ -197,11 +240,10 @@ def _config_seeds() -> list[bytes]:
 
 
 def enrollment_bundle(data: bytes) -> None:
-    with tempfile.TemporaryDirectory(prefix="fuzz-bundle-") as scratch:
-        path = Path(scratch) / "bundle.json"
-        path.write_bytes(data)
-        with contextlib.suppress(RoadsideError):
-            read_bundle(path)
+    path = _folder("bundle") / "bundle.json"
+    path.write_bytes(data)
+    with contextlib.suppress(RoadsideError):
+        read_bundle(path)
 
 
 def _bundle_seeds() -> list[bytes]:
@@ -246,6 +288,137 @@ def _tuf_seeds() -> list[bytes]:
     return [json.dumps(entry).encode(), b'{"hashes": {}, "length": 1}']
 
 
+# -- the hub's lean MQTT 5 reader (bytes from the broker) --------------------------------------------
+
+
+class _LeanReader:
+    """One :class:`LeanSession` that never connects; inputs go to its packet cutter as if the
+    broker had sent them (CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP, DISCONNECT and others)."""
+
+    def __init__(self) -> None:
+        self.session: LeanSession | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self.session is None:
+            config = SessionConfig("127.0.0.1", 1, "fuzz-lean", mqtt5=True, persistent=True)
+            self.session = LeanSession(config, on_message=self.message)
+        session = self.session
+        try:
+            rest = session._dispatch(data)  # what the network thread does with each read
+        except TransportError:  # covers ProtocolError: the session drops the connection
+            return
+        assert len(rest) <= len(data)
+
+    @staticmethod
+    def message(message: Message) -> None:
+        assert isinstance(message.topic, str)
+        assert isinstance(message.payload, bytes)
+
+
+_LEAN = _LeanReader()
+
+
+def mqtt_lean(data: bytes) -> None:
+    _LEAN.feed(data)
+
+
+def _mqtt_packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + encode_varint(len(body)) + body
+
+
+def _mqtt_seeds() -> list[bytes]:
+    connack = _mqtt_packet(0x20, b"\x00\x00\x06\x21\x00\x40\x13\x00\x1e")  # Receive Maximum, Keep Alive
+    topic = b"\x00\x0droadside/x/up"
+    publish1 = _mqtt_packet(0x32, topic + b"\x00\x07" + b"\x00" + b"payload")
+    publish0 = _mqtt_packet(0x30, topic + b"\x03\x01\x01\x00" + b"p")
+    props = b"\x1f\x00\x02ok\x26\x00\x01k\x00\x01v\x0b\x05"
+    publish_props = _mqtt_packet(0x32, topic + b"\x00\x08" + bytes([len(props)]) + props + b"x")
+    return [
+        connack + publish1 + publish0,
+        connack + publish_props,
+        _mqtt_packet(0x40, b"\x00\x01"),
+        _mqtt_packet(0x40, b"\x00\x02\x10"),
+        _mqtt_packet(0x90, b"\x00\x01\x00\x01"),
+        b"\xd0\x00" + publish1[:5],
+        _mqtt_packet(0xE0, b"\x8e"),
+    ]
+
+
+# -- air-quality sensor frames (serial and I2C bytes from the sensors) -------------------------------
+
+
+def air_frames(data: bytes) -> None:
+    """Byte 0 picks the codec (Plantower, SDS011, SPS30 streams; SHT3x, ADS1115 registers),
+    byte 1 the chunk size the stream arrives in; the rest is what the sensor sent."""
+    if len(data) < 2:
+        return
+    pick, size, raw = data[0] % 5, data[1] % 64 + 1, data[2:]
+    if pick >= 3:
+        with contextlib.suppress(FrameError):
+            if pick == 3:
+                climate.decode_measurement(raw)
+            elif len(raw) == 2:  # the driver reads exactly the 2-byte conversion register
+                alphasense.ads1115_millivolts(raw)
+        return
+    decoder = (plantower.PlantowerDecoder, sds011.Sds011Decoder, sps30.Sps30Decoder)[pick]()
+    frames = 0
+    for at in range(0, len(raw), size):
+        frames += len(decoder.feed(raw[at : at + size]))
+    decoder.reset()
+    stats = decoder.stats
+    assert frames == stats.accepted
+    assert stats.skipped_bytes <= len(raw)
+
+
+def _air_seeds() -> list[bytes]:
+    values = {"pm25": 12, "pm10": 20}
+    reading = sps30.miso(sps30.CMD_READ, sps30.encode_values({"pm25": 3.5}))
+    return [
+        b"\x00\x07" + plantower.encode_frame(values) + b"\x42" + plantower.encode_frame({}),
+        b"\x01\x03" + sds011.encode_frame(12.5, 20.1) + b"\xaa\xc0" + sds011.encode_frame(0.0, 999.9),
+        b"\x02\x05" + reading + sps30.miso(sps30.CMD_START) + reading[:9],
+        b"\x03\x00" + climate.encode_measurement(21.5, 40.0),
+        b"\x04\x00\x12\x34",
+    ]
+
+
+# -- model updates: a compressed model or a patch against the model held (ADR 0027) -----------------
+
+_BASE = bytes(range(256)) * 64
+_MAX_MODEL_BYTES = 1 << 20
+
+
+def ota_decode(data: bytes) -> None:
+    """Byte 0 picks a compressed model or a patch against a 16 KiB base model; the rest is the
+    downloaded file. Decoded bytes are capped at 1 MiB as the model target's signed length caps them."""
+    if not data:
+        return
+    patch = bool(data[0] & 1)
+    path = _folder("ota") / "model.onnx.zst"
+    path.write_bytes(data[1:])
+    written: list[int] = []
+    try:
+        total = decode_into(
+            ZSTD_PATCH if patch else ZSTD, path, lambda b: written.append(len(b)), _MAX_MODEL_BYTES,
+            _BASE if patch else None,
+        )  # fmt: skip
+    except TamperedTargetError:
+        return
+    assert total == sum(written) <= _MAX_MODEL_BYTES
+
+
+def _ota_seeds() -> list[bytes]:
+    model = _BASE[:4000] + b"new weights" * 50
+    patch = zstandard.ZstdCompressor(
+        dict_data=zstandard.ZstdCompressionDict(_BASE, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    ).compress(model)
+    return [
+        b"\x00" + zstandard.ZstdCompressor(level=3).compress(model),
+        b"\x01" + patch,
+        b"\x00" + zstandard.ZstdCompressor(write_content_size=False).compress(b"x" * 5000),
+    ]
+
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -258,6 +431,9 @@ TARGETS: dict[str, Target] = {
         Target("config", config_file, _config_seeds),
         Target("bundle", enrollment_bundle, _bundle_seeds),
         Target("tuf-target", tuf_target, _tuf_seeds),
+        Target("mqtt-lean", mqtt_lean, _mqtt_seeds),
+        Target("air-frames", air_frames, _air_seeds),
+        Target("ota-decode", ota_decode, _ota_seeds),
     )
 }
 

@@ -149,6 +149,8 @@ _USER_PROPERTY: Final = 0x26  # a pair of strings
 def parse_properties(buf: bytes | bytearray | memoryview, pos: int, end: int) -> dict[int, int]:
     """The integer-valued MQTT 5 properties in ``buf[pos:end]`` by identifier (strings are skipped)."""
     found: dict[int, int] = {}
+    if end > len(buf):
+        raise ProtocolError("the properties run past the packet")
     while pos < end:
         ident = buf[pos]
         pos += 1
@@ -163,6 +165,8 @@ def parse_properties(buf: bytes | bytearray | memoryview, pos: int, end: int) ->
             found[ident], pos = value
         elif ident in _PREFIXED or ident == _USER_PROPERTY:
             for _ in range(2 if ident == _USER_PROPERTY else 1):
+                if pos + 2 > end:
+                    raise ProtocolError("a property runs past the packet")
                 pos += 2 + ((buf[pos] << 8) | buf[pos + 1])
         else:
             raise ProtocolError(f"unknown MQTT 5 property {ident:#x}")
@@ -177,8 +181,15 @@ def parse_publish(first: int, body: bytes | bytearray | memoryview, tag: int = 0
     qos = (first >> 1) & 0x03
     if qos > 1:
         raise ProtocolError(f"QoS {qos} was not subscribed for")
+    if len(body) < 2:
+        raise ProtocolError("a PUBLISH without a topic")
     topic_end = 2 + ((body[0] << 8) | body[1])
-    topic = bytes(body[2:topic_end]).decode()
+    if topic_end + 2 * qos > len(body):
+        raise ProtocolError("a PUBLISH topic runs past the packet")
+    try:
+        topic = bytes(body[2:topic_end]).decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("a PUBLISH topic that is not UTF-8") from exc
     pos = topic_end
     mid = 0
     if qos:
@@ -515,6 +526,8 @@ class LeanSession:
             raise ProtocolError(f"unexpected MQTT packet type {kind >> 4}")
 
     def _connack(self, body: bytes) -> None:
+        if len(body) < 2:
+            raise ProtocolError(f"a CONNACK of {len(body)} bytes")
         session_present, code = bool(body[0] & 0x01), body[1]
         ok = code < 0x80
         if ok:
@@ -539,6 +552,8 @@ class LeanSession:
             raise TransportError(f"the broker refused the connection ({_reason_name(code)})")
 
     def _puback(self, body: bytes) -> None:
+        if len(body) < 2:
+            raise ProtocolError(f"a PUBACK of {len(body)} bytes")
         mid = (body[0] << 8) | body[1]
         code = body[2] if len(body) > 2 else 0
         with self._lock:
@@ -554,6 +569,8 @@ class LeanSession:
             self._on_puback(PubAck(mid, delivery, "" if code == 0 else _reason_name(code)))
 
     def _suback(self, body: bytes) -> None:
+        if len(body) < 2:
+            raise ProtocolError(f"a SUBACK of {len(body)} bytes")
         mid = (body[0] << 8) | body[1]
         props = decode_varint(body, 2)
         if props is None:

@@ -5,8 +5,10 @@ atheris itself, to show the harness runs. ``python -m fuzz all --runs N`` is the
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from fuzz.__main__ import REGRESSIONS
 from fuzz.targets import TARGETS, mutations
 from roadside.cloud.dataset.formats import parse_coco, parse_yolo
 from roadside.edge.ota.policy import OtaRefusal, parse_target
+from roadside.mqttlink.lean import LeanSession, ProtocolError, parse_properties, parse_publish
+from roadside.mqttlink.session import ConnAck, SessionConfig
 from roadside.shared.bundle import read_bundle
 from roadside.shared.config import read_config_file
 from roadside.shared.errors import ConfigError
@@ -95,3 +99,75 @@ def test_a_tuf_target_whose_sha256_is_not_a_string_is_refused() -> None:
     result = parse_target(entry["path"], entry["length"], entry["hashes"], entry.get("custom"))
     assert isinstance(result, OtaRefusal)
     assert "no sha256 hash" in result.detail
+
+
+# The hub's lean MQTT 5 reader (fuzz/regressions/mqtt-lean/): a packet from the broker that was
+# cut short, ran its properties past its end or named a topic that is not UTF-8 raised IndexError
+# or UnicodeDecodeError out of the network thread, which ended it: no reconnection, ingest stopped.
+# Each is now a ProtocolError (a TransportError): the session drops the connection and reconnects.
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REGRESSIONS / "mqtt-lean").glob("*")))
+def test_a_malformed_packet_from_the_broker_is_a_protocol_error(name: str) -> None:
+    session = LeanSession(SessionConfig("127.0.0.1", 1, "fuzz-regression", persistent=True))
+    with pytest.raises(ProtocolError):
+        session._dispatch((REGRESSIONS / "mqtt-lean" / name).read_bytes())
+
+
+def test_a_publish_topic_that_is_not_utf8_or_cut_short_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="not UTF-8"):
+        parse_publish(0x30, b"\x00\x02\x8e\x90\x00payload")
+    with pytest.raises(ProtocolError, match="without a topic"):
+        parse_publish(0x30, b"\x00")
+    with pytest.raises(ProtocolError, match="runs past"):
+        parse_publish(0x32, b"\x00\x01t\x00")  # QoS 1 with half a packet id
+
+
+def test_a_string_property_cut_short_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="runs past"):
+        parse_properties(b"\x1f\x00", 0, 2)
+    with pytest.raises(ProtocolError, match="run past"):
+        parse_properties(b"\x21\x00", 0, 9)
+
+
+@pytest.mark.timeout(30)
+def test_the_session_drops_a_connection_that_sends_a_malformed_packet_and_reconnects() -> None:
+    """A loopback "broker" answers the first CONNECT with a CONNACK and a PUBLISH whose topic is
+    not UTF-8, the second with a CONNACK only: the session reconnects instead of its thread dying."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    reasons: list[str] = []
+    connected = threading.Event()
+    accepted: list[socket.socket] = []
+
+    def broker() -> None:
+        for answer in (b"\x20\x03\x00\x00\x00" + (REGRESSIONS / "mqtt-lean" / "topic-not-utf8").read_bytes(),
+                       b"\x20\x03\x00\x00\x00"):  # fmt: skip
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            conn.recv(1024)  # CONNECT
+            conn.sendall(answer)
+
+    server = threading.Thread(target=broker, daemon=True)
+    server.start()
+    config = SessionConfig("127.0.0.1", port, "fuzz-regression", persistent=True, reconnect_delay_s=(0, 0))
+    connects: list[int] = []
+
+    def on_connect(_session: LeanSession, ack: ConnAck) -> None:
+        connects.append(int(ack.ok))
+        if len(connects) == 2:
+            connected.set()
+
+    session = LeanSession(config, on_connect=on_connect, on_disconnect=reasons.append)
+    session.connect()
+    session.loop_start()
+    try:
+        assert connected.wait(10), (connects, reasons)
+    finally:
+        session.disconnect()
+        session.loop_stop()
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    assert connects == [1, 1]
+    assert reasons[0] == "a PUBLISH topic that is not UTF-8"  # then "disconnected", the session's own end
