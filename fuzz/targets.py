@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import zstandard
+from pyasn1.codec.ber import encoder as snmp_encoder
+from pysnmp.proto import api as snmp_api
 
 from roadside.cloud.dataset.formats import parse_coco, parse_yolo
 from roadside.cloud.settings import HubSettings
@@ -35,8 +37,9 @@ from roadside.shared import schemas
 from roadside.shared.bundle import read_bundle
 from roadside.shared.config import load_settings
 from roadside.shared.envelope import DeviceSealer, HubOpener, parse
-from roadside.shared.errors import RoadsideError, TamperedTargetError, TransportError
+from roadside.shared.errors import RoadsideError, SchemaError, TamperedTargetError, TransportError
 from roadside.shared.keys import KeyPair, PublicKeys
+from roadside.signalcontrol import ntcip
 from roadside.vision.yolo import decode_yolo
 
 
@@ -419,6 +422,48 @@ def _ota_seeds() -> list[bytes]:
     ]
 
 
+# -- NTCIP 1202 answers from a signal cabinet (SNMP v2c datagrams) ----------------------------------
+
+_SNMP_REQUEST_ID = 4242
+_SNMP_ASKED = [ntcip.MAX_PHASES, f"{ntcip.STATUS_GREENS}.1", f"{ntcip.CONTROL_VEH_CALL}.1"]
+_V2C: Any = snmp_api.PROTOCOL_MODULES[snmp_api.SNMP_VERSION_2C]
+
+
+def ntcip_answer(data: bytes) -> None:
+    """One UDP datagram as :class:`~roadside.signalcontrol.ntcip.SnmpV2cClient` reads it in
+    answer to a GET or SET of three objects."""
+    try:
+        answer = ntcip.decode_answer(data, _SNMP_REQUEST_ID, _SNMP_ASKED)
+        if answer is not None:
+            for oid, value in answer:
+                ntcip.integer_value(oid, value)
+    except SchemaError:
+        return
+
+
+def _snmp_response(values: list[Any], error_status: int = 0, error_index: int = 0) -> bytes:
+    pdu = _V2C.ResponsePDU()
+    _V2C.apiPDU.set_defaults(pdu)
+    _V2C.apiPDU.set_request_id(pdu, _SNMP_REQUEST_ID)
+    _V2C.apiPDU.set_error_status(pdu, error_status)
+    _V2C.apiPDU.set_error_index(pdu, error_index)
+    _V2C.apiPDU.set_varbinds(pdu, list(zip(_SNMP_ASKED, values, strict=False)))
+    message = _V2C.Message()
+    _V2C.apiMessage.set_defaults(message)
+    _V2C.apiMessage.set_community(message, "public")
+    _V2C.apiMessage.set_pdu(message, pdu)
+    return bytes(snmp_encoder.encode(message))
+
+
+def _ntcip_seeds() -> list[bytes]:
+    return [
+        _snmp_response([_V2C.Integer(16), _V2C.Integer(0b10001), _V2C.Integer(2)]),
+        _snmp_response([_V2C.Integer(16), _V2C.NoSuchObject(""), _V2C.OctetString(b"x")]),
+        _snmp_response([_V2C.Null("")] * 3, error_status=17, error_index=3),
+        _snmp_response([_V2C.Integer(-1)]),
+    ]
+
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -434,6 +479,7 @@ TARGETS: dict[str, Target] = {
         Target("mqtt-lean", mqtt_lean, _mqtt_seeds),
         Target("air-frames", air_frames, _air_seeds),
         Target("ota-decode", ota_decode, _ota_seeds),
+        Target("ntcip-answer", ntcip_answer, _ntcip_seeds),
     )
 }
 

@@ -191,7 +191,7 @@ class SnmpV2cClient:
 
     def get(self, oids: Sequence[str]) -> dict[str, int]:
         answer = self._request(_V2C.GetRequestPDU(), [(o, _V2C.Null("")) for o in oids], self._community)
-        return {oid: _integer(oid, value) for oid, value in answer}
+        return {oid: integer_value(oid, value) for oid, value in answer}
 
     def set(self, values: Mapping[str, int]) -> None:
         self._request(
@@ -212,15 +212,15 @@ class SnmpV2cClient:
         wire = encoder.encode(message)
         for _ in range(self._retries + 1):
             self._sock.sendto(wire, self._address)
-            response = self._await(request_id)
-            if response is not None:
-                return _check(response, [o for o, _ in varbinds])
+            answer = self._await(request_id, [o for o, _ in varbinds])
+            if answer is not None:
+                return answer
         raise TransportError(
             f"no SNMP answer from {self._address[0]}:{self._address[1]} "
             f"after {self._retries + 1} tries of {self._timeout_s} s"
         )
 
-    def _await(self, request_id: int) -> Any | None:
+    def _await(self, request_id: int, asked: list[str]) -> list[tuple[str, Any]] | None:
         deadline = time.monotonic() + self._timeout_s
         while (left := deadline - time.monotonic()) > 0:
             self._sock.settimeout(left)
@@ -234,17 +234,30 @@ class SnmpV2cClient:
                 continue
             if sender[:2] != self._address:
                 continue
-            try:
-                message, _ = decoder.decode(data, asn1Spec=_V2C.Message())
-                pdu = _V2C.apiMessage.get_pdu(message)
-                if int(_V2C.apiPDU.get_request_id(pdu)) == request_id:
-                    return pdu
-            except (PyAsn1Error, ValueError, TypeError) as exc:
-                log.warning("undecodable SNMP datagram from the cabinet (%s bytes): %s", len(data), exc)
+            answer = decode_answer(data, request_id, asked)
+            if answer is not None:
+                return answer
         return None
 
 
-def _check(pdu: Any, asked: list[str]) -> list[tuple[str, Any]]:
+def decode_answer(data: bytes, request_id: int, asked: Sequence[str]) -> list[tuple[str, Any]] | None:
+    """The (oid, value) pairs of one datagram from the cabinet that answers ``request_id``.
+
+    ``None`` for a datagram that does not decode (logged) or answers another request;
+    :class:`SchemaError` when the cabinet refused the request (its error-status).
+    """
+    try:
+        message, _ = decoder.decode(data, asn1Spec=_V2C.Message())
+        pdu = _V2C.apiMessage.get_pdu(message)
+        if int(_V2C.apiPDU.get_request_id(pdu)) != request_id:
+            return None
+    except (PyAsn1Error, ValueError, TypeError) as exc:
+        log.warning("undecodable SNMP datagram from the cabinet (%s bytes): %s", len(data), exc)
+        return None
+    return _check(pdu, asked)
+
+
+def _check(pdu: Any, asked: Sequence[str]) -> list[tuple[str, Any]]:
     status = int(_V2C.apiPDU.get_error_status(pdu))
     if status:
         index = int(_V2C.apiPDU.get_error_index(pdu))
@@ -253,7 +266,8 @@ def _check(pdu: Any, asked: list[str]) -> list[tuple[str, Any]]:
     return [(str(oid), value) for oid, value in _V2C.apiPDU.get_varbinds(pdu)]
 
 
-def _integer(oid: str, value: Any) -> int:
+def integer_value(oid: str, value: Any) -> int:
+    """An INTEGER the cabinet answered; :class:`SchemaError` for a missing object or another type."""
     if isinstance(value, _V2C.NoSuchObject | _V2C.NoSuchInstance | _V2C.EndOfMibView):
         raise SchemaError(f"the cabinet has no {oid} (is it an NTCIP 1202 controller?)")
     try:
