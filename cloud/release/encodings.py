@@ -21,11 +21,12 @@ being the model file itself. The only module on the hub that imports
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Final
 
-import zstandard
+from roadside.shared.errors import ConfigError
 
 ZSTD: Final = "zstd"
 ZSTD_PATCH: Final = "zstd-patch"
@@ -65,6 +66,18 @@ class EncodedForm:
         return entry
 
 
+log = logging.getLogger(__name__)
+
+
+def _zstd() -> Any:
+    """The zstandard module; ``ConfigError`` if the hub was installed without it."""
+    try:
+        import zstandard
+    except ImportError as exc:
+        raise ConfigError("zstandard is not installed: pip install 'roadside[cloud]'") from exc
+    return zstandard
+
+
 def window_log(total: int) -> int:
     """The zstd window (log2 bytes) that lets a patch reach back across its whole base."""
     return max(_MIN_WINDOW_LOG, min(MAX_WINDOW_LOG, math.ceil(math.log2(max(total, 2)))))
@@ -72,14 +85,16 @@ def window_log(total: int) -> int:
 
 def compress(data: bytes) -> bytes:
     """``data`` as one zstd frame (the content size in the header)."""
+    zstandard = _zstd()
     params = zstandard.ZstdCompressionParameters.from_level(
         LEVEL, source_size=len(data), window_log=window_log(len(data)), enable_ldm=True
     )
-    return zstandard.ZstdCompressor(compression_params=params).compress(data)
+    return bytes(zstandard.ZstdCompressor(compression_params=params).compress(data))
 
 
 def make_patch(base: bytes, data: bytes) -> bytes:
     """``data`` compressed with ``base`` as a raw-content dictionary: a binary delta from ``base``."""
+    zstandard = _zstd()
     params = zstandard.ZstdCompressionParameters.from_level(
         LEVEL,
         source_size=len(data),
@@ -87,7 +102,7 @@ def make_patch(base: bytes, data: bytes) -> bytes:
         enable_ldm=True,
     )
     dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    return zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(data)
+    return bytes(zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(data))
 
 
 def patch_filename(base_sha256: str) -> str:
@@ -102,7 +117,11 @@ def encoded_forms(data: bytes, bases: dict[str, bytes]) -> list[EncodedForm]:
     would only fetch more for nothing.
     """
     forms = []
-    compressed = compress(data)
+    try:
+        compressed = compress(data)
+    except ConfigError as exc:
+        log.warning("publishing without compressed and patch forms: %s", exc)
+        return []
     if len(compressed) <= len(data) * (1 - MIN_SAVING):
         forms.append(EncodedForm(COMPRESSED_FILE, compressed, ZSTD))
     fallback = min(len(compressed), len(data))  # what a device without the base fetches

@@ -14,10 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-import zstandard
-
 from roadside.edge.ota.policy import ZSTD, ZSTD_PATCH
-from roadside.shared.errors import TamperedTargetError
+from roadside.shared.errors import ConfigError, TamperedTargetError
 
 # The window a frame may ask for: a 64 MiB model and its base (the release side's MAX_WINDOW_LOG).
 MAX_WINDOW_SIZE: Final = 1 << 27
@@ -30,12 +28,18 @@ def decode_into(
     """Pass what ``payload`` encodes to ``write``, chunk by chunk; returns the bytes written.
 
     Raises :class:`TamperedTargetError` for an undecodable frame, output past
-    ``max_bytes``, a patch without its base or an unknown encoding.
+    ``max_bytes``, a patch without its base or an unknown encoding, and
+    :class:`ConfigError` when zstandard is not installed (the caller falls back
+    to the model file).
     """
     if encoding == ZSTD_PATCH and base is None:
         raise TamperedTargetError(f"{payload.name}: a patch needs the model it applies to")
     if encoding not in (ZSTD, ZSTD_PATCH):
         raise TamperedTargetError(f"{payload.name}: unknown encoding {encoding!r}")
+    try:
+        import zstandard
+    except ImportError as exc:  # an agent installed without roadside[edge]'s zstandard: full downloads
+        raise ConfigError("zstandard is not installed: pip install 'roadside[edge]'") from exc
     dictionary = (
         zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
         if encoding == ZSTD_PATCH and base is not None

@@ -443,7 +443,12 @@ class ModelUpdater:
                     out.write(chunk)
 
                 length = decode_into(transfer.encoding, payload, write, target.length, base)
-        except (tuf_errors.DownloadError, tuf_errors.RepositoryError, TamperedTargetError) as exc:
+        except (
+            tuf_errors.DownloadError,
+            tuf_errors.RepositoryError,
+            TamperedTargetError,
+            ConfigError,
+        ) as exc:
             raise _FormFailed(f"{transfer.path}: {exc}") from exc
         finally:
             payload.unlink(missing_ok=True)

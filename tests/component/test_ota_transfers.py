@@ -9,6 +9,7 @@ next form in line, and say which forms it fell back from.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,3 +213,17 @@ def test_a_form_labelled_for_another_model_is_not_used(fleet: Fleet) -> None:
     result = device.check_and_stage("detector")
     assert result.transfer == "full"
     assert "does not say it encodes" in result.fallbacks[0]
+
+
+def test_an_agent_without_zstandard_takes_the_model_file(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installed without the edge extra's zstandard: each form is a logged fallback, never a refusal."""
+    device, _ = fleet.running_base()
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard now raises ImportError
+    result = device.check_and_stage("detector")
+    assert (result.status, result.transfer, len(result.fallbacks)) == ("staged", "full", 2), result
+    assert all("zstandard is not installed" in why for why in result.fallbacks)
+    staged = device.staged_model("detector", NEW)
+    assert staged is not None
+    assert staged.read_bytes() == NEW_BYTES
