@@ -46,7 +46,8 @@ def _wait(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
 
 def _interrupted(journal: Path) -> None:
     """An install accepted, then the agent stopped while the repository had not answered."""
-    repo, reports = HeldRepository(), []
+    repo = HeldRepository()
+    reports: list[OtaReport] = []
     manager = _manager(journal, repo, reports)
     assert manager.handle(Command(type="ota", args=INSTALL)).ok
     assert repo.entered.wait(5)
@@ -61,7 +62,8 @@ def test_an_install_a_stop_interrupted_is_resumed_by_the_next_start(tmp_path: Pa
     _interrupted(journal)
     assert journal.is_file()
 
-    repo, reports = HeldRepository(), []
+    repo = HeldRepository()
+    reports: list[OtaReport] = []
     repo.release.set()  # the repository answers at once now: it refuses the model
     manager = _manager(journal, repo, reports)
     assert manager.resume()
@@ -75,7 +77,8 @@ def test_an_install_a_stop_interrupted_is_resumed_by_the_next_start(tmp_path: Pa
 
 def test_an_install_that_ended_or_was_rolled_back_leaves_no_journal(tmp_path: Path) -> None:
     journal = tmp_path / "install.json"
-    repo, reports = HeldRepository(), []
+    repo = HeldRepository()
+    reports: list[OtaReport] = []
     manager = _manager(journal, repo, reports)
     assert manager.handle(Command(type="ota", args=INSTALL)).ok
     assert repo.entered.wait(5)
@@ -91,7 +94,8 @@ def test_an_unreadable_journal_is_discarded_and_starts_nothing(
 ) -> None:
     journal = tmp_path / "install.json"
     journal.write_text('{"action": "upgrade"}')
-    repo, reports = HeldRepository(), []
+    repo = HeldRepository()
+    reports: list[OtaReport] = []
     manager = _manager(journal, repo, reports)
     with caplog.at_level(logging.WARNING, logger="roadside.edge.ota.manager"):
         assert not manager.resume()
@@ -102,7 +106,8 @@ def test_an_unreadable_journal_is_discarded_and_starts_nothing(
 
 
 def test_without_a_journal_nothing_is_resumed(tmp_path: Path) -> None:
-    repo, reports = HeldRepository(), []
+    repo = HeldRepository()
+    reports: list[OtaReport] = []
     manager = _manager(tmp_path / "never-written.json", repo, reports)
     assert not manager.resume()
     assert manager.installing is None
