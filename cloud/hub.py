@@ -130,6 +130,7 @@ class Hub:
             key_file=identity.key,
             client_id=settings.client_id,
             group=self.home.hub_group() if settings.group is None else (settings.group or None),
+            mqtt_client=settings.ingest_mqtt_client,
         )
         self.ingest = IngestService(
             broker,

@@ -149,6 +149,8 @@ class HubSettings(BaseSettings):
     # all of an event's time in the hub (0.1 s before; bench.latency, docs/performance.md).
     batch_wait_s: float = Field(default=0.005, gt=0, le=5)
     ingest_workers: int = Field(default=0, ge=0, le=64)  # 0: check and write on the writer thread
+    # The ingest connection: "lean" (mqttlink.lean, ADR 0025), or "paho" for a broker it does not serve.
+    ingest_mqtt_client: Literal["lean", "paho"] = "lean"
     max_message_age_s: float = Field(default=900.0, ge=10)
     max_message_bytes: int = Field(
         default=256 * 1024, ge=1024, le=256 * 1024

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -150,13 +151,24 @@ def test_store_down_for_20_s_pauses_ingest_and_loses_nothing(rig: Rig, tmp_path:
             hub.stop()
 
 
+MQTT_CLIENTS: tuple[Literal["lean", "paho"], ...] = ("lean", "paho")
+
+
 def test_two_hubs_on_one_shared_subscription_store_every_record_once(rig: Rig) -> None:
     bundles = rig.fleet(6)
     per_device = 150
     expected = len(bundles) * per_device * RECORDS
-    hubs = [
-        Hub(HubSettings(home=rig.home.root, broker_port=rig.broker.port, api_port=0, client_id=f"hub-{i}"))
-        for i in range(2)
+    hubs = [  # one on the lean MQTT session (the default), one on paho: both paths, in one group
+        Hub(
+            HubSettings(
+                home=rig.home.root,
+                broker_port=rig.broker.port,
+                api_port=0,
+                client_id=f"hub-{i}",
+                ingest_mqtt_client=client,
+            )
+        )
+        for i, client in enumerate(MQTT_CLIENTS)
     ]
     for hub in hubs:
         hub.start()
