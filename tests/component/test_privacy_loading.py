@@ -56,7 +56,8 @@ try:
         faces = type(redactor._faces).__name__ if redactor is not None else "not built"
 finally:
     agent.stop(drain_s=0.0)
-loaded = [m for m in ("onnx", "roadside.edge.privacy.redact", "roadside.edge.privacy.detectors") if m in sys.modules]
+heavy = ("onnx", "roadside.edge.privacy.redact", "roadside.edge.privacy.detectors", "torch")
+loaded = [m for m in heavy if m in sys.modules]  # torch never, in any agent
 print(json.dumps({"uploader": agent.samples is not None, "loaded": loaded, "faces": faces}))
 """
 
