@@ -36,6 +36,7 @@ import json
 import logging
 import resource
 import shutil
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -396,6 +397,7 @@ def parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = parser().parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # finally-blocks stop what was started
     for noisy in ("roadside", "alembic", "tuf"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     result = run(args)
