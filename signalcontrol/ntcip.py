@@ -252,7 +252,8 @@ def decode_answer(data: bytes, request_id: int, asked: Sequence[str]) -> list[tu
         if int(_V2C.apiPDU.get_request_id(pdu)) != request_id:
             return None
     except (PyAsn1Error, ValueError, TypeError) as exc:
-        log.warning("undecodable SNMP datagram from the cabinet (%s bytes): %s", len(data), exc)
+        # pyasn1's messages can hold its whole schema (100 kB): one line, cut short
+        log.warning("undecodable SNMP datagram from the cabinet (%s bytes): %.200s", len(data), exc)
         return None
     return _check(pdu, asked)
 
@@ -260,7 +261,10 @@ def decode_answer(data: bytes, request_id: int, asked: Sequence[str]) -> list[tu
 def _check(pdu: Any, asked: Sequence[str]) -> list[tuple[str, Any]]:
     status = int(_V2C.apiPDU.get_error_status(pdu))
     if status:
-        index = int(_V2C.apiPDU.get_error_index(pdu))
+        try:
+            index = int(_V2C.apiPDU.get_error_index(pdu))
+        except PyAsn1Error:  # an index past the answer's objects: pysnmp's ProtocolError (fuzzing found it)
+            index = 0
         what = asked[index - 1] if 0 < index <= len(asked) else "the request"
         raise SchemaError(f"the cabinet refused {what}: SNMP error-status {status}")
     return [(str(oid), value) for oid, value in _V2C.apiPDU.get_varbinds(pdu)]

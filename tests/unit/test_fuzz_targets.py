@@ -21,7 +21,8 @@ from roadside.mqttlink.lean import LeanSession, ProtocolError, parse_properties,
 from roadside.mqttlink.session import ConnAck, SessionConfig
 from roadside.shared.bundle import read_bundle
 from roadside.shared.config import read_config_file
-from roadside.shared.errors import ConfigError
+from roadside.shared.errors import ConfigError, SchemaError
+from roadside.signalcontrol import ntcip
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -171,3 +172,13 @@ def test_the_session_drops_a_connection_that_sends_a_malformed_packet_and_reconn
             conn.close()
     assert connects == [1, 1]
     assert reasons[0] == "a PUBLISH topic that is not UTF-8"  # then "disconnected", the session's own end
+
+
+def test_a_cabinet_error_index_past_its_answer_is_a_schema_error() -> None:
+    """fuzz/regressions/ntcip-answer/error-index-past-the-varbinds: error-status 17 with an
+    error-index of 7 in an answer of 3 objects raised pysnmp's ProtocolError out of the SNMP
+    client, past the relay's (TransportError, SchemaError) handling: one odd datagram ended the
+    relay. Now the cabinet's refusal names "the request"."""
+    data = (REGRESSIONS / "ntcip-answer" / "error-index-past-the-varbinds").read_bytes()
+    with pytest.raises(SchemaError, match="refused the request: SNMP error-status 17"):
+        ntcip.decode_answer(data, 4242, ["1.3.6.1.4.1.1206.4.2.1.1.1.0"] * 3)
