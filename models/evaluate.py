@@ -142,10 +142,9 @@ def sumo_heldout(
     """
     import tempfile
 
-    from roadside.sim.sumo.evaluate import render_scenario
-    from roadside.sim.sumo.render import DETECTOR_CLASSES, Conditions
+    from roadside.sim.sumo.frames import render_scenario
+    from roadside.sim.sumo.render import DETECTOR_CLASSES, Conditions, findable
     from roadside.sim.sumo.scenarios import build_scenario
-    from roadside.sim.sumo.source import frame_truth
 
     try:
         scenario_name, seed, rendering = SUMO_CONDITIONS[condition]
@@ -161,7 +160,7 @@ def sumo_heldout(
         )[:n]
     images, truths = [], []
     for frame in rendered:
-        pairs = frame_truth(frame.truth)
+        pairs = [(o.label, o.box) for o in findable(frame.truth) if o.label is not None]
         images.append(frame.image)
         truths.append((
             np.array([box for _, box in pairs], dtype=np.float64).reshape(-1, 4),

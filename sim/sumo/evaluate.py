@@ -20,12 +20,9 @@ import numpy.typing as npt
 
 from roadside.edge.inference.engine import OnnxSession
 from roadside.models.evaluate import EVAL_CONF, EVAL_NMS_IOU, EvalReport, evaluate_detections
-from roadside.sim.sumo.poses import load_pose_file
-from roadside.sim.sumo.render import DETECTOR_CLASSES, Conditions, RenderedFrame, Renderer, RoadGeometry
-from roadside.sim.sumo.scenarios import Scenario
+from roadside.sim.sumo.frames import render_scenario
+from roadside.sim.sumo.render import DETECTOR_CLASSES, RenderedFrame
 from roadside.sim.sumo.source import frame_truth
-from roadside.sim.sumo.world import SumoWorld
-from roadside.vision.calibration import Camera
 from roadside.vision.yolo import Detections, decode_yolo, letterbox_batch
 
 __all__ = ["NEAR_BOX_PX", "DetectorScore", "render_scenario", "score_detector"]
@@ -39,37 +36,6 @@ class DetectorScore:
 
     all: EvalReport
     near: EvalReport  # recall is meaningful here; precision counts far detections as false
-
-
-def render_scenario(
-    scenario: Scenario,
-    conditions: Conditions,
-    *,
-    frames_per_camera: int,
-    every_s: float = 2.0,
-    warmup_s: float = 60.0,
-    junction: bool = False,
-) -> list[RenderedFrame]:
-    """Frames from every camera of ``scenario``, one each ``every_s`` simulated seconds after a warm-up.
-
-    ``junction`` adds the scenario's junction camera (the high one over the whole
-    junction, for turning movements) to its approach cameras.
-    """
-    road = RoadGeometry.from_net(scenario.net)
-    pose_files = [scenario.poses, scenario.junction_poses] if junction else [scenario.poses]
-    cameras = [Camera.from_calibration(c.calibration) for f in pose_files for c in load_pose_file(f).cameras]
-    renderers = [Renderer(cam, road, conditions, seed=k) for k, cam in enumerate(cameras)]
-    every = max(1, round(every_s / 0.1))
-    frames: list[RenderedFrame] = []
-    with SumoWorld.start(scenario.sumocfg, seed=scenario.seed) as world:
-        for _ in range(round(warmup_s / 0.1)):
-            world.step()
-        for _ in range(frames_per_camera):
-            for _ in range(every - 1):
-                world.step()
-            state = world.step()
-            frames.extend(r.render(state) for r in renderers)
-    return frames
 
 
 def score_detector(

@@ -41,6 +41,8 @@ from roadside.vision.calibration import Box, Camera
 __all__ = [
     "CONDITIONS",
     "DETECTOR_CLASSES",
+    "MIN_BOX_PX",
+    "MIN_VISIBLE",
     "SHAPE_OF_VCLASS",
     "Conditions",
     "RenderedFrame",
@@ -48,6 +50,7 @@ __all__ = [
     "RoadGeometry",
     "TruthObject",
     "detector_class",
+    "findable",
     "shape_of",
 ]
 
@@ -770,3 +773,22 @@ def _fixed(pixels: FloatArray) -> npt.NDArray[np.int32]:
 
 def _fixed_point(p: FloatArray) -> tuple[int, int]:
     return (round(float(p[0]) * _ONE), round(float(p[1]) * _ONE))
+
+
+# A road user counts in a frame's truth when at least this share of it is in sight (a car hidden
+# behind a bus is not something a detector can be blamed for missing) and its box is at least
+# MIN_BOX_PX high and wide.
+MIN_VISIBLE = 0.3
+MIN_BOX_PX = 4.0
+
+
+def findable(truth: tuple[TruthObject, ...]) -> tuple[TruthObject, ...]:
+    """The road users of a frame's truth with a detector class, in sight enough to find."""
+    return tuple(
+        o
+        for o in truth
+        if o.label is not None
+        and o.visible >= MIN_VISIBLE
+        and o.box[2] - o.box[0] >= MIN_BOX_PX
+        and o.box[3] - o.box[1] >= MIN_BOX_PX
+    )

@@ -25,18 +25,13 @@ from roadside.edge.settings import SumoSource
 from roadside.edge.sources.base import Frame, TruthBox
 from roadside.shared.errors import ConfigError
 from roadside.sim.sumo.poses import load_pose_file
-from roadside.sim.sumo.render import RenderedFrame, Renderer, RoadGeometry, TruthObject
+from roadside.sim.sumo.render import MIN_VISIBLE, RenderedFrame, Renderer, RoadGeometry, TruthObject, findable
 from roadside.sim.sumo.world import SumoWorld, TraciEndpoint
 from roadside.vision.calibration import Camera, PointPairCalibration, PoseCalibration
 
 __all__ = ["MIN_VISIBLE", "SumoFrameSource", "frame_truth", "net_of_sumocfg"]
 
 log = logging.getLogger(__name__)
-
-# A road user counts in a frame's (class, box) truth when at least this share of it is in sight:
-# a car hidden behind a bus is not something a detector can be blamed for missing.
-MIN_VISIBLE = 0.3
-_MIN_BOX_PX = 4.0  # ...and when its box is at least this many pixels high and wide
 
 
 class SumoFrameSource:
@@ -124,14 +119,7 @@ class SumoFrameSource:
 
 def frame_truth(truth: tuple[TruthObject, ...]) -> tuple[TruthBox, ...]:
     """The (detector class, box) pairs of a frame: users with a detector class, in sight enough to find."""
-    return tuple(
-        (o.label, o.box)
-        for o in truth
-        if o.label is not None
-        and o.visible >= MIN_VISIBLE
-        and o.box[2] - o.box[0] >= _MIN_BOX_PX
-        and o.box[3] - o.box[1] >= _MIN_BOX_PX
-    )
+    return tuple((o.label, o.box) for o in findable(truth) if o.label is not None)
 
 
 def net_of_sumocfg(sumocfg: Path) -> Path:
