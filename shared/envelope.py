@@ -152,6 +152,8 @@ def decrypt(parsed: ParsedEnvelope, key: bytes) -> bytes:
 
 REPLAY_WINDOW_SIZE: Final = 65536
 """How many sequence numbers behind the highest one a device's replay window remembers."""
+MAX_RING_BITS: Final = 1 << 24
+"""The widest window kept as a ring of bits (2 MiB); a wider one keeps the numbers."""
 
 
 @dataclass
@@ -173,22 +175,33 @@ class ReplayWindow:
     size: int = REPLAY_WINDOW_SIZE
     highest: int = -1
     _ring: bytearray = field(init=False, repr=False)
+    # A window too wide for a ring (a redrive remembers every stored number) keeps the
+    # numbers themselves; nothing ever falls behind such a window, so it needs no pruning.
+    _numbers: set[int] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         if self.size <= 0:
             raise ValueError(f"a replay window needs a positive size, got {self.size}")
-        self._ring = bytearray((self.size + 7) // 8)
+        if self.size > MAX_RING_BITS:
+            self._numbers = set()
+            self._ring = bytearray()
+        else:
+            self._ring = bytearray((self.size + 7) // 8)
 
     @property
     def nbytes(self) -> int:
-        """The memory the window's bits take."""
+        """The memory the window's bits take (a ring's; a window of numbers reports 0)."""
         return len(self._ring)
 
     def __len__(self) -> int:
         """How many numbers inside the window were accepted."""
+        if self._numbers is not None:
+            return sum(1 for n in self._numbers if self.highest - n < self.size)
         return int.from_bytes(self._ring).bit_count()
 
     def _has(self, seq: int) -> bool:
+        if self._numbers is not None:
+            return seq in self._numbers
         slot = seq % self.size
         return bool(self._ring[slot >> 3] & (1 << (slot & 7)))
 
@@ -200,6 +213,10 @@ class ReplayWindow:
             raise ReplayError(f"sequence number {seq} is older than the replay window")
 
     def commit(self, seq: int) -> None:
+        if self._numbers is not None:
+            self._numbers.add(seq)
+            self.highest = max(self.highest, seq)
+            return
         if seq > self.highest:
             if self.highest < 0 or seq - self.highest >= self.size:
                 self._ring[:] = bytes(len(self._ring))  # nothing behind is inside the new window

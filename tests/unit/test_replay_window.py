@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from roadside.shared.envelope import REPLAY_WINDOW_SIZE, ReplayWindow
+from roadside.shared.limits import MAX_WIRE_INT
 from roadside.shared.errors import ReplayError
 
 EPOCH_SEQ = int(time.time() * 1000) << 20  # agents number messages from the clock (edge.outbox)
@@ -72,3 +73,16 @@ def test_memory_stays_within_the_window_however_long_a_device_sends() -> None:
     assert len(window) == REPLAY_WINDOW_SIZE
     # 8 KiB of bits; the set it replaced held 9 MB here.
     assert window.nbytes == REPLAY_WINDOW_SIZE // 8
+
+
+def test_a_window_too_wide_for_a_ring_keeps_every_number() -> None:
+    """A redrive remembers every number the store holds (``size=MAX_WIRE_INT``): no ring of
+    2**53 bits is allocated, and a number far behind the newest is still told apart."""
+    window = ReplayWindow(size=MAX_WIRE_INT)
+    assert window.nbytes == 0
+    window.commit(EPOCH_SEQ)
+    window.commit(5)
+    window.check(6)  # never accepted, however old
+    with pytest.raises(ReplayError, match="already accepted"):
+        window.check(5)
+    assert len(window) == 2
