@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from roadside.shared.envelope import REPLAY_WINDOW_SIZE, ReplayWindow
-from roadside.shared.limits import MAX_WIRE_INT
 from roadside.shared.errors import ReplayError
+from roadside.shared.limits import MAX_WIRE_INT
 
 EPOCH_SEQ = int(time.time() * 1000) << 20  # agents number messages from the clock (edge.outbox)
 
