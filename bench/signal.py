@@ -2,7 +2,8 @@
 
     python -m bench.signal [--duration 900] [--seed 42] [--ways fixed,sumo_actuated,roadside_direct,roadside]
                            [--sumocfg PATH --camera-pose FILE [--tls ID]] [--workdir DIR]
-                           [--tmc-only | --no-tmc] [--tmc-duration S] [--junction-pose FILE] [--model ONNX]
+                           [--tmc-only | --no-tmc | --no-tmc-pass] [--tmc-duration S] [--junction-pose FILE]
+                           [--model ONNX] [--conf 0.35]
 
 Without ``--sumocfg`` it generates Roadside's ``intersection`` scenario
 (:mod:`roadside.sim.sumo.scenarios`) at ``--seed`` for ``--duration``
@@ -17,6 +18,11 @@ per way, ``tmc_error_max``, ``presence_agreement``,
 ``call_latency_p95_ms`` and ``conflicting_greens``. Targets (issue 11):
 roadside time loss ≥ 15 % below fixed and within 10 % of sumo_actuated;
 TMC within 5 %; presence agreement ≥ 95 %; call latency p95 ≤ 300 ms.
+
+The loop's agent runs ``--model`` (``models/detector_sumo.onnx``, the detector
+released for SUMO's cameras, where present) with tracks started at ``--conf``,
+and the junction camera joins the loop (its movements read back from the hub:
+``tmc_error_max_loop``, or ``tmc_error_max`` with ``--no-tmc-pass``).
 
 Turning-movement counts (:mod:`roadside.sim.sumo.tmc`) need a camera that
 sees an entrance and its exit: one high camera over the junction box (the
