@@ -32,6 +32,8 @@ def check_member_name(name: str, at: str) -> PurePosixPath:
         why = "is absolute; use names relative to the images folder"
     elif ".." in PurePosixPath(name).parts:
         why = "contains '..'; names must stay inside the images folder"
+    elif not PurePosixPath(name).name:
+        why = "names a folder, not a file"  # "." or "./": found by fuzzing (a ValueError in pathlib)
     if why is not None:
         raise ConfigError(f"{at}: file name {name!r} {why}")
     return PurePosixPath(name)

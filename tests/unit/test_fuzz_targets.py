@@ -182,3 +182,12 @@ def test_a_cabinet_error_index_past_its_answer_is_a_schema_error() -> None:
     data = (REGRESSIONS / "ntcip-answer" / "error-index-past-the-varbinds").read_bytes()
     with pytest.raises(SchemaError, match="refused the request: SNMP error-status 17"):
         ntcip.decode_answer(data, 4242, ["1.3.6.1.4.1.1206.4.2.1.1.1.0"] * 3)
+
+
+def test_a_coco_image_named_dot_is_a_config_error(tmp_path: Path) -> None:
+    """fuzz/regressions/dataset-coco/file-name-dot: an image whose ``file_name`` is "." raised
+    pathlib's ValueError ("has an empty name") while the importer looked for the file."""
+    path = tmp_path / "labels.json"
+    path.write_bytes((REGRESSIONS / "dataset-coco" / "file-name-dot").read_bytes())
+    with pytest.raises(ConfigError, match="names a folder, not a file"):
+        parse_coco(path, {}, tmp_path)
