@@ -191,3 +191,10 @@ def test_a_coco_image_named_dot_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes((REGRESSIONS / "dataset-coco" / "file-name-dot").read_bytes())
     with pytest.raises(ConfigError, match="names a folder, not a file"):
         parse_coco(path, {}, tmp_path)
+
+
+def test_a_datagram_with_a_ber_length_past_an_index_is_undecodable_not_a_crash() -> None:
+    """fuzz/regressions/ntcip-answer/ber-length-overflow: a BER length field too large for an
+    index raised OverflowError out of pyasn1's decoder, past the client's handling."""
+    data = (REGRESSIONS / "ntcip-answer" / "ber-length-overflow").read_bytes()
+    assert ntcip.decode_answer(data, 4242, ["1.3.6.1.4.1.1206.4.2.1.1.1.0"]) is None
