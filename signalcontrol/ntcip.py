@@ -251,7 +251,9 @@ def decode_answer(data: bytes, request_id: int, asked: Sequence[str]) -> list[tu
         pdu = _V2C.apiMessage.get_pdu(message)
         if int(_V2C.apiPDU.get_request_id(pdu)) != request_id:
             return None
-    except (PyAsn1Error, ValueError, TypeError, OverflowError) as exc:  # a BER length past 2**63: Overflow
+    # pyasn1 on hostile bytes raises more than PyAsn1Error (fuzzing: OverflowError for a BER length
+    # past an index, IndexError for a sequence of indefinite length with too many members)
+    except (PyAsn1Error, ValueError, TypeError, OverflowError, LookupError) as exc:
         # pyasn1's messages can hold its whole schema (100 kB): one line, cut short
         log.warning("undecodable SNMP datagram from the cabinet (%s bytes): %.200s", len(data), exc)
         return None

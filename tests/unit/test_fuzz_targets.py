@@ -198,3 +198,9 @@ def test_a_datagram_with_a_ber_length_past_an_index_is_undecodable_not_a_crash()
     index raised OverflowError out of pyasn1's decoder, past the client's handling."""
     data = (REGRESSIONS / "ntcip-answer" / "ber-length-overflow").read_bytes()
     assert ntcip.decode_answer(data, 4242, ["1.3.6.1.4.1.1206.4.2.1.1.1.0"]) is None
+
+
+def test_a_datagram_with_too_many_members_of_indefinite_length_is_undecodable() -> None:
+    """fuzz/regressions/ntcip-answer/indefinite-sequence-too-long: pyasn1 raised IndexError."""
+    data = (REGRESSIONS / "ntcip-answer" / "indefinite-sequence-too-long").read_bytes()
+    assert ntcip.decode_answer(data, 4242, ["1.3.6.1.4.1.1206.4.2.1.1.1.0"]) is None
