@@ -16,15 +16,20 @@ from roadside.shared.logs import setup_logging
 from roadside.signalcontrol.relay import RelaySettings, run_relay
 from roadside.signalcontrol.service import ControllerSettings, TimingFile, run_on_sumo
 
+SignalOption = Annotated[
+    str, typer.Option(help="The signal's id in the hub (its channel map names the phases).")
+]
+HubOption = Annotated[str, typer.Option(help="The hub's API, e.g. https://hub.example:8443")]
+TokenFileOption = Annotated[
+    Path, typer.Option(help="API key with read:telemetry and write:signals, one line.")
+]
+CaFileOption = Annotated[Path | None, typer.Option(help="CA bundle for the hub's TLS certificate.")]
+
 
 def run(
-    signal: Annotated[
-        str, typer.Option(help="The signal's id in the hub (its channel map names the phases).")
-    ],
-    hub: Annotated[str, typer.Option(help="The hub's API, e.g. https://hub.example:8443")],
-    token_file: Annotated[
-        Path, typer.Option(help="API key with read:telemetry and write:signals, one line.")
-    ],
+    signal: SignalOption,
+    hub: HubOption,
+    token_file: TokenFileOption,
     net: Annotated[Path, typer.Option(help="The SUMO .net.xml holding the traffic light.")],
     tls: Annotated[str, typer.Option(help="The traffic light's id in SUMO.")],
     sumo_port: Annotated[int, typer.Option(help="SUMO's TraCI port (SUMO started with --num-clients).")],
@@ -32,7 +37,7 @@ def run(
     timing: Annotated[
         Path | None, typer.Option(help='JSON: {"default": {...}, "phases": {"2": {...}}} in seconds.')
     ] = None,
-    ca_file: Annotated[Path | None, typer.Option(help="CA bundle for the hub's TLS certificate.")] = None,
+    ca_file: CaFileOption = None,
     seconds: Annotated[float | None, typer.Option(help="Stop after this many simulated seconds.")] = None,
 ) -> None:
     """Run the controller until SUMO ends; print a JSON summary. Exit 3 if the conflict monitor trips."""
@@ -67,16 +72,10 @@ def _settings(
     ca_file: Path | None,
     seconds: float | None,
 ) -> ControllerSettings:
-    try:
-        token = token_file.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the token file {token_file}: {exc.strerror}") from exc
-    if not token:
-        raise ConfigError(f"the token file {token_file} is empty: put the API key with write:signals in it")
     return ControllerSettings(
         signal=signal,
         hub_url=hub,
-        token=token,
+        token=_secret(token_file, "the API key with write:signals"),
         net=net,
         tls=tls,
         sumo_port=sumo_port,
@@ -88,13 +87,9 @@ def _settings(
 
 
 def relay(
-    signal: Annotated[
-        str, typer.Option(help="The signal's id in the hub (its channel map names the phases).")
-    ],
-    hub: Annotated[str, typer.Option(help="The hub's API, e.g. https://hub.example:8443")],
-    token_file: Annotated[
-        Path, typer.Option(help="API key with read:telemetry and write:signals, one line.")
-    ],
+    signal: SignalOption,
+    hub: HubOption,
+    token_file: TokenFileOption,
     cabinet: Annotated[str, typer.Option(help="The cabinet controller's SNMP agent, HOST or HOST:PORT.")],
     write_community_file: Annotated[
         Path, typer.Option(help="The cabinet's SNMP v2c write community, one line (a secret).")
@@ -107,7 +102,7 @@ def relay(
         float,
         typer.Option(help="Rewrite every call at least this often (s), below the cabinet's backup time."),
     ] = 1.0,
-    ca_file: Annotated[Path | None, typer.Option(help="CA bundle for the hub's TLS certificate.")] = None,
+    ca_file: CaFileOption = None,
     seconds: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
 ) -> None:
     """Place Roadside's detector calls in a cabinet controller over NTCIP 1202 and log its phases."""
@@ -149,7 +144,7 @@ def _secret(path: Path, what: str) -> str:
     try:
         value = path.read_text().strip()
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read the file {path} with {what}: {exc.strerror}") from exc
     if not value:
         raise ConfigError(f"{path} is empty: put {what} in it")
     return value

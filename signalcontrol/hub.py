@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -43,6 +44,18 @@ EVENT_QUEUE: Final = 50_000
 LATENCY_SAMPLES: Final = 100_000
 
 ClientFactory = Callable[[], httpx.Client]
+
+
+def hub_clients(hub_url: str, token: str, ca_file: Path | None = None) -> ClientFactory:
+    """A factory of API clients for the hub at ``hub_url`` with ``token`` (a CA bundle, or the system's)."""
+
+    def client() -> httpx.Client:
+        verify: Any = str(ca_file) if ca_file else True
+        return httpx.Client(
+            base_url=hub_url, headers={"Authorization": f"Bearer {token}"}, verify=verify, timeout=10.0
+        )
+
+    return client
 
 
 class HubCallStream:

@@ -13,12 +13,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 from roadside.shared.errors import ConfigError
-from roadside.signalcontrol.hub import HubCallStream, HubEventPoster
+from roadside.signalcontrol.hub import HubCallStream, HubEventPoster, hub_clients
 from roadside.signalcontrol.ntcip import CallRelay, RelaySummary, SnmpV2cClient
 
 TICK_S = 0.1
@@ -53,14 +50,7 @@ def run_relay(settings: RelaySettings, stop: threading.Event | None = None) -> R
     """Relay until ``stop`` or ``max_ticks``; the summary counts writes, reads, events and errors."""
     stop = stop or threading.Event()
 
-    def client() -> httpx.Client:
-        verify: Any = str(settings.ca_file) if settings.ca_file else True
-        return httpx.Client(
-            base_url=settings.hub_url,
-            headers={"Authorization": f"Bearer {settings.token}"},
-            verify=verify,
-            timeout=10.0,
-        )
+    client = hub_clients(settings.hub_url, settings.token, settings.ca_file)
 
     link = SnmpV2cClient(
         settings.cabinet_host,

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from roadside.shared.errors import ConfigError, SignalSafetyError, TransportError
-from roadside.signalcontrol.hub import HubCallStream, HubEventPoster
+from roadside.signalcontrol.hub import HubCallStream, HubEventPoster, hub_clients
 from roadside.signalcontrol.links import PhaseMap
 from roadside.signalcontrol.runner import ControllerRunner
 from roadside.signalcontrol.sumo import SumoHeads, TraciConnection, derive_phase_map
@@ -116,14 +115,7 @@ def run_on_sumo(
     phase_map = derive_phase_map(settings.net, settings.tls)
     plan = settings.timing.plan(phase_map.phases)
 
-    def client() -> httpx.Client:
-        verify: Any = str(settings.ca_file) if settings.ca_file else True
-        return httpx.Client(
-            base_url=settings.hub_url,
-            headers={"Authorization": f"Bearer {settings.token}"},
-            verify=verify,
-            timeout=10.0,
-        )
+    client = hub_clients(settings.hub_url, settings.token, settings.ca_file)
 
     summary = RunSummary()
     owned = link is None

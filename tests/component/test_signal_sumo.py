@@ -74,7 +74,8 @@ def test_signal_run_refuses_a_missing_token_file_and_unsafe_or_malformed_timing(
 ) -> None:
     code, said = _signal_run(tmp_path, short_scenario.net, "--token-file", str(tmp_path / "nope.key"))
     assert code == 2
-    assert "cannot read the token file" in said
+    assert "cannot read the file" in said
+    assert "the API key" in said
     token = tmp_path / "c.key"
     token.write_text("rs_test\n")
     unsafe = tmp_path / "unsafe.json"
