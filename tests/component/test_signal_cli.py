@@ -62,7 +62,8 @@ def test_map_set_add_remove_show_and_refusals(tmp_path: Path) -> None:
     code, out = run("controller", "ctl-main", "main-5th")
     assert code == 0, out
     assert (
-        "user ctl-main\ntopic read roadside/signals/v1/main-5th/calls"
+        # a controller is named in the ACL (ADR 0022): denied the device patterns, allowed its calls
+        "user ctl-main\ntopic deny roadside/v1/#\ntopic read roadside/signals/v1/main-5th/calls"
         in (home.broker_dir / ACL_FILE).read_text()
     )
     code, out = run("controller", "ctl-x", "nowhere")
