@@ -13,16 +13,16 @@ from prometheus_client import CollectorRegistry
 REJECTED_COUNTER: Final = "roadside_ingest_rejected"
 
 
-def _rejected_totals(metrics: CollectorRegistry) -> dict[str, float]:
-    """The ingest's rejected-message counter per reason, as this process counts it."""
+def counter_totals(metrics: CollectorRegistry, name: str) -> dict[str, float]:
+    """The ``_total`` samples of one counter in this process, keyed by their single label's value."""
     totals: dict[str, float] = {}
     for metric in metrics.collect():
-        if metric.name != REJECTED_COUNTER:
+        if metric.name != name:
             continue
         for sample in metric.samples:
             if sample.name.endswith("_total"):
-                reason = next(iter(sample.labels.values()), "")
-                totals[reason] = totals.get(reason, 0.0) + sample.value
+                label = next(iter(sample.labels.values()), "")
+                totals[label] = totals.get(label, 0.0) + sample.value
     return totals
 
 
@@ -43,10 +43,10 @@ class RejectionWindow:
         self._clock = clock
         self._lock = threading.Lock()
         self._samples: deque[tuple[float, dict[str, float]]] = deque(maxlen=4096)
-        self._samples.append((clock(), _rejected_totals(metrics)))
+        self._samples.append((clock(), counter_totals(metrics, REJECTED_COUNTER)))
 
     def recent(self) -> dict[str, float]:
-        now, totals = self._clock(), _rejected_totals(self._metrics)
+        now, totals = self._clock(), counter_totals(self._metrics, REJECTED_COUNTER)
         with self._lock:
             self._samples.append((now, totals))
             while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:

@@ -24,6 +24,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from prometheus_client import CollectorRegistry
 
 from roadside.cloud.api.deps import ApiResources, get_resources
+from roadside.cloud.api.rejections import REJECTED_COUNTER, counter_totals
 from roadside.cloud.console.assets import Assets
 from roadside.cloud.console.links import SpentLinks
 from roadside.cloud.console.sessions import Session, SessionBackend, SessionPolicy, SessionStore
@@ -67,7 +68,7 @@ class IngestRate:
         self._samples: deque[tuple[float, float]] = deque(maxlen=120)
 
     def total(self) -> float:
-        return sum(_samples(self._metrics, "roadside_ingest_messages").values())
+        return sum(counter_totals(self._metrics, "roadside_ingest_messages").values())
 
     def per_s(self) -> float | None:
         """The rate over the last minute or so; ``None`` until two samples a few seconds apart exist."""
@@ -81,20 +82,7 @@ class IngestRate:
         return max(0.0, (total - first_total) / (now - first_t))
 
     def rejected_by_reason(self) -> dict[str, float]:
-        return {k: v for k, v in _samples(self._metrics, "roadside_ingest_rejected").items() if v > 0}
-
-
-def _samples(metrics: CollectorRegistry, name: str) -> dict[str, float]:
-    """The ``_total`` samples of one counter, keyed by their single label's value."""
-    out: dict[str, float] = {}
-    for metric in metrics.collect():
-        if metric.name != name:
-            continue
-        for sample in metric.samples:
-            if sample.name.endswith("_total"):
-                label = next(iter(sample.labels.values()), "")
-                out[label] = out.get(label, 0.0) + sample.value
-    return out
+        return {k: v for k, v in counter_totals(self._metrics, REJECTED_COUNTER).items() if v > 0}
 
 
 class SampleImages(Protocol):
