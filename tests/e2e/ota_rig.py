@@ -16,13 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import onnx
 import pytest
 
+from bench.chaos.release import detector_variant
 from roadside.cloud.ingest.core import Accepted, Rejection
 from roadside.cloud.release.repository import PublishedModel, describe_onnx
 from roadside.edge.agent import Agent
-from roadside.edge.inference.engine import DEFAULT_MODEL
 from roadside.edge.settings import load_agent_settings
 from roadside.shared.bundle import EnrollmentBundle, ModelRepoAnchor
 from roadside.shared.schemas import OtaReport
@@ -39,17 +38,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-def detector_variant(path: Path, version: str) -> Path:
-    """The shipped detector with ``model_version`` = ``version`` (same weights, another hash)."""
-    model = onnx.load(str(DEFAULT_MODEL))
-    for prop in model.metadata_props:
-        if prop.key in ("model_version", "version"):
-            prop.value = version
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
 
 
 class OtaRig:

@@ -17,11 +17,12 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from bench.chaos.release import detector_variant
 from roadside.cloud.fleet.audit import AuditLog
 from roadside.cloud.release.repository import release_model
 from roadside.cloud.release.rollouts import GateThresholds, RolloutSpec
 from tests.e2e.conftest import Loop
-from tests.e2e.ota_rig import SHIPPED_VERSION, OtaRig, agent_with_ota, detector_variant, ota_rig, wait_for
+from tests.e2e.ota_rig import SHIPPED_VERSION, OtaRig, agent_with_ota, ota_rig, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
