@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 from pathlib import Path
@@ -24,13 +25,14 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, Phase, given, settings
 from prometheus_client import CollectorRegistry
 from schemathesis import GenerationMode
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from roadside.cloud.api.app import create_app
 from roadside.cloud.api.webhooks import IPAddress, WebhookDestinations, WebhookStore
 from roadside.cloud.fleet.live import LiveFeed
-from roadside.cloud.home import HubHome, enroll_device, init_home, write_acl
+from roadside.cloud.home import enroll_device, init_home, write_acl
 from roadside.cloud.registry import Registry
 from roadside.cloud.storage.base import IngestBatch, Origin
 from roadside.cloud.storage.sqlite import SqliteStore
@@ -54,18 +56,18 @@ def public_address(host: str, port: int) -> list[IPAddress]:
     return [ip_address("93.184.215.14")]
 
 
-@pytest.fixture
-def hub_app(tmp_path: Path) -> Iterator[tuple[FastAPI, str]]:
-    home = init_home(tmp_path / "home", ["localhost"], ["127.0.0.1"])
+@contextmanager
+def open_hub(root: Path) -> Iterator[tuple[FastAPI, str]]:
+    """A hub app over real stores under ``root``, and an admin token for it."""
+    home = init_home(root / "home", ["localhost"], ["127.0.0.1"])
     registry = Registry(home.registry_url)
-    store = SqliteStore(tmp_path / "telemetry.db")
+    store = SqliteStore(root / "telemetry.db")
     # *.example names are in no DNS here; a stub answers with a global address (the hub accepts those).
-    webhooks = WebhookStore(
-        tmp_path / "webhooks.db", destinations=WebhookDestinations(resolve=public_address)
-    )
+    webhooks = WebhookStore(root / "webhooks.db", destinations=WebhookDestinations(resolve=public_address))
     registry.devices.enroll("cam-1", "site-a", KeyPair.generate().public())
+    registry.models.publish("detector", "1.0.0", "a" * 64, 1000)  # something a rollout can roll out
     _seed(store)
-    air, air_store = seeded_air(tmp_path, hours=1)
+    air, air_store = seeded_air(root, hours=1)
 
     def enroll(device_id: str, site: str, *, actor: str) -> Mapping[str, Any]:
         bundle, _ = enroll_device(
@@ -92,11 +94,19 @@ def hub_app(tmp_path: Path) -> Iterator[tuple[FastAPI, str]]:
         air=air,
     )
     token = registry.api_clients.create("fuzzer", ["admin"])
-    yield app, token
-    air_store.close()
-    webhooks.close()
-    store.close()
-    registry.close()
+    try:
+        yield app, token
+    finally:
+        air_store.close()
+        webhooks.close()
+        store.close()
+        registry.close()
+
+
+@pytest.fixture
+def hub_app(tmp_path: Path) -> Iterator[tuple[FastAPI, str]]:
+    with open_hub(tmp_path) as opened:
+        yield opened
 
 
 def _seed(store: SqliteStore) -> None:
@@ -157,29 +167,57 @@ STATEFUL_SCENARIOS = 15
 STATEFUL_STEPS = 6
 
 
-def test_stateful_sequences_find_no_server_errors_and_keep_resources_consistent(
-    hub_app: tuple[FastAPI, str], tmp_path: Path
-) -> None:
+def negated(case: Any, location: ParameterLocation) -> bool:
+    """Whether schemathesis drew this part of the case invalid (negative mode)."""
+    info = case.meta.components.get(location) if case.meta is not None else None
+    return info is not None and info.mode is GenerationMode.NEGATIVE
+
+
+class CurrentHub:
+    """An ASGI app that passes each request to the hub of the scenario running now."""
+
+    def __init__(self, app: FastAPI, token: str) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+def test_stateful_sequences_find_no_server_errors_and_keep_resources_consistent(tmp_path: Path) -> None:
     """Schemathesis' stateful mode (issue 14): sequences of calls chained by the links it infers
     from the schema (a device enrolled, then read, given a key, revoked, read again; a rollout
     created, paused, resumed, aborted...). Besides the stateless checks on each answer, its
-    stateful checks hold: a resource just created can be read, one deleted is gone."""
-    app, token = hub_app
-    registry = Registry(HubHome(tmp_path / "home").registry_url)  # the fixture's hub home
-    registry.models.publish("detector", "1.0.0", "a" * 64, 1000)  # something a rollout can roll out
-    registry.close()
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    stateful checks hold: a resource just created can be read, one deleted is gone.
+
+    Each scenario gets a fresh hub: with one hub for all, what a scenario finds depends on what
+    the ones before it left (a device enrolled stays enrolled), and Hypothesis, seeing the same
+    draws lead elsewhere, stops with "inconsistent data generation" instead of testing."""
+    scenarios = ExitStack()
+    hub = CurrentHub(*scenarios.enter_context(open_hub(tmp_path / "schema")))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", hub)
     machine = schema.as_state_machine()
     transitions = [name for name in dir(machine) if "__" in name and not name.startswith(("_", "RANDOM"))]
     assert len(transitions) >= 20, transitions  # devices, rollouts, webhooks, signals, air linked
+    opened = iter(range(1, 10_000))
 
     class AuthenticatedScenarios(machine):  # type: ignore[misc,valid-type]  # schemathesis builds the class
+        def setup(self) -> None:
+            super().setup()
+            hub.app, hub.token = scenarios.enter_context(open_hub(tmp_path / f"scenario-{next(opened)}"))
+
+        # A step may be drawn negative (its headers or body made invalid on purpose; it must be
+        # refused). The fix-ups below make a step valid, so they leave a negated part alone:
+        # otherwise the "invalid" request that got a 201 was one this test had repaired.
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
-            return {"headers": {"Authorization": f"Bearer {token}"}}
+            if negated(case, ParameterLocation.HEADER):
+                return {}  # its own headers: Authorization missing or made up, so a 401
+            return {"headers": {"Authorization": f"Bearer {hub.token}"}}
 
         def before_call(self, case: Any) -> None:
             # A made-up model name is refused at once (422): name the published one, so the
             # rollout chains (create, pause, resume, abort, rollback) start from a real rollout.
+            if negated(case, ParameterLocation.BODY):
+                return
             if (case.method, case.path) == ("POST", "/v1/rollouts") and isinstance(case.body, dict):
                 case.body = {**case.body, "model": "detector:1.0.0", "target": "all"}
 
@@ -191,17 +229,15 @@ def test_stateful_sequences_find_no_server_errors_and_keep_resources_consistent(
                 recorder=self.recorder,
             )
 
-    AuthenticatedScenarios.run(
-        settings=settings(
-            max_examples=STATEFUL_SCENARIOS,
-            stateful_step_count=STATEFUL_STEPS,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            # No shrinking: the app's state outlives each scenario (a device enrolled stays
-            # enrolled), so a replayed sequence can draw differently and Hypothesis would
-            # report that instead of the failure it found.
-            phases=[Phase.generate],
-            suppress_health_check=list(HealthCheck),
+    with scenarios:
+        AuthenticatedScenarios.run(
+            settings=settings(
+                max_examples=STATEFUL_SCENARIOS,
+                stateful_step_count=STATEFUL_STEPS,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[Phase.generate, Phase.shrink],
+                suppress_health_check=list(HealthCheck),
+            )
         )
-    )
