@@ -48,6 +48,13 @@ CommandHandler = Callable[[bytes], None]
 
 _REFUSED_REMINDER_S = 600.0  # while refused, the log says so again at most this often
 
+# Reconnecting: a delay drawn from [0, min(cap, base * 2^attempt)], so a fleet that lost its broker
+# comes back spread over up to RECONNECT_CAP_S (10,000 devices: about 330 connects a second), and
+# one device is back at most that long after the broker is. Detector calls ride this link, so the
+# cap is what a signal can go without them after a broker restart; 30 s, not the 60 s it was.
+RECONNECT_BASE_S = 0.5
+RECONNECT_CAP_S = 30.0
+
 
 def tls_scratch_dir(outbox_path: Path) -> Path:
     """Where the agent writing to ``outbox_path`` puts its TLS key for the moment of loading it."""
@@ -153,7 +160,7 @@ class MqttUplink:
     # The connection loop ---------------------------------------------------
 
     def _run(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(RECONNECT_BASE_S, RECONNECT_CAP_S)
         while not self._stop.is_set():
             session = self._new_session()
             try:

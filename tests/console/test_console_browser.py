@@ -325,7 +325,9 @@ def test_alerts_device_health_history_and_a_signal_live(admin_page: Any, console
     _shot(page, console_rig, "journey-device-health")
 
     page.goto(f"/ui/signals/{SIGNAL}")
-    page.wait_for_selector("#calls-state:has-text('Live')")
+    # The stream is open once the page says "Live: ..." (:has-text would also match the
+    # "Connecting to the live call stream" it says before: case-blind, a substring).
+    page.wait_for_selector("#calls-state:text-matches('^Live:')")
     assert page.locator("tr[data-phase='2'] .signal-light").inner_text() == "green"
     channel_map = ChannelMap.model_validate(channels)
     change = DetectorChange(
