@@ -150,7 +150,11 @@ class Hub:
             partial(maps_of, self.registry), self.ingest, CallFeed(), CallMetrics(self.metrics_registry)
         )
         self.rollouts = RolloutController(
-            self.registry, self.commands, self.store.latest_health, tick_s=settings.rollout_tick_s
+            self.registry,
+            self.commands,
+            self.store.latest_health,
+            tick_s=settings.rollout_tick_s,
+            ingest_behind_s=self.ingest.behind_s,
         )
         self.repository: ModelRepository | None = None
         self.repo_server: RepositoryServer | None = None

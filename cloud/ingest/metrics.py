@@ -42,6 +42,12 @@ class IngestMetrics:
             ["listener"],
             registry=registry,
         )
+        self.behind_seconds = Gauge(
+            "roadside_ingest_behind_seconds",
+            "How far behind its devices ingest is: the median age of the newest batch stored, growing "
+            "while a backlog or a pause holds the next one (0 when caught up); rollouts wait this long more",
+            registry=registry,
+        )
         self.queue_depth = Gauge(
             "roadside_ingest_queue_depth", "Messages waiting to be written", registry=registry
         )

@@ -108,6 +108,7 @@ class IngestService:
         self.stored_messages = 0
         self.rejected_messages = 0
         self.paused: str | None = None  # why ingest is waiting (a store or the registry down), or None
+        self._lag = Lag()
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
@@ -163,6 +164,10 @@ class IngestService:
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> Sent:
         """Publish on the hub's own connection (commands to devices)."""
         return self._client.publish(topic, payload, qos=qos)
+
+    def behind_s(self) -> float:
+        """How far behind its devices ingest is now, in seconds (:class:`Lag`)."""
+        return self._lag.behind_s(time.monotonic(), waiting=self.queue.qsize() > 0 or self.paused is not None)
 
     def stop(self) -> None:
         """Write and acknowledge what is queued, then disconnect. Messages arriving
@@ -281,11 +286,16 @@ class IngestService:
         # Everything each message needs is durable: only now refuse repeats of it, and ack.
         if self.workers is not None:
             self.workers.commit([outcome.header for outcome in accepted])
-        for outcome in accepted:
+        now_s = time.time()
+        lags = [max(0.0, now_s - outcome.header.ts_ms / 1000) for outcome in accepted]
+        for outcome, lag in zip(accepted, lags, strict=True):
             if self.workers is None:
                 self.core.opener.commit(outcome.header)
-            self.metrics.lag_seconds.observe(max(0.0, time.time() - outcome.header.ts_ms / 1000))
+            self.metrics.lag_seconds.observe(lag)
             self._count_records(outcome)
+        if lags:
+            self._lag.stored(lags, time.monotonic())
+            self.metrics.behind_seconds.set(self.behind_s())
         self.stored_messages += len(accepted)
         self.metrics.messages.labels("accepted").inc(len(accepted))
         self._ack([delivery for delivery in batch.deliveries if delivery.qos])
@@ -398,6 +408,33 @@ class IngestService:
                 self.metrics.records.labels(kind).inc(n)
         if batch.health is not None or (tally is not None and tally.health):
             self.metrics.records.labels("health").inc()
+
+
+@dataclass(slots=True)
+class Lag:
+    """How far behind its devices ingest is, from the ages of the messages it stores.
+
+    The median age of the newest batch (a device whose clock is off moves it little), plus,
+    while messages wait (a backlog) or ingest is paused, the time since that batch was
+    stored. Caught up (nothing waiting, no batch for ``idle_s``): 0. Capped at ``cap_s``.
+    """
+
+    idle_s: float = 30.0
+    cap_s: float = 3600.0
+    median_s: float = 0.0
+    at: float | None = None  # monotonic time of the newest batch
+
+    def stored(self, ages_s: list[float], now: float) -> None:
+        ordered = sorted(ages_s)
+        self.median_s, self.at = ordered[len(ordered) // 2], now
+
+    def behind_s(self, now: float, *, waiting: bool) -> float:
+        if self.at is None:
+            return 0.0
+        since = now - self.at
+        if waiting:
+            return min(self.cap_s, self.median_s + since)
+        return 0.0 if since > self.idle_s else min(self.cap_s, self.median_s)
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from roadside.cloud.registry import (
@@ -274,12 +274,17 @@ class RolloutController:
         *,
         tick_s: float = 1.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        ingest_behind_s: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.registry = registry
         self.commands = commands
         self.health_of = health_of
         self.tick_s = tick_s
         self.clock = clock
+        # How far behind its devices the hub's ingest is: a wave is judged at the time up to which
+        # the hub has heard them, so a hub working through a backlog does not roll back devices
+        # whose reports it has not stored yet (waits and deadlines move by that much).
+        self.ingest_behind_s = ingest_behind_s
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
@@ -414,7 +419,8 @@ class RolloutController:
         # looking it up for every active device on every report was most of a busy tick.
         settled = all(device.state in _SETTLED for device in wave)
         progress = [self._progress(device, spec, with_health=settled) for device in wave]
-        return evaluate_wave(progress, spec.gates, wave_started=started, soak_s=spec.soak_s, now=self.clock())
+        heard_until = self.clock() - timedelta(seconds=max(0.0, self.ingest_behind_s()))
+        return evaluate_wave(progress, spec.gates, wave_started=started, soak_s=spec.soak_s, now=heard_until)
 
     def _progress(
         self, device: RolloutDeviceRecord, spec: RolloutSpec, *, with_health: bool = True

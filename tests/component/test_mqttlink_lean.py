@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import socket
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -240,3 +241,30 @@ def test_an_unreachable_broker_is_a_transport_error() -> None:
     with pytest.raises(TransportError, match=f"127.0.0.1:{port}") as caught:
         session.connect()
     assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_a_hub_that_is_behind_keeps_its_connection(broker: BrokerHarness, site: str) -> None:
+    """A consumer that acknowledges nothing for many keepalive intervals (its store is slow) is
+    still connected: the session pings the broker meanwhile, and the broker, held to the hub's
+    Receive Maximum, sends no more than that many messages unacknowledged."""
+    hub_seen, device_seen = _Recorder(), _Recorder()
+    hub = _hub(broker, hub_seen, keepalive_s=1, receive_maximum=5)
+    hub.subscribe(topics.hub_subscription("hub"))
+    assert hub_seen.subscribed.get(timeout=TIMEOUT_S)
+    dev = _device(broker, "dev-a", device_seen)
+    topic = topics.uplink(site, "dev-a", "counts")
+    try:
+        for i in range(20):
+            dev.publish(topic, f"{i}".encode())
+        first = hub_seen.drain(5)
+        time.sleep(5.0)  # the broker drops a client silent for 1.5 keepalives: 1.5 s
+        assert not hub_seen.disconnected.is_set(), broker.broker.log_tail()
+        assert hub_seen.messages.empty()  # no more than the Receive Maximum unacknowledged
+        hub.ack_many([m.mid for m in first])
+        rest = hub_seen.drain(15)
+        hub.ack_many([m.mid for m in rest])
+        assert [m.payload for m in first + rest] == [f"{i}".encode() for i in range(20)]
+        assert not hub_seen.disconnected.is_set(), broker.broker.log_tail()
+    finally:
+        _stop(dev)
+        _stop(hub)

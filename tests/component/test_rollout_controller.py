@@ -314,6 +314,35 @@ def test_health_gate_uses_reports_made_after_the_switch(registry: Registry) -> N
     assert "FPS 3.0" in status.rollout.reason
 
 
+def test_a_hub_behind_its_devices_waits_for_their_health_instead_of_rolling_back(registry: Registry) -> None:
+    """The health wait counts in the time up to which the hub has heard its devices: a hub
+    working through a 5-minute backlog has not stored the report a device sent after its
+    switch, and that is no reason to roll the device back. Caught up, silence is one."""
+    sink, clock = Sink(), Clock()
+    behind = {"s": 300.0}
+    healths: dict[str, Health] = {}
+    rollouts = RolloutController(
+        registry, sink, healths.get, clock=clock, ingest_behind_s=lambda: behind["s"]
+    )
+    record = rollouts.create(spec(gates=GateThresholds(health_wait_s=60)))
+    for i in range(8):
+        healths[f"dev{i}"] = Health.model_validate(
+            {"ts": clock.now.isoformat(), "uptime_s": 1, "model_version": "1.0.0",
+             "provider": "CPUExecutionProvider", "streams": {"cam": {"fps": 10.0, "dropped_frames": 0}},
+             "outbox_backlog": 0}
+        )  # fmt: skip
+    rollouts.tick()
+    answer(registry, sink, record.id)
+    clock.now += timedelta(seconds=120)  # twice the health wait, and no report on 1.1.0 stored
+    rollouts.tick()
+    assert rollout_status(registry, record.id).state == "running"
+    behind["s"] = 0.0  # caught up, and still nothing from the device since its switch
+    rollouts.tick()
+    status = rollout_status(registry, record.id)
+    assert status.state == "rolled_back"
+    assert "no health report since the switch" in status.rollout.reason
+
+
 def test_create_refuses_unpublished_models_and_empty_targets(registry: Registry) -> None:
     with pytest.raises(ConfigError, match="not published"):
         create_rollout(registry, spec(model_version="7.0.0"))

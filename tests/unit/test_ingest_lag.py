@@ -1,0 +1,32 @@
+"""How far behind its devices ingest is (cloud.ingest.service.Lag): what rollouts wait for."""
+
+from __future__ import annotations
+
+from roadside.cloud.ingest.service import Lag
+
+
+def test_nothing_stored_yet_is_not_behind() -> None:
+    assert Lag().behind_s(100.0, waiting=True) == 0.0
+
+
+def test_the_median_age_of_the_newest_batch_ignores_one_device_with_a_slow_clock() -> None:
+    lag = Lag()
+    lag.stored([0.2, 0.3, 0.25, 0.4, 7200.0], now=10.0)  # one device's clock two hours slow
+    assert lag.behind_s(11.0, waiting=False) == 0.3
+
+
+def test_a_backlog_or_a_pause_grows_the_lag_until_the_next_batch() -> None:
+    lag = Lag()
+    lag.stored([40.0, 42.0, 41.0], now=10.0)
+    assert lag.behind_s(10.0, waiting=True) == 41.0
+    assert lag.behind_s(70.0, waiting=True) == 101.0  # nothing stored for a minute, messages waiting
+    lag.stored([5.0], now=71.0)
+    assert lag.behind_s(71.0, waiting=True) == 5.0
+
+
+def test_caught_up_and_idle_is_not_behind_and_the_lag_is_capped() -> None:
+    lag = Lag(idle_s=30.0, cap_s=3600.0)
+    lag.stored([2.0], now=0.0)
+    assert lag.behind_s(20.0, waiting=False) == 2.0
+    assert lag.behind_s(31.0, waiting=False) == 0.0
+    assert lag.behind_s(10_000.0, waiting=True) == 3600.0
