@@ -207,7 +207,9 @@ class OtaConfig(_Section):
     # The candidate runs on every Nth batch during a shadow test: at most 1/N extra inference.
     shadow_every: int = Field(default=2, ge=1, le=100)
     shadow_grace_s: float = Field(default=600.0, ge=0)  # past shadow_s, how long to wait for min_frames
-    retries: int = Field(default=4, ge=0, le=20)  # of a staging the repository did not answer
+    retries: int = Field(default=4, ge=0, le=20)  # of a staging the repository did not answer, at least
+    # ... and for at least this long after the first try: a repository restart does not fail an install.
+    retry_for_s: float = Field(default=240.0, ge=0, le=86_400)
     retry_base_s: float = Field(default=2.0, ge=0.01, le=600)
     # Test seam for kill tests only: sleep pause_s at this durable step of an install.
     pause_at: OtaStep | None = None

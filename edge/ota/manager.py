@@ -46,6 +46,7 @@ from roadside.shared.version import roadside_version
 log = logging.getLogger(__name__)
 
 MAX_DETAIL: Final = 1024  # OtaReport.detail
+RETRY_CAP_S: Final = 60.0  # the longest wait between two tries of a silent repository
 _POLL_S: Final = 0.1  # how often the install thread looks at the shadow's progress
 
 
@@ -315,16 +316,24 @@ class OtaManager(Generic[D]):
 
     def _stage(self, job: _Install) -> Path | None:
         """The staged file, or None once a refused/failed report went out."""
-        backoff = Backoff(self.config.retry_base_s, cap_s=60.0)
-        for attempt in range(self.config.retries + 1):
+        backoff = Backoff(self.config.retry_base_s, cap_s=RETRY_CAP_S)
+        started, tries = time.monotonic(), 0
+        while True:
             try:
                 result = self.updater.check_and_stage(job.name, version=job.version)
                 break
             except TransportError as exc:
-                if attempt == self.config.retries:
-                    self._report(job, "failed", f"repository unreachable after {attempt + 1} tries: {exc}")
+                tries += 1
+                elapsed = time.monotonic() - started
+                if tries > self.config.retries and elapsed >= self.config.retry_for_s:
+                    self._report(
+                        job, "failed", f"repository unreachable after {tries} tries in {elapsed:.0f} s: {exc}"
+                    )
                     return None
                 delay = backoff.next_delay()
+                if tries >= self.config.retries and elapsed < self.config.retry_for_s:
+                    # The last try comes when retry_for_s is up, not up to a whole cap later.
+                    delay = min(delay, self.config.retry_for_s - elapsed + self.config.retry_base_s)
                 log.warning("model repository unreachable (%s); retrying in %.1f s", exc, delay)
                 if job.cancel.wait(delay):
                     raise _Stopped from exc

@@ -112,8 +112,9 @@ class OtaRig:
             return sum(1 for d, v in self.health if (d, v) == (device, version))
 
 
-def agent_with_ota(tmp_path: Path, bundle: EnrollmentBundle, seed: int = 3) -> Agent:
-    """An in-process agent on a synthetic camera, OTA on (from the bundle's anchor), shadowing every batch."""
+def agent_with_ota(tmp_path: Path, bundle: EnrollmentBundle, seed: int = 3, **ota: Any) -> Agent:
+    """An in-process agent on a synthetic camera, OTA on (from the bundle's anchor), shadowing every
+    batch; ``ota``: more OTA settings."""
     settings = load_agent_settings(
         None,
         bundle=tmp_path / "unused.json",
@@ -121,7 +122,7 @@ def agent_with_ota(tmp_path: Path, bundle: EnrollmentBundle, seed: int = 3) -> A
         interval_s=1,
         heartbeat_s=1.0,
         outbox={"path": str(tmp_path / bundle.device_id / "outbox.db")},
-        ota={"shadow_every": 1, "retry_base_s": 0.05},
+        ota={"shadow_every": 1, "retry_base_s": 0.05, **ota},
     )
     agent = Agent.from_settings(settings, bundle)
     agent.start()

@@ -7,6 +7,7 @@ real repository is exercised in ``tests/e2e/test_ota_agent.py``.
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ from roadside.edge.control.keys import KeyState, KeyStore
 from roadside.edge.ota.manager import OtaHost, OtaManager
 from roadside.edge.ota.updater import BootChoice, OtaResult, OtaStatus
 from roadside.edge.settings import OtaConfig
+from roadside.shared.errors import TransportError
 from roadside.shared.keys import KeyPair
 from roadside.shared.schemas import Command, OtaReport
 from roadside.vision.yolo import Detections
@@ -204,3 +206,53 @@ def test_a_rollback_of_a_model_that_never_ran_here_changes_nothing(rig: Rig) -> 
     assert [(r.state, r.version, r.running_version) for r in rig.reports] == [
         ("rolled_back", "2.0.0", "1.0.0")
     ]
+
+
+class SilentRepository(HeldRepository):
+    """Unreachable for its first ``silent`` tries, then refuses the target (an answer at last)."""
+
+    def __init__(self, silent: int) -> None:
+        super().__init__()
+        self.silent = silent
+        self.tries = 0
+
+    def check_and_stage(self, name: str, *, version: str | None = None) -> OtaResult:
+        self.tries += 1
+        if self.tries <= self.silent:
+            raise TransportError("connection refused")
+        return self.result
+
+
+def _install_with(repo: SilentRepository, config: OtaConfig) -> list[OtaReport]:
+    reports: list[OtaReport] = []
+    running = Model("1.0.0")
+    host: OtaHost[Model] = OtaHost(
+        lambda: running, lambda p, v: Model(v or "x"), lambda m: None, reports.append
+    )
+    manager = OtaManager(repo, host, config)
+    try:
+        assert manager.handle(Command(type="ota", args={"action": "install", "name": "detector",
+                                                        "version": "2.0.0"})).ok  # fmt: skip
+        thread = next(t for t in threading.enumerate() if t.name == "ota-install")
+        thread.join(8)
+        return reports
+    finally:
+        manager.stop()
+
+
+def test_a_repository_back_within_the_retry_time_is_not_a_failed_install() -> None:
+    """More tries than ``retries`` while ``retry_for_s`` lasts: a repository restart costs no install."""
+    repo = SilentRepository(silent=8)
+    reports = _install_with(repo, OtaConfig(retries=2, retry_base_s=0.01, retry_for_s=5.0))
+    assert repo.tries == 9
+    assert [r.state for r in reports] == ["staging", "refused"]  # it answered, and refused the target
+
+
+def test_a_repository_silent_past_the_retry_time_fails_the_install_saying_how_long() -> None:
+    repo = SilentRepository(silent=10_000)
+    reports = _install_with(repo, OtaConfig(retries=2, retry_base_s=0.01, retry_for_s=0.5))
+    assert [r.state for r in reports] == ["staging", "failed"]
+    assert re.match(
+        r"repository unreachable after \d+ tries in [01] s: connection refused", reports[-1].detail
+    )
+    assert repo.tries > 3  # the count alone would have stopped at 3
