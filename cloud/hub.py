@@ -131,6 +131,7 @@ class Hub:
             client_id=settings.client_id,
             group=self.home.hub_group() if settings.group is None else (settings.group or None),
             mqtt_client=settings.ingest_mqtt_client,
+            keepalive_s=settings.ingest_keepalive_s,
         )
         self.ingest = IngestService(
             broker,

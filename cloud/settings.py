@@ -151,6 +151,8 @@ class HubSettings(BaseSettings):
     ingest_workers: int = Field(default=0, ge=0, le=64)  # 0: check and write on the writer thread
     # The ingest connection: "lean" (mqttlink.lean, ADR 0025), or "paho" for a broker it does not serve.
     ingest_mqtt_client: Literal["lean", "paho"] = "lean"
+    # The ingest connection's MQTT keepalive; the broker drops a client silent for 1.5 times it.
+    ingest_keepalive_s: int = Field(default=30, ge=2, le=600)
     max_message_age_s: float = Field(default=900.0, ge=10)
     max_message_bytes: int = Field(
         default=256 * 1024, ge=1024, le=256 * 1024

@@ -42,6 +42,11 @@ class IngestMetrics:
             ["listener"],
             registry=registry,
         )
+        self.disconnects = Counter(
+            "roadside_ingest_broker_disconnects_total",
+            "Times the ingest connection to the broker was lost or ended by the broker (it reconnects)",
+            registry=registry,
+        )
         self.behind_seconds = Gauge(
             "roadside_ingest_behind_seconds",
             "How far behind its devices ingest is: the median age of the newest batch stored, growing "

@@ -64,6 +64,7 @@ class BrokerClientConfig:
     session_expiry_s: int = 3600  # the broker keeps our unacknowledged messages this long
     # "lean": bulk reads and one write per batch of PUBACKs (mqttlink.lean, ADR 0025); "paho": MqttSession.
     mqtt_client: Literal["lean", "paho"] = "lean"
+    keepalive_s: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,7 @@ class IngestService:
         self.status: dict[str, str] = {}  # device id -> "online" / "offline" from the retained status
         self.stored_messages = 0
         self.rejected_messages = 0
+        self.disconnects = 0  # connections to the broker lost (or ended by it) while running
         self.paused: str | None = None  # why ingest is waiting (a store or the registry down), or None
         self._lag = Lag()
         self._stop = threading.Event()
@@ -127,7 +129,7 @@ class IngestService:
             broker.client_id,
             persistent=True,
             session_expiry_s=broker.session_expiry_s,
-            keepalive_s=30,
+            keepalive_s=broker.keepalive_s,
             tls=TlsFiles(broker.ca_file, broker.cert_file, broker.key_file),
             manual_ack=True,
             reconnect_delay_s=(1, 5),
@@ -207,7 +209,9 @@ class IngestService:
         self._connected.clear()
         self._subscribed.clear()
         if not self._stop.is_set():
-            log.warning("hub disconnected from broker: %s; paho reconnects", reason)
+            self.disconnects += 1
+            self.metrics.disconnects.inc()
+            log.warning("hub disconnected from broker: %s; reconnecting", reason)
 
     def _on_message(self, message: Message) -> None:
         if message.topic.endswith("/status"):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,8 +43,9 @@ class Loop:
         )
 
 
-@pytest.fixture
-def loop(tmp_path: Path) -> Iterator[Loop]:
+@contextmanager
+def open_loop(tmp_path: Path, **settings: Any) -> Iterator[Loop]:
+    """A hub home, Mosquitto and a started hub (``settings``: more hub settings)."""
     home = init_home(tmp_path / "hub", ["localhost"], ["127.0.0.1"])
     broker = MosquittoBroker(
         home.broker_dir, ca_cert_pem=home.ca_file.read_bytes(), server=home.broker_server_cert()
@@ -52,7 +55,11 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
     with broker:
         try:
             token = registry.api_clients.create("e2e", ["read:telemetry"])
-            hub = Hub(HubSettings(home=home.root, broker_port=broker.port, api_port=0, batch_wait_s=0.05))
+            hub = Hub(
+                HubSettings(
+                    home=home.root, broker_port=broker.port, api_port=0, batch_wait_s=0.05, **settings
+                )
+            )
             hub.start()
             assert hub.wait_ready(10), broker.log_tail()
             yield Loop(home, broker, hub, registry, token)
@@ -60,6 +67,12 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
             if hub is not None:
                 hub.stop()
             registry.close()
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> Iterator[Loop]:
+    with open_loop(tmp_path) as opened:
+        yield opened
 
 
 @pytest.fixture

@@ -12,9 +12,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -28,7 +30,7 @@ from roadside.edge.transport.mqtt import RECONNECT_CAP_S
 from roadside.shared.bundle import EnrollmentBundle, write_bundle
 from roadside.sim.camera import synthetic_scene_analytics
 from roadside.sim.synthetic import RoadScene, SceneConfig
-from tests.e2e.conftest import Loop
+from tests.e2e.conftest import Loop, open_loop
 from tests.e2e.test_loop import api_totals, wait_for
 
 pytestmark = pytest.mark.slow
@@ -309,3 +311,52 @@ def test_a_broker_away_for_30_s_loses_nothing_and_duplicates_nothing(loop: Loop,
     )
     seqs, _ = stored(loop, "dev-outage")
     assert len(seqs) == len(set(seqs))
+
+
+@pytest.mark.timeout(180)
+def test_a_hub_far_behind_its_devices_keeps_its_broker_connection_and_loses_nothing(tmp_path: Path) -> None:
+    """Issue 14: a hub behind its backlog lost its broker connection (keepalive timeout), and the
+    redelivered copies then cost it more. Here every write takes 3 s while an agent keeps
+    sending, with a 2 s keepalive (the broker drops a client silent for 3 s) and 2-message
+    batches (4 unacknowledged at most): the broker holds the backlog, the hub works through it
+    for many keepalive intervals, stays connected, and stores every record once."""
+    with open_loop(tmp_path / "loop", ingest_keepalive_s=2, batch_size=2) as slow:
+        store = slow.hub.store
+        write = store.write
+        slowed = threading.Event()
+        slowed.set()
+
+        def slow_write(batches: Any) -> Any:
+            if slowed.is_set():
+                time.sleep(3.0)
+            return write(batches)
+
+        store.write = slow_write  # type: ignore[method-assign]
+        bundle = slow.enroll("dev-behind")
+        settings = load_agent_settings(
+            None,
+            bundle=tmp_path / "unused.json",
+            sources=[{"type": "synthetic", "name": "cam0", "seed": 3, "fps": 5.0, "realtime": True}],
+            interval_s=1,
+            heartbeat_s=1.0,
+            outbox={"path": str(tmp_path / "outbox.db")},
+        )
+        agent = Agent.from_settings(settings, bundle)
+        agent.start()
+        try:
+            time.sleep(20)  # 7 writes' time (14 messages); the agent made about twice that
+            assert slow.hub.ingest.behind_s() > 5.0  # behind by more than the broker's 3 s
+            assert slow.hub.ingest.disconnects == 0, slow.broker.log_tail()
+        finally:
+            agent.stop(drain_s=20)
+        slowed.clear()  # the store is fast again: the backlog drains
+        produced = +agent.counted
+        assert sum(produced.values()) > 0
+        assert wait_for(lambda: api_totals(slow, "dev-behind") == produced, 60), (
+            api_totals(slow, "dev-behind"),
+            produced,
+        )
+        assert slow.hub.ingest.disconnects == 0, slow.broker.log_tail()
+        assert "exceeded timeout" not in slow.broker.log_tail(10_000)
+        seqs, _ = stored(slow, "dev-behind")
+        assert len(seqs) == len(set(seqs))
