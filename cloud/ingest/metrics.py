@@ -49,7 +49,7 @@ class IngestMetrics:
         )
         self.behind_seconds = Gauge(
             "roadside_ingest_behind_seconds",
-            "How far behind its devices ingest is: the median age of the newest batch stored, growing "
+            "How far behind its devices ingest is: the 10th-percentile age of the newest batch stored, growing "
             "while a backlog or a pause holds the next one (0 when caught up); rollouts wait this long more",
             registry=registry,
         )

@@ -418,27 +418,30 @@ class IngestService:
 class Lag:
     """How far behind its devices ingest is, from the ages of the messages it stores.
 
-    The median age of the newest batch (a device whose clock is off moves it little), plus,
+    The 10th-percentile age (hub clock minus sealing time) of the newest batch: a backlog
+    drains roughly in order, so a batch is all old when ingest is behind, and a low
+    percentile keeps devices whose clocks are slow (their messages look old) from making
+    a hub that keeps up look behind; a fast clock can only make it look less behind. Plus,
     while messages wait (a backlog) or ingest is paused, the time since that batch was
     stored. Caught up (nothing waiting, no batch for ``idle_s``): 0. Capped at ``cap_s``.
     """
 
     idle_s: float = 30.0
     cap_s: float = 3600.0
-    median_s: float = 0.0
+    age_s: float = 0.0  # of the newest batch, at its 10th percentile
     at: float | None = None  # monotonic time of the newest batch
 
     def stored(self, ages_s: list[float], now: float) -> None:
         ordered = sorted(ages_s)
-        self.median_s, self.at = ordered[len(ordered) // 2], now
+        self.age_s, self.at = ordered[len(ordered) // 10], now
 
     def behind_s(self, now: float, *, waiting: bool) -> float:
         if self.at is None:
             return 0.0
         since = now - self.at
         if waiting:
-            return min(self.cap_s, self.median_s + since)
-        return 0.0 if since > self.idle_s else min(self.cap_s, self.median_s)
+            return min(self.cap_s, self.age_s + since)
+        return 0.0 if since > self.idle_s else min(self.cap_s, self.age_s)
 
 
 @dataclass(slots=True)
