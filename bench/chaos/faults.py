@@ -340,7 +340,7 @@ def repo_kill(stack: Stack, rng: random.Random) -> Repair:
     model repository server and start it again on the same port after 1-10 s."""
     release = _release(stack)
     started = release.start_rollout()
-    time.sleep(rng.uniform(0.0, 3.0) * stack.hold_scale)
+    time.sleep(rng.uniform(0.0, 3.0))  # when in the rollout: hold_scale scales how long, not when
     where = release.where(started)
     repair = _kill_repository(stack, rng)
     return Repair(f"rollout {started.rollout_id} ({started.version}, {where}): {repair.action}", repair.at)
@@ -367,7 +367,7 @@ def rollout_interrupt(stack: Stack, rng: random.Random) -> Repair:
     release = _release(stack)
     started = release.start_rollout()
     name = INTERRUPTIONS[(len(release.rollouts) - 1) % len(INTERRUPTIONS)]
-    time.sleep(rng.uniform(0.0, 3.0) * stack.hold_scale)
+    time.sleep(rng.uniform(0.0, 3.0))  # when in the rollout: hold_scale scales how long, not when
     where = release.where(started)
     inject = _kill_repository if name == "repo-kill" else FAULTS[name].inject
     repair = inject(stack, rng)

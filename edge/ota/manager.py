@@ -46,7 +46,7 @@ from roadside.shared.version import roadside_version
 log = logging.getLogger(__name__)
 
 MAX_DETAIL: Final = 1024  # OtaReport.detail
-RETRY_CAP_S: Final = 60.0  # the longest wait between two tries of a silent repository
+RETRY_CAP_S: Final = 20.0  # the longest wait between two tries of a silent repository
 _POLL_S: Final = 0.1  # how often the install thread looks at the shadow's progress
 
 
