@@ -50,7 +50,8 @@ class IngestMetrics:
         self.behind_seconds = Gauge(
             "roadside_ingest_behind_seconds",
             "How far behind its devices ingest is: the 10th-percentile age of the newest batch stored, growing "
-            "while a backlog or a pause holds the next one (0 when caught up); rollouts wait this long more",
+            "while a backlog or a pause holds the next one, at most the time since ingest last sat idle "
+            "(0 when caught up); rollouts wait this long more",
             registry=registry,
         )
         self.queue_depth = Gauge(

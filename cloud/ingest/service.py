@@ -244,6 +244,7 @@ class IngestService:
             deliveries = self.queue.get_batch(self.batch_size, self.max_wait_s, first_timeout_s=0.2)
             self.metrics.queue_depth.set(self.queue.qsize())
             if not deliveries:
+                self._lag.idle(time.monotonic())  # nothing came for 0.2 s: the broker holds no backlog
                 self._flush_seen()
                 continue
             try:
@@ -418,30 +419,41 @@ class IngestService:
 class Lag:
     """How far behind its devices ingest is, from the ages of the messages it stores.
 
-    The 10th-percentile age (hub clock minus sealing time) of the newest batch: a backlog
-    drains roughly in order, so a batch is all old when ingest is behind, and a low
-    percentile keeps devices whose clocks are slow (their messages look old) from making
-    a hub that keeps up look behind; a fast clock can only make it look less behind. Plus,
-    while messages wait (a backlog) or ingest is paused, the time since that batch was
-    stored. Caught up (nothing waiting, no batch for ``idle_s``): 0. Capped at ``cap_s``.
+    Two bounds, and the smaller is the answer:
+
+    - the 10th-percentile age (hub clock minus sealing time) of the newest batch, plus, while
+      messages wait (a backlog) or ingest is paused, the time since that batch was stored
+      (caught up, nothing waiting and no batch for ``idle_s``: 0). A backlog drains roughly in
+      order, so a whole batch is old when ingest is behind; the low percentile keeps a few
+      devices with slow clocks from moving it;
+    - the time since ingest last sat idle (nothing came for a moment, so the broker held no
+      backlog then): nothing waiting now can be older than that. This one reads only the hub's
+      clock, so a fleet whose clocks are slow cannot make a hub that keeps up look behind.
+
+    Capped at ``cap_s``.
     """
 
     idle_s: float = 30.0
     cap_s: float = 3600.0
     age_s: float = 0.0  # of the newest batch, at its 10th percentile
     at: float | None = None  # monotonic time of the newest batch
+    idle_at: float | None = None  # monotonic time ingest last found nothing to do
 
     def stored(self, ages_s: list[float], now: float) -> None:
         ordered = sorted(ages_s)
         self.age_s, self.at = ordered[len(ordered) // 10], now
 
+    def idle(self, now: float) -> None:
+        self.idle_at = now
+
     def behind_s(self, now: float, *, waiting: bool) -> float:
         if self.at is None:
             return 0.0
         since = now - self.at
-        if waiting:
-            return min(self.cap_s, self.age_s + since)
-        return 0.0 if since > self.idle_s else min(self.cap_s, self.age_s)
+        stale = 0.0 if since > self.idle_s else self.age_s  # nothing waiting: the newest batch's age
+        by_age = self.age_s + since if waiting else stale
+        busy = math.inf if self.idle_at is None else max(0.0, now - self.idle_at)
+        return min(self.cap_s, by_age, busy)
 
 
 @dataclass(slots=True)

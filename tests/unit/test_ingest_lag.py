@@ -32,3 +32,24 @@ def test_caught_up_and_idle_is_not_behind_and_the_lag_is_capped() -> None:
     assert lag.behind_s(20.0, waiting=False) == 2.0
     assert lag.behind_s(31.0, waiting=False) == 0.0
     assert lag.behind_s(10_000.0, waiting=True) == 3600.0
+
+
+def test_a_hub_that_sat_idle_a_moment_ago_is_not_behind_whatever_the_clocks_say() -> None:
+    """One device, its clock ten minutes slow: its messages all look 600 s old. The hub found
+    nothing to do 2 s ago, so nothing waiting can be older than 2 s."""
+    lag = Lag()
+    lag.idle(98.0)
+    lag.stored([600.0], now=99.0)
+    assert lag.behind_s(100.0, waiting=True) == 2.0
+    assert lag.behind_s(100.0, waiting=False) == 2.0
+    lag.idle(100.0)
+    assert lag.behind_s(100.0, waiting=False) == 0.0
+
+
+def test_a_backlog_is_bounded_by_how_long_ingest_has_been_busy() -> None:
+    lag = Lag()
+    lag.idle(0.0)
+    lag.stored([300.0, 310.0], now=100.0)  # 5 minutes behind by the clocks, busy for 100 s
+    assert lag.behind_s(100.0, waiting=True) == 100.0
+    lag.stored([30.0, 31.0], now=200.0)  # busy for 200 s, and only 30 s behind now
+    assert lag.behind_s(200.0, waiting=True) == 30.0
