@@ -20,6 +20,7 @@ crash at any point boots a model that verifies.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -46,6 +47,7 @@ from roadside.shared.version import roadside_version
 log = logging.getLogger(__name__)
 
 MAX_DETAIL: Final = 1024  # OtaReport.detail
+_DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 RETRY_CAP_S: Final = 20.0  # the longest wait between two tries of a silent repository
 _POLL_S: Final = 0.1  # how often the install thread looks at the shadow's progress
 
@@ -322,19 +324,24 @@ class OtaManager(Generic[D]):
             try:
                 result = self.updater.check_and_stage(job.name, version=job.version)
                 break
-            except TransportError as exc:
+            except (TransportError, OSError) as exc:
+                # Worth another try: a repository that does not answer, and a disk that is full
+                # for now (the outbox's budget frees space; a full disk is not the model's fault).
+                if isinstance(exc, OSError) and exc.errno not in _DISK_FULL:
+                    raise
+                what = (
+                    "repository unreachable" if isinstance(exc, TransportError) else "disk full while staging"
+                )
                 tries += 1
                 elapsed = time.monotonic() - started
                 if tries > self.config.retries and elapsed >= self.config.retry_for_s:
-                    self._report(
-                        job, "failed", f"repository unreachable after {tries} tries in {elapsed:.0f} s: {exc}"
-                    )
+                    self._report(job, "failed", f"{what} after {tries} tries in {elapsed:.0f} s: {exc}")
                     return None
                 delay = backoff.next_delay()
                 if tries >= self.config.retries and elapsed < self.config.retry_for_s:
                     # The last try comes when retry_for_s is up, not up to a whole cap later.
                     delay = min(delay, self.config.retry_for_s - elapsed + self.config.retry_base_s)
-                log.warning("model repository unreachable (%s); retrying in %.1f s", exc, delay)
+                log.warning("%s (%s); retrying in %.1f s", what, exc, delay)
                 if job.cancel.wait(delay):
                     raise _Stopped from exc
         self._check(job)  # a rollback while the repository answered: no report for a cancelled install

@@ -7,6 +7,7 @@ real repository is exercised in ``tests/e2e/test_ota_agent.py``.
 
 from __future__ import annotations
 
+import errno
 import re
 import threading
 import uuid
@@ -256,3 +257,26 @@ def test_a_repository_silent_past_the_retry_time_fails_the_install_saying_how_lo
         r"repository unreachable after \d+ tries in [01] s: connection refused", reports[-1].detail
     )
     assert repo.tries > 3  # the count alone would have stopped at 3
+
+
+class FullDisk(SilentRepository):
+    """Staging fails with "no space left on device" for the first ``silent`` tries."""
+
+    def check_and_stage(self, name: str, *, version: str | None = None) -> OtaResult:
+        self.tries += 1
+        if self.tries <= self.silent:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.result
+
+
+def test_a_disk_full_for_a_while_is_retried_like_a_silent_repository() -> None:
+    repo = FullDisk(silent=3)
+    reports = _install_with(repo, OtaConfig(retries=1, retry_base_s=0.01, retry_for_s=5.0))
+    assert repo.tries == 4
+    assert [r.state for r in reports] == ["staging", "refused"]
+
+
+def test_a_disk_that_stays_full_fails_the_install_saying_so() -> None:
+    reports = _install_with(FullDisk(silent=10_000), OtaConfig(retries=1, retry_base_s=0.01, retry_for_s=0.3))
+    assert [r.state for r in reports] == ["staging", "failed"]
+    assert reports[-1].detail.startswith("disk full while staging after ")
