@@ -70,6 +70,7 @@ class Detector(Protocol):
 
 
 D = TypeVar("D", bound=Detector)
+R = TypeVar("R")
 
 
 class Updater(Protocol):
@@ -318,32 +319,11 @@ class OtaManager(Generic[D]):
 
     def _stage(self, job: _Install) -> Path | None:
         """The staged file, or None once a refused/failed report went out."""
-        backoff = Backoff(self.config.retry_base_s, cap_s=RETRY_CAP_S)
-        started, tries = time.monotonic(), 0
-        while True:
-            try:
-                result = self.updater.check_and_stage(job.name, version=job.version)
-                break
-            except (TransportError, OSError) as exc:
-                # Worth another try: a repository that does not answer, and a disk that is full
-                # for now (the outbox's budget frees space; a full disk is not the model's fault).
-                if isinstance(exc, OSError) and exc.errno not in _DISK_FULL:
-                    raise
-                what = (
-                    "repository unreachable" if isinstance(exc, TransportError) else "disk full while staging"
-                )
-                tries += 1
-                elapsed = time.monotonic() - started
-                if tries > self.config.retries and elapsed >= self.config.retry_for_s:
-                    self._report(job, "failed", f"{what} after {tries} tries in {elapsed:.0f} s: {exc}")
-                    return None
-                delay = backoff.next_delay()
-                if tries >= self.config.retries and elapsed < self.config.retry_for_s:
-                    # The last try comes when retry_for_s is up, not up to a whole cap later.
-                    delay = min(delay, self.config.retry_for_s - elapsed + self.config.retry_base_s)
-                log.warning("%s (%s); retrying in %.1f s", what, exc, delay)
-                if job.cancel.wait(delay):
-                    raise _Stopped from exc
+        result = self._retried(
+            job, "staging", lambda: self.updater.check_and_stage(job.name, version=job.version)
+        )
+        if result is None:
+            return None
         self._check(job)  # a rollback while the repository answered: no report for a cancelled install
         if result.status == OtaStatus.REFUSED:
             self._report(job, "refused", f"{result.reason}: {result.detail}")
@@ -377,19 +357,58 @@ class OtaManager(Generic[D]):
             job.cancel.wait(_POLL_S)
 
     def _switch_to(self, job: _Install, candidate: D, stats: ShadowStats) -> None:
+        outcome = self._retried(job, "activating", lambda: self._activate(job, candidate))
+        if outcome is None:
+            return
+        result, previous = outcome
+        if previous is None:
+            state: OtaState = "refused" if result.status == OtaStatus.REFUSED else "failed"
+            self._report(job, state, f"activate: {result.reason or result.status.value}: {result.detail}")
+            return
+        log.info("switched model %s -> %s", previous.info.version, job.version)
+        self._report(job, "active", f"switched from {previous.info.version}", stats)
+
+    def _activate(self, job: _Install, candidate: D) -> tuple[OtaResult, D | None]:
+        """Activate on disk, then switch between two batches; the model it replaced, or None
+        (and why) when the updater would not activate."""
         with self._commit:
             self._check(job)  # a rollback that came first wins
             result = self.updater.activate(job.version, name=job.name)
             if result.status not in (OtaStatus.INSTALLED, OtaStatus.UP_TO_DATE):
-                state: OtaState = "refused" if result.status == OtaStatus.REFUSED else "failed"
-                self._report(job, state, f"activate: {result.reason or result.status.value}: {result.detail}")
-                return
+                return result, None
             job.committed = True
             previous = self.host.current()
             self.host.switch(candidate)
             self.previous = previous
-        log.info("switched model %s -> %s", previous.info.version, job.version)
-        self._report(job, "active", f"switched from {previous.info.version}", stats)
+        return result, previous
+
+    def _retried(self, job: _Install, step: str, call: Callable[[], R]) -> R | None:
+        """``call()``, tried again while the repository does not answer or the disk is full (the
+        outbox's budget frees space; neither is the model's fault): at least ``retries`` more
+        times and for at least ``retry_for_s``. None once the failed report went out."""
+        backoff = Backoff(self.config.retry_base_s, cap_s=RETRY_CAP_S)
+        started, tries = time.monotonic(), 0
+        while True:
+            try:
+                return call()
+            except (TransportError, OSError) as exc:
+                if isinstance(exc, OSError) and exc.errno not in _DISK_FULL:
+                    raise
+                what = (
+                    "repository unreachable" if isinstance(exc, TransportError) else f"disk full while {step}"
+                )
+                tries += 1
+                elapsed = time.monotonic() - started
+                if tries > self.config.retries and elapsed >= self.config.retry_for_s:
+                    self._report(job, "failed", f"{what} after {tries} tries in {elapsed:.0f} s: {exc}")
+                    return None
+                delay = backoff.next_delay()
+                if tries >= self.config.retries and elapsed < self.config.retry_for_s:
+                    # The last try comes when retry_for_s is up, not up to a whole cap later.
+                    delay = min(delay, self.config.retry_for_s - elapsed + self.config.retry_base_s)
+                log.warning("%s (%s); retrying in %.1f s", what, exc, delay)
+                if job.cancel.wait(delay):
+                    raise _Stopped from exc
 
     def _check(self, job: _Install) -> None:
         if job.cancel.is_set():

@@ -280,3 +280,46 @@ def test_a_disk_that_stays_full_fails_the_install_saying_so() -> None:
     reports = _install_with(FullDisk(silent=10_000), OtaConfig(retries=1, retry_base_s=0.01, retry_for_s=0.3))
     assert [r.state for r in reports] == ["staging", "failed"]
     assert reports[-1].detail.startswith("disk full while staging after ")
+
+
+class FullWhileActivating(HeldRepository):
+    """Stages at once; activating fails with "no space left on device" ``full`` times first."""
+
+    def __init__(self, full: int, staged: Path) -> None:
+        super().__init__()
+        self.full, self.activations, self.staged = full, 0, staged
+        self.result = OtaResult(OtaStatus.STAGED, "detector", "2.0.0")
+
+    def check_and_stage(self, name: str, *, version: str | None = None) -> OtaResult:
+        return self.result
+
+    def staged_model(self, name: str, version: str) -> Path | None:
+        return self.staged
+
+    def activate(self, version: str, *, name: str | None = None) -> OtaResult:
+        self.activations += 1
+        if self.activations <= self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return OtaResult(OtaStatus.INSTALLED, "detector", version)
+
+
+def test_a_disk_full_while_activating_is_retried_and_the_switch_happens(tmp_path: Path) -> None:
+    """Chaos rollout-interrupt: a 5 s disk-full as the model pointer was written failed the
+    install ("internal error: OSError") and rolled the rollout back."""
+    repo = FullWhileActivating(2, tmp_path / "2.0.0.onnx")
+    reports: list[OtaReport] = []
+    running = Model("1.0.0")
+    switched: list[Model] = []
+    host: OtaHost[Model] = OtaHost(
+        lambda: running, lambda p, v: Model(v or "x"), switched.append, reports.append
+    )
+    manager = OtaManager(repo, host, OtaConfig(retries=1, retry_base_s=0.01, retry_for_s=5.0))
+    try:
+        args = {"action": "install", "name": "detector", "version": "2.0.0", "shadow_s": 0, "min_frames": 0}
+        assert manager.handle(Command(type="ota", args=args)).ok
+        next(t for t in threading.enumerate() if t.name == "ota-install").join(8)
+    finally:
+        manager.stop()
+    assert repo.activations == 3
+    assert [r.state for r in reports] == ["staging", "shadow", "active"]
+    assert [m.info.version for m in switched] == ["2.0.0"]
