@@ -6,19 +6,14 @@ session sets its cap, so each case runs in a fresh interpreter.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from roadside.edge.inference.engine import provider_settings
 from roadside.edge.settings import ModelConfig
+from tests.support.fresh import last_json
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[2]
 
 _SCRIPT = """
 import json, sys
@@ -37,16 +32,7 @@ except ConfigError as exc:
 
 
 def _open(cap: int) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(cap)],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        cwd=REPO,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, object] = last_json(_SCRIPT, str(cap))
     return result
 
 

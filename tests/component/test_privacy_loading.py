@@ -10,16 +10,14 @@ redactor, face model included, when it starts.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.fresh import last_json
+
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[2]
 
 _SCRIPT = """
 import json, sys
@@ -63,16 +61,7 @@ print(json.dumps({"uploader": agent.samples is not None, "loaded": loaded, "face
 
 
 def _run_agent(tmp_path: Path, samples: str) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(tmp_path), samples],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        cwd=REPO,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, object] = last_json(_SCRIPT, str(tmp_path), samples)
     return result
 
 

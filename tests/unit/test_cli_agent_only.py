@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.support.fresh import last_json
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO = Path(__file__).resolve().parents[2]
 
 _SCRIPT = """
 import json, sys
@@ -27,16 +23,7 @@ print(json.dumps(sorted(m for m in hub if m in sys.modules)))
 
 
 def _hub_modules(*argv: str) -> list[str]:
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, *argv],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        cwd=REPO,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    loaded: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    loaded: list[str] = last_json(_SCRIPT, *argv, timeout_s=50)
     return loaded
 
 
