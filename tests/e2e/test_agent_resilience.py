@@ -268,18 +268,27 @@ def test_kill_9_mid_stream_then_restart_delivers_every_queued_record_exactly_onc
 # A broker outage ---------------------------------------------------------------------------
 
 
+def start_live_agent(tmp_path: Path, bundle: EnrollmentBundle, **settings: Any) -> Agent:
+    """An in-process agent on one real-time synthetic camera (5 fps), counting every second."""
+    agent = Agent.from_settings(
+        load_agent_settings(
+            None,
+            bundle=tmp_path / "unused.json",
+            sources=[{"type": "synthetic", "name": "cam0", "seed": 3, "fps": 5.0, "realtime": True}],
+            interval_s=1,
+            outbox={"path": str(tmp_path / "outbox.db")},
+            **settings,
+        ),
+        bundle,
+    )
+    agent.start()
+    return agent
+
+
 @pytest.mark.timeout(300)
 def test_a_broker_away_for_30_s_loses_nothing_and_duplicates_nothing(loop: Loop, tmp_path: Path) -> None:
     bundle = loop.enroll("dev-outage")
-    settings = load_agent_settings(
-        None,
-        bundle=tmp_path / "unused.json",
-        sources=[{"type": "synthetic", "name": "cam0", "seed": 3, "fps": 5.0, "realtime": True}],
-        interval_s=1,
-        outbox={"path": str(tmp_path / "outbox.db")},
-    )
-    agent = Agent.from_settings(settings, bundle)
-    agent.start()
+    agent = start_live_agent(tmp_path, bundle)
     try:
         assert wait_for(lambda: loop.hub.ingest.stored_messages >= 1, 20)
         loop.broker.stop()
@@ -333,16 +342,7 @@ def test_a_hub_far_behind_its_devices_keeps_its_broker_connection_and_loses_noth
 
         store.write = slow_write  # type: ignore[method-assign]
         bundle = slow.enroll("dev-behind")
-        settings = load_agent_settings(
-            None,
-            bundle=tmp_path / "unused.json",
-            sources=[{"type": "synthetic", "name": "cam0", "seed": 3, "fps": 5.0, "realtime": True}],
-            interval_s=1,
-            heartbeat_s=1.0,
-            outbox={"path": str(tmp_path / "outbox.db")},
-        )
-        agent = Agent.from_settings(settings, bundle)
-        agent.start()
+        agent = start_live_agent(tmp_path, bundle, heartbeat_s=1.0)
         try:
             time.sleep(20)  # 7 writes' time (14 messages); the agent made about twice that
             assert slow.hub.ingest.behind_s() > 5.0  # behind by more than the broker's 3 s
