@@ -111,6 +111,7 @@ class IngestService:
         self.disconnects = 0  # connections to the broker lost (or ended by it) while running
         self.paused: str | None = None  # why ingest is waiting (a store or the registry down), or None
         self._lag = Lag()
+        metrics.behind_seconds.set_function(self.behind_s)  # read at each scrape: never stale when idle
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
@@ -300,7 +301,6 @@ class IngestService:
             self._count_records(outcome)
         if lags:
             self._lag.stored(lags, time.monotonic())
-            self.metrics.behind_seconds.set(self.behind_s())
         self.stored_messages += len(accepted)
         self.metrics.messages.labels("accepted").inc(len(accepted))
         self._ack([delivery for delivery in batch.deliveries if delivery.qos])

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 MAX_DETAIL: Final = 1024  # OtaReport.detail
 _DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
-RETRY_CAP_S: Final = 20.0  # the longest wait between two tries of a silent repository
+RETRY_CAP_S: Final = 20.0  # the longest wait between two tries (a silent repository, a full disk)
 _POLL_S: Final = 0.1  # how often the install thread looks at the shadow's progress
 
 
