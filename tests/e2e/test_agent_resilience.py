@@ -302,6 +302,9 @@ def test_a_broker_away_for_30_s_loses_nothing_and_duplicates_nothing(loop: Loop,
         # The hub's own session comes back too (paho retries with a delay capped at 30 s):
         # what was queued during the outage is stored.
         assert wait_for(lambda: loop.hub.ingest.stored_messages > stored_before, 45)
+        # The hub lost its broker too, and counted it (what an operator would alert on).
+        assert loop.hub.ingest.disconnects >= 1
+        assert loop.hub.metrics_registry.get_sample_value("roadside_ingest_broker_disconnects_total") >= 1
         time.sleep(2)
     finally:
         agent.stop(drain_s=40)
