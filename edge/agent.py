@@ -296,4 +296,7 @@ class Agent:
         return self.health_report().to_health()
 
     def heartbeat(self) -> None:
-        self.outbox.put("health", encode(HealthMessage(health=self.health())), Priority.HEALTH)
+        # The latest OTA report rides along while it is recent: one the hub refused is not lost.
+        repeated = self.ota.repeated_report() if self.ota is not None else None
+        message = HealthMessage(health=self.health(), ota=repeated)
+        self.outbox.put("health", encode(message), Priority.HEALTH)

@@ -24,7 +24,15 @@ from roadside.edge.control.verifier import CommandVerifier
 from roadside.edge.health import FrameLedger, HealthCollector, HealthReport, SystemProbe
 from roadside.edge.inference.engine import DEFAULT_MODEL, OnnxDetector, OnnxSession, file_version
 from roadside.edge.metrics import HealthMetrics, MetricsServer
-from roadside.edge.ota.manager import OtaHost, OtaManager, boot, install_journal, make_updater, repo_anchor
+from roadside.edge.ota.manager import (
+    OtaHost,
+    OtaManager,
+    boot,
+    install_journal,
+    latest_report,
+    make_updater,
+    repo_anchor,
+)
 from roadside.edge.ota.updater import ModelUpdater, ShippedModel
 from roadside.edge.outbox import Outbox, Priority
 from roadside.edge.pipeline import Pipeline
@@ -106,7 +114,12 @@ def build_agent(
 
         host = OtaHost(lambda: pipeline.detector, loader.load, pipeline.switch_detector, emit_ota)
         ota = OtaManager(
-            updater, host, settings.ota, settings.model.path or DEFAULT_MODEL, install_journal(settings)
+            updater,
+            host,
+            settings.ota,
+            settings.model.path or DEFAULT_MODEL,
+            install_journal(settings),
+            latest_report(settings),
         )
         pipeline.shadow = ota
 

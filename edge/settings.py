@@ -211,6 +211,9 @@ class OtaConfig(_Section):
     # ... and for at least this long after the first try: a repository restart does not fail an install.
     retry_for_s: float = Field(default=240.0, ge=0, le=86_400)
     retry_base_s: float = Field(default=2.0, ge=0.01, le=600)
+    # Each heartbeat carries the latest OTA report for this long after it was made (0: never), so
+    # a report the hub refused or lost is repeated: past any rollout's install timeout (5 minutes).
+    report_repeat_s: float = Field(default=3600.0, ge=0, le=86_400)
     # Test seam for kill tests only: sleep pause_s at this durable step of an install.
     pause_at: OtaStep | None = None
     pause_s: float = Field(default=60.0, ge=0, le=3600)

@@ -153,6 +153,10 @@ class HealthMessage(_Strict):
     schema_version: Literal[1] = Field(default=1, alias="schema")
     kind: Literal["health"] = "health"
     health: Health
+    # The device's latest OTA report, repeated at each heartbeat for a while after it was made: an
+    # ``ota`` message the hub refused (stale, garbled) or never got heals at the next heartbeat
+    # (ADR 0031). Optional: agents before it send none.
+    ota: OtaReport | None = None
 
 
 # Hard examples --------------------------------------------------------------------

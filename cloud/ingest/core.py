@@ -54,7 +54,7 @@ class Accepted:
     batch: IngestBatch
     header: Header
     ack: AckMessage | None = None
-    ota: OtaReport | None = None  # for the rollout controller
+    ota: OtaReport | None = None  # for the rollout controller: an ota message's, or one a heartbeat repeats
     samples: tuple[HardExample, ...] = ()  # for the dataset inbox
     tally: RecordTally | None = None  # set when ``batch`` carries no counts, sensors or health (workers)
 
@@ -97,9 +97,19 @@ class IngestCore:
             _batch_of(origin, message),
             header,
             ack=message if isinstance(message, AckMessage) else None,
-            ota=message.report if isinstance(message, OtaMessage) else None,
+            ota=_ota_report_of(message),
             samples=tuple(message.records) if isinstance(message, SamplesMessage) else (),
         )
+
+
+def _ota_report_of(message: UplinkPayload) -> OtaReport | None:
+    """An ``ota`` message's report, or the latest one a heartbeat repeats (ADR 0031): the rollout
+    controller records whichever copy comes first and finds the others change nothing."""
+    if isinstance(message, OtaMessage):
+        return message.report
+    if isinstance(message, HealthMessage):
+        return message.ota
+    return None
 
 
 def _batch_of(origin: Origin, message: UplinkPayload) -> IngestBatch:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -260,6 +261,47 @@ def _advance(report: OtaReport) -> Callable[[RolloutDeviceRecord], dict[str, Any
     return advance
 
 
+_ReportKey = tuple[int | None, str, str, str, bool]
+
+
+def _key(report: OtaReport) -> _ReportKey:
+    return (report.rollout_id, report.name, report.version, report.state, report.shadow is not None)
+
+
+class RecordedReports:
+    """The report each device last had written, so that the copy every heartbeat repeats (ADR 0031)
+    costs one registry transaction, not one per heartbeat.
+
+    Only a skip: a report missing here is written again and changes nothing (a device's state only
+    moves forward). Bounded: past ``max_devices`` the longest-quiet device is forgotten.
+    """
+
+    def __init__(self, max_devices: int = 100_000) -> None:
+        self.max_devices = max_devices
+        self._last: OrderedDict[str, _ReportKey] = OrderedDict()
+        self._lock = threading.Lock()  # ingest may call from more than one thread
+
+    def unseen(self, reports: Sequence[tuple[str, OtaReport]]) -> list[tuple[str, OtaReport]]:
+        """``reports`` less those already written (and repeats within the batch), in order."""
+        fresh, taken = [], set()
+        with self._lock:
+            for device_id, report in reports:
+                key = _key(report)
+                if self._last.get(device_id) != key and (device_id, key) not in taken:
+                    taken.add((device_id, key))
+                    fresh.append((device_id, report))
+        return fresh
+
+    def note(self, reports: Sequence[tuple[str, OtaReport]]) -> None:
+        """``reports`` are in the registry now (or were found to belong to no rollout)."""
+        with self._lock:
+            for device_id, report in reports:
+                self._last[device_id] = _key(report)
+                self._last.move_to_end(device_id)
+            while len(self._last) > self.max_devices:
+                self._last.popitem(last=False)
+
+
 # The controller (the hub that serves the API) ---------------------------------------
 
 
@@ -289,6 +331,7 @@ class RolloutController:
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
         self._lock = threading.Lock()  # one tick at a time (the thread, or a test calling tick())
+        self._recorded = RecordedReports()
 
     # The same operator actions, for the API and in-process callers.
 
@@ -311,8 +354,13 @@ class RolloutController:
         self.on_reports([(device_id, report)])
 
     def on_reports(self, reports: Sequence[tuple[str, OtaReport]]) -> None:
-        if record_reports(self.registry, reports):
+        """Device reports from ingest: ``ota`` messages, and the latest one each heartbeat repeats."""
+        fresh = self._recorded.unseen(reports)
+        if not fresh:
+            return
+        if record_reports(self.registry, fresh):
             self.wake()
+        self._recorded.note(fresh)  # not before the write: a failed one is tried at the next copy
 
     # The loop.
 

@@ -9,6 +9,8 @@ Protocol (docs/protocol.md, "Model updates (ota)")::
              stopped mid-install takes the install up again when it starts (``resume``).
     rollback ack with the outcome; the previous detector, still loaded, runs from the next batch:
              rolled_back (version: the model rolled back from; running_version: what runs now)
+    Each heartbeat repeats the latest report for ``ota.report_repeat_s``, so a report the hub
+    refused or never got is not the end of the rollout (``LatestReport``, ADR 0031).
 
 The running and the candidate detectors never run at the same time: the
 candidate runs on the pipeline thread, right after the running model, on
@@ -35,6 +37,7 @@ import numpy.typing as npt
 from pydantic import ValidationError
 
 from roadside.edge.control.handler import Outcome
+from roadside.edge.ota.latest import LatestReport
 from roadside.edge.ota.shadow import FrameDetections, ShadowComparison
 from roadside.edge.ota.updater import BootChoice, ModelUpdater, OtaResult, OtaStatus, ShippedModel
 from roadside.edge.settings import AgentSettings, OtaConfig
@@ -162,10 +165,13 @@ class OtaManager(Generic[D]):
         config: OtaConfig,
         shipped_path: Path | None = None,
         journal: Path | None = None,
+        latest: LatestReport | None = None,
     ) -> None:
-        """``journal``: where the install in progress is kept (None: nowhere, a restart forgets it)."""
+        """``journal``: where the install in progress is kept (None: nowhere, a restart forgets it);
+        ``latest``: the latest report, for the heartbeats to repeat (None: kept in memory only)."""
         self.updater = updater
         self.journal = journal
+        self.latest = latest or LatestReport(None, config.report_repeat_s)
         self.host = host
         self.config = config
         self.shipped_path = shipped_path  # the model the agent was installed with: rollback's last stop
@@ -249,6 +255,10 @@ class OtaManager(Generic[D]):
                 self.journal.unlink(missing_ok=True)
             except OSError as exc:
                 log.warning("could not clear the install journal %s: %s", self.journal, exc)
+
+    def repeated_report(self) -> OtaReport | None:
+        """The latest report while it is to be repeated (each heartbeat carries it), else None."""
+        return self.latest.repeat()
 
     @property
     def installing(self) -> tuple[str, str] | None:
@@ -491,6 +501,7 @@ class OtaManager(Generic[D]):
             shadow=stats,
         )
         log.info("ota %s %s: %s %s", name, version, state, clipped)
+        self.latest.note(report)
         self.host.report(report)
 
 
@@ -533,6 +544,12 @@ def repo_anchor(settings: AgentSettings, bundle: EnrollmentBundle) -> RepoAnchor
 def install_journal(settings: AgentSettings) -> Path:
     """Where the agent keeps the ``ota`` install in progress (beside its TUF metadata and models)."""
     return (settings.ota.state_dir or settings.outbox.path.parent) / "ota" / "install.json"
+
+
+def latest_report(settings: AgentSettings) -> LatestReport:
+    """The agent's latest OTA report, kept beside the install journal for its heartbeats to repeat."""
+    path = (settings.ota.state_dir or settings.outbox.path.parent) / "ota" / "latest-report.json"
+    return LatestReport(path, settings.ota.report_repeat_s)
 
 
 def make_updater(

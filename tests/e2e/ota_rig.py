@@ -45,7 +45,8 @@ class OtaRig:
         self.loop = loop
         self.release = release
         self._lock = threading.Lock()
-        self.reports: list[tuple[str, OtaReport]] = []  # (device, report), in arrival order
+        self.reports: list[tuple[str, OtaReport]] = []  # (device, report) of ota messages, as they came
+        self.repeated: list[tuple[str, OtaReport]] = []  # ... and of those a heartbeat repeated (ADR 0031)
         self.counts: list[tuple[str, str]] = []  # (device, model_version) of each count record
         self.health: list[tuple[str, str]] = []  # (device, model_version) of each health report
         core = loop.hub.ingest.core
@@ -57,7 +58,8 @@ class OtaRig:
                 device = result.header.device_id
                 with self._lock:
                     if result.ota is not None:
-                        self.reports.append((device, result.ota))
+                        kept = self.reports if result.header.kind == "ota" else self.repeated
+                        kept.append((device, result.ota))
                     self.counts += [(device, c.model_version) for c in result.batch.counts]
                     if result.batch.health is not None:
                         self.health.append((device, result.batch.health.model_version))
