@@ -185,7 +185,9 @@ def run_loop(
 
         summary = run_on_sumo(settings, link=link, observer=observe)
         world.close()
-        agreement = presence_agreement(e2, stack.detector_events(started), zones)
+        detector_rows = stack.detector_events(started)
+        presence = presence_figures(e2, detector_rows, zones)
+        _write_timeline(folder / "presence.json", e2, detector_rows, zones)
         tmc = None
         if truth is not None:
             time.sleep(2.0)  # the agent closes its last movement interval when its frames end
@@ -197,7 +199,7 @@ def run_loop(
     result.events = {int(k): v for k, v in summary.events.items()}
     return {
         "way": result,
-        "presence_agreement": agreement,
+        "presence_agreement": presence.agreement,
         "call_latency_p50_ms": _round(summary.latency_p50_ms),
         "call_latency_p95_ms": _round(summary.latency_p95_ms),
         "tmc_error_max": tmc_error_max(tmc) if tmc is not None else None,
@@ -216,6 +218,7 @@ def run_loop(
             "ended_by": summary.ended_by,
             "tripped": summary.tripped,
             "zones": len(zones),
+            "presence": presence.as_dict(),
             "tmc": None
             if tmc is None
             else {
@@ -411,25 +414,86 @@ def _in_view(camera: Camera, polygon: list[tuple[float, float]]) -> float:
 # --- agreement ------------------------------------------------------------------------------
 
 
-def presence_agreement(
+@dataclass(frozen=True)
+class PresenceFigures:
+    """Stop-bar samples (tick × lane) by how the zone's on/off compared with SUMO's E2 detector.
+
+    ``missed``: E2 occupied, the zone off; ``extra``: the zone on, E2 empty. Per lane as well, so a
+    traffic engineer sees which approach the camera serves worst."""
+
+    agree: int
+    missed: int
+    extra: int
+    per_channel: dict[int, tuple[int, int, int]]  # channel -> (agree, missed, extra)
+
+    @property
+    def agreement(self) -> float | None:
+        total = self.agree + self.missed + self.extra
+        return round(self.agree / total, 4) if total else None
+
+    def as_dict(self) -> dict[str, Any]:
+        total = self.agree + self.missed + self.extra
+        return {
+            "samples": total,
+            "missed_share": round(self.missed / total, 4) if total else None,
+            "extra_share": round(self.extra / total, 4) if total else None,
+            "per_channel": {
+                str(c): {"agree": a, "missed": m, "extra": x}
+                for c, (a, m, x) in sorted(self.per_channel.items())
+            },
+        }
+
+
+def presence_figures(
     e2: list[tuple[float, dict[int, bool]]], events: list[tuple[float, int, int]], zones: list[Zone]
-) -> float | None:
-    """Share of (tick, stop-bar lane) samples where the zone's on/off (from the ATSPM log) matches SUMO's
-    E2 detector on the same stretch. ``events``: (unix time, code, channel) rows, 81/82 only."""
+) -> PresenceFigures:
+    """Each (tick, stop-bar lane) sample: the zone's on/off (from the ATSPM log) against SUMO's E2
+    detector on the same stretch. ``events``: (unix time, code, channel) rows, 81/82 only."""
     vehicle = [z.channel for z in zones if z.kind == "presence"]
     timeline: dict[int, list[tuple[float, bool]]] = {c: [] for c in vehicle}
     for ts, code, channel in sorted(events):
         if channel in timeline and code in (81, 82):
             timeline[channel].append((ts, code == 82))
-    agree = total = 0
+    tally = {c: [0, 0, 0] for c in vehicle}
     for ts, occupied in e2:
         for channel in vehicle:
             states = timeline[channel]
             i = bisect.bisect_right(states, (ts, True)) - 1
             zone_on = states[i][1] if i >= 0 else False
-            agree += int(zone_on == occupied.get(channel, False))
-            total += 1
-    return round(agree / total, 4) if total else None
+            truth = occupied.get(channel, False)
+            tally[channel][0 if zone_on == truth else 1 if truth else 2] += 1
+    return PresenceFigures(
+        agree=sum(t[0] for t in tally.values()),
+        missed=sum(t[1] for t in tally.values()),
+        extra=sum(t[2] for t in tally.values()),
+        per_channel={c: (t[0], t[1], t[2]) for c, t in tally.items()},
+    )
+
+
+def presence_agreement(
+    e2: list[tuple[float, dict[int, bool]]], events: list[tuple[float, int, int]], zones: list[Zone]
+) -> float | None:
+    """Share of (tick, stop-bar lane) samples where the zone agrees with SUMO's E2 detector."""
+    return presence_figures(e2, events, zones).agreement
+
+
+def _write_timeline(
+    path: Path,
+    e2: list[tuple[float, dict[int, bool]]],
+    events: list[tuple[float, int, int]],
+    zones: list[Zone],
+) -> None:
+    """What the presence figure was computed from, for a look afterwards (the bench's workdir)."""
+    body = {
+        "zones": [
+            {"channel": z.channel, "camera": z.camera, "name": z.name, "lane": z.lane}
+            for z in zones
+            if z.kind == "presence"
+        ],
+        "e2": [[ts, sorted(c for c, on in occupied.items() if on)] for ts, occupied in e2],
+        "events": [list(e) for e in events],
+    }
+    path.write_text(json.dumps(body))
 
 
 # --- the processes --------------------------------------------------------------------------
@@ -696,4 +760,4 @@ def _stop_process(process: subprocess.Popen[bytes], log_file: Any) -> None:
     log_file.close()
 
 
-__all__ = ["Zone", "plan_zones", "presence_agreement", "run_loop"]
+__all__ = ["PresenceFigures", "Zone", "plan_zones", "presence_agreement", "presence_figures", "run_loop"]
