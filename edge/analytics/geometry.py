@@ -7,7 +7,7 @@ from typing import Literal
 
 from roadside.edge.analytics.lines import Point
 
-__all__ = ["Anchor", "Polygon", "anchor_point", "crossing_fraction", "point_in_polygon"]
+__all__ = ["Anchor", "Polygon", "anchor_point", "convex_hull", "crossing_fraction", "point_in_polygon"]
 
 Polygon = Sequence[Point]
 # Where a box "is": its centre, or the middle of its bottom edge, where the object meets the
@@ -41,6 +41,27 @@ def point_in_polygon(point: Point, polygon: Polygon) -> bool:
             if x < x_at:
                 inside = not inside
     return inside
+
+
+def convex_hull(points: Sequence[Point]) -> list[Point]:
+    """The convex hull of ``points``, counter-clockwise in x-right/y-up terms (monotone chain)."""
+    unique = sorted(set(points))
+    if len(unique) < 3:
+        return unique
+
+    def half(ordered: list[Point]) -> list[Point]:
+        chain: list[Point] = []
+        for p in ordered:
+            while len(chain) >= 2 and _cross(chain[-2], chain[-1], p) <= 0:
+                chain.pop()
+            chain.append(p)
+        return chain[:-1]
+
+    return half(unique) + half(unique[::-1])
+
+
+def _cross(o: Point, a: Point, b: Point) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
 
 
 def crossing_fraction(start: Point, end: Point, prev: Point, curr: Point) -> float:

@@ -8,8 +8,18 @@ the last its exit; when the tracker gives the track up (no sighting for
 ``forget_s``) the pair is counted, per class, in the interval in which the
 track was last seen. A track seen in one approach only (queued, parked,
 or lost at the edge) is not counted. Coming back into the approach it was
-last in after ``uturn_gap_s`` outside every approach is a U-turn; a shorter
-excursion is jitter at the polygon's edge.
+last in is a U-turn only after ``uturn_gap_s`` out of every approach and
+inside the junction between them (the approaches' convex hull): a shorter
+excursion, or one beyond an approach's outer end (a queued car at the far
+edge of its polygon), is jitter at the polygon's edge.
+
+A detector that misses a vehicle for a few frames in the junction box (where
+it turns, is small or hidden by others) breaks its track in two: an entrance
+piece and an exit piece, neither counted. With a camera calibration the
+counter joins them: a track seen for the first time continues a track that
+has visited one approach only and is not seen now (not yet forgotten), if its
+road position is within ``join_reach_m`` of where that one was heading
+(its last position moved on at its last road speed).
 
 :class:`ZoneStatistics` accumulates, per detector zone and interval, the
 volume (tracks that entered), the occupancy (share of the interval the
@@ -22,14 +32,14 @@ with a camera calibration; without one, no speed).
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from roadside.edge.analytics.aggregate import interval_start
 from roadside.edge.analytics.detectors import ApproachConfig, Occupant, image_polygon
-from roadside.edge.analytics.geometry import point_in_polygon
+from roadside.edge.analytics.geometry import convex_hull, point_in_polygon
 from roadside.edge.analytics.lines import Point
 from roadside.shared.schemas import MovementInterval, TurningMovement, ZoneStat
 from roadside.vision.calibration import Camera
@@ -43,6 +53,10 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
+# Road positions kept per track for its speed: about a second at 5-10 fps.
+_TRAIL = 8
+
+
 @dataclass(slots=True)
 class _Path:
     cls: str
@@ -50,6 +64,19 @@ class _Path:
     visits: list[str] = field(default_factory=list)
     last_in: str | None = None  # the approach it is in now (None: in none)
     left_at: float | None = None  # when it left its last approach
+    crossed: bool = False  # seen in the junction between approaches since it left its last one
+    trail: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=_TRAIL))
+
+    def heading_to(self, ts: float) -> tuple[float, float] | None:
+        """Where its road trail, moved on at its last speed, puts it at ``ts`` (None: no trail)."""
+        if not self.trail:
+            return None
+        t1, x1, y1 = self.trail[-1]
+        t0, x0, y0 = self.trail[0]
+        if t1 - t0 <= 0:
+            return (x1, y1)
+        k = (ts - t1) / (t1 - t0)
+        return (x1 + (x1 - x0) * k, y1 + (y1 - y0) * k)
 
 
 class MovementCounter:
@@ -64,13 +91,17 @@ class MovementCounter:
         classes: Iterable[str] | None = None,
         forget_s: float = 2.0,
         uturn_gap_s: float = 1.0,
+        join_reach_m: float = 4.0,
     ) -> None:
         self.stream = stream
         self.interval_s: MovementInterval = interval_s
         self._approaches = [(a.name, image_polygon(a.polygon, a.space, camera)) for a in approaches]
+        self._junction = convex_hull([p for _, ring in self._approaches for p in ring])
+        self._camera = camera
         self._classes = None if classes is None else frozenset(classes)
         self._forget_s = forget_s
         self._uturn_gap_s = uturn_gap_s
+        self._join_reach_m = join_reach_m
         self._paths: dict[int, _Path] = {}
         self._counts: dict[float, Counter[tuple[str, str, str]]] = {}
 
@@ -81,26 +112,50 @@ class MovementCounter:
         """Follow this frame's tracks; the records of intervals that closed before ``ts``."""
         if not self._approaches:
             return []
-        for o in occupants:
-            if self._classes is not None and o.cls not in self._classes:
-                continue
+        followed = [o for o in occupants if self._classes is None or o.cls in self._classes]
+        for o, road in zip(followed, self._road_points(followed), strict=True):
             path = self._paths.get(o.track_id)
             if path is None:
-                path = self._paths[o.track_id] = _Path(o.cls, ts)
+                path = self._paths[o.track_id] = self._continued(ts, road) or _Path(o.cls, ts)
             path.cls, path.seen = o.cls, ts
-            self._place(path, self._approach_of(o.anchor), ts)
+            if road is not None:
+                path.trail.append((ts, *road))
+            self._place(path, o.anchor, ts)
         for track_id in [t for t, p in self._paths.items() if ts - p.seen > self._forget_s]:
             self._finish(self._paths.pop(track_id))
         return self._closed_before(ts)
 
-    def _place(self, path: _Path, approach: str | None, ts: float) -> None:
+    def _road_points(self, occupants: Sequence[Occupant]) -> list[tuple[float, float] | None]:
+        if self._camera is None or not occupants:
+            return [None] * len(occupants)
+        road = self._camera.image_to_road([list(o.anchor) for o in occupants])
+        return [(float(x), float(y)) if math.isfinite(x) and math.isfinite(y) else None for x, y in road]
+
+    def _continued(self, ts: float, road: tuple[float, float] | None) -> _Path | None:
+        """The broken-off track a new one carries on, if any: the nearest within reach (see the module)."""
+        if road is None or self._join_reach_m <= 0:
+            return None
+        best: tuple[float, int] | None = None
+        for track_id, path in self._paths.items():
+            heading = path.heading_to(ts) if path.seen < ts and len(path.visits) == 1 else None
+            if heading is None:
+                continue
+            gap = math.hypot(heading[0] - road[0], heading[1] - road[1])
+            if gap <= self._join_reach_m and (best is None or gap < best[0]):
+                best = (gap, track_id)
+        return None if best is None else self._paths.pop(best[1])
+
+    def _place(self, path: _Path, anchor: Point, ts: float) -> None:
+        approach = self._approach_of(anchor)
+        if approach is None and point_in_polygon(anchor, self._junction):
+            path.crossed = True
         if approach == path.last_in:
             return
         if approach is None:
-            path.left_at = ts
+            path.left_at, path.crossed = ts, point_in_polygon(anchor, self._junction)
         elif not path.visits or approach != path.visits[-1]:
             path.visits.append(approach)
-        elif path.left_at is not None and ts - path.left_at >= self._uturn_gap_s:
+        elif path.crossed and path.left_at is not None and ts - path.left_at >= self._uturn_gap_s:
             path.visits.append(approach)  # back where it was, after a real excursion: a U-turn
         path.last_in = approach
 
