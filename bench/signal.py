@@ -125,6 +125,7 @@ def loop_runner(args: argparse.Namespace) -> Any:
         model=args.model or DEFAULT_MODEL,
         conf_threshold=args.conf,
         junction_pose=None if args.no_tmc else args.junction_pose,
+        frame_queue=args.frame_queue,
     )
 
 
@@ -161,6 +162,12 @@ def main(argv: list[str] | None = None) -> None:
         help="ONNX detector of the loop's agent and the counts (default: models/detector_sumo.onnx)",
     )
     parser.add_argument("--conf", type=float, default=DEFAULT_CONF, help="its confidence threshold")
+    parser.add_argument(
+        "--frame-queue",
+        type=int,
+        default=4,
+        help="the loop's agent: frames waiting per camera (the oldest dropped past it)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     # `kill` stops the run like Ctrl-C: the loop's agent, hub, broker and SUMO are stopped on the way out.

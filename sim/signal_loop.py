@@ -131,6 +131,7 @@ def run_loop(
     conf_threshold: float | None = None,
     junction_pose: Path | None = None,
     junction_fps: float = 5.0,
+    frame_queue: int = 4,
 ) -> dict[str, Any]:
     """Run the whole loop for ``duration_s`` simulated seconds; the way's figures and the loop's own.
 
@@ -138,7 +139,8 @@ def run_loop(
     SUMO runs as fast as the cameras draw (tests). ``fps``: frames per simulated second per camera.
     ``model``: the agent's detector (its own default when None) and ``conf_threshold`` its confidence.
     ``junction_pose``: a pose file whose first camera sees the whole junction; it joins the loop at
-    ``junction_fps`` and its turning movements are judged against SUMO's."""
+    ``junction_fps`` and its turning movements are judged against SUMO's. ``frame_queue``: the agent's
+    frames waiting per camera (its ``frame_queue`` setting; the oldest go first when it is full)."""
     if network.camera_pose is None:
         raise ConfigError("the roadside way needs --camera-pose (the cameras that watch the junction)")
     began = time.monotonic()
@@ -158,7 +160,7 @@ def run_loop(
         port = free_port()
         stack.start_agent(
             network, cameras, zones, port, fps, duration_s,
-            model=model, conf_threshold=conf_threshold, junction=junction,
+            model=model, conf_threshold=conf_threshold, junction=junction, frame_queue=frame_queue,
         )  # fmt: skip
         world = stack.start_sumo(network, seed, port, clients=len(cameras) + 1, order=len(cameras) + 1)
         link = TraciConnection(world.traci)
@@ -567,6 +569,7 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
         model: Path | None = None,
         conf_threshold: float | None = None,
         junction: _JunctionCamera | None = None,
+        frame_queue: int = 4,
     ) -> None:
         assert self._bundle is not None
         assert network.camera_pose is not None
@@ -631,7 +634,7 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
             },
             "interval_s": 60,
             "heartbeat_s": 5,
-            "frame_queue": 4,
+            "frame_queue": frame_queue,
             "outbox": {"path": str(self.folder / "agent" / "outbox.db")},
         }
         path = self.folder / "agent" / "agent.json"
