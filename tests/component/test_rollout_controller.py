@@ -371,3 +371,71 @@ def test_one_batch_of_reports_moves_each_device_in_order(registry: Registry) -> 
     assert record_reports(registry, batch) == 4
     states = {d.device_id: d.state for d in rollout_status(registry, record.id).devices}
     assert (states[first], states[second]) == ("active", "staging")
+
+
+def test_an_active_report_the_hub_lost_is_taken_from_the_next_heartbeats_copy(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14, ADR 0031: the canary's ``active`` report was refused on the way (chaos
+    ``rollout-interrupt``, seed 11: sealed while the device's clock was 10 minutes off). Its
+    heartbeat repeats it; the wave passes on that copy, and later copies cost no registry write."""
+    sink, clock = Sink(), Clock()
+    rollouts = controller(registry, sink, clock)
+    record = rollouts.create(spec(gates=GateThresholds(install_timeout_s=30)))
+    rollouts.tick()
+    [(canary, _)] = sink.take()
+    for state in ("staging", "shadow"):
+        rollouts.on_reports([(canary, report(record.id, state))])
+    active = report(record.id, "active", shadow())  # sent as an ota message, and refused
+    clock.now += timedelta(seconds=25)
+    rollouts.tick()
+    assert rollout_status(registry, record.id).counts() == {"shadow": 1, "pending": 7}
+
+    rollouts.on_reports([(canary, active)])  # the same report, in the next heartbeat
+    rollouts.tick()
+    status = rollout_status(registry, record.id)
+    assert status.rollout.current_wave == 1  # the canary passed every gate on the repeated copy
+    [canary_state] = [d for d in status.devices if d.device_id == canary]
+    assert (canary_state.state, canary_state.shadow) == ("active", shadow().model_dump(mode="json"))
+    assert [(e["wave"], e["decision"]) for e in gate_entries(registry, record.id)] == [(0, "pass")]
+
+    writes: list[object] = []
+    monkeypatch.setattr(
+        "roadside.cloud.release.controller.record_reports",
+        lambda registry, reports: writes.append(reports) or 0,
+    )
+    for _ in range(3):
+        rollouts.on_reports([(canary, active)])  # every later heartbeat carries it too
+    assert writes == []
+
+
+def test_a_repeated_report_never_moves_a_device_it_does_not_belong_to(registry: Registry) -> None:
+    """Repeats are held to the rules an ota message is held to: the report names the rollout that
+    commanded the device and its model, and a device's state only moves forward, so an old
+    report repeated late activates nothing and undoes no rollback."""
+    sink, clock = Sink(), Clock()
+    rollouts = controller(registry, sink, clock)
+    first = rollouts.create(spec(target="devices:dev0", canary=0, waves=(100,)))
+    rollouts.tick()
+    sink.take()
+    old_active = report(first.id, "active", shadow())
+    rollouts.on_reports([("dev0", old_active)])
+    rollouts.tick()
+    assert rollout_status(registry, first.id).state == "completed"
+
+    registry.models.publish("detector", "1.2.0", "c" * 64, 100, parent="1.1.0")
+    second = rollouts.create(spec(model_version="1.2.0", target="devices:dev0", canary=0, waves=(100,)))
+    rollouts.tick()
+    assert [d for d, _ in sink.take()] == ["dev0"]
+    # Its heartbeat still repeats the first rollout's report until the new install reports:
+    rollouts.on_reports([("dev0", old_active), ("dev0", report(second.id, "active", shadow()))])
+    assert rollout_status(registry, second.id).counts() == {"commanded": 1}  # wrong model for rollout 2
+
+    change_rollout(registry, second.id, "rollback", actor="ops@city", reason="operator")
+    rollouts.tick()
+    assert rollout_status(registry, second.id).counts() == {"rolling_back": 1}
+    late = report(second.id, "active", shadow(), version="1.2.0")
+    rollouts.on_reports([("dev0", late)])  # made before the rollback, repeated after it
+    assert rollout_status(registry, second.id).counts() == {"rolling_back": 1}
+    rollouts.on_reports([("dev0", report(second.id, "rolled_back", version="1.2.0"))])
+    assert rollout_status(registry, second.id).counts() == {"rolled_back": 1}

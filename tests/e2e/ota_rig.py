@@ -96,6 +96,11 @@ class OtaRig:
         with self._lock:
             return [r.state for d, r in self.reports if d == device and version in (None, r.version)]
 
+    def repeats(self, device: str) -> list[OtaReport]:
+        """The OTA reports the device's heartbeats carried, as they came."""
+        with self._lock:
+            return [r for d, r in self.repeated if d == device]
+
     def last(self, device: str) -> OtaReport:
         with self._lock:
             return [r for d, r in self.reports if d == device][-1]

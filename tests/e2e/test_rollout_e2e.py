@@ -9,6 +9,7 @@ goes canary first, then the rest, and completes.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from bench.chaos.release import detector_variant
 from roadside.cloud.fleet.audit import AuditLog
 from roadside.cloud.release.repository import release_model
 from roadside.cloud.release.rollouts import GateThresholds, RolloutSpec
+from roadside.shared.envelope import OpenedEnvelope
+from roadside.shared.schemas import OtaMessage, decode_uplink
 from tests.e2e.conftest import Loop
 from tests.e2e.ota_rig import SHIPPED_VERSION, OtaRig, agent_with_ota, ota_rig, wait_for
 
@@ -122,3 +125,59 @@ def test_a_disagreeing_canary_is_rolled_back_then_a_good_model_goes_everywhere(
     finally:
         for running in agents.values():
             running.stop(drain_s=3)
+
+
+def test_a_rollout_completes_when_the_hub_refused_the_devices_active_report(
+    loop: Loop, rig: OtaRig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14, ADR 0031: the ``active`` report is refused by the hub's own envelope check, as one
+    sealed while the device's clock ran 10 minutes fast is (chaos ``rollout-interrupt``, seed 11).
+    The device's next heartbeat repeats the report and the rollout completes; before, the device
+    never said it again and the wave rolled back at its install timeout."""
+    opener = loop.hub.ingest.core.opener
+    open_envelope = opener.open
+    refused: list[int] = []
+
+    def ten_minutes_fast_for_the_active_report(wire: bytes, now_ms: int) -> OpenedEnvelope:
+        opened = open_envelope(wire, now_ms)
+        if opened.header.kind == "ota" and not refused:
+            message = decode_uplink("ota", opened.plaintext)
+            if isinstance(message, OtaMessage) and message.report.state == "active":
+                refused.append(opened.header.seq)
+                return open_envelope(wire, now_ms - 600_000)  # the real check: raises StaleMessageError
+        return opened
+
+    monkeypatch.setattr(opener, "open", ten_minutes_fast_for_the_active_report)
+    agent = agent_with_ota(tmp_path, rig.with_anchor(loop.enroll("pole-a")), seed=5)
+    stop = threading.Event()
+
+    def heartbeats() -> None:  # as ``Agent.run_forever`` sends them; ``start`` alone sends none
+        while not stop.wait(agent.settings.heartbeat_s):
+            agent.heartbeat()
+
+    beating = threading.Thread(target=heartbeats, name="heartbeat", daemon=True)
+    beating.start()
+    try:
+        publish(loop, rig, detector_variant(tmp_path / "build" / "1.1.0" / "detector.onnx", "1.1.0"), "1.1.0")
+        # Wide behaviour gates, as bench.chaos runs them: a loaded machine's FPS is not what this tests.
+        gates = GateThresholds(install_timeout_s=60, health_wait_s=30, min_fps_ratio=0.2, max_latency_ratio=5)
+        spec = RolloutSpec(
+            "detector", "1.1.0", "all", canary=0, waves=(100,), soak_s=2.0, min_frames=8, gates=gates
+        )
+        record = loop.hub.rollouts.create(spec)
+        assert wait_for(lambda: loop.hub.rollouts.status(record.id).state == "completed", 120), (
+            loop.hub.rollouts.status(record.id).to_json()
+        )
+        assert len(refused) == 1
+        assert loop.hub.dead_letters.count("stale") == 1  # dead-lettered whole, as any refused message
+        assert "active" not in rig.states("pole-a")  # no ota message said it ...
+        active = next(r for r in rig.repeats("pole-a") if r.state == "active")  # ... a heartbeat did
+        assert active.rollout_id == record.id
+        assert active.shadow is not None  # with the shadow statistics the gates judge
+        [device] = loop.hub.rollouts.status(record.id).devices
+        assert device.state == "active"
+        assert agent.detector.info.version == "1.1.0"
+    finally:
+        stop.set()
+        beating.join(5)
+        agent.stop(drain_s=3)
