@@ -17,9 +17,12 @@ A detector that misses a vehicle for a few frames in the junction box (where
 it turns, is small or hidden by others) breaks its track in two: an entrance
 piece and an exit piece, neither counted. With a camera calibration the
 counter joins them: a track seen for the first time continues a track that
-has visited one approach only and is not seen now (not yet forgotten), if its
-road position is within ``join_reach_m`` of where that one was heading
-(its last position moved on at its last road speed).
+has visited one approach at most and is not seen now (not yet forgotten), if its
+road position is within reach of where that one was heading (its last
+position moved on at its last road speed): ``join_reach_m`` plus
+``join_spread_ms`` for every second it went unseen, since a vehicle brakes,
+pulls away or turns meanwhile. A track that appears back in the approach
+the broken one had left into the junction is another vehicle.
 
 :class:`ZoneStatistics` accumulates, per detector zone and interval, the
 volume (tracks that entered), the occupancy (share of the interval the
@@ -67,6 +70,12 @@ class _Path:
     crossed: bool = False  # seen in the junction between approaches since it left its last one
     trail: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=_TRAIL))
 
+    def returns_to(self, approach: str | None) -> bool:
+        """Whether ``approach`` is the one it left into the junction (a new track there is another vehicle)."""
+        return (
+            approach is not None and self.last_in is None and self.crossed and self.visits[-1:] == [approach]
+        )
+
     def heading_to(self, ts: float) -> tuple[float, float] | None:
         """Where its road trail, moved on at its last speed, puts it at ``ts`` (None: no trail)."""
         if not self.trail:
@@ -92,6 +101,7 @@ class MovementCounter:
         forget_s: float = 2.0,
         uturn_gap_s: float = 1.0,
         join_reach_m: float = 4.0,
+        join_spread_ms: float = 4.0,
     ) -> None:
         self.stream = stream
         self.interval_s: MovementInterval = interval_s
@@ -102,6 +112,7 @@ class MovementCounter:
         self._forget_s = forget_s
         self._uturn_gap_s = uturn_gap_s
         self._join_reach_m = join_reach_m
+        self._join_spread_ms = join_spread_ms
         self._paths: dict[int, _Path] = {}
         self._counts: dict[float, Counter[tuple[str, str, str]]] = {}
 
@@ -116,7 +127,8 @@ class MovementCounter:
         for o, road in zip(followed, self._road_points(followed), strict=True):
             path = self._paths.get(o.track_id)
             if path is None:
-                path = self._paths[o.track_id] = self._continued(ts, road) or _Path(o.cls, ts)
+                fresh = self._continued(ts, road, self._approach_of(o.anchor))
+                path = self._paths[o.track_id] = fresh or _Path(o.cls, ts)
             path.cls, path.seen = o.cls, ts
             if road is not None:
                 path.trail.append((ts, *road))
@@ -131,17 +143,20 @@ class MovementCounter:
         road = self._camera.image_to_road([list(o.anchor) for o in occupants])
         return [(float(x), float(y)) if math.isfinite(x) and math.isfinite(y) else None for x, y in road]
 
-    def _continued(self, ts: float, road: tuple[float, float] | None) -> _Path | None:
+    def _continued(self, ts: float, road: tuple[float, float] | None, approach: str | None) -> _Path | None:
         """The broken-off track a new one carries on, if any: the nearest within reach (see the module)."""
         if road is None or self._join_reach_m <= 0:
             return None
         best: tuple[float, int] | None = None
         for track_id, path in self._paths.items():
-            heading = path.heading_to(ts) if path.seen < ts and len(path.visits) == 1 else None
+            if path.seen >= ts or len(path.visits) > 1 or path.returns_to(approach):
+                continue
+            heading = path.heading_to(ts)
             if heading is None:
                 continue
             gap = math.hypot(heading[0] - road[0], heading[1] - road[1])
-            if gap <= self._join_reach_m and (best is None or gap < best[0]):
+            reach = self._join_reach_m + self._join_spread_ms * (ts - path.seen)
+            if gap <= reach and (best is None or gap < best[0]):
                 best = (gap, track_id)
         return None if best is None else self._paths.pop(best[1])
 

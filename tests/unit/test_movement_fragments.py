@@ -68,6 +68,25 @@ def test_without_joining_the_broken_pieces_count_nothing() -> None:
     assert counts(records) == {}
 
 
+def test_the_reach_grows_with_the_time_unseen() -> None:
+    # Lost for 1.2 s while it turns west: found 8 m from where its straight line puts it, too
+    # far for a track lost a moment ago, within reach (4 m + 4 m/s x 1.2 s) for one unseen that long.
+    entrance = southbound(14, 2)
+    turned = [(-6.0 - 2.0 * k, -3.0) for k in range(6)]
+    pieces = [(1, 0, entrance), (2, len(entrance) + 5, turned)]
+    assert counts(drive(counter(join_spread_ms=0), pieces)) == {}
+    assert counts(drive(counter(), pieces)) == {("north", "west"): 1}
+
+
+def test_a_new_track_back_in_the_approach_left_is_another_vehicle() -> None:
+    # A southbound car is lost in the box; a car then appears at the north stop line, within
+    # reach of where the lost one was: the lost one did not turn round, so no U-turn is made up.
+    entrance = [(-2.0, 14.0 - k) for k in range(13)]  # 5 m/s, to (-2, 2)
+    queued = [(-2.0, 6.5)] * 8
+    records = drive(counter(join_spread_ms=8), [(1, 0, entrance), (2, len(entrance) + 1, queued)])
+    assert counts(records) == {}
+
+
 def test_a_new_track_out_of_reach_is_another_vehicle() -> None:
     # A car appears on the west leg while a southbound one is lost in the box: not its continuation.
     entrance = southbound(14, 0)
