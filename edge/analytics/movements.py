@@ -124,10 +124,11 @@ class MovementCounter:
         if not self._approaches:
             return []
         followed = [o for o in occupants if self._classes is None or o.cls in self._classes]
+        present = {o.track_id for o in followed}
         for o, road in zip(followed, self._road_points(followed), strict=True):
             path = self._paths.get(o.track_id)
             if path is None:
-                fresh = self._continued(ts, road, self._approach_of(o.anchor))
+                fresh = self._continued(ts, road, self._approach_of(o.anchor), present)
                 path = self._paths[o.track_id] = fresh or _Path(o.cls, ts)
             path.cls, path.seen = o.cls, ts
             if road is not None:
@@ -143,13 +144,18 @@ class MovementCounter:
         road = self._camera.image_to_road([list(o.anchor) for o in occupants])
         return [(float(x), float(y)) if math.isfinite(x) and math.isfinite(y) else None for x, y in road]
 
-    def _continued(self, ts: float, road: tuple[float, float] | None, approach: str | None) -> _Path | None:
-        """The broken-off track a new one carries on, if any: the nearest within reach (see the module)."""
+    def _continued(
+        self, ts: float, road: tuple[float, float] | None, approach: str | None, present: set[int]
+    ) -> _Path | None:
+        """The broken-off track a new one carries on, if any: the nearest within reach (see the module).
+
+        Never one in this frame (``present``): a second box on a vehicle still tracked is not its continuation.
+        """
         if road is None or self._join_reach_m <= 0:
             return None
         best: tuple[float, int] | None = None
         for track_id, path in self._paths.items():
-            if path.seen >= ts or len(path.visits) > 1 or path.returns_to(approach):
+            if track_id in present or len(path.visits) > 1 or path.returns_to(approach):
                 continue
             heading = path.heading_to(ts)
             if heading is None:

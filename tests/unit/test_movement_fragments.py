@@ -95,6 +95,15 @@ def test_a_new_track_out_of_reach_is_another_vehicle() -> None:
     assert counts(records) == {}
 
 
+def test_a_second_box_on_a_tracked_vehicle_takes_nothing_from_it() -> None:
+    # A duplicate box starts track 2 just beside track 1 for a few frames in the box; track 1 is
+    # still seen in those frames (listed after it), so it keeps its entrance.
+    whole = southbound(14, -14)
+    duplicate = [(-1.5, 1.0), (-1.5, -1.0), (-1.5, -3.0)]
+    records = drive(counter(), [(2, 6, duplicate), (1, 0, whole)])
+    assert counts(records) == {("north", "south"): 1}
+
+
 def test_a_finished_track_is_not_continued() -> None:
     # Two cars one after the other, each seen from entrance to exit: two movements, never joined.
     whole = southbound(14, -14)
