@@ -198,7 +198,9 @@ def parse_publish(first: int, body: bytes | bytearray | memoryview, tag: int = 0
     props = decode_varint(body, pos)
     if props is None or props[1] + props[0] > len(body):
         raise ProtocolError("PUBLISH properties run past the packet")
-    return Message(topic, bytes(body[props[1] + props[0] :]), mid, qos, bool(first & 0x01))
+    return Message(
+        topic, bytes(body[props[1] + props[0] :]), mid, qos, bool(first & 0x01), bool(first & 0x08)
+    )
 
 
 @dataclass(slots=True)

@@ -69,6 +69,7 @@ class Message(NamedTuple):
     mid: int
     qos: int
     retain: bool
+    dup: bool = False  # the broker sent it before (MQTT's DUP flag): a redelivery after a lost ack
 
 
 class PubAck(NamedTuple):
@@ -160,7 +161,7 @@ class MqttSession:
             self._client.on_disconnect = lambda _c, _u, _f, reason, _p: on_disconnect(str(reason))
         if on_message is not None:
             self._client.on_message = lambda _c, _u, m: on_message(
-                Message(m.topic, bytes(m.payload), m.mid, m.qos, bool(m.retain))
+                Message(m.topic, bytes(m.payload), m.mid, m.qos, bool(m.retain), bool(m.dup))
             )
         if on_puback is not None:
             self._client.on_publish = lambda _c, _u, mid, reason, _p: on_puback(_puback(mid, reason))

@@ -47,6 +47,12 @@ class IngestMetrics:
             "Times the ingest connection to the broker was lost or ended by the broker (it reconnects)",
             registry=registry,
         )
+        self.redelivered = Counter(
+            "roadside_ingest_redelivered_total",
+            "Copies the broker sent again after a lost ack (DUP) of messages the hub had already handled: "
+            "refused as replays, not dead-lettered",
+            registry=registry,
+        )
         self.behind_seconds = Gauge(
             "roadside_ingest_behind_seconds",
             "How far behind its devices ingest is: the 10th-percentile age of the newest batch stored, growing "

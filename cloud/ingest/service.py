@@ -73,6 +73,7 @@ class _Delivery:
     payload: bytes
     mid: int
     qos: int
+    dup: bool = False  # a redelivery: the broker sent this message to the hub before
 
 
 class IngestService:
@@ -109,6 +110,7 @@ class IngestService:
         self.stored_messages = 0
         self.rejected_messages = 0
         self.disconnects = 0  # connections to the broker lost (or ended by it) while running
+        self.redelivered = 0  # copies of messages already handled, sent again after a lost ack
         self.paused: str | None = None  # why ingest is waiting (a store or the registry down), or None
         self._lag = Lag()
         metrics.behind_seconds.set_function(self.behind_s)  # read at each scrape: never stale when idle
@@ -219,7 +221,7 @@ class IngestService:
             self._on_status(message)
             self._client.ack(message.mid, message.qos)
             return
-        delivery = _Delivery(message.topic, message.payload, message.mid, message.qos)
+        delivery = _Delivery(message.topic, message.payload, message.mid, message.qos, message.dup)
         while not self._stop.is_set():
             try:
                 self.queue.put(delivery, timeout=0.5)  # BLOCK: back-pressure onto the broker
@@ -384,6 +386,14 @@ class IngestService:
         return refused
 
     def _reject(self, delivery: _Delivery, rejection: Rejection) -> None:
+        if rejection.reason == "replay" and delivery.dup:
+            # The broker sent this very message to the hub before and its ack was lost (a reconnect,
+            # a killed hub): the first copy was stored, or refused and dead-lettered then. Counted;
+            # a dead letter per copy would let one reconnect under load evict every real letter.
+            self.redelivered += 1
+            self.metrics.redelivered.inc()
+            log.debug("a redelivered copy on %s was already handled", safe_text(delivery.topic, 512))
+            return
         self.rejected_messages += 1
         self.metrics.messages.labels("rejected").inc()
         self.metrics.rejected.labels(rejection.reason).inc()

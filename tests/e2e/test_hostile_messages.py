@@ -400,3 +400,40 @@ def test_hostile_header_names_never_reach_a_postgresql_registry(rig: Rig, tmp_pa
                 hub.stop()
         finally:
             registry.close()
+
+
+@pytest.mark.parametrize("client", ["lean", "paho"])
+def test_copies_redelivered_after_lost_acks_are_counted_not_dead_lettered(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, client: str
+) -> None:
+    """The broker sends unacknowledged messages again (DUP) to the next session: the hub refuses the
+    copies as replays of what it stored, counts them, and keeps its dead-letter store for real refusals;
+    a device replaying a stored message itself (no DUP) is still dead-lettered."""
+    (bundle,) = rig.fleet(1)
+    hub = _hub(rig, ingest_mqtt_client=client)
+    monkeypatch.setattr(type(hub.ingest), "_ack", lambda self, deliveries: None)  # every ack lost
+    device = SimulatedDevice(bundle)
+    device.connect("127.0.0.1", rig.broker.port)
+    try:
+        envelopes = [
+            device.sealer.seal("counts", n + 1, counts_body(0, n, RECORDS), _now_ms()) for n in range(5)
+        ]
+        for envelope in envelopes:
+            device.publish(envelope)
+        assert wait_until(lambda: hub.ingest.stored_messages == 5, 15), hub.ingest.stored_messages
+    finally:
+        hub.stop()  # the session stays at the broker with five messages unacknowledged
+    monkeypatch.undo()
+    hub = _hub(rig, ingest_mqtt_client=client)
+    try:
+        assert wait_until(lambda: hub.ingest.redelivered == 5, 15), hub.ingest.redelivered
+        assert hub.metrics_registry.get_sample_value("roadside_ingest_redelivered_total") == 5
+        assert hub.ingest.rejected_messages == 0
+        assert hub.dead_letters.count() == 0
+        device.publish(envelopes[0])  # the device itself sends a stored message again: a replay
+        assert wait_until(lambda: hub.dead_letters.count(reason="replay") == 1, 15)
+        assert hub.ingest.redelivered == 5
+        assert stored(hub.store) == 5 * RECORDS  # each stored once
+    finally:
+        device.close()
+        hub.stop()

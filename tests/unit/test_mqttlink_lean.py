@@ -37,13 +37,17 @@ def test_a_variable_byte_integer_cut_short_is_incomplete_and_a_fifth_byte_is_mal
     qos=st.sampled_from([0, 1]),
     mid=st.integers(min_value=1, max_value=65535),
     retain=st.booleans(),
+    dup=st.booleans(),
 )
-def test_a_publish_round_trips(topic: str, payload: bytes, qos: int, mid: int, retain: bool) -> None:
-    packet = publish_packet(topic, payload, qos, mid, retain)
+def test_a_publish_round_trips(
+    topic: str, payload: bytes, qos: int, mid: int, retain: bool, dup: bool
+) -> None:
+    packet = publish_packet(topic, payload, qos, mid, retain, dup=dup)
     length, start = decode_varint(packet, 1) or (0, 0)
     assert start + length == len(packet)
     message = parse_publish(packet[0], memoryview(packet)[start:])
     assert (message.topic, message.payload, message.qos, message.retain) == (topic, payload, qos, retain)
+    assert message.dup is dup  # a redelivery: the hub counts a replayed copy instead of dead-lettering it
     assert message.mid == (mid if qos else 0)
 
 
