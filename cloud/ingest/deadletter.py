@@ -6,6 +6,9 @@ kept). Text that came from the network (topic, device id, detail) is stored
 with control characters and lone surrogates escaped, so no input can fail the
 insert. The store is bounded by ``max_rows``: when full, the oldest letters
 go first, and each eviction is counted (``evicted``) and logged, never silent.
+One device (or the unattributable letters together) may hold at most
+``max_rows_per_device``: past that its own oldest go, so a single broken or
+hostile device flooding refusals cannot evict the rest of the fleet's.
 
 A letter can be *re-driven*: run through ingest again (``roadside
 deadletters redrive``, see :mod:`roadside.cloud.ingest.redrive`); its outcome is
@@ -33,7 +36,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT, detail TEXT, size INTEGER, payload BLOB);
 CREATE TABLE IF NOT EXISTS dead_letter_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason, id);
+CREATE INDEX IF NOT EXISTS dead_letters_device ON dead_letters (device_id, id);
 """
+_EVICTION_LOG_S = 60.0  # evictions are logged at most this often (each is counted)
 _ADDED_COLUMNS = (("redriven_ms", "INTEGER"), ("redrive_outcome", "TEXT"))
 
 
@@ -59,7 +64,10 @@ def safe_text(text: str, limit: int) -> str:
 
 
 class DeadLetterStore:
-    def __init__(self, path: Path | str, max_rows: int = 100_000) -> None:
+    def __init__(
+        self, path: Path | str, max_rows: int = 100_000, max_rows_per_device: int | None = None
+    ) -> None:
+        """``max_rows_per_device``: one device's share (a tenth of ``max_rows`` by default)."""
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -72,6 +80,9 @@ class DeadLetterStore:
             raise ConfigError(f"cannot open dead-letter store {path}: {exc}") from exc
         self._lock = threading.Lock()
         self._max_rows = max_rows
+        self._logged_at = -_EVICTION_LOG_S
+        self._unlogged = 0
+        self._per_device = max(1, max_rows // 10) if max_rows_per_device is None else max_rows_per_device
 
     def add(self, topic: str, device_id: str | None, reason: str, detail: str, payload: bytes) -> int:
         """Keep one rejected message; return its id. Raises ``TransportError`` if it cannot be kept."""
@@ -92,25 +103,52 @@ class DeadLetterStore:
                     row,
                 )
                 letter_id = int(cursor.lastrowid or 0)
-                self._evict_beyond_cap(letter_id)
+                self._evict_beyond_share(row[2])
+                self._evict_beyond_cap()
         except sqlite3.Error as exc:
             # A full disk: not the message's fault. Ingest pauses rather than lose it.
             raise TransportError(f"cannot keep a dead letter: {exc}") from exc
         return letter_id
 
-    def _evict_beyond_cap(self, newest: int) -> None:
-        cursor = self._db.execute("DELETE FROM dead_letters WHERE id <= ?", (newest - self._max_rows,))
+    def _evict_beyond_cap(self) -> None:
+        # By count, not by id range: a device's share evicts from the middle of the ids.
+        oldest_kept = self._db.execute(
+            "SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?", (self._max_rows - 1,)
+        ).fetchone()
+        if oldest_kept is None:
+            return
+        cursor = self._db.execute("DELETE FROM dead_letters WHERE id < ?", (oldest_kept[0],))
         if cursor.rowcount > 0:
-            self._db.execute(
-                "INSERT INTO dead_letter_meta (name, value) VALUES ('evicted', ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                (cursor.rowcount,),
-            )
+            self._evicted(cursor.rowcount, f"the store is at its cap of {self._max_rows}")
+
+    def _evict_beyond_share(self, device_id: str | None) -> None:
+        oldest_kept = self._db.execute(
+            "SELECT id FROM dead_letters WHERE device_id IS ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+            (device_id, self._per_device - 1),
+        ).fetchone()
+        if oldest_kept is None:
+            return
+        cursor = self._db.execute(
+            "DELETE FROM dead_letters WHERE device_id IS ? AND id < ?", (device_id, oldest_kept[0])
+        )
+        if cursor.rowcount > 0:
+            whose = safe_text(device_id, 128) if device_id is not None else "unattributed messages"
+            self._evicted(cursor.rowcount, f"{whose} is at its share of {self._per_device}")
+
+    def _evicted(self, n: int, why: str) -> None:
+        """Count ``n`` letters dropped; log it at most once a minute (a flood evicts at every insert)."""
+        self._db.execute(
+            "INSERT INTO dead_letter_meta (name, value) VALUES ('evicted', ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (n,),
+        )
+        self._unlogged += n
+        now = time.monotonic()
+        if now - self._logged_at >= _EVICTION_LOG_S:
             log.warning(
-                "dead-letter store is at its cap of %d: evicted the %d oldest",
-                self._max_rows,
-                cursor.rowcount,
+                "dead letters evicted: %d since the last report; latest because %s", self._unlogged, why
             )
+            self._logged_at, self._unlogged = now, 0
 
     @property
     def evicted(self) -> int:
