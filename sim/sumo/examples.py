@@ -110,8 +110,13 @@ def hard_examples(
     stream: str,
     model_version: str,
     start: datetime,
+    seed: int = TRAIN_SEED,
 ) -> list[HardExample]:
-    """The frames ``parent`` gets wrong at confidence 0.25, as hard examples labelled with the truth."""
+    """The frames ``parent`` gets wrong at confidence 0.25, as hard examples labelled with the truth.
+
+    ``seed`` is the scenario's: it is part of each sample id, so frames of another seed's
+    traffic on the same stream are new samples, not duplicates of the first seed's.
+    """
     from roadside.edge.inference.engine import OnnxSession
     from roadside.vision.yolo import decode_yolo, letterbox_batch
 
@@ -143,7 +148,7 @@ def hard_examples(
             raise ConfigError("cannot encode a rendered frame as JPEG")
         examples.append(
             HardExample(
-                sample_id=uuid.uuid5(uuid.NAMESPACE_URL, f"roadside-sumo/{stream}/{k}"),
+                sample_id=uuid.uuid5(uuid.NAMESPACE_URL, f"roadside-sumo/{seed}/{stream}/{k}"),
                 ts=start + timedelta(seconds=0.1 * k),
                 stream=stream,
                 model_version=model_version,
@@ -218,7 +223,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                     for kind, frames in (("approach", approach), ("junction", junction)):
                         stream = f"{name}-{kind}-{condition}"
                         examples = hard_examples(
-                            frames, args.parent, stream=stream, model_version=args.model_version, start=start
+                            frames,
+                            args.parent,
+                            stream=stream,
+                            model_version=args.model_version,
+                            start=start,
+                            seed=args.seed,
                         )
                         report = store.add_report(DEVICE_ID, examples)
                         summary[stream] = {

@@ -63,6 +63,11 @@ def test_rendered_frames_become_hard_examples_in_a_dataset_version(tmp_path: Pat
             x1, y1, x2, y2 = label.box
             assert 0 <= x1 < x2 <= 320
             assert 0 <= y1 < y2 <= 240
+    # Another seed's traffic on the same stream is new samples, not duplicates of this seed's.
+    other_seed = hard_examples(
+        frames, SHIPPED, stream="test-day", model_version="0.1.0", start=datetime.now(UTC), seed=8
+    )
+    assert {e.sample_id for e in other_seed}.isdisjoint(e.sample_id for e in examples)
 
     store = DatasetStore(HubHome(tmp_path / "hub").datasets_dir("detector"), "detector")
     try:
