@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS dead_letter_meta (name TEXT PRIMARY KEY, value INTEGE
 CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason, id);
 CREATE INDEX IF NOT EXISTS dead_letters_device ON dead_letters (device_id, id);
 """
+_TRACKED_DEVICES = 10_000  # devices whose letter count is kept in memory (recounted past that)
 _EVICTION_LOG_S = 60.0  # evictions are logged at most this often (each is counted)
 _ADDED_COLUMNS = (("redriven_ms", "INTEGER"), ("redrive_outcome", "TEXT"))
 
@@ -80,6 +81,8 @@ class DeadLetterStore:
             raise ConfigError(f"cannot open dead-letter store {path}: {exc}") from exc
         self._lock = threading.Lock()
         self._max_rows = max_rows
+        self._rows: int | None = None  # letters held, counted once then kept (None: not counted yet)
+        self._per_device_rows: dict[str | None, int] = {}  # the same per device, for those seen lately
         self._logged_at = -_EVICTION_LOG_S
         self._unlogged = 0
         self._per_device = max(1, max_rows // 10) if max_rows_per_device is None else max_rows_per_device
@@ -103,6 +106,10 @@ class DeadLetterStore:
                     row,
                 )
                 letter_id = int(cursor.lastrowid or 0)
+                if self._rows is not None:
+                    self._rows += 1
+                if row[2] in self._per_device_rows:
+                    self._per_device_rows[row[2]] += 1
                 self._evict_beyond_share(row[2])
                 self._evict_beyond_cap()
         except sqlite3.Error as exc:
@@ -111,29 +118,45 @@ class DeadLetterStore:
         return letter_id
 
     def _evict_beyond_cap(self) -> None:
-        # By count, not by id range: a device's share evicts from the middle of the ids.
-        oldest_kept = self._db.execute(
-            "SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?", (self._max_rows - 1,)
-        ).fetchone()
-        if oldest_kept is None:
+        # Counted in memory (exact at open; evictions and inserts keep it): a COUNT or an OFFSET
+        # over the whole table at every insert would cost milliseconds at the cap.
+        if self._rows is None:
+            self._rows = int(self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+        excess = self._rows - self._max_rows
+        if excess <= 0:
             return
-        cursor = self._db.execute("DELETE FROM dead_letters WHERE id < ?", (oldest_kept[0],))
+        cursor = self._db.execute(
+            "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
+            (excess,),
+        )
+        self._rows -= cursor.rowcount
+        self._per_device_rows.clear()  # whose letters went is not known here: recounted when needed
         if cursor.rowcount > 0:
             self._evicted(cursor.rowcount, f"the store is at its cap of {self._max_rows}")
 
     def _evict_beyond_share(self, device_id: str | None) -> None:
-        oldest_kept = self._db.execute(
-            "SELECT id FROM dead_letters WHERE device_id IS ? ORDER BY id DESC LIMIT 1 OFFSET ?",
-            (device_id, self._per_device - 1),
-        ).fetchone()
-        if oldest_kept is None:
-            return
-        cursor = self._db.execute(
-            "DELETE FROM dead_letters WHERE device_id IS ? AND id < ?", (device_id, oldest_kept[0])
-        )
-        if cursor.rowcount > 0:
+        held = self._per_device_rows.get(device_id)
+        if held is None:
+            if len(self._per_device_rows) >= _TRACKED_DEVICES:
+                self._per_device_rows.clear()
+            held = int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM dead_letters WHERE device_id IS ?", (device_id,)
+                ).fetchone()[0]
+            )
+        excess = held - self._per_device
+        if excess > 0:
+            cursor = self._db.execute(
+                "DELETE FROM dead_letters WHERE id IN"
+                " (SELECT id FROM dead_letters WHERE device_id IS ? ORDER BY id LIMIT ?)",
+                (device_id, excess),
+            )
+            held -= cursor.rowcount
+            if self._rows is not None:
+                self._rows -= cursor.rowcount
             whose = safe_text(device_id, 128) if device_id is not None else "unattributed messages"
             self._evicted(cursor.rowcount, f"{whose} is at its share of {self._per_device}")
+        self._per_device_rows[device_id] = held
 
     def _evicted(self, n: int, why: str) -> None:
         """Count ``n`` letters dropped; log it at most once a minute (a flood evicts at every insert)."""
