@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--frame-queue",
         type=int,
-        default=4,
-        help="the loop's agent: frames waiting per camera (the oldest dropped past it)",
+        default=1,
+        help="the loop's agent: frames waiting per camera (the oldest dropped past it; 1: the newest frame)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

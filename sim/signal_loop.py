@@ -131,7 +131,7 @@ def run_loop(
     conf_threshold: float | None = None,
     junction_pose: Path | None = None,
     junction_fps: float = 5.0,
-    frame_queue: int = 4,
+    frame_queue: int = 1,
 ) -> dict[str, Any]:
     """Run the whole loop for ``duration_s`` simulated seconds; the way's figures and the loop's own.
 
@@ -140,7 +140,9 @@ def run_loop(
     ``model``: the agent's detector (its own default when None) and ``conf_threshold`` its confidence.
     ``junction_pose``: a pose file whose first camera sees the whole junction; it joins the loop at
     ``junction_fps`` and its turning movements are judged against SUMO's. ``frame_queue``: the agent's
-    frames waiting per camera (its ``frame_queue`` setting; the oldest go first when it is full)."""
+    frames waiting per camera (its ``frame_queue`` setting; the oldest go first when it is full): 1, a
+    camera that feeds a controller wants its newest frame, not a queue of older ones
+    (``docs/signals.md``, "Call latency and the frame queue")."""
     if network.camera_pose is None:
         raise ConfigError("the roadside way needs --camera-pose (the cameras that watch the junction)")
     began = time.monotonic()
@@ -569,7 +571,7 @@ class _Stack(contextlib.AbstractContextManager["_Stack"]):
         model: Path | None = None,
         conf_threshold: float | None = None,
         junction: _JunctionCamera | None = None,
-        frame_queue: int = 4,
+        frame_queue: int = 1,
     ) -> None:
         assert self._bundle is not None
         assert network.camera_pose is not None
