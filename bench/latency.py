@@ -207,14 +207,18 @@ def start_hub(
         time.sleep(0.05)
 
 
-def start_agent(bundle_path: Path, index: int, fps: float, workdir: Path) -> subprocess.Popen[bytes]:
-    """``roadside agent run`` with a realtime synthetic camera, in its own process."""
+def start_agent(
+    bundle_path: Path, index: int, fps: float, workdir: Path, settings: dict[str, Any] | None = None
+) -> subprocess.Popen[bytes]:
+    """``roadside agent run`` with a realtime synthetic camera, in its own process (``settings``: more
+    top-level agent settings, e.g. ``frame_queue``)."""
     folder = workdir / f"agent-{index}"
     folder.mkdir()
     config = folder / "agent.json"
     config.write_text(json.dumps({
         "sources": [{"type": "synthetic", "name": "cam0", "seed": index, "fps": fps}],
         "outbox": {"path": str(folder / "outbox.db")},
+        **(settings or {}),
     }))  # fmt: skip
     command = _cli(
         "agent", "run", "--bundle", str(bundle_path), "--config", str(config), "--log-level", "WARNING"
@@ -431,6 +435,7 @@ class RunConfig:
     poll_ms: float = 25.0
     settle_s: float = 20.0
     hub: dict[str, Any] = field(default_factory=dict)  # extra hub settings (e.g. batch_wait_s)
+    agent: dict[str, Any] = field(default_factory=dict)  # extra agent settings (e.g. frame_queue)
     stop_after_events: int | None = None  # end sooner, once the agents sent this many events (tests)
 
 
@@ -483,7 +488,9 @@ def running_agents(rig: Rig, config: RunConfig, workdir: Path) -> Iterator[list[
     """The agents, started and connected; killed on the way out if still running."""
     agents: list[subprocess.Popen[bytes]] = []
     try:
-        agents = [start_agent(path, i, config.fps, workdir) for i, path in enumerate(rig.bundles)]
+        agents = [
+            start_agent(path, i, config.fps, workdir, config.agent) for i, path in enumerate(rig.bundles)
+        ]
         wait_publishing([workdir / f"agent-{i}" / "outbox.uplink.json" for i in range(len(agents))], agents)
         yield agents
     finally:
@@ -532,6 +539,7 @@ def run(config: RunConfig, workdir: Path) -> dict[str, Any]:
             "fps": config.fps,
             "poll_ms": config.poll_ms,
             "hub_settings": config.hub,
+            "agent_settings": config.agent,
             **sightings.figures(stored),
             "api_polls": poller.polls,
             "api_poll_errors": poller.errors,
@@ -560,12 +568,15 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=20.0, help="seconds to wait for stragglers")
     parser.add_argument("--hub-setting", action="append", default=[], metavar="KEY=JSON",
                         help="an extra hub setting, e.g. batch_wait_s=0.1 (repeat)")  # fmt: skip
+    parser.add_argument("--agent-setting", action="append", default=[], metavar="KEY=JSON",
+                        help="an extra agent setting, e.g. frame_queue=1 (repeat)")  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=None, help="a new folder to run in and keep")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     hub = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.hub_setting)}
-    config = RunConfig(args.agents, args.seconds, args.fps, args.poll_ms, args.settle, hub)
+    agent = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.agent_setting)}
+    config = RunConfig(args.agents, args.seconds, args.fps, args.poll_ms, args.settle, hub, agent)
     if args.workdir is not None:  # kept afterwards: the hub's and agents' logs
         args.workdir.mkdir(parents=True, exist_ok=False)
         print(json.dumps(run(config, args.workdir)))
