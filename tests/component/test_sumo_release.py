@@ -8,7 +8,6 @@ is driven with the committed models.
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -104,43 +103,34 @@ def test_gate_judges_a_candidate_on_sumo_frames_and_the_synthetic_scene(tmp_path
     assert "unknown held-out condition 'sumo-fog'" in bad.output
 
     # Scored on the synthetic scene and SUMO's frames at once: the published model is scored on
-    # sumo-day too (its stored scores had none). 0.2.0 gains there, but the gate sees what the
-    # SUMO fine-tune cost the old scene (more false boxes by day) and refuses it.
-    refused = runner.invoke(
-        app,
-        ["model", "publish", str(SUMO_MODEL), "--home", str(home), "--version", "0.2.0",
-         "--conditions", "synthetic,sumo-day", *frames],
-    )  # fmt: skip
-    assert refused.exit_code == 1, refused.output
-    assert "day: count MAE rises" in refused.output
-    assert re.search(r"current: .*sumo-day 0\.0\d\d", refused.output), refused.output
-    candidate_line = next(line for line in refused.output.splitlines() if "candidate:" in line)
-    assert float(re.findall(r"sumo-day (\d\.\d+)", candidate_line)[0]) > 0.1
-
+    # sumo-day too (its stored scores had none). The released model (0.3.0, fine-tuned with the
+    # recipe's replay) gains there without costing the old scene: the gate passes, no override.
     published = runner.invoke(
         app,
-        ["model", "publish", str(SUMO_MODEL), "--home", str(home), "--version", "0.2.0",
-         "--conditions", "synthetic,sumo-day", "--force", "--reason", "for SUMO's cameras only",
-         "--json", *frames],
+        ["model", "publish", str(SUMO_MODEL), "--home", str(home), "--version", "0.3.0",
+         "--conditions", "synthetic,sumo-day", "--json", *frames],
     )  # fmt: skip
     assert published.exit_code == 0, published.output
     verdict = json.loads(published.output.strip().splitlines()[-1])
-    assert verdict["publish"] is False  # the gate's verdict, overridden and audited
+    assert verdict["publish"] is True, verdict
+    assert verdict["failures"] == []
     registry = Registry(HubHome(home).registry_url)
     try:
-        record = registry.models.get("detector", "0.2.0")
+        record = registry.models.get("detector", "0.3.0")
         assert record is not None
         assert set(record.metadata["evaluation"]["conditions"]) == {*CONDITIONS, "sumo-day"}
+        sumo_day = record.metadata["evaluation"]["conditions"]["sumo-day"]["map50"]
+        assert sumo_day > 0.1  # the shipped detector scores a few hundredths there
         actions = [e.action for e in registry.audit.entries(limit=None)]
-        assert actions.count("model.publish.refused") == 1
-        assert actions.count("model.publish.forced") == 1
+        assert actions.count("model.publish.refused") == 0
+        assert actions.count("model.publish.forced") == 0
     finally:
         registry.close()
 
-    # Judged on SUMO's frames, 0.2.0 now holds that bar: a candidate scored on the synthetic
+    # Judged on SUMO's frames, 0.3.0 now holds that bar: a candidate scored on the synthetic
     # scene only is refused as not evaluated where the published model was.
     again = runner.invoke(
-        app, ["model", "publish", str(SHIPPED), "--home", str(home), "--version", "0.2.1", *frames]
+        app, ["model", "publish", str(SHIPPED), "--home", str(home), "--version", "0.3.1", *frames]
     )
     assert again.exit_code == 1
     assert "candidate was not evaluated on sumo-day" in again.output
