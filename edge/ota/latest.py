@@ -12,7 +12,6 @@ lost report and the next heartbeat does not end the repeats.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from roadside.edge.control.files import write_private_atomic
 from roadside.shared.schemas import OtaReport
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,6 @@ class LatestReport:
         if self.path is None:
             return
         try:  # atomic: a crash leaves the old report or the new one, never half of one
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_name(self.path.name + ".part")
-            partial.write_text(report.model_dump_json(exclude_none=True))
-            os.replace(partial, self.path)
+            write_private_atomic(self.path, report.model_dump_json(exclude_none=True).encode())
         except OSError as exc:  # a full disk: repeated until a restart, not after one
             log.warning("could not keep the latest OTA report in %s: %s", self.path, exc)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
+from roadside.edge.control.files import write_private_atomic
 from roadside.edge.control.handler import Outcome
 from roadside.edge.ota.latest import LatestReport
 from roadside.edge.ota.shadow import FrameDetections, ShadowComparison
@@ -242,10 +242,7 @@ class OtaManager(Generic[D]):
         if self.journal is None:
             return
         try:  # atomic: a crash leaves the old journal or the new one, never half of one
-            self.journal.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.journal.with_name(self.journal.name + ".part")
-            partial.write_text(args.model_dump_json())
-            os.replace(partial, self.journal)
+            write_private_atomic(self.journal, args.model_dump_json().encode())
         except OSError as exc:  # a full disk: the install goes on, only its restart is not covered
             log.warning("could not journal the install of %s %s: %s", args.name, args.version, exc)
 
