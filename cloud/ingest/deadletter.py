@@ -125,14 +125,17 @@ class DeadLetterStore:
         excess = self._rows - self._max_rows
         if excess <= 0:
             return
-        cursor = self._db.execute(
-            "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
+        gone = self._db.execute(
+            "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT ?)"
+            " RETURNING device_id",
             (excess,),
-        )
-        self._rows -= cursor.rowcount
-        self._per_device_rows.clear()  # whose letters went is not known here: recounted when needed
-        if cursor.rowcount > 0:
-            self._evicted(cursor.rowcount, f"the store is at its cap of {self._max_rows}")
+        ).fetchall()
+        self._rows -= len(gone)
+        for (device_id,) in gone:  # keep the per-device counts exact rather than recount them
+            if device_id in self._per_device_rows:
+                self._per_device_rows[device_id] -= 1
+        if gone:
+            self._evicted(len(gone), f"the store is at its cap of {self._max_rows}")
 
     def _evict_beyond_share(self, device_id: str | None) -> None:
         held = self._per_device_rows.get(device_id)

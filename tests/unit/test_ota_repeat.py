@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from roadside.shared.envelope import DeviceSealer, HubOpener
 from roadside.shared.keys import KeyPair, PublicKeys
 from roadside.shared.schemas import Command, Health, HealthMessage, OtaReport, decode_uplink, encode
 from tests.unit.test_ota_command import HeldRepository, Model
+from tests.unit.test_ota_resume import _wait
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -98,15 +98,6 @@ def test_a_report_that_cannot_be_kept_on_disk_is_still_repeated(tmp_path: Path) 
     latest = LatestReport(blocked / "latest-report.json", 600.0)  # its folder is a file: every write fails
     latest.note(report())
     assert latest.repeat() == report()
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_every_report_the_manager_sends_becomes_the_one_to_repeat(tmp_path: Path) -> None:
