@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ __all__ = [
     "finetune",
     "load_onnx_detector",
     "rendered_frames",
+    "repeat_factors",
     "samples_from_manifest",
 ]
 
@@ -98,6 +100,10 @@ class FinetuneConfig:
     # Fuse and heads at a tenth: the parent's decision boundaries stay put, so fewer
     # background cells cross 0.25 on day (count MAE 1.35 -> 0.91 at replay 0.75).
     head_lr_scale: float = 0.1
+    # Repeat-factor sampling of the new frames (LVIS, Gupta et al. 2019), off at 0: a class
+    # in a share f of the frames below this threshold repeats its frames sqrt(t / f) times.
+    # SUMO's frames are nearly all cars; a head-on cyclist was learnt as a car (docs/sumo.md, 0.4.0).
+    repeat_threshold: float = 0.0
     seed: int = 0
     threads: int = 2
 
@@ -110,6 +116,8 @@ class FinetuneConfig:
             raise ConfigError(f"replay_share must be in [0, 1), got {self.replay_share}")
         if not 0.0 <= self.replay_rain <= 1.0:
             raise ConfigError(f"replay_rain must be in [0, 1], got {self.replay_rain}")
+        if not 0.0 <= self.repeat_threshold <= 1.0:
+            raise ConfigError(f"repeat_threshold must be in [0, 1], got {self.repeat_threshold}")
         if self.backbone_lr_scale < 0 or self.head_lr_scale < 0:
             raise ConfigError("backbone_lr_scale and head_lr_scale must be >= 0")
         if self.backbone_lr_scale == self.head_lr_scale == 0:
@@ -286,16 +294,50 @@ class ReplaySampler(SceneSampler):
         return scene, [self._frames_per_scene]
 
 
+def repeat_factors(frames: Sequence[LabelledFrame], threshold: float) -> npt.NDArray[np.float64]:
+    """How often each frame is drawn relative to uniform: repeat-factor sampling (LVIS).
+
+    A class present in a share ``f`` of the frames has the factor ``max(1, sqrt(threshold / f))``;
+    a frame takes the largest factor of the classes it shows (1 for a frame with no boxes).
+    ``threshold`` 0 gives every frame 1.
+    """
+    present = [{int(c) for c in f.classes} for f in frames]
+    frames_with = Counter(c for classes in present for c in classes)
+    factor = {c: max(1.0, math.sqrt(threshold * len(frames) / k)) for c, k in frames_with.items()}
+    return np.array([max((factor[c] for c in classes), default=1.0) for classes in present], np.float64)
+
+
 class _MixedSampler:
     """Batches of the given frames, augmented, with a share replayed from the ordinary scene."""
 
     def __init__(
-        self, frames: Sequence[LabelledFrame], replay_share: float, seed: int, max_rain: float = 1.0
+        self,
+        frames: Sequence[LabelledFrame],
+        replay_share: float,
+        seed: int,
+        max_rain: float = 1.0,
+        repeat_threshold: float = 0.0,
     ) -> None:
         self._frames = frames
         self._replay_share = replay_share
         self._rng = np.random.default_rng((seed, 7))
         self._replay = ReplaySampler(seed, pool=8, max_rain=max_rain) if replay_share > 0 else None
+        self._weights: npt.NDArray[np.float64] | None = None
+        if repeat_threshold > 0:
+            factors = repeat_factors(frames, repeat_threshold)
+            self._weights = factors / factors.sum()
+            logger.info(
+                "fine-tune: repeat-factor sampling at %.2f, %d of %d frames repeated, up to %.2fx",
+                repeat_threshold,
+                int((factors > 1.0).sum()),
+                len(frames),
+                float(factors.max()),
+            )
+
+    def _pick(self) -> LabelledFrame:
+        if self._weights is None:  # uniform, drawn exactly as before the option existed
+            return self._frames[int(self._rng.integers(len(self._frames)))]
+        return self._frames[int(self._rng.choice(len(self._frames), p=self._weights))]
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         n_replay = round(size * self._replay_share) if self._replay is not None else 0
@@ -304,7 +346,7 @@ class _MixedSampler:
             if k < n_replay and self._replay is not None:
                 samples.append(self._replay.sample())
                 continue
-            f = self._frames[int(self._rng.integers(len(self._frames)))]
+            f = self._pick()
             samples.append(augment(f.image, f.boxes, f.classes.astype(np.float32), self._rng))
         return collate(samples)
 
@@ -394,7 +436,9 @@ def finetune(
         # DDP synchronises gradients only through its own forward(), hence the wrapper.
         ids = [device.index] if device.type == "cuda" else None
         trained = nn.parallel.DistributedDataParallel(trained, device_ids=ids)
-    sampler = _MixedSampler(frames, config.replay_share, config.seed + 1000 * rank, config.replay_rain)
+    sampler = _MixedSampler(
+        frames, config.replay_share, config.seed + 1000 * rank, config.replay_rain, config.repeat_threshold
+    )
     loss_fn = DetectionLoss(model.num_classes)
     optimiser = torch.optim.AdamW(groups, lr=config.lr)
     ema = ModelEma(model, decay=0.99, ramp=20.0)  # short run: a short memory

@@ -191,6 +191,15 @@ def train(
         float | None,
         typer.Option(min=0, max=0.95, help="Share of ordinary scene frames (default: the recipe's 0.85)."),
     ] = None,
+    repeat_threshold: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Oversample the dataset's frames of rare classes: a class in a share f < T of the frames"
+            " repeats them sqrt(T/f) times (repeat-factor sampling; 0: off).",
+        ),
+    ] = 0.0,
     seed: int = 0,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for torch.")] = 2,
     fp16: Annotated[bool, typer.Option(help="Also write and evaluate an FP16 variant.")] = False,
@@ -224,6 +233,7 @@ def train(
             steps=None if seconds is not None else (steps or FinetuneConfig.steps),
             seconds=seconds or FinetuneConfig.seconds,
             replay_share=FinetuneConfig.replay_share if replay_share is None else replay_share,
+            repeat_threshold=repeat_threshold,
             seed=seed,
             threads=threads,
         )

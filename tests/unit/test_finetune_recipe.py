@@ -10,7 +10,14 @@ import pytest
 pytest.importorskip("torch")
 
 import roadside.models.finetune as finetune_module
-from roadside.models.finetune import FinetuneConfig, ReplaySampler, finetune, rendered_frames
+from roadside.models.finetune import (
+    FinetuneConfig,
+    LabelledFrame,
+    ReplaySampler,
+    finetune,
+    rendered_frames,
+    repeat_factors,
+)
 from roadside.shared.errors import ConfigError
 from roadside.sim.synthetic import SceneConfig
 
@@ -73,7 +80,42 @@ def test_frozen_backbone_stays_put() -> None:
     )
 
 
-@pytest.mark.parametrize("field", [{"replay_rain": 1.5}, {"backbone_lr_scale": -0.1}])
+@pytest.mark.parametrize(
+    "field", [{"replay_rain": 1.5}, {"backbone_lr_scale": -0.1}, {"repeat_threshold": 1.5}]
+)
 def test_config_refuses_out_of_range_recipe_settings(field: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         FinetuneConfig(**field)  # type: ignore[arg-type]
+
+
+def _frame(*classes: int) -> LabelledFrame:
+    boxes = np.array([[8.0 + 10 * k, 8.0, 16.0 + 10 * k, 30.0] for k in range(len(classes))], np.float32)
+    return LabelledFrame(
+        image=np.zeros((48, 64, 3), np.uint8), boxes=boxes.reshape(-1, 4), classes=np.array(classes, np.int64)
+    )
+
+
+def test_repeat_factors_follow_the_rarest_class_in_each_frame() -> None:
+    # 100 frames: cars in all, a cyclist (3) in 4, a truck (1) in 25, one frame empty.
+    frames = [_frame(0, 3) for _ in range(4)] + [_frame(0, 1) for _ in range(25)]
+    frames += [_frame(0) for _ in range(70)] + [_frame()]
+    factors = repeat_factors(frames, threshold=1.0)
+    assert factors[:4] == pytest.approx([5.0] * 4)  # sqrt(1 / 0.04)
+    assert factors[4:29] == pytest.approx([2.0] * 25)  # sqrt(1 / 0.25)
+    assert factors[29:99] == pytest.approx([0.99**-0.5] * 70)  # cars are in 99 % of the frames
+    assert factors[99] == 1.0  # no boxes
+    assert repeat_factors(frames, threshold=0.0) == pytest.approx([1.0] * 100)
+    assert repeat_factors(frames, threshold=0.04)[:4] == pytest.approx([1.0] * 4)  # at the threshold: not rare
+
+
+def test_mixed_batches_oversample_frames_of_a_rare_class() -> None:
+    frames = [_frame(0, 3)] + [_frame(0) for _ in range(19)]  # a cyclist in 5 % of the frames
+
+    def cyclist_share(threshold: float) -> float:
+        sampler = finetune_module._MixedSampler(frames, replay_share=0.0, seed=1, repeat_threshold=threshold)
+        _, targets = sampler.batch(400)
+        return float((targets[..., 0] == 3).any(dim=1).float().mean())
+
+    assert cyclist_share(0.0) < 0.1
+    # Factor sqrt(1 / 0.05) = 4.47 for the one frame: drawn 4.47 / (4.47 + 19) = 19 % of the time.
+    assert 0.13 < cyclist_share(1.0) < 0.26
