@@ -143,7 +143,11 @@ class Hub:
             batch_size=settings.batch_size,
             max_wait_s=settings.batch_wait_s,
             on_stored=self._on_stored,
-            workers=IngestWorkers(settings, settings.ingest_workers) if settings.ingest_workers else None,
+            workers=(
+                IngestWorkers(settings, settings.ingest_workers, settings.ingest_spare_workers)
+                if settings.ingest_workers
+                else None
+            ),
         )
         self.commands = CommandSender(self.home.hub_keys(), self.registry.devices, self.ingest)
         # Detector calls for signal controllers: MQTT on this hub's connection, and SSE (docs/signals.md).

@@ -149,6 +149,9 @@ class HubSettings(BaseSettings):
     # all of an event's time in the hub (0.1 s before; bench.latency, docs/performance.md).
     batch_wait_s: float = Field(default=0.005, gt=0, le=5)
     ingest_workers: int = Field(default=0, ge=0, le=64)  # 0: check and write on the writer thread
+    # Worker processes started ahead, beyond ingest_workers: one takes a dead worker's devices over
+    # at once (ADR 0032). 0: a dead worker is replaced by one started then, while ingest waits.
+    ingest_spare_workers: int = Field(default=1, ge=0, le=8)
     # The ingest connection: "lean" (mqttlink.lean, ADR 0025), or "paho" for a broker it does not serve.
     ingest_mqtt_client: Literal["lean", "paho"] = "lean"
     # The ingest connection's MQTT keepalive; the broker drops a client silent for 1.5 times it.

@@ -157,9 +157,9 @@ def postgres_kill(stack: Stack, rng: random.Random) -> Repair:
 
 
 def worker_kill(stack: Stack, rng: random.Random) -> Repair:
-    """SIGKILL one of the hub's ingest worker processes (``ingest_workers``); the hub starts
-    another by itself and retries its batch."""
-    workers = stack.hub.worker_pids()
+    """SIGKILL one of the hub's ingest worker processes that own devices (``ingest_workers``);
+    a warm spare takes its devices over and the hub retries its batch (ADR 0032)."""
+    workers = stack.hub.owning_worker_pids()
     if not workers:
         raise RuntimeError(f"the hub has no ingest worker to kill:\n{stack.hub.tail()}")
     victim = rng.choice(workers)

@@ -147,6 +147,14 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
+def process_name(pid: int) -> str:
+    """What ``ps`` shows as the process's name (Linux ``/proc/<pid>/comm``)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def command_line(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -194,10 +202,18 @@ class HubProcess(Child):
         return [pid for pid in child_pids(self.process.pid) if "--client-id" in command_line(pid)]
 
     def worker_pids(self) -> list[int]:
-        """The hub's ingest worker processes (multiprocessing's spawned children)."""
+        """The hub's ingest worker processes (multiprocessing's spawned children), spares too."""
         if self.process is None:
             return []
         return [pid for pid in child_pids(self.process.pid) if "spawn_main" in command_line(pid)]
+
+    def owning_worker_pids(self) -> list[int]:
+        """The ingest workers that own devices: ``ingest-<share>``, not ``ingest-spare`` (ADR 0032)."""
+        return [
+            pid
+            for pid in self.worker_pids()
+            if process_name(pid).startswith("ingest-") and process_name(pid) != "ingest-spare"
+        ]
 
 
 class Stack:

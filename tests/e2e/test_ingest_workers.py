@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -17,6 +18,7 @@ import pytest
 
 from bench.fleet import SimulatedDevice, counts_body
 from roadside.cloud.hub import Hub
+from roadside.cloud.ingest.workers import shard_of
 from roadside.cloud.settings import HubSettings
 from roadside.cloud.storage.sqlite import SqliteStore
 from tests.e2e.rig import Rig
@@ -100,6 +102,99 @@ def test_a_killed_worker_then_the_killed_hub_lose_nothing_and_store_nothing_twic
         hub.send_signal(signal.SIGTERM)
         hub.wait(timeout=60)
         store.close()
+
+
+def test_a_killed_workers_devices_are_taken_over_by_the_spare_already_running(rig: Rig) -> None:
+    """ADR 0032: the batch after a worker's SIGKILL is written by the spare that was started and
+    imported before the kill, not by a process started after it (one start-up of waiting);
+    another spare is started meanwhile, and every record is stored once."""
+    (bundle,) = rig.fleet(1)
+    settings = HubSettings(
+        home=rig.home.root,
+        broker_port=rig.broker.port,
+        api_port=-1,
+        client_id="hub-w-spare",
+        ingest_workers=1,
+    )
+    hub = Hub(settings)
+    hub.start()
+    device = SimulatedDevice(bundle)
+    try:
+        assert hub.wait_ready(30)
+        workers = hub.ingest.workers
+        assert workers is not None
+        started = _worker_processes()  # the worker, and its warm spare where there is one
+        (owner,) = workers.pids
+        assert owner is not None
+        device.connect("127.0.0.1", rig.broker.port)
+        _send_counts(device, range(1, 6))
+        assert wait_until(lambda: hub.ingest.stored_messages == 5, 30)
+        os.kill(owner, signal.SIGKILL)  # idle: the next batch finds it gone
+        _send_counts(device, range(6, 11))
+        assert wait_until(lambda: hub.ingest.stored_messages == 10, 60)
+        taken_over_by = workers.pids[0]
+        assert taken_over_by != owner
+        assert taken_over_by in started, "the batch waited for a worker started after the kill"
+        assert wait_until(lambda: len(_worker_processes() - started) == 1, 120)  # the next spare
+        assert stored(hub.store) == 10 * RECORDS
+        assert hub.ingest.rejected_messages == 0
+    finally:
+        device.close()
+        hub.stop()
+
+
+def test_a_worker_found_dead_mid_send_leaves_no_other_worker_a_reply_behind(rig: Rig) -> None:
+    """A batch for two workers whose second is found dead when the first already has its part:
+    the first's reply is collected before the retry, so later replies match their batches (they
+    were read one batch late, and outcomes of one batch acknowledged messages of the next)."""
+    bundles = rig.fleet(6)
+    first = next(b for b in bundles if shard_of(b.device_id, 2) == 0)
+    second = next(b for b in bundles if shard_of(b.device_id, 2) == 1)
+    settings = HubSettings(
+        home=rig.home.root,
+        broker_port=rig.broker.port,
+        api_port=-1,
+        client_id="hub-w-two",
+        ingest_workers=2,
+        batch_wait_s=1.0,  # the messages below, published together, make one batch
+    )
+    hub = Hub(settings)
+    hub.start()
+    devices = [SimulatedDevice(first), SimulatedDevice(second)]
+    try:
+        assert hub.wait_ready(30)
+        assert hub.ingest.workers is not None
+        for device in devices:
+            device.connect("127.0.0.1", rig.broker.port)
+        victim = hub.ingest.workers.pids[1]
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)  # the second in the send order
+        _send_counts(devices[0], [1])
+        _send_counts(devices[1], [1])
+        assert wait_until(lambda: hub.ingest.stored_messages == 2, 60)
+        _send_counts(devices[0], [2, 3, 4])  # the first worker's part only
+        assert wait_until(lambda: hub.ingest.stored_messages == 5, 60), hub.ingest.stored_messages
+        assert stored(hub.store) == 5 * RECORDS
+        assert hub.ingest.rejected_messages == 0
+    finally:
+        for device in devices:
+            device.close()
+        hub.stop()
+
+
+def _send_counts(device: SimulatedDevice, seqs: Iterable[int]) -> None:
+    now = int(time.time() * 1000)
+    for seq in seqs:
+        device.publish(device.sealer.seal("counts", seq, counts_body(0, seq, RECORDS), now))
+
+
+def _worker_processes() -> set[int]:
+    """This test process's ingest workers and spares (multiprocessing's spawned children)."""
+    return {
+        child.pid
+        for child in psutil.Process().children()
+        if child.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(child.cmdline())
+    }
 
 
 def _hub_process(rig: Rig, config: Path, log: Path) -> subprocess.Popen[bytes]:
