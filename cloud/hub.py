@@ -310,16 +310,16 @@ class Hub:
                 # Devices connect with clean sessions: a command published while one was
                 # offline is lost to it, so unanswered commands go out again.
                 self.commands.resend_unacked(older_than_s=30.0)
-                devices = self.registry.devices.list()
+                devices = self.registry.devices.presence()
             except RoadsideError as exc:
                 log.warning("registry unreachable: %s", exc)
                 continue
-            for device in devices:
-                if device.status != "active" and self.directory.knows(device.device_id):
-                    log.info("device %s is %s: refusing it from now on", device.device_id, device.status)
-                    self._forget(device.device_id)
-                if device.last_seen_at is not None:
-                    self.metrics.last_seen.labels(device.device_id).set(device.last_seen_at.timestamp())
+            for device_id, status, last_seen_at in devices:
+                if status != "active" and self.directory.knows(device_id):
+                    log.info("device %s is %s: refusing it from now on", device_id, status)
+                    self._forget(device_id)
+                if last_seen_at is not None:
+                    self.metrics.last_seen.labels(device_id).set(last_seen_at.timestamp())
 
     def start(self) -> None:
         """Start every part in order; if one fails, stop those already started, close all, re-raise."""

@@ -6,12 +6,12 @@ import builtins
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session
 
 from roadside.cloud.broker.mosquitto import is_reserved_name
-from roadside.cloud.registry.records import DEFAULT_ACTOR, DeviceRecord, device_record, key_row
+from roadside.cloud.registry.records import DEFAULT_ACTOR, DeviceRecord, device_record, key_row, utc
 from roadside.cloud.registry.tables import DeviceKeyRow, DeviceRow
 from roadside.cloud.registry.unit_of_work import UnitOfWork, audit_in, rowcount
 from roadside.shared.errors import ConfigError
@@ -125,15 +125,31 @@ class Devices:
             return [PublicKeys(unb64(k.x25519), unb64(k.ed25519)) for k in session.scalars(query)]
 
     def mark_seen(self, seen: Iterable[tuple[str, datetime]]) -> None:
-        """Record the latest time each device was heard from.
+        """Record the latest time each device was heard from: one statement, executed for all.
 
         Not audited: it is telemetry bookkeeping, many times a minute, not a decision anyone made.
+        A Core statement run once per row (executemany): an ORM ``update`` per device cost about
+        half a millisecond of the ingest writer's CPU each, two thirds of it for a city's fleet.
         """
+        rows = [{"b_device": device_id, "b_at": at} for device_id, at in seen]
+        if not rows:
+            return
+        table = DeviceRow.__table__
+        at_param = bindparam("b_at", type_=table.c.last_seen_at.type)
+        statement = (
+            update(table)
+            .where(table.c.device_id == bindparam("b_device"))
+            .where(or_(table.c.last_seen_at.is_(None), table.c.last_seen_at < at_param))
+            .values(last_seen_at=at_param)
+        )
         with self._unit.serialized_write() as session:
-            for device_id, at in seen:
-                session.execute(
-                    update(DeviceRow)
-                    .where(DeviceRow.device_id == device_id)
-                    .where((DeviceRow.last_seen_at.is_(None)) | (DeviceRow.last_seen_at < at))
-                    .values(last_seen_at=at)
-                )
+            session.execute(statement, rows)
+
+    def presence(self) -> builtins.list[tuple[str, str, datetime | None]]:
+        """``(device_id, status, last_seen_at)`` of every device: what the hub's registry watch
+        reads every few seconds, without building a record per device."""
+        query = select(DeviceRow.device_id, DeviceRow.status, DeviceRow.last_seen_at).order_by(
+            DeviceRow.device_id
+        )
+        with self._unit.read() as session:
+            return [(row.device_id, row.status, utc(row.last_seen_at)) for row in session.execute(query)]

@@ -295,6 +295,25 @@ def test_datetimes_come_back_in_utc_whatever_the_session_zone(request: pytest.Fi
         registry.close()
 
 
+def test_last_seen_times_are_written_for_many_devices_at_once_and_never_move_back(registry: Registry) -> None:
+    registry.create_schema()
+    for n in range(3):
+        registry.devices.enroll(f"cam-{n}", "s1", KeyPair.generate().public())
+    t = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+    registry.devices.mark_seen([("cam-0", t), ("cam-1", t.replace(minute=5))])
+    # One call for many devices: a newer time moves, an older one does not, an unknown device is ignored.
+    registry.devices.mark_seen(
+        [("cam-0", t.replace(minute=1)), ("cam-1", t), ("cam-2", t.replace(minute=2)), ("ghost", t)]
+    )
+    assert registry.devices.presence() == [
+        ("cam-0", "active", t.replace(minute=1)),
+        ("cam-1", "active", t.replace(minute=5)),
+        ("cam-2", "active", t.replace(minute=2)),
+    ]
+    assert [d.last_seen_at for d in registry.devices.list()] == [p[2] for p in registry.devices.presence()]
+    registry.devices.mark_seen([])
+
+
 def test_models_and_rollouts_round_trip(registry: Registry) -> None:
     registry.create_schema()
     v1 = registry.models.publish("detector", "1.0", "a" * 64, 1234, {"opset": 17, "labels": ["car"]})
