@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,15 +395,26 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _agreed_total(step: int, elapsed: float, budget_s: float, warmup: int) -> int:
-    """Steps that fit the budget at the pace so far; under DDP, every rank plans from the slowest."""
+# A time budget's step plan is redrawn after every step from the pace of the latest PLAN_WINDOW
+# steps. Planned once at step 5, a 1,500 s budget ran 513 steps in 508 s: the first steps were
+# three times slower than the rest (warm-up, and a box whose load fell meanwhile).
+PLAN_WINDOW = 5
+
+
+def _agreed_total(
+    step: int, elapsed: float, window_s: float, window_steps: int, budget_s: float, warmup: int
+) -> int:
+    """Steps that fit the budget at the latest pace; under DDP, every rank plans from the slowest.
+
+    ``elapsed`` is the time since the start, ``window_s`` what the latest ``window_steps`` took.
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([elapsed], dtype=torch.float64)
+        t = torch.tensor([elapsed, window_s], dtype=torch.float64)
         if torch.distributed.get_backend() == "nccl":
             t = t.cuda()
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        elapsed = float(t.item())
-    pace = elapsed / step
+        elapsed, window_s = float(t[0].item()), float(t[1].item())
+    pace = window_s / window_steps
     return max(step + int((budget_s - elapsed) / pace), warmup + 1)
 
 
@@ -444,6 +455,7 @@ def finetune(
     ema = ModelEma(model, decay=0.99, ramp=20.0)  # short run: a short memory
     total = config.steps or 10**9
     start = time.monotonic()
+    marks = deque([start], maxlen=PLAN_WINDOW + 1)  # when the latest steps ended
     step = 0
     running: dict[str, float] = {}
     while step < total:
@@ -460,9 +472,18 @@ def finetune(
         step += 1
         for key, value in parts.items():
             running[key] = 0.9 * running.get(key, value) + 0.1 * value
-        if config.steps is None and step == 5:
-            total = _agreed_total(step, time.monotonic() - start, config.seconds, config.warmup_steps)
-            logger.info("fine-tune: planning %d steps for %.0f s", total, config.seconds)
+        marks.append(time.monotonic())
+        if config.steps is None and step >= PLAN_WINDOW:
+            total = _agreed_total(
+                step,
+                marks[-1] - start,
+                marks[-1] - marks[0],
+                len(marks) - 1,
+                config.seconds,
+                config.warmup_steps,
+            )
+            if step == PLAN_WINDOW:
+                logger.info("fine-tune: planning %d steps for %.0f s", total, config.seconds)
         if step % 20 == 0:
             logger.info("fine-tune step %d/%d cls %.3f box %.3f", step, total, running["cls"], running["box"])
     out = ema.ema

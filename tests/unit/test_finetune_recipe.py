@@ -105,7 +105,8 @@ def test_repeat_factors_follow_the_rarest_class_in_each_frame() -> None:
     assert factors[29:99] == pytest.approx([0.99**-0.5] * 70)  # cars are in 99 % of the frames
     assert factors[99] == 1.0  # no boxes
     assert repeat_factors(frames, threshold=0.0) == pytest.approx([1.0] * 100)
-    assert repeat_factors(frames, threshold=0.04)[:4] == pytest.approx([1.0] * 4)  # at the threshold: not rare
+    # A class at the threshold is not rare.
+    assert repeat_factors(frames, threshold=0.04)[:4] == pytest.approx([1.0] * 4)
 
 
 def test_mixed_batches_oversample_frames_of_a_rare_class() -> None:
@@ -119,3 +120,31 @@ def test_mixed_batches_oversample_frames_of_a_rare_class() -> None:
     assert cyclist_share(0.0) < 0.1
     # Factor sqrt(1 / 0.05) = 4.47 for the one frame: drawn 4.47 / (4.47 + 19) = 19 % of the time.
     assert 0.13 < cyclist_share(1.0) < 0.26
+
+
+def test_a_time_budget_is_spent_when_the_first_steps_are_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fake clock: the first five batches take 10 s each, the rest 1 s. Planned once at step 5
+    # (10 s a step, 10 s left) the run stopped at step 6; replanned from the latest pace it runs
+    # until the 60 s are spent.
+    class Clock:
+        now = 0.0
+        batches = 0
+
+        def monotonic(self) -> float:
+            return self.now
+
+    clock = Clock()
+    real_batch = finetune_module._MixedSampler.batch
+
+    def timed_batch(self: object, size: int) -> object:
+        clock.now += 10.0 if clock.batches < 5 else 1.0
+        clock.batches += 1
+        return real_batch(self, size)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(finetune_module, "time", clock)
+    monkeypatch.setattr(finetune_module._MixedSampler, "batch", timed_batch)
+    frames = [_frame(0), _frame(0, 3)]
+    config = FinetuneConfig(steps=None, seconds=60.0, batch_size=1, warmup_steps=1, replay_share=0.0)
+    _, stats = finetune(DETECTOR, frames, config)
+    assert stats["steps"] == 15.0
+    assert stats["train_seconds"] == 60.0
