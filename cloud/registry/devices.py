@@ -5,8 +5,9 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.orm import Session
 
@@ -134,7 +135,7 @@ class Devices:
         rows = [{"b_device": device_id, "b_at": at} for device_id, at in seen]
         if not rows:
             return
-        table = DeviceRow.__table__
+        table = cast(Table, DeviceRow.__table__)
         at_param = bindparam("b_at", type_=table.c.last_seen_at.type)
         statement = (
             update(table)
