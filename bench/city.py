@@ -50,7 +50,7 @@ import psutil
 from bench.chaos.stack import Child, wait_until
 from bench.rollout import SHIPPED_MODEL, init_repository
 from bench.soak import percentile
-from roadside.cloud.broker.mosquitto import MosquittoBroker
+from roadside.cloud.broker.mosquitto import LOG_FILE, MosquittoBroker
 from roadside.cloud.home import HubHome, init_home
 from roadside.cloud.registry import Registry
 from roadside.cloud.release.controller import create_rollout, rollout_status
@@ -161,6 +161,46 @@ class Sampler:
         }
 
 
+class CpuQuota:
+    """A CPU cgroup holding its processes to a share of one core (root; cgroup v1's ``cpu``
+    controller, else v2's ``cpu.max``), removed on exit once its processes have ended."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, name: str, cores: float) -> None:
+        if not 0.001 <= cores <= 64:
+            raise SystemExit(f"--hub-cpu {cores}: a share of one core, 0.001 to 64")
+        quota = max(1000, int(cores * self.PERIOD_US))
+        v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+        try:
+            if (v1 / "cpu.cfs_quota_us").exists():
+                self.path = v1 / name
+                self.path.mkdir(exist_ok=True)
+                (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+                (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+            else:
+                self.path = v2 / name
+                self.path.mkdir(exist_ok=True)
+                (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        except OSError as exc:
+            raise SystemExit(f"--hub-cpu needs root and a CPU cgroup controller: {exc}") from exc
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def __enter__(self) -> CpuQuota:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _ in range(50):  # the processes have been stopped; the kernel drops them shortly
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+        log.warning("could not remove the cgroup %s", self.path)
+
+
 class City:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
@@ -192,9 +232,9 @@ class City:
         enroll_city(self.home, self.registry, self.args.devices, self.broker.port, self.workdir / "bundles")
         enroll_s = time.monotonic() - started
         config = self.workdir / "hub.json"
-        config.write_text(
-            json.dumps({"broker_port": self.broker.port, "api_port": 0, "client_id": "hub-city"})
-        )
+        settings = {"broker_port": self.broker.port, "api_port": 0, "client_id": "hub-city"}
+        settings.update(self.args.hub_settings)
+        config.write_text(json.dumps(settings))
         argv = ["-c", "from roadside.cli import main; main()", "hub", "run"]
         argv += ["--home", str(self.home.root), "--config", str(config)]
         self.hub = Child(argv, self.workdir / "hub.log", ready_mark=b"hub subscribed")
@@ -288,6 +328,19 @@ class City:
         finally:
             db.close()
 
+    def hub_disconnects(self) -> int:
+        """How often the hub lost its broker connection (its log), and why the broker says it did."""
+        with contextlib.suppress(OSError):
+            return (self.workdir / "hub.log").read_bytes().count(b"hub disconnected from broker")
+        return 0
+
+    def broker_timeouts(self) -> int:
+        """Keepalive timeouts the broker logged for the hub's client."""
+        with contextlib.suppress(OSError):
+            log_text = (self.home.broker_dir / LOG_FILE).read_bytes()
+            return log_text.count(b"Client hub-city has exceeded timeout")
+        return 0
+
     def close(self) -> None:
         for child in self.fleet:
             child.kill()
@@ -302,12 +355,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-city-", dir=args.workdir))
     city = City(args, workdir)
     load_start = psutil.getloadavg()
+    stack = contextlib.ExitStack()
     try:
         enroll_s = city.start()
         connected, connect_s = city.wait_connected()
         log.info("%d of %d devices connected in %.0f s", connected, args.devices, connect_s)
         assert city.hub is not None
         assert city.hub.process is not None
+        if args.hub_cpu is not None:  # a hub starved of CPU, as on a loaded machine, from here on
+            quota = stack.enter_context(CpuQuota("bench-city-hub", args.hub_cpu))
+            quota.add(city.hub.process.pid)
+            log.info("hub limited to %.0f %% of one core", 100 * args.hub_cpu)
         pids = {"hub": city.hub.process.pid, "broker": city.broker.pid or 0}
         pids.update({f"fleet{i}": c.process.pid for i, c in enumerate(city.fleet) if c.process})
         sampler = Sampler(pids)
@@ -332,8 +390,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         keys = {(d, s) for d, s, _ in created}
         wait_until(lambda: len(keys - city.stored().keys()) == 0, args.settle_s, poll_s=2.0)
         stored = city.stored()
+        hub_disconnects = city.hub_disconnects()
+        broker_timeouts = city.broker_timeouts()
     finally:
         city.close()
+        stack.close()
     lags = [
         stored[(d, s)] / 1e6 - c / 1e3
         for d, s, c in created
@@ -359,6 +420,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "reconnects": sum(int(s.get("connects") or 0) for s in statuses) - held,
         "connect_failures": sum(int(s.get("connect_failures") or 0) for s in statuses),
         "refused": sum(int(s.get("refused") or 0) for s in final),
+        "hub_cpu_limit": args.hub_cpu,
+        "hub_disconnects": hub_disconnects,
+        "hub_keepalive_timeouts": broker_timeouts,
         **rollout,
         "hub": sampler.summary("hub"),
         "broker": sampler.summary("broker"),
@@ -389,6 +453,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rollout-timeout-s", type=float, default=900.0)
     p.add_argument("--drain-s", type=float, default=120.0)
     p.add_argument("--settle-s", type=float, default=300.0, help="for the hub to store the last messages")
+    p.add_argument("--hub-setting", action="append", default=[], metavar="KEY=JSON",
+                   help="an extra hub setting, e.g. ingest_mqtt_client='\"paho\"' (repeat)")  # fmt: skip
+    p.add_argument("--hub-cpu", type=float, default=None, metavar="CORES",
+                   help="once the fleet is connected, hold the hub to this share of one core "
+                        "(a CPU cgroup; root): a hub on a loaded machine, falling behind")  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the devices' bundles (private keys) afterwards")
     p.add_argument("--workdir", type=Path, default=None, help="where the run's directory is made")
     return p
@@ -396,6 +465,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
+    args.hub_settings = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.hub_setting)}
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # finally-blocks stop what was started
     for noisy in ("roadside", "alembic", "tuf"):

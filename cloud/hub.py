@@ -142,6 +142,7 @@ class Hub:
             self.registry.devices.mark_seen,
             batch_size=settings.batch_size,
             max_wait_s=settings.batch_wait_s,
+            queue_size=settings.ingest_queue_size,
             on_stored=self._on_stored,
             workers=(
                 IngestWorkers(settings, settings.ingest_workers, settings.ingest_spare_workers)

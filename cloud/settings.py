@@ -156,6 +156,9 @@ class HubSettings(BaseSettings):
     ingest_mqtt_client: Literal["lean", "paho"] = "lean"
     # The ingest connection's MQTT keepalive; the broker drops a client silent for 1.5 times it.
     ingest_keepalive_s: int = Field(default=30, ge=2, le=600)
+    # Messages received and not yet written, at most: past it the hub stops reading from the broker
+    # (which holds the rest) and keeps acknowledging and pinging. Bounds the hub's memory.
+    ingest_queue_size: int = Field(default=20_000, ge=1, le=1_000_000)
     max_message_age_s: float = Field(default=900.0, ge=10)
     max_message_bytes: int = Field(
         default=256 * 1024, ge=1024, le=256 * 1024

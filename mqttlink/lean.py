@@ -27,6 +27,15 @@ values); errors map the same way (``ConfigError``, ``TransportError``).
 Threads: one network thread (``loop_start``) does every socket read and write;
 other threads queue bytes for it and wake it through a socket pair, because one
 TLS connection must not be read and written from two threads at once.
+
+Back-pressure: a consumer that cannot take another message (``ready`` says so) is
+not handed one; the session stops reading the socket until it can, and the broker
+holds the rest. It never blocks the network thread for it: acknowledgements and
+keepalive pings still go out while it waits, so a consumer far behind keeps its
+connection. (Blocking in ``on_message`` instead silenced the connection; Mosquitto
+2.0.11 then dropped the hub for keepalive timeout. And that broker sends past the
+client's Receive Maximum: after each PUBACK it sends up to a whole window more, so
+the window alone does not keep a slow consumer's queue from filling.)
 """
 
 from __future__ import annotations
@@ -67,6 +76,11 @@ PINGREQ: Final = b"\xc0\x00"
 PINGRESP: Final = 0xD0
 DISCONNECT: Final = 0xE0
 _READ_BYTES: Final = 65536
+# What one read takes from the socket before its packets are handled: a bound on the buffer when
+# the broker floods us (a backlog after a reconnect: 4 MB were seen in one read without it).
+_READ_CAP: Final = 1 << 20
+# How often a session whose consumer cannot take a message looks again (it is behind: no hurry).
+_HELD_POLL_S: Final = 0.02
 _MAX_PACKET_BYTES: Final = 268_435_455  # the largest a variable-byte integer can say
 _PUBACK = struct.Struct(">BBH")
 _U16 = struct.Struct(">H")
@@ -242,7 +256,10 @@ class LeanSession:
         on_message: Callable[[Message], None] | None = None,
         on_puback: Callable[[PubAck], None] | None = None,
         on_subscribe: Callable[[SubAck], None] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
+        """``ready``: whether ``on_message`` can take another message now (asked on the network
+        thread before each PUBLISH); while it cannot, the session stops reading. None: always."""
         if not config.mqtt5 or config.will is not None:
             raise ConfigError("the lean MQTT session speaks MQTT 5 without a will; use MqttSession")
         self.config = config
@@ -251,6 +268,8 @@ class LeanSession:
         self._on_message = on_message
         self._on_puback = on_puback
         self._on_subscribe = on_subscribe
+        self._ready = ready
+        self._held = False  # a received PUBLISH waits for the consumer: reading is paused
         self._tls = _tls_context(config)
         self._lock = threading.Lock()
         self._out = bytearray()  # bytes for the network thread to send (guarded by _lock)
@@ -449,22 +468,32 @@ class LeanSession:
     def _serve(self, sock: socket.socket) -> None:
         """Read and write until the connection ends or the session stops."""
         rest = b""
+        self._held = False
         while True:
             keepalive = self._keepalive_s
+            if self._held and self._can_take():
+                rest = self._dispatch(rest)  # the consumer has room again: what waited goes first
             with self._lock:
                 pending = len(self._out) > 0
             if self._stopping.is_set() and not pending:
                 return
-            readable, writable, _ = select.select(
-                [sock, self._wake_r], [sock] if pending else [], [], 1.0 if keepalive else None
-            )
+            timeout: float | None
+            if self._held:  # not reading: look again soon, meanwhile acks and pings still go out
+                watched, timeout = [self._wake_r], _HELD_POLL_S
+            else:  # TLS may hold decrypted bytes the socket no longer shows (a read cut at its cap)
+                watched = [sock, self._wake_r]
+                timeout = 0.0 if _tls_pending(sock) else (1.0 if keepalive else None)
+            readable, writable, _ = select.select(watched, [sock] if pending else [], [], timeout)
             if self._wake_r in readable:
                 self._drain_wake()
-            if sock in readable:
+            if not self._held and (sock in readable or _tls_pending(sock)):
                 rest = self._read(sock, rest)
             if writable:
                 self._write(sock)
             self._keepalive(keepalive)
+
+    def _can_take(self) -> bool:
+        return self._ready is None or self._ready()
 
     def _drain_wake(self) -> None:
         self._woken = False
@@ -472,8 +501,10 @@ class LeanSession:
             self._wake_r.recv(4096)
 
     def _read(self, sock: socket.socket, rest: bytes) -> bytes:
+        """Read what the socket holds, up to ``_READ_CAP`` bytes, and dispatch it."""
         chunks = [rest] if rest else []
-        while True:
+        size = len(rest)
+        while size < _READ_CAP:
             try:
                 chunk = sock.recv(_READ_BYTES)
             except (ssl.SSLWantReadError, BlockingIOError):
@@ -483,10 +514,13 @@ class LeanSession:
                     self._dispatch(b"".join(chunks))
                 raise TransportError("the broker closed the connection")
             chunks.append(chunk)
+            size += len(chunk)
         return self._dispatch(b"".join(chunks)) if chunks else rest
 
     def _dispatch(self, buf: bytes) -> bytes:
-        """Handle every complete packet in ``buf``; return the incomplete rest."""
+        """Handle every complete packet in ``buf``; return the rest: an incomplete packet, or from
+        the first PUBLISH the consumer cannot take yet (``_held``)."""
+        self._held = False
         pos, end = 0, len(buf)
         on_message = self._on_message
         tag = self._generation << 16
@@ -500,6 +534,9 @@ class LeanSession:
                 break
             first = buf[pos]
             if first & 0xF0 == PUBLISH:
+                if not self._can_take():
+                    self._held = True
+                    break
                 message = parse_publish(first, memoryview(buf)[start:stop], tag)
                 if on_message is not None:
                     on_message(message)
@@ -599,10 +636,12 @@ class LeanSession:
         if not keepalive:
             return
         now = time.monotonic()
-        # Twice the interval: a callback that blocked (back-pressure) kept us from reading the answer.
-        if self._ping_sent is not None and now - self._ping_sent > 2 * keepalive:
+        # While reading is paused the answer waits unread behind the messages held back: the broker
+        # is not silent, we are not listening. Ping on (the broker drops a client silent for 1.5
+        # keepalives), and time the answer from the latest ping once reading resumes.
+        if self._ping_sent is not None and not self._held and now - self._ping_sent > 2 * keepalive:
             raise TransportError("the broker did not answer a keepalive ping")
-        if self._ping_sent is None and now - self._last_sent >= keepalive:
+        if (self._ping_sent is None or self._held) and now - self._last_sent >= keepalive:
             self._ping_sent = now
             with self._lock:
                 self._out += PINGREQ
@@ -623,6 +662,11 @@ _REASONS: Final = {
     0x97: "Quota exceeded",
     0x9E: "Shared subscriptions not supported",
 }
+
+
+def _tls_pending(sock: socket.socket) -> bool:
+    """Whether TLS holds decrypted bytes not read yet (``select`` on the socket does not see them)."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
 
 def _reason_name(code: int) -> str:

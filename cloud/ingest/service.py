@@ -153,6 +153,7 @@ class IngestService:
             on_disconnect=self._on_disconnect,
             on_message=self._on_message,
             on_subscribe=self._on_subscribe,
+            ready=self._has_room,
         )
 
     def start(self) -> None:
@@ -216,6 +217,11 @@ class IngestService:
             self.metrics.disconnects.inc()
             log.warning("hub disconnected from broker: %s; reconnecting", reason)
 
+    def _has_room(self) -> bool:
+        """Whether the queue takes another message now (the network thread is its only producer).
+        When it does not, the lean session stops reading and keeps acknowledging and pinging."""
+        return self.queue.qsize() < self.queue.maxsize
+
     def _on_message(self, message: Message) -> None:
         if message.topic.endswith("/status"):
             self._on_status(message)
@@ -224,7 +230,9 @@ class IngestService:
         delivery = _Delivery(message.topic, message.payload, message.mid, message.qos, message.dup)
         while not self._stop.is_set():
             try:
-                self.queue.put(delivery, timeout=0.5)  # BLOCK: back-pressure onto the broker
+                # BLOCK: back-pressure onto the broker. The lean session asks _has_room first and
+                # never waits here; paho's network thread does, and sends nothing meanwhile.
+                self.queue.put(delivery, timeout=0.5)
                 return
             except queue.Full:
                 continue  # keep waiting until the writer catches up, or we stop

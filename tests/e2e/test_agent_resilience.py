@@ -325,6 +325,47 @@ def test_a_broker_away_for_30_s_loses_nothing_and_duplicates_nothing(loop: Loop,
     assert len(seqs) == len(set(seqs))
 
 
+@pytest.mark.timeout(120)
+def test_a_hub_whose_queue_is_full_stops_reading_but_keeps_acking_and_pinging(tmp_path: Path) -> None:
+    """Issue 14, found by ``bench.city --hub-cpu 0.03``: the ingest queue filled (Mosquitto 2.0.11
+    sends past the hub's Receive Maximum) and the network thread blocked on it, sending nothing,
+    not even the acks of what was written, until the broker dropped the hub for keepalive timeout.
+    A one-message queue and 5 s writes with a 2 s keepalive (the broker drops a client silent for
+    3 s): the session must stop reading instead, and still send the acks and pings."""
+    with open_loop(tmp_path / "loop", ingest_keepalive_s=2, batch_size=2, ingest_queue_size=1) as slow:
+        assert slow.hub.ingest.queue.maxsize == 1
+        store = slow.hub.store
+        write = store.write
+        slowed = threading.Event()
+        slowed.set()
+
+        def slow_write(batches: Any) -> Any:
+            if slowed.is_set():
+                time.sleep(5.0)
+            return write(batches)
+
+        store.write = slow_write  # type: ignore[method-assign]
+        bundle = slow.enroll("dev-full")
+        agent = start_live_agent(tmp_path, bundle, heartbeat_s=1.0)
+        try:
+            time.sleep(14)  # two slow writes and more, each longer than the broker's 3 s
+            assert slow.hub.ingest.queue.qsize() == 1  # full: the session was holding messages back
+            assert slow.hub.ingest.disconnects == 0, slow.broker.log_tail()
+        finally:
+            agent.stop(drain_s=20)
+        slowed.clear()
+        produced = +agent.counted
+        assert sum(produced.values()) > 0
+        assert wait_for(lambda: api_totals(slow, "dev-full") == produced, 60), (
+            api_totals(slow, "dev-full"),
+            produced,
+        )
+        assert slow.hub.ingest.disconnects == 0, slow.broker.log_tail()
+        assert "exceeded timeout" not in slow.broker.log_tail(10_000)
+        seqs, _ = stored(slow, "dev-full")
+        assert len(seqs) == len(set(seqs))
+
+
 @pytest.mark.timeout(180)
 def test_a_hub_far_behind_its_devices_keeps_its_broker_connection_and_loses_nothing(tmp_path: Path) -> None:
     """Issue 14: a hub behind its backlog lost its broker connection (keepalive timeout), and the
