@@ -232,7 +232,8 @@ class City:
         enroll_city(self.home, self.registry, self.args.devices, self.broker.port, self.workdir / "bundles")
         enroll_s = time.monotonic() - started
         config = self.workdir / "hub.json"
-        settings = {"broker_port": self.broker.port, "api_port": 0, "client_id": "hub-city"}
+        # The devices here do not download (bench.rollout measures that): the repository on any port.
+        settings = {"broker_port": self.broker.port, "api_port": 0, "repo_port": 0, "client_id": "hub-city"}
         settings.update(self.args.hub_settings)
         config.write_text(json.dumps(settings))
         argv = ["-c", "from roadside.cli import main; main()", "hub", "run"]
