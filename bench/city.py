@@ -234,7 +234,7 @@ class City:
         config = self.workdir / "hub.json"
         # The devices here do not download (bench.rollout measures that): the repository on any port.
         settings = {"broker_port": self.broker.port, "api_port": 0, "repo_port": 0, "client_id": "hub-city"}
-        settings.update(self.args.hub_settings)
+        settings.update({k: json.loads(v) for k, v in (s.split("=", 1) for s in self.args.hub_setting)})
         config.write_text(json.dumps(settings))
         argv = ["-c", "from roadside.cli import main; main()", "hub", "run"]
         argv += ["--home", str(self.home.root), "--config", str(config)]
@@ -466,7 +466,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
-    args.hub_settings = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.hub_setting)}
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # finally-blocks stop what was started
     for noisy in ("roadside", "alembic", "tuf"):
