@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -325,15 +326,18 @@ def test_a_broker_away_for_30_s_loses_nothing_and_duplicates_nothing(loop: Loop,
     assert len(seqs) == len(set(seqs))
 
 
-@pytest.mark.timeout(120)
-def test_a_hub_whose_queue_is_full_stops_reading_but_keeps_acking_and_pinging(tmp_path: Path) -> None:
-    """Issue 14, found by ``bench.city --hub-cpu 0.03``: the ingest queue filled (Mosquitto 2.0.11
-    sends past the hub's Receive Maximum) and the network thread blocked on it, sending nothing,
-    not even the acks of what was written, until the broker dropped the hub for keepalive timeout.
-    A one-message queue and 5 s writes with a 2 s keepalive (the broker drops a client silent for
-    3 s): the session must stop reading instead, and still send the acks and pings."""
-    with open_loop(tmp_path / "loop", ingest_keepalive_s=2, batch_size=2, ingest_queue_size=1) as slow:
-        assert slow.hub.ingest.queue.maxsize == 1
+def _behind_and_connected(
+    tmp_path: Path,
+    device: str,
+    write_s: float,
+    watch_s: float,
+    during: Callable[[Loop], None],
+    **settings: Any,
+) -> None:
+    """Every write takes ``write_s`` while an agent sends each second, with a 2 s keepalive (the
+    broker drops a client silent for 3 s): for ``watch_s`` the hub falls behind (``during`` checks
+    how), stays connected, then drains the backlog and stores every record once."""
+    with open_loop(tmp_path / "loop", ingest_keepalive_s=2, batch_size=2, **settings) as slow:
         store = slow.hub.store
         write = store.write
         slowed = threading.Event()
@@ -341,66 +345,55 @@ def test_a_hub_whose_queue_is_full_stops_reading_but_keeps_acking_and_pinging(tm
 
         def slow_write(batches: Any) -> Any:
             if slowed.is_set():
-                time.sleep(5.0)
+                time.sleep(write_s)
             return write(batches)
 
         store.write = slow_write  # type: ignore[method-assign]
-        bundle = slow.enroll("dev-full")
+        bundle = slow.enroll(device)
         agent = start_live_agent(tmp_path, bundle, heartbeat_s=1.0)
         try:
-            time.sleep(14)  # two slow writes and more, each longer than the broker's 3 s
-            assert slow.hub.ingest.queue.qsize() == 1  # full: the session was holding messages back
-            assert slow.hub.ingest.disconnects == 0, slow.broker.log_tail()
-        finally:
-            agent.stop(drain_s=20)
-        slowed.clear()
-        produced = +agent.counted
-        assert sum(produced.values()) > 0
-        assert wait_for(lambda: api_totals(slow, "dev-full") == produced, 60), (
-            api_totals(slow, "dev-full"),
-            produced,
-        )
-        assert slow.hub.ingest.disconnects == 0, slow.broker.log_tail()
-        assert "exceeded timeout" not in slow.broker.log_tail(10_000)
-        seqs, _ = stored(slow, "dev-full")
-        assert len(seqs) == len(set(seqs))
-
-
-@pytest.mark.timeout(180)
-def test_a_hub_far_behind_its_devices_keeps_its_broker_connection_and_loses_nothing(tmp_path: Path) -> None:
-    """Issue 14: a hub behind its backlog lost its broker connection (keepalive timeout), and the
-    redelivered copies then cost it more. Here every write takes 3 s while an agent keeps
-    sending, with a 2 s keepalive (the broker drops a client silent for 3 s) and 2-message
-    batches (4 unacknowledged at most): the broker holds the backlog, the hub works through it
-    for many keepalive intervals, stays connected, and stores every record once."""
-    with open_loop(tmp_path / "loop", ingest_keepalive_s=2, batch_size=2) as slow:
-        store = slow.hub.store
-        write = store.write
-        slowed = threading.Event()
-        slowed.set()
-
-        def slow_write(batches: Any) -> Any:
-            if slowed.is_set():
-                time.sleep(3.0)
-            return write(batches)
-
-        store.write = slow_write  # type: ignore[method-assign]
-        bundle = slow.enroll("dev-behind")
-        agent = start_live_agent(tmp_path, bundle, heartbeat_s=1.0)
-        try:
-            time.sleep(20)  # 7 writes' time (14 messages); the agent made about twice that
-            assert slow.hub.ingest.behind_s() > 5.0  # behind by more than the broker's 3 s
+            time.sleep(watch_s)
+            during(slow)
             assert slow.hub.ingest.disconnects == 0, slow.broker.log_tail()
         finally:
             agent.stop(drain_s=20)
         slowed.clear()  # the store is fast again: the backlog drains
         produced = +agent.counted
         assert sum(produced.values()) > 0
-        assert wait_for(lambda: api_totals(slow, "dev-behind") == produced, 60), (
-            api_totals(slow, "dev-behind"),
+        assert wait_for(lambda: api_totals(slow, device) == produced, 60), (
+            api_totals(slow, device),
             produced,
         )
         assert slow.hub.ingest.disconnects == 0, slow.broker.log_tail()
         assert "exceeded timeout" not in slow.broker.log_tail(10_000)
-        seqs, _ = stored(slow, "dev-behind")
+        seqs, _ = stored(slow, device)
         assert len(seqs) == len(set(seqs))
+
+
+@pytest.mark.timeout(120)
+def test_a_hub_whose_queue_is_full_stops_reading_but_keeps_acking_and_pinging(tmp_path: Path) -> None:
+    """Issue 14, found by ``bench.city --hub-cpu 0.03``: the ingest queue filled (Mosquitto 2.0.11
+    sends past the hub's Receive Maximum) and the network thread blocked on it, sending nothing,
+    not even the acks of what was written, until the broker dropped the hub for keepalive timeout.
+    A one-message queue and 5 s writes, each longer than the broker's 3 s: the session must stop
+    reading instead, and still send the acks and pings."""
+
+    def queue_full(slow: Loop) -> None:
+        assert slow.hub.ingest.queue.maxsize == 1
+        assert slow.hub.ingest.queue.qsize() == 1  # full: the session was holding messages back
+
+    # 14 s: two slow writes and more.
+    _behind_and_connected(tmp_path, "dev-full", 5.0, 14.0, queue_full, ingest_queue_size=1)
+
+
+@pytest.mark.timeout(180)
+def test_a_hub_far_behind_its_devices_keeps_its_broker_connection_and_loses_nothing(tmp_path: Path) -> None:
+    """Issue 14: a hub behind its backlog lost its broker connection (keepalive timeout), and the
+    redelivered copies then cost it more. 3 s writes and 2-message batches (4 unacknowledged at
+    most): the broker holds the backlog, the hub works through it for many keepalive intervals."""
+
+    def behind(slow: Loop) -> None:
+        assert slow.hub.ingest.behind_s() > 5.0  # behind by more than the broker's 3 s
+
+    # 20 s: 7 writes' time (14 messages); the agent makes about twice that.
+    _behind_and_connected(tmp_path, "dev-behind", 3.0, 20.0, behind)
