@@ -478,15 +478,17 @@ class LeanSession:
             if self._stopping.is_set() and not pending:
                 return
             timeout: float | None
+            # TLS may hold decrypted bytes the socket no longer shows (a read cut at its cap).
+            buffered = not self._held and _tls_pending(sock)
             if self._held:  # not reading: look again soon, meanwhile acks and pings still go out
                 watched, timeout = [self._wake_r], _HELD_POLL_S
-            else:  # TLS may hold decrypted bytes the socket no longer shows (a read cut at its cap)
+            else:
                 watched = [sock, self._wake_r]
-                timeout = 0.0 if _tls_pending(sock) else (1.0 if keepalive else None)
+                timeout = 0.0 if buffered else (1.0 if keepalive else None)
             readable, writable, _ = select.select(watched, [sock] if pending else [], [], timeout)
             if self._wake_r in readable:
                 self._drain_wake()
-            if not self._held and (sock in readable or _tls_pending(sock)):
+            if buffered or (not self._held and sock in readable):
                 rest = self._read(sock, rest)
             if writable:
                 self._write(sock)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -29,11 +30,7 @@ pytestmark = pytest.mark.slow
 
 def test_bad_messages_are_dead_lettered_by_way_of_a_worker_and_cost_no_other(rig: Rig) -> None:
     (bundle,) = rig.fleet(1)
-    settings = HubSettings(
-        home=rig.home.root, broker_port=rig.broker.port, api_port=-1, client_id="hub-w-bad", ingest_workers=1
-    )
-    hub = Hub(settings)
-    hub.start()
+    hub = _started_hub(rig, "hub-w-bad", ingest_workers=1)
     try:
         assert hub.wait_ready(30)
         device = SimulatedDevice(bundle)
@@ -109,15 +106,7 @@ def test_a_killed_workers_devices_are_taken_over_by_the_spare_already_running(ri
     imported before the kill, not by a process started after it (one start-up of waiting);
     another spare is started meanwhile, and every record is stored once."""
     (bundle,) = rig.fleet(1)
-    settings = HubSettings(
-        home=rig.home.root,
-        broker_port=rig.broker.port,
-        api_port=-1,
-        client_id="hub-w-spare",
-        ingest_workers=1,
-    )
-    hub = Hub(settings)
-    hub.start()
+    hub = _started_hub(rig, "hub-w-spare", ingest_workers=1)
     device = SimulatedDevice(bundle)
     try:
         assert hub.wait_ready(30)
@@ -150,16 +139,8 @@ def test_a_worker_found_dead_mid_send_leaves_no_other_worker_a_reply_behind(rig:
     bundles = rig.fleet(6)
     first = next(b for b in bundles if shard_of(b.device_id, 2) == 0)
     second = next(b for b in bundles if shard_of(b.device_id, 2) == 1)
-    settings = HubSettings(
-        home=rig.home.root,
-        broker_port=rig.broker.port,
-        api_port=-1,
-        client_id="hub-w-two",
-        ingest_workers=2,
-        batch_wait_s=1.0,  # the messages below, published together, make one batch
-    )
-    hub = Hub(settings)
-    hub.start()
+    # batch_wait_s: the messages below, published together, make one batch.
+    hub = _started_hub(rig, "hub-w-two", ingest_workers=2, batch_wait_s=1.0)
     devices = [SimulatedDevice(first), SimulatedDevice(second)]
     try:
         assert hub.wait_ready(30)
@@ -180,6 +161,17 @@ def test_a_worker_found_dead_mid_send_leaves_no_other_worker_a_reply_behind(rig:
         for device in devices:
             device.close()
         hub.stop()
+
+
+def _started_hub(rig: Rig, client_id: str, **settings: Any) -> Hub:
+    """An in-process hub on the rig's home and broker, no API, started."""
+    hub = Hub(
+        HubSettings(
+            home=rig.home.root, broker_port=rig.broker.port, api_port=-1, client_id=client_id, **settings
+        )
+    )
+    hub.start()
+    return hub
 
 
 def _send_counts(device: SimulatedDevice, seqs: Iterable[int]) -> None:
