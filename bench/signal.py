@@ -3,7 +3,7 @@
     python -m bench.signal [--duration 900] [--seed 42] [--ways fixed,sumo_actuated,roadside_direct,roadside]
                            [--sumocfg PATH --camera-pose FILE [--tls ID]] [--workdir DIR]
                            [--tmc-only | --no-tmc | --no-tmc-pass] [--tmc-duration S] [--junction-pose FILE]
-                           [--model ONNX] [--conf 0.35]
+                           [--model ONNX] [--junction-model ONNX] [--conf 0.35]
 
 Without ``--sumocfg`` it generates Roadside's ``intersection`` scenario
 (:mod:`roadside.sim.sumo.scenarios`) at ``--seed`` for ``--duration``
@@ -28,8 +28,10 @@ Turning-movement counts (:mod:`roadside.sim.sumo.tmc`) need a camera that
 sees an entrance and its exit: one high camera over the junction box (the
 first camera of ``--junction-pose``; by default the scenario's, or
 :func:`roadside.sim.sumo.poses.junction_camera` for another network). Its
-frames run through the agent's detector (``--model``, the shipped one by
-default), tracker and movement counter, and again with the frames'
+frames run through the junction camera's detector (``--junction-model``:
+``models/detector_sumo_junction.onnx``, fine-tuned on the mast's view, where
+present; an explicit ``--model`` otherwise), the agent's tracker and movement
+counter, and again with the frames'
 ground-truth boxes as detections (the counting and geometry alone); each is
 compared per movement with SUMO's route-based truth. ``tmc_error_max`` is
 the detector's figure (largest relative error over movements with at least
@@ -59,6 +61,10 @@ _MODELS = Path(__file__).resolve().parents[1] / "models"
 # The detector released for SUMO's cameras (docs/sumo.md) where the checkout has it, else the shipped one.
 SUMO_MODEL = _MODELS / "detector_sumo.onnx"
 DEFAULT_MODEL = SUMO_MODEL if SUMO_MODEL.is_file() else _MODELS / "detector.onnx"
+# The same detector fine-tuned on the junction camera's view from its 15 m mast (docs/sumo.md): it
+# counts turning movements better, but the approach cameras keep SUMO_MODEL (their presence is judged
+# on it).
+JUNCTION_MODEL = _MODELS / "detector_sumo_junction.onnx"
 DEFAULT_CONF = 0.35
 
 
@@ -81,6 +87,15 @@ def network_of(args: argparse.Namespace, workdir: Path) -> Network:
 _TMC_WARMUP_S = 60.0
 
 
+def junction_model_of(args: argparse.Namespace) -> Path:
+    """The junction camera's detector: ``--junction-model``, else an explicit ``--model``, else its own file."""
+    if args.junction_model is not None:
+        return Path(args.junction_model)
+    if args.model is not None:
+        return Path(args.model)
+    return JUNCTION_MODEL if JUNCTION_MODEL.is_file() else DEFAULT_MODEL
+
+
 def turning_movements(network: Network, args: argparse.Namespace) -> dict[str, Any]:
     """Turning-movement counts from the junction camera, by the detector and by truth boxes, against SUMO."""
     junction = args.junction or network.tls
@@ -94,7 +109,7 @@ def turning_movements(network: Network, args: argparse.Namespace) -> dict[str, A
     out: dict[str, Any] = {"camera": pose.model_dump(mode="json", exclude_none=True)}
     from roadside.sim.signal_loop import LOW_SCORE, tracker_settings
 
-    model = args.model or DEFAULT_MODEL
+    model = junction_model_of(args)
     detector = count_movements(
         network.sumocfg,
         network.net,
@@ -159,7 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model",
         type=Path,
-        help="ONNX detector of the loop's agent and the counts (default: models/detector_sumo.onnx)",
+        help="ONNX detector of the loop's agent, all its cameras (default: models/detector_sumo.onnx); "
+        "given, the counts' too unless --junction-model",
+    )
+    parser.add_argument(
+        "--junction-model",
+        type=Path,
+        help="ONNX detector of the turning-movement counts (default: --model if given, "
+        "else models/detector_sumo_junction.onnx)",
     )
     parser.add_argument("--conf", type=float, default=DEFAULT_CONF, help="its confidence threshold")
     parser.add_argument(

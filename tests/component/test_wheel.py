@@ -102,6 +102,7 @@ def test_the_wheel_holds_one_top_level_package_and_no_benchmarks_or_tests(wheel:
         assert f"roadside/{part}/__init__.py" in names or f"roadside/{part}/py.typed" in names, part
     assert "roadside/models/detector.onnx" in names  # the shipped detector travels with the agent
     assert "roadside/models/detector_sumo.onnx" in names  # and the one released for SUMO's cameras
+    assert "roadside/models/detector_sumo_junction.onnx" in names  # and SUMO's junction camera's
     assert "roadside/cloud/migrations/versions/0001_initial.py" in names
     assert not [n for n in names if n.startswith(("roadside/bench", "bench/", "tests/", "roadside/tests"))]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
