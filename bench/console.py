@@ -40,9 +40,10 @@ from roadside.cloud.console import install_console
 from roadside.cloud.registry import Registry
 from roadside.cloud.release.controller import create_rollout
 from roadside.cloud.release.rollouts import RolloutSpec
-from roadside.cloud.storage.base import IngestBatch, Origin, to_epoch_us
+from roadside.cloud.storage.base import IngestBatch, Origin
 from roadside.cloud.storage.sqlite import SqliteStore
 from roadside.shared.keys import KeyPair
+from roadside.shared.limits import to_epoch_us
 from roadside.shared.schemas import Health, StreamHealth
 
 SITES = 50
@@ -108,12 +109,11 @@ def fill_store(store_path: Path, devices: int, days: int, now: datetime) -> int:
     start = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes)
     db = sqlite3.connect(store_path, isolation_level=None)
     try:
-        # A bulk load, not ingest: no journal, and the time index and the rollup trigger are dropped
-        # for the load (opening the store again re-creates both: its schema is CREATE ... IF NOT EXISTS).
+        # A bulk load, not ingest: no journal, no minutes marked for the rollups, and the time index
+        # dropped for the load (opening the store again re-creates it: CREATE ... IF NOT EXISTS).
         db.execute("PRAGMA journal_mode=DELETE")
         db.execute("PRAGMA synchronous=OFF")
         db.execute("PRAGMA cache_size=-262144")
-        db.execute("DROP TRIGGER IF EXISTS counts_mark_rollup")
         db.execute("DROP INDEX IF EXISTS counts_by_time")
         db.execute("CREATE TEMP TABLE bench_devices (n INTEGER, device_id TEXT, site TEXT)")
         db.executemany(

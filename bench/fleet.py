@@ -13,15 +13,24 @@ from roadside.cloud.registry import Registry
 from roadside.mqttlink import Delivery, MqttSession, PubAck, SessionConfig, context_from_pem
 from roadside.shared import topics
 from roadside.shared.bundle import BrokerAddress, EnrollmentBundle
+from roadside.shared.compact import encode_counts
 from roadside.shared.envelope import DeviceSealer
+from roadside.shared.schemas import CountRecord
 
 # Recent enough to sit inside any store's raw retention (a message index is a minute after it).
 EPOCH = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
 
 
-def counts_body(device_index: int, message_index: int, records: int) -> bytes:
-    """A counts message of ``records`` distinct records, each counting one object."""
+def counts_body(device_index: int, message_index: int, records: int, encoding: str = "json") -> bytes:
+    """A counts message of ``records`` distinct records, each counting one object, as JSON (what an
+    older agent sends) or in the compact form (ADR 0033, what an agent sends by default)."""
     start = EPOCH + timedelta(minutes=message_index)
+    if encoding == "compact":
+        return encode_counts([
+            CountRecord(interval_start=start, interval_s=60, line=f"l{r}", cls="car", direction="in", count=1,
+                        model_version="bench")
+            for r in range(records)
+        ])  # fmt: skip
     rows = [
         {
             "interval_start": start.isoformat(),

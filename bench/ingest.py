@@ -1,6 +1,7 @@
 """Ingest throughput: the hub against a bare subscriber and a naive ingester, same broker, same load.
 
     python -m bench.ingest --devices 50 --seconds 20 [--store sqlite|influx] [--hubs 1|2] [--ingest-workers N]
+                           [--encoding compact|json]
 
 Method. Simulated devices (real certificates, real sealed envelopes, QoS 1)
 publish for ``--seconds`` through a real Mosquitto while every consumer is
@@ -51,6 +52,7 @@ from roadside.cloud.registry import Registry
 from roadside.cloud.settings import InfluxV1StoreConfig, SqliteStoreConfig, StoreConfig
 from roadside.cloud.storage.base import CountQuery, TimeSeriesStore
 from roadside.mqttlink import ConnAck, Message, MqttSession, SessionConfig, SubAck, TlsFiles
+from roadside.shared.compact import decode_counts, is_compact
 from roadside.shared.envelope import HubOpener
 from roadside.shared.keys import PublicKeys
 
@@ -144,7 +146,9 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def publish_load(bundles: list[Any], port: int, seconds: float, records: int) -> tuple[int, float]:
+def publish_load(
+    bundles: list[Any], port: int, seconds: float, records: int, encoding: str
+) -> tuple[int, float]:
     """Every device publishes as fast as QoS 1 allows for ``seconds`` (or up to the backlog cap)."""
     per_device_cap = MAX_BACKLOG // len(bundles)
     devices = [SimulatedDevice(b) for b in bundles]
@@ -163,7 +167,9 @@ def publish_load(bundles: list[Any], port: int, seconds: float, records: int) ->
                 continue
             seq = counts[i] + 1
             now_ms = int(time.time() * 1000)
-            device.publish(device.sealer.seal("counts", seq, counts_body(i, counts[i], records), now_ms))
+            device.publish(
+                device.sealer.seal("counts", seq, counts_body(i, counts[i], records, encoding), now_ms)
+            )
             counts[i] += 1
 
     threads = [threading.Thread(target=run, args=(i,), name=f"pub-{i}") for i in range(len(devices))]
@@ -211,11 +217,20 @@ class NaiveIngester:
 
     def handle(self, payload: bytes) -> None:
         opened = self.opener.open(payload, int(time.time() * 1000))
-        body = json.loads(opened.plaintext)
         device = opened.header.device_id
+        if is_compact(opened.plaintext):
+            c = decode_counts(opened.plaintext)
+            records = [
+                {"interval_start": start, "line": line, "cls": cls, "direction": direction, "count": count}
+                for start, line, cls, direction, count in zip(
+                    c.interval_start_us, c.line, c.cls, c.direction, c.count, strict=True
+                )
+            ]
+        else:
+            records = json.loads(opened.plaintext)["records"]
         if self.kind == "sqlite":
             self.db.execute("BEGIN")
-            for r in body["records"]:
+            for r in records:
                 self.db.execute(
                     "INSERT INTO counts VALUES (?, ?, ?, ?, ?, ?)",
                     (device, r["interval_start"], r["line"], r["cls"], r["direction"], r["count"]),
@@ -224,7 +239,7 @@ class NaiveIngester:
         else:
             lines = "\n".join(
                 f"counts,device={device},line={r['line']},cls={r['cls']},direction={r['direction']} count={r['count']}i"
-                for r in body["records"]
+                for r in records
             )
             self.http.post("/write", params={"db": "naive"}, content=lines).raise_for_status()
 
@@ -340,7 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         register_session(home, broker.port, "naive", PLAIN)
 
         def load() -> tuple[int, float]:
-            return publish_load(bundles, broker.port, args.seconds, args.records)
+            return publish_load(bundles, broker.port, args.seconds, args.records, args.encoding)
 
         messages, publish_s, hub_s, stored, hub_cpu = hub_drain(
             home, broker.port, args.hubs, args.records, store_config, workdir, load, args.ingest_workers
@@ -359,6 +374,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ingest_workers": args.ingest_workers,
             "messages": messages,
             "records_per_message": args.records,
+            "encoding": args.encoding,
             "hub_msgs_s": round(messages / hub_s, 1),
             "hub_records_s": round(expected / hub_s, 1),
             "bare_sub_msgs_s": round(messages / bare_s, 1),
@@ -389,6 +405,12 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--records", type=int, default=10, help="records per message")
+    parser.add_argument(
+        "--encoding",
+        choices=["compact", "json"],
+        default="compact",
+        help="how the devices send counts: compact (an agent's default, ADR 0033) or JSON (older agents)",
+    )
     parser.add_argument("--store", choices=["sqlite", "influx"], default="sqlite")
     parser.add_argument("--hubs", type=int, default=1)
     parser.add_argument(

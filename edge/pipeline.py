@@ -35,6 +35,7 @@ from roadside.edge.outbox import Priority
 from roadside.edge.samples.uploader import SampleUploader
 from roadside.edge.settings import AgentSettings
 from roadside.edge.sources import Frame, FrameSource
+from roadside.shared.compact import encode_counts
 from roadside.shared.queues import BoundedQueue
 from roadside.shared.schemas import (
     MAX_DETECTOR_CHANGES,
@@ -320,9 +321,12 @@ class Pipeline:
 
     def emit_counts(self, records: list[CountRecord]) -> None:
         size = self.settings.outbox.records_per_message
+        compact = self.settings.outbox.counts_encoding == "compact"
         for i in range(0, len(records), size):
-            self.sink.put("counts", encode(CountsMessage(records=records[i : i + size])), Priority.COUNTS)
-            self.count_records_emitted += len(records[i : i + size])
+            chunk = records[i : i + size]
+            payload = encode_counts(chunk) if compact else encode(CountsMessage(records=chunk))
+            self.sink.put("counts", payload, Priority.COUNTS)
+            self.count_records_emitted += len(chunk)
         for r in records:
             self.counted[(r.line, r.cls, r.direction)] += r.count
 

@@ -33,7 +33,7 @@ from roadside.edge.sensors.air.framing import FrameError
 from roadside.edge.settings import AgentSettings
 from roadside.mqttlink.lean import LeanSession, encode_varint
 from roadside.mqttlink.session import Message, SessionConfig
-from roadside.shared import schemas
+from roadside.shared import compact, schemas
 from roadside.shared.bundle import read_bundle
 from roadside.shared.config import load_settings
 from roadside.shared.envelope import DeviceSealer, HubOpener, parse
@@ -127,8 +127,9 @@ _KINDS = (
 
 
 def schemas_payload(kind: str, raw: bytes) -> None:
+    """The hub's decoder: JSON, or the compact counts encoding (ADR 0033)."""
     with contextlib.suppress(RoadsideError):
-        schemas.decode_uplink(kind, raw)
+        compact.decode_any(kind, raw)
 
 
 def message_schemas(data: bytes) -> None:
@@ -147,8 +148,12 @@ def _payload_seeds() -> list[tuple[str, bytes]]:
     now = "2026-01-01T00:00:00+00:00"
     count = {"interval_start": now, "interval_s": 60, "line": "l0", "cls": "car", "direction": "in",
              "count": 3, "model_version": "m1"}  # fmt: skip
+    records = [
+        schemas.CountRecord.model_validate(count | {"lane": lane, "count": lane or 0}) for lane in (None, 1, 2)
+    ]
     return [
         ("counts", json.dumps({"schema": 1, "kind": "counts", "records": [count]}).encode()),
+        ("counts", compact.encode_counts(records)),
         ("counts", b'{"schema": 1, "kind": "counts", "records": []}'),
         ("health", b'{"schema": 1, "kind": "health", "health": {}}'),
         ("events", b'{"schema": 1, "kind": "events", "records": [{}]}'),

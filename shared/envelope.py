@@ -15,6 +15,7 @@ Everything here is pure: bytes in, bytes or exceptions out. The clock is passed 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -91,18 +92,22 @@ class Header:
 
 def _header_is_well_formed(header: Header) -> bool:
     """Types, names and integer ranges: what every store and the registry can hold."""
-    names_ok = all(
-        isinstance(name, str) and _HEADER_NAME.fullmatch(name) is not None
-        for name in (header.device_id, header.kind, header.kid, header.rkid)
-    )
+    names = (header.device_id, header.kind, header.kid, header.rkid)
     return (
-        names_ok
+        all(type(name) is str for name in names)
+        and _names_ok(*names)
         and type(header.seq) is int
         and type(header.ts_ms) is int
         and 0 <= header.seq <= MAX_WIRE_INT
         and 0 <= header.ts_ms <= MAX_WIRE_INT
         and header.v == VERSION
     )
+
+
+# A device sends under the same four names for a key's life: each set is checked once (bounded).
+@functools.lru_cache(maxsize=16384)
+def _names_ok(*names: str) -> bool:
+    return all(_HEADER_NAME.fullmatch(name) is not None for name in names)
 
 
 def direction_info(direction: str, device_id: str, device_kid: str, hub_kid: str) -> bytes:

@@ -8,12 +8,24 @@ characters, before anything reaches a store or the registry.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 MAX_WIRE_INT: Final = 2**63 - 1
 EARLIEST_TIME: Final = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_TIME: Final = datetime(2262, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
+def to_epoch_us(when: datetime) -> int:
+    """Exact microseconds since the Unix epoch of an aware datetime; naive ones are refused."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"datetime {when.isoformat()} has no time zone; pass an aware (UTC) datetime")
+    return (when - EARLIEST_TIME) // _MICROSECOND
+
+
+EARLIEST_US: Final = 0
+LATEST_US: Final = to_epoch_us(LATEST_TIME)
 
 
 def check_storable_time(value: datetime) -> datetime:

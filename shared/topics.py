@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
@@ -60,6 +61,9 @@ class UplinkTopic:
     kind: UplinkKind
 
 
+# A fleet sends on a few topics per device: the hub parses each topic once, not once per message
+# (bounded: topics past it are parsed again, never kept).
+@functools.lru_cache(maxsize=16384)
 def parse_uplink(topic: str) -> UplinkTopic | None:
     """Split an uplink topic into its parts; ``None`` if it is not one."""
     parts = topic.split("/")

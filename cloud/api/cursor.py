@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from roadside.cloud.storage.base import EventKey, from_epoch_us, to_epoch_us
+from roadside.cloud.storage.base import EventKey, from_epoch_us
+from roadside.shared.limits import to_epoch_us
 
 VERSION: Final = 1
 MAX_LENGTH: Final = 512

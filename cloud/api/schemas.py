@@ -50,10 +50,10 @@ from roadside.cloud.storage.base import (
     SpeedQuery,
     StoredEvent,
     StoredReading,
-    to_epoch_us,
 )
 from roadside.shared.errors import ConfigError
 from roadside.shared.keys import unb64
+from roadside.shared.limits import to_epoch_us
 from roadside.shared.schemas import EventType, Health, Name
 
 DEFAULT_WINDOW: Final = timedelta(hours=24)

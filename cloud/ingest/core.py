@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from roadside.cloud.storage.base import IngestBatch, Origin
+from roadside.shared.compact import CompactCounts, CountColumns, decode_any
 from roadside.shared.envelope import Header, HubOpener
 from roadside.shared.errors import IntegrityError, SchemaError
 from roadside.shared.schemas import (
@@ -25,7 +26,6 @@ from roadside.shared.schemas import (
     SamplesMessage,
     SensorsMessage,
     UplinkPayload,
-    decode_uplink,
 )
 from roadside.shared.topics import parse_uplink
 
@@ -89,7 +89,7 @@ class IngestCore:
                 "topic_mismatch", f"device is registered at site {site!r}", topic, where.device_id
             )
         try:
-            message = decode_uplink(header.kind, opened.plaintext)
+            message = decode_any(header.kind, opened.plaintext)
         except SchemaError as exc:
             return Rejection(exc.reason, str(exc), topic, header.device_id)
         origin = Origin(header.device_id, site, header.seq)
@@ -102,7 +102,7 @@ class IngestCore:
         )
 
 
-def _ota_report_of(message: UplinkPayload) -> OtaReport | None:
+def _ota_report_of(message: UplinkPayload | CompactCounts) -> OtaReport | None:
     """An ``ota`` message's report, or the latest one a heartbeat repeats (ADR 0031): the rollout
     controller records whichever copy comes first and finds the others change nothing."""
     if isinstance(message, OtaMessage):
@@ -112,11 +112,13 @@ def _ota_report_of(message: UplinkPayload) -> OtaReport | None:
     return None
 
 
-def _batch_of(origin: Origin, message: UplinkPayload) -> IngestBatch:
+def _batch_of(origin: Origin, message: UplinkPayload | CompactCounts) -> IngestBatch:
     """The time-series records of a message; an ack, OTA report or samples carry none (listeners only)."""
     match message:
+        case CompactCounts():
+            batch = IngestBatch(origin, counts=message.columns)
         case CountsMessage():
-            batch = IngestBatch(origin, counts=message.records)
+            batch = IngestBatch(origin, counts=CountColumns.of(message.records))
         case EventsMessage():
             batch = IngestBatch(origin, events=message.records)
         case SensorsMessage():

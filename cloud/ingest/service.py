@@ -274,13 +274,16 @@ class IngestService:
         failure at any step leaves the whole batch to be redelivered and processed again.
         """
         batch = _Batch(deliveries)
-        backoff = Backoff(base_s=0.2, cap_s=10.0)
+        backoff: Backoff | None = (
+            None  # made on the first failure: seeding its jitter costs a read of urandom
+        )
         while True:
             try:
                 self._process(batch)
             except (TransportError, ConfigError) as exc:
                 # Store-wide or registry-wide: not any message's fault. Keep everything, wait.
                 self._pause(exc)
+                backoff = backoff or Backoff(base_s=0.2, cap_s=10.0)
                 if self._stop.wait(backoff.next_delay()):
                     return  # stopping: unacknowledged, the broker redelivers to the next session
                 continue

@@ -19,8 +19,9 @@ from datetime import datetime
 from typing import Final
 
 from roadside.cloud.signals.channel_map import ChannelMap, ZoneKey
-from roadside.cloud.storage.base import from_epoch_us, to_epoch_us
+from roadside.cloud.storage.base import from_epoch_us
 from roadside.cloud.storage.signals import ControllerEvent, StoredDetectorChange
+from roadside.shared.limits import to_epoch_us
 from roadside.shared.schemas import DetectorZoneKind
 from roadside.shared.signals import detector_event_code
 

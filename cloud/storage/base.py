@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol, runtime_checkable
 
+from roadside.shared.compact import NO_COUNTS, CountColumns
+from roadside.shared.limits import to_epoch_us
 from roadside.shared.schemas import (
     CountRecord,
     DetectionEvent,
@@ -40,7 +42,9 @@ class IngestBatch:
     """The records of one accepted envelope, ready to store."""
 
     origin: Origin
-    counts: Sequence[CountRecord] = ()
+    # Count records as columns (``shared.compact``): the compact encoding decodes to them and
+    # the stores build rows from them with ``zip``. Records given instead are converted.
+    counts: CountColumns = NO_COUNTS
     events: Sequence[DetectionEvent] = ()
     sensors: Sequence[SensorReading] = ()
     health: Health | None = None
@@ -48,6 +52,11 @@ class IngestBatch:
     detector: Sequence[DetectorChange] = ()
     movements: Sequence[TurningMovement] = ()
     zone_stats: Sequence[ZoneStat] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.counts, CountColumns):
+            records: Sequence[CountRecord] = self.counts
+            object.__setattr__(self, "counts", CountColumns.of(records))
 
 
 # ``CountBucket.device_id`` of a bucket summed over every device of its site (``per_device=False``).
@@ -130,14 +139,6 @@ class SensorQuery:
 
 
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
-
-
-def to_epoch_us(when: datetime) -> int:
-    """Exact microseconds since the Unix epoch of an aware datetime; naive ones are refused."""
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"datetime {when.isoformat()} has no time zone; pass an aware (UTC) datetime")
-    return (when - EPOCH) // _MICROSECOND
 
 
 def from_epoch_us(epoch_us: int) -> datetime:

@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
-from roadside.cloud.storage.base import CountBucket, to_epoch_us
+from roadside.cloud.storage.base import CountBucket
 from roadside.shared.errors import ConfigError
+from roadside.shared.limits import to_epoch_us
 
 Tier = Literal["raw", "minute", "hour"]
 

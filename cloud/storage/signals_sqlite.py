@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
 
-from roadside.cloud.storage.base import IngestBatch, from_epoch_us, to_epoch_us
+from roadside.cloud.storage.base import IngestBatch, from_epoch_us
 from roadside.cloud.storage.signals import (
     ControllerEvent,
     DetectorQuery,
@@ -19,6 +19,7 @@ from roadside.cloud.storage.signals import (
     StoredMovement,
     StoredZoneStat,
 )
+from roadside.shared.limits import to_epoch_us
 from roadside.shared.schemas import DetectorChange, TurningMovement, ZoneStat
 
 SCHEMA: Final = """

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,7 +46,6 @@ from roadside.cloud.storage.base import (
     StoredEvent,
     StoredReading,
     from_epoch_us,
-    to_epoch_us,
 )
 from roadside.cloud.storage.retention import Coverage, RetentionPolicy, RetentionReport, Tier, plan_spans
 from roadside.cloud.storage.signals import (
@@ -57,6 +57,7 @@ from roadside.cloud.storage.signals import (
     StoredZoneStat,
 )
 from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.limits import to_epoch_us
 from roadside.shared.schemas import DetectionEvent, Health, SensorReading
 
 log = logging.getLogger(__name__)
@@ -372,11 +373,13 @@ class SqliteStore:
     @staticmethod
     def _insert(db: sqlite3.Connection, batches: Sequence[IngestBatch], stored_us: int) -> int:
         """Insert every fresh envelope's records: one ``executemany`` per table for the whole
-        write, which is most of the ingest throughput on SQLite."""
+        write, which is most of the ingest throughput on SQLite. The minutes they fall in are
+        marked for the rollups here, once per minute, not by a trigger per row."""
         counts: list[tuple[object, ...]] = []
         events: list[tuple[object, ...]] = []
         sensors: list[tuple[object, ...]] = []
         health: list[tuple[object, ...]] = []
+        times: dict[str, set[int]] = {"counts": set(), "events": set(), "sensors": set()}
         fresh = 0
         fresh_batches: list[IngestBatch] = []
         unseen = _mark_ingested(db, batches, stored_us)
@@ -388,20 +391,28 @@ class SqliteStore:
             unseen.discard(key)
             fresh += 1
             site = origin.site
-            counts += [
-                (*key, i, site, c.model_version, to_epoch_us(c.interval_start), c.interval_s, c.line, c.cls,
-                 c.direction, c.lane, c.count)
-                for i, c in enumerate(batch.counts)
-            ]  # fmt: skip
-            events += [
-                (*key, i, site, e.model_version, to_epoch_us(e.ts), str(e.event_id), e.type, e.stream, e.cls,
-                 e.track_id, e.line, e.direction, e.confidence, e.speed_kmh)
-                for i, e in enumerate(batch.events)
-            ]  # fmt: skip
-            sensors += [
-                (*key, i, site, to_epoch_us(r.ts), r.sensor, r.quantity, r.value, r.unit, r.quality)
-                for i, r in enumerate(batch.sensors)
-            ]
+            if n := len(batch.counts):
+                c = batch.counts
+                counts += zip(
+                    repeat(key[0], n), repeat(key[1], n), range(n), repeat(site, n), c.model_version,
+                    c.interval_start_us, c.interval_s, c.line, c.cls, c.direction, c.lane, c.count, strict=True,
+                )  # fmt: skip
+                times["counts"].update(c.interval_start_us)
+            if batch.events:
+                event_rows = [
+                    (*key, i, site, e.model_version, to_epoch_us(e.ts), str(e.event_id), e.type, e.stream, e.cls,
+                     e.track_id, e.line, e.direction, e.confidence, e.speed_kmh)
+                    for i, e in enumerate(batch.events)
+                ]  # fmt: skip
+                events += event_rows
+                times["events"].update(row[5] for row in event_rows)
+            if batch.sensors:
+                sensor_rows = [
+                    (*key, i, site, to_epoch_us(r.ts), r.sensor, r.quantity, r.value, r.unit, r.quality)
+                    for i, r in enumerate(batch.sensors)
+                ]
+                sensors += sensor_rows
+                times["sensors"].update(row[4] for row in sensor_rows)
             fresh_batches.append(batch)
             if batch.health is not None:
                 h = batch.health
@@ -413,6 +424,9 @@ class SqliteStore:
         ):  # fmt: skip
             if rows:
                 db.executemany(sql, rows)
+        dirty = [(kind, t - t % _MINUTE_US) for kind, ts in times.items() for t in ts]
+        if dirty:
+            db.executemany(_MARK_MINUTE, set(dirty))
         signals_sqlite.insert(db, fresh_batches)
         return fresh
 
@@ -789,13 +803,10 @@ class _RollupKind:
             f" {_MINUTE_US}, {_floor_sql(self.time_col, str(_MINUTE_US))} FROM {self.raw}"
         )
 
-    def trigger_sql(self) -> str:
-        new_time = f"NEW.{self.time_col}"
-        return (
-            f"CREATE TRIGGER IF NOT EXISTS {self.raw}_mark_rollup AFTER INSERT ON {self.raw} BEGIN"  # noqa: S608 (names are constants)
-            f" INSERT OR IGNORE INTO rollup_dirty (kind, width_us, bucket_us)"
-            f" VALUES ('{self.raw}', {_MINUTE_US}, {_floor_sql(new_time, str(_MINUTE_US))}); END;"
-        )
+    def drop_trigger_sql(self) -> str:
+        # Hubs before this release marked minutes with a trigger per inserted row (a fifth of
+        # the SQL cost of a counts write); ``_insert`` marks them now, once per minute.
+        return f"DROP TRIGGER IF EXISTS {self.raw}_mark_rollup;"
 
 
 _ROLLUP_KINDS: Final = (
@@ -897,8 +908,11 @@ CREATE TABLE IF NOT EXISTS retention_state (
 """
     + _ROLLUP_TABLES.format(w="1m")
     + _ROLLUP_TABLES.format(w="1h")
-    + "\n".join(kind.trigger_sql() for kind in _ROLLUP_KINDS)
+    + "\n".join(kind.drop_trigger_sql() for kind in _ROLLUP_KINDS)
 )
+
+# A minute written to (``_insert``): marked once per write, however many rows fall in it.
+_MARK_MINUTE = f"INSERT OR IGNORE INTO rollup_dirty (kind, width_us, bucket_us) VALUES (?, {_MINUTE_US}, ?)"  # noqa: S608 (a constant)
 
 # A rolled minute's hour is rolled when the hour closes (in this run already, for a late record).
 _MARK_HOURS_OF_ROLLED_MINUTES = (

@@ -18,10 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from roadside.cloud.storage.base import ALL_DEVICES, CountBucket, CountQuery, IngestBatch, Origin, to_epoch_us
+from roadside.cloud.storage.base import ALL_DEVICES, CountBucket, CountQuery, IngestBatch, Origin
 from roadside.cloud.storage.influx import InfluxV1Store
 from roadside.cloud.storage.retention import ROLLUPS, RetentionPolicy, floor_time
 from roadside.shared.errors import SchemaError
+from roadside.shared.limits import to_epoch_us
 from roadside.shared.schemas import CountRecord, DetectionEvent, SensorReading
 from tests.component.influxd import InfluxServer
 from tests.component.stores import unique_name

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from roadside.cloud.storage.base import ALL_DEVICES, CountBucket, CountQuery, IngestBatch, Origin, to_epoch_us
+from roadside.cloud.storage.base import ALL_DEVICES, CountBucket, CountQuery, IngestBatch, Origin
 from roadside.cloud.storage.retention import Coverage, RetentionPolicy, floor_time
 from roadside.cloud.storage.retention_job import RetentionJob
 from roadside.cloud.storage.sqlite import SqliteStore
+from roadside.shared.limits import to_epoch_us
 from roadside.shared.schemas import CountRecord, DetectionEvent, Health, SensorReading
 
 pytestmark = pytest.mark.timeout(20)
@@ -345,3 +346,48 @@ def test_the_job_applies_retention_to_the_store_in_its_thread(store: SqliteStore
     assert job.last_report is not None
     assert job.last_report.coverage == Coverage(RAW_FROM, MINUTE_FROM)
     assert total(store) == sum(n for *_, n in rows)
+
+
+def test_a_write_marks_each_minute_once_and_an_older_files_per_row_triggers_are_dropped(
+    path: Path, seq: Sequences
+) -> None:
+    SqliteStore(path).close()
+    with sqlite3.connect(path) as db:  # the trigger an older hub kept, which marked per inserted row
+        db.execute(
+            "CREATE TRIGGER counts_mark_rollup AFTER INSERT ON counts BEGIN INSERT OR IGNORE INTO rollup_dirty"
+            " VALUES ('counts', 60000000, NEW.interval_start_us - NEW.interval_start_us % 60000000); END"
+        )
+    store = SqliteStore(path)
+    try:
+        minute = NOW.replace(second=0) - HOUR
+        event = DetectionEvent(
+            event_id=uuid.uuid4(),
+            ts=minute + timedelta(seconds=59),
+            type="line_crossing",
+            stream="cam0",
+            cls="car",
+            model_version="m",
+        )
+        reading = SensorReading(ts=minute + MINUTE, sensor="aq", quantity="no2", value=1.0, unit="ppb")
+        store.write(
+            [
+                IngestBatch(
+                    Origin("dev", "main-st", seq()), counts=[count(minute, 1), count(minute, 2, "bus")]
+                ),
+                IngestBatch(Origin("dev", "main-st", seq()), counts=[count(minute + MINUTE, 3)]),
+                IngestBatch(Origin("dev", "main-st", seq()), events=[event], sensors=[reading]),
+            ]
+        )
+        with sqlite3.connect(path) as db:
+            triggers = db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
+            marks = sorted(db.execute("SELECT kind, width_us, bucket_us FROM rollup_dirty").fetchall())
+        assert triggers == []
+        us = to_epoch_us(minute)
+        assert marks == sorted(
+            [("counts", 60_000_000, us), ("counts", 60_000_000, us + 60_000_000),
+             ("events", 60_000_000, us), ("sensors", 60_000_000, us + 60_000_000)]
+        )  # fmt: skip
+        store.apply_retention(POLICY, NOW)
+        assert total(store) == 6
+    finally:
+        store.close()

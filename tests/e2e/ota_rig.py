@@ -60,7 +60,7 @@ class OtaRig:
                     if result.ota is not None:
                         kept = self.reports if result.header.kind == "ota" else self.repeated
                         kept.append((device, result.ota))
-                    self.counts += [(device, c.model_version) for c in result.batch.counts]
+                    self.counts += [(device, version) for version in result.batch.counts.model_version]
                     if result.batch.health is not None:
                         self.health.append((device, result.batch.health.model_version))
             return result

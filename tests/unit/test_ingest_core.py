@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from roadside.cloud.ingest.core import Accepted, IngestCore, Rejection
+from roadside.shared.compact import encode_counts
 from roadside.shared.envelope import DeviceSealer, HubOpener
 from roadside.shared.keys import KeyPair, PublicKeys
 from roadside.shared.schemas import CountRecord, CountsMessage, encode
@@ -47,7 +48,24 @@ def test_accepts_and_tags_origin() -> None:
         "main-st",
         42,
     )
-    assert result.batch.counts[0].count == 2
+    assert result.batch.counts.count[0] == 2
+
+
+def test_compact_counts_give_the_batch_json_gives() -> None:
+    (record,) = CountsMessage.model_validate_json(counts(5)).records
+    compact = core().accept(TOPIC, seal(seq=7, body=encode_counts([record])), NOW)
+    json = core().accept(TOPIC, seal(seq=7, body=counts(5)), NOW)
+    assert isinstance(compact, Accepted)
+    assert isinstance(json, Accepted)
+    assert compact.batch == json.batch
+    assert compact.batch.counts.count == (5,)
+
+
+def test_compact_bytes_under_another_kind_or_broken_are_refused_as_schema() -> None:
+    (record,) = CountsMessage.model_validate_json(counts()).records
+    events = "roadside/v1/main-st/dev-1/events"
+    assert reason(events, seal(kind="events", body=encode_counts([record]))) == "schema"
+    assert reason(TOPIC, seal(body=encode_counts([record])[:-1])) == "schema"
 
 
 def reason(topic: str, payload: bytes, c: IngestCore | None = None) -> str:

@@ -38,7 +38,7 @@ from roadside.cloud.signals import atspm
 from roadside.cloud.signals.calls import CallDispatcher, CallSubscription, FeedFullError
 from roadside.cloud.signals.channel_map import Channel, ChannelMap
 from roadside.cloud.signals.movements import MovementCount, rebin, wide_rows
-from roadside.cloud.storage.base import TimeSeriesStore, from_epoch_us, to_epoch_us
+from roadside.cloud.storage.base import TimeSeriesStore, from_epoch_us
 from roadside.cloud.storage.signals import (
     MAX_SIGNAL_ROWS,
     ControllerEvent,
@@ -47,6 +47,7 @@ from roadside.cloud.storage.signals import (
     SupportsSignals,
 )
 from roadside.shared.errors import ConfigError
+from roadside.shared.limits import to_epoch_us
 from roadside.shared.signals import DETECTOR_CODES
 
 logger = logging.getLogger(__name__)

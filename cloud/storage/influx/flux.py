@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from roadside.cloud.storage.base import CountQuery, EventQuery, HealthQuery, SensorQuery, to_epoch_us
+from roadside.cloud.storage.base import CountQuery, EventQuery, HealthQuery, SensorQuery
 from roadside.cloud.storage.influx.line_protocol import COUNTS, EVENTS, HEALTH, INGEST, SENSORS
 from roadside.cloud.storage.influx.rows import count_groups
 from roadside.shared.errors import TransportError
+from roadside.shared.limits import to_epoch_us
 
 
 @dataclass(frozen=True, slots=True)

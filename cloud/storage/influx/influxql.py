@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from roadside.cloud.storage.base import CountQuery, EventQuery, HealthQuery, SensorQuery, to_epoch_us
+from roadside.cloud.storage.base import CountQuery, EventQuery, HealthQuery, SensorQuery
 from roadside.cloud.storage.influx.line_protocol import COUNTS, EVENTS, HEALTH, INGEST, SENSORS
 from roadside.cloud.storage.influx.rows import count_groups
+from roadside.shared.limits import to_epoch_us
 
 
 def quote_ident(name: str) -> str:

@@ -44,9 +44,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
-from roadside.cloud.storage.base import IngestBatch, Origin, to_epoch_us
+from roadside.cloud.storage.base import IngestBatch, Origin
+from roadside.shared.compact import CountColumns
 from roadside.shared.errors import SchemaError
-from roadside.shared.schemas import CountRecord, DetectionEvent, Health, SensorReading
+from roadside.shared.limits import to_epoch_us
+from roadside.shared.schemas import DetectionEvent, Health, SensorReading
 
 COUNTS: Final = "counts"
 EVENTS: Final = "events"
@@ -147,7 +149,24 @@ def batch_points(batch: IngestBatch, now_ns: int) -> list[LinePoint]:
 
 
 def _point_time_ns(when: datetime, seq: int) -> int:
-    return to_epoch_us(when) * 1000 + seq % _SEQ_NUDGE
+    return _us_time_ns(to_epoch_us(when), seq)
+
+
+def _us_time_ns(epoch_us: int, seq: int) -> int:
+    return epoch_us * 1000 + seq % _SEQ_NUDGE
+
+
+_CountKey = tuple[str, int, int, str, str, str, int | None]  # CountRow less the count
+
+
+def _summed(counts: CountColumns) -> dict[_CountKey, int]:
+    # Same key twice in one envelope: the SQLite store keeps both rows and sums them, so sum here
+    # too rather than let the second overwrite the first.
+    sums: dict[_CountKey, int] = {}
+    for model_version, start_us, interval_s, line, cls, direction, lane, count in counts.rows():
+        key = (model_version, start_us, interval_s, line, cls, direction, lane)
+        sums[key] = sums.get(key, 0) + count
+    return sums
 
 
 def _tags(**values: str | int | None) -> tuple[tuple[str, str], ...]:
@@ -160,13 +179,7 @@ def _fields(**values: FieldValue | None) -> tuple[tuple[str, FieldValue], ...]:
     return tuple(sorted((k, v) for k, v in values.items() if v is not None))
 
 
-def _count_points(origin: Origin, counts: Sequence[CountRecord]) -> list[LinePoint]:
-    # Same key twice in one envelope: the SQLite store keeps both rows and sums them, so sum here
-    # too rather than let the second overwrite the first.
-    sums: dict[tuple[datetime, int, str, str, str, int | None, str], int] = {}
-    for c in counts:
-        key = (c.interval_start, c.interval_s, c.line, c.cls, c.direction, c.lane, c.model_version)
-        sums[key] = sums.get(key, 0) + c.count
+def _count_points(origin: Origin, counts: CountColumns) -> list[LinePoint]:
     return [
         LinePoint(
             COUNTS,
@@ -182,9 +195,11 @@ def _count_points(origin: Origin, counts: Sequence[CountRecord]) -> list[LinePoi
             ),
             # interval_s is a tag, not also a field: InfluxQL cannot tell a tag and a field of one name apart.
             _fields(count=int(total)),
-            _point_time_ns(start, origin.seq),
+            _us_time_ns(start_us, origin.seq),
         )
-        for (start, interval_s, line, cls, direction, lane, model_version), total in sums.items()
+        for (model_version, start_us, interval_s, line, cls, direction, lane), total in _summed(
+            counts
+        ).items()
     ]
 
 
@@ -276,7 +291,7 @@ def batch_lines(batches: Iterable[IngestBatch]) -> list[str]:
     return lines
 
 
-def _count_envelope_lines(origin: Origin, counts: Sequence[CountRecord]) -> list[str]:
+def _count_envelope_lines(origin: Origin, counts: CountColumns) -> list[str]:
     """``batch_points`` of an envelope of counts only, as lines, built without a point object each.
 
     Counts are most of the traffic; building and sorting a :class:`LinePoint` per record was
@@ -284,16 +299,13 @@ def _count_envelope_lines(origin: Origin, counts: Sequence[CountRecord]) -> list
     (cls, device, direction, interval_s, lane, line, model_version, site), every value
     escaped the same way; a unit test holds the two paths equal.
     """
-    sums: dict[tuple[datetime, int, str, str, str, int | None, str], int] = {}
-    for c in counts:
-        key = (c.interval_start, c.interval_s, c.line, c.cls, c.direction, c.lane, c.model_version)
-        sums[key] = sums.get(key, 0) + c.count
+    sums = _summed(counts)
     device, site = escape_key(origin.device_id), escape_key(origin.site)
     measurement = escape_measurement(COUNTS)
     lines = []
     latest = -1
-    for (start, interval_s, line, cls, direction, lane, model_version), total in sums.items():
-        time_ns = _point_time_ns(start, origin.seq)
+    for (model_version, start_us, interval_s, line, cls, direction, lane), total in sums.items():
+        time_ns = _us_time_ns(start_us, origin.seq)
         latest = max(latest, time_ns)
         lane_tag = "" if lane is None else f",lane={lane}"
         lines.append(

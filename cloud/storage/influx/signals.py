@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from roadside.cloud.storage.base import IngestBatch, from_epoch_us, to_epoch_us
+from roadside.cloud.storage.base import IngestBatch, from_epoch_us
 from roadside.cloud.storage.influx.influxql import quote_ident, quote_literal
 from roadside.cloud.storage.influx.line_protocol import LinePoint
 from roadside.cloud.storage.signals import (
@@ -28,6 +28,7 @@ from roadside.cloud.storage.signals import (
     StoredMovement,
     StoredZoneStat,
 )
+from roadside.shared.limits import to_epoch_us
 from roadside.shared.schemas import DetectorChange, TurningMovement, ZoneStat
 
 DETECTOR: Final = "detector"

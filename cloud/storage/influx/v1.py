@@ -24,7 +24,6 @@ from roadside.cloud.storage.base import (
     StoredEvent,
     StoredReading,
     thin_health,
-    to_epoch_us,
 )
 from roadside.cloud.storage.influx import signals as influx_signals
 from roadside.cloud.storage.influx.influxql import (
@@ -74,6 +73,7 @@ from roadside.cloud.storage.signals import (
     StoredZoneStat,
 )
 from roadside.shared.errors import ConfigError, TransportError
+from roadside.shared.limits import to_epoch_us
 from roadside.shared.schemas import Health
 
 log = logging.getLogger(__name__)
