@@ -17,6 +17,7 @@ from roadside.shared.compact import CompactCounts, CountColumns, decode_any, dec
 from roadside.shared.errors import SchemaError
 from roadside.shared.limits import to_epoch_us
 from roadside.shared.schemas import MAX_RECORDS, CountRecord, CountsMessage, encode
+from tests.support.strategies import count_records
 
 T0 = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
 
@@ -26,17 +27,7 @@ times = st.datetimes(
     max_value=datetime(2261, 12, 30),
     timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7))]),
 )
-records = st.builds(
-    CountRecord,
-    interval_start=times,
-    interval_s=st.integers(1, 86400),
-    line=names,
-    cls=names,
-    direction=st.sampled_from(["in", "out"]),
-    count=st.integers(0, 1_000_000),
-    lane=st.none() | st.integers(0, 64),
-    model_version=names,
-)
+records = count_records(times, st.integers(1, 86400), names)
 
 
 def record(**overrides: object) -> CountRecord:

@@ -11,19 +11,12 @@ from hypothesis import strategies as st
 from roadside.cloud.storage.base import IngestBatch, Origin
 from roadside.cloud.storage.influx.line_protocol import batch_lines, batch_points
 from roadside.shared.schemas import CountRecord
+from tests.support.strategies import count_records
 
 T0 = datetime(2026, 12, 5, 7, 0, tzinfo=UTC)
 names = st.sampled_from(["north", "l0", "car", "bus", "det-1.0", "a:b", "x_y.z", "v2"])
-records = st.builds(
-    CountRecord,
-    interval_start=st.integers(0, 3).map(lambda m: T0 + timedelta(minutes=m)),
-    interval_s=st.sampled_from([60, 900]),
-    line=names,
-    cls=names,
-    direction=st.sampled_from(["in", "out"]),
-    count=st.integers(0, 1_000_000),
-    lane=st.none() | st.integers(0, 64),
-    model_version=names,
+records = count_records(
+    st.integers(0, 3).map(lambda m: T0 + timedelta(minutes=m)), st.sampled_from([60, 900]), names
 )
 
 
