@@ -25,14 +25,18 @@ from pathlib import Path
 
 from bench.chaos.ledger import Ledger, RecordId
 from roadside.edge.outbox.sqlite import Outbox
+from roadside.shared.compact import decode_counts
 from roadside.shared.envelope import parse
 from roadside.shared.errors import RoadsideError
 
-# Messages holding a list of records; a health message is one record (index 0).
+# Messages holding a list of records; a health message is one record (index 0). Counts in the
+# compact form (ADR 0033) are kept whole and counted in Python: SQL cannot walk their string table.
 _TRIGGER = """
-CREATE TABLE IF NOT EXISTS chaos_created (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, records INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chaos_created (
+    seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, records INTEGER NOT NULL, compact BLOB
+);
 CREATE TRIGGER IF NOT EXISTS chaos_note_created AFTER INSERT ON outbox BEGIN
-  INSERT OR REPLACE INTO chaos_created (seq, kind, records) VALUES (
+  INSERT OR REPLACE INTO chaos_created (seq, kind, records, compact) VALUES (
     NEW.seq,
     NEW.kind,
     CASE
@@ -40,7 +44,8 @@ CREATE TRIGGER IF NOT EXISTS chaos_note_created AFTER INSERT ON outbox BEGIN
       WHEN NEW.kind IN ('counts', 'events', 'sensors') AND json_valid(CAST(NEW.payload AS TEXT))
         THEN COALESCE(json_array_length(CAST(NEW.payload AS TEXT), '$.records'), 0)
       ELSE 0
-    END);
+    END,
+    CASE WHEN NEW.kind = 'counts' AND substr(NEW.payload, 1, 1) = X'00' THEN NEW.payload END);
 END;
 """
 _DROPPED = re.compile(rb"outbox full: dropped \w+ message (\d+)")
@@ -67,9 +72,8 @@ def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
 def created_messages(outbox: Path) -> list[tuple[int, str, int]]:
     """(seq, kind, records) of every message the agent ever put in ``outbox``."""
     with _read_only(outbox) as db:
-        return [
-            (int(s), str(k), int(n)) for s, k, n in db.execute("SELECT seq, kind, records FROM chaos_created")
-        ]
+        rows = db.execute("SELECT seq, kind, records, compact FROM chaos_created").fetchall()
+    return [(int(s), str(k), int(n) if c is None else len(decode_counts(bytes(c)))) for s, k, n, c in rows]
 
 
 def backlog(outbox: Path) -> int:
