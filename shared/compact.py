@@ -142,24 +142,25 @@ def encode_counts(records: Sequence[CountRecord]) -> bytes:
     n = len(records)
     if not 0 < n <= MAX_RECORDS:
         raise ValueError(f"a counts message holds 1 to {MAX_RECORDS} records, not {n}")
+    c = CountColumns.of(records)  # the one conversion of records, shared with the JSON path
     index: dict[str, int] = {}
-    model_version = [index.setdefault(r.model_version, len(index)) for r in records]
-    line = [index.setdefault(r.line, len(index)) for r in records]
-    cls = [index.setdefault(r.cls, len(index)) for r in records]
+    model_version = [index.setdefault(name, len(index)) for name in c.model_version]
+    line = [index.setdefault(name, len(index)) for name in c.line]
+    cls = [index.setdefault(name, len(index)) for name in c.cls]
     out = bytearray(_PREFIX.pack(LEAD, FORMAT, KIND_COUNTS, len(index)))
     for name in index:  # names are ASCII of 1-64 characters (CountRecord validated them)
         raw = name.encode("ascii")
         out += bytes((len(raw),)) + raw
     out += _COUNT.pack(n)
     out += _layout(n).pack(
-        *(to_epoch_us(r.interval_start) for r in records),
-        *(r.interval_s for r in records),
+        *c.interval_start_us,
+        *c.interval_s,
         *model_version,
         *line,
         *cls,
-        *(_DIRECTION_CODES[r.direction] for r in records),
-        *(_NO_LANE if r.lane is None else r.lane for r in records),
-        *(r.count for r in records),
+        *(_DIRECTION_CODES[d] for d in c.direction),
+        *(_NO_LANE if lane is None else lane for lane in c.lane),
+        *c.count,
     )
     return bytes(out)
 

@@ -274,9 +274,8 @@ class IngestService:
         failure at any step leaves the whole batch to be redelivered and processed again.
         """
         batch = _Batch(deliveries)
-        backoff: Backoff | None = (
-            None  # made on the first failure: seeding its jitter costs a read of urandom
-        )
+        # Made on the first failure: seeding its jitter reads urandom, too dear for every batch.
+        backoff: Backoff | None = None
         while True:
             try:
                 self._process(batch)
